@@ -1,0 +1,201 @@
+//! CareVault's storage: the [`Store`] trait and its SQLite backend.
+//!
+//! The store has no rules about content: it keeps sealed resource versions as opaque bytes,
+//! identity rows and wrapped keys, and guarantees atomicity and optimistic concurrency.
+//! Rules (who may do what, what a valid resource is) live above it.
+//!
+//! Every write goes through [`Store::write`] as a list of [`WriteOp`]s applied atomically. The
+//! SQLite backend funnels all writes through one writer thread that commits many requests'
+//! operations in one transaction (group commit), so durability costs one fsync per batch.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), carevault_store::StoreError> {
+//! use carevault_store::{SqliteStore, Store, WriteOp};
+//! let store = SqliteStore::open(std::path::Path::new("/tmp/demo.db"))?;
+//! store.write(vec![WriteOp::SetMeta { key: "environment_id".into(), value: "env-1".into() }]).await?;
+//! assert_eq!(store.meta("environment_id").await?.as_deref(), Some("env-1"));
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed. Messages never contain row contents.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An optimistic-concurrency check failed: the row changed since it was read, or a
+    /// one-time value (TOTP step, recovery code) was already used.
+    #[error("conflict: the record changed concurrently")]
+    Conflict,
+    /// A unique key (username, resource id on create) is already taken.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The database cannot be reached or written right now (disk full, locked, I/O error).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database file was written by a newer CareVault.
+    #[error("database schema version {found} is newer than this binary supports ({supported})")]
+    TooNew { found: i64, supported: i64 },
+    /// Anything else the backend reported.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// One stored version of a resource. `body` is sealed; the store never looks inside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceRow {
+    pub rtype: String,
+    pub id: String,
+    pub version: u32,
+    /// Microseconds since the Unix epoch.
+    pub last_updated_us: i64,
+    pub deleted: bool,
+    pub dek_id: u64,
+    pub body: Vec<u8>,
+}
+
+/// A resource version to append. `expected_current` is the optimistic-concurrency check:
+/// `None` means the resource must not exist yet; `Some(n)` means its current version must be `n`.
+#[derive(Clone, Debug)]
+pub struct NewResourceVersion {
+    pub row: ResourceRow,
+    pub expected_current: Option<u32>,
+}
+
+/// A history listing entry: the global append sequence number (for paging) and the row.
+#[derive(Clone, Debug)]
+pub struct HistoryEntry {
+    pub seq: i64,
+    pub row: ResourceRow,
+}
+
+/// What a history query asks for, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryQuery {
+    pub rtype: Option<String>,
+    pub id: Option<String>,
+    /// Only versions with `last_updated_us >= since_us`.
+    pub since_us: Option<i64>,
+    /// Only entries with `seq < before_seq` (the paging cursor).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataKeyRow {
+    pub id: u64,
+    pub compartment: String,
+    pub wrapped: Vec<u8>,
+    pub kek_version: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalRow {
+    pub id: String,
+    pub username: String,
+    pub roles: Vec<String>,
+    pub organization: Option<String>,
+    pub disabled: bool,
+    pub locked: bool,
+    pub failed_logins: u32,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialRow {
+    pub principal_id: String,
+    /// PHC string (Argon2id).
+    pub password_hash: String,
+    /// The TOTP secret, sealed by the keyring.
+    pub totp_secret_sealed: Vec<u8>,
+    /// The last TOTP time step accepted (replay protection).
+    pub totp_last_step: i64,
+    /// SHA-256 hex digests of the unused recovery codes.
+    pub recovery_code_hashes: Vec<String>,
+}
+
+impl std::fmt::Debug for CredentialRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRow")
+            .field("principal_id", &self.principal_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrollmentRow {
+    /// SHA-256 hex of the enrollment token; the token itself is never stored.
+    pub token_hash: String,
+    pub principal_id: String,
+    pub expires_at: i64,
+    /// The TOTP secret offered by `enroll/start`, sealed, until `enroll/finish` proves it.
+    pub pending_totp_sealed: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    /// SHA-256 hex of the bearer token.
+    pub token_hash: String,
+    pub principal_id: String,
+    pub created_at: i64,
+    pub last_seen: i64,
+    pub revoked: bool,
+}
+
+/// One atomic change. A list of them passed to [`Store::write`] commits all or nothing.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum WriteOp {
+    SetMeta { key: String, value: String },
+    PutResource(NewResourceVersion),
+    /// Insert unless the compartment already has a key (a concurrent request won the race).
+    InsertDataKeyIfAbsent { compartment: String, wrapped: Vec<u8>, kek_version: u32, created_at: i64 },
+    InsertPrincipal(PrincipalRow),
+    UpdatePrincipal {
+        principal_id: String,
+        disabled: Option<bool>,
+        locked: Option<bool>,
+        failed_logins: Option<u32>,
+    },
+    SetCredential(CredentialRow),
+    DeleteCredential { principal_id: String },
+    /// Record a TOTP step as used; [`StoreError::Conflict`] unless it is later than the last one.
+    AdvanceTotpStep { principal_id: String, step: i64 },
+    /// Remove one recovery code; [`StoreError::Conflict`] if it is not (or no longer) there.
+    ConsumeRecoveryCode { principal_id: String, code_hash: String },
+    InsertEnrollment(EnrollmentRow),
+    SetEnrollmentPendingTotp { token_hash: String, sealed: Vec<u8> },
+    DeleteEnrollments { principal_id: String },
+    InsertSession(SessionRow),
+    TouchSession { token_hash: String, last_seen: i64 },
+    RevokeSession { token_hash: String },
+    RevokeSessions { principal_id: String },
+}
+
+/// The storage interface every backend implements.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Apply `ops` atomically (all or nothing) and durably.
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// The current version of a resource (possibly a deletion marker).
+    async fn resource_current(&self, rtype: &str, id: &str) -> Result<Option<ResourceRow>, StoreError>;
+    async fn resource_version(&self, rtype: &str, id: &str, version: u32) -> Result<Option<ResourceRow>, StoreError>;
+    async fn history(&self, query: HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    async fn data_key_by_compartment(&self, compartment: &str) -> Result<Option<DataKeyRow>, StoreError>;
+    async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError>;
+
+    async fn principal_by_username(&self, username: &str) -> Result<Option<PrincipalRow>, StoreError>;
+    async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRow>, StoreError>;
+    async fn principals(&self) -> Result<Vec<PrincipalRow>, StoreError>;
+    async fn credential(&self, principal_id: &str) -> Result<Option<CredentialRow>, StoreError>;
+    async fn enrollment(&self, token_hash: &str) -> Result<Option<EnrollmentRow>, StoreError>;
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError>;
+}

@@ -1,0 +1,804 @@
+//! The embedded SQLite backend: WAL mode, `synchronous=FULL`, one writer thread with group
+//! commit, and a small pool of read connections used from blocking tasks.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry, HistoryQuery, NewResourceVersion, PrincipalRow,
+    ResourceRow, SessionRow, Store, StoreError, WriteOp,
+};
+
+/// Migrations, in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE resource_version (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rtype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated_us INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    dek_id INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (rtype, id, version)
+);
+CREATE INDEX resource_version_type_seq ON resource_version (rtype, seq);
+CREATE TABLE resource_current (
+    rtype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (rtype, id)
+) WITHOUT ROWID;
+CREATE TABLE data_key (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    compartment TEXT NOT NULL UNIQUE,
+    wrapped BLOB NOT NULL,
+    kek_version INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active',
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE principal (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    roles TEXT NOT NULL,
+    organization TEXT,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    locked INTEGER NOT NULL DEFAULT 0,
+    failed_logins INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE credential (
+    principal_id TEXT PRIMARY KEY REFERENCES principal (id),
+    password_hash TEXT NOT NULL,
+    totp_secret BLOB NOT NULL,
+    totp_last_step INTEGER NOT NULL,
+    recovery_codes TEXT NOT NULL
+);
+CREATE TABLE enrollment (
+    token_hash TEXT PRIMARY KEY,
+    principal_id TEXT NOT NULL REFERENCES principal (id),
+    expires_at INTEGER NOT NULL,
+    pending_totp BLOB
+);
+CREATE INDEX enrollment_principal ON enrollment (principal_id);
+CREATE TABLE session (
+    token_hash TEXT PRIMARY KEY,
+    principal_id TEXT NOT NULL REFERENCES principal (id),
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX session_principal ON session (principal_id);
+"#];
+
+/// Most operations one group-commit transaction takes before it commits.
+const MAX_BATCH: usize = 512;
+const READERS_KEPT: usize = 16;
+
+/// SQLite in one file. Cheap to clone; all clones share the writer thread and reader pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    writer: mpsc::UnboundedSender<WriteJob>,
+}
+
+struct WriteJob {
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path`, run migrations, start the writer.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = open_connection(path, true)?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                readers: Mutex::new(Vec::new()),
+                writer: tx,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                Some(conn) => conn,
+                None => open_connection(&inner.path, false)?,
+            };
+            let result = f(&conn).map_err(map_err);
+            let mut pool = inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < READERS_KEPT {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(map_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(map_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;",
+    )
+    .map_err(map_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(map_err)?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.unchecked_transaction().map_err(map_err)?;
+        tx.execute_batch(sql).map_err(map_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::ConstraintViolation => StoreError::AlreadyExists,
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen
+            | ErrorCode::PermissionDenied
+            | ErrorCode::OutOfMemory => StoreError::Unavailable(format!("{:?}", f.code)),
+            _ => StoreError::Backend(format!("{:?}", f.code)),
+        },
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+/// The single writer: takes every queued job, applies each inside its own savepoint of one
+/// transaction (a failed job rolls back alone), commits once, then answers every job.
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&mut conn, &batch);
+        for (job, result) in batch.into_iter().zip(results) {
+            // A caller that went away (request cancelled) does not need its answer.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), StoreError>> {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let err = map_err(e);
+            return batch.iter().map(|_| Err(clone_err(&err))).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let outcome = (|| {
+            tx.execute_batch("SAVEPOINT job").map_err(map_err)?;
+            let applied = job.ops.iter().try_for_each(|op| apply(&tx, op));
+            match applied {
+                Ok(()) => tx.execute_batch("RELEASE job").map_err(map_err),
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO job; RELEASE job").map_err(map_err)?;
+                    Err(e)
+                }
+            }
+        })();
+        results.push(outcome);
+    }
+    if let Err(e) = tx.commit() {
+        let err = map_err(e);
+        tracing::error!(event = "store_commit_failed", error = %err, "group commit failed");
+        return batch.iter().map(|_| Err(clone_err(&err))).collect();
+    }
+    results
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict => StoreError::Conflict,
+        StoreError::AlreadyExists => StoreError::AlreadyExists,
+        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+        StoreError::TooNew { found, supported } => StoreError::TooNew {
+            found: *found,
+            supported: *supported,
+        },
+        StoreError::Backend(s) => StoreError::Backend(s.clone()),
+    }
+}
+
+fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+    let exec = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<usize, StoreError> {
+        conn.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(map_err)
+    };
+    match op {
+        WriteOp::SetMeta { key, value } => {
+            exec(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[key, value],
+            )?;
+        }
+        WriteOp::PutResource(new) => put_resource(conn, new)?,
+        WriteOp::InsertDataKeyIfAbsent {
+            compartment,
+            wrapped,
+            kek_version,
+            created_at,
+        } => {
+            exec(
+                "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (compartment) DO NOTHING",
+                &[compartment, wrapped, kek_version, created_at],
+            )?;
+        }
+        WriteOp::InsertPrincipal(p) => {
+            exec(
+                "INSERT INTO principal (id, username, roles, organization, disabled, locked, failed_logins, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                &[
+                    &p.id,
+                    &p.username,
+                    &p.roles.join(","),
+                    &p.organization,
+                    &p.disabled,
+                    &p.locked,
+                    &p.failed_logins,
+                    &p.created_at,
+                ],
+            )?;
+        }
+        WriteOp::UpdatePrincipal {
+            principal_id,
+            disabled,
+            locked,
+            failed_logins,
+        } => {
+            exec(
+                "UPDATE principal SET disabled = COALESCE(?2, disabled), locked = COALESCE(?3, locked),
+                 failed_logins = COALESCE(?4, failed_logins) WHERE id = ?1",
+                &[principal_id, disabled, locked, failed_logins],
+            )?;
+        }
+        WriteOp::SetCredential(c) => {
+            exec(
+                "INSERT INTO credential (principal_id, password_hash, totp_secret, totp_last_step, recovery_codes)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (principal_id) DO UPDATE SET password_hash = excluded.password_hash,
+                   totp_secret = excluded.totp_secret, totp_last_step = excluded.totp_last_step,
+                   recovery_codes = excluded.recovery_codes",
+                &[
+                    &c.principal_id,
+                    &c.password_hash,
+                    &c.totp_secret_sealed,
+                    &c.totp_last_step,
+                    &c.recovery_code_hashes.join(","),
+                ],
+            )?;
+        }
+        WriteOp::DeleteCredential { principal_id } => {
+            exec("DELETE FROM credential WHERE principal_id = ?1", &[principal_id])?;
+        }
+        WriteOp::AdvanceTotpStep { principal_id, step } => {
+            let n = exec(
+                "UPDATE credential SET totp_last_step = ?2 WHERE principal_id = ?1 AND totp_last_step < ?2",
+                &[principal_id, step],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        WriteOp::ConsumeRecoveryCode { principal_id, code_hash } => {
+            let codes: Option<String> = conn
+                .prepare_cached("SELECT recovery_codes FROM credential WHERE principal_id = ?1")
+                .and_then(|mut s| s.query_row([principal_id], |r| r.get(0)).optional())
+                .map_err(map_err)?;
+            let codes = codes.ok_or(StoreError::Conflict)?;
+            let mut list: Vec<&str> = split_list(&codes);
+            let before = list.len();
+            list.retain(|c| *c != code_hash.as_str());
+            if list.len() == before {
+                return Err(StoreError::Conflict);
+            }
+            exec(
+                "UPDATE credential SET recovery_codes = ?2 WHERE principal_id = ?1",
+                &[principal_id, &list.join(",")],
+            )?;
+        }
+        WriteOp::InsertEnrollment(e) => {
+            exec(
+                "INSERT INTO enrollment (token_hash, principal_id, expires_at, pending_totp) VALUES (?1, ?2, ?3, ?4)",
+                &[&e.token_hash, &e.principal_id, &e.expires_at, &e.pending_totp_sealed],
+            )?;
+        }
+        WriteOp::SetEnrollmentPendingTotp { token_hash, sealed } => {
+            let n = exec(
+                "UPDATE enrollment SET pending_totp = ?2 WHERE token_hash = ?1",
+                &[token_hash, sealed],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        WriteOp::DeleteEnrollments { principal_id } => {
+            exec("DELETE FROM enrollment WHERE principal_id = ?1", &[principal_id])?;
+        }
+        WriteOp::InsertSession(s) => {
+            exec(
+                "INSERT INTO session (token_hash, principal_id, created_at, last_seen, revoked) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[&s.token_hash, &s.principal_id, &s.created_at, &s.last_seen, &s.revoked],
+            )?;
+        }
+        WriteOp::TouchSession { token_hash, last_seen } => {
+            exec(
+                "UPDATE session SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1",
+                &[token_hash, last_seen],
+            )?;
+        }
+        WriteOp::RevokeSession { token_hash } => {
+            exec("UPDATE session SET revoked = 1 WHERE token_hash = ?1", &[token_hash])?;
+        }
+        WriteOp::RevokeSessions { principal_id } => {
+            exec("UPDATE session SET revoked = 1 WHERE principal_id = ?1", &[principal_id])?;
+        }
+    }
+    Ok(())
+}
+
+fn put_resource(conn: &Connection, new: &NewResourceVersion) -> Result<(), StoreError> {
+    let row = &new.row;
+    let current: Option<u32> = conn
+        .prepare_cached("SELECT version FROM resource_current WHERE rtype = ?1 AND id = ?2")
+        .and_then(|mut s| s.query_row(params![row.rtype, row.id], |r| r.get(0)).optional())
+        .map_err(map_err)?;
+    if current != new.expected_current {
+        return Err(StoreError::Conflict);
+    }
+    conn.prepare_cached(
+        "INSERT INTO resource_version (rtype, id, version, last_updated_us, deleted, dek_id, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            row.rtype,
+            row.id,
+            row.version,
+            row.last_updated_us,
+            row.deleted,
+            row.dek_id as i64,
+            row.body
+        ])
+    })
+    .map_err(|e| match map_err(e) {
+        StoreError::AlreadyExists => StoreError::Conflict,
+        other => other,
+    })?;
+    conn.prepare_cached(
+        "INSERT INTO resource_current (rtype, id, version, deleted) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted",
+    )
+    .and_then(|mut s| s.execute(params![row.rtype, row.id, row.version, row.deleted]))
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn split_list(s: &str) -> Vec<&str> {
+    s.split(',').filter(|x| !x.is_empty()).collect()
+}
+
+const RESOURCE_COLUMNS: &str = "v.rtype, v.id, v.version, v.last_updated_us, v.deleted, v.dek_id, v.body";
+
+fn resource_row(r: &Row<'_>) -> rusqlite::Result<ResourceRow> {
+    Ok(ResourceRow {
+        rtype: r.get(0)?,
+        id: r.get(1)?,
+        version: r.get(2)?,
+        last_updated_us: r.get(3)?,
+        deleted: r.get(4)?,
+        dek_id: r.get::<_, i64>(5)? as u64,
+        body: r.get(6)?,
+    })
+}
+
+const PRINCIPAL_COLUMNS: &str = "id, username, roles, organization, disabled, locked, failed_logins, created_at";
+
+fn principal_row(r: &Row<'_>) -> rusqlite::Result<PrincipalRow> {
+    let roles: String = r.get(2)?;
+    Ok(PrincipalRow {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        roles: split_list(&roles).into_iter().map(str::to_owned).collect(),
+        organization: r.get(3)?,
+        disabled: r.get(4)?,
+        locked: r.get(5)?,
+        failed_logins: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+fn data_key_row(r: &Row<'_>) -> rusqlite::Result<DataKeyRow> {
+    Ok(DataKeyRow {
+        id: r.get::<_, i64>(0)? as u64,
+        compartment: r.get(1)?,
+        wrapped: r.get(2)?,
+        kek_version: r.get(3)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(WriteJob { ops, reply })
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn resource_current(&self, rtype: &str, id: &str) -> Result<Option<ResourceRow>, StoreError> {
+        let (rtype, id) = (rtype.to_owned(), id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {RESOURCE_COLUMNS} FROM resource_current c JOIN resource_version v
+                 ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+                 WHERE c.rtype = ?1 AND c.id = ?2"
+            ))?
+            .query_row(params![rtype, id], resource_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn resource_version(&self, rtype: &str, id: &str, version: u32) -> Result<Option<ResourceRow>, StoreError> {
+        let (rtype, id) = (rtype.to_owned(), id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {RESOURCE_COLUMNS} FROM resource_version v WHERE v.rtype = ?1 AND v.id = ?2 AND v.version = ?3"
+            ))?
+            .query_row(params![rtype, id, version], resource_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn history(&self, q: HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT v.seq, {RESOURCE_COLUMNS} FROM resource_version v
+                 WHERE (?1 IS NULL OR v.rtype = ?1) AND (?2 IS NULL OR v.id = ?2)
+                   AND (?3 IS NULL OR v.last_updated_us >= ?3) AND (?4 IS NULL OR v.seq < ?4)
+                 ORDER BY v.seq DESC LIMIT ?5"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![q.rtype, q.id, q.since_us, q.before_seq, q.limit], |r| {
+                let seq: i64 = r.get(0)?;
+                let row = ResourceRow {
+                    rtype: r.get(1)?,
+                    id: r.get(2)?,
+                    version: r.get(3)?,
+                    last_updated_us: r.get(4)?,
+                    deleted: r.get(5)?,
+                    dek_id: r.get::<_, i64>(6)? as u64,
+                    body: r.get(7)?,
+                };
+                Ok(HistoryEntry { seq, row })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn data_key_by_compartment(&self, compartment: &str) -> Result<Option<DataKeyRow>, StoreError> {
+        let compartment = compartment.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, compartment, wrapped, kek_version FROM data_key WHERE compartment = ?1")?
+                .query_row([compartment], data_key_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, compartment, wrapped, kek_version FROM data_key WHERE id = ?1")?
+                .query_row([id as i64], data_key_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn principal_by_username(&self, username: &str) -> Result<Option<PrincipalRow>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE username = ?1"))?
+                .query_row([username], principal_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRow>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE id = ?1"))?
+                .query_row([id], principal_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn principals(&self) -> Result<Vec<PrincipalRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principal ORDER BY username"))?;
+            let rows = stmt.query_map([], principal_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn credential(&self, principal_id: &str) -> Result<Option<CredentialRow>, StoreError> {
+        let principal_id = principal_id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT principal_id, password_hash, totp_secret, totp_last_step, recovery_codes
+                 FROM credential WHERE principal_id = ?1",
+            )?
+            .query_row([principal_id], |r| {
+                let codes: String = r.get(4)?;
+                Ok(CredentialRow {
+                    principal_id: r.get(0)?,
+                    password_hash: r.get(1)?,
+                    totp_secret_sealed: r.get(2)?,
+                    totp_last_step: r.get(3)?,
+                    recovery_code_hashes: split_list(&codes).into_iter().map(str::to_owned).collect(),
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn enrollment(&self, token_hash: &str) -> Result<Option<EnrollmentRow>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT token_hash, principal_id, expires_at, pending_totp FROM enrollment WHERE token_hash = ?1",
+            )?
+            .query_row([token_hash], |r| {
+                Ok(EnrollmentRow {
+                    token_hash: r.get(0)?,
+                    principal_id: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    pending_totp_sealed: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT token_hash, principal_id, created_at, last_seen, revoked FROM session WHERE token_hash = ?1",
+            )?
+            .query_row([token_hash], |r| {
+                Ok(SessionRow {
+                    token_hash: r.get(0)?,
+                    principal_id: r.get(1)?,
+                    created_at: r.get(2)?,
+                    last_seen: r.get(3)?,
+                    revoked: r.get(4)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
+        ResourceRow {
+            rtype: "Patient".into(),
+            id: id.into(),
+            version,
+            last_updated_us: i64::from(version) * 1000,
+            deleted: false,
+            dek_id: 1,
+            body: body.to_vec(),
+        }
+    }
+
+    fn put(id: &str, version: u32, expected: Option<u32>) -> WriteOp {
+        WriteOp::PutResource(NewResourceVersion {
+            row: row(id, version, b"sealed"),
+            expected_current: expected,
+        })
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn versions_append_with_optimistic_concurrency() {
+        let (_dir, store) = store().await;
+        store.write(vec![put("a", 1, None)]).await.unwrap();
+        assert!(matches!(store.write(vec![put("a", 1, None)]).await, Err(StoreError::Conflict)));
+        store.write(vec![put("a", 2, Some(1))]).await.unwrap();
+        assert!(matches!(store.write(vec![put("a", 3, Some(1))]).await, Err(StoreError::Conflict)));
+        assert_eq!(store.resource_current("Patient", "a").await.unwrap().unwrap().version, 2);
+        assert_eq!(store.resource_version("Patient", "a", 1).await.unwrap().unwrap().version, 1);
+        assert!(store.resource_version("Patient", "a", 3).await.unwrap().is_none());
+        let history = store
+            .history(HistoryQuery {
+                rtype: Some("Patient".into()),
+                id: Some("a".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(history.iter().map(|h| h.row.version).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_changes_nothing_and_others_in_the_batch_commit() {
+        let (_dir, store) = store().await;
+        store.write(vec![put("a", 1, None)]).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                // Half the jobs are valid creates; half try a stale update after a valid op.
+                if i % 2 == 0 {
+                    s.write(vec![put(&format!("p{i}"), 1, None)]).await
+                } else {
+                    s.write(vec![put(&format!("q{i}"), 1, None), put("a", 5, Some(4))]).await
+                }
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap();
+            assert_eq!(r.is_ok(), i % 2 == 0, "job {i}: {r:?}");
+        }
+        assert!(store.resource_current("Patient", "p0").await.unwrap().is_some());
+        assert!(store.resource_current("Patient", "q1").await.unwrap().is_none());
+        assert_eq!(store.resource_current("Patient", "a").await.unwrap().unwrap().version, 1);
+    }
+
+    #[tokio::test]
+    async fn totp_steps_and_recovery_codes_are_single_use() {
+        let (_dir, store) = store().await;
+        let principal = PrincipalRow {
+            id: "u1".into(),
+            username: "alice".into(),
+            roles: vec!["clinician".into()],
+            organization: Some("org-a".into()),
+            disabled: false,
+            locked: false,
+            failed_logins: 0,
+            created_at: 1,
+        };
+        store.write(vec![WriteOp::InsertPrincipal(principal.clone())]).await.unwrap();
+        assert!(matches!(
+            store.write(vec![WriteOp::InsertPrincipal(principal.clone())]).await,
+            Err(StoreError::AlreadyExists)
+        ));
+        store
+            .write(vec![WriteOp::SetCredential(CredentialRow {
+                principal_id: "u1".into(),
+                password_hash: "$argon2id$...".into(),
+                totp_secret_sealed: vec![1, 2, 3],
+                totp_last_step: 0,
+                recovery_code_hashes: vec!["h1".into(), "h2".into()],
+            })])
+            .await
+            .unwrap();
+        let advance = |step| WriteOp::AdvanceTotpStep {
+            principal_id: "u1".into(),
+            step,
+        };
+        store.write(vec![advance(10)]).await.unwrap();
+        assert!(matches!(store.write(vec![advance(10)]).await, Err(StoreError::Conflict)));
+        assert!(matches!(store.write(vec![advance(9)]).await, Err(StoreError::Conflict)));
+        store.write(vec![advance(11)]).await.unwrap();
+        let consume = |h: &str| WriteOp::ConsumeRecoveryCode {
+            principal_id: "u1".into(),
+            code_hash: h.into(),
+        };
+        store.write(vec![consume("h1")]).await.unwrap();
+        assert!(matches!(store.write(vec![consume("h1")]).await, Err(StoreError::Conflict)));
+        let cred = store.credential("u1").await.unwrap().unwrap();
+        assert_eq!(cred.recovery_code_hashes, vec!["h2".to_string()]);
+        assert_eq!(cred.totp_last_step, 11);
+        assert!(!format!("{cred:?}").contains("argon2"));
+    }
+
+    #[tokio::test]
+    async fn refuses_a_database_from_a_newer_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+    }
+}
