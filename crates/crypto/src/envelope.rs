@@ -44,7 +44,12 @@ impl Header {
 }
 
 /// Seal `plaintext` under `cipher` (the data key `dek_id`) with a fresh random nonce.
-pub fn seal(cipher: &Aes256Gcm, dek_id: u64, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn seal(
+    cipher: &Aes256Gcm,
+    dek_id: u64,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let nonce: [u8; NONCE_LEN] = random_bytes()?;
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
     out.push(FORMAT_V1);
@@ -98,7 +103,13 @@ mod tests {
     fn round_trip_and_header() {
         let key = DataKey::generate().unwrap().cipher();
         let sealed = seal(&key, 7, b"aad", b"hello").unwrap();
-        assert_eq!(Header::parse(&sealed).unwrap(), Header { format: 1, dek_id: 7 });
+        assert_eq!(
+            Header::parse(&sealed).unwrap(),
+            Header {
+                format: 1,
+                dek_id: 7
+            }
+        );
         assert_eq!(open(&key, b"aad", &sealed).unwrap(), b"hello");
     }
 
@@ -117,7 +128,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert!(open(&key, b"row", &bad).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                open(&key, b"row", &bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 
@@ -129,9 +143,15 @@ mod tests {
         assert!(open(&key, b"row-2", &sealed).is_err());
         assert!(open(&other, b"row-1", &sealed).is_err());
         assert!(open(&key, b"row-1", &sealed[..sealed.len() - 1]).is_err());
-        assert!(matches!(Header::parse(&sealed[..10]), Err(CryptoError::MalformedHeader)));
+        assert!(matches!(
+            Header::parse(&sealed[..10]),
+            Err(CryptoError::MalformedHeader)
+        ));
         let mut unknown_format = sealed.clone();
         unknown_format[0] = 9;
-        assert!(matches!(Header::parse(&unknown_format), Err(CryptoError::MalformedHeader)));
+        assert!(matches!(
+            Header::parse(&unknown_format),
+            Err(CryptoError::MalformedHeader)
+        ));
     }
 }

@@ -65,12 +65,18 @@ impl DataKeyCache {
     }
 
     pub fn get(&self, dek_id: u64) -> Option<Arc<Aes256Gcm>> {
-        let inner = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = self
+            .inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         inner.map.get(&dek_id).cloned()
     }
 
     pub fn insert(&self, dek_id: u64, cipher: Aes256Gcm) -> Arc<Aes256Gcm> {
-        let mut inner = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut inner = self
+            .inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(existing) = inner.map.get(&dek_id) {
             return existing.clone();
         }
@@ -90,13 +96,20 @@ impl DataKeyCache {
 
     /// Forget one key (after it is destroyed or re-wrapped).
     pub fn remove(&self, dek_id: u64) {
-        let mut inner = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut inner = self
+            .inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         inner.map.remove(&dek_id);
         inner.order.retain(|id| *id != dek_id);
     }
 
     pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).map.len()
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .map
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,7 +184,11 @@ mod tests {
         let b = random_token("cvs_").unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 4 + 43);
-        assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            a[4..]
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ impl FileKeyProvider {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| key_store("cannot restrict key directory", &e))?;
         if !list_versions(dir)?.is_empty() {
-            return Err(CryptoError::KeyStore("key directory already holds a key-encryption key".into()));
+            return Err(CryptoError::KeyStore(
+                "key directory already holds a key-encryption key".into(),
+            ));
         }
         write_kek(dir, 1, &DataKey::generate()?)?;
         Self::open(dir)
@@ -66,9 +68,13 @@ impl FileKeyProvider {
                     "key file {KEK_PREFIX}{version}{KEK_SUFFIX} is accessible to other users; it must be mode 0600"
                 )));
             }
-            let bytes = zeroize::Zeroizing::new(fs::read(&path).map_err(|e| key_store("cannot read key file", &e))?);
+            let bytes = zeroize::Zeroizing::new(
+                fs::read(&path).map_err(|e| key_store("cannot read key file", &e))?,
+            );
             let key = DataKey::from_bytes(&bytes).map_err(|_| {
-                CryptoError::KeyStore(format!("key file {KEK_PREFIX}{version}{KEK_SUFFIX} is not a 256-bit key"))
+                CryptoError::KeyStore(format!(
+                    "key file {KEK_PREFIX}{version}{KEK_SUFFIX} is not a 256-bit key"
+                ))
             })?;
             keks.insert(version, key.cipher());
         }
@@ -102,7 +108,10 @@ impl KeyProvider for FileKeyProvider {
 
     fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<(u32, Vec<u8>), CryptoError> {
         let version = self.active_version();
-        let kek = self.keks.get(&version).ok_or(CryptoError::UnknownKekVersion(version))?;
+        let kek = self
+            .keks
+            .get(&version)
+            .ok_or(CryptoError::UnknownKekVersion(version))?;
         let wrapped = envelope::seal(kek, u64::from(version), aad, dek.expose())?;
         Ok((version, wrapped))
     }
@@ -184,7 +193,10 @@ mod tests {
         let back = reopened.unwrap(1, &wrapped, b"env\0Patient/1").unwrap();
         assert_eq!(back.expose(), dek.expose());
         assert!(reopened.unwrap(1, &wrapped, b"env\0Patient/2").is_err());
-        assert!(matches!(reopened.unwrap(2, &wrapped, b"env\0Patient/1"), Err(CryptoError::UnknownKekVersion(2))));
+        assert!(matches!(
+            reopened.unwrap(2, &wrapped, b"env\0Patient/1"),
+            Err(CryptoError::UnknownKekVersion(2))
+        ));
     }
 
     #[test]

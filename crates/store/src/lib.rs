@@ -150,10 +150,18 @@ pub struct SessionRow {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum WriteOp {
-    SetMeta { key: String, value: String },
+    SetMeta {
+        key: String,
+        value: String,
+    },
     PutResource(NewResourceVersion),
     /// Insert unless the compartment already has a key (a concurrent request won the race).
-    InsertDataKeyIfAbsent { compartment: String, wrapped: Vec<u8>, kek_version: u32, created_at: i64 },
+    InsertDataKeyIfAbsent {
+        compartment: String,
+        wrapped: Vec<u8>,
+        kek_version: u32,
+        created_at: i64,
+    },
     InsertPrincipal(PrincipalRow),
     UpdatePrincipal {
         principal_id: String,
@@ -161,19 +169,44 @@ pub enum WriteOp {
         locked: Option<bool>,
         failed_logins: Option<u32>,
     },
+    /// Count one failed login; lock the account once `lock_after` consecutive failures are reached.
+    RecordLoginFailure {
+        principal_id: String,
+        lock_after: u32,
+    },
     SetCredential(CredentialRow),
-    DeleteCredential { principal_id: String },
+    DeleteCredential {
+        principal_id: String,
+    },
     /// Record a TOTP step as used; [`StoreError::Conflict`] unless it is later than the last one.
-    AdvanceTotpStep { principal_id: String, step: i64 },
+    AdvanceTotpStep {
+        principal_id: String,
+        step: i64,
+    },
     /// Remove one recovery code; [`StoreError::Conflict`] if it is not (or no longer) there.
-    ConsumeRecoveryCode { principal_id: String, code_hash: String },
+    ConsumeRecoveryCode {
+        principal_id: String,
+        code_hash: String,
+    },
     InsertEnrollment(EnrollmentRow),
-    SetEnrollmentPendingTotp { token_hash: String, sealed: Vec<u8> },
-    DeleteEnrollments { principal_id: String },
+    SetEnrollmentPendingTotp {
+        token_hash: String,
+        sealed: Vec<u8>,
+    },
+    DeleteEnrollments {
+        principal_id: String,
+    },
     InsertSession(SessionRow),
-    TouchSession { token_hash: String, last_seen: i64 },
-    RevokeSession { token_hash: String },
-    RevokeSessions { principal_id: String },
+    TouchSession {
+        token_hash: String,
+        last_seen: i64,
+    },
+    RevokeSession {
+        token_hash: String,
+    },
+    RevokeSessions {
+        principal_id: String,
+    },
 }
 
 /// The storage interface every backend implements.
@@ -185,14 +218,29 @@ pub trait Store: Send + Sync + 'static {
     async fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
 
     /// The current version of a resource (possibly a deletion marker).
-    async fn resource_current(&self, rtype: &str, id: &str) -> Result<Option<ResourceRow>, StoreError>;
-    async fn resource_version(&self, rtype: &str, id: &str, version: u32) -> Result<Option<ResourceRow>, StoreError>;
+    async fn resource_current(
+        &self,
+        rtype: &str,
+        id: &str,
+    ) -> Result<Option<ResourceRow>, StoreError>;
+    async fn resource_version(
+        &self,
+        rtype: &str,
+        id: &str,
+        version: u32,
+    ) -> Result<Option<ResourceRow>, StoreError>;
     async fn history(&self, query: HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError>;
 
-    async fn data_key_by_compartment(&self, compartment: &str) -> Result<Option<DataKeyRow>, StoreError>;
+    async fn data_key_by_compartment(
+        &self,
+        compartment: &str,
+    ) -> Result<Option<DataKeyRow>, StoreError>;
     async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError>;
 
-    async fn principal_by_username(&self, username: &str) -> Result<Option<PrincipalRow>, StoreError>;
+    async fn principal_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<PrincipalRow>, StoreError>;
     async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRow>, StoreError>;
     async fn principals(&self) -> Result<Vec<PrincipalRow>, StoreError>;
     async fn credential(&self, principal_id: &str) -> Result<Option<CredentialRow>, StoreError>;

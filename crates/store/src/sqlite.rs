@@ -9,8 +9,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry, HistoryQuery, NewResourceVersion, PrincipalRow,
-    ResourceRow, SessionRow, Store, StoreError, WriteOp,
+    CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry, HistoryQuery, NewResourceVersion,
+    PrincipalRow, ResourceRow, SessionRow, Store, StoreError, WriteOp,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -128,7 +128,12 @@ impl SqliteStore {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = match inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            let conn = match inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+            {
                 Some(conn) => conn,
                 None => open_connection(&inner.path, false)?,
             };
@@ -145,7 +150,9 @@ impl SqliteStore {
 }
 
 fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
@@ -176,7 +183,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.unchecked_transaction().map_err(map_err)?;
         tx.execute_batch(sql).map_err(map_err)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(map_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(map_err)?;
         tx.commit().map_err(map_err)?;
     }
     Ok(())
@@ -236,7 +244,8 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
             match applied {
                 Ok(()) => tx.execute_batch("RELEASE job").map_err(map_err),
                 Err(e) => {
-                    tx.execute_batch("ROLLBACK TO job; RELEASE job").map_err(map_err)?;
+                    tx.execute_batch("ROLLBACK TO job; RELEASE job")
+                        .map_err(map_err)?;
                     Err(e)
                 }
             }
@@ -266,7 +275,9 @@ fn clone_err(e: &StoreError) -> StoreError {
 
 fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     let exec = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<usize, StoreError> {
-        conn.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(map_err)
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute(params))
+            .map_err(map_err)
     };
     match op {
         WriteOp::SetMeta { key, value } => {
@@ -316,6 +327,16 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 &[principal_id, disabled, locked, failed_logins],
             )?;
         }
+        WriteOp::RecordLoginFailure {
+            principal_id,
+            lock_after,
+        } => {
+            exec(
+                "UPDATE principal SET failed_logins = failed_logins + 1,
+                 locked = CASE WHEN failed_logins + 1 >= ?2 THEN 1 ELSE locked END WHERE id = ?1",
+                &[principal_id, lock_after],
+            )?;
+        }
         WriteOp::SetCredential(c) => {
             exec(
                 "INSERT INTO credential (principal_id, password_hash, totp_secret, totp_last_step, recovery_codes)
@@ -333,7 +354,10 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             )?;
         }
         WriteOp::DeleteCredential { principal_id } => {
-            exec("DELETE FROM credential WHERE principal_id = ?1", &[principal_id])?;
+            exec(
+                "DELETE FROM credential WHERE principal_id = ?1",
+                &[principal_id],
+            )?;
         }
         WriteOp::AdvanceTotpStep { principal_id, step } => {
             let n = exec(
@@ -344,7 +368,10 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 return Err(StoreError::Conflict);
             }
         }
-        WriteOp::ConsumeRecoveryCode { principal_id, code_hash } => {
+        WriteOp::ConsumeRecoveryCode {
+            principal_id,
+            code_hash,
+        } => {
             let codes: Option<String> = conn
                 .prepare_cached("SELECT recovery_codes FROM credential WHERE principal_id = ?1")
                 .and_then(|mut s| s.query_row([principal_id], |r| r.get(0)).optional())
@@ -364,7 +391,12 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
         WriteOp::InsertEnrollment(e) => {
             exec(
                 "INSERT INTO enrollment (token_hash, principal_id, expires_at, pending_totp) VALUES (?1, ?2, ?3, ?4)",
-                &[&e.token_hash, &e.principal_id, &e.expires_at, &e.pending_totp_sealed],
+                &[
+                    &e.token_hash,
+                    &e.principal_id,
+                    &e.expires_at,
+                    &e.pending_totp_sealed,
+                ],
             )?;
         }
         WriteOp::SetEnrollmentPendingTotp { token_hash, sealed } => {
@@ -377,25 +409,43 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             }
         }
         WriteOp::DeleteEnrollments { principal_id } => {
-            exec("DELETE FROM enrollment WHERE principal_id = ?1", &[principal_id])?;
+            exec(
+                "DELETE FROM enrollment WHERE principal_id = ?1",
+                &[principal_id],
+            )?;
         }
         WriteOp::InsertSession(s) => {
             exec(
                 "INSERT INTO session (token_hash, principal_id, created_at, last_seen, revoked) VALUES (?1, ?2, ?3, ?4, ?5)",
-                &[&s.token_hash, &s.principal_id, &s.created_at, &s.last_seen, &s.revoked],
+                &[
+                    &s.token_hash,
+                    &s.principal_id,
+                    &s.created_at,
+                    &s.last_seen,
+                    &s.revoked,
+                ],
             )?;
         }
-        WriteOp::TouchSession { token_hash, last_seen } => {
+        WriteOp::TouchSession {
+            token_hash,
+            last_seen,
+        } => {
             exec(
                 "UPDATE session SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1",
                 &[token_hash, last_seen],
             )?;
         }
         WriteOp::RevokeSession { token_hash } => {
-            exec("UPDATE session SET revoked = 1 WHERE token_hash = ?1", &[token_hash])?;
+            exec(
+                "UPDATE session SET revoked = 1 WHERE token_hash = ?1",
+                &[token_hash],
+            )?;
         }
         WriteOp::RevokeSessions { principal_id } => {
-            exec("UPDATE session SET revoked = 1 WHERE principal_id = ?1", &[principal_id])?;
+            exec(
+                "UPDATE session SET revoked = 1 WHERE principal_id = ?1",
+                &[principal_id],
+            )?;
         }
     }
     Ok(())
@@ -405,7 +455,10 @@ fn put_resource(conn: &Connection, new: &NewResourceVersion) -> Result<(), Store
     let row = &new.row;
     let current: Option<u32> = conn
         .prepare_cached("SELECT version FROM resource_current WHERE rtype = ?1 AND id = ?2")
-        .and_then(|mut s| s.query_row(params![row.rtype, row.id], |r| r.get(0)).optional())
+        .and_then(|mut s| {
+            s.query_row(params![row.rtype, row.id], |r| r.get(0))
+                .optional()
+        })
         .map_err(map_err)?;
     if current != new.expected_current {
         return Err(StoreError::Conflict);
@@ -442,7 +495,8 @@ fn split_list(s: &str) -> Vec<&str> {
     s.split(',').filter(|x| !x.is_empty()).collect()
 }
 
-const RESOURCE_COLUMNS: &str = "v.rtype, v.id, v.version, v.last_updated_us, v.deleted, v.dek_id, v.body";
+const RESOURCE_COLUMNS: &str =
+    "v.rtype, v.id, v.version, v.last_updated_us, v.deleted, v.dek_id, v.body";
 
 fn resource_row(r: &Row<'_>) -> rusqlite::Result<ResourceRow> {
     Ok(ResourceRow {
@@ -456,7 +510,8 @@ fn resource_row(r: &Row<'_>) -> rusqlite::Result<ResourceRow> {
     })
 }
 
-const PRINCIPAL_COLUMNS: &str = "id, username, roles, organization, disabled, locked, failed_logins, created_at";
+const PRINCIPAL_COLUMNS: &str =
+    "id, username, roles, organization, disabled, locked, failed_logins, created_at";
 
 fn principal_row(r: &Row<'_>) -> rusqlite::Result<PrincipalRow> {
     let roles: String = r.get(2)?;
@@ -504,7 +559,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn resource_current(&self, rtype: &str, id: &str) -> Result<Option<ResourceRow>, StoreError> {
+    async fn resource_current(
+        &self,
+        rtype: &str,
+        id: &str,
+    ) -> Result<Option<ResourceRow>, StoreError> {
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
         self.read(move |c| {
             c.prepare_cached(&format!(
@@ -518,7 +577,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn resource_version(&self, rtype: &str, id: &str, version: u32) -> Result<Option<ResourceRow>, StoreError> {
+    async fn resource_version(
+        &self,
+        rtype: &str,
+        id: &str,
+        version: u32,
+    ) -> Result<Option<ResourceRow>, StoreError> {
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
         self.read(move |c| {
             c.prepare_cached(&format!(
@@ -539,49 +603,64 @@ impl Store for SqliteStore {
                  ORDER BY v.seq DESC LIMIT ?5"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![q.rtype, q.id, q.since_us, q.before_seq, q.limit], |r| {
-                let seq: i64 = r.get(0)?;
-                let row = ResourceRow {
-                    rtype: r.get(1)?,
-                    id: r.get(2)?,
-                    version: r.get(3)?,
-                    last_updated_us: r.get(4)?,
-                    deleted: r.get(5)?,
-                    dek_id: r.get::<_, i64>(6)? as u64,
-                    body: r.get(7)?,
-                };
-                Ok(HistoryEntry { seq, row })
-            })?;
+            let rows = stmt.query_map(
+                params![q.rtype, q.id, q.since_us, q.before_seq, q.limit],
+                |r| {
+                    let seq: i64 = r.get(0)?;
+                    let row = ResourceRow {
+                        rtype: r.get(1)?,
+                        id: r.get(2)?,
+                        version: r.get(3)?,
+                        last_updated_us: r.get(4)?,
+                        deleted: r.get(5)?,
+                        dek_id: r.get::<_, i64>(6)? as u64,
+                        body: r.get(7)?,
+                    };
+                    Ok(HistoryEntry { seq, row })
+                },
+            )?;
             rows.collect()
         })
         .await
     }
 
-    async fn data_key_by_compartment(&self, compartment: &str) -> Result<Option<DataKeyRow>, StoreError> {
+    async fn data_key_by_compartment(
+        &self,
+        compartment: &str,
+    ) -> Result<Option<DataKeyRow>, StoreError> {
         let compartment = compartment.to_owned();
         self.read(move |c| {
-            c.prepare_cached("SELECT id, compartment, wrapped, kek_version FROM data_key WHERE compartment = ?1")?
-                .query_row([compartment], data_key_row)
-                .optional()
+            c.prepare_cached(
+                "SELECT id, compartment, wrapped, kek_version FROM data_key WHERE compartment = ?1",
+            )?
+            .query_row([compartment], data_key_row)
+            .optional()
         })
         .await
     }
 
     async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError> {
         self.read(move |c| {
-            c.prepare_cached("SELECT id, compartment, wrapped, kek_version FROM data_key WHERE id = ?1")?
-                .query_row([id as i64], data_key_row)
-                .optional()
+            c.prepare_cached(
+                "SELECT id, compartment, wrapped, kek_version FROM data_key WHERE id = ?1",
+            )?
+            .query_row([id as i64], data_key_row)
+            .optional()
         })
         .await
     }
 
-    async fn principal_by_username(&self, username: &str) -> Result<Option<PrincipalRow>, StoreError> {
+    async fn principal_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<PrincipalRow>, StoreError> {
         let username = username.to_owned();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE username = ?1"))?
-                .query_row([username], principal_row)
-                .optional()
+            c.prepare_cached(&format!(
+                "SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE username = ?1"
+            ))?
+            .query_row([username], principal_row)
+            .optional()
         })
         .await
     }
@@ -589,16 +668,20 @@ impl Store for SqliteStore {
     async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRow>, StoreError> {
         let id = id.to_owned();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE id = ?1"))?
-                .query_row([id], principal_row)
-                .optional()
+            c.prepare_cached(&format!(
+                "SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE id = ?1"
+            ))?
+            .query_row([id], principal_row)
+            .optional()
         })
         .await
     }
 
     async fn principals(&self) -> Result<Vec<PrincipalRow>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principal ORDER BY username"))?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {PRINCIPAL_COLUMNS} FROM principal ORDER BY username"
+            ))?;
             let rows = stmt.query_map([], principal_row)?;
             rows.collect()
         })
@@ -619,7 +702,10 @@ impl Store for SqliteStore {
                     password_hash: r.get(1)?,
                     totp_secret_sealed: r.get(2)?,
                     totp_last_step: r.get(3)?,
-                    recovery_code_hashes: split_list(&codes).into_iter().map(str::to_owned).collect(),
+                    recovery_code_hashes: split_list(&codes)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
                 })
             })
             .optional()
@@ -700,12 +786,40 @@ mod tests {
     async fn versions_append_with_optimistic_concurrency() {
         let (_dir, store) = store().await;
         store.write(vec![put("a", 1, None)]).await.unwrap();
-        assert!(matches!(store.write(vec![put("a", 1, None)]).await, Err(StoreError::Conflict)));
+        assert!(matches!(
+            store.write(vec![put("a", 1, None)]).await,
+            Err(StoreError::Conflict)
+        ));
         store.write(vec![put("a", 2, Some(1))]).await.unwrap();
-        assert!(matches!(store.write(vec![put("a", 3, Some(1))]).await, Err(StoreError::Conflict)));
-        assert_eq!(store.resource_current("Patient", "a").await.unwrap().unwrap().version, 2);
-        assert_eq!(store.resource_version("Patient", "a", 1).await.unwrap().unwrap().version, 1);
-        assert!(store.resource_version("Patient", "a", 3).await.unwrap().is_none());
+        assert!(matches!(
+            store.write(vec![put("a", 3, Some(1))]).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(
+            store
+                .resource_current("Patient", "a")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+        assert_eq!(
+            store
+                .resource_version("Patient", "a", 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+        assert!(
+            store
+                .resource_version("Patient", "a", 3)
+                .await
+                .unwrap()
+                .is_none()
+        );
         let history = store
             .history(HistoryQuery {
                 rtype: Some("Patient".into()),
@@ -715,7 +829,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(history.iter().map(|h| h.row.version).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(
+            history.iter().map(|h| h.row.version).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
     }
 
     #[tokio::test]
@@ -730,7 +847,8 @@ mod tests {
                 if i % 2 == 0 {
                     s.write(vec![put(&format!("p{i}"), 1, None)]).await
                 } else {
-                    s.write(vec![put(&format!("q{i}"), 1, None), put("a", 5, Some(4))]).await
+                    s.write(vec![put(&format!("q{i}"), 1, None), put("a", 5, Some(4))])
+                        .await
                 }
             }));
         }
@@ -738,9 +856,29 @@ mod tests {
             let r = t.await.unwrap();
             assert_eq!(r.is_ok(), i % 2 == 0, "job {i}: {r:?}");
         }
-        assert!(store.resource_current("Patient", "p0").await.unwrap().is_some());
-        assert!(store.resource_current("Patient", "q1").await.unwrap().is_none());
-        assert_eq!(store.resource_current("Patient", "a").await.unwrap().unwrap().version, 1);
+        assert!(
+            store
+                .resource_current("Patient", "p0")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .resource_current("Patient", "q1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .resource_current("Patient", "a")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
     }
 
     #[tokio::test]
@@ -756,9 +894,14 @@ mod tests {
             failed_logins: 0,
             created_at: 1,
         };
-        store.write(vec![WriteOp::InsertPrincipal(principal.clone())]).await.unwrap();
+        store
+            .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+            .await
+            .unwrap();
         assert!(matches!(
-            store.write(vec![WriteOp::InsertPrincipal(principal.clone())]).await,
+            store
+                .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+                .await,
             Err(StoreError::AlreadyExists)
         ));
         store
@@ -776,15 +919,24 @@ mod tests {
             step,
         };
         store.write(vec![advance(10)]).await.unwrap();
-        assert!(matches!(store.write(vec![advance(10)]).await, Err(StoreError::Conflict)));
-        assert!(matches!(store.write(vec![advance(9)]).await, Err(StoreError::Conflict)));
+        assert!(matches!(
+            store.write(vec![advance(10)]).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            store.write(vec![advance(9)]).await,
+            Err(StoreError::Conflict)
+        ));
         store.write(vec![advance(11)]).await.unwrap();
         let consume = |h: &str| WriteOp::ConsumeRecoveryCode {
             principal_id: "u1".into(),
             code_hash: h.into(),
         };
         store.write(vec![consume("h1")]).await.unwrap();
-        assert!(matches!(store.write(vec![consume("h1")]).await, Err(StoreError::Conflict)));
+        assert!(matches!(
+            store.write(vec![consume("h1")]).await,
+            Err(StoreError::Conflict)
+        ));
         let cred = store.credential("u1").await.unwrap().unwrap();
         assert_eq!(cred.recovery_code_hashes, vec!["h2".to_string()]);
         assert_eq!(cred.totp_last_step, 11);
@@ -799,6 +951,9 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(conn);
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
     }
 }

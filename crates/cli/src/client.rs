@@ -1,0 +1,171 @@
+//! The CLI as an API client: HTTPS to a CareVault server, trusting the server's certificate
+//! file (the self-signed one from init) or the system's roots, and a session file (mode 0600)
+//! under the user's config directory.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use ureq::tls::{RootCerts, TlsConfig};
+
+pub struct Client {
+    agent: ureq::Agent,
+    server: String,
+    token: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SavedSession {
+    pub server: String,
+    pub ca_cert: Option<PathBuf>,
+    pub access_token: String,
+}
+
+impl Client {
+    pub fn new(server: &str, ca_cert: Option<&Path>) -> Result<Self> {
+        let server = server.trim_end_matches('/').to_owned();
+        if !server.starts_with("https://")
+            && !server.starts_with("http://127.")
+            && !server.starts_with("http://localhost")
+        {
+            bail!("--server must be an https:// URL (plain http only to a loopback address)");
+        }
+        let roots = match ca_cert {
+            Some(path) => {
+                let pem = fs::read(path)
+                    .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
+                let mut certs = Vec::new();
+                for item in ureq::tls::parse_pem(&pem) {
+                    if let ureq::tls::PemItem::Certificate(c) =
+                        item.context("CA certificate is not valid PEM")?
+                    {
+                        certs.push(c);
+                    }
+                }
+                if certs.is_empty() {
+                    bail!("{} holds no certificate", path.display());
+                }
+                RootCerts::Specific(Arc::new(certs))
+            }
+            None => RootCerts::WebPki,
+        };
+        let agent = ureq::Agent::config_builder()
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        Ok(Self {
+            agent,
+            server,
+            token: None,
+        })
+    }
+
+    pub fn from_session() -> Result<Self> {
+        let path = session_path()?;
+        let text =
+            fs::read(&path).context("not logged in: run `carevault login --server URL` first")?;
+        let saved: SavedSession =
+            serde_json::from_slice(&text).context("the saved session is damaged; log in again")?;
+        let mut client = Self::new(&saved.server, saved.ca_cert.as_deref())?;
+        client.token = Some(saved.access_token);
+        Ok(client)
+    }
+
+    /// Send a JSON request; returns the status and the parsed body (Null when empty).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let url = format!("{}{}", self.server, path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let response = match (method, body) {
+            ("GET", _) => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            (_, body) => {
+                let mut req = self
+                    .agent
+                    .post(&url)
+                    .header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send(serde_json::to_vec(&body.cloned().unwrap_or(Value::Null))?.as_slice())
+            }
+        }
+        .with_context(|| format!("cannot reach {}", self.server))?;
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string().unwrap_or_default();
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, value))
+    }
+
+    /// Like `call`, but a non-2xx status becomes an error with the server's diagnostics.
+    pub fn expect(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let (status, value) = self.call(method, path, body)?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let diagnostics = value["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("no details")
+            .to_owned();
+        bail!("the server answered {status}: {diagnostics}")
+    }
+}
+
+pub fn config_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CAREVAULT_CLI_CONFIG_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
+        return Ok(PathBuf::from(dir).join("carevault"));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; set CAREVAULT_CLI_CONFIG_DIR")?;
+    Ok(PathBuf::from(home).join(".config").join("carevault"))
+}
+
+fn session_path() -> Result<PathBuf> {
+    Ok(config_dir()?.join("session.json"))
+}
+
+pub fn save_session(session: &SavedSession) -> Result<PathBuf> {
+    let dir = config_dir()?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    let path = session_path()?;
+    let tmp = dir.join("session.json.tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(session)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+pub fn forget_session() -> Result<()> {
+    let path = session_path()?;
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}

@@ -1,0 +1,511 @@
+//! `carevault`: the server and its command-line client in one binary.
+#![forbid(unsafe_code)]
+
+mod client;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use carevault_server::{Application, Config, FileConfig, SharedClock, SystemClock, environment};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use client::{Client, SavedSession};
+
+#[derive(Parser)]
+#[command(
+    name = "carevault",
+    version,
+    about = "CareVault: a FHIR R4 health-record server with security on by default"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (initializes an empty data directory first).
+    Serve(ServerArgs),
+    /// Initialize an environment in an empty data directory, without serving.
+    Init(ServerArgs),
+    /// Local administration that needs the data directory.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Check a configuration and explain every problem.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Log in to a server (password and TOTP code) and keep the session for later commands.
+    Login {
+        /// The server's base URL, e.g. https://127.0.0.1:8443
+        #[arg(long)]
+        server: String,
+        /// A PEM certificate to trust for this server (the self-signed one from `init`).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// End the saved session.
+    Logout,
+    /// Enroll with a one-time enrollment token: set up TOTP and choose a password.
+    Enroll {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// The enrollment token an admin gave you.
+        #[arg(long)]
+        token: String,
+    },
+    /// Manage accounts (admin; uses the saved session).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// A TOML configuration file.
+    #[arg(long, env = "CAREVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (CAREVAULT_LISTEN), default 127.0.0.1:8443.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (CAREVAULT_DATA_DIR), default ./carevault-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Issue a new enrollment token for an account (default `admin`) that has lost its credentials.
+    Recover {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file + environment + flags) and print the result.
+    Check(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account; prints its one-time enrollment token.
+    Add {
+        username: String,
+        /// admin, clinician, auditor, developer or service (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long)]
+        organization: Option<String>,
+    },
+    List,
+    Disable {
+        username: String,
+    },
+    Enable {
+        username: String,
+    },
+    Unlock {
+        username: String,
+    },
+    /// Revoke an account's credentials and sessions; prints a new enrollment token.
+    Reset {
+        username: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Init(args) => runtime()?.block_on(init(args)),
+        Command::Admin {
+            command: AdminCommand::Recover { server, user },
+        } => runtime()?.block_on(recover(server, &user)),
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => {
+            let config = load_config(&args)?;
+            println!("configuration is valid");
+            println!("listen:   {}", config.listen);
+            println!("data dir: {}", config.data_dir.display());
+            println!(
+                "tls:      {}",
+                if config.plain_http {
+                    "off (plain HTTP on loopback)"
+                } else {
+                    "on"
+                }
+            );
+            Ok(())
+        }
+        Command::Login {
+            server,
+            ca_cert,
+            username,
+        } => login(&server, ca_cert, username),
+        Command::Logout => {
+            let client = Client::from_session()?;
+            let (status, _) = client.call("POST", "/auth/logout", None)?;
+            client::forget_session()?;
+            if status == 204 {
+                println!("logged out");
+            } else {
+                println!("the session had already ended; forgotten locally");
+            }
+            Ok(())
+        }
+        Command::Enroll {
+            server,
+            ca_cert,
+            token,
+        } => enroll(&server, ca_cert.as_deref(), &token),
+        Command::User { command } => user(command),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load_config(args: &ServerArgs) -> Result<Config> {
+    let mut file = FileConfig::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(listen) = &args.listen {
+        file.listen = Some(listen.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        file.data_dir = Some(dir.clone());
+    }
+    Ok(Config::from_file(file)?)
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("CAREVAULT_LOG")
+        .unwrap_or_else(|_| format!("{},hyper=warn,rustls=warn", config.log_level));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// What init prints, to the terminal only: never to the log.
+fn print_init_report(report: &environment::InitReport, config: &Config) {
+    println!(
+        "initialized CareVault environment {}",
+        report.environment_id
+    );
+    println!("data directory: {}", config.data_dir.display());
+    if let Some(fp) = &report.tls_fingerprint {
+        println!(
+            "TLS certificate: {} (self-signed)",
+            config.tls_cert.display()
+        );
+        println!("TLS certificate SHA-256 fingerprint: {fp}");
+    }
+    println!();
+    println!(
+        "enrollment token for admin: {}",
+        report.admin.enrollment_token
+    );
+    println!(
+        "(shown once; expires {}; `carevault admin recover` issues a new one)",
+        report.admin.expires_at
+    );
+    let scheme = if config.plain_http { "http" } else { "https" };
+    let ca = if config.plain_http {
+        String::new()
+    } else {
+        format!(" --ca-cert {}", config.tls_cert.display())
+    };
+    println!(
+        "enroll with: carevault enroll --server {scheme}://{}{ca} --token <TOKEN>",
+        config.listen
+    );
+    println!();
+}
+
+async fn init(args: ServerArgs) -> Result<()> {
+    let config = load_config(&args)?;
+    init_logging(&config);
+    let clock: SharedClock = Arc::new(SystemClock);
+    let report = environment::init(&config, clock).await?;
+    print_init_report(&report, &config);
+    Ok(())
+}
+
+async fn serve(args: ServerArgs) -> Result<()> {
+    let config = load_config(&args)?;
+    init_logging(&config);
+    let clock: SharedClock = Arc::new(SystemClock);
+    if !environment::is_initialized(&config) {
+        let report = environment::init(&config, clock.clone()).await?;
+        print_init_report(&report, &config);
+    }
+    let app = Application::build(config, clock).await?;
+    println!("environment {}", app.environment_id());
+    if let Some(fp) = app.tls_fingerprint() {
+        println!("TLS certificate SHA-256 fingerprint: {fp}");
+    }
+    println!("listening on {}", app.url());
+    tracing::info!(event = "server_started", address = %app.local_addr(), "CareVault is serving");
+    app.run_until_stopped(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!(event = "server_stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn recover(args: ServerArgs, user: &str) -> Result<()> {
+    let config = load_config(&args)?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let env = environment::open(&config, clock.clone()).await?;
+    let identity =
+        carevault_server::identity::Identity::new(&config, env.store, env.keyring, clock)?;
+    let issued = identity.reissue_enrollment(user).await?;
+    println!(
+        "enrollment token for {}: {}",
+        issued.username, issued.enrollment_token
+    );
+    println!(
+        "(expires {}; earlier enrollment tokens for this account no longer work)",
+        issued.expires_at
+    );
+    Ok(())
+}
+
+/// Read a secret: hidden prompt on a terminal, one line of standard input otherwise (scripts).
+fn read_secret(prompt: &str) -> Result<Zeroizing<String>> {
+    if std::io::stdin().is_terminal() {
+        Ok(Zeroizing::new(rpassword::prompt_password(prompt)?))
+    } else {
+        read_line_stdin()
+    }
+}
+
+fn read_line(prompt: &str) -> Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprint!("{prompt}");
+    }
+    Ok(read_line_stdin()?.trim().to_owned())
+}
+
+fn read_line_stdin() -> Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    let n = std::io::stdin().lock().read_line(&mut line)?;
+    if n == 0 {
+        bail!("unexpected end of input");
+    }
+    let trimmed = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+    Ok(trimmed)
+}
+
+fn login(server: &str, ca_cert: Option<PathBuf>, username: Option<String>) -> Result<()> {
+    let client = Client::new(server, ca_cert.as_deref())?;
+    let username = match username {
+        Some(u) => u,
+        None => read_line("username: ")?,
+    };
+    let password = read_secret("password: ")?;
+    let code = read_line("authenticator code (or recovery code): ")?;
+    let granted = client.expect(
+        "POST",
+        "/auth/login",
+        Some(&json!({"username": username, "password": password.as_str(), "totp_code": code})),
+    )?;
+    let token = granted["access_token"]
+        .as_str()
+        .context("the server's answer has no access_token")?
+        .to_owned();
+    let ca_cert = ca_cert.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    let path = client::save_session(&SavedSession {
+        server: server.trim_end_matches('/').to_owned(),
+        ca_cert,
+        access_token: token,
+    })?;
+    println!(
+        "logged in as {username}; session saved to {}",
+        path.display()
+    );
+    Ok(())
+}
+
+fn enroll(server: &str, ca_cert: Option<&Path>, token: &str) -> Result<()> {
+    let client = Client::new(server, ca_cert)?;
+    let started = client.expect(
+        "POST",
+        "/auth/enroll/start",
+        Some(&json!({"enrollment_token": token})),
+    )?;
+    let uri = started["otpauth_uri"]
+        .as_str()
+        .context("no otpauth_uri in the answer")?;
+    let secret = started["totp_secret"].as_str().unwrap_or_default();
+    let username = started["username"].as_str().unwrap_or_default();
+    if std::io::stdout().is_terminal() {
+        if let Ok(code) = qrcode::QrCode::new(uri.as_bytes()) {
+            let image = code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build();
+            println!("{image}");
+        }
+    }
+    println!("account: {username}");
+    println!("add this to your authenticator app (scan the QR code or enter the secret):");
+    println!("otpauth URI: {uri}");
+    println!("secret: {secret}");
+    let password = read_secret("choose a password (12+ characters): ")?;
+    if std::io::stdin().is_terminal() {
+        let again = read_secret("repeat the password: ")?;
+        if again.as_str() != password.as_str() {
+            bail!("the passwords differ; nothing was changed, run enroll again");
+        }
+    }
+    let code = read_line("current authenticator code: ")?;
+    let finished = client.expect(
+        "POST",
+        "/auth/enroll/finish",
+        Some(&json!({"enrollment_token": token, "password": password.as_str(), "totp_code": code})),
+    )?;
+    println!(
+        "enrolled. Recovery codes (each works once instead of an authenticator code; store them safely):"
+    );
+    for code in finished["recovery_codes"].as_array().into_iter().flatten() {
+        println!("  {}", code.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn user(command: UserCommand) -> Result<()> {
+    let client = Client::from_session()?;
+    match command {
+        UserCommand::Add {
+            username,
+            roles,
+            organization,
+        } => {
+            let created = client.expect(
+                "POST",
+                "/admin/users",
+                Some(&json!({"username": username, "roles": roles, "organization": organization})),
+            )?;
+            println!(
+                "created {}",
+                created["username"].as_str().unwrap_or_default()
+            );
+            println!(
+                "enrollment token for {}: {}",
+                created["username"].as_str().unwrap_or_default(),
+                created["enrollment_token"].as_str().unwrap_or_default()
+            );
+            println!(
+                "(expires {})",
+                created["expires_at"].as_str().unwrap_or_default()
+            );
+        }
+        UserCommand::List => {
+            let listed = client.expect("GET", "/admin/users", None)?;
+            println!(
+                "{:<24} {:<24} {:<16} {:<8} STATE",
+                "USERNAME", "ROLES", "ORGANIZATION", "ENROLLED"
+            );
+            for u in listed["users"].as_array().into_iter().flatten() {
+                let roles: Vec<&str> = u["roles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.as_str())
+                    .collect();
+                let state = if u["disabled"].as_bool() == Some(true) {
+                    "disabled"
+                } else if u["locked"].as_bool() == Some(true) {
+                    "locked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<24} {:<24} {:<16} {:<8} {state}",
+                    u["username"].as_str().unwrap_or_default(),
+                    roles.join(","),
+                    u["organization"].as_str().unwrap_or("-"),
+                    if u["enrolled"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                );
+            }
+        }
+        UserCommand::Disable { username } => {
+            client.expect("POST", &format!("/admin/users/{username}/disable"), None)?;
+            println!("disabled {username}; its sessions are revoked");
+        }
+        UserCommand::Enable { username } => {
+            client.expect("POST", &format!("/admin/users/{username}/enable"), None)?;
+            println!("enabled {username}");
+        }
+        UserCommand::Unlock { username } => {
+            client.expect("POST", &format!("/admin/users/{username}/unlock"), None)?;
+            println!("unlocked {username}");
+        }
+        UserCommand::Reset { username } => {
+            let reset = client.expect("POST", &format!("/admin/users/{username}/reset"), None)?;
+            println!("reset {username}: credentials and sessions revoked");
+            println!(
+                "enrollment token for {username}: {}",
+                reset["enrollment_token"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Starting the server: `Application::build` opens the environment and binds the listener
+//! (remembering the port it actually got); `run_until_stopped` serves until told to stop.
+//! Tests and `carevault serve` start the server the same way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use carevault_fhir::Validator;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::environment;
+use crate::error::{Error, Result};
+use crate::http::tls::{ClientAddr, TlsListener};
+use crate::http::{self, AppState, Services};
+use crate::identity::Identity;
+use crate::records::Records;
+
+pub struct Application {
+    listener: Bound,
+    local_addr: SocketAddr,
+    state: AppState,
+    tls_fingerprint: Option<String>,
+    environment_id: String,
+}
+
+enum Bound {
+    Tls(TlsListener),
+    Plain(TcpListener),
+}
+
+impl Application {
+    pub async fn build(config: Config, clock: SharedClock) -> Result<Self> {
+        let env = environment::open(&config, clock.clone()).await?;
+        let validator =
+            Arc::new(Validator::new().map_err(|e| Error::Internal(format!("FHIR schema: {e}")))?);
+        {
+            // Compile the common types' validators off the start-up path.
+            let validator = validator.clone();
+            std::thread::Builder::new()
+                .name("schema-warm-up".into())
+                .spawn(move || validator.warm_up())
+                .map_err(|e| Error::Internal(format!("cannot start warm-up thread: {e}")))?;
+        }
+        let identity = Identity::new(
+            &config,
+            env.store.clone(),
+            env.keyring.clone(),
+            clock.clone(),
+        )?;
+        let records = Records::new(
+            env.store.clone(),
+            env.keyring.clone(),
+            validator,
+            clock.clone(),
+        );
+
+        let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
+            Error::Unavailable(format!("cannot listen on {}: {}", config.listen, e.kind()))
+        })?;
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|e| Error::Unavailable(format!("listener address: {}", e.kind())))?;
+        let (listener, tls_fingerprint) = if config.plain_http {
+            (Bound::Plain(tcp), None)
+        } else {
+            let (server_config, fingerprint) = http::tls::server_config(&config)?;
+            let listener = TlsListener::new(tcp, TlsAcceptor::from(server_config))
+                .map_err(|e| Error::Unavailable(format!("listener: {}", e.kind())))?;
+            (Bound::Tls(listener), Some(fingerprint))
+        };
+        let capability = http::capability_statement(clock.now_us());
+        let state = AppState::new(Services {
+            config,
+            identity,
+            records,
+            clock,
+            capability,
+        });
+        Ok(Self {
+            listener,
+            local_addr,
+            state,
+            tls_fingerprint,
+            environment_id: env.id,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// The SHA-256 fingerprint of the served certificate (None for plain HTTP).
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.tls_fingerprint.as_deref()
+    }
+
+    pub fn environment_id(&self) -> &str {
+        &self.environment_id
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls_fingerprint.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Serve until `shutdown` completes, then finish in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = http::router(self.state);
+        let make = app.into_make_service_with_connect_info::<ClientAddr>();
+        match self.listener {
+            Bound::Tls(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,
+            Bound::Plain(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! Configuration: what operators write (a TOML file plus `CAREVAULT_*` environment variables)
+//! is [`FileConfig`]; what the server runs with, validated, is [`Config`]. No global state, so
+//! several servers can run in one process (tests do).
+//!
+//! Secrets are never values in the file, only paths to files holding them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the key (`section.key` or the environment variable).
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error in `{key}`: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The file's shape. Unknown keys are refused so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// Plain HTTP instead of TLS; only accepted on a loopback address.
+    pub allow_plain_http: Option<bool>,
+    pub body_limit_bytes: Option<u64>,
+    pub max_json_depth: Option<u64>,
+    pub tls: TlsSection,
+    pub session: SessionSection,
+    pub auth: AuthSection,
+    pub argon2: Argon2Section,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSection {
+    pub idle_timeout_secs: Option<u64>,
+    pub absolute_lifetime_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub enrollment_ttl_secs: Option<u64>,
+    pub ip_rate_per_minute: Option<u64>,
+    pub throttle_after_failures: Option<u64>,
+    pub throttle_base_ms: Option<u64>,
+    pub throttle_max_ms: Option<u64>,
+    pub lock_after_failures: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Argon2Section {
+    pub memory_kib: Option<u64>,
+    pub iterations: Option<u64>,
+    pub parallelism: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub level: Option<String>,
+}
+
+/// Every key the file and the environment accept, with its type. The environment variable of
+/// `section.key` is `CAREVAULT_SECTION_KEY`.
+const KEYS: &[(&str, Kind)] = &[
+    ("listen", Kind::Str),
+    ("data_dir", Kind::Str),
+    ("allow_plain_http", Kind::Bool),
+    ("body_limit_bytes", Kind::Int),
+    ("max_json_depth", Kind::Int),
+    ("tls.cert_path", Kind::Str),
+    ("tls.key_path", Kind::Str),
+    ("session.idle_timeout_secs", Kind::Int),
+    ("session.absolute_lifetime_secs", Kind::Int),
+    ("auth.enrollment_ttl_secs", Kind::Int),
+    ("auth.ip_rate_per_minute", Kind::Int),
+    ("auth.throttle_after_failures", Kind::Int),
+    ("auth.throttle_base_ms", Kind::Int),
+    ("auth.throttle_max_ms", Kind::Int),
+    ("auth.lock_after_failures", Kind::Int),
+    ("argon2.memory_kib", Kind::Int),
+    ("argon2.iterations", Kind::Int),
+    ("argon2.parallelism", Kind::Int),
+    ("log.level", Kind::Str),
+];
+
+/// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &[
+    "CAREVAULT_CONFIG",
+    "CAREVAULT_CLI_CONFIG_DIR",
+    "CAREVAULT_LOG",
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+pub fn env_var_name(key: &str) -> String {
+    format!("CAREVAULT_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+impl FileConfig {
+    /// Read the file (if any), then apply `CAREVAULT_*` variables from `env` on top.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "--config",
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError::new("--config", format!("not valid TOML: {}", e.message()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if !name.starts_with("CAREVAULT_") || NON_CONFIG_ENV.contains(&name.as_str()) {
+                continue;
+            }
+            let Some((key, kind)) = KEYS.iter().find(|(k, _)| env_var_name(k) == name) else {
+                return Err(ConfigError::new(
+                    name,
+                    "unknown CareVault environment variable",
+                ));
+            };
+            let parsed = match kind {
+                Kind::Str => toml::Value::String(value),
+                Kind::Int => toml::Value::Integer(
+                    value
+                        .trim()
+                        .parse::<i64>()
+                        .map_err(|_| ConfigError::new(name.clone(), "expected a whole number"))?,
+                ),
+                Kind::Bool => toml::Value::Boolean(match value.trim() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(ConfigError::new(name, "expected true or false")),
+                }),
+            };
+            set_path(&mut table, key, parsed);
+        }
+        toml::Value::Table(table)
+            .try_into::<FileConfig>()
+            .map_err(|e| {
+                // serde names the offending key in its message (e.g. "unknown field `lisen`").
+                ConfigError::new(
+                    "config",
+                    e.message()
+                        .lines()
+                        .next()
+                        .unwrap_or("invalid configuration")
+                        .to_owned(),
+                )
+            })
+    }
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// Validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub plain_http: bool,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub body_limit_bytes: usize,
+    pub max_json_depth: usize,
+    pub session_idle_secs: i64,
+    pub session_lifetime_secs: i64,
+    pub enrollment_ttl_secs: i64,
+    pub ip_rate_per_minute: u32,
+    pub throttle_after_failures: u32,
+    pub throttle_base_ms: u64,
+    pub throttle_max_ms: u64,
+    pub lock_after_failures: u32,
+    pub argon2: Argon2Params,
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+/// OWASP's recommended Argon2id configuration (19 MiB, 2 iterations, 1 lane).
+pub const OWASP_ARGON2: Argon2Params = Argon2Params {
+    memory_kib: 19_456,
+    iterations: 2,
+    parallelism: 1,
+};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA_DIR: &str = "./carevault-data";
+
+impl Config {
+    /// Validate `file`, naming the key of the first problem found.
+    pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
+        let listen_text = file.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| ConfigError::new("listen", "expected an address like 127.0.0.1:8443"))?;
+        let plain_http = file.allow_plain_http.unwrap_or(false);
+        if plain_http && !listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "allow_plain_http",
+                "plain HTTP is only allowed on a loopback address; use TLS for anything else",
+            ));
+        }
+        let data_dir = file
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        let tls_cert = file
+            .tls
+            .cert_path
+            .unwrap_or_else(|| data_dir.join("tls").join("cert.pem"));
+        let tls_key = file
+            .tls
+            .key_path
+            .unwrap_or_else(|| data_dir.join("tls").join("key.pem"));
+
+        let int = |key: &str,
+                   value: Option<u64>,
+                   default: u64,
+                   min: u64,
+                   max: u64|
+         -> Result<u64, ConfigError> {
+            let v = value.unwrap_or(default);
+            if v < min || v > max {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be between {min} and {max}"),
+                ));
+            }
+            Ok(v)
+        };
+        let body_limit = int(
+            "body_limit_bytes",
+            file.body_limit_bytes,
+            4 * 1024 * 1024,
+            1024,
+            256 * 1024 * 1024,
+        )?;
+        let depth = int("max_json_depth", file.max_json_depth, 64, 4, 512)?;
+        let idle = int(
+            "session.idle_timeout_secs",
+            file.session.idle_timeout_secs,
+            15 * 60,
+            10,
+            24 * 3600,
+        )?;
+        let lifetime = int(
+            "session.absolute_lifetime_secs",
+            file.session.absolute_lifetime_secs,
+            8 * 3600,
+            10,
+            7 * 24 * 3600,
+        )?;
+        if lifetime < idle {
+            return Err(ConfigError::new(
+                "session.absolute_lifetime_secs",
+                "must not be shorter than session.idle_timeout_secs",
+            ));
+        }
+        let enrollment_ttl = int(
+            "auth.enrollment_ttl_secs",
+            file.auth.enrollment_ttl_secs,
+            24 * 3600,
+            60,
+            30 * 24 * 3600,
+        )?;
+        let ip_rate = int(
+            "auth.ip_rate_per_minute",
+            file.auth.ip_rate_per_minute,
+            60,
+            1,
+            1_000_000,
+        )?;
+        let throttle_after = int(
+            "auth.throttle_after_failures",
+            file.auth.throttle_after_failures,
+            5,
+            1,
+            1000,
+        )?;
+        let throttle_base = int(
+            "auth.throttle_base_ms",
+            file.auth.throttle_base_ms,
+            1000,
+            0,
+            3_600_000,
+        )?;
+        let throttle_max = int(
+            "auth.throttle_max_ms",
+            file.auth.throttle_max_ms,
+            60_000,
+            0,
+            24 * 3_600_000,
+        )?;
+        let lock_after = int(
+            "auth.lock_after_failures",
+            file.auth.lock_after_failures,
+            100,
+            1,
+            100_000,
+        )?;
+        let memory = int(
+            "argon2.memory_kib",
+            file.argon2.memory_kib,
+            OWASP_ARGON2.memory_kib.into(),
+            8 * 1024,
+            4 * 1024 * 1024,
+        )?;
+        let iterations = int(
+            "argon2.iterations",
+            file.argon2.iterations,
+            OWASP_ARGON2.iterations.into(),
+            1,
+            64,
+        )?;
+        let parallelism = int(
+            "argon2.parallelism",
+            file.argon2.parallelism,
+            OWASP_ARGON2.parallelism.into(),
+            1,
+            64,
+        )?;
+        let log_level = file.log.level.unwrap_or_else(|| "info".to_owned());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(ConfigError::new(
+                "log.level",
+                "expected one of error, warn, info, debug, trace",
+            ));
+        }
+
+        // The bounds above keep every value inside the narrower types below.
+        Ok(Self {
+            listen,
+            data_dir,
+            plain_http,
+            tls_cert,
+            tls_key,
+            body_limit_bytes: body_limit as usize,
+            max_json_depth: depth as usize,
+            session_idle_secs: idle as i64,
+            session_lifetime_secs: lifetime as i64,
+            enrollment_ttl_secs: enrollment_ttl as i64,
+            ip_rate_per_minute: ip_rate as u32,
+            throttle_after_failures: throttle_after as u32,
+            throttle_base_ms: throttle_base,
+            throttle_max_ms: throttle_max,
+            lock_after_failures: lock_after as u32,
+            argon2: Argon2Params {
+                memory_kib: memory as u32,
+                iterations: iterations as u32,
+                parallelism: parallelism as u32,
+            },
+            log_level,
+        })
+    }
+
+    /// Defaults, rooted at `data_dir` (for tests and `init`).
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        let file = FileConfig {
+            data_dir: Some(data_dir.to_path_buf()),
+            ..FileConfig::default()
+        };
+        // Defaults with a non-empty data dir always validate.
+        Self::from_file(file)
+            .unwrap_or_else(|e| unreachable!("default configuration is invalid: {e}"))
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("carevault.db")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::from_file(FileConfig::load(None, env(&[])).unwrap()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.data_dir, PathBuf::from("./carevault-data"));
+        assert!(!c.plain_http);
+        assert_eq!(c.body_limit_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.session_idle_secs, 900);
+        assert_eq!(c.session_lifetime_secs, 8 * 3600);
+        assert_eq!(c.argon2, OWASP_ARGON2);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n[session]\nidle_timeout_secs = 60\n",
+        )
+        .unwrap();
+        let file = FileConfig::load(
+            Some(&path),
+            env(&[
+                ("CAREVAULT_LISTEN", "127.0.0.1:9001"),
+                ("CAREVAULT_SESSION_IDLE_TIMEOUT_SECS", "120"),
+            ]),
+        )
+        .unwrap();
+        let c = Config::from_file(file).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.session_idle_secs, 120);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |pairs: &[(&str, &str)]| {
+            FileConfig::load(None, env(pairs))
+                .and_then(Config::from_file)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&[("CAREVAULT_LISTEN", "nowhere")]).contains("`listen`"));
+        assert!(
+            err(&[("CAREVAULT_BODY_LIMIT_BYTES", "ten")]).contains("CAREVAULT_BODY_LIMIT_BYTES")
+        );
+        assert!(err(&[("CAREVAULT_LISTN", "x")]).contains("CAREVAULT_LISTN"));
+        assert!(
+            err(&[("CAREVAULT_SESSION_IDLE_TIMEOUT_SECS", "1")])
+                .contains("session.idle_timeout_secs")
+        );
+        let plain = err(&[
+            ("CAREVAULT_LISTEN", "0.0.0.0:80"),
+            ("CAREVAULT_ALLOW_PLAIN_HTTP", "true"),
+        ]);
+        assert!(
+            plain.contains("allow_plain_http") && plain.contains("loopback"),
+            "{plain}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let e = FileConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+        std::fs::write(&path, "[tls]\npassword = \"hunter2\"\n").unwrap();
+        let e = FileConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_on_loopback_is_allowed_when_asked() {
+        let file = FileConfig::load(
+            None,
+            env(&[
+                ("CAREVAULT_LISTEN", "127.0.0.1:8080"),
+                ("CAREVAULT_ALLOW_PLAIN_HTTP", "1"),
+            ]),
+        )
+        .unwrap();
+        assert!(Config::from_file(file).unwrap().plain_http);
+    }
+}

@@ -1,0 +1,182 @@
+//! An environment on disk: its id, database, keyring and TLS certificate, all under one data
+//! directory (mode 0700):
+//!
+//! ```text
+//! carevault-data/
+//!   environment.json   environment id and creation time
+//!   carevault.db       SQLite (WAL): sealed resources, identity, wrapped data keys
+//!   keys/kek-v1.key    key-encryption key (file provider; 0600, directory 0700)
+//!   tls/cert.pem       self-signed certificate (unless configured otherwise)
+//!   tls/key.pem        its private key (0600)
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use carevault_crypto::FileKeyProvider;
+use carevault_store::{SqliteStore, Store, WriteOp};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::identity::{Identity, NewUser};
+use crate::keyring::Keyring;
+
+const ENVIRONMENT_FILE: &str = "environment.json";
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EnvironmentFile {
+    environment_id: String,
+    created_at: String,
+}
+
+/// An opened environment: what every service of the server shares.
+pub struct Environment {
+    pub id: String,
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+}
+
+/// What `init` did, for the operator's terminal (never the log).
+pub struct InitReport {
+    pub environment_id: String,
+    pub tls_fingerprint: Option<String>,
+    pub admin: NewUser,
+}
+
+/// True when `config.data_dir` holds an environment.
+pub fn is_initialized(config: &Config) -> bool {
+    config.data_dir.join(ENVIRONMENT_FILE).exists()
+}
+
+/// Initialize a new environment in an empty (or missing) data directory.
+pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
+    let dir = &config.data_dir;
+    if is_initialized(config) {
+        return Err(Error::Conflict(format!(
+            "{} already holds a CareVault environment",
+            dir.display()
+        )));
+    }
+    if dir.exists()
+        && fs::read_dir(dir)
+            .map_err(|e| io("cannot read the data directory", &e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Conflict(format!(
+            "{} is not empty and holds no CareVault environment; choose an empty directory",
+            dir.display()
+        )));
+    }
+    fs::create_dir_all(dir).map_err(|e| io("cannot create the data directory", &e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("cannot restrict the data directory", &e))?;
+
+    let environment_id = format!("env-{}", uuid::Uuid::new_v4());
+    FileKeyProvider::create(&config.keys_dir())?;
+    let store = SqliteStore::open(&config.db_path())?;
+    store
+        .write(vec![WriteOp::SetMeta {
+            key: "environment_id".into(),
+            value: environment_id.clone(),
+        }])
+        .await?;
+
+    let tls_fingerprint = if config.plain_http || config.tls_cert.exists() {
+        None
+    } else {
+        Some(crate::http::tls::generate_self_signed(config)?)
+    };
+
+    let store: Arc<dyn Store> = Arc::new(store);
+    let keyring = Arc::new(Keyring::new(
+        environment_id.clone(),
+        Box::new(FileKeyProvider::open(&config.keys_dir())?),
+        store.clone(),
+        clock.clone(),
+    ));
+    let identity = Identity::new(config, store, keyring, clock.clone())?;
+    let admin = identity
+        .create_user(BOOTSTRAP_ADMIN, &["admin".to_owned()], None)
+        .await?;
+
+    // Written last: a crash before this point leaves a directory `init` can be rerun on after
+    // emptying it, never a half-made environment that `serve` would open.
+    let file = EnvironmentFile {
+        environment_id: environment_id.clone(),
+        created_at: crate::clock::fhir_instant(clock.now_us()),
+    };
+    write_private(
+        &dir.join(ENVIRONMENT_FILE),
+        &serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?,
+    )?;
+    Ok(InitReport {
+        environment_id,
+        tls_fingerprint,
+        admin,
+    })
+}
+
+/// Open an initialized environment.
+pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
+    let dir = &config.data_dir;
+    let text = fs::read(dir.join(ENVIRONMENT_FILE)).map_err(|_| {
+        Error::Unavailable(format!(
+            "{} holds no CareVault environment; run `carevault init` or `carevault serve` on an empty directory",
+            dir.display()
+        ))
+    })?;
+    let file: EnvironmentFile = serde_json::from_slice(&text)
+        .map_err(|_| Error::Unavailable(format!("{ENVIRONMENT_FILE} is damaged")))?;
+    let meta = fs::metadata(dir).map_err(|e| io("cannot read the data directory", &e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Unavailable(format!(
+            "{} is accessible to other users; it must be mode 0700",
+            dir.display()
+        )));
+    }
+    let provider = FileKeyProvider::open(&config.keys_dir())?;
+    let store = SqliteStore::open(&config.db_path())?;
+    match store.meta("environment_id").await? {
+        Some(id) if id == file.environment_id => {}
+        _ => {
+            return Err(Error::Unavailable(
+                "the database belongs to another environment than this data directory".into(),
+            ));
+        }
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
+    let keyring = Arc::new(Keyring::new(
+        file.environment_id.clone(),
+        Box::new(provider),
+        store.clone(),
+        clock,
+    ));
+    Ok(Environment {
+        id: file.environment_id,
+        store,
+        keyring,
+    })
+}
+
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("cannot create a file in the data directory", &e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("cannot write a file in the data directory", &e))
+}
+
+fn io(what: &str, e: &std::io::Error) -> Error {
+    Error::Unavailable(format!("{what}: {}", e.kind()))
+}

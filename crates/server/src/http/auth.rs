@@ -1,0 +1,226 @@
+//! `/auth/*` (enrollment, login, sessions) and `/admin/users*` handlers, and the extractor that
+//! turns a bearer token into a [`Principal`].
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::error::ApiError;
+use super::tls::ClientAddr;
+use super::{AppState, json_body, json_response};
+use crate::error::Error;
+use crate::identity::{Principal, Role};
+
+/// An authenticated request. Rejects with 401 (and `WWW-Authenticate`) otherwise.
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers).ok_or(Error::Unauthorized)?;
+        let principal = state.inner.identity.authenticate(token).await?;
+        Ok(Authenticated(principal))
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+pub(crate) fn require_role(principal: &Principal, role: Role) -> Result<(), ApiError> {
+    if principal.has_role(role) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden.into())
+    }
+}
+
+/// Per-client-IP rate limit on every `/auth/*` endpoint.
+pub async fn ip_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|ConnectInfo(ClientAddr(addr))| addr.ip());
+    if let Some(ip) = ip
+        && let Err(e) = state.inner.identity.check_ip(ip)
+    {
+        return ApiError::from(e).into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollStartRequest {
+    enrollment_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollFinishRequest {
+    enrollment_token: String,
+    password: Zeroizing<String>,
+    totp_code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: Zeroizing<String>,
+    totp_code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    username: String,
+    roles: Vec<String>,
+    #[serde(default)]
+    organization: Option<String>,
+}
+
+pub async fn enroll_start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: EnrollStartRequest = json_body(&state, &headers, body).await?;
+    let started = state
+        .inner
+        .identity
+        .enroll_start(&req.enrollment_token)
+        .await?;
+    Ok(json_response(StatusCode::OK, &started))
+}
+
+pub async fn enroll_finish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: EnrollFinishRequest = json_body(&state, &headers, body).await?;
+    let codes = state
+        .inner
+        .identity
+        .enroll_finish(&req.enrollment_token, &req.password, &req.totp_code)
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "recovery_codes": codes }),
+    ))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: LoginRequest = json_body(&state, &headers, body).await?;
+    let granted = state
+        .inner
+        .identity
+        .login(&req.username, &req.password, &req.totp_code)
+        .await?;
+    Ok(json_response(StatusCode::OK, &granted))
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    state.inner.identity.logout(&p).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn whoami(Authenticated(p): Authenticated) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "username": p.username,
+            "roles": p.roles,
+            "organization": p.organization,
+        }),
+    )
+}
+
+pub async fn create_user(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_role(&p, Role::Admin)?;
+    let req: CreateUserRequest = json_body(&state, &headers, body).await?;
+    let created = state
+        .inner
+        .identity
+        .create_user(&req.username, &req.roles, req.organization)
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+pub async fn list_users(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    require_role(&p, Role::Admin)?;
+    let users = state.inner.identity.list_users().await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "users": users }),
+    ))
+}
+
+pub async fn disable_user(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_role(&p, Role::Admin)?;
+    state.inner.identity.disable(&p, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn enable_user(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_role(&p, Role::Admin)?;
+    state.inner.identity.enable(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_role(&p, Role::Admin)?;
+    state.inner.identity.unlock(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn reset_user(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_role(&p, Role::Admin)?;
+    let reset = state.inner.identity.reset(Some(&p), &name).await?;
+    Ok(json_response(StatusCode::OK, &reset))
+}

@@ -1,0 +1,820 @@
+//! Identity: accounts, enrollment, multi-factor login (password + TOTP, always both), sessions,
+//! throttling. Only an admin creates accounts; a new account gets a one-time enrollment token.
+
+pub mod password;
+pub mod throttle;
+pub mod totp;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use carevault_store::{CredentialRow, EnrollmentRow, PrincipalRow, SessionRow, Store, WriteOp};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keyring::{Keyring, SECRETS_COMPARTMENT};
+use password::PasswordHasherConfig;
+use throttle::{IpRateLimit, LoginThrottle};
+
+pub const SESSION_PREFIX: &str = "cvs_";
+pub const ENROLLMENT_PREFIX: &str = "cve_";
+const RECOVERY_CODES: usize = 10;
+/// A session's `last_seen` is written at most this often (it is a write on the request path).
+const TOUCH_EVERY_SECS: i64 = 30;
+
+/// A built-in role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Clinician,
+    Auditor,
+    Developer,
+    Service,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "admin" => Role::Admin,
+            "clinician" => Role::Clinician,
+            "auditor" => Role::Auditor,
+            "developer" => Role::Developer,
+            "service" => Role::Service,
+            _ => {
+                return Err(Error::BadRequest(
+                    "unknown role; expected admin, clinician, auditor, developer or service".into(),
+                ));
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Clinician => "clinician",
+            Role::Auditor => "auditor",
+            Role::Developer => "developer",
+            Role::Service => "service",
+        }
+    }
+}
+
+/// A validated username: 2-64 characters of `a-z 0-9 . _ -`, starting with a letter or digit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(s: &str) -> Result<Self> {
+        let ok = (2..=64).contains(&s.len())
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Error::BadRequest(
+                "username must be 2-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit".into(),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who is making a request, once authenticated.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub id: String,
+    pub username: String,
+    pub roles: Vec<Role>,
+    pub organization: Option<String>,
+    session_hash: String,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NewUser {
+    pub username: String,
+    pub enrollment_token: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    pub username: String,
+    pub roles: Vec<String>,
+    pub organization: Option<String>,
+    pub disabled: bool,
+    pub locked: bool,
+    pub enrolled: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnrollStart {
+    pub username: String,
+    pub totp_secret: String,
+    pub otpauth_uri: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginGranted {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+}
+
+pub struct Identity {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    clock: SharedClock,
+    hasher: PasswordHasherConfig,
+    /// Bounds concurrent Argon2 work so a login flood cannot starve request handling.
+    hash_permits: Semaphore,
+    /// Verified against when the username is unknown, so every failure costs the same.
+    dummy_hash: String,
+    throttle: LoginThrottle,
+    ip_limit: IpRateLimit,
+    session_idle_secs: i64,
+    session_lifetime_secs: i64,
+    enrollment_ttl_secs: i64,
+    lock_after: u32,
+}
+
+impl Identity {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        let hasher = PasswordHasherConfig::new(config.argon2)?;
+        let dummy_password: [u8; 16] = carevault_crypto::random_bytes()?;
+        let dummy_hash = hasher.hash(&hex::encode(dummy_password))?;
+        Ok(Self {
+            store,
+            keyring,
+            clock,
+            hasher,
+            hash_permits: Semaphore::new(2),
+            dummy_hash,
+            throttle: LoginThrottle::new(
+                config.throttle_after_failures,
+                config.throttle_base_ms,
+                config.throttle_max_ms,
+            ),
+            ip_limit: IpRateLimit::new(config.ip_rate_per_minute),
+            session_idle_secs: config.session_idle_secs,
+            session_lifetime_secs: config.session_lifetime_secs,
+            enrollment_ttl_secs: config.enrollment_ttl_secs,
+            lock_after: config.lock_after_failures,
+        })
+    }
+
+    /// Per-IP limit for the `/auth/*` endpoints.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<()> {
+        self.ip_limit
+            .check(ip, self.clock.now_us())
+            .map_err(|retry_after_secs| Error::TooManyRequests { retry_after_secs })
+    }
+
+    // ----- accounts -----
+
+    /// Create an account with a one-time enrollment token. `created_by` is the admin (None for
+    /// the bootstrap admin created at init).
+    pub async fn create_user(
+        &self,
+        username: &str,
+        roles: &[String],
+        organization: Option<String>,
+    ) -> Result<NewUser> {
+        let username = Username::parse(username)?;
+        if roles.is_empty() {
+            return Err(Error::BadRequest("at least one role is required".into()));
+        }
+        let mut parsed = Vec::new();
+        for r in roles {
+            let role = Role::parse(r)?;
+            if !parsed.contains(&role) {
+                parsed.push(role);
+            }
+        }
+        if let Some(org) = &organization {
+            validate_organization(org)?;
+        }
+        let principal = PrincipalRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: username.as_str().to_owned(),
+            roles: parsed.iter().map(|r| r.as_str().to_owned()).collect(),
+            organization,
+            disabled: false,
+            locked: false,
+            failed_logins: 0,
+            created_at: self.clock.now_secs(),
+        };
+        let (token, enrollment) = self.new_enrollment(&principal.id)?;
+        let expires = enrollment.expires_at;
+        self.store
+            .write(vec![
+                WriteOp::InsertPrincipal(principal),
+                WriteOp::InsertEnrollment(enrollment),
+            ])
+            .await
+            .map_err(|e| match e {
+                carevault_store::StoreError::AlreadyExists => {
+                    Error::Conflict("username is taken".into())
+                }
+                other => other.into(),
+            })?;
+        Ok(NewUser {
+            username: username.0,
+            enrollment_token: token,
+            expires_at: crate::clock::fhir_instant(expires * 1_000_000),
+        })
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserView>> {
+        let mut out = Vec::new();
+        for p in self.store.principals().await? {
+            let enrolled = self.store.credential(&p.id).await?.is_some();
+            out.push(UserView {
+                username: p.username,
+                roles: p.roles,
+                organization: p.organization,
+                disabled: p.disabled,
+                locked: p.locked,
+                enrolled,
+                created_at: crate::clock::fhir_instant(p.created_at * 1_000_000),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn principal_named(&self, username: &str) -> Result<PrincipalRow> {
+        let username = Username::parse(username).map_err(|_| Error::NotFound)?;
+        self.store
+            .principal_by_username(username.as_str())
+            .await?
+            .ok_or(Error::NotFound)
+    }
+
+    fn refuse_self(actor: &Principal, target: &PrincipalRow) -> Result<()> {
+        if actor.id == target.id {
+            return Err(Error::Conflict(
+                "an admin cannot do this to their own account".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn disable(&self, actor: &Principal, username: &str) -> Result<()> {
+        let p = self.principal_named(username).await?;
+        Self::refuse_self(actor, &p)?;
+        self.store
+            .write(vec![
+                WriteOp::UpdatePrincipal {
+                    principal_id: p.id.clone(),
+                    disabled: Some(true),
+                    locked: None,
+                    failed_logins: None,
+                },
+                WriteOp::RevokeSessions { principal_id: p.id },
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Enable (and unlock) an account.
+    pub async fn enable(&self, username: &str) -> Result<()> {
+        let p = self.principal_named(username).await?;
+        self.store
+            .write(vec![WriteOp::UpdatePrincipal {
+                principal_id: p.id,
+                disabled: Some(false),
+                locked: Some(false),
+                failed_logins: Some(0),
+            }])
+            .await?;
+        self.throttle.reset(username);
+        Ok(())
+    }
+
+    pub async fn unlock(&self, username: &str) -> Result<()> {
+        let p = self.principal_named(username).await?;
+        self.store
+            .write(vec![WriteOp::UpdatePrincipal {
+                principal_id: p.id,
+                disabled: None,
+                locked: Some(false),
+                failed_logins: Some(0),
+            }])
+            .await?;
+        self.throttle.reset(username);
+        Ok(())
+    }
+
+    /// Revoke the account's credentials and sessions and issue a new enrollment token.
+    pub async fn reset(&self, actor: Option<&Principal>, username: &str) -> Result<NewUser> {
+        let p = self.principal_named(username).await?;
+        if let Some(actor) = actor {
+            Self::refuse_self(actor, &p)?;
+        }
+        let (token, enrollment) = self.new_enrollment(&p.id)?;
+        let expires = enrollment.expires_at;
+        self.store
+            .write(vec![
+                WriteOp::DeleteCredential {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::RevokeSessions {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::DeleteEnrollments {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::InsertEnrollment(enrollment),
+                WriteOp::UpdatePrincipal {
+                    principal_id: p.id,
+                    disabled: None,
+                    locked: Some(false),
+                    failed_logins: Some(0),
+                },
+            ])
+            .await?;
+        self.throttle.reset(username);
+        Ok(NewUser {
+            username: p.username,
+            enrollment_token: token,
+            expires_at: crate::clock::fhir_instant(expires * 1_000_000),
+        })
+    }
+
+    /// A fresh enrollment token for an account, replacing any earlier one, leaving its current
+    /// credentials in place until the enrollment finishes (`carevault admin recover`).
+    pub async fn reissue_enrollment(&self, username: &str) -> Result<NewUser> {
+        let p = self.principal_named(username).await?;
+        let (token, enrollment) = self.new_enrollment(&p.id)?;
+        let expires = enrollment.expires_at;
+        self.store
+            .write(vec![
+                WriteOp::DeleteEnrollments {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::InsertEnrollment(enrollment),
+            ])
+            .await?;
+        Ok(NewUser {
+            username: p.username,
+            enrollment_token: token,
+            expires_at: crate::clock::fhir_instant(expires * 1_000_000),
+        })
+    }
+
+    fn new_enrollment(&self, principal_id: &str) -> Result<(String, EnrollmentRow)> {
+        let token = carevault_crypto::random_token(ENROLLMENT_PREFIX)?;
+        let row = EnrollmentRow {
+            token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
+            principal_id: principal_id.to_owned(),
+            expires_at: self.clock.now_secs() + self.enrollment_ttl_secs,
+            pending_totp_sealed: None,
+        };
+        Ok((token, row))
+    }
+
+    // ----- enrollment -----
+
+    async fn valid_enrollment(&self, token: &str) -> Result<(EnrollmentRow, PrincipalRow)> {
+        let invalid = || Error::BadRequest("enrollment token is invalid or expired".into());
+        if !token.starts_with(ENROLLMENT_PREFIX) || token.len() > 128 {
+            return Err(invalid());
+        }
+        let row = self
+            .store
+            .enrollment(&carevault_crypto::sha256_hex(token.as_bytes()))
+            .await?
+            .ok_or_else(invalid)?;
+        if row.expires_at <= self.clock.now_secs() {
+            return Err(invalid());
+        }
+        let principal = self
+            .store
+            .principal_by_id(&row.principal_id)
+            .await?
+            .ok_or_else(invalid)?;
+        if principal.disabled {
+            return Err(invalid());
+        }
+        Ok((row, principal))
+    }
+
+    pub async fn enroll_start(&self, token: &str) -> Result<EnrollStart> {
+        let (row, principal) = self.valid_enrollment(token).await?;
+        let secret = Zeroizing::new(totp::generate_secret()?);
+        let (sealed_dek, sealed) = self
+            .keyring
+            .seal(
+                SECRETS_COMPARTMENT,
+                &totp_aad(&principal.id),
+                secret.as_ref(),
+            )
+            .await?;
+        let _ = sealed_dek;
+        self.store
+            .write(vec![WriteOp::SetEnrollmentPendingTotp {
+                token_hash: row.token_hash,
+                sealed,
+            }])
+            .await
+            .map_err(|_| Error::BadRequest("enrollment token is invalid or expired".into()))?;
+        let (totp_secret, otpauth_uri) = totp::provisioning(secret.as_ref(), &principal.username)?;
+        Ok(EnrollStart {
+            username: principal.username,
+            totp_secret,
+            otpauth_uri,
+        })
+    }
+
+    pub async fn enroll_finish(
+        &self,
+        token: &str,
+        password: &str,
+        totp_code: &str,
+    ) -> Result<Vec<String>> {
+        let (row, principal) = self.valid_enrollment(token).await?;
+        let sealed = row
+            .pending_totp_sealed
+            .ok_or_else(|| Error::BadRequest("call /auth/enroll/start first".into()))?;
+        let secret = Zeroizing::new(self.keyring.open(&totp_aad(&principal.id), &sealed).await?);
+        let step = totp::verify(
+            &secret,
+            &principal.username,
+            totp_code,
+            self.clock.now_secs(),
+            0,
+        )?
+        .ok_or_else(|| {
+            Error::BadRequest("the authenticator code is not valid for the new secret".into())
+        })?;
+        password::check_policy(password, &principal.username)?;
+        let password_hash = self.hash_password(password).await?;
+
+        let mut codes = Vec::with_capacity(RECOVERY_CODES);
+        let mut hashes = Vec::with_capacity(RECOVERY_CODES);
+        for _ in 0..RECOVERY_CODES {
+            let code = new_recovery_code()?;
+            hashes.push(carevault_crypto::sha256_hex(code.as_bytes()));
+            codes.push(code);
+        }
+        self.store
+            .write(vec![
+                // Re-check that the token still exists inside the transaction: it is spent once.
+                WriteOp::SetEnrollmentPendingTotp {
+                    token_hash: row.token_hash,
+                    sealed: Vec::new(),
+                },
+                WriteOp::SetCredential(CredentialRow {
+                    principal_id: principal.id.clone(),
+                    password_hash,
+                    totp_secret_sealed: sealed,
+                    totp_last_step: step,
+                    recovery_code_hashes: hashes,
+                }),
+                WriteOp::DeleteEnrollments {
+                    principal_id: principal.id.clone(),
+                },
+                WriteOp::RevokeSessions {
+                    principal_id: principal.id.clone(),
+                },
+                WriteOp::UpdatePrincipal {
+                    principal_id: principal.id,
+                    disabled: None,
+                    locked: Some(false),
+                    failed_logins: Some(0),
+                },
+            ])
+            .await
+            .map_err(|e| match e {
+                carevault_store::StoreError::Conflict => {
+                    Error::BadRequest("enrollment token is invalid or expired".into())
+                }
+                other => other.into(),
+            })?;
+        self.throttle.reset(&principal.username);
+        Ok(codes)
+    }
+
+    async fn hash_password(&self, password: &str) -> Result<String> {
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("shutting down".into()))?;
+        // Argon2 is deliberately slow; keep it off the async workers.
+        let hasher = self.hasher.clone();
+        let password = Zeroizing::new(password.to_owned());
+        tokio::task::spawn_blocking(move || hasher.hash(&password))
+            .await
+            .map_err(|e| Error::Internal(format!("hash task: {e}")))?
+    }
+
+    async fn verify_password(&self, password: &str, phc: &str) -> Result<bool> {
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("shutting down".into()))?;
+        let hasher = self.hasher.clone();
+        let password = Zeroizing::new(password.to_owned());
+        let phc = phc.to_owned();
+        tokio::task::spawn_blocking(move || hasher.verify(&password, &phc))
+            .await
+            .map_err(|e| Error::Internal(format!("hash task: {e}")))
+    }
+
+    // ----- login and sessions -----
+
+    /// Password and second factor (a TOTP code, or once each, a recovery code). Every failure
+    /// is the same `Unauthorized` after the same Argon2 work, whatever was wrong.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        second_factor: &str,
+    ) -> Result<LoginGranted> {
+        let now_us = self.clock.now_us();
+        let throttle_key = username.to_ascii_lowercase();
+        if let Err(retry_after_secs) = self.throttle.check(&throttle_key, now_us) {
+            return Err(Error::TooManyRequests { retry_after_secs });
+        }
+        let principal = match Username::parse(username) {
+            Ok(u) => self.store.principal_by_username(u.as_str()).await?,
+            Err(_) => None,
+        };
+        let credential = match &principal {
+            Some(p) => self.store.credential(&p.id).await?,
+            None => None,
+        };
+        let phc = credential
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |c| c.password_hash.as_str());
+        let password_ok = password.len() <= 1024 && self.verify_password(password, phc).await?;
+
+        let granted = match (principal, credential) {
+            (Some(p), Some(c)) if password_ok && !p.disabled && !p.locked => self
+                .second_factor(&p, &c, second_factor)
+                .await?
+                .then_some(p),
+            _ => None,
+        };
+        match granted {
+            Some(p) => {
+                self.throttle.reset(&throttle_key);
+                self.open_session(&p).await
+            }
+            None => {
+                self.throttle.record_failure(&throttle_key, now_us);
+                if let Ok(u) = Username::parse(username)
+                    && let Some(p) = self.store.principal_by_username(u.as_str()).await?
+                {
+                    self.store
+                        .write(vec![WriteOp::RecordLoginFailure {
+                            principal_id: p.id,
+                            lock_after: self.lock_after,
+                        }])
+                        .await?;
+                }
+                Err(Error::Unauthorized)
+            }
+        }
+    }
+
+    async fn second_factor(&self, p: &PrincipalRow, c: &CredentialRow, code: &str) -> Result<bool> {
+        let now = self.clock.now_secs();
+        if code.len() == 6 {
+            let secret = Zeroizing::new(
+                self.keyring
+                    .open(&totp_aad(&p.id), &c.totp_secret_sealed)
+                    .await?,
+            );
+            let Some(step) = totp::verify(&secret, &p.username, code, now, c.totp_last_step)?
+            else {
+                return Ok(false);
+            };
+            // Atomic: of two concurrent logins with the same code, one wins.
+            return match self
+                .store
+                .write(vec![WriteOp::AdvanceTotpStep {
+                    principal_id: p.id.clone(),
+                    step,
+                }])
+                .await
+            {
+                Ok(()) => Ok(true),
+                Err(carevault_store::StoreError::Conflict) => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let normalized = normalize_recovery_code(code);
+        if normalized.is_empty() {
+            return Ok(false);
+        }
+        match self
+            .store
+            .write(vec![WriteOp::ConsumeRecoveryCode {
+                principal_id: p.id.clone(),
+                code_hash: carevault_crypto::sha256_hex(normalized.as_bytes()),
+            }])
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(carevault_store::StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn open_session(&self, p: &PrincipalRow) -> Result<LoginGranted> {
+        let token = carevault_crypto::random_token(SESSION_PREFIX)?;
+        let now = self.clock.now_secs();
+        self.store
+            .write(vec![
+                WriteOp::InsertSession(SessionRow {
+                    token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
+                    principal_id: p.id.clone(),
+                    created_at: now,
+                    last_seen: now,
+                    revoked: false,
+                }),
+                WriteOp::UpdatePrincipal {
+                    principal_id: p.id.clone(),
+                    disabled: None,
+                    locked: None,
+                    failed_logins: Some(0),
+                },
+            ])
+            .await?;
+        Ok(LoginGranted {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: self.session_idle_secs,
+        })
+    }
+
+    /// Resolve a bearer token to its principal, enforcing idle and absolute timeouts.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        if !token.starts_with(SESSION_PREFIX) || token.len() != SESSION_PREFIX.len() + 43 {
+            return Err(Error::Unauthorized);
+        }
+        let hash = carevault_crypto::sha256_hex(token.as_bytes());
+        let session = self
+            .store
+            .session(&hash)
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        let now = self.clock.now_secs();
+        if session.revoked
+            || now - session.created_at >= self.session_lifetime_secs
+            || now - session.last_seen >= self.session_idle_secs
+        {
+            return Err(Error::Unauthorized);
+        }
+        let p = self
+            .store
+            .principal_by_id(&session.principal_id)
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        if p.disabled {
+            return Err(Error::Unauthorized);
+        }
+        if now - session.last_seen >= TOUCH_EVERY_SECS {
+            self.store
+                .write(vec![WriteOp::TouchSession {
+                    token_hash: hash.clone(),
+                    last_seen: now,
+                }])
+                .await?;
+        }
+        let roles = p.roles.iter().filter_map(|r| Role::parse(r).ok()).collect();
+        Ok(Principal {
+            id: p.id,
+            username: p.username,
+            roles,
+            organization: p.organization,
+            session_hash: hash,
+        })
+    }
+
+    pub async fn logout(&self, principal: &Principal) -> Result<()> {
+        self.store
+            .write(vec![WriteOp::RevokeSession {
+                token_hash: principal.session_hash.clone(),
+            }])
+            .await?;
+        Ok(())
+    }
+}
+
+fn totp_aad(principal_id: &str) -> Vec<u8> {
+    format!("carevault-totp\0{principal_id}").into_bytes()
+}
+
+fn validate_organization(org: &str) -> Result<()> {
+    let ok = (1..=64).contains(&org.len())
+        && org
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(
+            "organization must be 1-64 characters of letters, digits, '.', '_' or '-' (a FHIR Organization id)".into(),
+        ))
+    }
+}
+
+/// Recovery codes: 80 random bits as four groups of four base32 characters.
+fn new_recovery_code() -> Result<String> {
+    let bytes: [u8; 10] = carevault_crypto::random_bytes()?;
+    let b32 = data_encoding::BASE32_NOPAD
+        .encode(&bytes)
+        .to_ascii_lowercase();
+    Ok(format!(
+        "{}-{}-{}-{}",
+        &b32[0..4],
+        &b32[4..8],
+        &b32[8..12],
+        &b32[12..16]
+    ))
+}
+
+/// Accept recovery codes with or without dashes, in either case.
+fn normalize_recovery_code(code: &str) -> String {
+    let compact: String = code
+        .chars()
+        .filter(|c| *c != '-' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if compact.len() != 16
+        || !compact
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+    {
+        return String::new();
+    }
+    format!(
+        "{}-{}-{}-{}",
+        &compact[0..4],
+        &compact[4..8],
+        &compact[8..12],
+        &compact[12..16]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(Username::parse("alice").is_ok());
+        assert!(Username::parse("dr.smith-2").is_ok());
+        for bad in [
+            "",
+            "a",
+            "Alice",
+            "-x",
+            "x y",
+            "ü",
+            &"a".repeat(65),
+            "a'; DROP TABLE",
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn recovery_codes_normalize() {
+        let code = new_recovery_code().unwrap();
+        assert_eq!(code.len(), 19);
+        assert_eq!(normalize_recovery_code(&code), code);
+        assert_eq!(
+            normalize_recovery_code(&code.to_uppercase().replace('-', "")),
+            code
+        );
+        assert_eq!(normalize_recovery_code("123456"), "");
+    }
+}

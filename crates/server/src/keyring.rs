@@ -1,0 +1,143 @@
+//! The environment's keyring: finds (or creates) the data key of a compartment, keeps unwrapped
+//! data keys in a bounded cache, and seals/opens values with associated data that binds them to
+//! the environment and their owner.
+//!
+//! Compartments: `Patient/<id>` for a patient's data, [`ENVIRONMENT_COMPARTMENT`] for resources
+//! outside any patient compartment, [`SECRETS_COMPARTMENT`] for credential secrets (TOTP).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use aes_gcm::Aes256Gcm;
+use carevault_crypto::{DataKey, DataKeyCache, KeyProvider, envelope};
+use carevault_store::{Store, WriteOp};
+
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+
+pub const ENVIRONMENT_COMPARTMENT: &str = "environment";
+pub const SECRETS_COMPARTMENT: &str = "secrets";
+
+/// How many unwrapped data keys stay in memory.
+const CACHE_CAPACITY: usize = 100_000;
+
+pub struct Keyring {
+    env_id: String,
+    provider: Box<dyn KeyProvider>,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    keys: DataKeyCache,
+    /// compartment -> data key id, so a hot compartment needs no database read.
+    compartments: RwLock<HashMap<String, u64>>,
+}
+
+impl Keyring {
+    pub fn new(
+        env_id: String,
+        provider: Box<dyn KeyProvider>,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            env_id,
+            provider,
+            store,
+            clock,
+            keys: DataKeyCache::new(CACHE_CAPACITY),
+            compartments: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn env_id(&self) -> &str {
+        &self.env_id
+    }
+
+    pub fn provider_kind(&self) -> &'static str {
+        self.provider.kind()
+    }
+
+    /// Seal `plaintext` under the data key of `compartment`; returns the key id and the envelope.
+    pub async fn seal(
+        &self,
+        compartment: &str,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<(u64, Vec<u8>)> {
+        let (dek_id, cipher) = self.key_for_compartment(compartment).await?;
+        let sealed = envelope::seal(&cipher, dek_id, aad, plaintext)?;
+        Ok((dek_id, sealed))
+    }
+
+    /// Open an envelope; the data key is found from its header.
+    pub async fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        let header = envelope::Header::parse(sealed)?;
+        let cipher = self.key_by_id(header.dek_id).await?;
+        Ok(envelope::open(&cipher, aad, sealed)?)
+    }
+
+    async fn key_for_compartment(&self, compartment: &str) -> Result<(u64, Arc<Aes256Gcm>)> {
+        let known = self
+            .compartments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(compartment)
+            .copied();
+        if let Some(id) = known {
+            return Ok((id, self.key_by_id(id).await?));
+        }
+        let row = match self.store.data_key_by_compartment(compartment).await? {
+            Some(row) => row,
+            None => {
+                // Create one; if a concurrent request created it first, the insert is ignored
+                // and both use the winner's key.
+                let dek = DataKey::generate()?;
+                let (kek_version, wrapped) =
+                    self.provider.wrap(&dek, &self.wrap_aad(compartment))?;
+                self.store
+                    .write(vec![WriteOp::InsertDataKeyIfAbsent {
+                        compartment: compartment.to_owned(),
+                        wrapped,
+                        kek_version,
+                        created_at: self.clock.now_secs(),
+                    }])
+                    .await?;
+                self.store
+                    .data_key_by_compartment(compartment)
+                    .await?
+                    .ok_or_else(|| Error::Internal("data key vanished after insert".into()))?
+            }
+        };
+        let cipher = self.unwrap_row(&row)?;
+        self.compartments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(compartment.to_owned(), row.id);
+        Ok((row.id, cipher))
+    }
+
+    async fn key_by_id(&self, id: u64) -> Result<Arc<Aes256Gcm>> {
+        if let Some(cipher) = self.keys.get(id) {
+            return Ok(cipher);
+        }
+        let row = self.store.data_key_by_id(id).await?.ok_or_else(|| {
+            Error::Integrity("data key referenced by a ciphertext does not exist".into())
+        })?;
+        self.unwrap_row(&row)
+    }
+
+    fn unwrap_row(&self, row: &carevault_store::DataKeyRow) -> Result<Arc<Aes256Gcm>> {
+        if let Some(cipher) = self.keys.get(row.id) {
+            return Ok(cipher);
+        }
+        let dek = self.provider.unwrap(
+            row.kek_version,
+            &row.wrapped,
+            &self.wrap_aad(&row.compartment),
+        )?;
+        Ok(self.keys.insert(row.id, dek.cipher()))
+    }
+
+    fn wrap_aad(&self, compartment: &str) -> Vec<u8> {
+        format!("carevault-dek\0{}\0{}", self.env_id, compartment).into_bytes()
+    }
+}
