@@ -41,7 +41,7 @@
 //!
 //! // An invalid resource: the issues say where and what, without the offending value.
 //! let bad = serde_json::json!({"resourceType": "Patient", "birthDate": "12/07/1984"});
-//! let issues = validator.validate(ResourceType::PATIENT, &bad).unwrap_err();
+//! let issues = validator.validate(ResourceType::PATIENT, &bad).err().ok_or("expected issues")?;
 //! assert_eq!(issues[0].location, "Patient.birthDate");
 //! assert_eq!(issues[0].message, "does not match the required pattern for date");
 //! let response_body = outcome::from_issues(&issues);

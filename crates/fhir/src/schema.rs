@@ -123,10 +123,11 @@ pub(crate) fn pattern_types(prepared: &Value) -> HashMap<String, String> {
 /// Adds the `type` constraints the published schema lacks (see the module docs).
 fn tighten_types(definitions: &mut Map<String, Value>) -> Result<(), FhirError> {
     for definition in definitions.values_mut() {
-        if let Value::Object(object) = definition {
-            if object.contains_key("properties") && !object.contains_key("type") {
-                object.insert("type".into(), "object".into());
-            }
+        if let Value::Object(object) = definition
+            && object.contains_key("properties")
+            && !object.contains_key("type")
+        {
+            object.insert("type".into(), "object".into());
         }
     }
     let xhtml = definitions
@@ -137,9 +138,10 @@ fn tighten_types(definitions: &mut Map<String, Value>) -> Result<(), FhirError> 
 
     let mut element_or_null = definitions
         .get("Element")
+        .and_then(Value::as_object)
         .cloned()
         .ok_or_else(|| FhirError::Schema("definition Element not found".into()))?;
-    element_or_null["type"] = json!(["object", "null"]);
+    element_or_null.insert("type".into(), json!(["object", "null"]));
     let element_ref = json!("#/definitions/Element");
     let element_or_null_ref = json!(format!("#/definitions/{ELEMENT_OR_NULL}"));
     for definition in definitions.values_mut() {
@@ -150,14 +152,14 @@ fn tighten_types(definitions: &mut Map<String, Value>) -> Result<(), FhirError> 
             if !name.starts_with('_') || property.get("type") != Some(&json!("array")) {
                 continue;
             }
-            if let Some(reference) = property.get_mut("items").and_then(|i| i.get_mut("$ref")) {
-                if *reference == element_ref {
-                    *reference = element_or_null_ref.clone();
-                }
+            if let Some(reference) = property.get_mut("items").and_then(|i| i.get_mut("$ref"))
+                && *reference == element_ref
+            {
+                *reference = element_or_null_ref.clone();
             }
         }
     }
-    definitions.insert(ELEMENT_OR_NULL.into(), element_or_null);
+    definitions.insert(ELEMENT_OR_NULL.into(), Value::Object(element_or_null));
     Ok(())
 }
 

@@ -210,8 +210,10 @@ impl ResourceType {
     pub fn parse(s: &str) -> Result<Self, FhirError> {
         R4_RESOURCE_TYPES
             .binary_search(&s)
-            .map(|index| Self(R4_RESOURCE_TYPES[index]))
-            .map_err(|_| FhirError::UnknownResourceType)
+            .ok()
+            .and_then(|index| R4_RESOURCE_TYPES.get(index))
+            .map(|name| Self(name))
+            .ok_or(FhirError::UnknownResourceType)
     }
 
     /// The type's name, e.g. `"Patient"`.

@@ -1,1 +1,461 @@
+//! Starts a real CareVault server (the `carevault` binary) in a temp dir for tests and
+//! benchmarks, and speaks HTTPS to it, trusting exactly the server's self-signed certificate.
+//!
+//! It also carries its own TOTP implementation (RFC 4226/6238 over RustCrypto's HMAC-SHA-1),
+//! separate from the server's, checked against the RFC 6238 test vectors, so tests compute codes
+//! the way an authenticator app would.
+#![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use ureq::tls::{RootCerts, TlsConfig};
+
+pub mod totp {
+    //! An independent RFC 6238 TOTP (HMAC-SHA-1, 6 digits, 30 s).
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha1::Sha1;
+
+    pub fn hotp(secret: &[u8], counter: u64) -> String {
+        let mut mac = match Hmac::<Sha1>::new_from_slice(secret) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of any length"),
+        };
+        mac.update(&counter.to_be_bytes());
+        let digest = mac.finalize().into_bytes();
+        let offset = usize::from(digest[19] & 0x0f);
+        let binary = (u32::from(digest[offset]) & 0x7f) << 24
+            | u32::from(digest[offset + 1]) << 16
+            | u32::from(digest[offset + 2]) << 8
+            | u32::from(digest[offset + 3]);
+        format!("{:06}", binary % 1_000_000)
+    }
+
+    pub fn code_at(secret: &[u8], unix_secs: u64) -> String {
+        hotp(secret, unix_secs / 30)
+    }
+
+    pub fn decode_base32(s: &str) -> Vec<u8> {
+        data_encoding::BASE32_NOPAD
+            .decode(s.trim_end_matches('=').as_bytes())
+            .unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn rfc6238_sha1_vectors() {
+            let secret = b"12345678901234567890";
+            // RFC 6238 appendix B gives 8 digits; the last 6 are the 6-digit codes.
+            for (t, code8) in [
+                (59, "94287082"),
+                (1_111_111_109, "07081804"),
+                (1_111_111_111, "14050471"),
+                (1_234_567_890, "89005924"),
+                (2_000_000_000, "69279037"),
+                (20_000_000_000, "65353130"),
+            ] {
+                assert_eq!(code_at(secret, t), code8[2..], "t={t}");
+            }
+        }
+
+        #[test]
+        fn rfc4226_hotp_vectors() {
+            let expected = ["755224", "287082", "359152", "969429", "338314"];
+            for (i, want) in expected.iter().enumerate() {
+                assert_eq!(hotp(b"12345678901234567890", i as u64), *want);
+            }
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An authenticator for one account: hands out codes for steps never used before, waiting for
+/// the next 30-second step when the ±1-step window is used up (the server refuses replays).
+pub struct Authenticator {
+    pub secret: Vec<u8>,
+    last_step: Option<u64>,
+}
+
+impl Authenticator {
+    pub fn new(secret_b32: &str) -> Self {
+        Self {
+            secret: totp::decode_base32(secret_b32),
+            last_step: None,
+        }
+    }
+
+    pub fn fresh_code(&mut self) -> String {
+        loop {
+            let now = now_secs();
+            // Avoid the edge of a step: the server might already be in the next one.
+            if now % 30 >= 28 {
+                std::thread::sleep(Duration::from_millis(2500));
+                continue;
+            }
+            let current = now / 30;
+            let step = match self.last_step {
+                Some(last) => (last + 1).max(current.saturating_sub(1)),
+                None => current.saturating_sub(1),
+            };
+            if step > current + 1 {
+                std::thread::sleep(Duration::from_secs(30 - now % 30));
+                continue;
+            }
+            self.last_step = Some(step);
+            return totp::hotp(&self.secret, step);
+        }
+    }
+}
+
+/// A response, fully read.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The first OperationOutcome issue's diagnostics, if this is one.
+    pub fn diagnostics(&self) -> String {
+        self.json()["issue"][0]["diagnostics"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// An HTTPS client for one server, optionally with a bearer token.
+#[derive(Clone)]
+pub struct Api {
+    agent: ureq::Agent,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(base: &str, ca_pem: &Path) -> Self {
+        let pem = std::fs::read(ca_pem).unwrap_or_default();
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(certs))).build())
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        Self {
+            agent,
+            base: base.trim_end_matches('/').to_owned(),
+            token: None,
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Self {
+        let mut api = self.clone();
+        api.token = Some(token.to_owned());
+        api
+    }
+
+    /// Send any request. `headers` are added as given (a test may send hostile ones).
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+        let url = format!("{}{}", self.base, path);
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            builder = builder.header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let result = match body {
+            Some(b) => match builder.body(b.to_vec()) {
+                Ok(req) => self.agent.run(req),
+                Err(e) => panic!("bad test request: {e}"),
+            },
+            None => match builder.body(()) {
+                Ok(req) => self.agent.run(req),
+                Err(e) => panic!("bad test request: {e}"),
+            },
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => panic!("{method} {path} failed at the transport level: {e}"),
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let mut body = Vec::new();
+        let _ = response.into_body().into_reader().read_to_end(&mut body);
+        Reply { status, headers, body }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path, &[], None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.request("POST", path, &[("Content-Type", "application/json")], Some(&bytes))
+    }
+
+    pub fn post_fhir(&self, path: &str, body: &Value) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.request("POST", path, &[("Content-Type", "application/fhir+json")], Some(&bytes))
+    }
+
+    pub fn put_fhir(&self, path: &str, body: &Value, extra: &[(&str, &str)]) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let mut headers = vec![("Content-Type", "application/fhir+json")];
+        headers.extend_from_slice(extra);
+        self.request("PUT", path, &headers, Some(&bytes))
+    }
+}
+
+/// A strong password for test accounts (passes the policy).
+pub const TEST_PASSWORD: &str = "lantern-quarry-velvet-omnibus-42";
+
+/// An enrolled account: its API handle (logged in), authenticator and recovery codes.
+pub struct Account {
+    pub username: String,
+    pub api: Api,
+    pub auth: Authenticator,
+    pub recovery_codes: Vec<String>,
+}
+
+/// A running `carevault serve` in its own temp data dir.
+pub struct TestServer {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub admin_token: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl TestServer {
+    /// Start with default settings.
+    pub fn start(bin: &Path) -> Self {
+        Self::start_with(bin, &[])
+    }
+
+    /// Start with extra `CAREVAULT_*` environment variables.
+    pub fn start_with(bin: &Path, env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let data_dir = tmp.path().join("data");
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("CAREVAULT_LISTEN")
+            .env_remove("CAREVAULT_DATA_DIR")
+            .env("CAREVAULT_CLI_CONFIG_DIR", tmp.path().join("cli"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            let sink = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (base, admin_token) = loop {
+            let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let listening = out.lines().find_map(|l| l.strip_prefix("listening on ").map(str::to_owned));
+            let token = out
+                .lines()
+                .find_map(|l| l.strip_prefix("enrollment token for admin: ").map(str::to_owned));
+            if let (Some(base), Some(token)) = (listening, token) {
+                break (base, token);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                panic!("server exited early ({status}):\n{out}\n{err}");
+            }
+            if Instant::now() > deadline {
+                panic!("server did not start in time:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            base,
+            data_dir,
+            _tmp: tmp,
+            admin_token,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn ca_pem(&self) -> PathBuf {
+        self.data_dir.join("tls").join("cert.pem")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("carevault.db")
+    }
+
+    /// An unauthenticated client.
+    pub fn api(&self) -> Api {
+        Api::new(&self.base, &self.ca_pem())
+    }
+
+    /// Everything the server printed and logged so far.
+    pub fn output(&self) -> String {
+        let out = self.stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let err = self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        format!("{out}{err}")
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Enroll with a token and log in; panics with the server's answer on failure.
+    pub fn enroll_and_login(&self, username: &str, enrollment_token: &str) -> Account {
+        let api = self.api();
+        let start = api.post_json("/auth/enroll/start", &json!({"enrollment_token": enrollment_token}));
+        assert_eq!(start.status, 200, "enroll/start: {}", start.text());
+        let started = start.json();
+        assert_eq!(started["username"], username);
+        let mut auth = Authenticator::new(started["totp_secret"].as_str().unwrap_or_default());
+        let finish = api.post_json(
+            "/auth/enroll/finish",
+            &json!({"enrollment_token": enrollment_token, "password": TEST_PASSWORD, "totp_code": auth.fresh_code()}),
+        );
+        assert_eq!(finish.status, 200, "enroll/finish: {}", finish.text());
+        let recovery_codes = finish.json()["recovery_codes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let token = self.login(username, &mut auth);
+        Account {
+            username: username.to_owned(),
+            api: api.with_token(&token),
+            auth,
+            recovery_codes,
+        }
+    }
+
+    pub fn login(&self, username: &str, auth: &mut Authenticator) -> String {
+        let reply = self.api().post_json(
+            "/auth/login",
+            &json!({"username": username, "password": TEST_PASSWORD, "totp_code": auth.fresh_code()}),
+        );
+        assert_eq!(reply.status, 200, "login {username}: {}", reply.text());
+        reply.json()["access_token"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Enroll the bootstrap admin.
+    pub fn admin(&self) -> Account {
+        let token = self.admin_token.clone();
+        self.enroll_and_login("admin", &token)
+    }
+
+    /// Create an account as `admin` and enroll it.
+    pub fn user(&self, admin: &Account, username: &str, roles: &[&str], organization: Option<&str>) -> Account {
+        let created = admin.api.post_json(
+            "/admin/users",
+            &json!({"username": username, "roles": roles, "organization": organization}),
+        );
+        assert_eq!(created.status, 201, "create user: {}", created.text());
+        let token = created.json()["enrollment_token"].as_str().unwrap_or_default().to_owned();
+        self.enroll_and_login(username, &token)
+    }
+
+    /// Stop the server (SIGTERM, then wait).
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,43 @@
+//! CareVault's integration tests: one test binary (each extra binary is another slow link on a
+//! 2-core machine), one module per area. Every test starts the real `carevault` binary in a temp
+//! directory and speaks HTTPS to it.
+
+mod canary;
+mod cli;
+mod e2e;
+mod hostile;
+mod tamper;
+
+use std::path::Path;
+
+use carevault_testkit::TestServer;
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_carevault"))
+}
+
+pub fn server() -> TestServer {
+    TestServer::start(bin())
+}
+
+pub fn patient(family: &str, given: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Patient",
+        "active": true,
+        "name": [{"family": family, "given": [given]}],
+        "gender": "female",
+        "birthDate": "1984-07-12",
+        "managingOrganization": {"reference": "Organization/org-a"}
+    })
+}
+
+pub fn observation(patient_id: &str, note: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": format!("Patient/{patient_id}")},
+        "valueQuantity": {"value": 72, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"},
+        "note": [{"text": note}]
+    })
+}

@@ -1,0 +1,80 @@
+//! Tampering with stored ciphertext: a flipped byte or two swapped rows make the read fail with
+//! a 500-class OperationOutcome and an error log line, never wrong data.
+
+use rusqlite::Connection;
+
+use crate::{patient, server};
+
+#[test]
+fn flipped_byte_and_swapped_rows_fail_closed() {
+    let srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.tamper", &["clinician"], Some("org-a"));
+    let a = clin.api.post_fhir("/fhir/Patient", &patient("Alpha", "Ann")).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = clin.api.post_fhir("/fhir/Patient", &patient("Bravo", "Ben")).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c = clin.api.post_fhir("/fhir/Patient", &patient("Charlie", "Cy")).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(clin.api.get(&format!("/fhir/Patient/{a}")).status, 200);
+
+    let db = Connection::open(srv.db_path()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let body = |id: &str| -> Vec<u8> {
+        db.query_row(
+            "SELECT body FROM resource_version WHERE rtype = 'Patient' AND id = ?1 AND version = 1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    // Flip one byte in the middle of A's ciphertext.
+    let mut flipped = body(&a);
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x20;
+    db.execute(
+        "UPDATE resource_version SET body = ?1 WHERE rtype = 'Patient' AND id = ?2 AND version = 1",
+        rusqlite::params![flipped, a],
+    )
+    .unwrap();
+    // Swap B's and C's ciphertexts.
+    let (bb, cb) = (body(&b), body(&c));
+    db.execute(
+        "UPDATE resource_version SET body = ?1 WHERE rtype = 'Patient' AND id = ?2 AND version = 1",
+        rusqlite::params![cb, b],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE resource_version SET body = ?1 WHERE rtype = 'Patient' AND id = ?2 AND version = 1",
+        rusqlite::params![bb, c],
+    )
+    .unwrap();
+
+    for id in [&a, &b, &c] {
+        for path in [format!("/fhir/Patient/{id}"), format!("/fhir/Patient/{id}/_history/1")] {
+            let r = clin.api.get(&path);
+            assert_eq!(r.status, 500, "{path}: {}", r.text());
+            assert_eq!(r.json()["resourceType"], "OperationOutcome");
+            let text = r.text();
+            assert!(!text.contains("Alpha") && !text.contains("Bravo") && !text.contains("Charlie"));
+        }
+    }
+    let history = clin.api.get("/fhir/Patient/_history");
+    assert_eq!(history.status, 500);
+
+    let logs = srv.logs();
+    let integrity_lines = logs
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("integrity_failure"))
+        .count();
+    assert!(integrity_lines >= 6, "expected an error log line per failed read:\n{logs}");
+    // The server keeps serving.
+    let d = clin.api.post_fhir("/fhir/Patient", &patient("Delta", "Di"));
+    assert_eq!(d.status, 201);
+}
