@@ -30,22 +30,34 @@ fn canary_values_never_reach_disk_or_logs_in_clear() {
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().unwrap().to_owned();
     for i in 0..20 {
-        let r = clin.api.post_fhir("/fhir/Observation", &observation(&id, &format!("{} #{i}", CANARIES[2])));
+        let r = clin.api.post_fhir(
+            "/fhir/Observation",
+            &observation(&id, &format!("{} #{i}", CANARIES[2])),
+        );
         assert_eq!(r.status, 201);
     }
     // Updates, reads, history and refused requests carrying canaries too.
     let mut changed = created.json();
     changed["name"][0]["family"] = json!(format!("{}-2", CANARIES[0]));
-    assert_eq!(clin.api.put_fhir(&format!("/fhir/Patient/{id}"), &changed, &[]).status, 200);
-    assert_eq!(clin.api.get(&format!("/fhir/Patient/{id}/_history")).status, 200);
+    assert_eq!(
+        clin.api
+            .put_fhir(&format!("/fhir/Patient/{id}"), &changed, &[])
+            .status,
+        200
+    );
+    assert_eq!(
+        clin.api.get(&format!("/fhir/Patient/{id}/_history")).status,
+        200
+    );
     let invalid = json!({"resourceType": "Patient", "birthDate": CANARIES[0], "name": CANARIES[1]});
     let refused = clin.api.post_fhir("/fhir/Patient", &invalid);
     assert_eq!(refused.status, 422);
     let unknown = json!({"resourceType": "Patient", CANARIES[2]: CANARIES[3]});
     assert_eq!(clin.api.post_fhir("/fhir/Patient", &unknown).status, 422);
-    let bad_login = srv
-        .api()
-        .post_json("/auth/login", &json!({"username": "dr.canary", "password": CANARIES[0], "totp_code": "000000"}));
+    let bad_login = srv.api().post_json(
+        "/auth/login",
+        &json!({"username": "dr.canary", "password": CANARIES[0], "totp_code": "000000"}),
+    );
     assert_eq!(bad_login.status, 401);
     // Error bodies do not echo the canaries either.
     for body in [refused.text(), bad_login.text()] {
@@ -54,7 +66,12 @@ fn canary_values_never_reach_disk_or_logs_in_clear() {
         }
     }
     // The reads still decrypt to the canaries (so the test would notice plaintext loss).
-    assert!(clin.api.get(&format!("/fhir/Patient/{id}/_history/1")).text().contains(CANARIES[0]));
+    assert!(
+        clin.api
+            .get(&format!("/fhir/Patient/{id}/_history/1"))
+            .text()
+            .contains(CANARIES[0])
+    );
 
     srv.stop();
     let files = files_under(&srv.data_dir);
@@ -70,10 +87,19 @@ fn canary_values_never_reach_disk_or_logs_in_clear() {
         }
     }
     let output = srv.output();
-    assert!(output.contains("\"event\":\"request\""), "the server logs requests");
+    assert!(
+        output.contains("\"event\":\"request\""),
+        "the server logs requests"
+    );
     for c in CANARIES {
         assert!(!output.contains(c), "server output contains {c}");
     }
-    assert!(!output.contains(carevault_testkit::TEST_PASSWORD), "server output contains a password");
-    assert!(!output.contains(&id), "server output contains a resource id");
+    assert!(
+        !output.contains(carevault_testkit::TEST_PASSWORD),
+        "server output contains a password"
+    );
+    assert!(
+        !output.contains(&id),
+        "server output contains a resource id"
+    );
 }

@@ -20,12 +20,21 @@ fn carevault(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -34,14 +43,26 @@ fn bad_configuration_is_refused_naming_the_key() {
     let data = tmp.path().join("d");
     let data = data.to_str().unwrap();
     let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
-        (&["serve", "--data-dir", data, "--listen", "nowhere"], &[], "`listen`"),
-        (&["serve", "--data-dir", data], &[("CAREVAULT_BODY_LIMIT_BYTES", "lots")], "CAREVAULT_BODY_LIMIT_BYTES"),
+        (
+            &["serve", "--data-dir", data, "--listen", "nowhere"],
+            &[],
+            "`listen`",
+        ),
+        (
+            &["serve", "--data-dir", data],
+            &[("CAREVAULT_BODY_LIMIT_BYTES", "lots")],
+            "CAREVAULT_BODY_LIMIT_BYTES",
+        ),
         (
             &["serve", "--data-dir", data, "--listen", "0.0.0.0:8080"],
             &[("CAREVAULT_ALLOW_PLAIN_HTTP", "true")],
             "allow_plain_http",
         ),
-        (&["serve", "--data-dir", data], &[("CAREVAULT_SESION_IDLE", "5")], "CAREVAULT_SESION_IDLE"),
+        (
+            &["serve", "--data-dir", data],
+            &[("CAREVAULT_SESION_IDLE", "5")],
+            "CAREVAULT_SESION_IDLE",
+        ),
     ];
     for (args, env, key) in cases {
         let out = carevault(args, env, "");
@@ -50,12 +71,27 @@ fn bad_configuration_is_refused_naming_the_key() {
     }
     let config = tmp.path().join("c.toml");
     std::fs::write(&config, "[tls]\ncert = \"/x\"\n").unwrap();
-    let out = carevault(&["config", "check", "--config", config.to_str().unwrap()], &[], "");
+    let out = carevault(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        &[],
+        "",
+    );
     assert!(!out.status.success());
     assert!(text(&out).contains("cert"), "{}", text(&out));
-    assert!(!std::path::Path::new(data).exists(), "a refused start creates nothing");
-    std::fs::write(&config, "listen = \"127.0.0.1:9999\"\n[session]\nidle_timeout_secs = 600\n").unwrap();
-    let out = carevault(&["config", "check", "--config", config.to_str().unwrap()], &[], "");
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "a refused start creates nothing"
+    );
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:9999\"\n[session]\nidle_timeout_secs = 600\n",
+    )
+    .unwrap();
+    let out = carevault(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        &[],
+        "",
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("127.0.0.1:9999"));
 }
@@ -77,7 +113,10 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
     assert_eq!(mode(&data.join("keys/kek-v1.key")), 0o600);
     assert_eq!(mode(&data.join("tls/key.pem")), 0o600);
     // The token is stored only as a hash.
-    let token = printed.lines().find_map(|l| l.strip_prefix("enrollment token for admin: ")).unwrap();
+    let token = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("enrollment token for admin: "))
+        .unwrap();
     let db = std::fs::read(data.join("carevault.db")).unwrap();
     assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
     // A second init refuses.
@@ -85,11 +124,21 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
     assert!(!again.status.success());
     let rec = carevault(&["admin", "recover", "--data-dir", d], &[], "");
     assert!(rec.status.success(), "{}", text(&rec));
-    let new_token = text(&rec).lines().find_map(|l| l.strip_prefix("enrollment token for admin: ").map(str::to_owned)).unwrap();
+    let new_token = text(&rec)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("enrollment token for admin: ")
+                .map(str::to_owned)
+        })
+        .unwrap();
     assert_ne!(new_token, token);
     // A world-readable key directory is refused at start.
     std::fs::set_permissions(data.join("keys"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let refused = carevault(&["serve", "--data-dir", d, "--listen", "127.0.0.1:0"], &[], "");
+    let refused = carevault(
+        &["serve", "--data-dir", d, "--listen", "127.0.0.1:0"],
+        &[],
+        "",
+    );
     assert!(!refused.status.success());
     assert!(text(&refused).contains("0700"), "{}", text(&refused));
 }
@@ -105,7 +154,15 @@ fn cli_enrolls_logs_in_and_manages_users() {
     // `enroll` prints the secret, then reads the password and code from stdin (not a terminal
     // here): answer it like a person with an authenticator app would.
     let mut child = Command::new(bin())
-        .args(["enroll", "--server", &srv.base, "--ca-cert", ca, "--token", &srv.admin_token])
+        .args([
+            "enroll",
+            "--server",
+            &srv.base,
+            "--ca-cert",
+            ca,
+            "--token",
+            &srv.admin_token,
+        ])
         .env("CAREVAULT_CLI_CONFIG_DIR", cfg.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -117,36 +174,75 @@ fn cli_enrolls_logs_in_and_manages_users() {
     let mut printed = String::new();
     let secret = loop {
         let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "enroll ended early: {printed}");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "enroll ended early: {printed}"
+        );
         printed.push_str(&line);
         if let Some(s) = line.trim_end().strip_prefix("secret: ") {
             break s.to_owned();
         }
     };
-    assert!(printed.contains("otpauth://totp/CareVault:admin?"), "{printed}");
+    assert!(
+        printed.contains("otpauth://totp/CareVault:admin?"),
+        "{printed}"
+    );
     let mut auth = Authenticator::new(&secret);
     writeln!(stdin, "{TEST_PASSWORD}\n{}", auth.fresh_code()).unwrap();
     drop(stdin);
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert!(child.wait().unwrap().success(), "{printed}{rest}");
-    assert_eq!(rest.lines().filter(|l| l.starts_with("  ") && l.len() == 21).count(), 10, "{rest}");
+    assert_eq!(
+        rest.lines()
+            .filter(|l| l.starts_with("  ") && l.len() == 21)
+            .count(),
+        10,
+        "{rest}"
+    );
 
     let login = carevault(
-        &["login", "--server", &srv.base, "--ca-cert", ca, "--username", "admin"],
+        &[
+            "login",
+            "--server",
+            &srv.base,
+            "--ca-cert",
+            ca,
+            "--username",
+            "admin",
+        ],
         &env,
         &format!("{TEST_PASSWORD}\n{}\n", auth.fresh_code()),
     );
     assert!(login.status.success(), "{}", text(&login));
     use std::os::unix::fs::PermissionsExt;
     let session = cfg.path().join("session.json");
-    assert_eq!(std::fs::metadata(&session).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&session).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
-    let add = carevault(&["user", "add", "dr.cli", "--role", "clinician", "--organization", "org-a"], &env, "");
+    let add = carevault(
+        &[
+            "user",
+            "add",
+            "dr.cli",
+            "--role",
+            "clinician",
+            "--organization",
+            "org-a",
+        ],
+        &env,
+        "",
+    );
     assert!(add.status.success(), "{}", text(&add));
     assert!(text(&add).contains("enrollment token for dr.cli: cve_"));
     let list = carevault(&["user", "list"], &env, "");
-    assert!(text(&list).contains("dr.cli") && text(&list).contains("clinician"), "{}", text(&list));
+    assert!(
+        text(&list).contains("dr.cli") && text(&list).contains("clinician"),
+        "{}",
+        text(&list)
+    );
     let disable = carevault(&["user", "disable", "dr.cli"], &env, "");
     assert!(disable.status.success(), "{}", text(&disable));
     assert!(text(&carevault(&["user", "list"], &env, "")).contains("disabled"));

@@ -9,7 +9,10 @@ use crate::{observation, patient, server};
 fn first_run_to_fhir_crud_and_history() {
     let srv = server();
     let out = srv.output();
-    assert!(out.contains("TLS certificate SHA-256 fingerprint: "), "{out}");
+    assert!(
+        out.contains("TLS certificate SHA-256 fingerprint: "),
+        "{out}"
+    );
     assert!(srv.admin_token.starts_with("cve_"));
 
     // Only metadata is public.
@@ -26,17 +29,31 @@ fn first_run_to_fhir_crud_and_history() {
     assert_eq!(whoami["username"], "admin");
     assert_eq!(whoami["roles"], json!(["admin"]));
     // The enrollment token is spent.
-    let again = anon.post_json("/auth/enroll/start", &json!({"enrollment_token": srv.admin_token}));
+    let again = anon.post_json(
+        "/auth/enroll/start",
+        &json!({"enrollment_token": srv.admin_token}),
+    );
     assert_eq!(again.status, 400);
     // Admin has no FHIR access.
-    assert_eq!(admin.api.post_fhir("/fhir/Patient", &patient("Doe", "Jane")).status, 403);
+    assert_eq!(
+        admin
+            .api
+            .post_fhir("/fhir/Patient", &patient("Doe", "Jane"))
+            .status,
+        403
+    );
 
     let clin = srv.user(&admin, "dr.house", &["clinician"], Some("org-a"));
     assert_eq!(clin.api.get("/auth/whoami").json()["organization"], "org-a");
     // A clinician cannot administer accounts.
     assert_eq!(clin.api.get("/admin/users").status, 403);
     let users = admin.api.get("/admin/users").json();
-    let names: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["admin", "dr.house"]);
 
     // create
@@ -49,22 +66,36 @@ fn first_run_to_fhir_crud_and_history() {
     assert_eq!(created.header("etag"), Some("W/\"1\""));
     assert!(created.header("last-modified").unwrap().ends_with("GMT"));
     let location = created.header("location").unwrap();
-    assert!(location.ends_with(&format!("/fhir/Patient/{id}/_history/1")), "{location}");
+    assert!(
+        location.ends_with(&format!("/fhir/Patient/{id}/_history/1")),
+        "{location}"
+    );
 
     // read
     let read = clin.api.get(&format!("/fhir/Patient/{id}"));
     assert_eq!(read.status, 200);
     assert_eq!(read.json()["name"][0]["family"], "Doe");
-    assert_eq!(read.header("content-type"), Some("application/fhir+json; charset=utf-8"));
+    assert_eq!(
+        read.header("content-type"),
+        Some("application/fhir+json; charset=utf-8")
+    );
 
     // update with the right If-Match, then a stale one
     let mut changed = read.json();
     changed["name"][0]["family"] = json!("Roe");
-    let updated = clin.api.put_fhir(&format!("/fhir/Patient/{id}"), &changed, &[("If-Match", "W/\"1\"")]);
+    let updated = clin.api.put_fhir(
+        &format!("/fhir/Patient/{id}"),
+        &changed,
+        &[("If-Match", "W/\"1\"")],
+    );
     assert_eq!(updated.status, 200, "{}", updated.text());
     assert_eq!(updated.json()["meta"]["versionId"], "2");
     assert_eq!(updated.header("etag"), Some("W/\"2\""));
-    let stale = clin.api.put_fhir(&format!("/fhir/Patient/{id}"), &changed, &[("If-Match", "W/\"1\"")]);
+    let stale = clin.api.put_fhir(
+        &format!("/fhir/Patient/{id}"),
+        &changed,
+        &[("If-Match", "W/\"1\"")],
+    );
     assert_eq!(stale.status, 412);
     assert_eq!(stale.json()["resourceType"], "OperationOutcome");
 
@@ -72,24 +103,42 @@ fn first_run_to_fhir_crud_and_history() {
     let v1 = clin.api.get(&format!("/fhir/Patient/{id}/_history/1"));
     assert_eq!(v1.status, 200);
     assert_eq!(v1.json()["name"][0]["family"], "Doe");
-    assert_eq!(clin.api.get(&format!("/fhir/Patient/{id}/_history/2")).json()["name"][0]["family"], "Roe");
-    assert_eq!(clin.api.get(&format!("/fhir/Patient/{id}/_history/3")).status, 404);
+    assert_eq!(
+        clin.api
+            .get(&format!("/fhir/Patient/{id}/_history/2"))
+            .json()["name"][0]["family"],
+        "Roe"
+    );
+    assert_eq!(
+        clin.api
+            .get(&format!("/fhir/Patient/{id}/_history/3"))
+            .status,
+        404
+    );
 
     // update-as-create with a client id, and Prefer
     let mut own = patient("Client", "Chosen");
     own["id"] = json!("client-chosen-1");
-    let made = clin.api.put_fhir("/fhir/Patient/client-chosen-1", &own, &[("Prefer", "return=minimal")]);
+    let made = clin.api.put_fhir(
+        "/fhir/Patient/client-chosen-1",
+        &own,
+        &[("Prefer", "return=minimal")],
+    );
     assert_eq!(made.status, 201, "{}", made.text());
     assert!(made.body.is_empty());
     assert_eq!(made.header("etag"), Some("W/\"1\""));
-    let oo = clin
-        .api
-        .put_fhir("/fhir/Patient/client-chosen-1", &own, &[("Prefer", "return=OperationOutcome")]);
+    let oo = clin.api.put_fhir(
+        "/fhir/Patient/client-chosen-1",
+        &own,
+        &[("Prefer", "return=OperationOutcome")],
+    );
     assert_eq!(oo.status, 200);
     assert_eq!(oo.json()["resourceType"], "OperationOutcome");
 
     // A resource in the patient's compartment
-    let obs = clin.api.post_fhir("/fhir/Observation", &observation(&id, "resting"));
+    let obs = clin
+        .api
+        .post_fhir("/fhir/Observation", &observation(&id, "resting"));
     assert_eq!(obs.status, 201, "{}", obs.text());
 
     // delete: later reads answer 410, history keeps every version
@@ -99,8 +148,18 @@ fn first_run_to_fhir_crud_and_history() {
     let gone = clin.api.get(&format!("/fhir/Patient/{id}"));
     assert_eq!(gone.status, 410);
     assert_eq!(gone.json()["issue"][0]["code"], "deleted");
-    assert_eq!(clin.api.get(&format!("/fhir/Patient/{id}/_history/3")).status, 410);
-    assert_eq!(clin.api.get(&format!("/fhir/Patient/{id}/_history/1")).status, 200);
+    assert_eq!(
+        clin.api
+            .get(&format!("/fhir/Patient/{id}/_history/3"))
+            .status,
+        410
+    );
+    assert_eq!(
+        clin.api
+            .get(&format!("/fhir/Patient/{id}/_history/1"))
+            .status,
+        200
+    );
 
     let history = clin.api.get(&format!("/fhir/Patient/{id}/_history"));
     assert_eq!(history.status, 200);
@@ -123,7 +182,12 @@ fn first_run_to_fhir_crud_and_history() {
         let n = page["entry"].as_array().unwrap().len();
         assert!(n <= 2);
         seen += n;
-        let next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").cloned();
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .cloned();
         match next {
             Some(link) => {
                 let url = link["url"].as_str().unwrap();
@@ -136,7 +200,10 @@ fn first_run_to_fhir_crud_and_history() {
     assert_eq!(pages, 3);
 
     // logout revokes the session
-    assert_eq!(clin.api.request("POST", "/auth/logout", &[], None).status, 204);
+    assert_eq!(
+        clin.api.request("POST", "/auth/logout", &[], None).status,
+        204
+    );
     assert_eq!(clin.api.get("/auth/whoami").status, 401);
 }
 
@@ -156,27 +223,59 @@ fn recovery_code_works_once_and_disable_revokes_sessions() {
     assert_eq!(login(&code).status, 200);
     assert_eq!(login(&code).status, 401, "a recovery code works once");
 
-    assert_eq!(admin.api.request("POST", "/admin/users/nurse.joy/disable", &[], None).status, 204);
-    assert_eq!(clin.api.get("/auth/whoami").status, 401, "disable revokes sessions");
-    assert_eq!(login(&clin.auth.fresh_code()).status, 401, "a disabled account cannot log in");
-    assert_eq!(admin.api.request("POST", "/admin/users/nurse.joy/enable", &[], None).status, 204);
+    assert_eq!(
+        admin
+            .api
+            .request("POST", "/admin/users/nurse.joy/disable", &[], None)
+            .status,
+        204
+    );
+    assert_eq!(
+        clin.api.get("/auth/whoami").status,
+        401,
+        "disable revokes sessions"
+    );
+    assert_eq!(
+        login(&clin.auth.fresh_code()).status,
+        401,
+        "a disabled account cannot log in"
+    );
+    assert_eq!(
+        admin
+            .api
+            .request("POST", "/admin/users/nurse.joy/enable", &[], None)
+            .status,
+        204
+    );
     let token = srv.login("nurse.joy", &mut clin.auth);
     assert_eq!(srv.api().with_token(&token).get("/auth/whoami").status, 200);
 
     // reset: old credentials are revoked, a new enrollment token is issued
-    let reset = admin.api.request("POST", "/admin/users/nurse.joy/reset", &[], None);
+    let reset = admin
+        .api
+        .request("POST", "/admin/users/nurse.joy/reset", &[], None);
     assert_eq!(reset.status, 200);
     assert_eq!(srv.api().with_token(&token).get("/auth/whoami").status, 401);
     assert_eq!(login(&clin.recovery_codes[1]).status, 401);
-    let new_token = reset.json()["enrollment_token"].as_str().unwrap().to_owned();
+    let new_token = reset.json()["enrollment_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let again = srv.enroll_and_login("nurse.joy", &new_token);
     assert_eq!(again.api.get("/auth/whoami").status, 200);
 
     // An admin cannot disable or reset themselves.
-    assert_eq!(admin.api.request("POST", "/admin/users/admin/disable", &[], None).status, 409);
+    assert_eq!(
+        admin
+            .api
+            .request("POST", "/admin/users/admin/disable", &[], None)
+            .status,
+        409
+    );
     // Only admins create accounts.
-    let by_clin = again
-        .api
-        .post_json("/admin/users", &json!({"username": "mallory", "roles": ["admin"]}));
+    let by_clin = again.api.post_json(
+        "/admin/users",
+        &json!({"username": "mallory", "roles": ["admin"]}),
+    );
     assert_eq!(by_clin.status, 403);
 }

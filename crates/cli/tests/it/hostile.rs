@@ -9,14 +9,22 @@ use crate::{bin, patient, server};
 
 fn versions(srv: &TestServer) -> i64 {
     let db = Connection::open(srv.db_path()).unwrap();
-    db.query_row("SELECT COUNT(*) FROM resource_version", [], |r| r.get(0)).unwrap()
+    db.query_row("SELECT COUNT(*) FROM resource_version", [], |r| r.get(0))
+        .unwrap()
 }
 
 fn assert_outcome(r: &Reply, status: u16, what: &str) {
     assert_eq!(r.status, status, "{what}: {}", r.text());
-    assert_eq!(r.json()["resourceType"], "OperationOutcome", "{what}: {}", r.text());
+    assert_eq!(
+        r.json()["resourceType"],
+        "OperationOutcome",
+        "{what}: {}",
+        r.text()
+    );
     assert!(
-        r.header("content-type").unwrap_or("").starts_with("application/fhir+json"),
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("application/fhir+json"),
         "{what}"
     );
 }
@@ -24,10 +32,21 @@ fn assert_outcome(r: &Reply, status: u16, what: &str) {
 /// POST a file with curl; returns the status and body.
 fn curl_post(srv: &TestServer, api: &Api, path: &str, file: &std::path::Path) -> (u16, String) {
     let out = std::process::Command::new("curl")
-        .args(["-sS", "--http1.1", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .args([
+            "-sS",
+            "--http1.1",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
         .arg(srv.ca_pem())
         .args(["-H", "Content-Type: application/fhir+json", "-H"])
-        .arg(format!("Authorization: Bearer {}", api.token.as_deref().unwrap_or("")))
+        .arg(format!(
+            "Authorization: Bearer {}",
+            api.token.as_deref().unwrap_or("")
+        ))
         .arg("--data-binary")
         .arg(format!("@{}", file.display()))
         .arg(format!("{}{path}", api.base))
@@ -48,20 +67,59 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
     let admin = srv.admin();
     let clin = srv.user(&admin, "dr.hostile", &["clinician"], Some("org-a"));
     let api = &clin.api;
-    let id = api.post_fhir("/fhir/Patient", &patient("Keep", "Me")).json()["id"]
+    let id = api
+        .post_fhir("/fhir/Patient", &patient("Keep", "Me"))
+        .json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let before = versions(&srv);
     let fj = "application/fhir+json";
 
-    assert_outcome(&raw(api, "POST", "/fhir/Patient", fj, b"{\"resourceType\": \"Patient\", "), 400, "truncated JSON");
-    assert_outcome(&raw(api, "POST", "/fhir/Patient", fj, b""), 400, "empty body");
-    assert_outcome(&raw(api, "POST", "/fhir/Patient", fj, b"[1,2,3]"), 400, "array body");
-    assert_outcome(&raw(api, "POST", "/fhir/Patient", fj, b"{\"resourceType\":\"Patient\",\"x\":\"\xff\xfe\"}"), 400, "non-UTF-8");
-    let deep = format!("{{\"resourceType\":\"Patient\",\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-    assert_outcome(&raw(api, "POST", "/fhir/Patient", fj, deep.as_bytes()), 400, "deeply nested");
-    let mut big = b"{\"resourceType\":\"Patient\",\"text\":{\"status\":\"generated\",\"div\":\"".to_vec();
+    assert_outcome(
+        &raw(
+            api,
+            "POST",
+            "/fhir/Patient",
+            fj,
+            b"{\"resourceType\": \"Patient\", ",
+        ),
+        400,
+        "truncated JSON",
+    );
+    assert_outcome(
+        &raw(api, "POST", "/fhir/Patient", fj, b""),
+        400,
+        "empty body",
+    );
+    assert_outcome(
+        &raw(api, "POST", "/fhir/Patient", fj, b"[1,2,3]"),
+        400,
+        "array body",
+    );
+    assert_outcome(
+        &raw(
+            api,
+            "POST",
+            "/fhir/Patient",
+            fj,
+            b"{\"resourceType\":\"Patient\",\"x\":\"\xff\xfe\"}",
+        ),
+        400,
+        "non-UTF-8",
+    );
+    let deep = format!(
+        "{{\"resourceType\":\"Patient\",\"a\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert_outcome(
+        &raw(api, "POST", "/fhir/Patient", fj, deep.as_bytes()),
+        400,
+        "deeply nested",
+    );
+    let mut big =
+        b"{\"resourceType\":\"Patient\",\"text\":{\"status\":\"generated\",\"div\":\"".to_vec();
     big.extend(std::iter::repeat_n(b'a', 5 * 1024 * 1024));
     big.extend(b"\"}}");
     // A server answers 413 before reading such a body and closes the connection, which a
@@ -71,43 +129,191 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
     let (status, body) = curl_post(&srv, api, "/fhir/Patient", &big_file);
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("OperationOutcome"), "{body}");
-    assert_outcome(&raw(api, "POST", "/fhir/Patient", "text/plain", b"{}"), 415, "wrong content type");
-    assert_outcome(&raw(api, "POST", "/fhir/Patient", "application/fhir+json; charset=latin1", b"{}"), 415, "wrong charset");
-    assert_outcome(&api.request("POST", "/fhir/Patient", &[], Some(b"{}")), 415, "no content type");
     assert_outcome(
-        &api.request("GET", &format!("/fhir/Patient/{id}"), &[("Accept", "application/fhir+xml")], None),
+        &raw(api, "POST", "/fhir/Patient", "text/plain", b"{}"),
+        415,
+        "wrong content type",
+    );
+    assert_outcome(
+        &raw(
+            api,
+            "POST",
+            "/fhir/Patient",
+            "application/fhir+json; charset=latin1",
+            b"{}",
+        ),
+        415,
+        "wrong charset",
+    );
+    assert_outcome(
+        &api.request("POST", "/fhir/Patient", &[], Some(b"{}")),
+        415,
+        "no content type",
+    );
+    assert_outcome(
+        &api.request(
+            "GET",
+            &format!("/fhir/Patient/{id}"),
+            &[("Accept", "application/fhir+xml")],
+            None,
+        ),
         406,
         "xml only",
     );
-    assert_outcome(&api.get(&format!("/fhir/Patient/{id}?_format=xml")), 406, "_format=xml");
-    assert_eq!(api.request("GET", &format!("/fhir/Patient/{id}"), &[("Accept", "application/fhir+json")], None).status, 200);
-    assert_outcome(&api.post_fhir("/fhir/Spaceship", &json!({"resourceType": "Spaceship"})), 404, "unknown type");
-    assert_outcome(&api.post_fhir("/fhir/Project", &json!({"resourceType": "Project"})), 404, "medplum-only type");
-    assert_outcome(&api.post_fhir("/fhir/Patient", &json!({"resourceType": "Observation"})), 400, "type mismatch");
-    assert_outcome(&api.post_fhir("/fhir/Patient", &json!({"resourceType": "Patient", "birthDate": "12/07/1984"})), 422, "bad date");
-    assert_outcome(&api.post_fhir("/fhir/Patient", &json!({"resourceType": "Patient", "gender": 7})), 422, "wrong type");
-    assert_outcome(&api.post_fhir("/fhir/Patient", &json!({"resourceType": "Patient", "spaceship": true})), 422, "unknown element");
+    assert_outcome(
+        &api.get(&format!("/fhir/Patient/{id}?_format=xml")),
+        406,
+        "_format=xml",
+    );
+    assert_eq!(
+        api.request(
+            "GET",
+            &format!("/fhir/Patient/{id}"),
+            &[("Accept", "application/fhir+json")],
+            None
+        )
+        .status,
+        200
+    );
+    assert_outcome(
+        &api.post_fhir("/fhir/Spaceship", &json!({"resourceType": "Spaceship"})),
+        404,
+        "unknown type",
+    );
+    assert_outcome(
+        &api.post_fhir("/fhir/Project", &json!({"resourceType": "Project"})),
+        404,
+        "medplum-only type",
+    );
+    assert_outcome(
+        &api.post_fhir("/fhir/Patient", &json!({"resourceType": "Observation"})),
+        400,
+        "type mismatch",
+    );
+    assert_outcome(
+        &api.post_fhir(
+            "/fhir/Patient",
+            &json!({"resourceType": "Patient", "birthDate": "12/07/1984"}),
+        ),
+        422,
+        "bad date",
+    );
+    assert_outcome(
+        &api.post_fhir(
+            "/fhir/Patient",
+            &json!({"resourceType": "Patient", "gender": 7}),
+        ),
+        422,
+        "wrong type",
+    );
+    assert_outcome(
+        &api.post_fhir(
+            "/fhir/Patient",
+            &json!({"resourceType": "Patient", "spaceship": true}),
+        ),
+        422,
+        "unknown element",
+    );
     let mut other = patient("Other", "Id");
     other["id"] = json!("someone-else");
-    assert_outcome(&api.put_fhir(&format!("/fhir/Patient/{id}"), &other, &[]), 400, "id mismatch");
-    assert_outcome(&api.put_fhir(&format!("/fhir/Patient/{id}"), &patient("No", "Id"), &[]), 400, "missing id");
+    assert_outcome(
+        &api.put_fhir(&format!("/fhir/Patient/{id}"), &other, &[]),
+        400,
+        "id mismatch",
+    );
+    assert_outcome(
+        &api.put_fhir(&format!("/fhir/Patient/{id}"), &patient("No", "Id"), &[]),
+        400,
+        "missing id",
+    );
     let mut bad_id = patient("Bad", "Id");
     bad_id["id"] = json!("bad id!");
-    assert_outcome(&api.put_fhir("/fhir/Patient/bad%20id!", &bad_id, &[]), 400, "invalid id");
-    assert_outcome(&api.put_fhir(&format!("/fhir/Patient/{id}"), &json!({"resourceType":"Patient","id":id}), &[("If-Match", "garbage")]), 400, "bad If-Match");
-    assert_outcome(&api.get("/fhir/Patient/_history?_count=abc"), 400, "bad _count");
-    assert_outcome(&api.get("/fhir/Patient/_history?_since=yesterday"), 400, "bad _since");
-    assert_outcome(&api.get("/fhir/Patient/does-not-exist"), 404, "missing resource");
-    assert_outcome(&api.get("/fhir/Patient/%FF%FE"), 400, "bad percent-encoding");
-    assert_outcome(&api.request("PATCH", &format!("/fhir/Patient/{id}"), &[], None), 405, "unsupported method");
+    assert_outcome(
+        &api.put_fhir("/fhir/Patient/bad%20id!", &bad_id, &[]),
+        400,
+        "invalid id",
+    );
+    assert_outcome(
+        &api.put_fhir(
+            &format!("/fhir/Patient/{id}"),
+            &json!({"resourceType":"Patient","id":id}),
+            &[("If-Match", "garbage")],
+        ),
+        400,
+        "bad If-Match",
+    );
+    assert_outcome(
+        &api.get("/fhir/Patient/_history?_count=abc"),
+        400,
+        "bad _count",
+    );
+    assert_outcome(
+        &api.get("/fhir/Patient/_history?_since=yesterday"),
+        400,
+        "bad _since",
+    );
+    assert_outcome(
+        &api.get("/fhir/Patient/does-not-exist"),
+        404,
+        "missing resource",
+    );
+    assert_outcome(
+        &api.get("/fhir/Patient/%FF%FE"),
+        400,
+        "bad percent-encoding",
+    );
+    assert_outcome(
+        &api.request("PATCH", &format!("/fhir/Patient/{id}"), &[], None),
+        405,
+        "unsupported method",
+    );
     assert_outcome(&api.get("/fhir/Patient"), 405, "search not offered yet");
     assert_outcome(&api.get("/no/such/endpoint"), 404, "unknown route");
-    assert_outcome(&api.post_json("/auth/login", &json!({"username": 1})), 400, "login with wrong shape");
-    assert_outcome(&raw(&srv.api(), "POST", "/auth/login", "application/json", b"not json"), 400, "login not JSON");
-    assert_outcome(&raw(&srv.api(), "POST", "/auth/login", "text/plain", b"{}"), 415, "login wrong type");
-    assert_outcome(&admin.api.post_json("/admin/users", &json!({"username": "Robert'); DROP TABLE principal;--", "roles": ["clinician"]})), 400, "hostile username");
-    assert_outcome(&admin.api.post_json("/admin/users", &json!({"username": "eve", "roles": ["root"]})), 400, "unknown role");
-    assert_outcome(&admin.api.post_json("/admin/users", &json!({"username": "dr.hostile", "roles": ["clinician"]})), 409, "duplicate username");
+    assert_outcome(
+        &api.post_json("/auth/login", &json!({"username": 1})),
+        400,
+        "login with wrong shape",
+    );
+    assert_outcome(
+        &raw(
+            &srv.api(),
+            "POST",
+            "/auth/login",
+            "application/json",
+            b"not json",
+        ),
+        400,
+        "login not JSON",
+    );
+    assert_outcome(
+        &raw(&srv.api(), "POST", "/auth/login", "text/plain", b"{}"),
+        415,
+        "login wrong type",
+    );
+    assert_outcome(
+        &admin.api.post_json(
+            "/admin/users",
+            &json!({"username": "Robert'); DROP TABLE principal;--", "roles": ["clinician"]}),
+        ),
+        400,
+        "hostile username",
+    );
+    assert_outcome(
+        &admin.api.post_json(
+            "/admin/users",
+            &json!({"username": "eve", "roles": ["root"]}),
+        ),
+        400,
+        "unknown role",
+    );
+    assert_outcome(
+        &admin.api.post_json(
+            "/admin/users",
+            &json!({"username": "dr.hostile", "roles": ["clinician"]}),
+        ),
+        409,
+        "duplicate username",
+    );
 
     assert_eq!(versions(&srv), before, "refused requests wrote nothing");
     let read = api.get(&format!("/fhir/Patient/{id}"));
@@ -132,36 +338,81 @@ fn forged_tokens_replayed_codes_and_enumeration() {
         assert_outcome(&r, 401, "forged token");
         assert!(r.header("www-authenticate").is_some());
     }
-    assert_outcome(&anon.request("GET", "/auth/whoami", &[("Authorization", "Basic YWRtaW46YWRtaW4=")], None), 401, "basic auth");
+    assert_outcome(
+        &anon.request(
+            "GET",
+            "/auth/whoami",
+            &[("Authorization", "Basic YWRtaW46YWRtaW4=")],
+            None,
+        ),
+        401,
+        "basic auth",
+    );
 
     // A TOTP code works once.
     let code = clin.auth.fresh_code();
-    let login = |c: &str| anon.post_json("/auth/login", &json!({"username": "dr.replay", "password": TEST_PASSWORD, "totp_code": c}));
+    let login = |c: &str| {
+        anon.post_json(
+            "/auth/login",
+            &json!({"username": "dr.replay", "password": TEST_PASSWORD, "totp_code": c}),
+        )
+    };
     assert_eq!(login(&code).status, 200);
     assert_outcome(&login(&code), 401, "replayed TOTP code");
     // No second factor, no login.
     assert_outcome(&login(""), 401, "missing code");
-    assert_outcome(&anon.post_json("/auth/login", &json!({"username": "dr.replay", "password": TEST_PASSWORD})), 400, "no code field");
+    assert_outcome(
+        &anon.post_json(
+            "/auth/login",
+            &json!({"username": "dr.replay", "password": TEST_PASSWORD}),
+        ),
+        400,
+        "no code field",
+    );
 
     // Wrong user, wrong password, wrong code: the same answer.
-    let wrong_user = anon.post_json("/auth/login", &json!({"username": "nobody", "password": TEST_PASSWORD, "totp_code": "123456"}));
+    let wrong_user = anon.post_json(
+        "/auth/login",
+        &json!({"username": "nobody", "password": TEST_PASSWORD, "totp_code": "123456"}),
+    );
     let wrong_pass = anon.post_json("/auth/login", &json!({"username": "dr.replay", "password": "wrong-password-entirely", "totp_code": "123456"}));
-    let wrong_code = anon.post_json("/auth/login", &json!({"username": "dr.replay", "password": TEST_PASSWORD, "totp_code": "000000"}));
+    let wrong_code = anon.post_json(
+        "/auth/login",
+        &json!({"username": "dr.replay", "password": TEST_PASSWORD, "totp_code": "000000"}),
+    );
     for r in [&wrong_user, &wrong_pass, &wrong_code] {
         assert_eq!(r.status, 401);
         assert_eq!(r.body, wrong_user.body);
     }
 
     // Enrollment: unknown, reused or malformed tokens; a code for another secret.
-    assert_outcome(&anon.post_json("/auth/enroll/start", &json!({"enrollment_token": "cve_nope"})), 400, "unknown enrollment token");
-    let created = admin.api.post_json("/admin/users", &json!({"username": "dr.new", "roles": ["clinician"], "organization": "org-a"}));
-    let token = created.json()["enrollment_token"].as_str().unwrap().to_owned();
     assert_outcome(
-        &anon.post_json("/auth/enroll/finish", &json!({"enrollment_token": token, "password": TEST_PASSWORD, "totp_code": "123456"})),
+        &anon.post_json(
+            "/auth/enroll/start",
+            &json!({"enrollment_token": "cve_nope"}),
+        ),
+        400,
+        "unknown enrollment token",
+    );
+    let created = admin.api.post_json(
+        "/admin/users",
+        &json!({"username": "dr.new", "roles": ["clinician"], "organization": "org-a"}),
+    );
+    let token = created.json()["enrollment_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_outcome(
+        &anon.post_json(
+            "/auth/enroll/finish",
+            &json!({"enrollment_token": token, "password": TEST_PASSWORD, "totp_code": "123456"}),
+        ),
         400,
         "finish before start",
     );
-    let started = anon.post_json("/auth/enroll/start", &json!({"enrollment_token": token})).json();
+    let started = anon
+        .post_json("/auth/enroll/start", &json!({"enrollment_token": token}))
+        .json();
     let mut auth = carevault_testkit::Authenticator::new(started["totp_secret"].as_str().unwrap());
     assert_outcome(
         &anon.post_json("/auth/enroll/finish", &json!({"enrollment_token": token, "password": "password", "totp_code": auth.fresh_code()})),
@@ -175,7 +426,10 @@ fn forged_tokens_replayed_codes_and_enumeration() {
     );
     let other = carevault_testkit::totp::code_at(b"another secret entirely", 1_800_000_000);
     assert_outcome(
-        &anon.post_json("/auth/enroll/finish", &json!({"enrollment_token": token, "password": TEST_PASSWORD, "totp_code": other})),
+        &anon.post_json(
+            "/auth/enroll/finish",
+            &json!({"enrollment_token": token, "password": TEST_PASSWORD, "totp_code": other}),
+        ),
         400,
         "code for another secret",
     );
@@ -203,12 +457,27 @@ fn brute_force_hits_the_lock_and_admin_unlocks() {
         assert_eq!(r.status, 401, "attempt {i}");
     }
     let users = admin.api.get("/admin/users").json();
-    let target = users["users"].as_array().unwrap().iter().find(|u| u["username"] == "dr.target").unwrap().clone();
-    assert_eq!(target["locked"], true, "locked after 100 consecutive failures");
+    let target = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "dr.target")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        target["locked"], true,
+        "locked after 100 consecutive failures"
+    );
     // Even the right credentials are refused now, with the same answer.
     let right = anon.post_json("/auth/login", &json!({"username": "dr.target", "password": TEST_PASSWORD, "totp_code": clin.auth.fresh_code()}));
     assert_eq!(right.status, 401);
-    assert_eq!(admin.api.request("POST", "/admin/users/dr.target/unlock", &[], None).status, 204);
+    assert_eq!(
+        admin
+            .api
+            .request("POST", "/admin/users/dr.target/unlock", &[], None)
+            .status,
+        204
+    );
     let token = srv.login("dr.target", &mut clin.auth);
     assert_eq!(anon.with_token(&token).get("/auth/whoami").status, 200);
 }

@@ -10,15 +10,24 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
     let srv = server();
     let admin = srv.admin();
     let clin = srv.user(&admin, "dr.tamper", &["clinician"], Some("org-a"));
-    let a = clin.api.post_fhir("/fhir/Patient", &patient("Alpha", "Ann")).json()["id"]
+    let a = clin
+        .api
+        .post_fhir("/fhir/Patient", &patient("Alpha", "Ann"))
+        .json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let b = clin.api.post_fhir("/fhir/Patient", &patient("Bravo", "Ben")).json()["id"]
+    let b = clin
+        .api
+        .post_fhir("/fhir/Patient", &patient("Bravo", "Ben"))
+        .json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let c = clin.api.post_fhir("/fhir/Patient", &patient("Charlie", "Cy")).json()["id"]
+    let c = clin
+        .api
+        .post_fhir("/fhir/Patient", &patient("Charlie", "Cy"))
+        .json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -57,12 +66,17 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
     .unwrap();
 
     for id in [&a, &b, &c] {
-        for path in [format!("/fhir/Patient/{id}"), format!("/fhir/Patient/{id}/_history/1")] {
+        for path in [
+            format!("/fhir/Patient/{id}"),
+            format!("/fhir/Patient/{id}/_history/1"),
+        ] {
             let r = clin.api.get(&path);
             assert_eq!(r.status, 500, "{path}: {}", r.text());
             assert_eq!(r.json()["resourceType"], "OperationOutcome");
             let text = r.text();
-            assert!(!text.contains("Alpha") && !text.contains("Bravo") && !text.contains("Charlie"));
+            assert!(
+                !text.contains("Alpha") && !text.contains("Bravo") && !text.contains("Charlie")
+            );
         }
     }
     let history = clin.api.get("/fhir/Patient/_history");
@@ -73,7 +87,10 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
         .lines()
         .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("integrity_failure"))
         .count();
-    assert!(integrity_lines >= 6, "expected an error log line per failed read:\n{logs}");
+    assert!(
+        integrity_lines >= 6,
+        "expected an error log line per failed read:\n{logs}"
+    );
     // The server keeps serving.
     let d = clin.api.post_fhir("/fhir/Patient", &patient("Delta", "Di"));
     assert_eq!(d.status, 201);

@@ -818,3 +818,168 @@ mod tests {
         assert_eq!(normalize_recovery_code("123456"), "");
     }
 }
+
+#[cfg(test)]
+mod session_tests {
+    //! Expiry rules, driven by a manual clock (the end-to-end tests cover the HTTP paths).
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use carevault_crypto::FileKeyProvider;
+    use carevault_store::SqliteStore;
+
+    const PASSWORD: &str = "lantern-quarry-velvet-omnibus-42";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        identity: Identity,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_data_dir(dir.path());
+        config.argon2 = crate::config::Argon2Params {
+            memory_kib: 8192,
+            iterations: 1,
+            parallelism: 1,
+        };
+        config.session_idle_secs = 900;
+        config.session_lifetime_secs = 3600;
+        let clock = Arc::new(ManualClock::at_secs(1_800_000_000));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let provider = FileKeyProvider::create(&dir.path().join("keys")).unwrap();
+        let keyring = Arc::new(Keyring::new(
+            "env-test".into(),
+            Box::new(provider),
+            store.clone(),
+            clock.clone(),
+        ));
+        let identity = Identity::new(&config, store, keyring, clock.clone()).unwrap();
+        Fixture {
+            _dir: dir,
+            clock,
+            identity,
+        }
+    }
+
+    fn code(secret_b32: &str, now: i64, offset_steps: i64) -> String {
+        let secret = data_encoding::BASE32_NOPAD
+            .decode(secret_b32.as_bytes())
+            .unwrap();
+        let totp = totp_rs::Builder::new()
+            .with_algorithm(totp_rs::Algorithm::SHA1)
+            .with_secret(secret)
+            .build()
+            .unwrap();
+        totp.generate((now + offset_steps * 30) as u64).to_string()
+    }
+
+    async fn enrolled(f: &Fixture) -> String {
+        let user = f
+            .identity
+            .create_user("alice", &["clinician".into()], None)
+            .await
+            .unwrap();
+        let started = f
+            .identity
+            .enroll_start(&user.enrollment_token)
+            .await
+            .unwrap();
+        let now = f.clock.now_secs();
+        f.identity
+            .enroll_finish(
+                &user.enrollment_token,
+                PASSWORD,
+                &code(&started.totp_secret, now, -1),
+            )
+            .await
+            .unwrap();
+        started.totp_secret
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn idle_timeout_and_absolute_lifetime() {
+        let f = fixture().await;
+        let secret = enrolled(&f).await;
+        let now = f.clock.now_secs();
+        let granted = f
+            .identity
+            .login("alice", PASSWORD, &code(&secret, now, 0))
+            .await
+            .unwrap();
+        assert_eq!(granted.expires_in, 900);
+        let token = granted.access_token;
+
+        // Activity keeps the session alive past the idle timeout...
+        for _ in 0..4 {
+            f.clock.advance_secs(800);
+            assert!(f.identity.authenticate(&token).await.is_ok());
+        }
+        // ...but not past the absolute lifetime (3,200 s used, 3,600 s allowed).
+        f.clock.advance_secs(400);
+        assert!(matches!(
+            f.identity.authenticate(&token).await,
+            Err(Error::Unauthorized)
+        ));
+
+        // A fresh session left idle expires.
+        let now = f.clock.now_secs();
+        let token = f
+            .identity
+            .login("alice", PASSWORD, &code(&secret, now, 0))
+            .await
+            .unwrap()
+            .access_token;
+        f.clock.advance_secs(899);
+        assert!(f.identity.authenticate(&token).await.is_ok());
+        f.clock.advance_secs(900);
+        assert!(matches!(
+            f.identity.authenticate(&token).await,
+            Err(Error::Unauthorized)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn enrollment_tokens_expire_and_codes_do_not_replay_across_steps() {
+        let f = fixture().await;
+        let user = f
+            .identity
+            .create_user("bob", &["clinician".into()], None)
+            .await
+            .unwrap();
+        f.clock.advance_secs(24 * 3600);
+        assert!(matches!(
+            f.identity.enroll_start(&user.enrollment_token).await,
+            Err(Error::BadRequest(_))
+        ));
+        let secret = enrolled(&f).await;
+        let now = f.clock.now_secs();
+        // The enrollment used the previous step; the current and next steps work once each.
+        assert!(
+            f.identity
+                .login("alice", PASSWORD, &code(&secret, now, -1))
+                .await
+                .is_err()
+        );
+        assert!(
+            f.identity
+                .login("alice", PASSWORD, &code(&secret, now, 1))
+                .await
+                .is_ok()
+        );
+        assert!(
+            f.identity
+                .login("alice", PASSWORD, &code(&secret, now, 0))
+                .await
+                .is_err(),
+            "a code older than the last one used is refused"
+        );
+        assert!(
+            f.identity
+                .login("alice", PASSWORD, &code(&secret, now, 2))
+                .await
+                .is_err(),
+            "outside the window"
+        );
+    }
+}

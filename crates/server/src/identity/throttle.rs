@@ -42,7 +42,9 @@ impl LoginThrottle {
         match map.get(key) {
             Some(f) if f.blocked_until_us > now_us => {
                 let wait_us = f.blocked_until_us - now_us;
-                Err(u64::try_from(wait_us.div_euclid(1_000_000) + 1).unwrap_or(1))
+                Err(u64::try_from((wait_us + 999_999).div_euclid(1_000_000))
+                    .unwrap_or(1)
+                    .max(1))
             }
             _ => Ok(()),
         }
