@@ -390,15 +390,15 @@ fn enroll(server: &str, ca_cert: Option<&Path>, token: &str) -> Result<()> {
         .context("no otpauth_uri in the answer")?;
     let secret = started["totp_secret"].as_str().unwrap_or_default();
     let username = started["username"].as_str().unwrap_or_default();
-    if std::io::stdout().is_terminal() {
-        if let Ok(code) = qrcode::QrCode::new(uri.as_bytes()) {
-            let image = code
-                .render::<qrcode::render::unicode::Dense1x2>()
-                .dark_color(qrcode::render::unicode::Dense1x2::Light)
-                .light_color(qrcode::render::unicode::Dense1x2::Dark)
-                .build();
-            println!("{image}");
-        }
+    if std::io::stdout().is_terminal()
+        && let Ok(code) = qrcode::QrCode::new(uri.as_bytes())
+    {
+        let image = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build();
+        println!("{image}");
     }
     println!("account: {username}");
     println!("add this to your authenticator app (scan the QR code or enter the secret):");

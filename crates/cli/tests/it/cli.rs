@@ -42,7 +42,8 @@ fn bad_configuration_is_refused_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
     let data = data.to_str().unwrap();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &["serve", "--data-dir", data, "--listen", "nowhere"],
             &[],
