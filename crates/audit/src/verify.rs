@@ -7,6 +7,9 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::{Checkpoint, GENESIS, StoredEvent, chain_hash};
 
+/// How far ahead the verifier looks for an event moved out of its place.
+const REORDER_SEARCH: usize = 64;
+
 /// The first thing found wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -128,6 +131,22 @@ fn verify_node(
         }
         let hash = chain_hash(&prev, node, e.seq, e.time_us, &e.body);
         if hash != e.hash {
+            // Rows whose contents were swapped: the event that belongs here sits further on.
+            let belongs_here = |other: &&&StoredEvent| {
+                chain_hash(&prev, node, e.seq, other.time_us, &other.body) == other.hash
+            };
+            if let Some(moved) = events
+                .iter()
+                .skip(i + 1)
+                .take(REORDER_SEARCH)
+                .find(belongs_here)
+            {
+                return Err(Breach::Reorder {
+                    node: node.to_owned(),
+                    expected: e.seq,
+                    found: moved.seq,
+                });
+            }
             return Err(Breach::Altered {
                 node: node.to_owned(),
                 seq: e.seq,
@@ -318,6 +337,23 @@ mod tests {
     fn swapped_events_are_a_reorder() {
         let (mut events, cps) = trail("a", 25, 10);
         events.swap(3, 4);
+        assert_eq!(
+            check(&events, &cps),
+            Err(Breach::Reorder {
+                node: "a".into(),
+                expected: 4,
+                found: 5
+            })
+        );
+    }
+
+    #[test]
+    fn swapped_row_contents_are_a_reorder() {
+        let (mut events, cps) = trail("a", 25, 10);
+        // Keep the sequence numbers in place (they are the rows' keys); swap what the rows hold.
+        let (a, b) = (events[3].clone(), events[4].clone());
+        events[3] = StoredEvent { seq: 4, ..b };
+        events[4] = StoredEvent { seq: 5, ..a };
         assert_eq!(
             check(&events, &cps),
             Err(Breach::Reorder {

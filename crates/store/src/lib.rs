@@ -207,6 +207,41 @@ pub enum WriteOp {
     RevokeSessions {
         principal_id: String,
     },
+    /// Append an audit event to its node's hash chain: the store assigns the next sequence
+    /// number and links the hash, inside the same transaction as the other operations, so a
+    /// data change and its audit event commit together. Any failure of this operation is
+    /// reported as [`StoreError::Unavailable`] (the request must then fail with no effect).
+    AppendAudit(NewAuditEvent),
+    /// Record a signed checkpoint; [`StoreError::Conflict`] unless it starts right after the
+    /// node's previous checkpoint.
+    InsertCheckpoint(carevault_audit::Checkpoint),
+}
+
+/// An audit event before it has a place in the chain. `body` is the canonical record; the
+/// other fields are copies kept in columns for searching.
+#[derive(Clone, Debug)]
+pub struct NewAuditEvent {
+    pub node: String,
+    pub time_us: i64,
+    pub principal: String,
+    pub action: String,
+    pub outcome: String,
+    pub patients: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+/// Filters for searching the audit trail; results newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub principal: Option<String>,
+    pub patient: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    /// Paging cursor: only events strictly older than this (time_us, node, seq).
+    pub before: Option<(i64, String, u64)>,
+    pub limit: u32,
 }
 
 /// The storage interface every backend implements.
@@ -246,4 +281,21 @@ pub trait Store: Send + Sync + 'static {
     async fn credential(&self, principal_id: &str) -> Result<Option<CredentialRow>, StoreError>;
     async fn enrollment(&self, token_hash: &str) -> Result<Option<EnrollmentRow>, StoreError>;
     async fn session(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError>;
+
+    /// Events in chain order (node, then sequence), after `after` (node, seq), at most `limit`.
+    async fn audit_events(
+        &self,
+        after: Option<(String, u64)>,
+        limit: u32,
+    ) -> Result<Vec<carevault_audit::StoredEvent>, StoreError>;
+    async fn audit_checkpoints(&self) -> Result<Vec<carevault_audit::Checkpoint>, StoreError>;
+    /// The last event's (sequence, hash) and the last checkpoint of a node.
+    async fn audit_head(
+        &self,
+        node: &str,
+    ) -> Result<(Option<(u64, [u8; 32])>, Option<carevault_audit::Checkpoint>), StoreError>;
+    async fn audit_search(
+        &self,
+        query: AuditQuery,
+    ) -> Result<Vec<carevault_audit::StoredEvent>, StoreError>;
 }

@@ -8,13 +8,17 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
+use carevault_audit::{Checkpoint, StoredEvent, chain_hash};
+
 use crate::{
-    CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry, HistoryQuery, NewResourceVersion,
-    PrincipalRow, ResourceRow, SessionRow, Store, StoreError, WriteOp,
+    AuditQuery, CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry, HistoryQuery,
+    NewAuditEvent, NewResourceVersion, PrincipalRow, ResourceRow, SessionRow, Store, StoreError,
+    WriteOp,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE resource_version (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,7 +79,39 @@ CREATE TABLE session (
     revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX session_principal ON session (principal_id);
-"#];
+"#,
+    r#"
+CREATE TABLE audit_event (
+    node TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time_us INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (node, seq)
+);
+CREATE INDEX audit_event_time ON audit_event (time_us);
+CREATE INDEX audit_event_principal ON audit_event (principal, time_us);
+CREATE TABLE audit_patient (
+    patient TEXT NOT NULL,
+    node TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (patient, node, seq)
+) WITHOUT ROWID;
+CREATE TABLE audit_checkpoint (
+    node TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    head_hash BLOB NOT NULL,
+    time_us INTEGER NOT NULL,
+    prev_signature BLOB,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (node, last_seq)
+);
+"#,
+];
 
 /// Most operations one group-commit transaction takes before it commits.
 const MAX_BATCH: usize = 512;
@@ -447,9 +483,120 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 &[principal_id],
             )?;
         }
+        WriteOp::AppendAudit(event) => append_audit(conn, event).map_err(|e| {
+            // Whatever stopped the audit write, the request must fail closed as unavailable.
+            let detail = match e {
+                StoreError::Unavailable(d) | StoreError::Backend(d) => d,
+                other => other.to_string(),
+            };
+            StoreError::Unavailable(format!("audit trail not writable: {detail}"))
+        })?,
+        WriteOp::InsertCheckpoint(cp) => insert_checkpoint(conn, cp)?,
     }
     Ok(())
 }
+
+fn append_audit(conn: &Connection, e: &NewAuditEvent) -> Result<(), StoreError> {
+    let head: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT seq, hash FROM audit_event WHERE node = ?1 ORDER BY seq DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row([&e.node], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(map_err)?;
+    let (prev_seq, prev_hash) = match head {
+        Some((seq, hash)) => (
+            seq as u64,
+            <[u8; 32]>::try_from(hash.as_slice())
+                .map_err(|_| StoreError::Backend("corrupt audit hash".into()))?,
+        ),
+        None => (0, carevault_audit::GENESIS),
+    };
+    let seq = prev_seq + 1;
+    let hash = chain_hash(&prev_hash, &e.node, seq, e.time_us, &e.body);
+    conn.prepare_cached(
+        "INSERT INTO audit_event (node, seq, time_us, principal, action, outcome, body, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.node,
+            seq as i64,
+            e.time_us,
+            e.principal,
+            e.action,
+            e.outcome,
+            e.body,
+            hash.as_slice()
+        ])
+    })
+    .map_err(map_err)?;
+    for patient in &e.patients {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO audit_patient (patient, node, seq) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut s| s.execute(params![patient, e.node, seq as i64]))
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> Result<(), StoreError> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT MAX(last_seq) FROM audit_checkpoint WHERE node = ?1")
+        .and_then(|mut s| s.query_row([&cp.node], |r| r.get(0)))
+        .map_err(map_err)?;
+    if last.unwrap_or(0) as u64 + 1 != cp.first_seq {
+        return Err(StoreError::Conflict);
+    }
+    conn.prepare_cached(
+        "INSERT INTO audit_checkpoint (node, first_seq, last_seq, head_hash, time_us, prev_signature, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            cp.node,
+            cp.first_seq as i64,
+            cp.last_seq as i64,
+            cp.head_hash.as_slice(),
+            cp.time_us,
+            cp.prev_signature,
+            cp.signature
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn stored_event(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let hash: Vec<u8> = r.get(4)?;
+    Ok(StoredEvent {
+        node: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        time_us: r.get(2)?,
+        body: r.get(3)?,
+        // A damaged hash column still reaches the verifier, which then reports the event.
+        hash: <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0u8; 32]),
+    })
+}
+
+fn checkpoint_row(r: &Row<'_>) -> rusqlite::Result<Checkpoint> {
+    let head: Vec<u8> = r.get(3)?;
+    Ok(Checkpoint {
+        node: r.get(0)?,
+        first_seq: r.get::<_, i64>(1)? as u64,
+        last_seq: r.get::<_, i64>(2)? as u64,
+        head_hash: <[u8; 32]>::try_from(head.as_slice()).unwrap_or([0u8; 32]),
+        time_us: r.get(4)?,
+        prev_signature: r.get(5)?,
+        signature: r.get(6)?,
+    })
+}
+
+const CHECKPOINT_COLUMNS: &str =
+    "node, first_seq, last_seq, head_hash, time_us, prev_signature, signature";
 
 fn put_resource(conn: &Connection, new: &NewResourceVersion) -> Result<(), StoreError> {
     let row = &new.row;
@@ -751,11 +898,156 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn audit_events(
+        &self,
+        after: Option<(String, u64)>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |c| {
+            let (node, seq) = after.map_or((None, 0i64), |(n, s)| (Some(n), s as i64));
+            let mut stmt = c.prepare_cached(
+                "SELECT node, seq, time_us, body, hash FROM audit_event
+                 WHERE ?1 IS NULL OR node > ?1 OR (node = ?1 AND seq > ?2)
+                 ORDER BY node, seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![node, seq, limit], stored_event)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint ORDER BY node, last_seq"
+            ))?;
+            let rows = stmt.query_map([], checkpoint_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn audit_head(
+        &self,
+        node: &str,
+    ) -> Result<(Option<(u64, [u8; 32])>, Option<Checkpoint>), StoreError> {
+        let node = node.to_owned();
+        self.read(move |c| {
+            let head: Option<(i64, Vec<u8>)> = c
+                .prepare_cached("SELECT seq, hash FROM audit_event WHERE node = ?1 ORDER BY seq DESC LIMIT 1")?
+                .query_row([&node], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let cp = c
+                .prepare_cached(&format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint WHERE node = ?1 ORDER BY last_seq DESC LIMIT 1"
+                ))?
+                .query_row([&node], checkpoint_row)
+                .optional()?;
+            let head = head.map(|(seq, hash)| (seq as u64, <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0u8; 32])));
+            Ok((head, cp))
+        })
+        .await
+    }
+
+    async fn audit_search(&self, q: AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |c| {
+            let (b_time, b_node, b_seq) = match q.before {
+                Some((t, n, s)) => (Some(t), Some(n), Some(s as i64)),
+                None => (None, None, None),
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT e.node, e.seq, e.time_us, e.body, e.hash FROM audit_event e
+                 WHERE (?1 IS NULL OR e.principal = ?1)
+                   AND (?2 IS NULL OR EXISTS (SELECT 1 FROM audit_patient p
+                        WHERE p.patient = ?2 AND p.node = e.node AND p.seq = e.seq))
+                   AND (?3 IS NULL OR e.action = ?3)
+                   AND (?4 IS NULL OR e.outcome = ?4)
+                   AND (?5 IS NULL OR e.time_us >= ?5)
+                   AND (?6 IS NULL OR e.time_us < ?6)
+                   AND (?7 IS NULL OR e.time_us < ?7 OR (e.time_us = ?7 AND (e.node < ?8 OR (e.node = ?8 AND e.seq < ?9))))
+                 ORDER BY e.time_us DESC, e.node DESC, e.seq DESC LIMIT ?10",
+            )?;
+            let rows = stmt.query_map(
+                params![q.principal, q.patient, q.action, q.outcome, q.since_us, q.until_us, b_time, b_node, b_seq, q.limit],
+                stored_event,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn audit(node: &str, n: u8) -> WriteOp {
+        WriteOp::AppendAudit(NewAuditEvent {
+            node: node.into(),
+            time_us: i64::from(n),
+            principal: "p1".into(),
+            action: "read".into(),
+            outcome: "success".into(),
+            patients: vec![format!("Patient/{}", n % 2)],
+            body: format!("{{\"n\":{n}}}").into_bytes(),
+        })
+    }
+
+    #[tokio::test]
+    async fn audit_chain_is_assigned_in_commit_order_and_rolls_back_with_its_job() {
+        let (_dir, store) = store().await;
+        let mut tasks = Vec::new();
+        for i in 0..40u8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 4 == 3 {
+                    // A failing data change takes its audit event down with it.
+                    s.write(vec![put("a", 9, Some(8)), audit("n1", i)]).await
+                } else {
+                    s.write(vec![audit("n1", i)]).await
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await.unwrap();
+        }
+        store.write(vec![audit("n2", 1)]).await.unwrap();
+        let events = store.audit_events(None, 1000).await.unwrap();
+        let n1: Vec<_> = events.iter().filter(|e| e.node == "n1").collect();
+        assert_eq!(n1.len(), 30);
+        assert!(n1.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let (head, last_cp) = store.audit_head("n1").await.unwrap();
+        assert!(last_cp.is_none());
+        let (seq, hash) = head.unwrap();
+        let cp = carevault_audit::Checkpoint::sign(&key, "n1", 1, seq, hash, 5, None);
+        store
+            .write(vec![WriteOp::InsertCheckpoint(cp.clone())])
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.write(vec![WriteOp::InsertCheckpoint(cp)]).await,
+            Err(StoreError::Conflict)
+        ));
+        let report = carevault_audit::verify(
+            &events,
+            &store.audit_checkpoints().await.unwrap(),
+            &key.verifying_key(),
+        )
+        .unwrap();
+        assert_eq!(report.nodes[0].signed_up_to, 30);
+        let page = store
+            .audit_search(AuditQuery {
+                patient: Some("Patient/1".into()),
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 5);
+        assert!(page.windows(2).all(|w| w[0].time_us >= w[1].time_us));
+    }
 
     fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
         ResourceRow {
