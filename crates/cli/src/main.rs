@@ -1,6 +1,7 @@
 //! `carevault`: the server and its command-line client in one binary.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod client;
 
 use std::io::{BufRead, IsTerminal};
@@ -70,13 +71,75 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The audit trail: verify it offline, export it, search it, compute digests.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the trail offline: hash chains, sequence, and signed checkpoints. Exit code 0
+    /// only if everything holds.
+    Verify {
+        /// A database file to read (default: the data directory's).
+        #[arg(long, conflicts_with = "export")]
+        db: Option<PathBuf>,
+        /// A JSON Lines export (`carevault audit export`) to read instead of a database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// The audit public key (hex), as printed by `init` and `carevault audit public-key`.
+        #[arg(long)]
+        public_key: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Write the trail as JSON Lines (events and checkpoints), to standard output by default.
+    Export {
+        /// Only events at or after this instant (the result no longer verifies alone).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this instant (the result no longer verifies alone).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print the key that verifies this environment's checkpoints (the last word of the output).
+    PublicKey(ServerArgs),
+    /// The keyed digest under which the trail records VALUE (search values, attempted usernames).
+    Hash {
+        value: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Search the trail through the API (auditor; uses the saved session).
+    Search {
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        count: u32,
+    },
 }
 
 #[derive(Args, Clone)]
-struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// A TOML configuration file.
     #[arg(long, env = "CAREVAULT_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Address to listen on (CAREVAULT_LISTEN), default 127.0.0.1:8443.
     #[arg(long)]
     listen: Option<String>,
@@ -186,17 +249,18 @@ fn run(cli: Cli) -> Result<()> {
             token,
         } => enroll(&server, ca_cert.as_deref(), &token),
         Command::User { command } => user(command),
+        Command::Audit { command } => audit_cmd::run(command),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-fn load_config(args: &ServerArgs) -> Result<Config> {
+pub(crate) fn load_config(args: &ServerArgs) -> Result<Config> {
     let mut file = FileConfig::load(args.config.as_deref(), std::env::vars())?;
     if let Some(listen) = &args.listen {
         file.listen = Some(listen.clone());
@@ -308,9 +372,19 @@ async fn recover(args: ServerArgs, user: &str) -> Result<()> {
     let config = load_config(&args)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let env = environment::open(&config, clock.clone()).await?;
+    let audit = Arc::new(
+        carevault_server::audit::Audit::open(
+            env.store.clone(),
+            &env.keyring,
+            &config.node_id,
+            clock.clone(),
+        )
+        .await?,
+    );
     let identity =
         carevault_server::identity::Identity::new(&config, env.store, env.keyring, clock)?;
-    let issued = identity.reissue_enrollment(user).await?;
+    let scope = carevault_server::audit::AuditScope::local(audit, "admin.recover");
+    let issued = identity.reissue_enrollment(&scope, user).await?;
     println!(
         "enrollment token for {}: {}",
         issued.username, issued.enrollment_token

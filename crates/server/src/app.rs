@@ -10,6 +10,7 @@ use carevault_fhir::Validator;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::environment;
@@ -25,6 +26,7 @@ pub struct Application {
     state: AppState,
     tls_fingerprint: Option<String>,
     environment_id: String,
+    audit: Arc<Audit>,
 }
 
 enum Bound {
@@ -45,6 +47,15 @@ impl Application {
                 .spawn(move || validator.warm_up())
                 .map_err(|e| Error::Internal(format!("cannot start warm-up thread: {e}")))?;
         }
+        let audit = Arc::new(
+            Audit::open(
+                env.store.clone(),
+                &env.keyring,
+                &config.node_id,
+                clock.clone(),
+            )
+            .await?,
+        );
         let identity = Identity::new(
             &config,
             env.store.clone(),
@@ -77,6 +88,8 @@ impl Application {
             config,
             identity,
             records,
+            audit: audit.clone(),
+            store: env.store.clone(),
             clock,
             capability,
         });
@@ -86,6 +99,7 @@ impl Application {
             state,
             tls_fingerprint,
             environment_id: env.id,
+            audit,
         })
     }
 
@@ -115,16 +129,28 @@ impl Application {
         format!("{scheme}://{}", self.local_addr)
     }
 
-    /// Serve until `shutdown` completes, then finish in-flight requests.
+    /// The key that verifies this environment's audit checkpoints (hex).
+    pub fn audit_public_key(&self) -> String {
+        self.audit.public_key()
+    }
+
+    /// Serve until `shutdown` completes, then finish in-flight requests and sign the rest of
+    /// the audit trail.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let checkpointer = self.audit.spawn_checkpointer();
         let app = http::router(self.state);
         let make = app.into_make_service_with_connect_info::<ClientAddr>();
-        match self.listener {
+        let served = match self.listener {
             Bound::Tls(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,
             Bound::Plain(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,
+        };
+        checkpointer.abort();
+        if let Err(e) = self.audit.checkpoint(true, None).await {
+            tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");
         }
+        served
     }
 }

@@ -32,6 +32,8 @@ impl ConfigError {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// This node's name in the audit trail (each node keeps its own chain).
+    pub node_id: Option<String>,
     /// Plain HTTP instead of TLS; only accepted on a loopback address.
     pub allow_plain_http: Option<bool>,
     pub body_limit_bytes: Option<u64>,
@@ -87,6 +89,7 @@ pub struct LogSection {
 const KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("data_dir", Kind::Str),
+    ("node_id", Kind::Str),
     ("allow_plain_http", Kind::Bool),
     ("body_limit_bytes", Kind::Int),
     ("max_json_depth", Kind::Int),
@@ -210,6 +213,7 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub node_id: String,
     pub plain_http: bool,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -263,6 +267,17 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        let node_id = file.node_id.unwrap_or_else(|| "node-1".to_owned());
+        if !(1..=64).contains(&node_id.len())
+            || !node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::new(
+                "node_id",
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
         }
         let tls_cert = file
             .tls
@@ -391,6 +406,7 @@ impl Config {
         Ok(Self {
             listen,
             data_dir,
+            node_id,
             plain_http,
             tls_cert,
             tls_key,

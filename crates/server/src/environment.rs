@@ -20,6 +20,7 @@ use carevault_crypto::FileKeyProvider;
 use carevault_store::{SqliteStore, Store, WriteOp};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Audit, AuditScope};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -47,6 +48,8 @@ pub struct InitReport {
     pub environment_id: String,
     pub tls_fingerprint: Option<String>,
     pub admin: NewUser,
+    /// Verifies the audit trail's checkpoints (`carevault audit verify --public-key`).
+    pub audit_public_key: String,
 }
 
 /// True when `config.data_dir` holds an environment.
@@ -101,10 +104,21 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
         store.clone(),
         clock.clone(),
     ));
+    let audit =
+        Arc::new(Audit::open(store.clone(), &keyring, &config.node_id, clock.clone()).await?);
+    AuditScope::local(audit.clone(), "environment.init")
+        .finish(200)
+        .await?;
     let identity = Identity::new(config, store, keyring, clock.clone())?;
     let admin = identity
-        .create_user(BOOTSTRAP_ADMIN, &["admin".to_owned()], None)
+        .create_user(
+            &AuditScope::local(audit.clone(), "admin.user.create"),
+            BOOTSTRAP_ADMIN,
+            &["admin".to_owned()],
+            None,
+        )
         .await?;
+    audit.checkpoint(true, None).await?;
 
     // Written last: a crash before this point leaves a directory `init` can be rerun on after
     // emptying it, never a half-made environment that `serve` would open.
@@ -120,6 +134,7 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
         environment_id,
         tls_fingerprint,
         admin,
+        audit_public_key: audit.public_key(),
     })
 }
 

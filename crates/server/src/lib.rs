@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod app;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod environment;

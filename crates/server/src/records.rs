@@ -8,6 +8,7 @@ use carevault_fhir::{ResourceId, ResourceType, Validator};
 use carevault_store::{HistoryQuery, NewResourceVersion, ResourceRow, Store, StoreError, WriteOp};
 use serde_json::Value;
 
+use crate::audit::AuditScope;
 use crate::clock::{SharedClock, fhir_instant};
 use crate::error::{Error, Result};
 use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
@@ -25,6 +26,8 @@ pub struct Version {
     pub deleted: bool,
     /// The resource's JSON (empty for a deletion).
     pub json: Vec<u8>,
+    /// The compartment whose key sealed it: `Patient/<id>` or the environment's.
+    pub compartment: Arc<str>,
 }
 
 /// An entry of a history listing, with its paging cursor.
@@ -63,11 +66,16 @@ impl Records {
     }
 
     /// Create with a server-assigned id (any id in the body is replaced, as FHIR says).
-    pub async fn create(&self, rtype: ResourceType, body: Value) -> Result<Version> {
+    pub async fn create(
+        &self,
+        audit: &AuditScope,
+        rtype: ResourceType,
+        body: Value,
+    ) -> Result<Version> {
         let id = ResourceId::parse(&uuid::Uuid::new_v4().to_string())
             .map_err(|_| Error::Internal("generated id is not a valid FHIR id".into()))?;
         let body = self.prepare(rtype, body, Some(&id))?;
-        self.append(rtype, &id, body, None, 1).await
+        self.append(audit, rtype, &id, body, None, 1).await
     }
 
     /// Update (or create with a client-assigned id). `if_match` is the version the client
@@ -75,6 +83,7 @@ impl Records {
     /// Returns the new version and whether it created the resource.
     pub async fn update(
         &self,
+        audit: &AuditScope,
         rtype: ResourceType,
         id: &ResourceId,
         body: Value,
@@ -109,7 +118,7 @@ impl Records {
             }
             let next = current_version.map_or(1, |v| v + 1);
             match self
-                .append(rtype, id, body.clone(), current_version, next)
+                .append(audit, rtype, id, body.clone(), current_version, next)
                 .await
             {
                 Ok(v) => return Ok((v, current_version.is_none())),
@@ -129,7 +138,13 @@ impl Records {
 
     /// Delete: appends a deletion marker. Returns the deleted version, or None if the resource
     /// was already deleted.
-    pub async fn delete(&self, rtype: ResourceType, id: &ResourceId) -> Result<Option<u32>> {
+    pub async fn delete(
+        &self,
+        audit: &AuditScope,
+        rtype: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<u32>> {
+        audit.set_resource(rtype.as_str(), Some(id.as_str()), None);
         for _ in 0..UPDATE_RETRIES {
             let current = self
                 .store
@@ -141,11 +156,18 @@ impl Records {
             }
             let next = current.version + 1;
             let now = self.clock.now_us();
-            // The marker is sealed too (empty plaintext), so it is bound to its row like any version.
+            // The marker is sealed too (empty plaintext), under the same compartment's key as
+            // the version it ends, so it is bound to its row and attributed to its patient.
+            let (_, compartment) = self
+                .keyring
+                .open_with_compartment(&self.aad(rtype, id, current.version), &current.body)
+                .await?;
             let (dek_id, sealed) = self
                 .keyring
-                .seal(ENVIRONMENT_COMPARTMENT, &self.aad(rtype, id, next), b"")
+                .seal(&compartment, &self.aad(rtype, id, next), b"")
                 .await?;
+            audit.set_resource(rtype.as_str(), Some(id.as_str()), Some(next));
+            audit.add_patient(&compartment);
             let op = WriteOp::PutResource(NewResourceVersion {
                 row: ResourceRow {
                     rtype: rtype.as_str().to_owned(),
@@ -158,7 +180,7 @@ impl Records {
                 },
                 expected_current: Some(current.version),
             });
-            match self.store.write(vec![op]).await {
+            match audit.commit_with(&*self.store, vec![op], 204).await {
                 Ok(()) => return Ok(Some(next)),
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -169,52 +191,66 @@ impl Records {
         ))
     }
 
-    pub async fn read(&self, rtype: ResourceType, id: &ResourceId) -> Result<Current> {
+    pub async fn read(
+        &self,
+        audit: &AuditScope,
+        rtype: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Current> {
+        audit.set_resource(rtype.as_str(), Some(id.as_str()), None);
         let row = self
             .store
             .resource_current(rtype.as_str(), id.as_str())
             .await?
             .ok_or(Error::NotFound)?;
-        if row.deleted {
+        let v = self.open_row(rtype, id, row).await?;
+        audit.set_resource(rtype.as_str(), Some(id.as_str()), Some(v.version));
+        audit.add_patient(&v.compartment);
+        if v.deleted {
             return Ok(Current::Deleted {
-                version: row.version,
-                last_updated_us: row.last_updated_us,
+                version: v.version,
+                last_updated_us: v.last_updated_us,
             });
         }
-        Ok(Current::Present(self.open_row(rtype, id, row).await?))
+        Ok(Current::Present(v))
     }
 
     pub async fn vread(
         &self,
+        audit: &AuditScope,
         rtype: ResourceType,
         id: &ResourceId,
         version: u32,
     ) -> Result<Version> {
+        audit.set_resource(rtype.as_str(), Some(id.as_str()), Some(version));
         let row = self
             .store
             .resource_version(rtype.as_str(), id.as_str(), version)
             .await?
             .ok_or(Error::NotFound)?;
         let v = self.open_row(rtype, id, row).await?;
+        audit.add_patient(&v.compartment);
         if v.deleted {
             return Err(Error::Gone);
         }
         Ok(v)
     }
 
-    /// Versions newest first: of one resource, of one type, or of everything.
+    /// Versions newest first: of one resource, or of one type.
     pub async fn history(
         &self,
-        rtype: Option<ResourceType>,
+        audit: &AuditScope,
+        rtype: ResourceType,
         id: Option<&ResourceId>,
         since_us: Option<i64>,
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Vec<HistoryItem>> {
+        audit.set_resource(rtype.as_str(), id.map(ResourceId::as_str), None);
         let entries = self
             .store
             .history(HistoryQuery {
-                rtype: rtype.map(|t| t.as_str().to_owned()),
+                rtype: Some(rtype.as_str().to_owned()),
                 id: id.map(|i| i.as_str().to_owned()),
                 since_us,
                 before_seq,
@@ -223,11 +259,10 @@ impl Records {
             .await?;
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let rtype = ResourceType::parse(&entry.row.rtype)
-                .map_err(|_| Error::Integrity("stored resource type is unknown".into()))?;
             let id = ResourceId::parse(&entry.row.id)
                 .map_err(|_| Error::Integrity("stored id is invalid".into()))?;
             let version = self.open_row(rtype, &id, entry.row).await?;
+            audit.add_patient(&version.compartment);
             out.push(HistoryItem {
                 seq: entry.seq,
                 version,
@@ -271,6 +306,7 @@ impl Records {
 
     async fn append(
         &self,
+        audit: &AuditScope,
         rtype: ResourceType,
         id: &ResourceId,
         mut body: Value,
@@ -281,7 +317,7 @@ impl Records {
         stamp_meta(&mut body, version, now);
         let json =
             serde_json::to_vec(&body).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-        let compartment = compartment_of(rtype, id, &body);
+        let compartment: Arc<str> = Arc::from(compartment_of(rtype, id, &body));
         let (dek_id, sealed) = self
             .keyring
             .seal(&compartment, &self.aad(rtype, id, version), &json)
@@ -298,7 +334,10 @@ impl Records {
             },
             expected_current,
         });
-        self.store.write(vec![op]).await?;
+        audit.set_resource(rtype.as_str(), Some(id.as_str()), Some(version));
+        audit.add_patient(&compartment);
+        let status = if expected_current.is_none() { 201 } else { 200 };
+        audit.commit_with(&*self.store, vec![op], status).await?;
         Ok(Version {
             rtype,
             id: id.clone(),
@@ -306,6 +345,7 @@ impl Records {
             last_updated_us: now,
             deleted: false,
             json,
+            compartment,
         })
     }
 
@@ -315,9 +355,9 @@ impl Records {
         id: &ResourceId,
         row: ResourceRow,
     ) -> Result<Version> {
-        let json = self
+        let (json, compartment) = self
             .keyring
-            .open(&self.aad(rtype, id, row.version), &row.body)
+            .open_with_compartment(&self.aad(rtype, id, row.version), &row.body)
             .await?;
         Ok(Version {
             rtype,
@@ -326,6 +366,7 @@ impl Records {
             last_updated_us: row.last_updated_us,
             deleted: row.deleted,
             json: if row.deleted { Vec::new() } else { json },
+            compartment,
         })
     }
 

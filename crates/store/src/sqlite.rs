@@ -125,6 +125,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// How reader connections are opened.
+    mode: Mode,
     readers: Mutex<Vec<Connection>>,
     writer: mpsc::UnboundedSender<WriteJob>,
 }
@@ -137,7 +139,7 @@ struct WriteJob {
 impl SqliteStore {
     /// Open (creating if needed) the database at `path`, run migrations, start the writer.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = open_connection(path, true)?;
+        let conn = open_connection(path, Mode::Create)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
@@ -147,7 +149,32 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
+                mode: Mode::ReadWrite,
                 readers: Mutex::new(Vec::new()),
+                writer: tx,
+            }),
+        })
+    }
+
+    /// Open an existing database for reading only (offline audit verification, export):
+    /// no migration, no writer; every write answers [`StoreError::Unavailable`].
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let conn = open_connection(path, Mode::ReadOnly)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(map_err)?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StoreError::TooNew {
+                found: version,
+                supported: MIGRATIONS.len() as i64,
+            });
+        }
+        let (tx, _) = mpsc::unbounded_channel();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                mode: Mode::ReadOnly,
+                readers: Mutex::new(vec![conn]),
                 writer: tx,
             }),
         })
@@ -171,7 +198,7 @@ impl SqliteStore {
                 .pop()
             {
                 Some(conn) => conn,
-                None => open_connection(&inner.path, false)?,
+                None => open_connection(&inner.path, inner.mode)?,
             };
             let result = f(&conn).map_err(map_err);
             let mut pool = inner.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -185,15 +212,26 @@ impl SqliteStore {
     }
 }
 
-fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    if create {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-    }
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Create,
+    ReadWrite,
+    ReadOnly,
+}
+
+fn open_connection(path: &Path, mode: Mode) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    flags |= match mode {
+        Mode::Create => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        Mode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+        Mode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+    };
     let conn = Connection::open_with_flags(path, flags).map_err(map_err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(map_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if mode == Mode::ReadOnly {
+        return Ok(conn);
+    }
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -201,7 +239,6 @@ fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> 
          PRAGMA secure_delete = ON;",
     )
     .map_err(map_err)?;
-    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

@@ -76,7 +76,9 @@ pub mod totp {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// An authenticator for one account: hands out codes for steps never used before, waiting for
@@ -142,7 +144,10 @@ impl Reply {
 
     /// The first OperationOutcome issue's diagnostics, if this is one.
     pub fn diagnostics(&self) -> String {
-        self.json()["issue"][0]["diagnostics"].as_str().unwrap_or("").to_owned()
+        self.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 }
 
@@ -164,7 +169,11 @@ impl Api {
             })
             .collect();
         let agent = ureq::Agent::config_builder()
-            .tls_config(TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(certs))).build())
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::Specific(Arc::new(certs)))
+                    .build(),
+            )
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
@@ -183,7 +192,13 @@ impl Api {
     }
 
     /// Send any request. `headers` are added as given (a test may send hostile ones).
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
         let url = format!("{}{}", self.base, path);
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
@@ -214,7 +229,11 @@ impl Api {
             .collect();
         let mut body = Vec::new();
         let _ = response.into_body().into_reader().read_to_end(&mut body);
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -227,12 +246,22 @@ impl Api {
 
     pub fn post_json(&self, path: &str, body: &Value) -> Reply {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
-        self.request("POST", path, &[("Content-Type", "application/json")], Some(&bytes))
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(&bytes),
+        )
     }
 
     pub fn post_fhir(&self, path: &str, body: &Value) -> Reply {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
-        self.request("POST", path, &[("Content-Type", "application/fhir+json")], Some(&bytes))
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/fhir+json")],
+            Some(&bytes),
+        )
     }
 
     pub fn put_fhir(&self, path: &str, body: &Value, extra: &[(&str, &str)]) -> Reply {
@@ -290,7 +319,9 @@ impl TestServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {
@@ -316,10 +347,13 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         let (base, admin_token) = loop {
             let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let listening = out.lines().find_map(|l| l.strip_prefix("listening on ").map(str::to_owned));
-            let token = out
+            let listening = out
                 .lines()
-                .find_map(|l| l.strip_prefix("enrollment token for admin: ").map(str::to_owned));
+                .find_map(|l| l.strip_prefix("listening on ").map(str::to_owned));
+            let token = out.lines().find_map(|l| {
+                l.strip_prefix("enrollment token for admin: ")
+                    .map(str::to_owned)
+            });
             if let (Some(base), Some(token)) = (listening, token) {
                 break (base, token);
             }
@@ -358,19 +392,33 @@ impl TestServer {
 
     /// Everything the server printed and logged so far.
     pub fn output(&self) -> String {
-        let out = self.stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let err = self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let out = self
+            .stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let err = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         format!("{out}{err}")
     }
 
     pub fn logs(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Enroll with a token and log in; panics with the server's answer on failure.
     pub fn enroll_and_login(&self, username: &str, enrollment_token: &str) -> Account {
         let api = self.api();
-        let start = api.post_json("/auth/enroll/start", &json!({"enrollment_token": enrollment_token}));
+        let start = api.post_json(
+            "/auth/enroll/start",
+            &json!({"enrollment_token": enrollment_token}),
+        );
         assert_eq!(start.status, 200, "enroll/start: {}", start.text());
         let started = start.json();
         assert_eq!(started["username"], username);
@@ -382,7 +430,11 @@ impl TestServer {
         assert_eq!(finish.status, 200, "enroll/finish: {}", finish.text());
         let recovery_codes = finish.json()["recovery_codes"]
             .as_array()
-            .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         let token = self.login(username, &mut auth);
         Account {
@@ -399,7 +451,10 @@ impl TestServer {
             &json!({"username": username, "password": TEST_PASSWORD, "totp_code": auth.fresh_code()}),
         );
         assert_eq!(reply.status, 200, "login {username}: {}", reply.text());
-        reply.json()["access_token"].as_str().unwrap_or_default().to_owned()
+        reply.json()["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Enroll the bootstrap admin.
@@ -409,13 +464,22 @@ impl TestServer {
     }
 
     /// Create an account as `admin` and enroll it.
-    pub fn user(&self, admin: &Account, username: &str, roles: &[&str], organization: Option<&str>) -> Account {
+    pub fn user(
+        &self,
+        admin: &Account,
+        username: &str,
+        roles: &[&str],
+        organization: Option<&str>,
+    ) -> Account {
         let created = admin.api.post_json(
             "/admin/users",
             &json!({"username": username, "roles": roles, "organization": organization}),
         );
         assert_eq!(created.status, 201, "create user: {}", created.text());
-        let token = created.json()["enrollment_token"].as_str().unwrap_or_default().to_owned();
+        let token = created.json()["enrollment_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         self.enroll_and_login(username, &token)
     }
 
@@ -447,7 +511,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {

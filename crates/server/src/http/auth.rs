@@ -1,6 +1,7 @@
 //! `/auth/*` (enrollment, login, sessions) and `/admin/users*` handlers, and the extractor that
 //! turns a bearer token into a [`Principal`].
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
@@ -13,6 +14,7 @@ use zeroize::Zeroizing;
 use super::error::ApiError;
 use super::tls::ClientAddr;
 use super::{AppState, json_body, json_response};
+use crate::audit::AuditScope;
 use crate::error::Error;
 use crate::identity::{Principal, Role};
 
@@ -28,6 +30,10 @@ impl FromRequestParts<AppState> for Authenticated {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).ok_or(Error::Unauthorized)?;
         let principal = state.inner.identity.authenticate(token).await?;
+        if let Some(scope) = parts.extensions.get::<AuditScope>() {
+            let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+            scope.set_principal(&principal.id, &roles, "session");
+        }
         Ok(Authenticated(principal))
     }
 }
@@ -95,6 +101,7 @@ pub struct CreateUserRequest {
 
 pub async fn enroll_start(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -102,13 +109,14 @@ pub async fn enroll_start(
     let started = state
         .inner
         .identity
-        .enroll_start(&req.enrollment_token)
+        .enroll_start(&audit, &req.enrollment_token)
         .await?;
     Ok(json_response(StatusCode::OK, &started))
 }
 
 pub async fn enroll_finish(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -116,7 +124,7 @@ pub async fn enroll_finish(
     let codes = state
         .inner
         .identity
-        .enroll_finish(&req.enrollment_token, &req.password, &req.totp_code)
+        .enroll_finish(&audit, &req.enrollment_token, &req.password, &req.totp_code)
         .await?;
     Ok(json_response(
         StatusCode::OK,
@@ -126,23 +134,27 @@ pub async fn enroll_finish(
 
 pub async fn login(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: LoginRequest = json_body(&state, &headers, body).await?;
+    // Whatever was typed as a username may be anything (even a patient's name): keep a digest.
+    audit.add_digest("username_digest", &req.username);
     let granted = state
         .inner
         .identity
-        .login(&req.username, &req.password, &req.totp_code)
+        .login(&audit, &req.username, &req.password, &req.totp_code)
         .await?;
     Ok(json_response(StatusCode::OK, &granted))
 }
 
 pub async fn logout(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
 ) -> Result<Response, ApiError> {
-    state.inner.identity.logout(&p).await?;
+    state.inner.identity.logout(&audit, &p).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -159,6 +171,7 @@ pub async fn whoami(Authenticated(p): Authenticated) -> Response {
 
 pub async fn create_user(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     headers: HeaderMap,
     body: Body,
@@ -168,7 +181,7 @@ pub async fn create_user(
     let created = state
         .inner
         .identity
-        .create_user(&req.username, &req.roles, req.organization)
+        .create_user(&audit, &req.username, &req.roles, req.organization)
         .await?;
     Ok(json_response(StatusCode::CREATED, &created))
 }
@@ -187,40 +200,44 @@ pub async fn list_users(
 
 pub async fn disable_user(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     require_role(&p, Role::Admin)?;
-    state.inner.identity.disable(&p, &name).await?;
+    state.inner.identity.disable(&audit, &p, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn enable_user(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     require_role(&p, Role::Admin)?;
-    state.inner.identity.enable(&name).await?;
+    state.inner.identity.enable(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn unlock_user(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     require_role(&p, Role::Admin)?;
-    state.inner.identity.unlock(&name).await?;
+    state.inner.identity.unlock(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn reset_user(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     require_role(&p, Role::Admin)?;
-    let reset = state.inner.identity.reset(Some(&p), &name).await?;
+    let reset = state.inner.identity.reset(&audit, Some(&p), &name).await?;
     Ok(json_response(StatusCode::OK, &reset))
 }

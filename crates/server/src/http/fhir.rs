@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -14,6 +15,7 @@ use serde_json::value::RawValue;
 use super::auth::{Authenticated, require_role};
 use super::error::{ApiError, fhir_json};
 use super::{AppState, parse_json, read_body, require_json_body};
+use crate::audit::AuditScope;
 use crate::clock::{fhir_instant, http_date, parse_instant};
 use crate::error::Error;
 use crate::identity::{Principal, Role};
@@ -189,6 +191,7 @@ pub async fn search_type(
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path(rtype): Path<String>,
     Query(params): Params,
@@ -199,7 +202,7 @@ pub async fn create(
     let rtype = resource_type(&rtype)?;
     negotiate(&headers, &params)?;
     let resource = resource_body(&state, &headers, body).await?;
-    let v = state.inner.records.create(rtype, resource).await?;
+    let v = state.inner.records.create(&audit, rtype, resource).await?;
     Ok(write_response(
         StatusCode::CREATED,
         &v,
@@ -210,6 +213,7 @@ pub async fn create(
 
 pub async fn update(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path((rtype, id)): Path<(String, String)>,
     Query(params): Params,
@@ -225,7 +229,7 @@ pub async fn update(
     let (v, created) = state
         .inner
         .records
-        .update(rtype, &id, resource, if_match)
+        .update(&audit, rtype, &id, resource, if_match)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -242,6 +246,7 @@ pub async fn update(
 
 pub async fn read(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path((rtype, id)): Path<(String, String)>,
     Query(params): Params,
@@ -251,7 +256,7 @@ pub async fn read(
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
     negotiate(&headers, &params)?;
-    match state.inner.records.read(rtype, &id).await? {
+    match state.inner.records.read(&audit, rtype, &id).await? {
         Current::Present(v) => {
             let mut resp = fhir_json(StatusCode::OK, v.json.clone());
             version_headers(&mut resp, &v);
@@ -269,6 +274,7 @@ pub async fn read(
 
 pub async fn vread(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path((rtype, id, vid)): Path<(String, String, String)>,
     Query(params): Params,
@@ -281,7 +287,11 @@ pub async fn vread(
         .parse::<u32>()
         .map_err(|_| ApiError::Core(Error::NotFound))?;
     negotiate(&headers, &params)?;
-    let v = state.inner.records.vread(rtype, &id, version).await?;
+    let v = state
+        .inner
+        .records
+        .vread(&audit, rtype, &id, version)
+        .await?;
     let mut resp = fhir_json(StatusCode::OK, v.json.clone());
     version_headers(&mut resp, &v);
     Ok(resp)
@@ -289,13 +299,14 @@ pub async fn vread(
 
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path((rtype, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
-    let deleted = state.inner.records.delete(rtype, &id).await?;
+    let deleted = state.inner.records.delete(&audit, rtype, &id).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Some(version) = deleted
         && let Ok(etag) = HeaderValue::from_str(&format!("W/\"{version}\""))
@@ -307,6 +318,7 @@ pub async fn delete(
 
 pub async fn history_type(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path(rtype): Path<String>,
     Query(params): Params,
@@ -314,11 +326,12 @@ pub async fn history_type(
 ) -> Result<Response, ApiError> {
     require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
-    history(&state, &headers, &params, rtype, None).await
+    history(&state, &audit, &headers, &params, rtype, None).await
 }
 
 pub async fn history_instance(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Path((rtype, id)): Path<(String, String)>,
     Query(params): Params,
@@ -327,11 +340,12 @@ pub async fn history_instance(
     require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
-    history(&state, &headers, &params, rtype, Some(id)).await
+    history(&state, &audit, &headers, &params, rtype, Some(id)).await
 }
 
 async fn history(
     state: &AppState,
+    audit: &AuditScope,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     rtype: ResourceType,
@@ -372,7 +386,7 @@ async fn history(
         && state
             .inner
             .records
-            .history(Some(rtype), Some(id), None, None, 1)
+            .history(audit, rtype, Some(id), None, None, 1)
             .await?
             .is_empty()
     {
@@ -382,7 +396,7 @@ async fn history(
     let mut items = state
         .inner
         .records
-        .history(Some(rtype), id.as_ref(), since, cursor, count + 1)
+        .history(audit, rtype, id.as_ref(), since, cursor, count + 1)
         .await?;
     let has_more = items.len() > count as usize;
     items.truncate(count as usize);

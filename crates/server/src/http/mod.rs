@@ -1,29 +1,34 @@
 //! The HTTPS API: the only module that knows HTTP. Handlers extract, call the core, and map the
 //! result; rules live in `identity` and `records`.
 
+mod audit_api;
 mod auth;
 pub mod error;
 mod fhir;
 pub use fhir::capability_statement;
 pub mod tls;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use carevault_audit::EventRecord;
 use serde::de::DeserializeOwned;
 
+use crate::audit::{Audit, AuditScope};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::records::Records;
 use error::{ApiError, ErrorDetail};
+use tls::ClientAddr;
 
 /// Everything a handler may use. Cheap to clone.
 #[derive(Clone)]
@@ -35,9 +40,17 @@ pub struct Services {
     pub config: Config,
     pub identity: Identity,
     pub records: Records,
+    pub audit: Arc<Audit>,
+    pub store: Arc<dyn carevault_store::Store>,
     pub clock: SharedClock,
     /// The CapabilityStatement, rendered once.
     pub capability: Vec<u8>,
+}
+
+impl Services {
+    pub(crate) fn audit_store(&self) -> &dyn carevault_store::Store {
+        &*self.store
+    }
 }
 
 impl AppState {
@@ -48,79 +61,170 @@ impl AppState {
     }
 }
 
-/// Every route of the API. Tests walk this table.
-pub const ROUTES: &[(&str, &[Method])] = &[
-    ("/auth/enroll/start", &[Method::POST]),
-    ("/auth/enroll/finish", &[Method::POST]),
-    ("/auth/login", &[Method::POST]),
-    ("/auth/logout", &[Method::POST]),
-    ("/auth/whoami", &[Method::GET]),
-    ("/admin/users", &[Method::GET, Method::POST]),
-    ("/admin/users/{name}/disable", &[Method::POST]),
-    ("/admin/users/{name}/enable", &[Method::POST]),
-    ("/admin/users/{name}/unlock", &[Method::POST]),
-    ("/admin/users/{name}/reset", &[Method::POST]),
-    ("/fhir/metadata", &[Method::GET]),
-    ("/fhir/{rtype}", &[Method::GET, Method::POST]),
-    ("/fhir/{rtype}/_history", &[Method::GET]),
+/// Every route of the API: path, method, and the audit action it performs. The router is built
+/// from this table (so it cannot drift from it), and tests walk it.
+pub const ROUTE_TABLE: &[(&str, Method, &str)] = &[
+    ("/auth/enroll/start", Method::POST, "auth.enroll.start"),
+    ("/auth/enroll/finish", Method::POST, "auth.enroll.finish"),
+    ("/auth/login", Method::POST, "auth.login"),
+    ("/auth/logout", Method::POST, "auth.logout"),
+    ("/auth/whoami", Method::GET, "auth.whoami"),
+    ("/admin/users", Method::GET, "admin.user.list"),
+    ("/admin/users", Method::POST, "admin.user.create"),
     (
-        "/fhir/{rtype}/{id}",
-        &[Method::GET, Method::PUT, Method::DELETE],
+        "/admin/users/{name}/disable",
+        Method::POST,
+        "admin.user.disable",
     ),
-    ("/fhir/{rtype}/{id}/_history", &[Method::GET]),
-    ("/fhir/{rtype}/{id}/_history/{vid}", &[Method::GET]),
+    (
+        "/admin/users/{name}/enable",
+        Method::POST,
+        "admin.user.enable",
+    ),
+    (
+        "/admin/users/{name}/unlock",
+        Method::POST,
+        "admin.user.unlock",
+    ),
+    (
+        "/admin/users/{name}/reset",
+        Method::POST,
+        "admin.user.reset",
+    ),
+    ("/audit/events", Method::GET, "audit.read"),
+    ("/fhir/metadata", Method::GET, "capabilities"),
+    ("/fhir/{rtype}", Method::GET, "search-type"),
+    ("/fhir/{rtype}", Method::POST, "create"),
+    ("/fhir/{rtype}/_history", Method::GET, "history-type"),
+    ("/fhir/{rtype}/{id}", Method::GET, "read"),
+    ("/fhir/{rtype}/{id}", Method::PUT, "update"),
+    ("/fhir/{rtype}/{id}", Method::DELETE, "delete"),
+    (
+        "/fhir/{rtype}/{id}/_history",
+        Method::GET,
+        "history-instance",
+    ),
+    ("/fhir/{rtype}/{id}/_history/{vid}", Method::GET, "vread"),
 ];
 
+/// The handler of an action in [`ROUTE_TABLE`].
+fn handler(action: &str) -> Option<MethodRouter<AppState>> {
+    Some(match action {
+        "auth.enroll.start" => post(auth::enroll_start),
+        "auth.enroll.finish" => post(auth::enroll_finish),
+        "auth.login" => post(auth::login),
+        "auth.logout" => post(auth::logout),
+        "auth.whoami" => get(auth::whoami),
+        "admin.user.list" => get(auth::list_users),
+        "admin.user.create" => post(auth::create_user),
+        "admin.user.disable" => post(auth::disable_user),
+        "admin.user.enable" => post(auth::enable_user),
+        "admin.user.unlock" => post(auth::unlock_user),
+        "admin.user.reset" => post(auth::reset_user),
+        "audit.read" => get(audit_api::events),
+        "capabilities" => get(fhir::metadata),
+        "search-type" => get(fhir::search_type),
+        "create" => post(fhir::create),
+        "history-type" => get(fhir::history_type),
+        "read" => get(fhir::read),
+        "update" => put(fhir::update),
+        "delete" => delete(fhir::delete),
+        "history-instance" => get(fhir::history_instance),
+        "vread" => get(fhir::vread),
+        // The table and this match are checked against each other by a unit test.
+        _ => return None,
+    })
+}
+
+/// The audit action of a request, from its method and route template.
+pub fn action_for(method: &Method, route: Option<&str>) -> &'static str {
+    let Some(route) = route else {
+        return "unknown-endpoint";
+    };
+    ROUTE_TABLE
+        .iter()
+        .find(|(path, m, _)| *path == route && m == method)
+        .map_or("unsupported-method", |(_, _, action)| action)
+}
+
 pub fn router(state: AppState) -> Router {
-    let auth_routes = Router::new()
-        .route("/auth/enroll/start", post(auth::enroll_start))
-        .route("/auth/enroll/finish", post(auth::enroll_finish))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/whoami", get(auth::whoami))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::ip_rate_limit,
-        ));
-    Router::new()
-        .merge(auth_routes)
-        .route(
-            "/admin/users",
-            get(auth::list_users).post(auth::create_user),
-        )
-        .route("/admin/users/{name}/disable", post(auth::disable_user))
-        .route("/admin/users/{name}/enable", post(auth::enable_user))
-        .route("/admin/users/{name}/unlock", post(auth::unlock_user))
-        .route("/admin/users/{name}/reset", post(auth::reset_user))
-        .route("/fhir/metadata", get(fhir::metadata))
-        .route("/fhir/{rtype}", get(fhir::search_type).post(fhir::create))
-        .route("/fhir/{rtype}/_history", get(fhir::history_type))
-        .route(
-            "/fhir/{rtype}/{id}",
-            get(fhir::read).put(fhir::update).delete(fhir::delete),
-        )
-        .route("/fhir/{rtype}/{id}/_history", get(fhir::history_instance))
-        .route("/fhir/{rtype}/{id}/_history/{vid}", get(fhir::vread))
-        .fallback(|| async { ApiError::NoSuchEndpoint })
+    let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
+    for (path, _, action) in ROUTE_TABLE {
+        let Some(route) = handler(action) else {
+            continue;
+        };
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(route),
+            None => route,
+        };
+        by_path.insert(path, merged);
+    }
+    let mut app = Router::new();
+    for (path, route) in by_path {
+        let route = if path.starts_with("/auth/") {
+            route.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::ip_rate_limit,
+            ))
+        } else {
+            route
+        };
+        app = app.route(path, route);
+    }
+    app.fallback(|| async { ApiError::NoSuchEndpoint })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-/// Request id, security headers, OperationOutcome for every error, one PHI-free log line.
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Request id, audit event, security headers, OperationOutcome for every error, one PHI-free
+/// log line.
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let method = req.method().clone();
     // The route template (`/fhir/{rtype}/{id}`), never the raw path or query: those may carry
     // identifiers and search values.
-    let route = req
+    let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+        .map(|m| m.as_str().to_owned());
+    let route = matched.clone().unwrap_or_else(|| "unmatched".to_owned());
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map_or_else(
+            || "unknown".to_owned(),
+            |ConnectInfo(ClientAddr(a))| a.ip().to_string(),
+        );
+    let audit = state.inner.audit.clone();
+    // Query values may be search terms about a patient: only their keyed digests are kept.
+    let query = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
+        .map(|Query(pairs)| {
+            pairs
+                .into_iter()
+                .map(|(k, v)| (audit.digest(&k), audit.digest(&v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let scope = AuditScope::new(
+        audit,
+        EventRecord {
+            request_id: request_id.clone(),
+            principal: "anonymous".into(),
+            auth_method: "none".into(),
+            client_ip,
+            action: action_for(&method, matched.as_deref()).to_owned(),
+            method: method.to_string(),
+            route: route.clone(),
+            query,
+            ..EventRecord::default()
+        },
+    );
+    req.extensions_mut().insert(scope.clone());
     let mut resp = next.run(req).await;
 
-    let status = resp.status();
+    let mut status = resp.status();
     let is_error = status.is_client_error() || status.is_server_error();
     let is_fhir_json = resp
         .headers()
@@ -140,6 +244,11 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         if let Some(d) = detail {
             resp.extensions_mut().insert(d);
         }
+    }
+    // Fail closed: no response leaves before its audit event is durable.
+    if let Err(e) = scope.finish(status.as_u16()).await {
+        resp = ApiError::from(e).into_response();
+        status = resp.status();
     }
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -282,5 +391,28 @@ pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) 
         Err(e) => {
             ApiError::Core(crate::error::Error::Internal(format!("serialize: {e}"))).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_in_the_table_has_its_own_handler_and_action() {
+        let mut seen = std::collections::HashSet::new();
+        for (path, method, action) in ROUTE_TABLE {
+            assert!(
+                seen.insert((*path, method.clone())),
+                "{method} {path} is listed twice"
+            );
+            assert_eq!(action_for(method, Some(path)), *action);
+            assert!(handler(action).is_some(), "{action} has no handler");
+        }
+        assert_eq!(
+            action_for(&Method::PATCH, Some("/fhir/{rtype}/{id}")),
+            "unsupported-method"
+        );
+        assert_eq!(action_for(&Method::GET, None), "unknown-endpoint");
     }
 }

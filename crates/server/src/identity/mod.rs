@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
+use crate::audit::AuditScope;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -199,6 +200,7 @@ impl Identity {
     /// the bootstrap admin created at init).
     pub async fn create_user(
         &self,
+        audit: &AuditScope,
         username: &str,
         roles: &[String],
         organization: Option<String>,
@@ -229,11 +231,16 @@ impl Identity {
         };
         let (token, enrollment) = self.new_enrollment(&principal.id)?;
         let expires = enrollment.expires_at;
-        self.store
-            .write(vec![
-                WriteOp::InsertPrincipal(principal),
-                WriteOp::InsertEnrollment(enrollment),
-            ])
+        audit.set_resource("Principal", Some(&principal.id), None);
+        audit
+            .commit_with(
+                &*self.store,
+                vec![
+                    WriteOp::InsertPrincipal(principal),
+                    WriteOp::InsertEnrollment(enrollment),
+                ],
+                201,
+            )
             .await
             .map_err(|e| match e {
                 carevault_store::StoreError::AlreadyExists => {
@@ -282,79 +289,109 @@ impl Identity {
         Ok(())
     }
 
-    pub async fn disable(&self, actor: &Principal, username: &str) -> Result<()> {
+    pub async fn disable(
+        &self,
+        audit: &AuditScope,
+        actor: &Principal,
+        username: &str,
+    ) -> Result<()> {
         let p = self.principal_named(username).await?;
+        audit.set_resource("Principal", Some(&p.id), None);
         Self::refuse_self(actor, &p)?;
-        self.store
-            .write(vec![
-                WriteOp::UpdatePrincipal {
-                    principal_id: p.id.clone(),
-                    disabled: Some(true),
-                    locked: None,
-                    failed_logins: None,
-                },
-                WriteOp::RevokeSessions { principal_id: p.id },
-            ])
+        audit
+            .commit_with(
+                &*self.store,
+                vec![
+                    WriteOp::UpdatePrincipal {
+                        principal_id: p.id.clone(),
+                        disabled: Some(true),
+                        locked: None,
+                        failed_logins: None,
+                    },
+                    WriteOp::RevokeSessions { principal_id: p.id },
+                ],
+                204,
+            )
             .await?;
         Ok(())
     }
 
     /// Enable (and unlock) an account.
-    pub async fn enable(&self, username: &str) -> Result<()> {
+    pub async fn enable(&self, audit: &AuditScope, username: &str) -> Result<()> {
         let p = self.principal_named(username).await?;
-        self.store
-            .write(vec![WriteOp::UpdatePrincipal {
-                principal_id: p.id,
-                disabled: Some(false),
-                locked: Some(false),
-                failed_logins: Some(0),
-            }])
+        audit.set_resource("Principal", Some(&p.id), None);
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::UpdatePrincipal {
+                    principal_id: p.id,
+                    disabled: Some(false),
+                    locked: Some(false),
+                    failed_logins: Some(0),
+                }],
+                204,
+            )
             .await?;
         self.throttle.reset(username);
         Ok(())
     }
 
-    pub async fn unlock(&self, username: &str) -> Result<()> {
+    pub async fn unlock(&self, audit: &AuditScope, username: &str) -> Result<()> {
         let p = self.principal_named(username).await?;
-        self.store
-            .write(vec![WriteOp::UpdatePrincipal {
-                principal_id: p.id,
-                disabled: None,
-                locked: Some(false),
-                failed_logins: Some(0),
-            }])
+        audit.set_resource("Principal", Some(&p.id), None);
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::UpdatePrincipal {
+                    principal_id: p.id,
+                    disabled: None,
+                    locked: Some(false),
+                    failed_logins: Some(0),
+                }],
+                204,
+            )
             .await?;
         self.throttle.reset(username);
         Ok(())
     }
 
     /// Revoke the account's credentials and sessions and issue a new enrollment token.
-    pub async fn reset(&self, actor: Option<&Principal>, username: &str) -> Result<NewUser> {
+    pub async fn reset(
+        &self,
+        audit: &AuditScope,
+        actor: Option<&Principal>,
+        username: &str,
+    ) -> Result<NewUser> {
         let p = self.principal_named(username).await?;
+        audit.set_resource("Principal", Some(&p.id), None);
         if let Some(actor) = actor {
             Self::refuse_self(actor, &p)?;
         }
         let (token, enrollment) = self.new_enrollment(&p.id)?;
         let expires = enrollment.expires_at;
-        self.store
-            .write(vec![
-                WriteOp::DeleteCredential {
-                    principal_id: p.id.clone(),
-                },
-                WriteOp::RevokeSessions {
-                    principal_id: p.id.clone(),
-                },
-                WriteOp::DeleteEnrollments {
-                    principal_id: p.id.clone(),
-                },
-                WriteOp::InsertEnrollment(enrollment),
-                WriteOp::UpdatePrincipal {
-                    principal_id: p.id,
-                    disabled: None,
-                    locked: Some(false),
-                    failed_logins: Some(0),
-                },
-            ])
+        audit
+            .commit_with(
+                &*self.store,
+                vec![
+                    WriteOp::DeleteCredential {
+                        principal_id: p.id.clone(),
+                    },
+                    WriteOp::RevokeSessions {
+                        principal_id: p.id.clone(),
+                    },
+                    WriteOp::DeleteEnrollments {
+                        principal_id: p.id.clone(),
+                    },
+                    WriteOp::InsertEnrollment(enrollment),
+                    WriteOp::UpdatePrincipal {
+                        principal_id: p.id,
+                        disabled: None,
+                        locked: Some(false),
+                        failed_logins: Some(0),
+                    },
+                ],
+                200,
+            )
             .await?;
         self.throttle.reset(username);
         Ok(NewUser {
@@ -366,17 +403,22 @@ impl Identity {
 
     /// A fresh enrollment token for an account, replacing any earlier one, leaving its current
     /// credentials in place until the enrollment finishes (`carevault admin recover`).
-    pub async fn reissue_enrollment(&self, username: &str) -> Result<NewUser> {
+    pub async fn reissue_enrollment(&self, audit: &AuditScope, username: &str) -> Result<NewUser> {
         let p = self.principal_named(username).await?;
+        audit.set_resource("Principal", Some(&p.id), None);
         let (token, enrollment) = self.new_enrollment(&p.id)?;
         let expires = enrollment.expires_at;
-        self.store
-            .write(vec![
-                WriteOp::DeleteEnrollments {
-                    principal_id: p.id.clone(),
-                },
-                WriteOp::InsertEnrollment(enrollment),
-            ])
+        audit
+            .commit_with(
+                &*self.store,
+                vec![
+                    WriteOp::DeleteEnrollments {
+                        principal_id: p.id.clone(),
+                    },
+                    WriteOp::InsertEnrollment(enrollment),
+                ],
+                200,
+            )
             .await?;
         Ok(NewUser {
             username: p.username,
@@ -422,8 +464,9 @@ impl Identity {
         Ok((row, principal))
     }
 
-    pub async fn enroll_start(&self, token: &str) -> Result<EnrollStart> {
+    pub async fn enroll_start(&self, audit: &AuditScope, token: &str) -> Result<EnrollStart> {
         let (row, principal) = self.valid_enrollment(token).await?;
+        audit.set_principal(&principal.id, &role_names(&principal), "enrollment-token");
         let secret = Zeroizing::new(totp::generate_secret()?);
         let (sealed_dek, sealed) = self
             .keyring
@@ -434,11 +477,15 @@ impl Identity {
             )
             .await?;
         let _ = sealed_dek;
-        self.store
-            .write(vec![WriteOp::SetEnrollmentPendingTotp {
-                token_hash: row.token_hash,
-                sealed,
-            }])
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::SetEnrollmentPendingTotp {
+                    token_hash: row.token_hash,
+                    sealed,
+                }],
+                200,
+            )
             .await
             .map_err(|_| Error::BadRequest("enrollment token is invalid or expired".into()))?;
         let (totp_secret, otpauth_uri) = totp::provisioning(secret.as_ref(), &principal.username)?;
@@ -451,11 +498,13 @@ impl Identity {
 
     pub async fn enroll_finish(
         &self,
+        audit: &AuditScope,
         token: &str,
         password: &str,
         totp_code: &str,
     ) -> Result<Vec<String>> {
         let (row, principal) = self.valid_enrollment(token).await?;
+        audit.set_principal(&principal.id, &role_names(&principal), "enrollment-token");
         let sealed = row
             .pending_totp_sealed
             .ok_or_else(|| Error::BadRequest("call /auth/enroll/start first".into()))?;
@@ -480,33 +529,37 @@ impl Identity {
             hashes.push(carevault_crypto::sha256_hex(code.as_bytes()));
             codes.push(code);
         }
-        self.store
-            .write(vec![
-                // Re-check that the token still exists inside the transaction: it is spent once.
-                WriteOp::SetEnrollmentPendingTotp {
-                    token_hash: row.token_hash,
-                    sealed: Vec::new(),
-                },
-                WriteOp::SetCredential(CredentialRow {
-                    principal_id: principal.id.clone(),
-                    password_hash,
-                    totp_secret_sealed: sealed,
-                    totp_last_step: step,
-                    recovery_code_hashes: hashes,
-                }),
-                WriteOp::DeleteEnrollments {
-                    principal_id: principal.id.clone(),
-                },
-                WriteOp::RevokeSessions {
-                    principal_id: principal.id.clone(),
-                },
-                WriteOp::UpdatePrincipal {
-                    principal_id: principal.id,
-                    disabled: None,
-                    locked: Some(false),
-                    failed_logins: Some(0),
-                },
-            ])
+        audit
+            .commit_with(
+                &*self.store,
+                vec![
+                    // Re-check that the token still exists inside the transaction: it is spent once.
+                    WriteOp::SetEnrollmentPendingTotp {
+                        token_hash: row.token_hash,
+                        sealed: Vec::new(),
+                    },
+                    WriteOp::SetCredential(CredentialRow {
+                        principal_id: principal.id.clone(),
+                        password_hash,
+                        totp_secret_sealed: sealed,
+                        totp_last_step: step,
+                        recovery_code_hashes: hashes,
+                    }),
+                    WriteOp::DeleteEnrollments {
+                        principal_id: principal.id.clone(),
+                    },
+                    WriteOp::RevokeSessions {
+                        principal_id: principal.id.clone(),
+                    },
+                    WriteOp::UpdatePrincipal {
+                        principal_id: principal.id,
+                        disabled: None,
+                        locked: Some(false),
+                        failed_logins: Some(0),
+                    },
+                ],
+                200,
+            )
             .await
             .map_err(|e| match e {
                 carevault_store::StoreError::Conflict => {
@@ -552,6 +605,7 @@ impl Identity {
     /// is the same `Unauthorized` after the same Argon2 work, whatever was wrong.
     pub async fn login(
         &self,
+        audit: &AuditScope,
         username: &str,
         password: &str,
         second_factor: &str,
@@ -574,36 +628,49 @@ impl Identity {
             .map_or(self.dummy_hash.as_str(), |c| c.password_hash.as_str());
         let password_ok = password.len() <= 1024 && self.verify_password(password, phc).await?;
 
-        let granted = match (principal, credential) {
-            (Some(p), Some(c)) if password_ok && !p.disabled && !p.locked => self
-                .second_factor(&p, &c, second_factor)
-                .await?
-                .then_some(p),
+        let factor = match (&principal, &credential) {
+            (Some(p), Some(c)) if password_ok && !p.disabled && !p.locked => {
+                self.second_factor(p, c, second_factor).await?
+            }
             _ => None,
         };
-        match granted {
-            Some(p) => {
-                self.throttle.reset(&throttle_key);
-                self.open_session(&p).await
-            }
-            None => {
-                self.throttle.record_failure(&throttle_key, now_us);
-                if let Ok(u) = Username::parse(username)
-                    && let Some(p) = self.store.principal_by_username(u.as_str()).await?
-                {
-                    self.store
-                        .write(vec![WriteOp::RecordLoginFailure {
-                            principal_id: p.id,
-                            lock_after: self.lock_after,
-                        }])
-                        .await?;
+        if let (Some(p), Some((factor_op, method))) = (&principal, factor) {
+            audit.set_principal(&p.id, &role_names(p), method);
+            match self.open_session(audit, p, factor_op).await {
+                Ok(granted) => {
+                    self.throttle.reset(&throttle_key);
+                    return Ok(granted);
                 }
-                Err(Error::Unauthorized)
+                // The code or recovery code was used by a concurrent login: a failure.
+                Err(Error::Conflict(_)) => audit.set_principal("anonymous", &[], "none"),
+                Err(e) => return Err(e),
             }
         }
+        self.throttle.record_failure(&throttle_key, now_us);
+        if let Some(p) = principal {
+            audit.add_detail("target_principal", p.id.clone());
+            audit
+                .commit_with(
+                    &*self.store,
+                    vec![WriteOp::RecordLoginFailure {
+                        principal_id: p.id,
+                        lock_after: self.lock_after,
+                    }],
+                    401,
+                )
+                .await?;
+        }
+        Err(Error::Unauthorized)
     }
 
-    async fn second_factor(&self, p: &PrincipalRow, c: &CredentialRow, code: &str) -> Result<bool> {
+    /// The write that consumes the second factor (a TOTP step or a recovery code), if the
+    /// factor is valid, and the authentication method it makes.
+    async fn second_factor(
+        &self,
+        p: &PrincipalRow,
+        c: &CredentialRow,
+        code: &str,
+    ) -> Result<Option<(WriteOp, &'static str)>> {
         let now = self.clock.now_secs();
         if code.len() == 6 {
             let secret = Zeroizing::new(
@@ -611,61 +678,61 @@ impl Identity {
                     .open(&totp_aad(&p.id), &c.totp_secret_sealed)
                     .await?,
             );
-            let Some(step) = totp::verify(&secret, &p.username, code, now, c.totp_last_step)?
-            else {
-                return Ok(false);
-            };
-            // Atomic: of two concurrent logins with the same code, one wins.
-            return match self
-                .store
-                .write(vec![WriteOp::AdvanceTotpStep {
-                    principal_id: p.id.clone(),
-                    step,
-                }])
-                .await
-            {
-                Ok(()) => Ok(true),
-                Err(carevault_store::StoreError::Conflict) => Ok(false),
-                Err(e) => Err(e.into()),
-            };
+            let step = totp::verify(&secret, &p.username, code, now, c.totp_last_step)?;
+            // Committed with the session: of two concurrent logins with one code, one wins.
+            return Ok(step.map(|step| {
+                (
+                    WriteOp::AdvanceTotpStep {
+                        principal_id: p.id.clone(),
+                        step,
+                    },
+                    "password+totp",
+                )
+            }));
         }
         let normalized = normalize_recovery_code(code);
-        if normalized.is_empty() {
-            return Ok(false);
+        let hash = carevault_crypto::sha256_hex(normalized.as_bytes());
+        if normalized.is_empty() || !c.recovery_code_hashes.contains(&hash) {
+            return Ok(None);
         }
-        match self
-            .store
-            .write(vec![WriteOp::ConsumeRecoveryCode {
+        Ok(Some((
+            WriteOp::ConsumeRecoveryCode {
                 principal_id: p.id.clone(),
-                code_hash: carevault_crypto::sha256_hex(normalized.as_bytes()),
-            }])
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(carevault_store::StoreError::Conflict) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+                code_hash: hash,
+            },
+            "password+recovery-code",
+        )))
     }
 
-    async fn open_session(&self, p: &PrincipalRow) -> Result<LoginGranted> {
+    async fn open_session(
+        &self,
+        audit: &AuditScope,
+        p: &PrincipalRow,
+        factor_op: WriteOp,
+    ) -> Result<LoginGranted> {
         let token = carevault_crypto::random_token(SESSION_PREFIX)?;
         let now = self.clock.now_secs();
-        self.store
-            .write(vec![
-                WriteOp::InsertSession(SessionRow {
-                    token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
-                    principal_id: p.id.clone(),
-                    created_at: now,
-                    last_seen: now,
-                    revoked: false,
-                }),
-                WriteOp::UpdatePrincipal {
-                    principal_id: p.id.clone(),
-                    disabled: None,
-                    locked: None,
-                    failed_logins: Some(0),
-                },
-            ])
+        audit
+            .commit_with(
+                &*self.store,
+                vec![
+                    factor_op,
+                    WriteOp::InsertSession(SessionRow {
+                        token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
+                        principal_id: p.id.clone(),
+                        created_at: now,
+                        last_seen: now,
+                        revoked: false,
+                    }),
+                    WriteOp::UpdatePrincipal {
+                        principal_id: p.id.clone(),
+                        disabled: None,
+                        locked: None,
+                        failed_logins: Some(0),
+                    },
+                ],
+                200,
+            )
             .await?;
         Ok(LoginGranted {
             access_token: token,
@@ -718,14 +785,22 @@ impl Identity {
         })
     }
 
-    pub async fn logout(&self, principal: &Principal) -> Result<()> {
-        self.store
-            .write(vec![WriteOp::RevokeSession {
-                token_hash: principal.session_hash.clone(),
-            }])
+    pub async fn logout(&self, audit: &AuditScope, principal: &Principal) -> Result<()> {
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::RevokeSession {
+                    token_hash: principal.session_hash.clone(),
+                }],
+                204,
+            )
             .await?;
         Ok(())
     }
+}
+
+fn role_names(p: &PrincipalRow) -> Vec<&str> {
+    p.roles.iter().map(String::as_str).collect()
 }
 
 fn totp_aad(principal_id: &str) -> Vec<u8> {
@@ -833,6 +908,13 @@ mod session_tests {
         _dir: tempfile::TempDir,
         clock: Arc<ManualClock>,
         identity: Identity,
+        audit: Arc<crate::audit::Audit>,
+    }
+
+    impl Fixture {
+        fn scope(&self) -> AuditScope {
+            AuditScope::local(self.audit.clone(), "test")
+        }
     }
 
     async fn fixture() -> Fixture {
@@ -854,11 +936,17 @@ mod session_tests {
             store.clone(),
             clock.clone(),
         ));
+        let audit = Arc::new(
+            crate::audit::Audit::open(store.clone(), &keyring, "node-test", clock.clone())
+                .await
+                .unwrap(),
+        );
         let identity = Identity::new(&config, store, keyring, clock.clone()).unwrap();
         Fixture {
             _dir: dir,
             clock,
             identity,
+            audit,
         }
     }
 
@@ -877,17 +965,18 @@ mod session_tests {
     async fn enrolled(f: &Fixture) -> String {
         let user = f
             .identity
-            .create_user("alice", &["clinician".into()], None)
+            .create_user(&f.scope(), "alice", &["clinician".into()], None)
             .await
             .unwrap();
         let started = f
             .identity
-            .enroll_start(&user.enrollment_token)
+            .enroll_start(&f.scope(), &user.enrollment_token)
             .await
             .unwrap();
         let now = f.clock.now_secs();
         f.identity
             .enroll_finish(
+                &f.scope(),
                 &user.enrollment_token,
                 PASSWORD,
                 &code(&started.totp_secret, now, -1),
@@ -904,7 +993,7 @@ mod session_tests {
         let now = f.clock.now_secs();
         let granted = f
             .identity
-            .login("alice", PASSWORD, &code(&secret, now, 0))
+            .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0))
             .await
             .unwrap();
         assert_eq!(granted.expires_in, 900);
@@ -926,7 +1015,7 @@ mod session_tests {
         let now = f.clock.now_secs();
         let token = f
             .identity
-            .login("alice", PASSWORD, &code(&secret, now, 0))
+            .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0))
             .await
             .unwrap()
             .access_token;
@@ -944,12 +1033,14 @@ mod session_tests {
         let f = fixture().await;
         let user = f
             .identity
-            .create_user("bob", &["clinician".into()], None)
+            .create_user(&f.scope(), "bob", &["clinician".into()], None)
             .await
             .unwrap();
         f.clock.advance_secs(24 * 3600);
         assert!(matches!(
-            f.identity.enroll_start(&user.enrollment_token).await,
+            f.identity
+                .enroll_start(&f.scope(), &user.enrollment_token)
+                .await,
             Err(Error::BadRequest(_))
         ));
         let secret = enrolled(&f).await;
@@ -957,26 +1048,26 @@ mod session_tests {
         // The enrollment used the previous step; the current and next steps work once each.
         assert!(
             f.identity
-                .login("alice", PASSWORD, &code(&secret, now, -1))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, -1))
                 .await
                 .is_err()
         );
         assert!(
             f.identity
-                .login("alice", PASSWORD, &code(&secret, now, 1))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 1))
                 .await
                 .is_ok()
         );
         assert!(
             f.identity
-                .login("alice", PASSWORD, &code(&secret, now, 0))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0))
                 .await
                 .is_err(),
             "a code older than the last one used is refused"
         );
         assert!(
             f.identity
-                .login("alice", PASSWORD, &code(&secret, now, 2))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 2))
                 .await
                 .is_err(),
             "outside the window"

@@ -1,0 +1,236 @@
+//! `carevault audit ...`: offline verification and export read the database (or an export)
+//! directly and need only the public key; `public-key` and `hash` open the environment's
+//! keyring; `search` goes through the API like any client.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use carevault_audit::{Checkpoint, ExportLine, StoredEvent, parse_export, parse_public_key};
+use carevault_server::audit::Audit;
+use carevault_server::{SharedClock, SystemClock, environment};
+use carevault_store::{SqliteStore, Store};
+
+use crate::client::Client;
+use crate::{AuditCommand, ServerArgs, load_config, runtime};
+
+const PAGE: u32 = 10_000;
+
+pub fn run(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Verify {
+            db,
+            export,
+            public_key,
+            server,
+        } => verify(db, export, &public_key, &server),
+        AuditCommand::Export {
+            since,
+            until,
+            out,
+            server,
+        } => export(since.as_deref(), until.as_deref(), out, &server),
+        AuditCommand::PublicKey(server) => runtime()?.block_on(async {
+            let audit = open_audit(&server).await?;
+            println!("audit public key: {}", audit.public_key());
+            Ok(())
+        }),
+        AuditCommand::Hash { value, server } => runtime()?.block_on(async {
+            let audit = open_audit(&server).await?;
+            println!("{}", audit.digest(&value));
+            Ok(())
+        }),
+        AuditCommand::Search {
+            principal,
+            patient,
+            action,
+            outcome,
+            since,
+            until,
+            count,
+        } => search(
+            &[
+                ("principal", principal),
+                ("patient", patient),
+                ("action", action),
+                ("outcome", outcome),
+                ("since", since),
+                ("until", until),
+            ],
+            count,
+        ),
+    }
+}
+
+async fn open_audit(server: &ServerArgs) -> Result<Audit> {
+    let config = load_config(server)?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let env = environment::open(&config, clock.clone()).await?;
+    Ok(Audit::open(env.store, &env.keyring, &config.node_id, clock).await?)
+}
+
+fn db_path(db: Option<PathBuf>, server: &ServerArgs) -> Result<PathBuf> {
+    match db {
+        Some(db) => Ok(db),
+        None => Ok(load_config(server)?.db_path()),
+    }
+}
+
+/// Every event (chain order) and checkpoint of a database, read-only.
+async fn read_trail(path: &std::path::Path) -> Result<(Vec<StoredEvent>, Vec<Checkpoint>)> {
+    if !path.exists() {
+        bail!("{} does not exist", path.display());
+    }
+    let store = SqliteStore::open_read_only(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut events = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.audit_events(after.clone(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.node.clone(), last.seq));
+        let full = page.len() == PAGE as usize;
+        events.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let checkpoints = store.audit_checkpoints().await?;
+    Ok((events, checkpoints))
+}
+
+fn verify(
+    db: Option<PathBuf>,
+    export: Option<PathBuf>,
+    public_key: &str,
+    server: &ServerArgs,
+) -> Result<()> {
+    let key = parse_public_key(public_key)?;
+    let (events, checkpoints) = match export {
+        Some(file) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            parse_export(&text)?
+        }
+        None => runtime()?.block_on(read_trail(&db_path(db, server)?))?,
+    };
+    match carevault_audit::verify(&events, &checkpoints, &key) {
+        Ok(report) => {
+            for n in &report.nodes {
+                println!(
+                    "node {}: {} events, {} checkpoints, signed up to event {}, {} events after the last checkpoint",
+                    n.node, n.events, n.checkpoints, n.signed_up_to, n.unsigned_tail
+                );
+            }
+            println!("audit trail verified");
+            Ok(())
+        }
+        Err(breach) => bail!("audit trail BROKEN: {breach}"),
+    }
+}
+
+fn export(
+    since: Option<&str>,
+    until: Option<&str>,
+    out: Option<PathBuf>,
+    server: &ServerArgs,
+) -> Result<()> {
+    let parse = |s: Option<&str>, name: &str| -> Result<Option<i64>> {
+        s.map(|v| {
+            carevault_server::clock::parse_instant(v)
+                .with_context(|| format!("--{name} must be an instant like 2026-11-27T08:00:00Z"))
+        })
+        .transpose()
+    };
+    let (since, until) = (parse(since, "since")?, parse(until, "until")?);
+    let path = db_path(None, server)?;
+    let (events, checkpoints) = runtime()?.block_on(read_trail(&path))?;
+    let mut sink: Box<dyn Write> = match &out {
+        Some(file) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(file)
+                .with_context(|| format!("cannot create {}", file.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut written = 0u64;
+    for e in &events {
+        if since.is_some_and(|s| e.time_us < s) || until.is_some_and(|u| e.time_us >= u) {
+            continue;
+        }
+        let line = ExportLine::event(e).context("an event's stored body is not JSON")?;
+        serde_json::to_writer(&mut sink, &line)?;
+        sink.write_all(b"\n")?;
+        written += 1;
+    }
+    for c in &checkpoints {
+        serde_json::to_writer(&mut sink, &ExportLine::checkpoint(c))?;
+        sink.write_all(b"\n")?;
+    }
+    sink.flush()?;
+    if let Some(file) = out {
+        eprintln!(
+            "wrote {written} events and {} checkpoints to {}",
+            checkpoints.len(),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+fn search(filters: &[(&str, Option<String>)], count: u32) -> Result<()> {
+    let client = Client::from_session()?;
+    let mut query = vec![format!("_count={count}")];
+    for (k, v) in filters {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", encode(v)));
+        }
+    }
+    let bundle = client.expect("GET", &format!("/audit/events?{}", query.join("&")), None)?;
+    println!(
+        "{:<28} {:<14} {:<38} {:<20} {:<6} PATIENTS",
+        "RECORDED", "EVENT", "PRINCIPAL", "ACTION", "STATUS"
+    );
+    for entry in bundle["entry"].as_array().into_iter().flatten() {
+        let r = &entry["resource"];
+        let status = r["entity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["detail"].as_array().into_iter().flatten())
+            .find(|d| d["type"] == "http_status")
+            .and_then(|d| d["valueString"].as_str())
+            .unwrap_or("");
+        let patients: Vec<&str> = r["entity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["what"]["reference"].as_str())
+            .filter(|p| p.starts_with("Patient/"))
+            .collect();
+        println!(
+            "{:<28} {:<14} {:<38} {:<20} {:<6} {}",
+            r["recorded"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or(""),
+            r["agent"][0]["who"]["identifier"]["value"]
+                .as_str()
+                .unwrap_or(""),
+            r["subtype"][0]["code"].as_str().unwrap_or(""),
+            status,
+            patients.join(",")
+        );
+    }
+    Ok(())
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,279 @@
+//! The audit service: one event per request (and per CLI action), appended to this node's hash
+//! chain in the same transaction as the data change it records, durable before the response
+//! is sent; periodic Ed25519-signed checkpoints; keyed digests for values that could be PHI.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use carevault_audit::{Checkpoint, EventRecord, public_key_hex};
+use carevault_store::{NewAuditEvent, Store, WriteOp};
+use ed25519_dalek::SigningKey;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::keyring::Keyring;
+
+/// A checkpoint is written after this many unsigned events...
+pub const CHECKPOINT_EVERY_EVENTS: u64 = 1_000;
+/// ...or once the oldest unsigned event is this old, whichever comes first.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Audit {
+    store: Arc<dyn Store>,
+    node: String,
+    signing: SigningKey,
+    hmac_key: Zeroizing<[u8; 32]>,
+    clock: SharedClock,
+    /// One checkpoint at a time from this process.
+    checkpointing: tokio::sync::Mutex<()>,
+}
+
+impl Audit {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        keyring: &Keyring,
+        node: &str,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        let seed = keyring.secret("audit-signing").await?;
+        let hmac_key = keyring.secret("audit-hmac").await?;
+        Ok(Self {
+            store,
+            node: node.to_owned(),
+            signing: SigningKey::from_bytes(&seed),
+            hmac_key,
+            clock,
+            checkpointing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The key that verifies this environment's checkpoints, as hex.
+    pub fn public_key(&self) -> String {
+        public_key_hex(&self.signing.verifying_key())
+    }
+
+    /// Keyed HMAC-SHA-256 of a value that may be PHI (search values, attempted usernames), so
+    /// an investigator with the keyring can ask "who searched for X?" while the trail holds no X.
+    pub fn digest(&self, value: &str) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.hmac_key.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        mac.update(value.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// The store operation that appends `record` (status and outcome already set).
+    pub fn op(&self, record: &EventRecord) -> WriteOp {
+        WriteOp::AppendAudit(NewAuditEvent {
+            node: self.node.clone(),
+            time_us: self.clock.now_us(),
+            principal: record.principal.clone(),
+            action: record.action.clone(),
+            outcome: record.outcome.clone(),
+            patients: record.patients.clone(),
+            body: record.canonical(),
+        })
+    }
+
+    /// Write a checkpoint if one is due (or whenever there are unsigned events, if `force`).
+    pub async fn checkpoint(
+        &self,
+        force: bool,
+        last_at: Option<Instant>,
+    ) -> Result<Option<Checkpoint>> {
+        let _one = self.checkpointing.lock().await;
+        let (head, last) = self.store.audit_head(&self.node).await?;
+        let Some((head_seq, head_hash)) = head else {
+            return Ok(None);
+        };
+        let signed = last.as_ref().map_or(0, |c| c.last_seq);
+        let unsigned = head_seq.saturating_sub(signed);
+        let old_enough = last_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+        if unsigned == 0 || !(force || unsigned >= CHECKPOINT_EVERY_EVENTS || old_enough) {
+            return Ok(None);
+        }
+        let cp = Checkpoint::sign(
+            &self.signing,
+            &self.node,
+            signed + 1,
+            head_seq,
+            head_hash,
+            self.clock.now_us(),
+            last.map(|c| c.signature),
+        );
+        self.store
+            .write(vec![WriteOp::InsertCheckpoint(cp.clone())])
+            .await?;
+        Ok(Some(cp))
+    }
+
+    /// Checkpoint in the background: checks twice a second, signs every 1,000 events or 10 s.
+    pub fn spawn_checkpointer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let audit = self.clone();
+        tokio::spawn(async move {
+            let mut last_at = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                match audit.checkpoint(false, Some(last_at)).await {
+                    Ok(Some(cp)) => {
+                        last_at = Instant::now();
+                        tracing::debug!(event = "audit_checkpoint", last_seq = cp.last_seq);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(event = "audit_checkpoint_failed", error = %e),
+                }
+            }
+        })
+    }
+}
+
+/// The audit event of one request (or one CLI action), filled in as the request proceeds and
+/// written exactly once: together with the request's data change, or by the HTTP layer when
+/// the response is ready.
+#[derive(Clone)]
+pub struct AuditScope {
+    inner: Arc<ScopeInner>,
+}
+
+struct ScopeInner {
+    audit: Arc<Audit>,
+    record: Mutex<EventRecord>,
+    written: AtomicBool,
+}
+
+impl AuditScope {
+    pub fn new(audit: Arc<Audit>, record: EventRecord) -> Self {
+        Self {
+            inner: Arc::new(ScopeInner {
+                audit,
+                record: Mutex::new(record),
+                written: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// For an action taken on the server machine with the CLI.
+    pub fn local(audit: Arc<Audit>, action: &str) -> Self {
+        Self::new(
+            audit,
+            EventRecord {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                principal: "local".into(),
+                auth_method: "local".into(),
+                client_ip: "local".into(),
+                action: action.into(),
+                method: "CLI".into(),
+                ..EventRecord::default()
+            },
+        )
+    }
+
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.inner.audit
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut EventRecord) -> R) -> R {
+        let mut record = self.inner.record.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut record)
+    }
+
+    pub fn set_principal(&self, id: &str, roles: &[&str], auth_method: &str) {
+        self.with(|r| {
+            r.principal = id.to_owned();
+            r.roles = roles.iter().map(|s| (*s).to_owned()).collect();
+            r.auth_method = auth_method.to_owned();
+        });
+    }
+
+    pub fn set_action(&self, action: &str) {
+        self.with(|r| r.action = action.to_owned());
+    }
+
+    pub fn set_resource(&self, rtype: &str, id: Option<&str>, version: Option<u32>) {
+        self.with(|r| {
+            r.resource_type = Some(rtype.to_owned());
+            r.resource_id = id.map(str::to_owned);
+            r.resource_version = version;
+        });
+    }
+
+    /// Record a compartment touched; only patient compartments count.
+    pub fn add_patient(&self, compartment: &str) {
+        if !compartment.starts_with("Patient/") {
+            return;
+        }
+        self.with(|r| {
+            if !r.patients.iter().any(|p| p == compartment) {
+                r.patients.push(compartment.to_owned());
+                r.patient_count = r.patients.len() as u32;
+            }
+        });
+    }
+
+    pub fn add_detail(&self, key: &str, value: String) {
+        self.with(|r| r.detail.push((key.to_owned(), value)));
+    }
+
+    /// Add a value that may be PHI as its keyed digest.
+    pub fn add_digest(&self, key: &str, value: &str) {
+        let digest = self.inner.audit.digest(value);
+        self.add_detail(key, digest);
+    }
+
+    /// The operation to commit with a write that will answer `status`. Call [`Self::mark_written`]
+    /// once that write has committed.
+    pub fn op(&self, status: u16) -> WriteOp {
+        let record = self.with(|r| {
+            r.status = status;
+            r.outcome = EventRecord::outcome_for(status).to_owned();
+            r.clone()
+        });
+        self.inner.audit.op(&record)
+    }
+
+    /// Commit `ops` together with this request's event (answering `status`): both or neither.
+    pub async fn commit_with(
+        &self,
+        store: &dyn Store,
+        mut ops: Vec<WriteOp>,
+        status: u16,
+    ) -> std::result::Result<(), carevault_store::StoreError> {
+        ops.push(self.op(status));
+        store.write(ops).await?;
+        self.mark_written();
+        Ok(())
+    }
+
+    pub fn mark_written(&self) {
+        self.inner.written.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_written(&self) -> bool {
+        self.inner.written.load(Ordering::SeqCst)
+    }
+
+    /// Write the event (unless a write already carried it), durably. An error means the
+    /// request must fail closed.
+    pub async fn finish(&self, status: u16) -> Result<()> {
+        if self.is_written() {
+            return Ok(());
+        }
+        let op = self.op(status);
+        self.inner
+            .audit
+            .store
+            .write(vec![op])
+            .await
+            .map_err(Error::from)?;
+        self.mark_written();
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! `GET /audit/events` (auditor only): the trail as a FHIR Bundle of R4 `AuditEvent`s,
+//! following the Basic Audit Log Patterns where they fit. Reading the trail is itself audited.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use carevault_audit::{EventRecord, StoredEvent};
+use carevault_store::AuditQuery;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::{Authenticated, require_role};
+use super::error::{ApiError, fhir_json};
+use crate::clock::{fhir_instant, parse_instant};
+use crate::error::Error;
+use crate::identity::Role;
+
+const DEFAULT_COUNT: u32 = 50;
+const MAX_COUNT: u32 = 1000;
+
+pub async fn events(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_role(&p, Role::Auditor)?;
+    let mut q = AuditQuery {
+        limit: DEFAULT_COUNT,
+        ..AuditQuery::default()
+    };
+    for (key, value) in &params {
+        match key.as_str() {
+            "principal" => q.principal = Some(value.clone()),
+            "patient" => {
+                q.patient = Some(if value.starts_with("Patient/") {
+                    value.clone()
+                } else {
+                    format!("Patient/{value}")
+                });
+            }
+            "action" => q.action = Some(value.clone()),
+            "outcome" => q.outcome = Some(value.clone()),
+            "since" => q.since_us = Some(instant(value, "since")?),
+            "until" => q.until_us = Some(instant(value, "until")?),
+            "_count" => {
+                q.limit = value
+                    .parse::<u32>()
+                    .map_err(|_| Error::BadRequest("_count must be a whole number".into()))?
+                    .clamp(1, MAX_COUNT);
+            }
+            "_cursor" => q.before = Some(parse_cursor(value)?),
+            _ => {
+                return Err(Error::BadRequest(
+                    "unknown parameter; supported: principal, patient, action, outcome, since, until, _count".into(),
+                )
+                .into());
+            }
+        }
+    }
+    let limit = q.limit;
+    q.limit += 1;
+    let mut found = state.inner.audit_store().audit_search(q).await?;
+    let has_more = found.len() > limit as usize;
+    found.truncate(limit as usize);
+
+    let base = format!(
+        "https://{}",
+        headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost")
+    );
+    let mut links = Vec::new();
+    if has_more && let Some(last) = found.last() {
+        let mut query: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k.as_str() != "_cursor")
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        query.push(format!(
+            "_cursor={}.{}.{}",
+            last.time_us,
+            encode(&last.node),
+            last.seq
+        ));
+        links.push(
+            json!({"relation": "next", "url": format!("{base}/audit/events?{}", query.join("&"))}),
+        );
+    }
+    let entries: Vec<Value> = found
+        .iter()
+        .filter_map(to_audit_event)
+        .map(|r| json!({"resource": r}))
+        .collect();
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "meta": {"lastUpdated": fhir_instant(state.inner.clock.now_us())},
+        "link": links,
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, bundle.to_string().into_bytes()))
+}
+
+fn instant(value: &str, name: &str) -> Result<i64, ApiError> {
+    parse_instant(value)
+        .ok_or_else(|| Error::BadRequest(format!("{name} must be a FHIR instant")).into())
+}
+
+fn parse_cursor(value: &str) -> Result<(i64, String, u64), ApiError> {
+    let bad = || {
+        ApiError::from(Error::BadRequest(
+            "_cursor is not a valid paging cursor".into(),
+        ))
+    };
+    let mut parts = value.splitn(3, '.');
+    let time = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+    let node = parts.next().ok_or_else(bad)?.to_owned();
+    let seq = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    Ok((time, node, seq))
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_~:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// An R4 AuditEvent for one stored event.
+fn to_audit_event(e: &StoredEvent) -> Option<Value> {
+    let r: EventRecord = serde_json::from_slice(&e.body).ok()?;
+    let (type_code, type_display) = if r.route.starts_with("/fhir") {
+        ("rest", "RESTful Operation")
+    } else {
+        ("110114", "User Authentication")
+    };
+    let type_system = if type_code == "rest" {
+        "http://terminology.hl7.org/CodeSystem/audit-event-type"
+    } else {
+        "http://dicom.nema.org/resources/ontology/DCM"
+    };
+    let crud = match r.action.as_str() {
+        "create" => "C",
+        "read" | "vread" | "history-instance" | "history-type" | "audit.read" | "auth.whoami" => {
+            "R"
+        }
+        "update" => "U",
+        "delete" => "D",
+        _ => "E",
+    };
+    let outcome = match r.status {
+        0..=399 => "0",
+        400..=499 => "4",
+        _ => "8",
+    };
+    let mut entities: Vec<Value> = r
+        .patients
+        .iter()
+        .map(|p| json!({"what": {"reference": p}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}))
+        .collect();
+    if let (Some(t), Some(id)) = (&r.resource_type, &r.resource_id) {
+        let reference = match r.resource_version {
+            Some(v) => format!("{t}/{id}/_history/{v}"),
+            None => format!("{t}/{id}"),
+        };
+        entities.push(json!({"what": {"reference": reference}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
+    }
+    let mut detail: Vec<Value> = vec![
+        json!({"type": "request_id", "valueString": r.request_id}),
+        json!({"type": "http_status", "valueString": r.status.to_string()}),
+        json!({"type": "chain", "valueString": format!("{}:{}", e.node, e.seq)}),
+    ];
+    detail.extend(
+        r.query
+            .iter()
+            .map(|(k, v)| json!({"type": format!("query_digest:{k}"), "valueString": v})),
+    );
+    detail.extend(
+        r.detail
+            .iter()
+            .map(|(k, v)| json!({"type": k, "valueString": v})),
+    );
+    if !entities.is_empty() || !detail.is_empty() {
+        entities.push(json!({"what": {"display": "request"}, "detail": detail}));
+    }
+    Some(json!({
+        "resourceType": "AuditEvent",
+        "id": format!("{}-{}", e.node, e.seq),
+        "type": {"system": type_system, "code": type_code, "display": type_display},
+        "subtype": [{"system": "urn:carevault:action", "code": r.action}],
+        "action": crud,
+        "recorded": fhir_instant(e.time_us),
+        "outcome": outcome,
+        "outcomeDesc": r.outcome,
+        "agent": [{
+            "who": {"identifier": {"system": "urn:carevault:principal", "value": r.principal}},
+            "altId": r.auth_method,
+            "role": r.roles.iter().map(|role| json!({"text": role})).collect::<Vec<_>>(),
+            "requestor": true,
+            "network": {"address": r.client_ip, "type": "2"},
+            "policy": r.policy_ids,
+        }],
+        "source": {"observer": {"display": e.node}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
+        "entity": entities,
+    }))
+}
