@@ -297,6 +297,7 @@ fn print_init_report(report: &environment::InitReport, config: &Config) {
         );
         println!("TLS certificate SHA-256 fingerprint: {fp}");
     }
+    println!("audit public key: {}", report.audit_public_key);
     println!();
     println!(
         "enrollment token for admin: {}",

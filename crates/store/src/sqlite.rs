@@ -607,13 +607,25 @@ fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> Result<(), StoreErro
     Ok(())
 }
 
+/// A column's bytes whether it holds a BLOB or (after tampering) TEXT, so that a damaged row
+/// reaches the verifier as a breach instead of stopping the read.
+fn column_bytes(r: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<u8>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(idx)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+        ValueRef::Null => Vec::new(),
+        ValueRef::Integer(i) => i.to_string().into_bytes(),
+        ValueRef::Real(f) => f.to_string().into_bytes(),
+    })
+}
+
 fn stored_event(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let hash: Vec<u8> = r.get(4)?;
+    let hash = column_bytes(r, 4)?;
     Ok(StoredEvent {
         node: r.get(0)?,
         seq: r.get::<_, i64>(1)? as u64,
         time_us: r.get(2)?,
-        body: r.get(3)?,
+        body: column_bytes(r, 3)?,
         // A damaged hash column still reaches the verifier, which then reports the event.
         hash: <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0u8; 32]),
     })

@@ -2,6 +2,7 @@
 //! 2-core machine), one module per area. Every test starts the real `carevault` binary in a temp
 //! directory and speaks HTTPS to it.
 
+mod audit;
 mod canary;
 mod cli;
 mod e2e;

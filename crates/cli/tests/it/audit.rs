@@ -1,0 +1,403 @@
+//! The audit trail end to end: one event per request on every route, fail-closed writes,
+//! offline verification that names each kind of tampering, search by auditors, no PHI.
+
+use std::process::Command;
+
+use carevault_testkit::{Api, TestServer};
+use rusqlite::Connection;
+use serde_json::json;
+
+use crate::{bin, observation, patient, server};
+
+fn events(srv: &TestServer) -> i64 {
+    let db = Connection::open(srv.db_path()).unwrap();
+    db.query_row("SELECT COUNT(*) FROM audit_event", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn carevault(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn public_key(srv: &TestServer) -> String {
+    let line = srv
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("audit public key: ").map(str::to_owned));
+    line.expect("init prints the audit public key")
+}
+
+#[test]
+fn every_route_writes_exactly_one_event_per_request() {
+    let srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.route", &["clinician"], Some("org-a"));
+    let id = clin
+        .api
+        .post_fhir("/fhir/Patient", &patient("Route", "Walker"))
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let concrete = |template: &str| {
+        template
+            .replace("{rtype}", "Patient")
+            .replace("{id}", &id)
+            .replace("{vid}", "1")
+            .replace("{name}", "nobody")
+    };
+    let check = |api: &Api, method: &str, path: &str, body: Option<&[u8]>| {
+        let before = events(&srv);
+        let r = api.request(
+            method,
+            path,
+            &[("Content-Type", "application/fhir+json")],
+            body,
+        );
+        let after = events(&srv);
+        assert_eq!(
+            after - before,
+            1,
+            "{method} {path} answered {} and wrote {} events",
+            r.status,
+            after - before
+        );
+        r.status
+    };
+    let mut statuses = std::collections::BTreeSet::new();
+    // The route table is the router's source of truth: every route, authenticated and not.
+    // Logging out ends the session the walk uses: that route goes last.
+    let mut table: Vec<_> = carevault_server::http::ROUTE_TABLE.iter().collect();
+    table.sort_by_key(|(_, _, action)| *action == "auth.logout");
+    for (template, method, _action) in table {
+        let path = concrete(template);
+        let body = if *method == "GET" || *method == "DELETE" {
+            None
+        } else {
+            Some(br#"{"resourceType":"Patient"}"#.as_slice())
+        };
+        statuses.insert(check(&clin.api, method.as_str(), &path, body));
+        statuses.insert(check(&srv.api(), method.as_str(), &path, body));
+    }
+    statuses.insert(check(&clin.api, "GET", "/no/such/route", None));
+    statuses.insert(check(
+        &clin.api,
+        "PATCH",
+        &format!("/fhir/Patient/{id}"),
+        None,
+    ));
+    let mut big = b"{\"resourceType\":\"Patient\",\"x\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 5 * 1024 * 1024));
+    big.extend(b"\"}");
+    let before = events(&srv);
+    let file = srv.data_dir.parent().unwrap().join("big.json");
+    std::fs::write(&file, &big).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(srv.ca_pem())
+        .args(["-H", "Content-Type: application/fhir+json", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}/fhir/Patient", srv.base))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    assert_eq!(
+        events(&srv) - before,
+        1,
+        "the refused upload is audited once"
+    );
+    for expected in [200, 201, 401, 403, 404, 405] {
+        assert!(
+            statuses.contains(&expected),
+            "no request answered {expected}: {statuses:?}"
+        );
+    }
+}
+
+#[test]
+fn audit_write_failure_fails_the_request_closed_and_recovers() {
+    let srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.faulty", &["clinician"], Some("org-a"));
+    let id = clin
+        .api
+        .post_fhir("/fhir/Patient", &patient("Fault", "Tolerant"))
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let db = Connection::open(srv.db_path()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let versions = || -> i64 {
+        db.query_row("SELECT COUNT(*) FROM resource_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = versions();
+    // The audit table refuses every insert, as a full disk would.
+    db.execute_batch(
+        "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let create = clin
+        .api
+        .post_fhir("/fhir/Patient", &patient("Never", "Written"));
+    assert_eq!(create.status, 503, "{}", create.text());
+    assert_eq!(create.json()["resourceType"], "OperationOutcome");
+    let mut changed = clin.api.get(&format!("/fhir/Patient/{id}")).json();
+    assert_eq!(
+        changed["resourceType"], "OperationOutcome",
+        "a read whose event cannot be written is not served"
+    );
+    changed = patient("Fault", "Changed");
+    changed["id"] = json!(id);
+    assert_eq!(
+        clin.api
+            .put_fhir(&format!("/fhir/Patient/{id}"), &changed, &[])
+            .status,
+        503
+    );
+    assert_eq!(clin.api.delete(&format!("/fhir/Patient/{id}")).status, 503);
+    assert_eq!(srv.api().get("/fhir/metadata").status, 503);
+    assert_eq!(
+        versions(),
+        before,
+        "nothing was written while the trail was unwritable"
+    );
+    assert!(srv.logs().contains("audit trail not writable"));
+
+    db.execute_batch("DROP TRIGGER audit_unwritable;").unwrap();
+    let read = clin.api.get(&format!("/fhir/Patient/{id}"));
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json()["meta"]["versionId"], "1");
+    assert_eq!(
+        clin.api
+            .post_fhir("/fhir/Patient", &patient("Now", "Written"))
+            .status,
+        201
+    );
+}
+
+#[test]
+fn offline_verification_names_every_kind_of_tampering() {
+    let mut srv = server();
+    let key = public_key(&srv);
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.verify", &["clinician"], Some("org-a"));
+    let id = clin
+        .api
+        .post_fhir("/fhir/Patient", &patient("Chain", "Link"))
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..30 {
+        assert_eq!(
+            clin.api
+                .post_fhir("/fhir/Observation", &observation(&id, &format!("n{i}")))
+                .status,
+            201
+        );
+    }
+    srv.stop();
+    let db_path = srv.db_path();
+    let d = srv.data_dir.to_str().unwrap().to_owned();
+
+    // The running server's public key is the one `audit public-key` prints, as its last word.
+    let (ok, out) = carevault(&["audit", "public-key", "--data-dir", &d]);
+    assert!(ok, "{out}");
+    assert_eq!(out.split_whitespace().last().unwrap(), key);
+
+    let (ok, out) = carevault(&[
+        "audit",
+        "verify",
+        "--db",
+        db_path.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    assert!(ok, "an intact trail verifies: {out}");
+    assert!(out.contains("audit trail verified"));
+    let export = srv.data_dir.parent().unwrap().join("trail.jsonl");
+    let (ok, out) = carevault(&[
+        "audit",
+        "export",
+        "--data-dir",
+        &d,
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = carevault(&[
+        "audit",
+        "verify",
+        "--export",
+        export.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    assert!(ok, "an export verifies alone: {out}");
+    let (ok, out) = carevault(&[
+        "audit",
+        "verify",
+        "--db",
+        db_path.to_str().unwrap(),
+        "--public-key",
+        &"ab".repeat(32),
+    ]);
+    assert!(!ok, "a wrong key does not verify: {out}");
+
+    let tamper = |name: &str, sql: &str, expect: &str| {
+        let copy = srv.data_dir.parent().unwrap().join(format!("{name}.db"));
+        std::fs::copy(&db_path, &copy).unwrap();
+        // The newest events may still be in the write-ahead log.
+        let wal = db_path.with_extension("db-wal");
+        if wal.exists() {
+            std::fs::copy(&wal, copy.with_extension("db-wal")).unwrap();
+        }
+        let conn = Connection::open(&copy).unwrap();
+        conn.execute_batch(sql).unwrap();
+        drop(conn);
+        let (ok, out) = carevault(&[
+            "audit",
+            "verify",
+            "--db",
+            copy.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ]);
+        assert!(!ok, "{name}: tampering went unnoticed: {out}");
+        assert!(
+            out.contains(expect),
+            "{name}: expected '{expect}' in: {out}"
+        );
+    };
+    tamper(
+        "edit",
+        "UPDATE audit_event SET body = replace(body, '\"status\":201', '\"status\":200') WHERE seq = 20",
+        "event 20 was altered",
+    );
+    tamper(
+        "delete",
+        "DELETE FROM audit_event WHERE seq = 12",
+        "event 12 is missing",
+    );
+    tamper(
+        "swap",
+        "UPDATE audit_event SET seq = -1 WHERE seq = 15; UPDATE audit_event SET seq = 15 WHERE seq = 16; UPDATE audit_event SET seq = 16 WHERE seq = -1;",
+        "out of order",
+    );
+    tamper(
+        "truncate",
+        "DELETE FROM audit_event WHERE seq > (SELECT MAX(seq) - 3 FROM audit_event)",
+        "truncated",
+    );
+    tamper(
+        "forge",
+        "UPDATE audit_checkpoint SET last_seq = last_seq - 1 WHERE last_seq = (SELECT MAX(last_seq) FROM audit_checkpoint)",
+        "bad signature",
+    );
+    tamper(
+        "rehash",
+        "DELETE FROM audit_checkpoint WHERE first_seq = 1",
+        "does not follow the previous checkpoint",
+    );
+}
+
+#[test]
+fn auditors_search_the_trail_and_it_holds_no_phi() {
+    let mut srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.search", &["clinician"], Some("org-a"));
+    let auditor = srv.user(&admin, "ann.auditor", &["auditor"], None);
+    let canary = "CANARYAUDITNAME4417";
+    let mut p = patient(canary, "Q");
+    p["telecom"] = json!([{"system": "phone", "value": "555-CANARY-7788"}]);
+    let id = clin.api.post_fhir("/fhir/Patient", &p).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(clin.api.get(&format!("/fhir/Patient/{id}")).status, 200);
+    assert_eq!(
+        clin.api
+            .get(&format!(
+                "/fhir/Patient/_history?_since=2020-01-01T00:00:00Z&{canary}=1"
+            ))
+            .status,
+        400
+    );
+    let failed = srv.api().post_json(
+        "/auth/login",
+        &json!({"username": canary, "password": "x", "totp_code": "1"}),
+    );
+    assert_eq!(failed.status, 401);
+
+    // Only auditors read the trail.
+    assert_eq!(clin.api.get("/audit/events").status, 403);
+    assert_eq!(admin.api.get("/audit/events").status, 403);
+    let by_patient = auditor.api.get(&format!("/audit/events?patient={id}"));
+    assert_eq!(by_patient.status, 200, "{}", by_patient.text());
+    let bundle = by_patient.json();
+    let actions: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["subtype"][0]["code"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"create") && actions.contains(&"read"),
+        "{actions:?}"
+    );
+    assert_eq!(bundle["entry"][0]["resource"]["resourceType"], "AuditEvent");
+    let whoami = clin.api.get("/auth/whoami").json();
+    assert_eq!(whoami["username"], "dr.search");
+    let page = auditor
+        .api
+        .get("/audit/events?action=auth.login&outcome=success&_count=1");
+    assert_eq!(page.json()["entry"].as_array().unwrap().len(), 1);
+    assert!(
+        page.json()["link"][0]["url"]
+            .as_str()
+            .unwrap()
+            .contains("_cursor=")
+    );
+    // Reading the trail is itself audited.
+    let reads = auditor.api.get("/audit/events?action=audit.read").json();
+    assert!(!reads["entry"].as_array().unwrap().is_empty());
+
+    // "Who tried to log in as <name>?" is answerable with the digest, never the name.
+    srv.stop();
+    let d = srv.data_dir.to_str().unwrap().to_owned();
+    let (ok, digest) = carevault(&["audit", "hash", canary, "--data-dir", &d]);
+    assert!(ok, "{digest}");
+    let digest = digest.trim().to_owned();
+    assert_eq!(digest.len(), 64);
+    let (ok, export) = carevault(&["audit", "export", "--data-dir", &d]);
+    assert!(ok);
+    assert!(
+        export.contains(&digest),
+        "the failed login's username is recorded as its digest"
+    );
+    for c in [
+        canary,
+        "555-CANARY-7788",
+        "dr.search\"",
+        "x\"",
+        "2020-01-01",
+    ] {
+        assert!(!export.contains(c), "the audit trail holds {c} in clear");
+    }
+}
