@@ -38,6 +38,7 @@ fn every_route_writes_exactly_one_event_per_request() {
     let srv = server();
     let admin = srv.admin();
     let clin = srv.user(&admin, "dr.route", &["clinician"], Some("org-a"));
+    let writer = srv.user(&admin, "dr.upload", &["clinician"], Some("org-a"));
     let id = clin
         .api
         .post_fhir("/fhir/Patient", &patient("Route", "Walker"))
@@ -120,7 +121,35 @@ fn every_route_writes_exactly_one_event_per_request() {
         1,
         "the refused upload is audited once"
     );
-    for expected in [200, 201, 401, 403, 404, 405] {
+    let before = events(&srv);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(srv.ca_pem())
+        .args(["-H", "Content-Type: application/fhir+json", "-H"])
+        .arg(format!(
+            "Authorization: Bearer {}",
+            writer.api.token.as_deref().unwrap()
+        ))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}/fhir/Patient", srv.base))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+    assert_eq!(
+        events(&srv) - before,
+        1,
+        "the oversized upload is audited once"
+    );
+    for expected in [200, 201, 204, 400, 401, 403, 404, 405] {
         assert!(
             statuses.contains(&expected),
             "no request answered {expected}: {statuses:?}"
@@ -377,6 +406,50 @@ fn auditors_search_the_trail_and_it_holds_no_phi() {
     // Reading the trail is itself audited.
     let reads = auditor.api.get("/audit/events?action=audit.read").json();
     assert!(!reads["entry"].as_array().unwrap().is_empty());
+
+    // The same search from the CLI, logged in as the auditor.
+    let cfg = tempfile::tempdir().unwrap();
+    let mut auditor = auditor;
+    let mut login = Command::new(bin())
+        .args([
+            "login",
+            "--server",
+            &srv.base,
+            "--ca-cert",
+            srv.ca_pem().to_str().unwrap(),
+            "--username",
+            "ann.auditor",
+        ])
+        .env("CAREVAULT_CLI_CONFIG_DIR", cfg.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = login.stdin.take().unwrap();
+        writeln!(
+            stdin,
+            "{}\n{}",
+            carevault_testkit::TEST_PASSWORD,
+            auditor.auth.fresh_code()
+        )
+        .unwrap();
+    }
+    assert!(login.wait().unwrap().success());
+    let search = Command::new(bin())
+        .args(["audit", "search", "--patient", &id, "--action", "read"])
+        .env("CAREVAULT_CLI_CONFIG_DIR", cfg.path())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&search.stdout);
+    assert!(search.status.success(), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(" read ") && l.contains(&format!("Patient/{id}"))),
+        "{listed}"
+    );
 
     // "Who tried to log in as <name>?" is answerable with the digest, never the name.
     srv.stop();
