@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::Audit;
+use crate::authz::Authz;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::environment;
@@ -62,10 +63,12 @@ impl Application {
             env.keyring.clone(),
             clock.clone(),
         )?;
+        let authz = Arc::new(Authz::load(env.store.clone(), clock.clone()).await?);
         let records = Records::new(
             env.store.clone(),
             env.keyring.clone(),
             validator,
+            authz.clone(),
             clock.clone(),
         );
 
@@ -88,6 +91,8 @@ impl Application {
             config,
             identity,
             records,
+            authz: authz.clone(),
+            metrics: crate::metrics::Metrics::default(),
             audit: audit.clone(),
             store: env.store.clone(),
             clock,

@@ -218,6 +218,24 @@ impl AuditScope {
         });
     }
 
+    pub fn request_id(&self) -> String {
+        self.with(|r| r.request_id.clone())
+    }
+
+    pub fn set_policies(&self, policies: &[String]) {
+        self.with(|r| {
+            for p in policies {
+                if !r.policy_ids.contains(p) {
+                    r.policy_ids.push(p.clone());
+                }
+            }
+        });
+    }
+
+    pub fn set_break_glass(&self, reason: &str) {
+        self.with(|r| r.break_glass_reason = Some(reason.to_owned()));
+    }
+
     pub fn add_detail(&self, key: &str, value: String) {
         self.with(|r| r.detail.push((key.to_owned(), value)));
     }

@@ -68,6 +68,7 @@ pub struct AuthSection {
     pub throttle_base_ms: Option<u64>,
     pub throttle_max_ms: Option<u64>,
     pub lock_after_failures: Option<u64>,
+    pub break_glass_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +104,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("auth.throttle_base_ms", Kind::Int),
     ("auth.throttle_max_ms", Kind::Int),
     ("auth.lock_after_failures", Kind::Int),
+    ("auth.break_glass_minutes", Kind::Int),
     ("argon2.memory_kib", Kind::Int),
     ("argon2.iterations", Kind::Int),
     ("argon2.parallelism", Kind::Int),
@@ -227,6 +229,7 @@ pub struct Config {
     pub throttle_base_ms: u64,
     pub throttle_max_ms: u64,
     pub lock_after_failures: u32,
+    pub break_glass_minutes: i64,
     pub argon2: Argon2Params,
     pub log_level: String,
 }
@@ -373,6 +376,13 @@ impl Config {
             1,
             100_000,
         )?;
+        let break_glass = int(
+            "auth.break_glass_minutes",
+            file.auth.break_glass_minutes,
+            60,
+            1,
+            24 * 60,
+        )?;
         let memory = int(
             "argon2.memory_kib",
             file.argon2.memory_kib,
@@ -420,6 +430,7 @@ impl Config {
             throttle_base_ms: throttle_base,
             throttle_max_ms: throttle_max,
             lock_after_failures: lock_after as u32,
+            break_glass_minutes: break_glass as i64,
             argon2: Argon2Params {
                 memory_kib: memory as u32,
                 iterations: iterations as u32,

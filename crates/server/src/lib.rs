@@ -22,6 +22,7 @@
 
 mod app;
 pub mod audit;
+pub mod authz;
 pub mod clock;
 pub mod config;
 pub mod environment;
@@ -29,6 +30,7 @@ mod error;
 pub mod http;
 pub mod identity;
 pub mod keyring;
+pub mod metrics;
 pub mod records;
 
 pub use app::Application;

@@ -215,6 +215,60 @@ pub enum WriteOp {
     /// Record a signed checkpoint; [`StoreError::Conflict`] unless it starts right after the
     /// node's previous checkpoint.
     InsertCheckpoint(carevault_audit::Checkpoint),
+    /// Record (or change) the organization that manages a patient compartment.
+    SetCompartmentOrganization {
+        compartment: String,
+        organization: Option<String>,
+    },
+    InsertApiKey(ApiKeyRow),
+    RevokeApiKey {
+        name: String,
+    },
+    /// Store a custom policy (replacing one of the same name) and bump the policy-set version.
+    PutPolicy {
+        name: String,
+        text: String,
+        at: i64,
+    },
+    /// Remove a custom policy and bump the policy-set version; [`StoreError::Conflict`] if absent.
+    DeletePolicy {
+        name: String,
+        at: i64,
+    },
+    InsertBreakGlass(BreakGlassRow),
+}
+
+/// An API key (a sub-account): stored by the hash of the key, never the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub name: String,
+    pub key_hash: String,
+    /// The user who minted it for themselves; None for a service key made by an admin.
+    pub owner_id: Option<String>,
+    /// Normalized scopes (`Observation.r`, `*.s`, ...).
+    pub scopes: Vec<String>,
+    pub allowed_cidrs: Vec<String>,
+    pub expires_at: i64,
+    pub revoked: bool,
+    pub created_at: i64,
+}
+
+/// A break-glass grant: emergency read access beyond the principal's organizations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakGlassRow {
+    pub principal_id: String,
+    pub until: i64,
+    /// Limited to one patient compartment, or any when None.
+    pub patient: Option<String>,
+    pub reason: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRow {
+    pub name: String,
+    pub text: String,
+    pub updated_at: i64,
 }
 
 /// An audit event before it has a place in the chain. `body` is the canonical record; the
@@ -294,6 +348,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         node: &str,
     ) -> Result<(Option<(u64, [u8; 32])>, Option<carevault_audit::Checkpoint>), StoreError>;
+    async fn compartment_organization(
+        &self,
+        compartment: &str,
+    ) -> Result<Option<Option<String>>, StoreError>;
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError>;
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError>;
+    /// The custom policies and the policy-set version they make.
+    async fn policies(&self) -> Result<(i64, Vec<PolicyRow>), StoreError>;
+    /// Grants of `principal_id` still valid at `now`.
+    async fn break_glass_grants(
+        &self,
+        principal_id: &str,
+        now: i64,
+    ) -> Result<Vec<BreakGlassRow>, StoreError>;
+
     async fn audit_search(
         &self,
         query: AuditQuery,

@@ -11,9 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use carevault_audit::{Checkpoint, StoredEvent, chain_hash};
 
 use crate::{
-    AuditQuery, CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry, HistoryQuery,
-    NewAuditEvent, NewResourceVersion, PrincipalRow, ResourceRow, SessionRow, Store, StoreError,
-    WriteOp,
+    ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry,
+    HistoryQuery, NewAuditEvent, NewResourceVersion, PolicyRow, PrincipalRow, ResourceRow,
+    SessionRow, Store, StoreError, WriteOp,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -110,6 +110,42 @@ CREATE TABLE audit_checkpoint (
     signature BLOB NOT NULL,
     PRIMARY KEY (node, last_seq)
 );
+"#,
+    r#"
+CREATE TABLE compartment_org (
+    compartment TEXT PRIMARY KEY,
+    organization TEXT
+);
+CREATE TABLE api_key (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    owner_id TEXT REFERENCES principal (id),
+    scopes TEXT NOT NULL,
+    allowed_cidrs TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE policy (
+    name TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE policy_history (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    text TEXT,
+    at INTEGER NOT NULL
+);
+CREATE TABLE break_glass (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    principal_id TEXT NOT NULL REFERENCES principal (id),
+    until INTEGER NOT NULL,
+    patient TEXT,
+    reason TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX break_glass_principal ON break_glass (principal_id, until);
 "#,
 ];
 
@@ -529,6 +565,71 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             StoreError::Unavailable(format!("audit trail not writable: {detail}"))
         })?,
         WriteOp::InsertCheckpoint(cp) => insert_checkpoint(conn, cp)?,
+        WriteOp::SetCompartmentOrganization {
+            compartment,
+            organization,
+        } => {
+            exec(
+                "INSERT INTO compartment_org (compartment, organization) VALUES (?1, ?2)
+                 ON CONFLICT (compartment) DO UPDATE SET organization = excluded.organization",
+                &[compartment, organization],
+            )?;
+        }
+        WriteOp::InsertApiKey(k) => {
+            exec(
+                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                &[
+                    &k.name,
+                    &k.key_hash,
+                    &k.owner_id,
+                    &k.scopes.join(" "),
+                    &k.allowed_cidrs.join(" "),
+                    &k.expires_at,
+                    &k.revoked,
+                    &k.created_at,
+                ],
+            )?;
+        }
+        WriteOp::RevokeApiKey { name } => {
+            if exec("UPDATE api_key SET revoked = 1 WHERE name = ?1", &[name])? != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        WriteOp::PutPolicy { name, text, at } => {
+            exec(
+                "INSERT INTO policy (name, text, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET text = excluded.text, updated_at = excluded.updated_at",
+                &[name, text, at],
+            )?;
+            exec(
+                "INSERT INTO policy_history (version, name, text, at)
+                 VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_history), ?1, ?2, ?3)",
+                &[name, text, at],
+            )?;
+        }
+        WriteOp::DeletePolicy { name, at } => {
+            if exec("DELETE FROM policy WHERE name = ?1", &[name])? != 1 {
+                return Err(StoreError::Conflict);
+            }
+            exec(
+                "INSERT INTO policy_history (version, name, text, at)
+                 VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_history), ?1, NULL, ?2)",
+                &[name, at],
+            )?;
+        }
+        WriteOp::InsertBreakGlass(b) => {
+            exec(
+                "INSERT INTO break_glass (principal_id, until, patient, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[
+                    &b.principal_id,
+                    &b.until,
+                    &b.patient,
+                    &b.reason,
+                    &b.created_at,
+                ],
+            )?;
+        }
     }
     Ok(())
 }
@@ -1025,6 +1126,104 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn compartment_organization(
+        &self,
+        compartment: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let compartment = compartment.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT organization FROM compartment_org WHERE compartment = ?1")?
+                .query_row([compartment], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let key_hash = key_hash.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_key WHERE key_hash = ?1"
+            ))?
+            .query_row([key_hash], api_key_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_key ORDER BY name"
+            ))?;
+            let rows = stmt.query_map([], api_key_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn policies(&self) -> Result<(i64, Vec<PolicyRow>), StoreError> {
+        self.read(move |c| {
+            let version: i64 = c
+                .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM policy_history")?
+                .query_row([], |r| r.get(0))?;
+            let mut stmt =
+                c.prepare_cached("SELECT name, text, updated_at FROM policy ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(PolicyRow {
+                    name: r.get(0)?,
+                    text: r.get(1)?,
+                    updated_at: r.get(2)?,
+                })
+            })?;
+            Ok((version, rows.collect::<rusqlite::Result<Vec<_>>>()?))
+        })
+        .await
+    }
+
+    async fn break_glass_grants(
+        &self,
+        principal_id: &str,
+        now: i64,
+    ) -> Result<Vec<BreakGlassRow>, StoreError> {
+        let principal_id = principal_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT principal_id, until, patient, reason, created_at FROM break_glass
+                 WHERE principal_id = ?1 AND until > ?2 ORDER BY until DESC",
+            )?;
+            let rows = stmt.query_map(params![principal_id, now], |r| {
+                Ok(BreakGlassRow {
+                    principal_id: r.get(0)?,
+                    until: r.get(1)?,
+                    patient: r.get(2)?,
+                    reason: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+const API_KEY_COLUMNS: &str =
+    "name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at";
+
+fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    let scopes: String = r.get(3)?;
+    let cidrs: String = r.get(4)?;
+    Ok(ApiKeyRow {
+        name: r.get(0)?,
+        key_hash: r.get(1)?,
+        owner_id: r.get(2)?,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        allowed_cidrs: cidrs.split_whitespace().map(str::to_owned).collect(),
+        expires_at: r.get(5)?,
+        revoked: r.get(6)?,
+        created_at: r.get(7)?,
+    })
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ fn every_route_writes_exactly_one_event_per_request() {
         let body = if *method == "GET" || *method == "DELETE" {
             None
         } else {
-            Some(br#"{"resourceType":"Patient"}"#.as_slice())
+            Some(br#"{"resourceType":"Patient","managingOrganization":{"reference":"Organization/org-a"}}"#.as_slice())
         };
         statuses.insert(check(&clin.api, method.as_str(), &path, body));
         statuses.insert(check(&srv.api(), method.as_str(), &path, body));

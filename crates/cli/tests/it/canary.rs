@@ -24,7 +24,8 @@ fn canary_values_never_reach_disk_or_logs_in_clear() {
         "identifier": [{"system": "urn:mrn", "value": CANARIES[4]}],
         "name": [{"family": CANARIES[0], "given": [CANARIES[1]]}],
         "telecom": [{"system": "phone", "value": CANARIES[3]}],
-        "birthDate": "1971-02-03"
+        "birthDate": "1971-02-03",
+        "managingOrganization": {"reference": "Organization/org-a"}
     });
     let created = clin.api.post_fhir("/fhir/Patient", &patient);
     assert_eq!(created.status, 201, "{}", created.text());

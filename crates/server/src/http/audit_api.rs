@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -11,22 +12,24 @@ use carevault_store::AuditQuery;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::{Authenticated, require_role};
+use super::auth::{Authenticated, require};
 use super::error::{ApiError, fhir_json};
+use crate::audit::AuditScope;
+use crate::authz::SystemAction;
 use crate::clock::{fhir_instant, parse_instant};
 use crate::error::Error;
-use crate::identity::Role;
 
 const DEFAULT_COUNT: u32 = 50;
 const MAX_COUNT: u32 = 1000;
 
 pub async fn events(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_role(&p, Role::Auditor)?;
+    require(&state, &audit, &p, SystemAction::AuditRead)?;
     let mut q = AuditQuery {
         limit: DEFAULT_COUNT,
         ..AuditQuery::default()

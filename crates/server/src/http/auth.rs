@@ -15,8 +15,9 @@ use super::error::ApiError;
 use super::tls::ClientAddr;
 use super::{AppState, json_body, json_response};
 use crate::audit::AuditScope;
+use crate::authz::SystemAction;
 use crate::error::Error;
-use crate::identity::{Principal, Role};
+use crate::identity::Principal;
 
 /// An authenticated request. Rejects with 401 (and `WWW-Authenticate`) otherwise.
 pub struct Authenticated(pub Principal);
@@ -29,10 +30,17 @@ impl FromRequestParts<AppState> for Authenticated {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).ok_or(Error::Unauthorized)?;
-        let principal = state.inner.identity.authenticate(token).await?;
+        let client_ip = parts
+            .extensions
+            .get::<ConnectInfo<ClientAddr>>()
+            .map(|ConnectInfo(ClientAddr(addr))| addr.ip());
+        let principal = state.inner.identity.authenticate(token, client_ip).await?;
         if let Some(scope) = parts.extensions.get::<AuditScope>() {
-            let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
-            scope.set_principal(&principal.id, &roles, "session");
+            scope.set_principal(
+                &principal.id,
+                &principal.role_names(),
+                principal.auth_method(),
+            );
         }
         Ok(Authenticated(principal))
     }
@@ -46,8 +54,16 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-pub(crate) fn require_role(principal: &Principal, role: Role) -> Result<(), ApiError> {
-    if principal.has_role(role) {
+/// Cedar decides an administrative action; the deciding policies go into the audit event.
+pub(crate) fn require(
+    state: &AppState,
+    audit: &AuditScope,
+    principal: &Principal,
+    action: SystemAction,
+) -> Result<(), ApiError> {
+    let decision = state.inner.authz.system(principal, action);
+    audit.set_policies(&decision.policies);
+    if decision.allowed {
         Ok(())
     } else {
         Err(Error::Forbidden.into())
@@ -176,7 +192,7 @@ pub async fn create_user(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_role(&p, Role::Admin)?;
+    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     let req: CreateUserRequest = json_body(&state, &headers, body).await?;
     let created = state
         .inner
@@ -188,9 +204,10 @@ pub async fn create_user(
 
 pub async fn list_users(
     State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
     Authenticated(p): Authenticated,
 ) -> Result<Response, ApiError> {
-    require_role(&p, Role::Admin)?;
+    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     let users = state.inner.identity.list_users().await?;
     Ok(json_response(
         StatusCode::OK,
@@ -204,7 +221,7 @@ pub async fn disable_user(
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_role(&p, Role::Admin)?;
+    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     state.inner.identity.disable(&audit, &p, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -215,7 +232,7 @@ pub async fn enable_user(
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_role(&p, Role::Admin)?;
+    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     state.inner.identity.enable(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -226,7 +243,7 @@ pub async fn unlock_user(
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_role(&p, Role::Admin)?;
+    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     state.inner.identity.unlock(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -237,7 +254,7 @@ pub async fn reset_user(
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_role(&p, Role::Admin)?;
+    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     let reset = state.inner.identity.reset(&audit, Some(&p), &name).await?;
     Ok(json_response(StatusCode::OK, &reset))
 }

@@ -12,24 +12,18 @@ use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::auth::{Authenticated, require_role};
+use super::auth::Authenticated;
 use super::error::{ApiError, fhir_json};
 use super::{AppState, parse_json, read_body, require_json_body};
 use crate::audit::AuditScope;
 use crate::clock::{fhir_instant, http_date, parse_instant};
 use crate::error::Error;
-use crate::identity::{Principal, Role};
-use crate::records::{Current, Version};
+use crate::records::{Caller, Current, Version};
 
 const DEFAULT_HISTORY_COUNT: u32 = 50;
 const MAX_HISTORY_COUNT: u32 = 1000;
 
 type Params = Query<HashMap<String, String>>;
-
-/// Until authorization policies arrive, the FHIR API is for clinicians only.
-fn require_fhir_access(p: &Principal) -> Result<(), ApiError> {
-    require_role(p, Role::Clinician)
-}
 
 fn resource_type(s: &str) -> Result<ResourceType, ApiError> {
     ResourceType::parse(s).map_err(|_| ApiError::NoSuchEndpoint)
@@ -181,10 +175,9 @@ pub async fn metadata(
 
 /// Search is not offered yet (the CapabilityStatement says so).
 pub async fn search_type(
-    Authenticated(p): Authenticated,
+    Authenticated(_): Authenticated,
     Path(rtype): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     resource_type(&rtype)?;
     Err(ApiError::MethodNotAllowed)
 }
@@ -198,11 +191,21 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     negotiate(&headers, &params)?;
     let resource = resource_body(&state, &headers, body).await?;
-    let v = state.inner.records.create(&audit, rtype, resource).await?;
+    let v = state
+        .inner
+        .records
+        .create(
+            Caller {
+                principal: &p,
+                audit: &audit,
+            },
+            rtype,
+            resource,
+        )
+        .await?;
     Ok(write_response(
         StatusCode::CREATED,
         &v,
@@ -220,7 +223,6 @@ pub async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
     negotiate(&headers, &params)?;
@@ -229,7 +231,16 @@ pub async fn update(
     let (v, created) = state
         .inner
         .records
-        .update(&audit, rtype, &id, resource, if_match)
+        .update(
+            Caller {
+                principal: &p,
+                audit: &audit,
+            },
+            rtype,
+            &id,
+            resource,
+            if_match,
+        )
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -252,11 +263,22 @@ pub async fn read(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
     negotiate(&headers, &params)?;
-    match state.inner.records.read(&audit, rtype, &id).await? {
+    match state
+        .inner
+        .records
+        .read(
+            Caller {
+                principal: &p,
+                audit: &audit,
+            },
+            rtype,
+            &id,
+        )
+        .await?
+    {
         Current::Present(v) => {
             let mut resp = fhir_json(StatusCode::OK, v.json.clone());
             version_headers(&mut resp, &v);
@@ -280,7 +302,6 @@ pub async fn vread(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
     let version = vid
@@ -290,7 +311,15 @@ pub async fn vread(
     let v = state
         .inner
         .records
-        .vread(&audit, rtype, &id, version)
+        .vread(
+            Caller {
+                principal: &p,
+                audit: &audit,
+            },
+            rtype,
+            &id,
+            version,
+        )
         .await?;
     let mut resp = fhir_json(StatusCode::OK, v.json.clone());
     version_headers(&mut resp, &v);
@@ -303,10 +332,20 @@ pub async fn delete(
     Authenticated(p): Authenticated,
     Path((rtype, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
-    let deleted = state.inner.records.delete(&audit, rtype, &id).await?;
+    let deleted = state
+        .inner
+        .records
+        .delete(
+            Caller {
+                principal: &p,
+                audit: &audit,
+            },
+            rtype,
+            &id,
+        )
+        .await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Some(version) = deleted
         && let Ok(etag) = HeaderValue::from_str(&format!("W/\"{version}\""))
@@ -324,9 +363,19 @@ pub async fn history_type(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
-    history(&state, &audit, &headers, &params, rtype, None).await
+    history(
+        &state,
+        Caller {
+            principal: &p,
+            audit: &audit,
+        },
+        &headers,
+        &params,
+        rtype,
+        None,
+    )
+    .await
 }
 
 pub async fn history_instance(
@@ -337,15 +386,25 @@ pub async fn history_instance(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_fhir_access(&p)?;
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
-    history(&state, &audit, &headers, &params, rtype, Some(id)).await
+    history(
+        &state,
+        Caller {
+            principal: &p,
+            audit: &audit,
+        },
+        &headers,
+        &params,
+        rtype,
+        Some(id),
+    )
+    .await
 }
 
 async fn history(
     state: &AppState,
-    audit: &AuditScope,
+    caller: Caller<'_>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     rtype: ResourceType,
@@ -386,7 +445,7 @@ async fn history(
         && state
             .inner
             .records
-            .history(audit, rtype, Some(id), None, None, 1)
+            .history(caller, rtype, Some(id), None, None, 1)
             .await?
             .is_empty()
     {
@@ -396,7 +455,7 @@ async fn history(
     let mut items = state
         .inner
         .records
-        .history(audit, rtype, id.as_ref(), since, cursor, count + 1)
+        .history(caller, rtype, id.as_ref(), since, cursor, count + 1)
         .await?;
     let has_more = items.len() > count as usize;
     items.truncate(count as usize);

@@ -1,6 +1,7 @@
 //! The HTTPS API: the only module that knows HTTP. Handlers extract, call the core, and map the
 //! result; rules live in `identity` and `records`.
 
+mod admin;
 mod audit_api;
 mod auth;
 pub mod error;
@@ -40,6 +41,8 @@ pub struct Services {
     pub config: Config,
     pub identity: Identity,
     pub records: Records,
+    pub authz: Arc<crate::authz::Authz>,
+    pub metrics: crate::metrics::Metrics,
     pub audit: Arc<Audit>,
     pub store: Arc<dyn carevault_store::Store>,
     pub clock: SharedClock,
@@ -121,6 +124,18 @@ fn handler(action: &str) -> Option<MethodRouter<AppState>> {
         "admin.user.enable" => post(auth::enable_user),
         "admin.user.unlock" => post(auth::unlock_user),
         "admin.user.reset" => post(auth::reset_user),
+        "admin.policy.list" => get(admin::list_policies),
+        "admin.policy.put" => post(admin::put_policy),
+        "admin.policy.read" => get(admin::get_policy),
+        "admin.policy.delete" => delete(admin::delete_policy),
+        "admin.key.list" => get(admin::list_keys),
+        "admin.key.create" => post(admin::create_service_key),
+        "admin.key.revoke" => delete(admin::revoke_key),
+        "auth.key.list" => get(admin::list_own_keys),
+        "auth.key.create" => post(admin::create_own_key),
+        "auth.key.revoke" => delete(admin::revoke_own_key),
+        "auth.break-glass" => post(admin::break_glass),
+        "metrics.read" => get(admin::metrics),
         "audit.read" => get(audit_api::events),
         "capabilities" => get(fhir::metadata),
         "search-type" => get(fhir::search_type),
@@ -268,6 +283,10 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     }
 
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    state
+        .inner
+        .metrics
+        .record(&route, method.as_str(), status.as_u16(), latency_us);
     if let Some(d) = resp.extensions().get::<ErrorDetail>() {
         tracing::error!(
             event = d.kind,

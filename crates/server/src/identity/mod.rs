@@ -1,6 +1,7 @@
 //! Identity: accounts, enrollment, multi-factor login (password + TOTP, always both), sessions,
 //! throttling. Only an admin creates accounts; a new account gets a one-time enrollment token.
 
+pub mod keys;
 pub mod password;
 pub mod throttle;
 pub mod totp;
@@ -22,6 +23,9 @@ use password::PasswordHasherConfig;
 use throttle::{IpRateLimit, LoginThrottle};
 
 pub const SESSION_PREFIX: &str = "cvs_";
+pub const API_KEY_PREFIX: &str = "cvk_";
+/// API keys live at most this long.
+pub const MAX_KEY_DAYS: i64 = 90;
 pub const ENROLLMENT_PREFIX: &str = "cve_";
 const RECOVERY_CODES: usize = 10;
 /// A session's `last_seen` is written at most this often (it is a write on the request path).
@@ -95,16 +99,80 @@ impl Username {
 /// Who is making a request, once authenticated.
 #[derive(Clone, Debug)]
 pub struct Principal {
+    /// A user's id, or `apikey:<name>` for a key.
     pub id: String,
     pub username: String,
     pub roles: Vec<Role>,
     pub organization: Option<String>,
-    session_hash: String,
+    pub kind: PrincipalKind,
+    session_hash: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PrincipalKind {
+    User,
+    ApiKey {
+        /// Normalized scopes (`Observation.r`).
+        scopes: Vec<String>,
+        /// The user who minted the key for themselves: the key never exceeds their rights.
+        owner: Option<Box<Principal>>,
+    },
 }
 
 impl Principal {
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    pub fn auth_method(&self) -> &'static str {
+        match self.kind {
+            PrincipalKind::User => "session",
+            PrincipalKind::ApiKey { .. } => "api-key",
+        }
+    }
+
+    pub fn role_names(&self) -> Vec<&'static str> {
+        self.roles.iter().map(|r| r.as_str()).collect()
+    }
+
+    /// A user principal as a session would produce it, for benchmarks.
+    pub fn user_for_bench(username: &str, role: Role, organization: &str) -> Self {
+        Self {
+            id: format!("bench-{username}"),
+            username: username.into(),
+            roles: vec![role],
+            organization: Some(organization.into()),
+            kind: PrincipalKind::User,
+            session_hash: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test_user(id: &str, role: Role, organization: Option<&str>) -> Self {
+        Self {
+            id: id.into(),
+            username: id.into(),
+            roles: vec![role],
+            organization: organization.map(str::to_owned),
+            kind: PrincipalKind::User,
+            session_hash: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test_key(name: &str, scopes: Vec<String>, owner: Option<Box<Principal>>) -> Self {
+        Self {
+            id: format!("apikey:{name}"),
+            username: name.into(),
+            roles: if owner.is_some() {
+                vec![]
+            } else {
+                vec![Role::Service]
+            },
+            organization: None,
+            kind: PrincipalKind::ApiKey { scopes, owner },
+            session_hash: None,
+        }
     }
 }
 
@@ -741,8 +809,83 @@ impl Identity {
         })
     }
 
+    /// Resolve a bearer token (a session token or an API key) to its principal.
+    pub async fn authenticate(&self, token: &str, client_ip: Option<IpAddr>) -> Result<Principal> {
+        if token.starts_with(API_KEY_PREFIX) {
+            self.authenticate_key(token, client_ip).await
+        } else {
+            self.authenticate_session(token).await
+        }
+    }
+
+    async fn authenticate_key(&self, key: &str, client_ip: Option<IpAddr>) -> Result<Principal> {
+        if key.len() != API_KEY_PREFIX.len() + 43 {
+            return Err(Error::Unauthorized);
+        }
+        let row = self
+            .store
+            .api_key_by_hash(&carevault_crypto::sha256_hex(key.as_bytes()))
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        if row.revoked || row.expires_at <= self.clock.now_secs() {
+            return Err(Error::Unauthorized);
+        }
+        if !row.allowed_cidrs.is_empty() {
+            let inside = client_ip.is_some_and(|ip| {
+                row.allowed_cidrs
+                    .iter()
+                    .filter_map(|c| keys::Cidr::parse(c).ok())
+                    .any(|c| c.contains(ip))
+            });
+            if !inside {
+                return Err(Error::Unauthorized);
+            }
+        }
+        let (roles, organization, owner) = match &row.owner_id {
+            Some(owner_id) => {
+                let owner = self
+                    .store
+                    .principal_by_id(owner_id)
+                    .await?
+                    .ok_or(Error::Unauthorized)?;
+                if owner.disabled || owner.locked {
+                    return Err(Error::Unauthorized);
+                }
+                let owner_principal = Principal {
+                    id: owner.id,
+                    username: owner.username,
+                    roles: owner
+                        .roles
+                        .iter()
+                        .filter_map(|r| Role::parse(r).ok())
+                        .collect(),
+                    organization: owner.organization.clone(),
+                    kind: PrincipalKind::User,
+                    session_hash: None,
+                };
+                (
+                    Vec::new(),
+                    owner.organization,
+                    Some(Box::new(owner_principal)),
+                )
+            }
+            None => (vec![Role::Service], None, None),
+        };
+        Ok(Principal {
+            id: format!("apikey:{}", row.name),
+            username: row.name,
+            roles,
+            organization,
+            kind: PrincipalKind::ApiKey {
+                scopes: row.scopes,
+                owner,
+            },
+            session_hash: None,
+        })
+    }
+
     /// Resolve a bearer token to its principal, enforcing idle and absolute timeouts.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+    async fn authenticate_session(&self, token: &str) -> Result<Principal> {
         if !token.starts_with(SESSION_PREFIX) || token.len() != SESSION_PREFIX.len() + 43 {
             return Err(Error::Unauthorized);
         }
@@ -781,7 +924,8 @@ impl Identity {
             username: p.username,
             roles,
             organization: p.organization,
-            session_hash: hash,
+            kind: PrincipalKind::User,
+            session_hash: Some(hash),
         })
     }
 
@@ -789,13 +933,257 @@ impl Identity {
         audit
             .commit_with(
                 &*self.store,
-                vec![WriteOp::RevokeSession {
-                    token_hash: principal.session_hash.clone(),
+                match &principal.session_hash {
+                    Some(hash) => vec![WriteOp::RevokeSession {
+                        token_hash: hash.clone(),
+                    }],
+                    // An API key has no session: revoke the key instead.
+                    None => {
+                        return Err(Error::BadRequest(
+                            "an API key has no session to end; revoke the key".into(),
+                        ));
+                    }
+                },
+                204,
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ----- API keys -----
+
+    /// Mint an API key. `owner` is the user minting a key for themselves (its grants are then
+    /// the intersection of its scopes and the user's rights); None makes a service key (admin).
+    pub async fn create_api_key(
+        &self,
+        audit: &AuditScope,
+        owner: Option<&Principal>,
+        req: &NewApiKey,
+    ) -> Result<CreatedApiKey> {
+        validate_key_name(&req.name)?;
+        let scopes = keys::parse_scopes(&req.scopes)?;
+        let days = req.expires_in_days.unwrap_or(MAX_KEY_DAYS);
+        if !(1..=MAX_KEY_DAYS).contains(&days) {
+            return Err(Error::BadRequest(format!(
+                "expires_in_days must be between 1 and {MAX_KEY_DAYS}"
+            )));
+        }
+        let mut cidrs = Vec::new();
+        for c in req.allowed_cidrs.iter().flatten() {
+            cidrs.push(keys::Cidr::parse(c)?.to_string());
+        }
+        let owner_id = match owner {
+            Some(p) => match p.kind {
+                PrincipalKind::User => Some(p.id.clone()),
+                PrincipalKind::ApiKey { .. } => {
+                    return Err(Error::Forbidden);
+                }
+            },
+            None => None,
+        };
+        let key = carevault_crypto::random_token(API_KEY_PREFIX)?;
+        let now = self.clock.now_secs();
+        let expires_at = now + days * 86_400;
+        audit.set_resource("ApiKey", Some(&req.name), None);
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::InsertApiKey(carevault_store::ApiKeyRow {
+                    name: req.name.clone(),
+                    key_hash: carevault_crypto::sha256_hex(key.as_bytes()),
+                    owner_id,
+                    scopes,
+                    allowed_cidrs: cidrs,
+                    expires_at,
+                    revoked: false,
+                    created_at: now,
+                })],
+                201,
+            )
+            .await
+            .map_err(|e| match e {
+                carevault_store::StoreError::AlreadyExists => {
+                    Error::Conflict("an API key with this name exists".into())
+                }
+                other => other.into(),
+            })?;
+        Ok(CreatedApiKey {
+            name: req.name.clone(),
+            key,
+            expires_at: crate::clock::fhir_instant(expires_at * 1_000_000),
+        })
+    }
+
+    pub async fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyView>> {
+        let now = self.clock.now_secs();
+        Ok(self
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .filter(|k| owner.is_none_or(|o| k.owner_id.as_deref() == Some(o)))
+            .map(|k| ApiKeyView {
+                state: if k.revoked {
+                    "revoked"
+                } else if k.expires_at <= now {
+                    "expired"
+                } else {
+                    "active"
+                },
+                name: k.name,
+                owner: k.owner_id,
+                scopes: k.scopes,
+                allowed_cidrs: k.allowed_cidrs,
+                expires_at: crate::clock::fhir_instant(k.expires_at * 1_000_000),
+            })
+            .collect())
+    }
+
+    /// Revoke a key; `owner` limits it to the caller's own keys.
+    pub async fn revoke_api_key(
+        &self,
+        audit: &AuditScope,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<()> {
+        let exists = self
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .any(|k| k.name == name && owner.is_none_or(|o| k.owner_id.as_deref() == Some(o)));
+        if !exists {
+            return Err(Error::NotFound);
+        }
+        audit.set_resource("ApiKey", Some(name), None);
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::RevokeApiKey {
+                    name: name.to_owned(),
                 }],
                 204,
             )
             .await?;
         Ok(())
+    }
+
+    // ----- break-glass -----
+
+    /// Grant `principal` emergency read access beyond their organizations for `minutes`,
+    /// optionally limited to one patient.
+    pub async fn break_glass(
+        &self,
+        audit: &AuditScope,
+        principal: &Principal,
+        reason: &str,
+        patient: Option<&str>,
+        minutes: i64,
+    ) -> Result<String> {
+        if reason.trim().chars().count() < 20 {
+            return Err(Error::BadRequest(
+                "a break-glass reason of at least 20 characters is required".into(),
+            ));
+        }
+        if reason.chars().count() > 1000 {
+            return Err(Error::BadRequest(
+                "the break-glass reason is limited to 1000 characters".into(),
+            ));
+        }
+        let patient = match patient {
+            Some(p) => {
+                let id = p.strip_prefix("Patient/").unwrap_or(p);
+                carevault_fhir::ResourceId::parse(id)
+                    .map_err(|_| Error::BadRequest("patient must be a Patient id".into()))?;
+                Some(format!("Patient/{id}"))
+            }
+            None => None,
+        };
+        let now = self.clock.now_secs();
+        let until = now + minutes * 60;
+        audit.set_break_glass(reason);
+        if let Some(p) = &patient {
+            audit.add_patient(p);
+        }
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::InsertBreakGlass(carevault_store::BreakGlassRow {
+                    principal_id: principal.id.clone(),
+                    until,
+                    patient,
+                    reason: reason.to_owned(),
+                    created_at: now,
+                })],
+                201,
+            )
+            .await?;
+        tracing::warn!(
+            event = "security_alert",
+            kind = "break_glass_granted",
+            principal = %principal.id,
+            minutes,
+            "break-glass access granted"
+        );
+        Ok(crate::clock::fhir_instant(until * 1_000_000))
+    }
+
+    /// The reason of an active grant of `principal` covering `compartment`, if any.
+    pub async fn break_glass_covering(
+        &self,
+        principal: &Principal,
+        compartment: &str,
+    ) -> Result<Option<String>> {
+        let grants = self
+            .store
+            .break_glass_grants(&principal.id, self.clock.now_secs())
+            .await?;
+        Ok(grants
+            .into_iter()
+            .find(|g| g.patient.as_deref().is_none_or(|p| p == compartment))
+            .map(|g| g.reason))
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub expires_in_days: Option<i64>,
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedApiKey {
+    pub name: String,
+    pub key: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyView {
+    pub name: String,
+    pub owner: Option<String>,
+    pub scopes: Vec<String>,
+    pub allowed_cidrs: Vec<String>,
+    pub expires_at: String,
+    pub state: &'static str,
+}
+
+fn validate_key_name(name: &str) -> Result<()> {
+    let ok = (2..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(
+            "key name must be 2-64 characters of a-z, 0-9, '-', '_' or '.'".into(),
+        ))
     }
 }
 
@@ -1002,12 +1390,12 @@ mod session_tests {
         // Activity keeps the session alive past the idle timeout...
         for _ in 0..4 {
             f.clock.advance_secs(800);
-            assert!(f.identity.authenticate(&token).await.is_ok());
+            assert!(f.identity.authenticate(&token, None).await.is_ok());
         }
         // ...but not past the absolute lifetime (3,200 s used, 3,600 s allowed).
         f.clock.advance_secs(400);
         assert!(matches!(
-            f.identity.authenticate(&token).await,
+            f.identity.authenticate(&token, None).await,
             Err(Error::Unauthorized)
         ));
 
@@ -1020,10 +1408,10 @@ mod session_tests {
             .unwrap()
             .access_token;
         f.clock.advance_secs(899);
-        assert!(f.identity.authenticate(&token).await.is_ok());
+        assert!(f.identity.authenticate(&token, None).await.is_ok());
         f.clock.advance_secs(900);
         assert!(matches!(
-            f.identity.authenticate(&token).await,
+            f.identity.authenticate(&token, None).await,
             Err(Error::Unauthorized)
         ));
     }

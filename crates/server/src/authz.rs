@@ -1,0 +1,883 @@
+//! Authorization: every decision is made by the Cedar policy engine over the shipped schema,
+//! the built-in role policies and the custom policies an admin adds. Default deny; `forbid` wins.
+//!
+//! Custom policies are validated against the schema before they take effect; the policy set is
+//! versioned in the database and swapped atomically, so a change applies to every request after
+//! it commits.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use carevault_fhir::ResourceType;
+use carevault_store::{PolicyRow, Store, WriteOp};
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+
+use crate::audit::AuditScope;
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::identity::{Principal, PrincipalKind};
+
+pub const SCHEMA: &str = include_str!("../policies/schema.cedarschema");
+pub const BUILTIN_POLICIES: &str = include_str!("../policies/builtin.cedar");
+/// Stands for "no managing organization known" (such a compartment belongs to no clinician).
+pub const NO_ORGANIZATION: &str = "__none__";
+
+/// A FHIR interaction, as authorization names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FhirAction {
+    Read,
+    Vread,
+    Search,
+    History,
+    Create,
+    Update,
+    Delete,
+}
+
+impl FhirAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            FhirAction::Read => "read",
+            FhirAction::Vread => "vread",
+            FhirAction::Search => "search",
+            FhirAction::History => "history",
+            FhirAction::Create => "create",
+            FhirAction::Update => "update",
+            FhirAction::Delete => "delete",
+        }
+    }
+
+    /// The SMART v2 permission letter this interaction needs.
+    pub fn scope_letter(self) -> char {
+        match self {
+            FhirAction::Read | FhirAction::Vread | FhirAction::History => 'r',
+            FhirAction::Search => 's',
+            FhirAction::Create => 'c',
+            FhirAction::Update => 'u',
+            FhirAction::Delete => 'd',
+        }
+    }
+
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            FhirAction::Read | FhirAction::Vread | FhirAction::Search | FhirAction::History
+        )
+    }
+}
+
+/// An administrative or monitoring action on the server itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemAction {
+    ManageUsers,
+    ManageKeys,
+    ManagePolicies,
+    AuditRead,
+    MetricsRead,
+    BreakGlass,
+}
+
+impl SystemAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            SystemAction::ManageUsers => "manage-users",
+            SystemAction::ManageKeys => "manage-keys",
+            SystemAction::ManagePolicies => "manage-policies",
+            SystemAction::AuditRead => "audit-read",
+            SystemAction::MetricsRead => "metrics-read",
+            SystemAction::BreakGlass => "break-glass",
+        }
+    }
+}
+
+/// What authorization knows of a resource: never its content.
+#[derive(Clone, Debug)]
+pub struct ResourceAttrs {
+    pub rtype: ResourceType,
+    pub id: String,
+    /// `Patient/<id>`, or None outside patient compartments.
+    pub compartment: Option<String>,
+    pub organization: Option<String>,
+    pub security: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The policies that determined the decision.
+    pub policies: Vec<String>,
+}
+
+struct Loaded {
+    version: i64,
+    set: PolicySet,
+    custom: Vec<PolicyRow>,
+}
+
+pub struct Authz {
+    schema: Schema,
+    /// The schema's action hierarchy (`read` in `fhir-read` in `fhir`), added to every request.
+    actions: Entities,
+    builtin: Vec<Policy>,
+    current: RwLock<Arc<Loaded>>,
+    authorizer: Authorizer,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    /// compartment -> managing organization.
+    organizations: RwLock<HashMap<String, Option<String>>>,
+}
+
+/// Why a custom policy was refused: Cedar's own diagnostics.
+#[derive(Debug)]
+pub struct PolicyRejected(pub Vec<String>);
+
+impl Authz {
+    pub async fn load(store: Arc<dyn Store>, clock: SharedClock) -> Result<Self> {
+        let schema = shipped_schema()?;
+        let builtin = builtin_policies()?;
+        let actions = action_entities(&schema)?;
+        let authz = Self {
+            actions,
+            schema,
+            builtin,
+            current: RwLock::new(Arc::new(Loaded {
+                version: -1,
+                set: PolicySet::new(),
+                custom: Vec::new(),
+            })),
+            authorizer: Authorizer::new(),
+            store,
+            clock,
+            organizations: RwLock::new(HashMap::new()),
+        };
+        authz.reload().await?;
+        Ok(authz)
+    }
+
+    /// Rebuild the policy set from the database if its version changed.
+    pub async fn reload(&self) -> Result<i64> {
+        let (version, rows) = self.store.policies().await?;
+        if self.loaded().version == version {
+            return Ok(version);
+        }
+        let set = self.compile(&rows).map_err(|PolicyRejected(d)| {
+            Error::Internal(format!(
+                "stored policies no longer compile: {}",
+                d.join("; ")
+            ))
+        })?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Loaded {
+            version,
+            set,
+            custom: rows,
+        });
+        Ok(version)
+    }
+
+    fn loaded(&self) -> Arc<Loaded> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn version(&self) -> i64 {
+        self.loaded().version
+    }
+
+    pub fn custom_policies(&self) -> Vec<PolicyRow> {
+        self.loaded().custom.clone()
+    }
+
+    /// Built-in plus `custom`, validated against the schema.
+    fn compile(&self, custom: &[PolicyRow]) -> std::result::Result<PolicySet, PolicyRejected> {
+        let mut set = PolicySet::new();
+        for p in &self.builtin {
+            set.add(p.clone())
+                .map_err(|e| PolicyRejected(vec![e.to_string()]))?;
+        }
+        for row in custom {
+            for p in parse_custom(&row.name, &row.text)? {
+                set.add(p)
+                    .map_err(|e| PolicyRejected(vec![e.to_string()]))?;
+            }
+        }
+        let result = Validator::new(self.schema.clone()).validate(&set, ValidationMode::Strict);
+        if !result.validation_passed() {
+            return Err(PolicyRejected(
+                result.validation_errors().map(|e| e.to_string()).collect(),
+            ));
+        }
+        Ok(set)
+    }
+
+    /// Validate `text` as policy `name` with everything else in force; changes nothing.
+    pub fn check_custom(&self, name: &str, text: &str) -> std::result::Result<(), PolicyRejected> {
+        validate_policy_name(name).map_err(|e| PolicyRejected(vec![e.to_string()]))?;
+        let mut rows: Vec<PolicyRow> = self
+            .loaded()
+            .custom
+            .iter()
+            .filter(|r| r.name != name)
+            .cloned()
+            .collect();
+        rows.push(PolicyRow {
+            name: name.to_owned(),
+            text: text.to_owned(),
+            updated_at: 0,
+        });
+        self.compile(&rows).map(|_| ())
+    }
+
+    /// Add or replace a custom policy; it applies to every request after this returns.
+    pub async fn put_policy(
+        &self,
+        audit: &AuditScope,
+        name: &str,
+        text: &str,
+    ) -> Result<std::result::Result<i64, PolicyRejected>> {
+        if let Err(rejected) = self.check_custom(name, text) {
+            return Ok(Err(rejected));
+        }
+        audit.set_resource("Policy", Some(name), None);
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::PutPolicy {
+                    name: name.to_owned(),
+                    text: text.to_owned(),
+                    at: self.clock.now_secs(),
+                }],
+                201,
+            )
+            .await?;
+        Ok(Ok(self.reload().await?))
+    }
+
+    pub async fn delete_policy(&self, audit: &AuditScope, name: &str) -> Result<i64> {
+        audit.set_resource("Policy", Some(name), None);
+        audit
+            .commit_with(
+                &*self.store,
+                vec![WriteOp::DeletePolicy {
+                    name: name.to_owned(),
+                    at: self.clock.now_secs(),
+                }],
+                204,
+            )
+            .await
+            .map_err(|e| match e {
+                carevault_store::StoreError::Conflict => Error::NotFound,
+                other => other.into(),
+            })?;
+        self.reload().await
+    }
+
+    /// The organization managing a patient compartment (None when unknown).
+    pub async fn compartment_organization(&self, compartment: &str) -> Result<Option<String>> {
+        if let Some(org) = self
+            .organizations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(compartment)
+        {
+            return Ok(org.clone());
+        }
+        let org = self
+            .store
+            .compartment_organization(compartment)
+            .await?
+            .flatten();
+        self.remember_organization(compartment, org.clone());
+        Ok(org)
+    }
+
+    pub fn remember_organization(&self, compartment: &str, organization: Option<String>) {
+        self.organizations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(compartment.to_owned(), organization);
+    }
+
+    /// Decide a FHIR interaction on a resource.
+    pub fn fhir(
+        &self,
+        principal: &Principal,
+        action: FhirAction,
+        attrs: &ResourceAttrs,
+        break_glass: bool,
+    ) -> Decision {
+        let decision = self.decide(principal, action.name(), Some((action, attrs)), break_glass);
+        // A key minted by a user grants at most what the user may do.
+        match &principal.kind {
+            PrincipalKind::ApiKey {
+                owner: Some(owner), ..
+            } if decision.allowed => {
+                let mut owner_decision = self.fhir(owner, action, attrs, false);
+                owner_decision.policies.extend(decision.policies);
+                owner_decision
+            }
+            _ => decision,
+        }
+    }
+
+    /// May `principal` perform `action` on some resource of this type at all (in their own
+    /// organization)? Tells "forbidden" (403) apart from "not yours, so not found" (404).
+    pub fn fhir_type(
+        &self,
+        principal: &Principal,
+        action: FhirAction,
+        rtype: ResourceType,
+    ) -> bool {
+        let attrs = ResourceAttrs {
+            rtype,
+            id: String::new(),
+            compartment: Some(String::new()),
+            organization: principal.organization.clone(),
+            security: Vec::new(),
+        };
+        self.fhir(principal, action, &attrs, false).allowed
+    }
+
+    /// Decide an administrative or monitoring action.
+    pub fn system(&self, principal: &Principal, action: SystemAction) -> Decision {
+        match &principal.kind {
+            // Keys carry FHIR scopes only: no administration through a key.
+            PrincipalKind::ApiKey { .. } => Decision::default(),
+            PrincipalKind::User => self.decide(principal, action.name(), None, false),
+        }
+    }
+
+    fn decide(
+        &self,
+        principal: &Principal,
+        action: &str,
+        fhir: Option<(FhirAction, &ResourceAttrs)>,
+        break_glass: bool,
+    ) -> Decision {
+        match self.evaluate(principal, action, fhir, break_glass) {
+            Ok(d) => d,
+            Err(e) => {
+                // An evaluation error denies (default deny) and is logged without PHI.
+                tracing::error!(event = "authz_error", action, error = %e, "authorization could not be evaluated");
+                Decision::default()
+            }
+        }
+    }
+
+    fn evaluate(
+        &self,
+        principal: &Principal,
+        action: &str,
+        fhir: Option<(FhirAction, &ResourceAttrs)>,
+        break_glass: bool,
+    ) -> std::result::Result<Decision, String> {
+        let loaded = self.loaded();
+        let (principal_uid, principal_entity, roles) = principal_entity(principal)?;
+        let mut entities = vec![principal_entity];
+        entities.extend(roles);
+        let (resource_uid, context) = match fhir {
+            Some((action, attrs)) => {
+                let (uid, entity) = resource_entity(attrs)?;
+                entities.push(entity);
+                let letter = action.scope_letter();
+                let context = Context::from_pairs([
+                    (
+                        "break_glass".to_owned(),
+                        RestrictedExpression::new_bool(break_glass),
+                    ),
+                    (
+                        "scope".to_owned(),
+                        RestrictedExpression::new_string(format!(
+                            "{}.{letter}",
+                            attrs.rtype.as_str()
+                        )),
+                    ),
+                    (
+                        "scope_any".to_owned(),
+                        RestrictedExpression::new_string(format!("*.{letter}")),
+                    ),
+                ])
+                .map_err(|e| e.to_string())?;
+                (uid, context)
+            }
+            None => (uid("System", "carevault")?, Context::empty()),
+        };
+        let request = Request::new(
+            principal_uid,
+            uid("Action", action)?,
+            resource_uid,
+            context,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let entities = self
+            .actions
+            .clone()
+            .add_entities(entities, None)
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &loaded.set, &entities);
+        if let Some(err) = response.diagnostics().errors().next() {
+            tracing::warn!(event = "authz_policy_error", error = %err, "a policy failed to evaluate");
+        }
+        Ok(Decision {
+            allowed: response.decision() == CedarDecision::Allow,
+            policies: response
+                .diagnostics()
+                .reason()
+                .map(|id| id.to_string())
+                .collect(),
+        })
+    }
+}
+
+fn uid(kind: &str, id: &str) -> std::result::Result<EntityUid, String> {
+    let name =
+        EntityTypeName::from_str(&format!("CareVault::{kind}")).map_err(|e| e.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
+}
+
+fn organizations(
+    orgs: impl IntoIterator<Item = String>,
+) -> std::result::Result<RestrictedExpression, String> {
+    let mut set = Vec::new();
+    for org in orgs {
+        set.push(RestrictedExpression::new_entity_uid(uid(
+            "Organization",
+            &org,
+        )?));
+    }
+    Ok(RestrictedExpression::new_set(set))
+}
+
+fn principal_entity(
+    p: &Principal,
+) -> std::result::Result<(EntityUid, Entity, Vec<Entity>), String> {
+    let role_uids: Vec<EntityUid> = p
+        .roles
+        .iter()
+        .map(|r| uid("Role", r.as_str()))
+        .collect::<std::result::Result<_, _>>()?;
+    let role_entities: Vec<Entity> = role_uids
+        .iter()
+        .map(|u| Entity::new_no_attrs(u.clone(), HashSet::new()))
+        .collect();
+    let parents: HashSet<EntityUid> = role_uids.into_iter().collect();
+    let orgs = organizations(p.organization.clone())?;
+    let (principal_uid, attrs) = match &p.kind {
+        PrincipalKind::User => (
+            uid("User", &p.id)?,
+            HashMap::from([("organizations".to_owned(), orgs)]),
+        ),
+        PrincipalKind::ApiKey { scopes, .. } => (
+            uid("ApiKey", &p.id)?,
+            HashMap::from([
+                ("organizations".to_owned(), orgs),
+                (
+                    "scopes".to_owned(),
+                    RestrictedExpression::new_set(
+                        scopes
+                            .iter()
+                            .map(|s| RestrictedExpression::new_string(s.clone())),
+                    ),
+                ),
+            ]),
+        ),
+    };
+    let entity = Entity::new(principal_uid.clone(), attrs, parents).map_err(|e| e.to_string())?;
+    Ok((principal_uid, entity, role_entities))
+}
+
+fn resource_entity(a: &ResourceAttrs) -> std::result::Result<(EntityUid, Entity), String> {
+    let resource_uid = uid("Resource", &format!("{}/{}", a.rtype.as_str(), a.id))?;
+    let org = a
+        .organization
+        .clone()
+        .unwrap_or_else(|| NO_ORGANIZATION.to_owned());
+    let attrs = HashMap::from([
+        (
+            "type".to_owned(),
+            RestrictedExpression::new_string(a.rtype.as_str().to_owned()),
+        ),
+        (
+            "compartment".to_owned(),
+            RestrictedExpression::new_string(a.compartment.clone().unwrap_or_default()),
+        ),
+        (
+            "in_compartment".to_owned(),
+            RestrictedExpression::new_bool(a.compartment.is_some()),
+        ),
+        (
+            "organization".to_owned(),
+            RestrictedExpression::new_entity_uid(uid("Organization", &org)?),
+        ),
+        (
+            "security".to_owned(),
+            RestrictedExpression::new_set(
+                a.security
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            ),
+        ),
+    ]);
+    let entity =
+        Entity::new(resource_uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
+    Ok((resource_uid, entity))
+}
+
+fn action_entities(schema: &Schema) -> Result<Entities> {
+    schema
+        .action_entities()
+        .map_err(|e| Error::Internal(format!("Cedar schema actions: {e}")))
+}
+
+fn shipped_schema() -> Result<Schema> {
+    let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA)
+        .map_err(|e| Error::Internal(format!("shipped Cedar schema: {e}")))?;
+    Ok(schema)
+}
+
+fn builtin_policies() -> Result<Vec<Policy>> {
+    let set = PolicySet::from_str(BUILTIN_POLICIES)
+        .map_err(|e| Error::Internal(format!("built-in policies: {e}")))?;
+    let mut out = Vec::new();
+    for p in set.policies() {
+        let id = p
+            .annotation("id")
+            .map_or_else(|| p.id().to_string(), str::to_owned);
+        out.push(p.new_id(PolicyId::new(id)));
+    }
+    Ok(out)
+}
+
+/// Parse a custom policy text (one or more Cedar policies) into policies with stable ids
+/// (`custom.<name>` or `custom.<name>.<n>`). Templates are refused.
+fn parse_custom(name: &str, text: &str) -> std::result::Result<Vec<Policy>, PolicyRejected> {
+    let set = PolicySet::from_str(text).map_err(|e| PolicyRejected(diagnostics(&e)))?;
+    if set.templates().next().is_some() {
+        return Err(PolicyRejected(vec![
+            "templates are not supported; write static policies".into(),
+        ]));
+    }
+    let policies: Vec<&Policy> = set.policies().collect();
+    if policies.is_empty() {
+        return Err(PolicyRejected(vec!["the text holds no policy".into()]));
+    }
+    let many = policies.len() > 1;
+    Ok(policies
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = if many {
+                format!("custom.{name}.{i}")
+            } else {
+                format!("custom.{name}")
+            };
+            p.new_id(PolicyId::new(id))
+        })
+        .collect())
+}
+
+fn diagnostics(e: &cedar_policy::ParseErrors) -> Vec<String> {
+    let mut out: Vec<String> = e.iter().map(|err| err.to_string()).collect();
+    if out.is_empty() {
+        out.push(e.to_string());
+    }
+    out
+}
+
+/// Policy names: 1-64 characters of `a-z 0-9 - _ .`.
+pub fn validate_policy_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(
+            "policy name must be 1-64 characters of a-z, 0-9, '-', '_' or '.'".into(),
+        ))
+    }
+}
+
+/// Validate a policy file against the shipped schema and built-in policies, offline
+/// (`carevault policy test`).
+pub fn check_policy_text(text: &str) -> std::result::Result<usize, PolicyRejected> {
+    let schema = shipped_schema().map_err(|e| PolicyRejected(vec![e.to_string()]))?;
+    let mut set = PolicySet::new();
+    for p in builtin_policies().map_err(|e| PolicyRejected(vec![e.to_string()]))? {
+        set.add(p)
+            .map_err(|e| PolicyRejected(vec![e.to_string()]))?;
+    }
+    let custom = parse_custom("file", text)?;
+    let n = custom.len();
+    for p in custom {
+        set.add(p)
+            .map_err(|e| PolicyRejected(vec![e.to_string()]))?;
+    }
+    let result = Validator::new(schema).validate(&set, ValidationMode::Strict);
+    if !result.validation_passed() {
+        return Err(PolicyRejected(
+            result.validation_errors().map(|e| e.to_string()).collect(),
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Principal, Role};
+
+    fn authz_with(custom: &[(&str, &str)]) -> Authz {
+        let schema = shipped_schema().unwrap();
+        let a = Authz {
+            actions: action_entities(&schema).unwrap(),
+            schema,
+            builtin: builtin_policies().unwrap(),
+            current: RwLock::new(Arc::new(Loaded {
+                version: 0,
+                set: PolicySet::new(),
+                custom: Vec::new(),
+            })),
+            authorizer: Authorizer::new(),
+            // Never reached by these tests; the policy set is compiled in place below.
+            store: Arc::new(
+                carevault_store::SqliteStore::open(
+                    &Box::leak(Box::new(tempfile::tempdir().unwrap()))
+                        .path()
+                        .join("t.db"),
+                )
+                .unwrap(),
+            ),
+            clock: Arc::new(crate::clock::SystemClock),
+            organizations: RwLock::new(HashMap::new()),
+        };
+        let rows: Vec<PolicyRow> = custom
+            .iter()
+            .map(|(n, t)| PolicyRow {
+                name: (*n).into(),
+                text: (*t).into(),
+                updated_at: 0,
+            })
+            .collect();
+        let set = a.compile(&rows).unwrap_or_else(|e| panic!("{:?}", e.0));
+        *a.current.write().unwrap() = Arc::new(Loaded {
+            version: 1,
+            set,
+            custom: rows,
+        });
+        a
+    }
+
+    fn user(role: Role, org: Option<&str>) -> Principal {
+        Principal::test_user("u1", role, org)
+    }
+
+    fn key(scopes: &[&str]) -> Principal {
+        Principal::test_key("k1", scopes.iter().map(|s| s.to_string()).collect(), None)
+    }
+
+    fn patient_in(org: &str) -> ResourceAttrs {
+        ResourceAttrs {
+            rtype: ResourceType::PATIENT,
+            id: "p1".into(),
+            compartment: Some("Patient/p1".into()),
+            organization: Some(org.into()),
+            security: vec![],
+        }
+    }
+
+    fn obs_in(org: &str) -> ResourceAttrs {
+        ResourceAttrs {
+            rtype: ResourceType::OBSERVATION,
+            id: "o1".into(),
+            ..patient_in(org)
+        }
+    }
+
+    #[test]
+    fn built_in_roles() {
+        let a = authz_with(&[]);
+
+        let clin = user(Role::Clinician, Some("org-a"));
+        assert!(
+            a.fhir(&clin, FhirAction::Read, &patient_in("org-a"), false)
+                .allowed
+        );
+        assert!(
+            a.fhir(&clin, FhirAction::Update, &obs_in("org-a"), false)
+                .allowed
+        );
+        assert!(
+            !a.fhir(&clin, FhirAction::Read, &patient_in("org-b"), false)
+                .allowed
+        );
+        assert!(
+            a.fhir(&clin, FhirAction::Read, &patient_in("org-b"), true)
+                .allowed,
+            "break-glass reads"
+        );
+        assert!(
+            !a.fhir(&clin, FhirAction::Update, &patient_in("org-b"), true)
+                .allowed,
+            "break-glass never writes"
+        );
+        let practitioner = ResourceAttrs {
+            rtype: ResourceType::PRACTITIONER,
+            id: "pr".into(),
+            compartment: None,
+            organization: None,
+            security: vec![],
+        };
+        assert!(
+            a.fhir(&clin, FhirAction::Create, &practitioner, false)
+                .allowed
+        );
+        let d = a.fhir(&clin, FhirAction::Read, &patient_in("org-a"), false);
+        assert_eq!(d.policies, ["builtin.clinician.own-organization"]);
+        for role in [Role::Admin, Role::Auditor, Role::Developer, Role::Service] {
+            let p = user(role, Some("org-a"));
+            assert!(
+                !a.fhir(&p, FhirAction::Read, &patient_in("org-a"), false)
+                    .allowed,
+                "{role:?} reads PHI"
+            );
+            assert!(
+                !a.fhir(&p, FhirAction::Read, &practitioner, false).allowed,
+                "{role:?} reads FHIR"
+            );
+        }
+        assert!(
+            a.system(&user(Role::Admin, None), SystemAction::ManageUsers)
+                .allowed
+        );
+        assert!(
+            !a.system(&user(Role::Admin, None), SystemAction::AuditRead)
+                .allowed
+        );
+        assert!(
+            a.system(&user(Role::Auditor, None), SystemAction::AuditRead)
+                .allowed
+        );
+        assert!(
+            a.system(&user(Role::Auditor, None), SystemAction::MetricsRead)
+                .allowed
+        );
+        assert!(
+            a.system(&user(Role::Developer, None), SystemAction::MetricsRead)
+                .allowed
+        );
+        assert!(
+            !a.system(&user(Role::Developer, None), SystemAction::AuditRead)
+                .allowed
+        );
+        assert!(!a.system(&clin, SystemAction::ManageUsers).allowed);
+        assert!(a.system(&clin, SystemAction::BreakGlass).allowed);
+        assert!(
+            !a.system(&user(Role::Auditor, None), SystemAction::BreakGlass)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn api_key_scopes() {
+        let a = authz_with(&[]);
+        let k = key(&["Observation.r", "Observation.s"]);
+        assert!(
+            a.fhir(&k, FhirAction::Read, &obs_in("org-z"), false)
+                .allowed
+        );
+        assert!(
+            a.fhir(&k, FhirAction::Search, &obs_in("org-z"), false)
+                .allowed
+        );
+        assert!(
+            !a.fhir(&k, FhirAction::Update, &obs_in("org-z"), false)
+                .allowed
+        );
+        assert!(
+            !a.fhir(&k, FhirAction::Read, &patient_in("org-z"), false)
+                .allowed
+        );
+        assert!(!a.system(&k, SystemAction::ManageUsers).allowed);
+        let all = key(&["*.r"]);
+        assert!(
+            a.fhir(&all, FhirAction::Read, &patient_in("org-z"), false)
+                .allowed
+        );
+        // A key minted by a clinician of org A reads only what they could.
+        let owned = Principal::test_key(
+            "k2",
+            vec!["*.r".into()],
+            Some(Box::new(user(Role::Clinician, Some("org-a")))),
+        );
+        assert!(
+            a.fhir(&owned, FhirAction::Read, &patient_in("org-a"), false)
+                .allowed
+        );
+        assert!(
+            !a.fhir(&owned, FhirAction::Read, &patient_in("org-b"), false)
+                .allowed
+        );
+        assert!(
+            !a.fhir(&owned, FhirAction::Update, &patient_in("org-a"), false)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn forbid_wins_and_invalid_policies_are_refused() {
+        let a = authz_with(&[(
+            "no-restricted",
+            r#"forbid (principal, action, resource is CareVault::Resource) when { resource.security.contains("R") };"#,
+        )]);
+        let clin = user(Role::Clinician, Some("org-a"));
+        let mut restricted = patient_in("org-a");
+        restricted.security = vec!["R".into()];
+        let d = a.fhir(&clin, FhirAction::Read, &restricted, false);
+        assert!(!d.allowed);
+        assert_eq!(d.policies, ["custom.no-restricted"]);
+        assert!(
+            a.fhir(&clin, FhirAction::Read, &patient_in("org-a"), false)
+                .allowed
+        );
+
+        let syntax = a
+            .check_custom("bad", "permit (principal, action, resource) when {")
+            .unwrap_err();
+        assert!(!syntax.0.is_empty());
+        let unknown_attr = a
+            .check_custom(
+                "bad",
+                "permit (principal, action, resource) when { resource.colour == \"red\" };",
+            )
+            .unwrap_err();
+        assert!(
+            unknown_attr.0.iter().any(|d| d.contains("colour")),
+            "{:?}",
+            unknown_attr.0
+        );
+        assert!(
+            a.check_custom("Bad Name", "permit (principal, action, resource);")
+                .is_err()
+        );
+        assert!(
+            a.check_custom("tpl", "permit (principal == ?principal, action, resource);")
+                .is_err()
+        );
+        assert!(a.check_custom("ok", "permit (principal in CareVault::Role::\"auditor\", action == CareVault::Action::\"read\", resource);").is_ok());
+        assert_eq!(
+            check_policy_text("forbid (principal, action, resource);").unwrap(),
+            1
+        );
+    }
+}

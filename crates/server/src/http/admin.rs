@@ -1,0 +1,240 @@
+//! Policies, API keys, break-glass and metrics endpoints.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{Authenticated, require};
+use super::error::ApiError;
+use super::{AppState, json_body, json_response};
+use crate::audit::AuditScope;
+use crate::authz::{SystemAction, validate_policy_name};
+use crate::error::Error;
+use crate::identity::{NewApiKey, PrincipalKind};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    name: String,
+    policy: String,
+}
+
+pub async fn put_policy(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
+    let req: PolicyRequest = json_body(&state, &headers, body).await?;
+    validate_policy_name(&req.name)?;
+    match state
+        .inner
+        .authz
+        .put_policy(&audit, &req.name, &req.policy)
+        .await?
+    {
+        Ok(version) => Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"name": req.name, "policy_set_version": version}),
+        )),
+        Err(rejected) => {
+            // Cedar's diagnostics concern the policy text the admin sent; no PHI.
+            let issues: Vec<_> = rejected
+                .0
+                .iter()
+                .map(|d| json!({"severity": "error", "code": "invalid", "diagnostics": d}))
+                .collect();
+            let body = json!({"resourceType": "OperationOutcome", "issue": issues});
+            Ok(super::error::fhir_json(
+                StatusCode::BAD_REQUEST,
+                body.to_string().into_bytes(),
+            ))
+        }
+    }
+}
+
+pub async fn list_policies(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
+    let version = state.inner.authz.reload().await?;
+    let policies: Vec<_> = state
+        .inner
+        .authz
+        .custom_policies()
+        .into_iter()
+        .map(|r| json!({"name": r.name, "policy": r.text, "updated_at": crate::clock::fhir_instant(r.updated_at * 1_000_000)}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"policy_set_version": version, "builtin": crate::authz::BUILTIN_POLICIES, "policies": policies}),
+    ))
+}
+
+pub async fn get_policy(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
+    let found = state
+        .inner
+        .authz
+        .custom_policies()
+        .into_iter()
+        .find(|r| r.name == name)
+        .ok_or(Error::NotFound)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": found.name, "policy": found.text}),
+    ))
+}
+
+pub async fn delete_policy(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
+    state.inner.authz.delete_policy(&audit, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Service keys (admin).
+pub async fn create_service_key(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    let req: NewApiKey = json_body(&state, &headers, body).await?;
+    let created = state
+        .inner
+        .identity
+        .create_api_key(&audit, None, &req)
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    let keys = state.inner.identity.list_api_keys(None).await?;
+    Ok(json_response(StatusCode::OK, &json!({"api_keys": keys})))
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    state
+        .inner
+        .identity
+        .revoke_api_key(&audit, None, &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A user's own keys: the grants are the intersection of the scopes and the user's rights.
+pub async fn create_own_key(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !matches!(p.kind, PrincipalKind::User) {
+        return Err(Error::Forbidden.into());
+    }
+    let req: NewApiKey = json_body(&state, &headers, body).await?;
+    let created = state
+        .inner
+        .identity
+        .create_api_key(&audit, Some(&p), &req)
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+pub async fn list_own_keys(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    let keys = state.inner.identity.list_api_keys(Some(&p.id)).await?;
+    Ok(json_response(StatusCode::OK, &json!({"api_keys": keys})))
+}
+
+pub async fn revoke_own_key(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state
+        .inner
+        .identity
+        .revoke_api_key(&audit, Some(&p.id), &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassRequest {
+    reason: String,
+    #[serde(default)]
+    patient: Option<String>,
+}
+
+pub async fn break_glass(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::BreakGlass)?;
+    let req: BreakGlassRequest = json_body(&state, &headers, body).await?;
+    let minutes = state.inner.config.break_glass_minutes;
+    let until = state
+        .inner
+        .identity
+        .break_glass(&audit, &p, &req.reason, req.patient.as_deref(), minutes)
+        .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"expires_at": until, "minutes": minutes}),
+    ))
+}
+
+/// Prometheus text format: request counts by route and status class. Auditors and developers.
+pub async fn metrics(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::MetricsRead)?;
+    let mut resp = state.inner.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
