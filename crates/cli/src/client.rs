@@ -91,6 +91,13 @@ impl Client {
                 }
                 req.call()
             }
+            ("DELETE", _) => {
+                let mut req = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
             (_, body) => {
                 let mut req = self
                     .agent

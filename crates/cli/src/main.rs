@@ -71,10 +71,74 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Custom authorization policies (Cedar): add, list, remove (admin), test offline.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// API keys: service keys (admin, `--service`) or your own (limited to your rights).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Emergency read access beyond your organizations (clinicians), loudly audited.
+    BreakGlass {
+        /// Why (at least 20 characters); recorded in the audit trail.
+        #[arg(long)]
+        reason: String,
+        /// Limit the access to one patient (`Patient/ID` or `ID`).
+        #[arg(long)]
+        patient: Option<String>,
+    },
     /// The audit trail: verify it offline, export it, search it, compute digests.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Add (or replace) a custom policy from a Cedar file; refused with Cedar's diagnostics if invalid.
+    Add {
+        name: String,
+        file: PathBuf,
+    },
+    List,
+    Rm {
+        name: String,
+    },
+    /// Validate a Cedar file against the shipped schema and built-in policies, offline.
+    Test {
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; prints it once.
+    Create {
+        name: String,
+        /// SMART v2 scopes, e.g. system/Observation.rs (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: i64,
+        /// Accept the key only from these networks (repeatable), e.g. 10.0.0.0/8.
+        #[arg(long = "allow-cidr")]
+        allowed_cidrs: Vec<String>,
+        /// A service key (admin) instead of a key of your own.
+        #[arg(long)]
+        service: bool,
+    },
+    List {
+        #[arg(long)]
+        service: bool,
+    },
+    Revoke {
+        name: String,
+        #[arg(long)]
+        service: bool,
     },
 }
 
@@ -250,6 +314,21 @@ fn run(cli: Cli) -> Result<()> {
         } => enroll(&server, ca_cert.as_deref(), &token),
         Command::User { command } => user(command),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Policy { command } => policy(command),
+        Command::Key { command } => key(command),
+        Command::BreakGlass { reason, patient } => {
+            let client = Client::from_session()?;
+            let granted = client.expect(
+                "POST",
+                "/auth/break-glass",
+                Some(&json!({"reason": reason, "patient": patient})),
+            )?;
+            println!(
+                "break-glass access granted until {}; every use is audited and raises a security alert",
+                granted["expires_at"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -580,6 +659,127 @@ fn user(command: UserCommand) -> Result<()> {
                 "enrollment token for {username}: {}",
                 reset["enrollment_token"].as_str().unwrap_or_default()
             );
+        }
+    }
+    Ok(())
+}
+
+fn policy(command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Test { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            match carevault_server::authz::check_policy_text(&text) {
+                Ok(n) => {
+                    println!("{}: {n} valid policies", file.display());
+                    Ok(())
+                }
+                Err(rejected) => {
+                    for d in &rejected.0 {
+                        eprintln!("{d}");
+                    }
+                    bail!("{} is not a valid CareVault policy", file.display())
+                }
+            }
+        }
+        PolicyCommand::Add { name, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let client = Client::from_session()?;
+            let (status, body) = client.call(
+                "POST",
+                "/admin/policies",
+                Some(&json!({"name": name, "policy": text})),
+            )?;
+            if status == 201 {
+                println!(
+                    "policy {name} is in force (policy set version {})",
+                    body["policy_set_version"]
+                );
+                return Ok(());
+            }
+            for issue in body["issue"].as_array().into_iter().flatten() {
+                eprintln!("{}", issue["diagnostics"].as_str().unwrap_or_default());
+            }
+            bail!("the server refused the policy ({status}); nothing changed")
+        }
+        PolicyCommand::List => {
+            let client = Client::from_session()?;
+            let listed = client.expect("GET", "/admin/policies", None)?;
+            println!("policy set version {}", listed["policy_set_version"]);
+            for p in listed["policies"].as_array().into_iter().flatten() {
+                println!(
+                    "--- {} (updated {})",
+                    p["name"].as_str().unwrap_or_default(),
+                    p["updated_at"].as_str().unwrap_or_default()
+                );
+                println!("{}", p["policy"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        PolicyCommand::Rm { name } => {
+            let client = Client::from_session()?;
+            client.expect("DELETE", &format!("/admin/policies/{name}"), None)?;
+            println!("policy {name} removed");
+            Ok(())
+        }
+    }
+}
+
+fn key(command: KeyCommand) -> Result<()> {
+    let client = Client::from_session()?;
+    let base = |service: bool| {
+        if service {
+            "/admin/api-keys"
+        } else {
+            "/auth/api-keys"
+        }
+    };
+    match command {
+        KeyCommand::Create {
+            name,
+            scopes,
+            expires_in_days,
+            allowed_cidrs,
+            service,
+        } => {
+            let cidrs = (!allowed_cidrs.is_empty()).then_some(allowed_cidrs);
+            let created = client.expect(
+                "POST",
+                base(service),
+                Some(&json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days, "allowed_cidrs": cidrs})),
+            )?;
+            println!(
+                "api key {}: {}",
+                name,
+                created["key"].as_str().unwrap_or_default()
+            );
+            println!(
+                "(shown once; expires {})",
+                created["expires_at"].as_str().unwrap_or_default()
+            );
+        }
+        KeyCommand::List { service } => {
+            let listed = client.expect("GET", base(service), None)?;
+            for k in listed["api_keys"].as_array().into_iter().flatten() {
+                let scopes: Vec<&str> = k["scopes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .collect();
+                println!(
+                    "{:<24} {:<8} expires {} scopes {}",
+                    k["name"].as_str().unwrap_or_default(),
+                    k["state"].as_str().unwrap_or_default(),
+                    k["expires_at"].as_str().unwrap_or_default(),
+                    scopes.join(" ")
+                );
+            }
+        }
+        KeyCommand::Revoke { name, service } => {
+            client.expect("DELETE", &format!("{}/{name}", base(service)), None)?;
+            println!("api key {name} revoked");
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! directory and speaks HTTPS to it.
 
 mod audit;
+mod authz;
 mod canary;
 mod cli;
 mod e2e;

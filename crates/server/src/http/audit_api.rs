@@ -195,8 +195,14 @@ fn to_audit_event(e: &StoredEvent) -> Option<Value> {
     if !entities.is_empty() || !detail.is_empty() {
         entities.push(json!({"what": {"display": "request"}, "detail": detail}));
     }
+    let purpose: Vec<Value> = r
+        .break_glass_reason
+        .iter()
+        .map(|reason| json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG", "display": "break the glass"}], "text": reason}))
+        .collect();
     Some(json!({
         "resourceType": "AuditEvent",
+        "purposeOfEvent": purpose,
         "id": format!("{}-{}", e.node, e.seq),
         "type": {"system": type_system, "code": type_code, "display": type_display},
         "subtype": [{"system": "urn:carevault:action", "code": r.action}],

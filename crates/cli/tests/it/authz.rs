@@ -1,0 +1,530 @@
+//! Least privilege, decided by Cedar, driven end to end over HTTPS: the policy matrix of every
+//! built-in role x action class x own/foreign organization x with/without break-glass; API key
+//! scopes, expiry, revocation and CIDRs; custom policies.
+
+use carevault_testkit::{Account, Api, TestServer};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::{observation, server};
+
+fn patient_of(org: &str, family: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "name": [{"family": family}],
+        "managingOrganization": {"reference": format!("Organization/{org}")}
+    })
+}
+
+fn id_of(r: &carevault_testkit::Reply) -> String {
+    assert!(r.status == 201, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+struct World {
+    srv: TestServer,
+    admin: Account,
+    clin_a: Account,
+    auditor: Account,
+    developer: Account,
+    patient_a: String,
+    patient_b: String,
+    obs_b: String,
+}
+
+fn world() -> World {
+    let srv = server();
+    let admin = srv.admin();
+    let clin_a = srv.user(&admin, "dr.alpha", &["clinician"], Some("org-a"));
+    let clin_b = srv.user(&admin, "dr.beta", &["clinician"], Some("org-b"));
+    let auditor = srv.user(&admin, "ann.audit", &["auditor"], None);
+    let developer = srv.user(&admin, "dev.ops", &["developer"], None);
+    let patient_a = id_of(
+        &clin_a
+            .api
+            .post_fhir("/fhir/Patient", &patient_of("org-a", "Alpha")),
+    );
+    let patient_b = id_of(
+        &clin_b
+            .api
+            .post_fhir("/fhir/Patient", &patient_of("org-b", "Beta")),
+    );
+    id_of(
+        &clin_a
+            .api
+            .post_fhir("/fhir/Observation", &observation(&patient_a, "a")),
+    );
+    let obs_b = id_of(
+        &clin_b
+            .api
+            .post_fhir("/fhir/Observation", &observation(&patient_b, "b")),
+    );
+    World {
+        srv,
+        admin,
+        clin_a,
+        auditor,
+        developer,
+        patient_a,
+        patient_b,
+        obs_b,
+    }
+}
+
+/// The status each action class answers for `api` on the patient `pid` (and its compartment).
+fn statuses(api: &Api, pid: &str) -> Vec<(&'static str, u16)> {
+    let mut update = patient_of("org-a", "Changed");
+    update["id"] = json!(pid);
+    // The update keeps the patient's own organization, whatever it is.
+    let current = api.get(&format!("/fhir/Patient/{pid}"));
+    if current.status == 200 {
+        update["managingOrganization"] = current.json()["managingOrganization"].clone();
+    }
+    vec![
+        ("read", api.get(&format!("/fhir/Patient/{pid}")).status),
+        (
+            "vread",
+            api.get(&format!("/fhir/Patient/{pid}/_history/1")).status,
+        ),
+        (
+            "history",
+            api.get(&format!("/fhir/Patient/{pid}/_history")).status,
+        ),
+        (
+            "update",
+            api.put_fhir(&format!("/fhir/Patient/{pid}"), &update, &[])
+                .status,
+        ),
+        (
+            "create",
+            api.post_fhir("/fhir/Observation", &observation(pid, "x"))
+                .status,
+        ),
+        ("manage-users", api.get("/admin/users").status),
+        ("manage-policies", api.get("/admin/policies").status),
+        ("manage-keys", api.get("/admin/api-keys").status),
+        ("audit-read", api.get("/audit/events?_count=1").status),
+        ("metrics-read", api.get("/metrics").status),
+    ]
+}
+
+fn expect(who: &str, got: &[(&str, u16)], want: &[u16]) {
+    let labels: Vec<&str> = got.iter().map(|(l, _)| *l).collect();
+    let statuses: Vec<u16> = got.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, want, "{who}: {labels:?}");
+}
+
+#[test]
+fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
+    let w = world();
+    let (own, foreign) = (&w.patient_a, &w.patient_b);
+    //                       read vread hist  upd create users pol  keys audit metrics
+    let no_phi_admin = [403, 403, 403, 403, 403, 200, 200, 200, 403, 403];
+    let no_phi_auditor = [403, 403, 403, 403, 403, 403, 403, 403, 200, 200];
+    let no_phi_developer = [403, 403, 403, 403, 403, 403, 403, 403, 403, 200];
+    let clin_own = [200, 200, 200, 200, 201, 403, 403, 403, 403, 403];
+    // A foreign patient is indistinguishable from a missing one; creating into it is refused.
+    let clin_foreign = [404, 404, 404, 404, 403, 403, 403, 403, 403, 403];
+    for (who, account, own_want, foreign_want) in [
+        ("admin", &w.admin, no_phi_admin, no_phi_admin),
+        ("auditor", &w.auditor, no_phi_auditor, no_phi_auditor),
+        (
+            "developer",
+            &w.developer,
+            no_phi_developer,
+            no_phi_developer,
+        ),
+        ("clinician", &w.clin_a, clin_own, clin_foreign),
+    ] {
+        expect(
+            &format!("{who}, own organization"),
+            &statuses(&account.api, own),
+            &own_want,
+        );
+        expect(
+            &format!("{who}, foreign organization"),
+            &statuses(&account.api, foreign),
+            &foreign_want,
+        );
+    }
+    // A foreign patient answers exactly like one that does not exist.
+    let missing = w.clin_a.api.get("/fhir/Patient/does-not-exist");
+    let hidden = w.clin_a.api.get(&format!("/fhir/Patient/{foreign}"));
+    assert_eq!(
+        (missing.status, missing.body.clone()),
+        (hidden.status, hidden.body.clone())
+    );
+    assert_eq!(
+        w.clin_a
+            .api
+            .get(&format!("/fhir/Observation/{}", w.obs_b))
+            .status,
+        404
+    );
+    // Type history holds only what the caller may read.
+    let listed = w.clin_a.api.get("/fhir/Patient/_history").json();
+    let ids: Vec<&str> = listed["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&own.as_str()) && !ids.contains(&foreign.as_str()),
+        "{ids:?}"
+    );
+
+    // Break-glass: only clinicians may ask, with a real reason.
+    let reason = "Unconscious patient in the emergency department, allergies needed";
+    for other in [&w.admin, &w.auditor, &w.developer] {
+        assert_eq!(
+            other
+                .api
+                .post_json("/auth/break-glass", &json!({"reason": reason}))
+                .status,
+            403
+        );
+    }
+    assert_eq!(
+        w.clin_a
+            .api
+            .post_json("/auth/break-glass", &json!({"reason": "emergency"}))
+            .status,
+        400
+    );
+    let granted = w.clin_a.api.post_json(
+        "/auth/break-glass",
+        &json!({"reason": reason, "patient": foreign}),
+    );
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    // With break-glass: reads of that patient open up; writes and everything else do not.
+    let clin_break_glass = [200, 200, 200, 404, 403, 403, 403, 403, 403, 403];
+    expect(
+        "clinician, foreign organization, break-glass",
+        &statuses(&w.clin_a.api, foreign),
+        &clin_break_glass,
+    );
+    expect(
+        "clinician, own organization, break-glass",
+        &statuses(&w.clin_a.api, own),
+        &clin_own,
+    );
+    for (who, account, want) in [
+        ("admin", &w.admin, no_phi_admin),
+        ("auditor", &w.auditor, no_phi_auditor),
+        ("developer", &w.developer, no_phi_developer),
+    ] {
+        expect(
+            &format!("{who}, foreign organization, break-glass asked"),
+            &statuses(&account.api, foreign),
+            &want,
+        );
+    }
+    // Every break-glass read is marked in the trail and raises a security alert.
+    let trail = w
+        .auditor
+        .api
+        .get(&format!("/audit/events?patient={foreign}&action=read"))
+        .json();
+    let marked = trail["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["purposeOfEvent"][0]["coding"][0]["code"] == "BTG")
+        .count();
+    assert!(marked >= 1, "{trail}");
+    assert!(w.srv.logs().contains("break_glass_access"));
+    let decided = w
+        .auditor
+        .api
+        .get(&format!("/audit/events?patient={own}&action=read&_count=1"))
+        .json();
+    assert_eq!(
+        decided["entry"][0]["resource"]["agent"][0]["policy"][0],
+        "builtin.clinician.own-organization",
+        "events name the deciding policies"
+    );
+}
+
+#[test]
+fn api_keys_grant_their_scopes_and_nothing_else() {
+    let w = world();
+    let create = |api: &Api, path: &str, body: Value| {
+        let r = api.post_json(path, &body);
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["key"].as_str().unwrap().to_owned()
+    };
+    let obs_key = create(
+        &w.admin.api,
+        "/admin/api-keys",
+        json!({"name": "lab-feed", "scopes": ["system/Observation.rs"], "expires_in_days": 30}),
+    );
+    assert!(obs_key.starts_with("cvk_"));
+    let key = w.srv.api().with_token(&obs_key);
+    assert_eq!(
+        key.get(&format!("/fhir/Observation/{}", w.obs_b)).status,
+        200
+    );
+    assert_eq!(key.get("/fhir/Observation/_history").status, 200);
+    assert_eq!(
+        key.get(&format!("/fhir/Patient/{}", w.patient_a)).status,
+        403
+    );
+    assert_eq!(
+        key.post_fhir("/fhir/Observation", &observation(&w.patient_a, "k"))
+            .status,
+        403
+    );
+    assert_eq!(key.get("/admin/users").status, 403);
+    assert_eq!(key.get("/audit/events").status, 403);
+    // Keys are stored hashed, shown once.
+    let listed = w.admin.api.get("/admin/api-keys").text();
+    assert!(listed.contains("lab-feed") && !listed.contains(&obs_key));
+
+    // Refused: bad scopes, too long, not an admin.
+    assert_eq!(
+        w.admin
+            .api
+            .post_json(
+                "/admin/api-keys",
+                &json!({"name": "x1", "scopes": ["Observation.read"]})
+            )
+            .status,
+        400
+    );
+    assert_eq!(
+        w.admin
+            .api
+            .post_json(
+                "/admin/api-keys",
+                &json!({"name": "x2", "scopes": ["system/Observation.r"], "expires_in_days": 91})
+            )
+            .status,
+        400
+    );
+    assert_eq!(
+        w.clin_a
+            .api
+            .post_json(
+                "/admin/api-keys",
+                &json!({"name": "x3", "scopes": ["system/*.cruds"]})
+            )
+            .status,
+        403
+    );
+
+    // Revoked, expired and out-of-CIDR keys answer 401.
+    let revoked = create(
+        &w.admin.api,
+        "/admin/api-keys",
+        json!({"name": "old-feed", "scopes": ["system/Observation.r"]}),
+    );
+    assert_eq!(
+        w.srv
+            .api()
+            .with_token(&revoked)
+            .get(&format!("/fhir/Observation/{}", w.obs_b))
+            .status,
+        200
+    );
+    assert_eq!(w.admin.api.delete("/admin/api-keys/old-feed").status, 204);
+    assert_eq!(
+        w.srv
+            .api()
+            .with_token(&revoked)
+            .get(&format!("/fhir/Observation/{}", w.obs_b))
+            .status,
+        401
+    );
+    let expiring = create(
+        &w.admin.api,
+        "/admin/api-keys",
+        json!({"name": "expiring", "scopes": ["system/Observation.r"], "expires_in_days": 1}),
+    );
+    let db = Connection::open(w.srv.db_path()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute(
+        "UPDATE api_key SET expires_at = 1 WHERE name = 'expiring'",
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        w.srv
+            .api()
+            .with_token(&expiring)
+            .get(&format!("/fhir/Observation/{}", w.obs_b))
+            .status,
+        401
+    );
+    let elsewhere = create(
+        &w.admin.api,
+        "/admin/api-keys",
+        json!({"name": "elsewhere", "scopes": ["system/Observation.r"], "allowed_cidrs": ["10.0.0.0/8"]}),
+    );
+    assert_eq!(
+        w.srv
+            .api()
+            .with_token(&elsewhere)
+            .get(&format!("/fhir/Observation/{}", w.obs_b))
+            .status,
+        401
+    );
+    let local = create(
+        &w.admin.api,
+        "/admin/api-keys",
+        json!({"name": "local", "scopes": ["system/Observation.r"], "allowed_cidrs": ["127.0.0.0/8", "::1/128"]}),
+    );
+    assert_eq!(
+        w.srv
+            .api()
+            .with_token(&local)
+            .get(&format!("/fhir/Observation/{}", w.obs_b))
+            .status,
+        200
+    );
+
+    // A key a clinician mints for themselves never exceeds their own rights.
+    let mine = create(
+        &w.clin_a.api,
+        "/auth/api-keys",
+        json!({"name": "my-script", "scopes": ["user/*.rs"]}),
+    );
+    let mine = w.srv.api().with_token(&mine);
+    assert_eq!(
+        mine.get(&format!("/fhir/Patient/{}", w.patient_a)).status,
+        200
+    );
+    assert_eq!(
+        mine.get(&format!("/fhir/Patient/{}", w.patient_b)).status,
+        404
+    );
+    let mut update = patient_of("org-a", "Nope");
+    update["id"] = json!(w.patient_a);
+    assert_eq!(
+        mine.put_fhir(&format!("/fhir/Patient/{}", w.patient_a), &update, &[])
+            .status,
+        403
+    );
+    assert_eq!(
+        w.clin_a.api.get("/auth/api-keys").json()["api_keys"][0]["name"],
+        "my-script"
+    );
+    assert_eq!(
+        w.clin_a.api.delete("/auth/api-keys/lab-feed").status,
+        404,
+        "only one's own keys"
+    );
+    assert_eq!(w.clin_a.api.delete("/auth/api-keys/my-script").status, 204);
+    assert_eq!(
+        mine.get(&format!("/fhir/Patient/{}", w.patient_a)).status,
+        401
+    );
+}
+
+#[test]
+fn custom_policies_are_validated_and_take_effect_on_the_next_request() {
+    let w = world();
+    let practitioner = w.clin_a.api.post_fhir(
+        "/fhir/Practitioner",
+        &json!({"resourceType": "Practitioner", "name": [{"family": "House"}]}),
+    );
+    let pr = id_of(&practitioner);
+    assert_eq!(
+        w.clin_a.api.get(&format!("/fhir/Practitioner/{pr}")).status,
+        200
+    );
+
+    // Invalid: refused with Cedar's own diagnostics, nothing changes.
+    let before = w.admin.api.get("/admin/policies").json()["policy_set_version"].clone();
+    let bad = w.admin.api.post_json(
+        "/admin/policies",
+        &json!({"name": "typo", "policy": "forbid (principal, action, resource is CareVault::Resource) when { resource.colour == \"red\" };"}),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("colour"), "{}", bad.text());
+    let syntax = w.admin.api.post_json(
+        "/admin/policies",
+        &json!({"name": "broken", "policy": "permit (principal, action"}),
+    );
+    assert_eq!(syntax.status, 400);
+    assert_eq!(
+        w.admin.api.get("/admin/policies").json()["policy_set_version"],
+        before
+    );
+    assert_eq!(
+        w.clin_a
+            .api
+            .post_json(
+                "/admin/policies",
+                &json!({"name": "mine", "policy": "permit (principal, action, resource);"})
+            )
+            .status,
+        403
+    );
+
+    // A valid forbid applies to the very next request; removing it restores access.
+    let forbid = w.admin.api.post_json(
+        "/admin/policies",
+        &json!({"name": "no-practitioners", "policy": "forbid (principal, action == CareVault::Action::\"read\", resource is CareVault::Resource) when { resource.type == \"Practitioner\" };"}),
+    );
+    assert_eq!(forbid.status, 201, "{}", forbid.text());
+    assert_eq!(
+        w.clin_a.api.get(&format!("/fhir/Practitioner/{pr}")).status,
+        403
+    );
+    assert_eq!(
+        w.clin_a
+            .api
+            .get(&format!("/fhir/Patient/{}", w.patient_a))
+            .status,
+        200
+    );
+    let listed = w.admin.api.get("/admin/policies").json();
+    assert_eq!(listed["policies"][0]["name"], "no-practitioners");
+    assert_eq!(
+        w.admin
+            .api
+            .delete("/admin/policies/no-practitioners")
+            .status,
+        204
+    );
+    assert_eq!(
+        w.clin_a.api.get(&format!("/fhir/Practitioner/{pr}")).status,
+        200
+    );
+    assert_eq!(
+        w.admin
+            .api
+            .delete("/admin/policies/no-practitioners")
+            .status,
+        404
+    );
+
+    // `carevault policy test` checks a file offline.
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.cedar");
+    std::fs::write(&good, "forbid (principal, action, resource is CareVault::Resource) when { resource.security.contains(\"R\") };").unwrap();
+    let out = std::process::Command::new(crate::bin())
+        .args(["policy", "test"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit (principal, action, resource) when { resource.colour };",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::bin())
+        .args(["policy", "test"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+}
