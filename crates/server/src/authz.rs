@@ -20,7 +20,7 @@ use cedar_policy::{
 use crate::audit::AuditScope;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
-use crate::identity::{Principal, PrincipalKind};
+use crate::identity::{Principal, PrincipalKind, Role};
 
 pub const SCHEMA: &str = include_str!("../policies/schema.cedarschema");
 pub const BUILTIN_POLICIES: &str = include_str!("../policies/builtin.cedar");
@@ -115,8 +115,171 @@ pub struct Decision {
 
 struct Loaded {
     version: i64,
-    set: PolicySet,
     custom: Vec<PolicyRow>,
+    index: PolicyIndex,
+}
+
+impl Loaded {
+    fn new(version: i64, set: PolicySet, custom: Vec<PolicyRow>, actions: &Entities) -> Self {
+        Self {
+            version,
+            custom,
+            index: PolicyIndex::new(&set, actions),
+        }
+    }
+}
+
+/// Cedar evaluates every policy it is given, and even one whose scope cannot match costs about a
+/// microsecond. The index hands each request only the policies whose principal and action
+/// scopes can match it (the decision is the same: a policy out of scope is never satisfied), in
+/// policy sets cached per (action, principal type, roles).
+struct PolicyIndex {
+    entries: Vec<(Policy, Scope)>,
+    /// action -> itself and the groups it belongs to.
+    action_groups: HashMap<String, HashSet<String>>,
+    /// action -> its entity and its groups' entities (the hierarchy a request needs).
+    action_entities: HashMap<String, Vec<Entity>>,
+    buckets: RwLock<HashMap<(String, bool, u8), Arc<PolicySet>>>,
+}
+
+struct Scope {
+    principal: PrincipalScope,
+    /// None: any action.
+    actions: Option<HashSet<String>>,
+}
+
+enum PrincipalScope {
+    Any,
+    /// `principal in Role::"x"` (optionally with a type).
+    Role(Option<String>, String),
+    /// `principal is T`, `principal == T::"id"`, or another shape: kept for that type.
+    Type(String),
+    /// A shape the index does not reason about: always kept.
+    Keep,
+}
+
+const ROLE_NAMES: [&str; 5] = ["admin", "clinician", "auditor", "developer", "service"];
+
+impl PolicyIndex {
+    fn new(set: &PolicySet, actions: &Entities) -> Self {
+        let mut action_groups: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut action_entities: HashMap<String, Vec<Entity>> = HashMap::new();
+        for entity in actions.iter() {
+            let uid = entity.uid();
+            let name = uid.id().unescaped().to_owned();
+            let mut groups: HashSet<String> = actions
+                .ancestors(&uid)
+                .map(|a| a.map(|g| g.id().unescaped().to_owned()).collect())
+                .unwrap_or_default();
+            groups.insert(name.clone());
+            let chain: Vec<Entity> = actions
+                .iter()
+                .filter(|e| groups.contains(e.uid().id().unescaped()))
+                .cloned()
+                .collect();
+            action_entities.insert(name.clone(), chain);
+            action_groups.insert(name, groups);
+        }
+        let entries = set
+            .policies()
+            .map(|p| {
+                let principal = match p.principal_constraint() {
+                    cedar_policy::PrincipalConstraint::Any => PrincipalScope::Any,
+                    cedar_policy::PrincipalConstraint::In(uid) => role_scope(None, &uid),
+                    cedar_policy::PrincipalConstraint::IsIn(t, uid) => {
+                        role_scope(Some(type_name(&t)), &uid)
+                    }
+                    cedar_policy::PrincipalConstraint::Is(t) => PrincipalScope::Type(type_name(&t)),
+                    cedar_policy::PrincipalConstraint::Eq(uid) => {
+                        PrincipalScope::Type(type_name(&uid.type_name().clone()))
+                    }
+                };
+                let actions = match p.action_constraint() {
+                    cedar_policy::ActionConstraint::Any => None,
+                    cedar_policy::ActionConstraint::Eq(uid) => {
+                        Some(HashSet::from([uid.id().unescaped().to_owned()]))
+                    }
+                    cedar_policy::ActionConstraint::In(uids) => {
+                        Some(uids.iter().map(|u| u.id().unescaped().to_owned()).collect())
+                    }
+                };
+                (p.clone(), Scope { principal, actions })
+            })
+            .collect();
+        Self {
+            entries,
+            action_groups,
+            action_entities,
+            buckets: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The policies that can apply to `action` by a principal of this kind and these roles.
+    fn bucket(&self, action: &str, is_key: bool, roles: &[Role]) -> Arc<PolicySet> {
+        let mask = roles.iter().fold(0u8, |m, r| {
+            m | 1
+                << ROLE_NAMES
+                    .iter()
+                    .position(|n| *n == r.as_str())
+                    .unwrap_or(7)
+        });
+        let key = (action.to_owned(), is_key, mask);
+        if let Some(set) = self
+            .buckets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return set.clone();
+        }
+        let principal_type = if is_key { "ApiKey" } else { "User" };
+        let groups = self.action_groups.get(action);
+        let role_names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        let applies = |scope: &Scope| {
+            let action_ok = match (&scope.actions, groups) {
+                (None, _) => true,
+                (Some(wanted), Some(groups)) => wanted.iter().any(|w| groups.contains(w)),
+                (Some(_), None) => true,
+            };
+            let principal_ok = match &scope.principal {
+                PrincipalScope::Any | PrincipalScope::Keep => true,
+                PrincipalScope::Type(t) => t == principal_type,
+                PrincipalScope::Role(t, role) => {
+                    t.as_deref().is_none_or(|t| t == principal_type)
+                        && role_names.contains(&role.as_str())
+                }
+            };
+            action_ok && principal_ok
+        };
+        let policies = self
+            .entries
+            .iter()
+            .filter(|(_, scope)| applies(scope))
+            .map(|(p, _)| p.clone());
+        // A subset of a valid set is valid; should it fail anyway, the full set decides alike.
+        let set = Arc::new(PolicySet::from_policies(policies).unwrap_or_else(|_| {
+            PolicySet::from_policies(self.entries.iter().map(|(p, _)| p.clone()))
+                .unwrap_or_default()
+        }));
+        self.buckets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, set.clone());
+        set
+    }
+}
+
+fn type_name(t: &EntityTypeName) -> String {
+    t.basename().to_owned()
+}
+
+fn role_scope(ty: Option<String>, uid: &EntityUid) -> PrincipalScope {
+    let parent_type = type_name(uid.type_name());
+    match parent_type.as_str() {
+        "Role" => PrincipalScope::Role(ty, uid.id().unescaped().to_owned()),
+        "User" | "ApiKey" => PrincipalScope::Type(parent_type),
+        _ => PrincipalScope::Keep,
+    }
 }
 
 pub struct Authz {
@@ -130,6 +293,26 @@ pub struct Authz {
     clock: SharedClock,
     /// compartment -> managing organization.
     organizations: RwLock<HashMap<String, Option<String>>>,
+    /// Principals' Cedar entities, keyed by everything they are built from.
+    principals: RwLock<HashMap<String, (EntityUid, Vec<Entity>)>>,
+}
+
+/// Principals whose entities stay built (the cache is cleared when full).
+const PRINCIPAL_CACHE: usize = 10_000;
+
+fn principal_cache_key(p: &Principal) -> String {
+    let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+    let scopes = match &p.kind {
+        PrincipalKind::User => String::from("user"),
+        PrincipalKind::ApiKey { scopes, .. } => scopes.join(" "),
+    };
+    format!(
+        "{}\0{}\0{}\0{}",
+        p.id,
+        roles.join(","),
+        p.organization.as_deref().unwrap_or(""),
+        scopes
+    )
 }
 
 /// Why a custom policy was refused: Cedar's own diagnostics.
@@ -141,19 +324,17 @@ impl Authz {
         let schema = shipped_schema()?;
         let builtin = builtin_policies()?;
         let actions = action_entities(&schema)?;
+        let empty = Loaded::new(-1, PolicySet::new(), Vec::new(), &actions);
         let authz = Self {
             actions,
             schema,
             builtin,
-            current: RwLock::new(Arc::new(Loaded {
-                version: -1,
-                set: PolicySet::new(),
-                custom: Vec::new(),
-            })),
+            current: RwLock::new(Arc::new(empty)),
             authorizer: Authorizer::new(),
             store,
             clock,
             organizations: RwLock::new(HashMap::new()),
+            principals: RwLock::new(HashMap::new()),
         };
         authz.reload().await?;
         Ok(authz)
@@ -171,11 +352,8 @@ impl Authz {
                 d.join("; ")
             ))
         })?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Loaded {
-            version,
-            set,
-            custom: rows,
-        });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Loaded::new(version, set, rows, &self.actions));
         Ok(version)
     }
 
@@ -370,6 +548,32 @@ impl Authz {
         }
     }
 
+    /// The principal's entity and its roles' entities, built once per principal (the same
+    /// session asks many times).
+    fn principal_entities(
+        &self,
+        p: &Principal,
+    ) -> std::result::Result<(EntityUid, Vec<Entity>), String> {
+        let key = principal_cache_key(p);
+        if let Some((uid, entities)) = self
+            .principals
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok((uid.clone(), entities.clone()));
+        }
+        let (uid, entity, roles) = principal_entity(p)?;
+        let mut entities = vec![entity];
+        entities.extend(roles);
+        let mut cache = self.principals.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= PRINCIPAL_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, (uid.clone(), entities.clone()));
+        Ok((uid, entities))
+    }
+
     fn evaluate(
         &self,
         principal: &Principal,
@@ -378,9 +582,7 @@ impl Authz {
         break_glass: bool,
     ) -> std::result::Result<Decision, String> {
         let loaded = self.loaded();
-        let (principal_uid, principal_entity, roles) = principal_entity(principal)?;
-        let mut entities = vec![principal_entity];
-        entities.extend(roles);
+        let (principal_uid, mut entities) = self.principal_entities(principal)?;
         let (resource_uid, context) = match fhir {
             Some((action, attrs)) => {
                 let (uid, entity) = resource_entity(attrs)?;
@@ -416,14 +618,23 @@ impl Authz {
             None,
         )
         .map_err(|e| e.to_string())?;
-        let entities = self
-            .actions
-            .clone()
-            .add_entities(entities, None)
-            .map_err(|e| e.to_string())?;
+        entities.extend(
+            loaded
+                .index
+                .action_entities
+                .get(action)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        let policies = loaded.index.bucket(
+            action,
+            matches!(principal.kind, PrincipalKind::ApiKey { .. }),
+            &principal.roles,
+        );
         let response = self
             .authorizer
-            .is_authorized(&request, &loaded.set, &entities);
+            .is_authorized(&request, &policies, &entities);
         if let Some(err) = response.diagnostics().errors().next() {
             tracing::warn!(event = "authz_policy_error", error = %err, "a policy failed to evaluate");
         }
@@ -643,11 +854,12 @@ mod tests {
             actions: action_entities(&schema).unwrap(),
             schema,
             builtin: builtin_policies().unwrap(),
-            current: RwLock::new(Arc::new(Loaded {
-                version: 0,
-                set: PolicySet::new(),
-                custom: Vec::new(),
-            })),
+            current: RwLock::new(Arc::new(Loaded::new(
+                0,
+                PolicySet::new(),
+                Vec::new(),
+                &action_entities(&shipped_schema().unwrap()).unwrap(),
+            ))),
             authorizer: Authorizer::new(),
             // Never reached by these tests; the policy set is compiled in place below.
             store: Arc::new(
@@ -660,6 +872,7 @@ mod tests {
             ),
             clock: Arc::new(crate::clock::SystemClock),
             organizations: RwLock::new(HashMap::new()),
+            principals: RwLock::new(HashMap::new()),
         };
         let rows: Vec<PolicyRow> = custom
             .iter()
@@ -670,11 +883,7 @@ mod tests {
             })
             .collect();
         let set = a.compile(&rows).unwrap_or_else(|e| panic!("{:?}", e.0));
-        *a.current.write().unwrap() = Arc::new(Loaded {
-            version: 1,
-            set,
-            custom: rows,
-        });
+        *a.current.write().unwrap() = Arc::new(Loaded::new(1, set, rows, &a.actions));
         a
     }
 
