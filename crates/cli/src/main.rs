@@ -1,8 +1,10 @@
 //! `carevault`: the server and its command-line client in one binary.
 #![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)] // a command-line tool: standard output is its interface
 
 mod audit_cmd;
 mod client;
+mod version;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -95,6 +97,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print the version; with --deps, the exact dependency versions this binary was built from.
+    Version(version::VersionArgs),
 }
 
 #[derive(Subcommand)]
@@ -313,6 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             token,
         } => enroll(&server, ca_cert.as_deref(), &token),
         Command::User { command } => user(command),
+        Command::Version(args) => version::run(&args),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Policy { command } => policy(command),
         Command::Key { command } => key(command),

@@ -1,6 +1,7 @@
 //! Measures start-up and validation costs of [`carevault_fhir::Validator`].
 //!
 //! Run with `cargo run --release -p carevault-fhir --example validator_timing`.
+#![allow(clippy::print_stdout)] // a benchmark: its output is the point
 
 use std::error::Error;
 use std::hint::black_box;

@@ -9,6 +9,7 @@
 //!   policies that apply to every request, so Cedar evaluates all of them (about 1 µs each).
 //!
 //! `cargo run --release -p carevault-server --example authz_bench [-- ITERATIONS]`
+#![allow(clippy::print_stdout)] // a benchmark: its output is the point
 
 use std::sync::Arc;
 use std::time::Instant;

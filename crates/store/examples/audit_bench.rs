@@ -3,6 +3,7 @@
 //! uses. Prints events per second.
 //!
 //! `cargo run --release -p carevault-store --example audit_bench [-- SECONDS WRITERS]`
+#![allow(clippy::print_stdout)] // a benchmark: its output is the point
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

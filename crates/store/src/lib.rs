@@ -236,6 +236,21 @@ pub enum WriteOp {
         at: i64,
     },
     InsertBreakGlass(BreakGlassRow),
+    /// Replace a resource's blind-index entries (none for a deleted resource).
+    ReplaceSearchIndex {
+        rtype: String,
+        id: String,
+        /// (parameter, truncated keyed HMAC of an index key)
+        tokens: Vec<(String, Vec<u8>)>,
+    },
+}
+
+/// One AND-ed condition of an index lookup: the resource must have, for `param`, at least one
+/// of `tokens`.
+#[derive(Clone, Debug)]
+pub struct IndexClause {
+    pub param: String,
+    pub tokens: Vec<Vec<u8>>,
 }
 
 /// An API key (a sub-account): stored by the hash of the key, never the key.
@@ -362,6 +377,15 @@ pub trait Store: Send + Sync + 'static {
         principal_id: &str,
         now: i64,
     ) -> Result<Vec<BreakGlassRow>, StoreError>;
+
+    /// Ids of current resources of `rtype` whose index satisfies every clause.
+    async fn search_index(
+        &self,
+        rtype: &str,
+        clauses: Vec<IndexClause>,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Ids of every current, not deleted resource of `rtype` (when no index lookup applies).
+    async fn resource_ids(&self, rtype: &str) -> Result<Vec<String>, StoreError>;
 
     async fn audit_search(
         &self,

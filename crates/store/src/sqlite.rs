@@ -12,8 +12,8 @@ use carevault_audit::{Checkpoint, StoredEvent, chain_hash};
 
 use crate::{
     ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry,
-    HistoryQuery, NewAuditEvent, NewResourceVersion, PolicyRow, PrincipalRow, ResourceRow,
-    SessionRow, Store, StoreError, WriteOp,
+    HistoryQuery, IndexClause, NewAuditEvent, NewResourceVersion, PolicyRow, PrincipalRow,
+    ResourceRow, SessionRow, Store, StoreError, WriteOp,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -146,6 +146,16 @@ CREATE TABLE break_glass (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX break_glass_principal ON break_glass (principal_id, until);
+"#,
+    r#"
+CREATE TABLE search_index (
+    rtype TEXT NOT NULL,
+    param TEXT NOT NULL,
+    token BLOB NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (rtype, param, token, id)
+) WITHOUT ROWID;
+CREATE INDEX search_index_resource ON search_index (rtype, id);
 "#,
 ];
 
@@ -617,6 +627,18 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                  VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_history), ?1, NULL, ?2)",
                 &[name, at],
             )?;
+        }
+        WriteOp::ReplaceSearchIndex { rtype, id, tokens } => {
+            exec(
+                "DELETE FROM search_index WHERE rtype = ?1 AND id = ?2",
+                &[rtype, id],
+            )?;
+            for (param, token) in tokens {
+                exec(
+                    "INSERT OR IGNORE INTO search_index (rtype, param, token, id) VALUES (?1, ?2, ?3, ?4)",
+                    &[rtype, param, token, id],
+                )?;
+            }
         }
         WriteOp::InsertBreakGlass(b) => {
             exec(
@@ -1202,6 +1224,57 @@ impl Store for SqliteStore {
                     created_at: r.get(4)?,
                 })
             })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn search_index(
+        &self,
+        rtype: &str,
+        clauses: Vec<IndexClause>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rtype = rtype.to_owned();
+        self.read(move |c| {
+            // One sub-select per clause, intersected; tokens bound as parameters.
+            let mut sql = String::new();
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+            for (i, clause) in clauses.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(" INTERSECT ");
+                }
+                sql.push_str(
+                    "SELECT id FROM search_index WHERE rtype = ? AND param = ? AND token IN (",
+                );
+                args.push(Box::new(rtype.clone()));
+                args.push(Box::new(clause.param.clone()));
+                for (j, token) in clause.tokens.iter().enumerate() {
+                    if j > 0 {
+                        sql.push(',');
+                    }
+                    sql.push('?');
+                    args.push(Box::new(token.clone()));
+                }
+                sql.push(')');
+            }
+            if clauses.is_empty() || clauses.iter().any(|c| c.tokens.is_empty()) {
+                return Ok(Vec::new());
+            }
+            let mut stmt = c.prepare(&sql)?;
+            let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
+            let rows = stmt.query_map(params.as_slice(), |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn resource_ids(&self, rtype: &str) -> Result<Vec<String>, StoreError> {
+        let rtype = rtype.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id FROM resource_current WHERE rtype = ?1 AND deleted = 0",
+            )?;
+            let rows = stmt.query_map([rtype], |r| r.get::<_, String>(0))?;
             rows.collect()
         })
         .await

@@ -483,6 +483,36 @@ impl TestServer {
         self.enroll_and_login(username, &token)
     }
 
+    /// POST a file with curl over HTTP/1.1, as `api` (its token, if any); the status and body.
+    /// A server may answer before reading a large body (413, 401) and close the connection;
+    /// curl reads that early answer where a client still writing would see a broken pipe.
+    pub fn curl_post(&self, api: &Api, path: &str, file: &Path) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--http1.1",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(self.ca_pem())
+        .args(["-H", "Content-Type: application/fhir+json"]);
+        if let Some(token) = &api.token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {token}"));
+        }
+        let out = cmd
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{}{path}", api.base))
+            .output()
+            .unwrap_or_else(|e| panic!("curl is needed for this test: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     /// Stop the server (SIGTERM, then wait).
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();

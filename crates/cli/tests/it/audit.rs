@@ -99,51 +99,14 @@ fn every_route_writes_exactly_one_event_per_request() {
     let before = events(&srv);
     let file = srv.data_dir.parent().unwrap().join("big.json");
     std::fs::write(&file, &big).unwrap();
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--http1.1",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-        ])
-        .arg(srv.ca_pem())
-        .args(["-H", "Content-Type: application/fhir+json", "--data-binary"])
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{}/fhir/Patient", srv.base))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    assert_eq!(srv.curl_post(&srv.api(), "/fhir/Patient", &file).0, 401);
     assert_eq!(
         events(&srv) - before,
         1,
         "the refused upload is audited once"
     );
     let before = events(&srv);
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--http1.1",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-        ])
-        .arg(srv.ca_pem())
-        .args(["-H", "Content-Type: application/fhir+json", "-H"])
-        .arg(format!(
-            "Authorization: Bearer {}",
-            writer.api.token.as_deref().unwrap()
-        ))
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{}/fhir/Patient", srv.base))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+    assert_eq!(srv.curl_post(&writer.api, "/fhir/Patient", &file).0, 413);
     assert_eq!(
         events(&srv) - before,
         1,

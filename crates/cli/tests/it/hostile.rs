@@ -29,34 +29,6 @@ fn assert_outcome(r: &Reply, status: u16, what: &str) {
     );
 }
 
-/// POST a file with curl; returns the status and body.
-fn curl_post(srv: &TestServer, api: &Api, path: &str, file: &std::path::Path) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--http1.1",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "--cacert",
-        ])
-        .arg(srv.ca_pem())
-        .args(["-H", "Content-Type: application/fhir+json", "-H"])
-        .arg(format!(
-            "Authorization: Bearer {}",
-            api.token.as_deref().unwrap_or("")
-        ))
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{}{path}", api.base))
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 fn raw(api: &Api, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
     api.request(method, path, &[("Content-Type", content_type)], Some(body))
 }
@@ -126,7 +98,7 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
     // client still writing sees as a broken pipe; curl reads the early answer, like real clients.
     let big_file = srv.data_dir.parent().unwrap().join("big.json");
     std::fs::write(&big_file, &big).unwrap();
-    let (status, body) = curl_post(&srv, api, "/fhir/Patient", &big_file);
+    let (status, body) = srv.curl_post(api, "/fhir/Patient", &big_file);
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("OperationOutcome"), "{body}");
     assert_outcome(

@@ -2,7 +2,6 @@
 //! 1.3 only), and a listener that completes handshakes concurrently so one slow client cannot
 //! stall the accept loop.
 
-use std::io::BufReader;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use rustls::ServerConfig;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -69,18 +69,17 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, String)> {
         std::fs::read(&config.tls_key)
             .map_err(|e| Error::Unavailable(format!("cannot read tls.key_path: {}", e.kind())))?,
     );
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut BufReader::new(cert_pem.as_slice()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::Unavailable("tls.cert_path is not a PEM certificate".into()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::Unavailable("tls.cert_path is not a PEM certificate".into()))?;
     let first = certs
         .first()
         .ok_or_else(|| Error::Unavailable("tls.cert_path holds no certificate".into()))?;
     let fp = fingerprint(first.as_ref());
-    let key: PrivateKeyDer<'static> =
-        rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
-            .map_err(|_| Error::Unavailable("tls.key_path is not a PEM private key".into()))?
-            .ok_or_else(|| Error::Unavailable("tls.key_path holds no private key".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => Error::Unavailable("tls.key_path holds no private key".into()),
+        _ => Error::Unavailable("tls.key_path is not a PEM private key".into()),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
