@@ -56,6 +56,7 @@ mod depth;
 mod error;
 pub mod outcome;
 mod schema;
+pub mod search;
 mod types;
 mod validate;
 

@@ -20,6 +20,7 @@ use crate::http::tls::{ClientAddr, TlsListener};
 use crate::http::{self, AppState, Services};
 use crate::identity::Identity;
 use crate::records::Records;
+use crate::search::SearchIndex;
 
 pub struct Application {
     listener: Bound,
@@ -69,6 +70,7 @@ impl Application {
             env.keyring.clone(),
             validator,
             authz.clone(),
+            Arc::new(SearchIndex::open(&env.keyring).await?),
             clock.clone(),
         );
 

@@ -176,6 +176,27 @@ impl AuditScope {
         )
     }
 
+    /// The event of one entry of a Bundle: same request, principal and origin; its own action,
+    /// resource and outcome.
+    pub fn child(&self, action: &str, method: &str, entry: usize) -> Self {
+        let base = self.with(|r| r.clone());
+        Self::new(
+            self.inner.audit.clone(),
+            EventRecord {
+                request_id: base.request_id,
+                principal: base.principal,
+                roles: base.roles,
+                auth_method: base.auth_method,
+                client_ip: base.client_ip,
+                action: action.to_owned(),
+                method: method.to_owned(),
+                route: format!("{} entry[{entry}]", base.route),
+                detail: vec![("bundle_entry".to_owned(), entry.to_string())],
+                ..EventRecord::default()
+            },
+        )
+    }
+
     pub fn audit(&self) -> &Arc<Audit> {
         &self.inner.audit
     }
@@ -234,6 +255,15 @@ impl AuditScope {
 
     pub fn set_break_glass(&self, reason: &str) {
         self.with(|r| r.break_glass_reason = Some(reason.to_owned()));
+    }
+
+    /// Record a search parameter given outside the URL (a form body), as digests.
+    pub fn add_query(&self, name: &str, value: &str) {
+        let entry = (
+            self.inner.audit.digest(name),
+            self.inner.audit.digest(value),
+        );
+        self.with(|r| r.query.push(entry));
     }
 
     pub fn add_detail(&self, key: &str, value: String) {

@@ -38,6 +38,7 @@ pub struct FileConfig {
     pub allow_plain_http: Option<bool>,
     pub body_limit_bytes: Option<u64>,
     pub max_json_depth: Option<u64>,
+    pub max_bundle_entries: Option<u64>,
     pub tls: TlsSection,
     pub session: SessionSection,
     pub auth: AuthSection,
@@ -94,6 +95,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("allow_plain_http", Kind::Bool),
     ("body_limit_bytes", Kind::Int),
     ("max_json_depth", Kind::Int),
+    ("max_bundle_entries", Kind::Int),
     ("tls.cert_path", Kind::Str),
     ("tls.key_path", Kind::Str),
     ("session.idle_timeout_secs", Kind::Int),
@@ -221,6 +223,7 @@ pub struct Config {
     pub tls_key: PathBuf,
     pub body_limit_bytes: usize,
     pub max_json_depth: usize,
+    pub max_bundle_entries: usize,
     pub session_idle_secs: i64,
     pub session_lifetime_secs: i64,
     pub enrollment_ttl_secs: i64,
@@ -314,6 +317,13 @@ impl Config {
             256 * 1024 * 1024,
         )?;
         let depth = int("max_json_depth", file.max_json_depth, 64, 4, 512)?;
+        let bundle_entries = int(
+            "max_bundle_entries",
+            file.max_bundle_entries,
+            1000,
+            1,
+            100_000,
+        )?;
         let idle = int(
             "session.idle_timeout_secs",
             file.session.idle_timeout_secs,
@@ -422,6 +432,7 @@ impl Config {
             tls_key,
             body_limit_bytes: body_limit as usize,
             max_json_depth: depth as usize,
+            max_bundle_entries: bundle_entries as usize,
             session_idle_secs: idle as i64,
             session_lifetime_secs: lifetime as i64,
             enrollment_ttl_secs: enrollment_ttl as i64,

@@ -26,6 +26,9 @@ pub enum Error {
     Conflict(String),
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
+    /// Over a size limit (a Bundle with too many entries).
+    #[error("too large: {0}")]
+    TooLarge(String),
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
     /// A dependency (database, key provider) is unavailable; retrying later may succeed.

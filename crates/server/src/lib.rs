@@ -23,6 +23,7 @@
 mod app;
 pub mod audit;
 pub mod authz;
+pub mod bundle;
 pub mod clock;
 pub mod config;
 pub mod environment;
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod keyring;
 pub mod metrics;
 pub mod records;
+pub mod search;
 
 pub use app::Application;
 pub use clock::{Clock, SharedClock, SystemClock};

@@ -3,8 +3,10 @@
 //! data key, and appends with optimistic concurrency, the audit event committing with the data.
 //! Knows nothing of HTTP.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use carevault_fhir::search::{self, Query, SortKey};
 use carevault_fhir::{ResourceId, ResourceType, Validator};
 use carevault_store::{HistoryQuery, NewResourceVersion, ResourceRow, Store, StoreError, WriteOp};
 use serde_json::Value;
@@ -15,15 +17,51 @@ use crate::clock::{SharedClock, fhir_instant};
 use crate::error::{Error, Result};
 use crate::identity::{Principal, PrincipalKind, Role};
 use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
+use crate::search::SearchIndex;
 
 /// How often an update without `If-Match` retries after losing a race.
 const UPDATE_RETRIES: usize = 8;
 
-/// Who asks, and the audit event of their request.
+/// Who asks, the audit event of their request, and (inside a transaction Bundle) the
+/// transaction that collects the writes instead of committing each one.
 #[derive(Clone, Copy)]
 pub struct Caller<'a> {
     pub principal: &'a Principal,
     pub audit: &'a AuditScope,
+    pub tx: Option<&'a Tx>,
+}
+
+impl<'a> Caller<'a> {
+    pub fn new(principal: &'a Principal, audit: &'a AuditScope) -> Self {
+        Self {
+            principal,
+            audit,
+            tx: None,
+        }
+    }
+}
+
+/// The writes of a transaction Bundle, committed together (all or nothing) by
+/// [`Records::commit_tx`], each entry's audit event with them.
+#[derive(Default)]
+pub struct Tx {
+    ops: std::sync::Mutex<Vec<WriteOp>>,
+    scopes: std::sync::Mutex<Vec<AuditScope>>,
+    /// Patients created in this transaction: their organizations, for authorizing the
+    /// entries that refer to them before anything is committed.
+    organizations: std::sync::Mutex<HashMap<String, Option<String>>>,
+}
+
+impl Tx {
+    fn push(&self, ops: Vec<WriteOp>, audit: &AuditScope, status: u16) {
+        let mut all = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(ops);
+        all.push(audit.op(status));
+        self.scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(audit.clone());
+    }
 }
 
 /// One resource version as the API serves it: plaintext JSON, or a deletion marker.
@@ -66,7 +104,19 @@ pub struct Records {
     keyring: Arc<Keyring>,
     validator: Arc<Validator>,
     authz: Arc<Authz>,
+    index: Arc<SearchIndex>,
     clock: SharedClock,
+}
+
+/// One page of search results.
+pub struct SearchPage {
+    pub matches: Vec<Version>,
+    /// `_include`d and `_revinclude`d resources.
+    pub included: Vec<Version>,
+    /// How many resources match in all (only those the caller may read).
+    pub total: usize,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<String>,
 }
 
 impl Records {
@@ -75,6 +125,7 @@ impl Records {
         keyring: Arc<Keyring>,
         validator: Arc<Validator>,
         authz: Arc<Authz>,
+        index: Arc<SearchIndex>,
         clock: SharedClock,
     ) -> Self {
         Self {
@@ -82,8 +133,27 @@ impl Records {
             keyring,
             validator,
             authz,
+            index,
             clock,
         }
+    }
+
+    /// Create with an id the server chose beforehand (a transaction assigns ids first so that
+    /// entries can refer to each other).
+    pub async fn create_with_id(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        id: &ResourceId,
+        body: Value,
+    ) -> Result<Version> {
+        caller
+            .audit
+            .set_resource(rtype.as_str(), Some(id.as_str()), None);
+        let body = self.prepare(rtype, body, Some(id))?;
+        self.authorize_write(caller, FhirAction::Create, rtype, id, &body)
+            .await?;
+        self.append(caller, rtype, id, body, None, 1).await
     }
 
     /// Create with a server-assigned id (any id in the body is replaced, as FHIR says).
@@ -228,7 +298,12 @@ impl Records {
                 },
                 expected_current: Some(current.version),
             });
-            match caller.audit.commit_with(&*self.store, vec![op], 204).await {
+            let unindex = WriteOp::ReplaceSearchIndex {
+                rtype: rtype.as_str().to_owned(),
+                id: id.as_str().to_owned(),
+                tokens: Vec::new(),
+            };
+            match self.commit(caller, vec![op, unindex], 204).await {
                 Ok(()) => return Ok(Some(next)),
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -358,12 +433,282 @@ impl Records {
         }
     }
 
-    /// The organization managing a patient compartment.
-    async fn organization_of(&self, compartment: Option<&str>) -> Result<Option<String>> {
-        match compartment {
-            Some(c) => self.authz.compartment_organization(c).await,
-            None => Ok(None),
+    /// FHIR search: blind-index lookup, then decrypt, check exactly, authorize, sort, page.
+    /// Only resources the caller may read are returned or counted.
+    pub async fn search(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        query: &Query,
+    ) -> Result<SearchPage> {
+        caller.audit.set_resource(rtype.as_str(), None, None);
+        if !self
+            .authz
+            .fhir_type(caller.principal, FhirAction::Search, rtype)
+        {
+            return Err(Error::Forbidden);
         }
+        let lookups: Vec<_> = query
+            .clauses
+            .iter()
+            .filter_map(|c| self.index.lookup(rtype, c))
+            .collect();
+        let ids = if lookups.is_empty() {
+            self.store.resource_ids(rtype.as_str()).await?
+        } else {
+            self.store.search_index(rtype.as_str(), lookups).await?
+        };
+        let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
+        for id in ids {
+            let Ok(id) = ResourceId::parse(&id) else {
+                continue;
+            };
+            let Some(row) = self
+                .store
+                .resource_current(rtype.as_str(), id.as_str())
+                .await?
+            else {
+                continue;
+            };
+            if row.deleted {
+                continue;
+            }
+            let v = self.open_row(rtype, &id, row).await?;
+            let json: Value = serde_json::from_slice(&v.json)
+                .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
+            if !query
+                .clauses
+                .iter()
+                .all(|c| search::matches(rtype, &json, c))
+            {
+                continue;
+            }
+            if !self.may_read(caller, FhirAction::Search, &v).await? {
+                continue;
+            }
+            let keys = query
+                .sort
+                .iter()
+                .map(|k| search::sort_value(rtype, &json, k))
+                .collect();
+            found.push((keys, v));
+        }
+        found.sort_by(|(a, va), (b, vb)| {
+            compare_keys(a, b, &query.sort).then_with(|| va.id.cmp(&vb.id))
+        });
+        let total = found.len();
+        let after = query.page.as_deref().map(decode_cursor).transpose()?;
+        let start = match &after {
+            Some((keys, id)) => found
+                .iter()
+                .position(|(k, v)| {
+                    compare_keys(k, keys, &query.sort).then_with(|| v.id.as_str().cmp(id.as_str()))
+                        == std::cmp::Ordering::Greater
+                })
+                .unwrap_or(found.len()),
+            None => 0,
+        };
+        let page: Vec<(Vec<Option<String>>, Version)> = found
+            .into_iter()
+            .skip(start)
+            .take(query.count as usize + 1)
+            .collect();
+        let next = (page.len() > query.count as usize)
+            .then(|| {
+                (query.count as usize)
+                    .checked_sub(1)
+                    .and_then(|last| page.get(last))
+                    .map(|(k, v)| encode_cursor(k, v.id.as_str()))
+            })
+            .flatten();
+        let matches: Vec<Version> = page
+            .into_iter()
+            .take(query.count as usize)
+            .map(|(_, v)| v)
+            .collect();
+        for v in &matches {
+            caller.audit.add_patient(&v.compartment);
+        }
+        let included = self.includes(caller, rtype, query, &matches).await?;
+        for v in &included {
+            caller.audit.add_patient(&v.compartment);
+        }
+        Ok(SearchPage {
+            matches,
+            included,
+            total,
+            next,
+        })
+    }
+
+    /// `_include` targets of a page and `_revinclude` sources pointing at it, readable ones only.
+    async fn includes(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        query: &Query,
+        page: &[Version],
+    ) -> Result<Vec<Version>> {
+        let mut seen: std::collections::HashSet<(ResourceType, String)> = page
+            .iter()
+            .map(|v| (v.rtype, v.id.as_str().to_owned()))
+            .collect();
+        let mut out = Vec::new();
+        if query.include.is_empty() && query.revinclude.is_empty() {
+            return Ok(out);
+        }
+        let parsed: Vec<(Version, Value)> = page
+            .iter()
+            .filter_map(|v| serde_json::from_slice(&v.json).ok().map(|j| (v.clone(), j)))
+            .collect();
+        for inc in query.include.iter().filter(|i| i.source == rtype) {
+            for (_, json) in &parsed {
+                for reference in search::references(rtype, json, inc.param) {
+                    let Some((t, id)) = reference.split_once('/') else {
+                        continue;
+                    };
+                    let (Ok(t), Ok(id)) = (ResourceType::parse(t), ResourceId::parse(id)) else {
+                        continue;
+                    };
+                    if inc.target.is_some_and(|target| target != t)
+                        || !seen.insert((t, id.as_str().to_owned()))
+                    {
+                        continue;
+                    }
+                    if let Some(v) = self.readable_current(caller, t, &id).await? {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        for inc in &query.revinclude {
+            for (v, _) in &parsed {
+                let reference = format!("{}/{}", v.rtype, v.id);
+                // The index key of a reference (see carevault_fhir::search's key scheme).
+                let token = self.index.token(inc.source, inc.param.name, &format!("r:{reference}"));
+                let ids = self
+                    .store
+                    .search_index(
+                        inc.source.as_str(),
+                        vec![carevault_store::IndexClause {
+                            param: inc.param.name.to_owned(),
+                            tokens: vec![token],
+                        }],
+                    )
+                    .await?;
+                for id in ids {
+                    let Ok(id) = ResourceId::parse(&id) else {
+                        continue;
+                    };
+                    if !seen.insert((inc.source, id.as_str().to_owned())) {
+                        continue;
+                    }
+                    if let Some(found) = self.readable_current(caller, inc.source, &id).await? {
+                        let refs = serde_json::from_slice::<Value>(&found.json)
+                            .map(|j| search::references(inc.source, &j, inc.param))
+                            .unwrap_or_default();
+                        if refs.contains(&reference) {
+                            out.push(found);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn readable_current(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<Version>> {
+        let Some(row) = self
+            .store
+            .resource_current(rtype.as_str(), id.as_str())
+            .await?
+        else {
+            return Ok(None);
+        };
+        if row.deleted {
+            return Ok(None);
+        }
+        let v = self.open_row(rtype, id, row).await?;
+        Ok(self
+            .may_read(caller, FhirAction::Read, &v)
+            .await?
+            .then_some(v))
+    }
+
+    /// Whether the caller may read `v` (a denial is not an error here: the row is left out).
+    async fn may_read(&self, caller: Caller<'_>, action: FhirAction, v: &Version) -> Result<bool> {
+        match self.authorize_existing(caller, action, v).await {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound | Error::Forbidden) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The organization managing a patient compartment (a patient created earlier in the same
+    /// transaction counts).
+    async fn organization_of(
+        &self,
+        caller: Caller<'_>,
+        compartment: Option<&str>,
+    ) -> Result<Option<String>> {
+        let Some(c) = compartment else {
+            return Ok(None);
+        };
+        if let Some(tx) = caller.tx
+            && let Some(org) = tx
+                .organizations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(c)
+        {
+            return Ok(org.clone());
+        }
+        self.authz.compartment_organization(c).await
+    }
+
+    /// Commit a write with its audit event now, or hand both to the caller's transaction.
+    async fn commit(
+        &self,
+        caller: Caller<'_>,
+        ops: Vec<WriteOp>,
+        status: u16,
+    ) -> std::result::Result<(), StoreError> {
+        match caller.tx {
+            Some(tx) => {
+                tx.push(ops, caller.audit, status);
+                Ok(())
+            }
+            None => caller.audit.commit_with(&*self.store, ops, status).await,
+        }
+    }
+
+    /// Commit everything a transaction collected, atomically; then its entries' events are
+    /// written and its new patients' organizations known.
+    pub async fn commit_tx(&self, tx: Tx) -> Result<()> {
+        let ops = std::mem::take(&mut *tx.ops.lock().unwrap_or_else(|p| p.into_inner()));
+        self.store.write(ops).await.map_err(|e| match e {
+            StoreError::Conflict => Error::Conflict(
+                "a resource in the transaction changed concurrently; nothing was written".into(),
+            ),
+            other => other.into(),
+        })?;
+        for scope in tx.scopes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            scope.mark_written();
+        }
+        for (c, org) in tx
+            .organizations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            self.authz.remember_organization(&c, org);
+        }
+        Ok(())
     }
 
     /// Authorize `action` on a stored version. A denial of something the caller could do in
@@ -378,7 +723,7 @@ impl Records {
         let attrs = ResourceAttrs {
             rtype: v.rtype,
             id: v.id.as_str().to_owned(),
-            organization: self.organization_of(compartment.as_deref()).await?,
+            organization: self.organization_of(caller, compartment.as_deref()).await?,
             compartment,
             security: security_labels(&v.json),
         };
@@ -398,7 +743,7 @@ impl Records {
         let organization = if rtype == ResourceType::PATIENT {
             managing_organization(body)
         } else {
-            self.organization_of(compartment.as_deref()).await?
+            self.organization_of(caller, compartment.as_deref()).await?
         };
         let attrs = ResourceAttrs {
             rtype,
@@ -541,6 +886,11 @@ impl Records {
             },
             expected_current,
         })];
+        ops.push(WriteOp::ReplaceSearchIndex {
+            rtype: rtype.as_str().to_owned(),
+            id: id.as_str().to_owned(),
+            tokens: self.index.entries(rtype, &body),
+        });
         // A Patient's managing organization decides who may see its compartment.
         let organization = (rtype == ResourceType::PATIENT).then(|| managing_organization(&body));
         if let (Some(org), Some(c)) = (&organization, &patient) {
@@ -554,9 +904,17 @@ impl Records {
             .set_resource(rtype.as_str(), Some(id.as_str()), Some(version));
         caller.audit.add_patient(&compartment);
         let status = if expected_current.is_none() { 201 } else { 200 };
-        caller.audit.commit_with(&*self.store, ops, status).await?;
+        self.commit(caller, ops, status).await?;
         if let (Some(org), Some(c)) = (organization, &patient) {
-            self.authz.remember_organization(c, org);
+            match caller.tx {
+                Some(tx) => {
+                    tx.organizations
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(c.clone(), org);
+                }
+                None => self.authz.remember_organization(c, org),
+            }
         }
         Ok(Version {
             rtype,
@@ -605,6 +963,52 @@ impl Records {
 
 fn patient_compartment(rtype: ResourceType, id: &ResourceId, body: &Value) -> Option<String> {
     carevault_fhir::patient_compartment(rtype, id, body).map(|p| format!("Patient/{}", p.as_str()))
+}
+
+/// Compare sort values; a missing value sorts last either way.
+fn compare_keys(
+    a: &[Option<String>],
+    b: &[Option<String>],
+    sort: &[SortKey],
+) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    for ((x, y), key) in a.iter().zip(b).zip(sort) {
+        let ord = match (x, y) {
+            (Some(x), Some(y)) if key.descending => y.cmp(x),
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    Ordering::Equal
+}
+
+/// The paging cursor: the last row's sort values and id, opaque to clients (base64url JSON).
+/// Paging continues after that position in the current order, so it stays correct while
+/// data changes (nothing is skipped or repeated for rows whose sort values do not change).
+fn encode_cursor(keys: &[Option<String>], id: &str) -> String {
+    let json = serde_json::json!({"k": keys, "i": id}).to_string();
+    data_encoding::BASE64URL_NOPAD.encode(json.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> Result<(Vec<Option<String>>, String)> {
+    let bad = || Error::BadRequest("the paging cursor is not valid".into());
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(cursor.as_bytes())
+        .map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let keys = value["k"]
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let id = value["i"].as_str().ok_or_else(bad)?.to_owned();
+    Ok((keys, id))
 }
 
 /// `Organization/<id>` from a Patient's `managingOrganization`, as the bare id.

@@ -239,7 +239,26 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
         405,
         "unsupported method",
     );
-    assert_outcome(&api.get("/fhir/Patient"), 405, "search not offered yet");
+    assert_outcome(
+        &api.get("/fhir/Patient?_count=many"),
+        400,
+        "bad search control",
+    );
+    assert_outcome(
+        &api.get("/fhir/Patient?gender:sideways=x"),
+        400,
+        "unknown search modifier",
+    );
+    assert_outcome(
+        &api.get(&format!("/fhir/Patient?name={}", "a,".repeat(200))),
+        400,
+        "too many search values",
+    );
+    assert_outcome(
+        &api.get("/fhir/Patient?birthdate=ge1984-13-45"),
+        400,
+        "impossible date",
+    );
     assert_outcome(&api.get("/no/such/endpoint"), 404, "unknown route");
     assert_outcome(
         &api.post_json("/auth/login", &json!({"username": 1})),

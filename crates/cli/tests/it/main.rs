@@ -6,10 +6,12 @@
 
 mod audit;
 mod authz;
+mod bundle;
 mod canary;
 mod cli;
 mod e2e;
 mod hostile;
+mod search;
 mod tamper;
 
 use std::path::Path;

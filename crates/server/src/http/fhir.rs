@@ -173,13 +173,188 @@ pub async fn metadata(
     Ok(fhir_json(StatusCode::OK, state.inner.capability.clone()))
 }
 
-/// Search is not offered yet (the CapabilityStatement says so).
-pub async fn search_type(
-    Authenticated(_): Authenticated,
-    Path(rtype): Path<String>,
+/// `POST /fhir`: a transaction or batch Bundle.
+pub async fn bundle(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    resource_type(&rtype)?;
-    Err(ApiError::MethodNotAllowed)
+    negotiate(&headers, &params)?;
+    let value = resource_body(&state, &headers, body).await?;
+    let max = state.inner.config.max_bundle_entries;
+    match crate::bundle::process(&state.inner.records, &p, &audit, value, max).await {
+        Ok(response) => Ok(fhir_json(StatusCode::OK, response.to_string().into_bytes())),
+        Err(crate::bundle::EntryError {
+            index: usize::MAX,
+            error,
+        }) => Err(error.into()),
+        Err(crate::bundle::EntryError { index, error }) => {
+            audit.add_detail("failed_entry", index.to_string());
+            Ok(super::error::entry_error_response(index, error))
+        }
+    }
+}
+
+/// `GET /fhir/{type}?...`: search.
+pub async fn search_type(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(rtype): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rtype = resource_type(&rtype)?;
+    search(&state, Caller::new(&p, &audit), &headers, rtype, pairs).await
+}
+
+/// `POST /fhir/{type}/_search` with a form body: the same search, values kept out of URLs.
+pub async fn search_post(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(rtype): Path<String>,
+    Query(mut pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let rtype = resource_type(&rtype)?;
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = read_body(&state, &headers, body).await?;
+    let body_pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).map_err(|_| {
+        Error::BadRequest("the form body is not valid application/x-www-form-urlencoded".into())
+    })?;
+    for (k, v) in &body_pairs {
+        audit.add_query(k, v);
+    }
+    pairs.extend(body_pairs);
+    search(&state, Caller::new(&p, &audit), &headers, rtype, pairs).await
+}
+
+async fn search(
+    state: &AppState,
+    caller: Caller<'_>,
+    headers: &HeaderMap,
+    rtype: ResourceType,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
+    let format: HashMap<String, String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "_format")
+        .cloned()
+        .collect();
+    negotiate(headers, &format)?;
+    let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "_format").collect();
+    let lenient = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=lenient"));
+    let query = carevault_fhir::search::parse_query(rtype, &pairs, lenient)
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let page = state.inner.records.search(caller, rtype, &query).await?;
+
+    let base = base_url(state, headers);
+    let own: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_page")
+        .cloned()
+        .collect();
+    let link = |extra: Option<&str>| {
+        let mut q: Vec<(String, String)> = own.clone();
+        if let Some(cursor) = extra {
+            q.push(("_page".into(), cursor.to_owned()));
+        }
+        let encoded = serde_urlencoded::to_string(&q).unwrap_or_default();
+        format!("{base}/{rtype}?{encoded}")
+    };
+    let mut links =
+        vec![serde_json::json!({"relation": "self", "url": link(query.page.as_deref())})];
+    if let Some(next) = &page.next {
+        links.push(serde_json::json!({"relation": "next", "url": link(Some(next))}));
+    }
+    let mut entries = Vec::new();
+    if !query.summary_count {
+        for (mode, v) in page
+            .matches
+            .iter()
+            .map(|v| ("match", v))
+            .chain(page.included.iter().map(|v| ("include", v)))
+        {
+            let resource = match &query.elements {
+                Some(elements) if mode == "match" => {
+                    let mut json: Value = serde_json::from_slice(&v.json)
+                        .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
+                    carevault_fhir::search::apply_elements(&mut json, elements);
+                    RawValue::from_string(json.to_string())
+                        .map_err(|e| Error::Internal(e.to_string()))?
+                }
+                _ => {
+                    let text = std::str::from_utf8(&v.json)
+                        .map_err(|_| Error::Integrity("stored JSON is not UTF-8".into()))?;
+                    RawValue::from_string(text.to_owned())
+                        .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?
+                }
+            };
+            entries.push(SearchEntry {
+                full_url: format!("{base}/{}/{}", v.rtype, v.id),
+                resource,
+                search: SearchMode { mode },
+            });
+        }
+    }
+    let with_total =
+        query.summary_count || !matches!(query.total, carevault_fhir::search::Total::None);
+    let bundle = SearchBundle {
+        resource_type: "Bundle",
+        id: uuid::Uuid::new_v4().to_string(),
+        meta: BundleMeta {
+            last_updated: fhir_instant(state.inner.clock.now_us()),
+        },
+        bundle_type: "searchset",
+        total: with_total.then_some(page.total),
+        link: links,
+        entry: entries,
+    };
+    let body =
+        serde_json::to_vec(&bundle).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
+    Ok(fhir_json(StatusCode::OK, body))
+}
+
+#[derive(serde::Serialize)]
+struct SearchBundle {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    id: String,
+    meta: BundleMeta,
+    #[serde(rename = "type")]
+    bundle_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<usize>,
+    link: Vec<Value>,
+    entry: Vec<SearchEntry>,
+}
+
+#[derive(serde::Serialize)]
+struct SearchEntry {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    resource: Box<RawValue>,
+    search: SearchMode,
+}
+
+#[derive(serde::Serialize)]
+struct SearchMode {
+    mode: &'static str,
 }
 
 pub async fn create(
@@ -197,14 +372,7 @@ pub async fn create(
     let v = state
         .inner
         .records
-        .create(
-            Caller {
-                principal: &p,
-                audit: &audit,
-            },
-            rtype,
-            resource,
-        )
+        .create(Caller::new(&p, &audit), rtype, resource)
         .await?;
     Ok(write_response(
         StatusCode::CREATED,
@@ -231,16 +399,7 @@ pub async fn update(
     let (v, created) = state
         .inner
         .records
-        .update(
-            Caller {
-                principal: &p,
-                audit: &audit,
-            },
-            rtype,
-            &id,
-            resource,
-            if_match,
-        )
+        .update(Caller::new(&p, &audit), rtype, &id, resource, if_match)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -269,14 +428,7 @@ pub async fn read(
     match state
         .inner
         .records
-        .read(
-            Caller {
-                principal: &p,
-                audit: &audit,
-            },
-            rtype,
-            &id,
-        )
+        .read(Caller::new(&p, &audit), rtype, &id)
         .await?
     {
         Current::Present(v) => {
@@ -311,15 +463,7 @@ pub async fn vread(
     let v = state
         .inner
         .records
-        .vread(
-            Caller {
-                principal: &p,
-                audit: &audit,
-            },
-            rtype,
-            &id,
-            version,
-        )
+        .vread(Caller::new(&p, &audit), rtype, &id, version)
         .await?;
     let mut resp = fhir_json(StatusCode::OK, v.json.clone());
     version_headers(&mut resp, &v);
@@ -337,14 +481,7 @@ pub async fn delete(
     let deleted = state
         .inner
         .records
-        .delete(
-            Caller {
-                principal: &p,
-                audit: &audit,
-            },
-            rtype,
-            &id,
-        )
+        .delete(Caller::new(&p, &audit), rtype, &id)
         .await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Some(version) = deleted
@@ -366,10 +503,7 @@ pub async fn history_type(
     let rtype = resource_type(&rtype)?;
     history(
         &state,
-        Caller {
-            principal: &p,
-            audit: &audit,
-        },
+        Caller::new(&p, &audit),
         &headers,
         &params,
         rtype,
@@ -390,10 +524,7 @@ pub async fn history_instance(
     let id = resource_id(&id)?;
     history(
         &state,
-        Caller {
-            principal: &p,
-            audit: &audit,
-        },
+        Caller::new(&p, &audit),
         &headers,
         &params,
         rtype,
@@ -592,6 +723,7 @@ struct EntryResponse {
 /// The CapabilityStatement: exactly the interactions implemented here, for every R4 type.
 pub fn capability_statement(now_us: i64) -> Vec<u8> {
     let interactions = [
+        "search-type",
         "read",
         "vread",
         "update",
@@ -602,8 +734,29 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
     ];
     let resources: Vec<Value> = ResourceType::all()
         .map(|t| {
+            let params = carevault_fhir::search::params(t);
+            let search_params: Vec<Value> = params
+                .iter()
+                .map(|p| {
+                    let kind = match p.ptype {
+                        carevault_fhir::search::ParamType::Token => "token",
+                        carevault_fhir::search::ParamType::Reference => "reference",
+                        carevault_fhir::search::ParamType::String => "string",
+                        carevault_fhir::search::ParamType::Date => "date",
+                        carevault_fhir::search::ParamType::Quantity => "quantity",
+                    };
+                    serde_json::json!({"name": p.name, "type": kind})
+                })
+                .collect();
+            let references: Vec<String> = params
+                .iter()
+                .filter(|p| p.ptype == carevault_fhir::search::ParamType::Reference)
+                .map(|p| format!("{}:{}", t.as_str(), p.name))
+                .collect();
             serde_json::json!({
                 "type": t.as_str(),
+                "searchParam": search_params,
+                "searchInclude": references,
                 "interaction": interactions.iter().map(|i| serde_json::json!({"code": i})).collect::<Vec<_>>(),
                 "versioning": "versioned",
                 "readHistory": true,

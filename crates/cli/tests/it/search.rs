@@ -1,0 +1,424 @@
+//! FHIR search over the blind index, end to end: every parameter type, paging that holds while
+//! data changes, authorization filtering, includes, result controls, and no plaintext at rest.
+
+use std::collections::BTreeSet;
+
+use carevault_testkit::{Account, Api};
+use serde_json::{Value, json};
+
+use crate::server;
+
+fn create(api: &Api, body: Value) -> String {
+    let rtype = body["resourceType"].as_str().unwrap().to_owned();
+    let r = api.post_fhir(&format!("/fhir/{rtype}"), &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// Every id a search returns (following `next` links), and the Bundle's total.
+fn ids(api: &Api, query: &str) -> (BTreeSet<String>, Option<u64>) {
+    let mut found = BTreeSet::new();
+    let mut path = query.to_owned();
+    let mut total = None;
+    for _ in 0..100 {
+        let r = api.get(&path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let bundle = r.json();
+        assert_eq!(bundle["type"], "searchset");
+        total = total.or(bundle["total"].as_u64());
+        for e in bundle["entry"].as_array().into_iter().flatten() {
+            if e["search"]["mode"] == "match" {
+                assert!(
+                    found.insert(e["resource"]["id"].as_str().unwrap().to_owned()),
+                    "{path} repeats a result"
+                );
+            }
+        }
+        match bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => {
+                let url = next["url"].as_str().unwrap();
+                path = url[url.find("/fhir/").unwrap()..].to_owned();
+            }
+            None => return (found, total),
+        }
+    }
+    panic!("paging did not end");
+}
+
+fn set(ids: &[&String]) -> BTreeSet<String> {
+    ids.iter().map(|s| (*s).clone()).collect()
+}
+
+struct Data {
+    admin: Account,
+    clin: Account,
+    smith: String,
+    muller: String,
+    other: String,
+    obs_hr: String,
+    obs_bp: String,
+}
+
+fn data(srv: &carevault_testkit::TestServer) -> Data {
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.search", &["clinician"], Some("org-a"));
+    let api = &clin.api;
+    let org = json!({"reference": "Organization/org-a"});
+    let smith = create(
+        api,
+        json!({"resourceType": "Patient", "name": [{"family": "Smith-Jones", "given": ["Anna", "Maria"]}], "gender": "female", "birthDate": "1984-07-12", "identifier": [{"system": "urn:mrn", "value": "MRN-001"}], "telecom": [{"system": "email", "value": "anna@example.org"}], "managingOrganization": org}),
+    );
+    let muller = create(
+        api,
+        json!({"resourceType": "Patient", "name": [{"family": "Müller", "given": ["Jürgen"]}], "gender": "male", "birthDate": "1990-02", "identifier": [{"system": "urn:mrn", "value": "MRN-002"}], "managingOrganization": org}),
+    );
+    let other = create(
+        api,
+        json!({"resourceType": "Patient", "name": [{"family": "Doe", "given": ["John"]}], "gender": "male", "birthDate": "2001-12-31", "managingOrganization": org}),
+    );
+    let obs = |pid: &str, code: &str, value: f64, unit: &str, date: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+               "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+               "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+               "subject": {"reference": format!("Patient/{pid}")},
+               "effectiveDateTime": date,
+               "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}})
+    };
+    let obs_hr = create(
+        api,
+        obs(&smith, "8867-4", 72.0, "/min", "2024-03-15T10:00:00Z"),
+    );
+    let obs_bp = create(
+        api,
+        obs(&smith, "8480-6", 120.0, "mm[Hg]", "2023-11-02T09:30:00Z"),
+    );
+    create(
+        api,
+        obs(&muller, "8867-4", 88.0, "/min", "2024-05-01T08:00:00Z"),
+    );
+    Data {
+        admin,
+        clin,
+        smith,
+        muller,
+        other,
+        obs_hr,
+        obs_bp,
+    }
+}
+
+#[test]
+fn every_parameter_type_finds_exactly_what_matches() {
+    let srv = server();
+    let d = data(&srv);
+    let api = &d.clin.api;
+    let q = |query: &str| ids(api, query).0;
+    // string: case- and accent-insensitive prefix; :exact
+    assert_eq!(q("/fhir/Patient?name=smi"), set(&[&d.smith]));
+    assert_eq!(q("/fhir/Patient?family=mul"), set(&[&d.muller]));
+    assert_eq!(q("/fhir/Patient?family=MÜL"), set(&[&d.muller]));
+    assert_eq!(q("/fhir/Patient?given=jurg"), set(&[&d.muller]));
+    assert_eq!(q("/fhir/Patient?family:exact=Müller"), set(&[&d.muller]));
+    assert!(q("/fhir/Patient?family:exact=muller").is_empty());
+    assert_eq!(
+        q("/fhir/Patient?name=anna"),
+        set(&[&d.smith]),
+        "any name part"
+    );
+    // token
+    assert_eq!(q("/fhir/Patient?gender=male"), set(&[&d.muller, &d.other]));
+    assert_eq!(
+        q("/fhir/Patient?identifier=urn:mrn|MRN-001"),
+        set(&[&d.smith])
+    );
+    assert_eq!(q("/fhir/Patient?identifier=MRN-002"), set(&[&d.muller]));
+    assert!(q("/fhir/Patient?identifier=urn:other|MRN-001").is_empty());
+    assert_eq!(q("/fhir/Patient?email=anna@example.org"), set(&[&d.smith]));
+    assert_eq!(q("/fhir/Observation?code=http://loinc.org|8867-4").len(), 2);
+    assert_eq!(q("/fhir/Observation?code=8480-6"), set(&[&d.obs_bp]));
+    // date with prefixes and partial precision
+    assert_eq!(q("/fhir/Patient?birthdate=1984"), set(&[&d.smith]));
+    assert_eq!(q("/fhir/Patient?birthdate=1984-07-12"), set(&[&d.smith]));
+    assert_eq!(
+        q("/fhir/Patient?birthdate=ge1990"),
+        set(&[&d.muller, &d.other])
+    );
+    assert_eq!(q("/fhir/Patient?birthdate=lt1990-01-01"), set(&[&d.smith]));
+    assert_eq!(
+        q("/fhir/Patient?birthdate=ge1985&birthdate=le2000"),
+        set(&[&d.muller]),
+        "repeated = AND"
+    );
+    assert_eq!(q("/fhir/Observation?date=2024-03"), set(&[&d.obs_hr]));
+    // reference
+    assert_eq!(
+        q(&format!("/fhir/Observation?patient={}", d.smith)),
+        set(&[&d.obs_hr, &d.obs_bp])
+    );
+    assert_eq!(
+        q(&format!("/fhir/Observation?subject=Patient/{}", d.smith)).len(),
+        2
+    );
+    // quantity
+    assert_eq!(
+        q("/fhir/Observation?value-quantity=gt100|http://unitsofmeasure.org|mm[Hg]"),
+        set(&[&d.obs_bp])
+    );
+    assert_eq!(q("/fhir/Observation?value-quantity=72||/min").len(), 1);
+    assert_eq!(q("/fhir/Observation?value-quantity=lt80").len(), 1);
+    // OR within a parameter, _id, combination
+    assert_eq!(
+        q(&format!("/fhir/Patient?_id={},{}", d.smith, d.other)),
+        set(&[&d.smith, &d.other])
+    );
+    assert_eq!(
+        q(&format!(
+            "/fhir/Observation?patient={}&code=8867-4",
+            d.smith
+        )),
+        set(&[&d.obs_hr])
+    );
+    // A deleted resource is no longer found.
+    assert_eq!(
+        api.delete(&format!("/fhir/Patient/{}", d.other)).status,
+        204
+    );
+    assert_eq!(q("/fhir/Patient?gender=male"), set(&[&d.muller]));
+}
+
+#[test]
+fn paging_totals_sorting_includes_and_result_controls() {
+    let srv = server();
+    let d = data(&srv);
+    let api = &d.clin.api;
+    let org = json!({"reference": "Organization/org-a"});
+    let mut made = BTreeSet::new();
+    for i in 0..25 {
+        made.insert(create(api, json!({"resourceType": "Patient", "name": [{"family": format!("Pagetest{i:02}")}], "managingOrganization": org})));
+    }
+    let (found, total) = ids(
+        api,
+        "/fhir/Patient?family=pagetest&_count=4&_total=accurate",
+    );
+    assert_eq!(found, made);
+    assert_eq!(total, Some(25));
+    // Paging stays correct while data changes: rows added after the first page do not shift it.
+    let first = api
+        .get("/fhir/Patient?family=pagetest&_count=10&_sort=_id")
+        .json();
+    let first_ids: Vec<String> = first["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    for i in 0..5 {
+        create(
+            api,
+            json!({"resourceType": "Patient", "name": [{"family": format!("Pagetest-new{i}")}], "managingOrganization": org}),
+        );
+    }
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (rest, _) = ids(api, &next[next.find("/fhir/").unwrap()..]);
+    for id in &first_ids {
+        assert!(!rest.contains(id), "a result of page one came back");
+    }
+    let mut all_old: BTreeSet<String> = first_ids.into_iter().collect();
+    all_old.extend(rest.into_iter().filter(|id| made.contains(id)));
+    assert_eq!(all_old, made, "nothing was skipped");
+
+    // _summary=count, _sort, _elements, includes
+    let count = api
+        .get("/fhir/Patient?family=pagetest&_summary=count")
+        .json();
+    assert_eq!(count["total"], 30);
+    assert!(count["entry"].as_array().unwrap().is_empty());
+    let sorted = api
+        .get("/fhir/Patient?gender=male,female&_sort=-birthdate")
+        .json();
+    let births: Vec<&str> = sorted["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["birthDate"].as_str().unwrap())
+        .collect();
+    assert_eq!(births, ["2001-12-31", "1990-02", "1984-07-12"]);
+    let slim = api
+        .get(&format!("/fhir/Patient?_id={}&_elements=gender", d.smith))
+        .json();
+    let resource = &slim["entry"][0]["resource"];
+    assert_eq!(resource["gender"], "female");
+    assert!(resource.get("name").is_none() && resource.get("birthDate").is_none());
+    let with_patient = api
+        .get(&format!(
+            "/fhir/Observation?patient={}&_include=Observation:patient",
+            d.smith
+        ))
+        .json();
+    let modes: Vec<(&str, &str)> = with_patient["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["search"]["mode"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes
+            .iter()
+            .filter(|m| **m == ("Observation", "match"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        modes
+            .iter()
+            .filter(|m| **m == ("Patient", "include"))
+            .count(),
+        1
+    );
+    let rev = api
+        .get(&format!(
+            "/fhir/Patient?_id={}&_revinclude=Observation:patient",
+            d.smith
+        ))
+        .json();
+    assert_eq!(rev["entry"].as_array().unwrap().len(), 3);
+
+    // POST _search answers the same as GET, with values kept out of the URL.
+    let posted = api.request(
+        "POST",
+        "/fhir/Patient/_search",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(b"family=m%C3%BCl"),
+    );
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    assert_eq!(
+        posted.json()["entry"][0]["resource"]["id"],
+        d.muller.as_str()
+    );
+
+    // Unknown parameters: an error by default, ignored under Prefer: handling=lenient.
+    let strict = api.get("/fhir/Patient?colour=CANARY-RED");
+    assert_eq!(strict.status, 400);
+    assert!(!strict.text().contains("CANARY-RED"));
+    let lenient = api.request(
+        "GET",
+        "/fhir/Patient?colour=red&gender=male",
+        &[("Prefer", "handling=lenient")],
+        None,
+    );
+    assert_eq!(lenient.status, 200);
+    assert_eq!(api.get("/fhir/Patient?birthdate=notadate").status, 400);
+    assert_eq!(api.get("/fhir/Patient?_page=garbage").status, 400);
+}
+
+#[test]
+fn search_honors_authorization_and_is_audited_with_the_patients_returned() {
+    let srv = server();
+    let d = data(&srv);
+    let admin = &d.admin;
+    let other_org = srv.user(admin, "dr.elsewhere", &["clinician"], Some("org-b"));
+    let auditor = srv.user(admin, "ann.auditor", &["auditor"], None);
+    let (seen, total) = ids(
+        &other_org.api,
+        "/fhir/Patient?gender=male,female&_total=accurate",
+    );
+    assert!(
+        seen.is_empty(),
+        "another organization's patients are not found"
+    );
+    assert_eq!(total, Some(0), "and not counted");
+    assert_eq!(
+        ids(
+            &other_org.api,
+            &format!("/fhir/Observation?patient={}", d.smith)
+        )
+        .0
+        .len(),
+        0
+    );
+    assert_eq!(admin.api.get("/fhir/Patient?gender=male").status, 403);
+    let (mine, _) = ids(&d.clin.api, "/fhir/Patient?gender=male,female");
+    assert_eq!(mine.len(), 3);
+    let trail = auditor
+        .api
+        .get(&format!(
+            "/audit/events?patient={}&action=search-type",
+            d.smith
+        ))
+        .json();
+    assert!(
+        !trail["entry"].as_array().unwrap().is_empty(),
+        "searches record the patients returned"
+    );
+}
+
+#[test]
+fn the_index_holds_no_plaintext() {
+    let mut srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.index", &["clinician"], Some("org-a"));
+    let canaries = ["Zyxwvutsrq", "Qwertzuiopy", "CANARY-ID-7731"];
+    let pid = create(
+        &clin.api,
+        json!({"resourceType": "Patient", "name": [{"family": canaries[0], "given": [canaries[1]]}], "identifier": [{"value": canaries[2]}], "managingOrganization": {"reference": "Organization/org-a"}}),
+    );
+    assert_eq!(ids(&clin.api, "/fhir/Patient?family=zyxw").0.len(), 1);
+    assert_eq!(
+        ids(
+            &clin.api,
+            &format!("/fhir/Patient?identifier={}", canaries[2])
+        )
+        .0,
+        set(&[&pid])
+    );
+    srv.stop();
+    let mut forms = Vec::new();
+    for c in canaries {
+        for v in [
+            c.to_owned(),
+            c.to_lowercase(),
+            c.to_uppercase(),
+            c[..6].to_lowercase(),
+        ] {
+            forms.push(v.clone().into_bytes());
+            forms.push(
+                data_encoding::BASE64
+                    .encode(v.as_bytes())
+                    .trim_end_matches('=')
+                    .as_bytes()
+                    .to_vec(),
+            );
+            forms.push(data_encoding::HEXLOWER.encode(v.as_bytes()).into_bytes());
+            forms.push(data_encoding::HEXUPPER.encode(v.as_bytes()).into_bytes());
+        }
+    }
+    for file in carevault_testkit::files_under(&srv.data_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        for f in &forms {
+            assert!(
+                !bytes.windows(f.len()).any(|w| w == f.as_slice()),
+                "{} holds {}",
+                file.display(),
+                String::from_utf8_lossy(f)
+            );
+        }
+    }
+}

@@ -1,0 +1,709 @@
+//! `POST /fhir` with a Bundle: `transaction` (all entries or none, `urn:uuid:` references
+//! resolved, conditional create/update/delete) and `batch` (entries independent). Every entry is
+//! authorized and audited on its own; a transaction's entries and their audit events commit in
+//! one store transaction.
+
+use std::collections::HashMap;
+
+use carevault_fhir::search::parse_query;
+use carevault_fhir::{ResourceId, ResourceType};
+use serde_json::{Value, json};
+
+use crate::audit::AuditScope;
+use crate::clock::{fhir_instant, http_date};
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::records::{Caller, Current, Records, Tx, Version};
+
+/// What one entry asks for.
+#[derive(Clone, Debug)]
+enum Request {
+    Create {
+        rtype: ResourceType,
+        if_none_exist: Option<String>,
+    },
+    Update {
+        rtype: ResourceType,
+        id: ResourceId,
+        if_match: Option<u32>,
+    },
+    ConditionalUpdate {
+        rtype: ResourceType,
+        query: String,
+    },
+    Delete {
+        rtype: ResourceType,
+        id: ResourceId,
+    },
+    ConditionalDelete {
+        rtype: ResourceType,
+        query: String,
+    },
+    Read {
+        rtype: ResourceType,
+        id: ResourceId,
+    },
+}
+
+impl Request {
+    fn method(&self) -> &'static str {
+        match self {
+            Request::Create { .. } => "POST",
+            Request::Update { .. } | Request::ConditionalUpdate { .. } => "PUT",
+            Request::Delete { .. } | Request::ConditionalDelete { .. } => "DELETE",
+            Request::Read { .. } => "GET",
+        }
+    }
+
+    /// FHIR's processing order within a transaction: DELETE, POST, PUT, GET.
+    fn order(&self) -> u8 {
+        match self.method() {
+            "DELETE" => 0,
+            "POST" => 1,
+            "PUT" => 2,
+            _ => 3,
+        }
+    }
+
+    fn action(&self) -> &'static str {
+        match self {
+            Request::Create { .. } => "create",
+            Request::Update { .. } | Request::ConditionalUpdate { .. } => "update",
+            Request::Delete { .. } | Request::ConditionalDelete { .. } => "delete",
+            Request::Read { .. } => "read",
+        }
+    }
+}
+
+/// The outcome of one entry.
+struct Outcome {
+    status: u16,
+    version: Option<Version>,
+    location: Option<String>,
+}
+
+/// A failed entry: its index and why.
+pub struct EntryError {
+    pub index: usize,
+    pub error: Error,
+}
+
+/// Process a Bundle; returns the response Bundle (a failed transaction is an [`EntryError`]).
+pub async fn process(
+    records: &Records,
+    principal: &Principal,
+    audit: &AuditScope,
+    bundle: Value,
+    max_entries: usize,
+) -> std::result::Result<Value, EntryError> {
+    let whole = |error: Error| EntryError {
+        index: usize::MAX,
+        error,
+    };
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(whole(Error::BadRequest(
+            "POST /fhir takes a Bundle of type transaction or batch".into(),
+        )));
+    }
+    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind != "transaction" && kind != "batch" {
+        return Err(whole(Error::BadRequest(
+            "the Bundle type must be transaction or batch".into(),
+        )));
+    }
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if entries.len() > max_entries {
+        return Err(whole(Error::TooLarge(format!(
+            "a Bundle may hold at most {max_entries} entries"
+        ))));
+    }
+    audit.set_action(kind);
+    audit.add_detail("bundle_entries", entries.len().to_string());
+    if kind == "batch" {
+        return Ok(batch(records, principal, audit, entries).await);
+    }
+    transaction(records, principal, audit, entries).await
+}
+
+fn parse_entry(entry: &Value) -> Result<(Request, Option<Value>, Option<String>)> {
+    let request = entry
+        .get("request")
+        .ok_or_else(|| Error::BadRequest("the entry has no request".into()))?;
+    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::BadRequest("the entry's request has no url".into()))?;
+    let url = url.trim_start_matches('/');
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (url, None),
+    };
+    let mut parts = path.split('/');
+    let rtype = ResourceType::parse(parts.next().unwrap_or(""))
+        .map_err(|_| Error::BadRequest("the entry's url names no known resource type".into()))?;
+    let id = match parts.next() {
+        Some(id) => Some(
+            ResourceId::parse(id)
+                .map_err(|_| Error::BadRequest("the entry's url holds an invalid id".into()))?,
+        ),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return Err(Error::BadRequest(
+            "the entry's url must be Type, Type/id or Type?query".into(),
+        ));
+    }
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+        Some(etag) => Some(
+            etag.trim_start_matches("W/")
+                .trim_matches('"')
+                .parse::<u32>()
+                .map_err(|_| {
+                    Error::BadRequest("ifMatch must be a version ETag such as W/\"1\"".into())
+                })?,
+        ),
+        None => None,
+    };
+    let parsed = match (method, id, query) {
+        ("POST", None, None) => Request::Create {
+            rtype,
+            if_none_exist: request
+                .get("ifNoneExist")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        },
+        ("PUT", Some(id), None) => Request::Update {
+            rtype,
+            id,
+            if_match,
+        },
+        ("PUT", None, Some(query)) => Request::ConditionalUpdate { rtype, query },
+        ("DELETE", Some(id), None) => Request::Delete { rtype, id },
+        ("DELETE", None, Some(query)) => Request::ConditionalDelete { rtype, query },
+        ("GET", Some(id), None) => Request::Read { rtype, id },
+        _ => {
+            return Err(Error::BadRequest(
+                "supported entries: POST Type, PUT Type/id, PUT Type?query, DELETE Type/id, DELETE Type?query, GET Type/id".into(),
+            ));
+        }
+    };
+    let resource = entry.get("resource").cloned();
+    if matches!(
+        parsed,
+        Request::Create { .. } | Request::Update { .. } | Request::ConditionalUpdate { .. }
+    ) {
+        match &resource {
+            Some(r) if r.get("resourceType").and_then(Value::as_str) == Some(rtype.as_str()) => {}
+            Some(_) => {
+                return Err(Error::BadRequest(
+                    "the entry's resource does not match its url".into(),
+                ));
+            }
+            None => return Err(Error::BadRequest("the entry has no resource".into())),
+        }
+    }
+    let full_url = entry
+        .get("fullUrl")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((parsed, resource, full_url))
+}
+
+/// Ids of the current resources matching a conditional query (authorized for the caller).
+async fn matching(
+    records: &Records,
+    caller: Caller<'_>,
+    rtype: ResourceType,
+    query: &str,
+) -> Result<Vec<ResourceId>> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|_| {
+        Error::BadRequest("the conditional query is not a valid query string".into())
+    })?;
+    let mut parsed =
+        parse_query(rtype, &pairs, false).map_err(|e| Error::BadRequest(e.to_string()))?;
+    // Two matches are enough to tell "several".
+    parsed.count = 2;
+    let page = records.search(caller, rtype, &parsed).await?;
+    Ok(page.matches.into_iter().map(|v| v.id).collect())
+}
+
+async fn transaction(
+    records: &Records,
+    principal: &Principal,
+    audit: &AuditScope,
+    entries: Vec<Value>,
+) -> std::result::Result<Value, EntryError> {
+    let fail = |index: usize| move |error: Error| EntryError { index, error };
+    let mut parsed = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        parsed.push(parse_entry(entry).map_err(fail(i))?);
+    }
+    // Resolve `urn:uuid:` full URLs: conditional creates that match reuse the existing id;
+    // other creates get their id now, so that entries can refer to each other.
+    let tx = Tx::default();
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut assigned: Vec<Option<ResourceId>> = vec![None; parsed.len()];
+    let mut existing: Vec<Option<ResourceId>> = vec![None; parsed.len()];
+    for (i, (request, _, full_url)) in parsed.iter().enumerate() {
+        if let Request::Create {
+            rtype,
+            if_none_exist,
+        } = request
+        {
+            let scope = audit.child("search-type", "GET", i);
+            let caller = Caller::new(principal, &scope);
+            let found = match if_none_exist {
+                Some(q) => matching(records, caller, *rtype, q)
+                    .await
+                    .map_err(fail(i))?,
+                None => Vec::new(),
+            };
+            let id = match found.as_slice() {
+                [] => {
+                    let id = ResourceId::parse(&uuid::Uuid::new_v4().to_string())
+                        .map_err(|_| fail(i)(Error::Internal("generated id is invalid".into())))?;
+                    assigned[i] = Some(id.clone());
+                    id
+                }
+                [one] => {
+                    existing[i] = Some(one.clone());
+                    one.clone()
+                }
+                _ => {
+                    return Err(fail(i)(Error::PreconditionFailed(
+                        "ifNoneExist matches more than one resource".into(),
+                    )));
+                }
+            };
+            if let Some(url) = full_url {
+                ids.insert(url.clone(), format!("{rtype}/{id}"));
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..parsed.len()).collect();
+    order.sort_by_key(|&i| parsed[i].0.order());
+    let mut outcomes: Vec<Option<Outcome>> = (0..parsed.len()).map(|_| None).collect();
+    let mut scopes = Vec::new();
+    for &i in &order {
+        let (request, resource, _) = &parsed[i];
+        if matches!(request, Request::Read { .. }) {
+            continue;
+        }
+        let scope = audit.child(request.action(), request.method(), i);
+        let caller = Caller {
+            principal,
+            audit: &scope,
+            tx: Some(&tx),
+        };
+        let resource = resource.clone().map(|mut r| {
+            resolve_references(&mut r, &ids);
+            r
+        });
+        let outcome = match request {
+            Request::Create { rtype, .. } => match (&assigned[i], &existing[i]) {
+                (Some(id), _) => {
+                    let v = records
+                        .create_with_id(caller, *rtype, id, resource.unwrap_or(Value::Null))
+                        .await
+                        .map_err(fail(i))?;
+                    created(v, 201)
+                }
+                (None, Some(id)) => Outcome {
+                    status: 200,
+                    version: None,
+                    location: Some(format!("{rtype}/{id}")),
+                },
+                (None, None) => {
+                    return Err(fail(i)(Error::Internal("create without an id".into())));
+                }
+            },
+            Request::Update {
+                rtype,
+                id,
+                if_match,
+            } => {
+                let (v, made) = records
+                    .update(
+                        caller,
+                        *rtype,
+                        id,
+                        resource.unwrap_or(Value::Null),
+                        *if_match,
+                    )
+                    .await
+                    .map_err(fail(i))?;
+                created(v, if made { 201 } else { 200 })
+            }
+            Request::ConditionalUpdate { rtype, query } => {
+                let found = matching(records, caller, *rtype, query)
+                    .await
+                    .map_err(fail(i))?;
+                let mut body = resource.unwrap_or(Value::Null);
+                match found.as_slice() {
+                    [] => {
+                        let id =
+                            ResourceId::parse(&uuid::Uuid::new_v4().to_string()).map_err(|_| {
+                                fail(i)(Error::Internal("generated id is invalid".into()))
+                            })?;
+                        let v = records
+                            .create_with_id(caller, *rtype, &id, body)
+                            .await
+                            .map_err(fail(i))?;
+                        created(v, 201)
+                    }
+                    [id] => {
+                        if let Some(obj) = body.as_object_mut() {
+                            obj.entry("id")
+                                .or_insert_with(|| Value::String(id.as_str().to_owned()));
+                        }
+                        let (v, _) = records
+                            .update(caller, *rtype, id, body, None)
+                            .await
+                            .map_err(fail(i))?;
+                        created(v, 200)
+                    }
+                    _ => {
+                        return Err(fail(i)(Error::PreconditionFailed(
+                            "the conditional update matches more than one resource".into(),
+                        )));
+                    }
+                }
+            }
+            Request::Delete { rtype, id } => {
+                records.delete(caller, *rtype, id).await.map_err(fail(i))?;
+                deleted()
+            }
+            Request::ConditionalDelete { rtype, query } => {
+                let found = matching(records, caller, *rtype, query)
+                    .await
+                    .map_err(fail(i))?;
+                match found.as_slice() {
+                    [] => {}
+                    [id] => {
+                        records.delete(caller, *rtype, id).await.map_err(fail(i))?;
+                    }
+                    _ => {
+                        return Err(fail(i)(Error::PreconditionFailed(
+                            "the conditional delete matches more than one resource".into(),
+                        )));
+                    }
+                }
+                deleted()
+            }
+            Request::Read { .. } => continue,
+        };
+        outcomes[i] = Some(outcome);
+        scopes.push(scope);
+    }
+    records.commit_tx(tx).await.map_err(|error| EntryError {
+        index: usize::MAX,
+        error,
+    })?;
+    // Reads come last, after the writes they may observe.
+    for &i in &order {
+        if let Request::Read { rtype, id } = &parsed[i].0 {
+            let scope = audit.child("read", "GET", i);
+            let outcome = read(records, Caller::new(principal, &scope), *rtype, id).await;
+            let status = match &outcome {
+                Ok(o) => o.status,
+                Err(e) => status_of(e),
+            };
+            let _ = scope.finish(status).await;
+            outcomes[i] = Some(outcome.map_err(fail(i))?);
+        }
+    }
+    let entries: Vec<Value> = outcomes
+        .into_iter()
+        .map(|o| response_entry(o, None))
+        .collect();
+    Ok(json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "transaction-response",
+        "entry": entries,
+    }))
+}
+
+async fn batch(
+    records: &Records,
+    principal: &Principal,
+    audit: &AuditScope,
+    entries: Vec<Value>,
+) -> Value {
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let result = async {
+            let (request, resource, _) = parse_entry(entry)?;
+            let scope = audit.child(request.action(), request.method(), i);
+            let caller = Caller::new(principal, &scope);
+            let outcome = batch_entry(records, caller, request, resource).await;
+            let status = match &outcome {
+                Ok(o) => o.status,
+                Err(e) => status_of(e),
+            };
+            // Writes carried their event; anything else (reads, failures) records it here.
+            scope.finish(status).await?;
+            outcome
+        }
+        .await;
+        out.push(match result {
+            Ok(o) => response_entry(Some(o), None),
+            Err(e) => response_entry(None, Some(&e)),
+        });
+    }
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "batch-response",
+        "entry": out,
+    })
+}
+
+async fn batch_entry(
+    records: &Records,
+    caller: Caller<'_>,
+    request: Request,
+    resource: Option<Value>,
+) -> Result<Outcome> {
+    let body = resource.unwrap_or(Value::Null);
+    Ok(match request {
+        Request::Create {
+            rtype,
+            if_none_exist,
+        } => {
+            let found = match &if_none_exist {
+                Some(q) => matching(records, caller, rtype, q).await?,
+                None => Vec::new(),
+            };
+            match found.as_slice() {
+                [] => created(records.create(caller, rtype, body).await?, 201),
+                [id] => Outcome {
+                    status: 200,
+                    version: None,
+                    location: Some(format!("{rtype}/{id}")),
+                },
+                _ => {
+                    return Err(Error::PreconditionFailed(
+                        "ifNoneExist matches more than one resource".into(),
+                    ));
+                }
+            }
+        }
+        Request::Update {
+            rtype,
+            id,
+            if_match,
+        } => {
+            let (v, made) = records.update(caller, rtype, &id, body, if_match).await?;
+            created(v, if made { 201 } else { 200 })
+        }
+        Request::ConditionalUpdate { rtype, query } => {
+            let found = matching(records, caller, rtype, &query).await?;
+            match found.as_slice() {
+                [] => created(records.create(caller, rtype, body).await?, 201),
+                [id] => {
+                    let mut body = body;
+                    if let Some(obj) = body.as_object_mut() {
+                        obj.entry("id")
+                            .or_insert_with(|| Value::String(id.as_str().to_owned()));
+                    }
+                    created(records.update(caller, rtype, id, body, None).await?.0, 200)
+                }
+                _ => {
+                    return Err(Error::PreconditionFailed(
+                        "the conditional update matches more than one resource".into(),
+                    ));
+                }
+            }
+        }
+        Request::Delete { rtype, id } => {
+            records.delete(caller, rtype, &id).await?;
+            deleted()
+        }
+        Request::ConditionalDelete { rtype, query } => {
+            let found = matching(records, caller, rtype, &query).await?;
+            match found.as_slice() {
+                [] => {}
+                [id] => {
+                    records.delete(caller, rtype, id).await?;
+                }
+                _ => {
+                    return Err(Error::PreconditionFailed(
+                        "the conditional delete matches more than one resource".into(),
+                    ));
+                }
+            }
+            deleted()
+        }
+        Request::Read { rtype, id } => read(records, caller, rtype, &id).await?,
+    })
+}
+
+async fn read(
+    records: &Records,
+    caller: Caller<'_>,
+    rtype: ResourceType,
+    id: &ResourceId,
+) -> Result<Outcome> {
+    match records.read(caller, rtype, id).await? {
+        Current::Present(v) => Ok(Outcome {
+            status: 200,
+            location: None,
+            version: Some(v),
+        }),
+        Current::Deleted { .. } => Err(Error::Gone),
+    }
+}
+
+fn created(v: Version, status: u16) -> Outcome {
+    Outcome {
+        status,
+        location: Some(format!("{}/{}/_history/{}", v.rtype, v.id, v.version)),
+        version: Some(v),
+    }
+}
+
+fn deleted() -> Outcome {
+    Outcome {
+        status: 204,
+        version: None,
+        location: None,
+    }
+}
+
+/// The HTTP status an error answers (for entry responses and audit events).
+pub fn status_of(e: &Error) -> u16 {
+    match e {
+        Error::BadRequest(_) => 400,
+        Error::Unauthorized => 401,
+        Error::Forbidden => 403,
+        Error::NotFound => 404,
+        Error::Conflict(_) => 409,
+        Error::Gone => 410,
+        Error::PreconditionFailed(_) => 412,
+        Error::TooLarge(_) => 413,
+        Error::Unprocessable(_) => 422,
+        Error::TooManyRequests { .. } => 429,
+        Error::Unavailable(_) => 503,
+        Error::Integrity(_) | Error::Internal(_) => 500,
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "200 OK",
+        201 => "201 Created",
+        204 => "204 No Content",
+        400 => "400 Bad Request",
+        403 => "403 Forbidden",
+        404 => "404 Not Found",
+        409 => "409 Conflict",
+        410 => "410 Gone",
+        412 => "412 Precondition Failed",
+        422 => "422 Unprocessable Entity",
+        _ => "500 Internal Server Error",
+    }
+}
+
+fn response_entry(outcome: Option<Outcome>, error: Option<&Error>) -> Value {
+    match (outcome, error) {
+        (Some(o), _) => {
+            let mut response = json!({"status": reason(o.status)});
+            if let Some(location) = &o.location {
+                response["location"] = json!(location);
+            }
+            let mut entry = json!({});
+            if let Some(v) = &o.version {
+                response["etag"] = json!(format!("W/\"{}\"", v.version));
+                response["lastModified"] = json!(fhir_instant(v.last_updated_us));
+                if let Ok(resource) = serde_json::from_slice::<Value>(&v.json) {
+                    entry["resource"] = resource;
+                }
+                entry["fullUrl"] = json!(format!("{}/{}", v.rtype, v.id));
+            }
+            entry["response"] = response;
+            entry
+        }
+        (None, Some(e)) => {
+            let status = status_of(e);
+            json!({"response": {"status": reason(status), "outcome": crate::http::error::outcome_for(e)}})
+        }
+        (None, None) => json!({"response": {"status": reason(500)}}),
+    }
+}
+
+/// Replace references to `urn:uuid:` full URLs with the ids they were given.
+fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "reference"
+                    && let Value::String(s) = v
+                    && let Some(target) = ids.get(s.as_str())
+                {
+                    *s = target.clone();
+                } else {
+                    resolve_references(v, ids);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| resolve_references(v, ids)),
+        _ => {}
+    }
+}
+
+/// `Last-Modified`-style date of a version (for callers that need it).
+pub fn last_modified(v: &Version) -> String {
+    http_date(v.last_updated_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_to_urn_uuids_are_resolved() {
+        let ids = HashMap::from([("urn:uuid:a".to_owned(), "Patient/123".to_owned())]);
+        let mut obs = json!({"resourceType": "Observation", "subject": {"reference": "urn:uuid:a"},
+                             "performer": [{"reference": "urn:uuid:unknown"}], "note": [{"text": "urn:uuid:a"}]});
+        resolve_references(&mut obs, &ids);
+        assert_eq!(obs["subject"]["reference"], "Patient/123");
+        assert_eq!(obs["performer"][0]["reference"], "urn:uuid:unknown");
+        assert_eq!(
+            obs["note"][0]["text"], "urn:uuid:a",
+            "only references are rewritten"
+        );
+    }
+
+    #[test]
+    fn entries_parse_or_say_why_not() {
+        let ok = json!({"request": {"method": "PUT", "url": "Patient/1", "ifMatch": "W/\"3\""}, "resource": {"resourceType": "Patient", "id": "1"}});
+        assert!(matches!(
+            parse_entry(&ok).unwrap().0,
+            Request::Update {
+                if_match: Some(3),
+                ..
+            }
+        ));
+        let cond = json!({"request": {"method": "DELETE", "url": "Patient?identifier=x"}});
+        assert!(matches!(
+            parse_entry(&cond).unwrap().0,
+            Request::ConditionalDelete { .. }
+        ));
+        for bad in [
+            json!({"resource": {}}),
+            json!({"request": {"method": "PATCH", "url": "Patient/1"}}),
+            json!({"request": {"method": "POST", "url": "Spaceship"}, "resource": {"resourceType": "Spaceship"}}),
+            json!({"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Observation"}}),
+            json!({"request": {"method": "POST", "url": "Patient"}}),
+            json!({"request": {"method": "PUT", "url": "Patient/a/b"}, "resource": {"resourceType": "Patient"}}),
+        ] {
+            assert!(parse_entry(&bad).is_err(), "{bad}");
+        }
+    }
+}
