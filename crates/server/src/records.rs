@@ -459,20 +459,13 @@ impl Records {
             self.store.search_index(rtype.as_str(), lookups).await?
         };
         let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
-        for id in ids {
-            let Ok(id) = ResourceId::parse(&id) else {
-                continue;
-            };
-            let Some(row) = self
-                .store
-                .resource_current(rtype.as_str(), id.as_str())
-                .await?
-            else {
-                continue;
-            };
+        for row in self.store.resources_current(rtype.as_str(), ids).await? {
             if row.deleted {
                 continue;
             }
+            let Ok(id) = ResourceId::parse(&row.id) else {
+                continue;
+            };
             let v = self.open_row(rtype, &id, row).await?;
             let json: Value = serde_json::from_slice(&v.json)
                 .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
@@ -585,7 +578,9 @@ impl Records {
             for (v, _) in &parsed {
                 let reference = format!("{}/{}", v.rtype, v.id);
                 // The index key of a reference (see carevault_fhir::search's key scheme).
-                let token = self.index.token(inc.source, inc.param.name, &format!("r:{reference}"));
+                let token = self
+                    .index
+                    .token(inc.source, inc.param.name, &format!("r:{reference}"));
                 let ids = self
                     .store
                     .search_index(

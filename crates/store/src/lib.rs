@@ -384,6 +384,12 @@ pub trait Store: Send + Sync + 'static {
         rtype: &str,
         clauses: Vec<IndexClause>,
     ) -> Result<Vec<String>, StoreError>;
+    /// The current versions of many resources of one type, in one read (absent ids are skipped).
+    async fn resources_current(
+        &self,
+        rtype: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<ResourceRow>, StoreError>;
     /// Ids of every current, not deleted resource of `rtype` (when no index lookup applies).
     async fn resource_ids(&self, rtype: &str) -> Result<Vec<String>, StoreError>;
 

@@ -1268,6 +1268,35 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn resources_current(
+        &self,
+        rtype: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        let rtype = rtype.to_owned();
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(ids.len());
+            // SQLite binds at most a few thousand parameters per statement: read in chunks.
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let sql = format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resource_current c JOIN resource_version v
+                     ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+                     WHERE c.rtype = ? AND c.id IN ({marks})"
+                );
+                let mut stmt = c.prepare_cached(&sql)?;
+                let mut args: Vec<&dyn rusqlite::ToSql> = vec![&rtype];
+                args.extend(chunk.iter().map(|id| id as &dyn rusqlite::ToSql));
+                let rows = stmt.query_map(args.as_slice(), resource_row)?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn resource_ids(&self, rtype: &str) -> Result<Vec<String>, StoreError> {
         let rtype = rtype.to_owned();
         self.read(move |c| {

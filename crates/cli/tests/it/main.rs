@@ -9,6 +9,7 @@ mod authz;
 mod bundle;
 mod canary;
 mod cli;
+mod differential;
 mod e2e;
 mod hostile;
 mod search;

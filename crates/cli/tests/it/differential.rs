@@ -1,0 +1,462 @@
+//! Differential search test: a generated population of 1,000 patients with 2,000 observations,
+//! loaded through transaction Bundles; hundreds of generated queries (every parameter type and
+//! date/quantity prefix) answered by the server and by the plain in-memory evaluator below, which
+//! shares no code with the server. Results must match exactly, including order and paging.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::server;
+
+/// A small deterministic generator (a 64-bit LCG), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const FAMILIES: &[&str] = &[
+    "Smith",
+    "Müller",
+    "García",
+    "Núñez",
+    "O'Brien",
+    "Nguyen",
+    "Kowalski",
+    "Dubois",
+    "Schäfer",
+    "Rossi",
+    "Andersson",
+    "Øster",
+    "Smithers",
+    "Mueller",
+    "Garcia",
+    "Novák",
+    "Ivanova",
+    "Haddad",
+    "Tanaka",
+    "Jones",
+];
+const GENDERS: &[&str] = &["male", "female", "other", "unknown"];
+const CODES: &[(&str, &str, i64, i64)] = &[
+    ("8867-4", "/min", 40, 140),
+    ("8480-6", "mm[Hg]", 90, 180),
+    ("29463-7", "kg", 3, 150),
+    ("8310-5", "Cel", 35, 41),
+];
+
+/// Days since 1970-01-01 -> (y, m, d), proleptic Gregorian.
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn date_text(days: i64) -> String {
+    let (y, m, d) = civil(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// What the reference evaluator knows of each resource.
+#[derive(Clone, Debug)]
+struct PatientRow {
+    family: String,
+    gender: String,
+    birth_day: i64,
+    mrn: String,
+}
+
+#[derive(Clone, Debug)]
+struct ObsRow {
+    patient: String,
+    code: String,
+    value: i64,
+    day: i64,
+}
+
+/// Accent-insensitive, case-insensitive normalization, written independently of the server.
+fn fold(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'ü' | 'Ü' => 'u',
+            'á' | 'Á' | 'à' => 'a',
+            'í' | 'Í' => 'i',
+            'ñ' | 'Ñ' => 'n',
+            'ú' | 'Ú' => 'u',
+            'ä' | 'Ä' => 'a',
+            'ø' | 'Ø' => 'o',
+            'é' | 'É' => 'e',
+            c => c,
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// A date query value as a day range [lo, hi).
+fn query_range(value: &str) -> (i64, i64) {
+    let parts: Vec<i64> = value.split('-').map(|p| p.parse().unwrap()).collect();
+    match parts.as_slice() {
+        [y] => (days_from_civil(*y, 1, 1), days_from_civil(y + 1, 1, 1)),
+        [y, m] => {
+            let (ny, nm) = if *m == 12 { (y + 1, 1) } else { (*y, m + 1) };
+            (days_from_civil(*y, *m, 1), days_from_civil(ny, nm, 1))
+        }
+        [y, m, d] => {
+            let lo = days_from_civil(*y, *m, *d);
+            (lo, lo + 1)
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// FHIR R4 date prefix semantics for a target day [day, day + 1).
+fn date_matches(prefix: &str, (qlo, qhi): (i64, i64), day: i64) -> bool {
+    let (lo, hi) = (day, day + 1);
+    let eq = qlo <= lo && hi <= qhi;
+    match prefix {
+        "eq" => eq,
+        "ne" => !eq,
+        "gt" => hi > qhi,
+        "lt" => lo < qlo,
+        "ge" => hi > qhi || eq,
+        "le" => lo < qlo || eq,
+        "sa" => lo >= qhi,
+        "eb" => hi <= qlo,
+        _ => unreachable!(),
+    }
+}
+
+/// FHIR R4 number prefix semantics for an integer query value (implicit precision ±0.5).
+fn quantity_matches(prefix: &str, q: i64, value: i64) -> bool {
+    let (v, q2) = (value * 2, q * 2);
+    match prefix {
+        "eq" => (q2 - 1..q2 + 1).contains(&v),
+        "ne" => !(q2 - 1..q2 + 1).contains(&v),
+        "gt" => value > q,
+        "lt" => value < q,
+        "ge" => value >= q,
+        "le" => value <= q,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn generated_queries_match_an_independent_reference_evaluator() {
+    let srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.diff", &["clinician"], Some("org-a"));
+    let api = &clin.api;
+    let mut rng = Rng(2026);
+
+    // Generate and load: 10 transaction Bundles of 100 patients with 2 observations each.
+    let mut patients: BTreeMap<String, PatientRow> = BTreeMap::new();
+    let mut observations: BTreeMap<String, ObsRow> = BTreeMap::new();
+    let lo_day = days_from_civil(1930, 1, 1);
+    let hi_day = days_from_civil(2020, 12, 31);
+    for batch in 0..10 {
+        let mut entries = Vec::new();
+        let mut pending = Vec::new();
+        for i in 0..100 {
+            let n = batch * 100 + i;
+            let row = PatientRow {
+                family: (*rng.pick(FAMILIES)).to_owned(),
+                gender: (*rng.pick(GENDERS)).to_owned(),
+                birth_day: lo_day + rng.below((hi_day - lo_day) as u64) as i64,
+                mrn: format!("MRN{n:05}"),
+            };
+            let urn = format!("urn:uuid:00000000-0000-4000-8000-{n:012}");
+            entries.push(json!({"fullUrl": urn, "request": {"method": "POST", "url": "Patient"}, "resource": {
+                "resourceType": "Patient", "name": [{"family": row.family}], "gender": row.gender,
+                "birthDate": date_text(row.birth_day), "identifier": [{"system": "urn:mrn", "value": row.mrn}],
+                "managingOrganization": {"reference": "Organization/org-a"}}}));
+            for _ in 0..2 {
+                let (code, unit, min, max) = *rng.pick(CODES);
+                let obs = ObsRow {
+                    patient: urn.clone(),
+                    code: code.to_owned(),
+                    value: min + rng.below((max - min) as u64) as i64,
+                    day: days_from_civil(2015, 1, 1) + rng.below(3650) as i64,
+                };
+                entries.push(json!({"request": {"method": "POST", "url": "Observation"}, "resource": {
+                    "resourceType": "Observation", "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                    "subject": {"reference": urn}, "effectiveDateTime": format!("{}T12:00:00Z", date_text(obs.day)),
+                    "valueQuantity": {"value": obs.value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}}));
+                pending.push(obs);
+            }
+            patients.insert(urn, row);
+        }
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let r = api.request(
+            "POST",
+            "/fhir",
+            &[("Content-Type", "application/fhir+json")],
+            Some(&serde_json::to_vec(&bundle).unwrap()),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Map the generated urns and entries to the ids the server assigned.
+        let response = r.json();
+        let mut urn_ids = BTreeMap::new();
+        for (entry, request) in response["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(bundle["entry"].as_array().unwrap())
+        {
+            if let Some(urn) = request["fullUrl"].as_str() {
+                urn_ids.insert(
+                    urn.to_owned(),
+                    entry["resource"]["id"].as_str().unwrap().to_owned(),
+                );
+            }
+        }
+        let mut obs_iter = pending.into_iter();
+        for (entry, request) in response["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(bundle["entry"].as_array().unwrap())
+        {
+            let id = entry["resource"]["id"].as_str().unwrap().to_owned();
+            match request["resource"]["resourceType"].as_str().unwrap() {
+                "Patient" => {
+                    let urn = request["fullUrl"].as_str().unwrap();
+                    let row = patients.remove(urn).unwrap();
+                    patients.insert(id, row);
+                }
+                _ => {
+                    let mut o = obs_iter.next().unwrap();
+                    o.patient = urn_ids[&o.patient].clone();
+                    observations.insert(id, o);
+                }
+            }
+        }
+    }
+    assert_eq!(patients.len(), 1000);
+    assert_eq!(observations.len(), 2000);
+
+    // Generate queries with their expected answers.
+    let mut queries: Vec<(String, Vec<String>)> = Vec::new();
+    let patient_ids: Vec<String> = patients.keys().cloned().collect();
+    let all = |pred: &dyn Fn(&PatientRow) -> bool| -> Vec<String> {
+        patients
+            .iter()
+            .filter(|(_, p)| pred(p))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let all_obs = |pred: &dyn Fn(&ObsRow) -> bool| -> Vec<String> {
+        observations
+            .iter()
+            .filter(|(_, o)| pred(o))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    for g in GENDERS {
+        queries.push((format!("Patient?gender={g}"), all(&|p| p.gender == *g)));
+    }
+    for _ in 0..60 {
+        let family = *rng.pick(FAMILIES);
+        let chars: Vec<char> = family.chars().collect();
+        let len = 1 + rng.below(chars.len().min(5) as u64) as usize;
+        let mut prefix: String = chars[..len].iter().collect();
+        if rng.below(2) == 0 {
+            prefix = prefix.to_uppercase();
+        }
+        let wanted = fold(&prefix);
+        queries.push((
+            format!("Patient?family={}", urlencode(&prefix)),
+            all(&|p| fold(&p.family).starts_with(&wanted)),
+        ));
+    }
+    for _ in 0..20 {
+        let family = *rng.pick(FAMILIES);
+        queries.push((
+            format!("Patient?family:exact={}", urlencode(family)),
+            all(&|p| p.family == family),
+        ));
+    }
+    let prefixes = ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"];
+    for _ in 0..120 {
+        let prefix = *rng.pick(&prefixes);
+        let day = lo_day + rng.below((hi_day - lo_day) as u64) as i64;
+        let full = date_text(day);
+        let value = match rng.below(3) {
+            0 => full[..4].to_owned(),
+            1 => full[..7].to_owned(),
+            _ => full,
+        };
+        let range = query_range(&value);
+        queries.push((
+            format!("Patient?birthdate={prefix}{value}"),
+            all(&|p| date_matches(prefix, range, p.birth_day)),
+        ));
+    }
+    for _ in 0..20 {
+        let n = rng.below(1000);
+        let mrn = format!("MRN{n:05}");
+        let with_system = rng.below(2) == 0;
+        let q = if with_system {
+            format!("urn:mrn|{mrn}")
+        } else {
+            mrn.clone()
+        };
+        queries.push((
+            format!("Patient?identifier={}", urlencode(&q)),
+            all(&|p| p.mrn == mrn),
+        ));
+    }
+    for (code, _, min, max) in CODES {
+        queries.push((
+            format!("Observation?code={code}"),
+            all_obs(&|o| o.code == *code),
+        ));
+        queries.push((
+            format!("Observation?code=http://loinc.org|{code}"),
+            all_obs(&|o| o.code == *code),
+        ));
+        for _ in 0..10 {
+            let prefix = *rng.pick(&["eq", "ne", "gt", "lt", "ge", "le"]);
+            let v = min + rng.below((max - min) as u64) as i64;
+            queries.push((
+                format!("Observation?code={code}&value-quantity={prefix}{v}"),
+                all_obs(&|o| o.code == *code && quantity_matches(prefix, v, o.value)),
+            ));
+        }
+    }
+    for _ in 0..30 {
+        let pid = rng.pick(&patient_ids).clone();
+        queries.push((
+            format!("Observation?patient={pid}"),
+            all_obs(&|o| o.patient == pid),
+        ));
+        let (code, ..) = *rng.pick(CODES);
+        queries.push((
+            format!("Observation?subject=Patient/{pid}&code={code}"),
+            all_obs(&|o| o.patient == pid && o.code == code),
+        ));
+    }
+    for _ in 0..60 {
+        let prefix = *rng.pick(&prefixes);
+        let day = days_from_civil(2015, 1, 1) + rng.below(3650) as i64;
+        let full = date_text(day);
+        let value = if rng.below(2) == 0 {
+            full[..7].to_owned()
+        } else {
+            full
+        };
+        let range = query_range(&value);
+        queries.push((
+            format!("Observation?date={prefix}{value}"),
+            all_obs(&|o| date_matches(prefix, range, o.day)),
+        ));
+    }
+    for _ in 0..20 {
+        let g = *rng.pick(GENDERS);
+        let year = 1930 + rng.below(90);
+        let range = query_range(&year.to_string());
+        queries.push((
+            format!("Patient?gender={g}&birthdate=ge{year}"),
+            all(&|p| p.gender == g && date_matches("ge", range, p.birth_day)),
+        ));
+    }
+    assert!(queries.len() >= 300, "{} queries", queries.len());
+
+    // Ask the server: sorted by id, 100 a page, following next links; compare exactly.
+    for (query, mut expected) in queries {
+        expected.sort();
+        let mut got = Vec::new();
+        let mut path = format!("/fhir/{query}&_sort=_id&_count=100&_total=accurate");
+        let mut total = None;
+        loop {
+            let r = api.get(&path);
+            assert_eq!(r.status, 200, "{query}: {}", r.text());
+            let bundle = r.json();
+            total = total.or(bundle["total"].as_u64());
+            got.extend(
+                bundle["entry"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["resource"]["id"].as_str().unwrap().to_owned()),
+            );
+            match bundle["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+            {
+                Some(next) => {
+                    let url = next["url"].as_str().unwrap();
+                    path = url[url.find("/fhir/").unwrap()..].to_owned();
+                }
+                None => break,
+            }
+        }
+        assert_eq!(
+            got, expected,
+            "{query}: server and reference evaluator disagree"
+        );
+        assert_eq!(total, Some(expected.len() as u64), "{query}: total");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The generator and evaluator's own date arithmetic is right (so a mismatch means the server).
+#[test]
+fn reference_evaluator_calendar_is_sound() {
+    for days in [-1, 0, 1, 59, 365, 11_016, 18_262, 19_000] {
+        let (y, m, d) = civil(days);
+        assert_eq!(days_from_civil(y, m, d), days);
+    }
+    assert_eq!(date_text(0), "1970-01-01");
+    assert_eq!(date_text(days_from_civil(2024, 2, 29)), "2024-02-29");
+    let march = query_range("2024-03");
+    assert!(date_matches("eq", march, days_from_civil(2024, 3, 31)));
+    assert!(!date_matches("eq", march, days_from_civil(2024, 4, 1)));
+    assert!(date_matches("sa", march, days_from_civil(2024, 4, 1)));
+    assert!(date_matches("eb", march, days_from_civil(2024, 2, 29)));
+    assert!(quantity_matches("eq", 72, 72) && !quantity_matches("eq", 72, 73));
+    assert_eq!(fold("MÜLLER"), "muller");
+}
