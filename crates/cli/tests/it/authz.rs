@@ -266,6 +266,14 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
         200
     );
     assert_eq!(key.get("/fhir/Observation/_history").status, 200);
+    let searched = key.get("/fhir/Observation?code=8867-4");
+    assert_eq!(searched.status, 200, "{}", searched.text());
+    assert_eq!(
+        searched.json()["entry"].as_array().unwrap().len(),
+        2,
+        "a service key's search is not limited to an organization"
+    );
+    assert_eq!(key.get("/fhir/Patient?gender=female").status, 403);
     assert_eq!(
         key.get(&format!("/fhir/Patient/{}", w.patient_a)).status,
         403
