@@ -298,12 +298,7 @@ async fn search(
                     RawValue::from_string(json.to_string())
                         .map_err(|e| Error::Internal(e.to_string()))?
                 }
-                _ => {
-                    let text = std::str::from_utf8(&v.json)
-                        .map_err(|_| Error::Integrity("stored JSON is not UTF-8".into()))?;
-                    RawValue::from_string(text.to_owned())
-                        .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?
-                }
+                _ => raw_json(&v.json)?,
             };
             entries.push(SearchEntry {
                 full_url: format!("{base}/{}/{}", v.rtype, v.id),
@@ -328,6 +323,14 @@ async fn search(
     let body =
         serde_json::to_vec(&bundle).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
     Ok(fhir_json(StatusCode::OK, body))
+}
+
+/// Stored JSON embedded verbatim in a Bundle (no re-serialization).
+fn raw_json(json: &[u8]) -> Result<Box<RawValue>, Error> {
+    let text = std::str::from_utf8(json)
+        .map_err(|_| Error::Integrity("stored JSON is not UTF-8".into()))?;
+    RawValue::from_string(text.to_owned())
+        .map_err(|_| Error::Integrity("stored JSON does not parse".into()))
 }
 
 #[derive(serde::Serialize)]
@@ -645,12 +648,7 @@ async fn history(
         let resource = if v.deleted {
             None
         } else {
-            let text = std::str::from_utf8(&v.json)
-                .map_err(|_| Error::Integrity("stored JSON is not UTF-8".into()))?;
-            Some(
-                RawValue::from_string(text.to_owned())
-                    .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?,
-            )
+            Some(raw_json(&v.json)?)
         };
         entries.push(HistoryEntry {
             full_url: format!("{base}/{rtype}/{}", v.id),
