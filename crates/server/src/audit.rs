@@ -197,10 +197,6 @@ impl AuditScope {
         )
     }
 
-    pub fn audit(&self) -> &Arc<Audit> {
-        &self.inner.audit
-    }
-
     fn with<R>(&self, f: impl FnOnce(&mut EventRecord) -> R) -> R {
         let mut record = self.inner.record.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut record)

@@ -10,7 +10,7 @@ use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::{Value, json};
 
 use crate::audit::AuditScope;
-use crate::clock::{fhir_instant, http_date};
+use crate::clock::fhir_instant;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::records::{Caller, Current, Records, Tx, Version};
@@ -655,11 +655,6 @@ fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) {
         Value::Array(items) => items.iter_mut().for_each(|v| resolve_references(v, ids)),
         _ => {}
     }
-}
-
-/// `Last-Modified`-style date of a version (for callers that need it).
-pub fn last_modified(v: &Version) -> String {
-    http_date(v.last_updated_us)
 }
 
 #[cfg(test)]

@@ -56,10 +56,6 @@ impl Keyring {
         &self.env_id
     }
 
-    pub fn provider_kind(&self) -> &'static str {
-        self.provider.kind()
-    }
-
     /// Seal `plaintext` under the data key of `compartment`; returns the key id and the envelope.
     pub async fn seal(
         &self,

@@ -1127,22 +1127,6 @@ impl Identity {
         );
         Ok(crate::clock::fhir_instant(until * 1_000_000))
     }
-
-    /// The reason of an active grant of `principal` covering `compartment`, if any.
-    pub async fn break_glass_covering(
-        &self,
-        principal: &Principal,
-        compartment: &str,
-    ) -> Result<Option<String>> {
-        let grants = self
-            .store
-            .break_glass_grants(&principal.id, self.clock.now_secs())
-            .await?;
-        Ok(grants
-            .into_iter()
-            .find(|g| g.patient.as_deref().is_none_or(|p| p == compartment))
-            .map(|g| g.reason))
-    }
 }
 
 #[derive(Debug, serde::Deserialize)]
