@@ -58,7 +58,8 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .tls_config(TlsConfig::builder().root_certs(roots).build())
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_global(Some(Duration::from_secs(120)))
+            .max_idle_connections_per_host(64)
             .build()
             .new_agent();
         Ok(Self {
@@ -66,6 +67,43 @@ impl Client {
             server,
             token: None,
         })
+    }
+
+    /// A client that authenticates with an API key (`cvk_...`) instead of a saved session.
+    pub fn with_api_key(server: &str, ca_cert: Option<&Path>, key_file: &Path) -> Result<Self> {
+        let key = fs::read_to_string(key_file)
+            .with_context(|| format!("cannot read the API key file {}", key_file.display()))?;
+        let key = key.trim();
+        if !key.starts_with("cvk_") {
+            bail!("{} does not hold a CareVault API key", key_file.display());
+        }
+        let mut client = Self::new(server, ca_cert)?;
+        client.token = Some(key.to_owned());
+        Ok(client)
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// POST a body as it is; returns the status and the response text.
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> Result<(u16, String)> {
+        let url = format!("{}{}", self.server, path);
+        let mut req = self.agent.post(&url).header("Content-Type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let response = req
+            .send(body)
+            .with_context(|| format!("cannot reach {}", self.server))?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let text = body
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        Ok((status, text))
     }
 
     pub fn from_session() -> Result<Self> {

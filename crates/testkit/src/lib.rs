@@ -286,6 +286,8 @@ pub struct Account {
 /// A running `carevault serve` in its own temp data dir.
 pub struct TestServer {
     child: Child,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
     pub base: String,
     pub data_dir: PathBuf,
     _tmp: tempfile::TempDir,
@@ -322,28 +324,7 @@ impl TestServer {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(out) = child.stdout.take() {
-            let sink = stdout.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        if let Some(err) = child.stderr.take() {
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
+        let (stdout, stderr) = capture(&mut child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let (base, admin_token) = loop {
             let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -368,6 +349,11 @@ impl TestServer {
         };
         Self {
             child,
+            bin: bin.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             base,
             data_dir,
             _tmp: tmp,
@@ -513,6 +499,47 @@ impl TestServer {
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
+    /// Start the server again on the same data directory and address (after `stop`).
+    pub fn restart(&mut self) {
+        let addr = self.base.trim_start_matches("https://").to_owned();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(&addr)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env_remove("CAREVAULT_LISTEN")
+            .env_remove("CAREVAULT_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot restart {}: {e}", self.bin.display()));
+        let (stdout, stderr) = capture(&mut child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if out.lines().any(|l| l.starts_with("listening on ")) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                panic!("server exited early on restart ({status}):\n{out}\n{err}");
+            }
+            if Instant::now() > deadline {
+                panic!("server did not restart in time:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = child;
+        self.stdout = stdout;
+        self.stderr = stderr;
+    }
+
     /// Stop the server (SIGTERM, then wait).
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();
@@ -534,6 +561,35 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+type Captured = Arc<Mutex<String>>;
+
+/// Collect a child's stdout and stderr in the background.
+fn capture(child: &mut Child) -> (Captured, Captured) {
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    if let Some(out) = child.stdout.take() {
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    (stdout, stderr)
 }
 
 /// Every file under `dir`, recursively.

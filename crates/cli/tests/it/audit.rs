@@ -25,7 +25,7 @@ fn carevault(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn public_key(srv: &TestServer) -> String {
+pub(crate) fn public_key(srv: &TestServer) -> String {
     let line = srv
         .output()
         .lines()
