@@ -212,11 +212,11 @@ impl Server {
     }
 }
 
-fn carevault(bin: &Path, data_dir: &Path) -> Command {
+fn carevault(bin: &Path, data_dir: &Path, port: u16) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("CAREVAULT_LISTEN")
@@ -228,8 +228,59 @@ fn carevault(bin: &Path, data_dir: &Path) -> Command {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Accounts {
     clinicians: Vec<(String, String)>,
+    /// The port the loading server listened on (the import journal is per server address).
+    port: u16,
     loaded: bool,
     import: Option<Value>,
+}
+
+/// Enroll the admin, make the import key and one clinician per organization.
+fn make_accounts(
+    server: &Server,
+    ca: &Path,
+    work: &Path,
+    organizations: usize,
+) -> Result<Accounts> {
+    let admin_token = server
+        .printed("enrollment token for admin: ")
+        .context("no admin enrollment token printed")?;
+    let api = Api::new(&server.base, ca);
+    let (_, mut admin_auth) = enroll(&api, &admin_token)?;
+    let admin = api.with_token(&login(&api, "admin", &mut admin_auth)?);
+    let key = admin.post_json(
+        "/admin/api-keys",
+        &json!({"name": "bench-import", "scopes": ["system/*.cu"], "expires_in_days": 7}),
+    );
+    if key.status != 201 {
+        bail!("cannot create the import key: {}", key.text());
+    }
+    write_private(
+        &work.join("import.key"),
+        key.json()["key"].as_str().unwrap_or_default(),
+    )?;
+    let mut clinicians = Vec::new();
+    for o in 1..=organizations {
+        let name = format!("clinician-{o}");
+        let made = admin.post_json(
+            "/admin/users",
+            &json!({"username": name, "roles": ["clinician"], "organization": format!("org-{o}")}),
+        );
+        if made.status != 201 {
+            bail!("cannot create {name}: {}", made.text());
+        }
+        let token = made.json()["enrollment_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (secret, _) = enroll(&api, &token)?;
+        clinicians.push((name, secret));
+    }
+    Ok(Accounts {
+        clinicians,
+        port: server.addr()?.port(),
+        loaded: false,
+        import: None,
+    })
 }
 
 fn enroll(api: &Api, token: &str) -> Result<(String, Authenticator)> {
@@ -297,50 +348,28 @@ fn bench(args: &RunArgs) -> Result<()> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     if !accounts.as_ref().is_some_and(|a| a.loaded) {
-        let _ = std::fs::remove_dir_all(&data_dir);
-        println!("seeding {} patients ...", args.patients);
-        let status = Command::new(&bin)
-            .args(["seed", "--patients", &args.patients.to_string()])
-            .args(["--organizations", &args.organizations.to_string()])
-            .args(["--seed", &args.seed.to_string(), "--out"])
-            .arg(&seed_dir)
-            .status()?;
-        if !status.success() {
-            bail!("carevault seed failed");
-        }
-        let server = Server::spawn(carevault(&bin, &data_dir))?;
-        let admin_token = server
-            .printed("enrollment token for admin: ")
-            .context("no admin enrollment token printed")?;
-        let api = Api::new(&server.base, &ca);
-        let (_, mut admin_auth) = enroll(&api, &admin_token)?;
-        let admin = api.with_token(&login(&api, "admin", &mut admin_auth)?);
-        let key = admin.post_json(
-            "/admin/api-keys",
-            &json!({"name": "bench-import", "scopes": ["system/*.cu"], "expires_in_days": 1}),
-        );
-        if key.status != 201 {
-            bail!("cannot create the import key: {}", key.text());
-        }
-        let key_file = work.join("import.key");
-        write_private(&key_file, key.json()["key"].as_str().unwrap_or_default())?;
-        let mut clinicians = Vec::new();
-        for o in 1..=args.organizations {
-            let name = format!("clinician-{o}");
-            let made = admin.post_json(
-                "/admin/users",
-                &json!({"username": name, "roles": ["clinician"], "organization": format!("org-{o}")}),
-            );
-            if made.status != 201 {
-                bail!("cannot create {name}: {}", made.text());
+        // A first run seeds and makes the accounts; a run after an interrupted load resumes
+        // the import (same server address, so `carevault import` finds its journal).
+        let (server, mut made) = match accounts.take() {
+            Some(a) => (Server::spawn(carevault(&bin, &data_dir, a.port))?, a),
+            None => {
+                let _ = std::fs::remove_dir_all(&data_dir);
+                println!("seeding {} patients ...", args.patients);
+                let status = Command::new(&bin)
+                    .args(["seed", "--patients", &args.patients.to_string()])
+                    .args(["--organizations", &args.organizations.to_string()])
+                    .args(["--seed", &args.seed.to_string(), "--out"])
+                    .arg(&seed_dir)
+                    .status()?;
+                if !status.success() {
+                    bail!("carevault seed failed");
+                }
+                let server = Server::spawn(carevault(&bin, &data_dir, 0))?;
+                let made = make_accounts(&server, &ca, &work, args.organizations)?;
+                std::fs::write(&accounts_file, serde_json::to_vec_pretty(&made)?)?;
+                (server, made)
             }
-            let token = made.json()["enrollment_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let (secret, _) = enroll(&api, &token)?;
-            clinicians.push((name, secret));
-        }
+        };
         println!("importing {} ...", seed_dir.display());
         let started = Instant::now();
         let output = Command::new(&bin)
@@ -349,7 +378,7 @@ fn bench(args: &RunArgs) -> Result<()> {
             .args(["--concurrency", &args.import_concurrency.to_string()])
             .args(["--batch", &args.import_batch.to_string()])
             .arg("--api-key-file")
-            .arg(&key_file)
+            .arg(work.join("import.key"))
             .args(["--server", &server.base])
             .arg("--ca-cert")
             .arg(&ca)
@@ -360,7 +389,7 @@ fn bench(args: &RunArgs) -> Result<()> {
         let summary = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         println!("{summary}");
         if !output.status.success() {
-            bail!("carevault import failed");
+            bail!("carevault import failed; run the same command again to resume");
         }
         let imported: f64 = summary
             .strip_prefix("imported ")
@@ -369,24 +398,22 @@ fn bench(args: &RunArgs) -> Result<()> {
             .unwrap_or(0.0);
         let rss = proc_stats::sample(server.pid())?;
         server.stop()?;
-        accounts = Some(Accounts {
-            clinicians,
-            loaded: true,
-            import: Some(json!({
-                "resources": imported,
-                "seconds": import_secs,
-                "resources_per_s": imported / import_secs,
-                "server_peak_rss_mib": rss.peak_rss_mib,
-                "server_cpu_s": rss.cpu_seconds,
-            })),
-        });
-        std::fs::write(&accounts_file, serde_json::to_vec_pretty(&accounts)?)?;
+        made.loaded = true;
+        made.import = Some(json!({
+            "resources": imported,
+            "seconds": import_secs,
+            "resources_per_s": imported / import_secs,
+            "server_peak_rss_mib": rss.peak_rss_mib,
+            "server_cpu_s": rss.cpu_seconds,
+        }));
+        std::fs::write(&accounts_file, serde_json::to_vec_pretty(&made)?)?;
+        accounts = Some(made);
     }
     let accounts = accounts.context("no accounts")?;
 
     // Start-up with the data loaded: spawn to "listening on", then to the first answer.
     let started = Instant::now();
-    let server = Server::spawn(carevault(&bin, &data_dir))?;
+    let server = Server::spawn(carevault(&bin, &data_dir, 0))?;
     let listening_ms = server.started_in.as_secs_f64() * 1000.0;
     let api = Api::new(&server.base, &ca);
     let first = api.get("/fhir/metadata");

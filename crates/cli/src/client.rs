@@ -73,10 +73,10 @@ impl Client {
     pub fn with_api_key(server: &str, ca_cert: Option<&Path>, key_file: &Path) -> Result<Self> {
         let key = fs::read_to_string(key_file)
             .with_context(|| format!("cannot read the API key file {}", key_file.display()))?;
-        let key = key.trim();
-        if !key.starts_with("cvk_") {
+        // The file may be the key alone or what `carevault key create` printed.
+        let Some(key) = key.split_whitespace().find(|w| w.starts_with("cvk_")) else {
             bail!("{} does not hold a CareVault API key", key_file.display());
-        }
+        };
         let mut client = Self::new(server, ca_cert)?;
         client.token = Some(key.to_owned());
         Ok(client)

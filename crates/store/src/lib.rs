@@ -350,6 +350,18 @@ pub trait Store: Send + Sync + 'static {
     async fn credential(&self, principal_id: &str) -> Result<Option<CredentialRow>, StoreError>;
     async fn enrollment(&self, token_hash: &str) -> Result<Option<EnrollmentRow>, StoreError>;
     async fn session(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError>;
+    /// A session and its principal: the lookup behind every authenticated request, which a
+    /// backend can answer in one round trip.
+    async fn session_principal(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(SessionRow, Option<PrincipalRow>)>, StoreError> {
+        let Some(session) = self.session(token_hash).await? else {
+            return Ok(None);
+        };
+        let principal = self.principal_by_id(&session.principal_id).await?;
+        Ok(Some((session, principal)))
+    }
 
     /// Events in chain order (node, then sequence), after `after` (node, seq), at most `limit`.
     async fn audit_events(

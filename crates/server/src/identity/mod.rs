@@ -890,9 +890,9 @@ impl Identity {
             return Err(Error::Unauthorized);
         }
         let hash = carevault_crypto::sha256_hex(token.as_bytes());
-        let session = self
+        let (session, principal) = self
             .store
-            .session(&hash)
+            .session_principal(&hash)
             .await?
             .ok_or(Error::Unauthorized)?;
         let now = self.clock.now_secs();
@@ -902,11 +902,7 @@ impl Identity {
         {
             return Err(Error::Unauthorized);
         }
-        let p = self
-            .store
-            .principal_by_id(&session.principal_id)
-            .await?
-            .ok_or(Error::Unauthorized)?;
+        let p = principal.ok_or(Error::Unauthorized)?;
         if p.disabled {
             return Err(Error::Unauthorized);
         }
