@@ -25,7 +25,7 @@ mod keys;
 mod provider;
 
 pub use keys::{DataKey, DataKeyCache, random_bytes, random_token, sha256, sha256_hex};
-pub use provider::{FileKeyProvider, KeyProvider};
+pub use provider::{FileKeyProvider, KeyProvider, Passphrase};
 
 /// Everything that can go wrong in this crate. Messages never contain key material, plaintext
 /// or associated data.

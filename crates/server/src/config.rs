@@ -44,6 +44,18 @@ pub struct FileConfig {
     pub auth: AuthSection,
     pub argon2: Argon2Section,
     pub log: LogSection,
+    pub key: KeySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySection {
+    /// Data keys re-wrapped per transaction after a KEK rotation.
+    pub rewrap_batch_size: Option<u64>,
+    /// Pause between re-wrap batches (to slow the job on a busy server).
+    pub rewrap_pause_ms: Option<u64>,
+    /// A file holding the passphrase that seals the `file` provider's KEK files.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +123,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("argon2.iterations", Kind::Int),
     ("argon2.parallelism", Kind::Int),
     ("log.level", Kind::Str),
+    ("key.rewrap_batch_size", Kind::Int),
+    ("key.rewrap_pause_ms", Kind::Int),
+    ("key.passphrase_file", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
@@ -235,6 +250,10 @@ pub struct Config {
     pub break_glass_minutes: i64,
     pub argon2: Argon2Params,
     pub log_level: String,
+    pub rewrap_batch_size: u32,
+    pub rewrap_pause_ms: u64,
+    /// Seals KEK files under a passphrase (Argon2id) when set.
+    pub key_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -414,6 +433,20 @@ impl Config {
             1,
             64,
         )?;
+        let rewrap_batch = int(
+            "key.rewrap_batch_size",
+            file.key.rewrap_batch_size,
+            256,
+            1,
+            10_000,
+        )?;
+        let rewrap_pause = int(
+            "key.rewrap_pause_ms",
+            file.key.rewrap_pause_ms,
+            0,
+            0,
+            60_000,
+        )?;
         let log_level = file.log.level.unwrap_or_else(|| "info".to_owned());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(ConfigError::new(
@@ -448,6 +481,14 @@ impl Config {
                 parallelism: parallelism as u32,
             },
             log_level,
+            rewrap_batch_size: rewrap_batch as u32,
+            rewrap_pause_ms: rewrap_pause,
+            key_passphrase_file: match file.key.passphrase_file {
+                Some(p) if p.as_os_str().is_empty() => {
+                    return Err(ConfigError::new("key.passphrase_file", "must not be empty"));
+                }
+                other => other,
+            },
         })
     }
 
@@ -468,6 +509,16 @@ impl Config {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.data_dir.join("keys")
+    }
+
+    /// The KEK passphrase, read from `key.passphrase_file`, if configured.
+    pub fn key_passphrase(
+        &self,
+    ) -> Result<Option<carevault_crypto::Passphrase>, carevault_crypto::CryptoError> {
+        self.key_passphrase_file
+            .as_deref()
+            .map(carevault_crypto::Passphrase::from_file)
+            .transpose()
     }
 }
 

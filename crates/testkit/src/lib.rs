@@ -185,6 +185,13 @@ impl Api {
         }
     }
 
+    /// The same client (token included) for a server that now listens at `base`.
+    pub fn rebased(&self, base: &str) -> Self {
+        let mut api = self.clone();
+        api.base = base.trim_end_matches('/').to_owned();
+        api
+    }
+
     pub fn with_token(&self, token: &str) -> Self {
         let mut api = self.clone();
         api.token = Some(token.to_owned());
@@ -292,6 +299,61 @@ pub struct TestServer {
     pub admin_token: String,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+type Output = (Child, Arc<Mutex<String>>, Arc<Mutex<String>>);
+
+/// Spawn `carevault serve` on `data_dir`, collecting its output.
+fn spawn(bin: &Path, data_dir: &Path, tmp: &Path, env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("CAREVAULT_LISTEN")
+        .env_remove("CAREVAULT_DATA_DIR")
+        .env("CAREVAULT_CLI_CONFIG_DIR", tmp.join("cli"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    for (pipe, sink) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            stdout.clone(),
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            stderr.clone(),
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+    }
+    (child, stdout, stderr)
 }
 
 impl TestServer {
@@ -304,49 +366,64 @@ impl TestServer {
     pub fn start_with(bin: &Path, env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let data_dir = tmp.path().join("data");
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env_remove("CAREVAULT_LISTEN")
-            .env_remove("CAREVAULT_DATA_DIR")
-            .env("CAREVAULT_CLI_CONFIG_DIR", tmp.path().join("cli"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, stdout, stderr) = spawn(bin, &data_dir, tmp.path(), &env);
+        let mut server = Self {
+            child,
+            base: String::new(),
+            data_dir,
+            _tmp: tmp,
+            admin_token: String::new(),
+            stdout,
+            stderr,
+            bin: bin.to_path_buf(),
+            env,
+        };
+        let (base, token) = server.wait_ready(true);
+        server.base = base;
+        server.admin_token = token.unwrap_or_default();
+        server
+    }
+
+    /// Start the server again on the same data directory (after [`Self::stop`] or
+    /// [`Self::kill`]), with the environment of the first start plus `extra_env`. The address
+    /// changes; `base` is updated, and clients must be made anew (`api()`, `with_base`).
+    pub fn restart(&mut self, extra_env: &[(&str, &str)]) {
+        let mut env = self.env.clone();
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(out) = child.stdout.take() {
-            let sink = stdout.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        if let Some(err) = child.stderr.take() {
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
+        let (child, stdout, stderr) = spawn(&self.bin, &self.data_dir, self._tmp.path(), &env);
+        self.child = child;
+        self.stdout = stdout;
+        self.stderr = stderr;
+        let (base, _) = self.wait_ready(false);
+        self.base = base;
+    }
+
+    /// Kill the server process at once (SIGKILL): no graceful shutdown.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The temp directory of this server (holds `data/` and `cli/`).
+    pub fn tmp_dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
+    fn wait_ready(&mut self, first_start: bool) -> (String, Option<String>) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (base, admin_token) = loop {
-            let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        loop {
+            let out = self
+                .stdout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let listening = out
                 .lines()
                 .find_map(|l| l.strip_prefix("listening on ").map(str::to_owned));
@@ -354,26 +431,23 @@ impl TestServer {
                 l.strip_prefix("enrollment token for admin: ")
                     .map(str::to_owned)
             });
-            if let (Some(base), Some(token)) = (listening, token) {
-                break (base, token);
+            if let Some(base) = listening
+                && (token.is_some() || !first_start)
+            {
+                return (base, token);
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                let err = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let err = self
+                    .stderr
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 panic!("server exited early ({status}):\n{out}\n{err}");
             }
             if Instant::now() > deadline {
                 panic!("server did not start in time:\n{out}");
             }
             std::thread::sleep(Duration::from_millis(20));
-        };
-        Self {
-            child,
-            base,
-            data_dir,
-            _tmp: tmp,
-            admin_token,
-            stdout,
-            stderr,
         }
     }
 

@@ -12,6 +12,7 @@ mod cli;
 mod differential;
 mod e2e;
 mod hostile;
+mod keys;
 mod search;
 mod tamper;
 
