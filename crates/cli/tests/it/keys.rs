@@ -557,3 +557,71 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
     assert!(srv.logs().contains("shreds_reapplied"), "{}", srv.logs());
     check(&clin.api.rebased(&srv.base));
 }
+
+#[test]
+fn kek_files_sealed_under_a_passphrase_and_a_wrong_one_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let pass_file = tmp.path().join("kek-passphrase");
+    let passphrase = format!("pass-{}", uuid_like());
+    std::fs::write(&pass_file, format!("{passphrase}\n")).unwrap();
+    std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pass_env = pass_file.to_str().unwrap().to_owned();
+    let mut srv = TestServer::start_with(bin(), &[("CAREVAULT_KEY_PASSPHRASE_FILE", &pass_env)]);
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.sealed", &["clinician"], Some("org-a"));
+    let pid = create(&clin.api, "/fhir/Patient", &patient("Sealed", "Sue"));
+    assert_eq!(
+        admin.api.post_json("/admin/keys/rotate", &json!({})).status,
+        201
+    );
+    wait_for_rewrap(&admin.api);
+    for v in [1, 2] {
+        let bytes = std::fs::read(srv.data_dir.join(format!("keys/kek-v{v}.key"))).unwrap();
+        assert!(bytes.starts_with(b"CVKEKS01"), "kek-v{v} is not sealed");
+    }
+
+    // A wrong passphrase: a clear error, and the server does not start.
+    srv.stop();
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&wrong, "not-the-right-passphrase\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&srv.data_dir)
+        .env("CAREVAULT_KEY_PASSPHRASE_FILE", &wrong)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("wrong passphrase"), "{said}");
+    assert!(!said.contains("not-the-right") && !said.contains(&passphrase));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    // Without one: refused too.
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&srv.data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("key.passphrase_file"), "{}", text(&out));
+
+    // The right one: everything reads.
+    srv.restart(&[]);
+    let c = clin.api.rebased(&srv.base);
+    assert_eq!(c.get(&format!("/fhir/Patient/{pid}")).status, 200);
+}
+
+/// A value unique to this run (not a secret; only makes the passphrase distinct).
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
