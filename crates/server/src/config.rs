@@ -56,6 +56,12 @@ pub struct KeySection {
     pub rewrap_pause_ms: Option<u64>,
     /// A file holding the passphrase that seals the `file` provider's KEK files.
     pub passphrase_file: Option<PathBuf>,
+    /// `file` (default) or `pkcs11`.
+    pub provider: Option<String>,
+    pub pkcs11_module: Option<PathBuf>,
+    pub pkcs11_token_label: Option<String>,
+    /// A file holding the token's user PIN.
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +132,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("key.rewrap_batch_size", Kind::Int),
     ("key.rewrap_pause_ms", Kind::Int),
     ("key.passphrase_file", Kind::Str),
+    ("key.provider", Kind::Str),
+    ("key.pkcs11_module", Kind::Str),
+    ("key.pkcs11_token_label", Kind::Str),
+    ("key.pkcs11_pin_file", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
@@ -133,6 +143,8 @@ const NON_CONFIG_ENV: &[&str] = &[
     "CAREVAULT_CONFIG",
     "CAREVAULT_CLI_CONFIG_DIR",
     "CAREVAULT_LOG",
+    // Read by the test kit (which key provider test servers use), never by the server.
+    "CAREVAULT_TEST_KEY_PROVIDER",
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -254,7 +266,24 @@ pub struct Config {
     pub rewrap_pause_ms: u64,
     /// Seals KEK files under a passphrase (Argon2id) when set.
     pub key_passphrase_file: Option<PathBuf>,
+    /// Where the KEKs are held.
+    pub key_provider: KeyProviderConfig,
 }
+
+/// The key provider the server uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyProviderConfig {
+    /// KEK files in `DATA_DIR/keys`.
+    File,
+    /// KEKs in an HSM token reached through a PKCS#11 module.
+    Pkcs11 {
+        module: PathBuf,
+        token_label: String,
+        pin_file: PathBuf,
+    },
+}
+
+pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Argon2Params {
@@ -483,6 +512,33 @@ impl Config {
             log_level,
             rewrap_batch_size: rewrap_batch as u32,
             rewrap_pause_ms: rewrap_pause,
+            key_provider: match file.key.provider.as_deref().unwrap_or("file") {
+                "file" => KeyProviderConfig::File,
+                "pkcs11" => KeyProviderConfig::Pkcs11 {
+                    module: file
+                        .key
+                        .pkcs11_module
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE)),
+                    token_label: file.key.pkcs11_token_label.ok_or_else(|| {
+                        ConfigError::new(
+                            "key.pkcs11_token_label",
+                            "required with key.provider = \"pkcs11\"",
+                        )
+                    })?,
+                    pin_file: file.key.pkcs11_pin_file.ok_or_else(|| {
+                        ConfigError::new(
+                            "key.pkcs11_pin_file",
+                            "required with key.provider = \"pkcs11\"",
+                        )
+                    })?,
+                },
+                _ => {
+                    return Err(ConfigError::new(
+                        "key.provider",
+                        "expected \"file\" or \"pkcs11\"",
+                    ));
+                }
+            },
             key_passphrase_file: match file.key.passphrase_file {
                 Some(p) if p.as_os_str().is_empty() => {
                     return Err(ConfigError::new("key.passphrase_file", "must not be empty"));
@@ -511,6 +567,39 @@ impl Config {
         self.data_dir.join("keys")
     }
 
+    /// Open the configured key provider (`create_first`: at `init`, make KEK version 1).
+    pub fn key_provider(
+        &self,
+        create_first: bool,
+    ) -> Result<Box<dyn carevault_crypto::KeyProvider>, carevault_crypto::CryptoError> {
+        use carevault_crypto::{FileKeyProvider, Pkcs11KeyProvider, Pkcs11Settings};
+        match &self.key_provider {
+            KeyProviderConfig::File => {
+                let passphrase = self.key_passphrase()?;
+                Ok(Box::new(if create_first {
+                    FileKeyProvider::create_with(&self.keys_dir(), passphrase)?
+                } else {
+                    FileKeyProvider::open_with(&self.keys_dir(), passphrase)?
+                }))
+            }
+            KeyProviderConfig::Pkcs11 {
+                module,
+                token_label,
+                pin_file,
+            } => {
+                let pin = read_pin(pin_file)?;
+                Ok(Box::new(Pkcs11KeyProvider::open(
+                    Pkcs11Settings {
+                        module,
+                        token_label,
+                        pin,
+                    },
+                    create_first,
+                )?))
+            }
+        }
+    }
+
     /// The KEK passphrase, read from `key.passphrase_file`, if configured.
     pub fn key_passphrase(
         &self,
@@ -520,6 +609,25 @@ impl Config {
             .map(carevault_crypto::Passphrase::from_file)
             .transpose()
     }
+}
+
+/// The PKCS#11 user PIN: the first line of a file of mode 0600 or stricter.
+fn read_pin(path: &Path) -> Result<zeroize::Zeroizing<String>, carevault_crypto::CryptoError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |what: &str| carevault_crypto::CryptoError::KeyStore(format!("PIN file: {what}"));
+    let meta =
+        std::fs::metadata(path).map_err(|e| err(&format!("cannot read it: {}", e.kind())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err("accessible to other users; it must be mode 0600"));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| err(&format!("cannot read it: {}", e.kind())))?,
+    );
+    let pin = text.lines().next().unwrap_or_default().trim_end();
+    if pin.is_empty() {
+        return Err(err("empty"));
+    }
+    Ok(zeroize::Zeroizing::new(pin.to_owned()))
 }
 
 #[cfg(test)]

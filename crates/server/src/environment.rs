@@ -17,7 +17,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use carevault_crypto::FileKeyProvider;
 use carevault_store::{SqliteStore, Store, WriteOp};
 use serde::{Deserialize, Serialize};
 
@@ -83,8 +82,14 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
         .map_err(|e| io("cannot restrict the data directory", &e))?;
 
     let environment_id = format!("env-{}", uuid::Uuid::new_v4());
-    let passphrase = config.key_passphrase()?;
-    let provider = FileKeyProvider::create_with(&config.keys_dir(), passphrase)?;
+    if config.key_provider != crate::config::KeyProviderConfig::File {
+        // The keyring's state file and shred list live here whatever the provider.
+        fs::create_dir_all(config.keys_dir())
+            .map_err(|e| io("cannot create the key directory", &e))?;
+        fs::set_permissions(config.keys_dir(), fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("cannot restrict the key directory", &e))?;
+    }
+    let provider = config.key_provider(true)?;
     let store = SqliteStore::open(&config.db_path())?;
     store
         .write(vec![WriteOp::SetMeta {
@@ -103,7 +108,7 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     let keyring = Arc::new(
         Keyring::new(
             environment_id.clone(),
-            Box::new(provider),
+            provider,
             store.clone(),
             clock.clone(),
         )
@@ -161,7 +166,7 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
             dir.display()
         )));
     }
-    let provider = FileKeyProvider::open_with(&config.keys_dir(), config.key_passphrase()?)?;
+    let provider = config.key_provider(false)?;
     let store = SqliteStore::open(&config.db_path())?;
     match store.meta("environment_id").await? {
         Some(id) if id == file.environment_id => {}
@@ -173,13 +178,8 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
     }
     let store: Arc<dyn Store> = Arc::new(store);
     let keyring = Arc::new(
-        Keyring::new(
-            file.environment_id.clone(),
-            Box::new(provider),
-            store.clone(),
-            clock,
-        )
-        .with_state_dir(&config.keys_dir())?,
+        Keyring::new(file.environment_id.clone(), provider, store.clone(), clock)
+            .with_state_dir(&config.keys_dir())?,
     );
     // The shred list lives in the keyring: a database restored from before a shred loses the
     // shredded compartments again before anything can read them.

@@ -409,7 +409,12 @@ impl Keyring {
             .map(|m| KekVersionStatus {
                 version: m.version,
                 state: if m.destroyed_at_us.is_some() {
-                    "destroyed"
+                    // Still held by the provider: the destruction did not complete.
+                    if held.contains(&m.version) {
+                        "destroy-failed"
+                    } else {
+                        "destroyed"
+                    }
                 } else if !held.contains(&m.version) {
                     "missing"
                 } else if m.version == active {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use carevault_testkit::{Api, TestServer};
+use carevault_testkit::{Api, TestServer, key_provider};
 use serde_json::{Value, json};
 
 use crate::{bin, observation, patient};
@@ -37,6 +37,16 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// With the `file` provider, KEK version `v` is a file; with `pkcs11`, an HSM object (whose
+/// presence `status` reports from the token itself).
+fn kek_exists(srv: &TestServer, api: &Api, v: u64) -> bool {
+    if key_provider() == "file" {
+        srv.data_dir.join(format!("keys/kek-v{v}.key")).exists()
+    } else {
+        !["destroyed", "missing"].contains(&version_state(&status(api), v).0.as_str())
+    }
 }
 
 fn status(api: &Api) -> Value {
@@ -93,6 +103,7 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
         written.push(format!("/fhir/Observation/{oid}"));
     }
     let before = status(&admin.api);
+    assert_eq!(before["provider"], key_provider());
     assert_eq!(before["active_version"], 1);
     assert_eq!(version_state(&before, 1).0, "active");
 
@@ -202,7 +213,6 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
     );
 
     // Bad input changes nothing, with a clear error.
-    let kek1 = srv.data_dir.join("keys/kek-v1.key");
     for (args, expect) in [
         (&["key", "destroy", "v2"][..], "active"),
         (&["key", "destroy", "v9"][..], "404"),
@@ -213,14 +223,14 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(text(&out).contains(expect), "{args:?}: {}", text(&out));
     }
-    assert!(kek1.exists());
+    assert!(kek_exists(&srv, &admin.api, 1));
     assert_eq!(status(&admin.api)["active_version"], 2);
 
     // The old version is destroyed for good; everything still reads, before and after a restart.
     let destroyed = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
     assert!(destroyed.status.success(), "{}", text(&destroyed));
-    assert!(!kek1.exists(), "the v1 key file must be gone");
-    assert!(srv.data_dir.join("keys/kek-v2.key").exists());
+    assert!(!kek_exists(&srv, &admin.api, 1), "the v1 key must be gone");
+    assert!(kek_exists(&srv, &admin.api, 2));
     let again = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
     assert!(
         text(&again).contains("already destroyed"),
@@ -246,6 +256,9 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
     // Every action above is in the audit trail.
     let admin_api = admin.api.rebased(&srv.base);
     assert_eq!(status(&admin_api)["active_version"], 2);
+    // Read back from the provider itself (the key directory or the HSM token).
+    assert!(!kek_exists(&srv, &admin_api, 1));
+    assert!(kek_exists(&srv, &admin_api, 2));
     let auditor_api = auditor.api.rebased(&srv.base);
     let trail = auditor_api.get("/audit/events?_count=500").text();
     for action in [
@@ -313,7 +326,7 @@ fn an_interrupted_rewrap_resumes_after_a_restart() {
         "{}",
         refused.text()
     );
-    assert!(srv.data_dir.join("keys/kek-v1.key").exists());
+    assert!(kek_exists(&srv, &admin_api, 1));
 
     // At full speed it runs to completion.
     srv.stop();
@@ -322,7 +335,7 @@ fn an_interrupted_rewrap_resumes_after_a_restart() {
     let finished = wait_for_rewrap(&admin_api);
     assert_eq!(version_state(&finished, 1).1, 0);
     assert_eq!(admin_api.delete("/admin/keys/v1").status, 204);
-    assert!(!srv.data_dir.join("keys/kek-v1.key").exists());
+    assert!(!kek_exists(&srv, &admin_api, 1));
     let clin_api = clin.api.rebased(&srv.base);
     for path in &paths {
         assert_eq!(clin_api.get(path).status, 200, "{path}");
@@ -561,6 +574,9 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
 #[test]
 fn kek_files_sealed_under_a_passphrase_and_a_wrong_one_stops_the_start() {
     use std::os::unix::fs::PermissionsExt;
+    if key_provider() != "file" {
+        return; // a property of the file provider
+    }
     let tmp = tempfile::tempdir().unwrap();
     let pass_file = tmp.path().join("kek-passphrase");
     let passphrase = format!("pass-{}", uuid_like());
@@ -624,4 +640,64 @@ fn uuid_like() -> String {
             .unwrap()
             .as_nanos()
     )
+}
+
+#[test]
+fn an_unreachable_hsm_or_a_wrong_pin_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let env = carevault_testkit::softhsm_token(tmp.path());
+    let serve = |data: &Path, overrides: &[(&str, String)]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env_remove("CAREVAULT_TEST_KEY_PROVIDER")
+            .stdin(Stdio::null());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        for (k, v) in overrides {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let wrong_pin = tmp.path().join("wrong-pin");
+    std::fs::write(&wrong_pin, "000000\n").unwrap();
+    std::fs::set_permissions(&wrong_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cases = [
+        (
+            (
+                "CAREVAULT_KEY_PKCS11_MODULE",
+                "/nonexistent/libpkcs11.so".to_owned(),
+            ),
+            "cannot load the PKCS#11 module",
+        ),
+        (
+            (
+                "CAREVAULT_KEY_PKCS11_TOKEN_LABEL",
+                "no-such-token".to_owned(),
+            ),
+            "no token has the configured label",
+        ),
+        (
+            (
+                "CAREVAULT_KEY_PKCS11_PIN_FILE",
+                wrong_pin.display().to_string(),
+            ),
+            "login failed",
+        ),
+    ];
+    for ((key, value), expect) in cases {
+        let data = tmp.path().join(format!("data-{key}"));
+        let out = serve(&data, &[(key, value)]);
+        assert!(!out.status.success(), "{key}: the server must not start");
+        let said = text(&out);
+        assert!(said.contains(expect), "{key}: {said}");
+        assert!(!said.contains("listening on"));
+        assert!(!said.contains("000000"));
+        assert!(
+            !data.join("environment.json").exists(),
+            "{key}: nothing initialized"
+        );
+    }
 }
