@@ -341,9 +341,21 @@ impl Keyring {
                 return Ok((cipher, name));
             }
         }
-        let row = self.store.data_key_by_id(id).await?.ok_or_else(|| {
-            Error::Integrity("data key referenced by a ciphertext does not exist".into())
-        })?;
+        let Some(row) = self.store.data_key_by_id(id).await? else {
+            let shredded = self
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .shredded
+                .iter()
+                .any(|r| r.data_key_id == id);
+            // A version sealed under a shredded key (one that raced the shred) reads as absent.
+            return Err(if shredded {
+                Error::NotFound
+            } else {
+                Error::Integrity("data key referenced by a ciphertext does not exist".into())
+            });
+        };
         self.unwrap_row(&row)
     }
 

@@ -483,6 +483,12 @@ impl TestServer {
         let _ = self.child.wait();
     }
 
+    /// The extra environment this server runs with (its key provider's, for example); local
+    /// CLI commands on its data directory need the same.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
     /// The temp directory of this server (holds `data/` and `cli/`).
     pub fn tmp_dir(&self) -> &Path {
         self._tmp.path()
