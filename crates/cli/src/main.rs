@@ -108,10 +108,16 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// API keys: service keys (admin, `--service`) or your own (limited to your rights).
+    /// API keys: service keys (admin, `--service`) or your own (limited to your rights); and
+    /// the keyring's key-encryption keys (admin): status, rotate, min-version, destroy.
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Crypto-shredding a patient (admin, with a second admin's approval).
+    Patient {
+        #[command(subcommand)]
+        command: PatientCommand,
     },
     /// Emergency read access beyond your organizations (clinicians), loudly audited.
     BreakGlass {
@@ -196,6 +202,37 @@ enum KeyCommand {
         name: String,
         #[arg(long)]
         service: bool,
+    },
+    /// Key-encryption key versions: state, creation time, data keys each still wraps, re-wrap
+    /// progress.
+    Status,
+    /// Add a KEK version (used by every new wrap at once); data keys are re-wrapped in the
+    /// background. With --wait, show progress until the re-wrap is done.
+    Rotate {
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Refuse decryption under KEK versions older than VERSION (once none is in use).
+    MinVersion { version: String },
+    /// Destroy a KEK version for good; refused while anything depends on it.
+    Destroy { version: String },
+}
+
+#[derive(Subcommand)]
+enum PatientCommand {
+    /// Approve another admin's crypto-shred of a patient: prints a one-time approval token
+    /// (valid 15 minutes) to hand to them.
+    ApproveShred { patient: String },
+    /// Destroy a patient's data key: every version of every resource in their compartment
+    /// becomes unreadable for good, backups included. Needs a second admin's approval token.
+    Shred {
+        patient: String,
+        /// Why; audited (as a keyed digest and sealed, never in clear).
+        #[arg(long)]
+        reason: String,
+        /// The approval token from `carevault patient approve-shred` run by another admin.
+        #[arg(long)]
+        approval: String,
     },
 }
 
@@ -410,6 +447,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit { command } => audit_cmd::run(command),
         Command::Policy { command } => policy(command),
         Command::Key { command } => key(command),
+        Command::Patient { command } => patient(command),
         Command::BreakGlass { reason, patient } => {
             let client = Client::from_session()?;
             let granted = client.expect(
@@ -874,6 +912,147 @@ fn key(command: KeyCommand) -> Result<()> {
         KeyCommand::Revoke { name, service } => {
             client.expect("DELETE", &format!("{}/{name}", base(service)), None)?;
             println!("api key {name} revoked");
+        }
+        KeyCommand::Status => print_key_status(&client.expect("GET", "/admin/keys", None)?),
+        KeyCommand::Rotate { wait } => {
+            let rotated = client.expect("POST", "/admin/keys/rotate", None)?;
+            println!(
+                "key-encryption key v{} is active; {} data keys to re-wrap in the background",
+                rotated["active_version"], rotated["rewrap_remaining"]
+            );
+            if wait {
+                wait_for_rewrap(&client)?;
+            }
+        }
+        KeyCommand::MinVersion { version } => {
+            let version = kek_version_arg(&version)?;
+            client.expect(
+                "POST",
+                "/admin/keys/min-version",
+                Some(&json!({"version": version})),
+            )?;
+            println!("minimum decryption version is now v{version}");
+        }
+        KeyCommand::Destroy { version } => {
+            let version = kek_version_arg(&version)?;
+            client.expect("DELETE", &format!("/admin/keys/v{version}"), None)?;
+            println!("key-encryption key v{version} destroyed");
+        }
+    }
+    Ok(())
+}
+
+fn kek_version_arg(text: &str) -> Result<u32> {
+    text.strip_prefix('v')
+        .unwrap_or(text)
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0)
+        .with_context(|| "a key version is written v1, v2, ...".to_owned())
+}
+
+fn print_key_status(status: &serde_json::Value) {
+    println!(
+        "provider {}; active v{}; minimum decryption version v{}",
+        status["provider"].as_str().unwrap_or_default(),
+        status["active_version"],
+        status["min_decrypt_version"]
+    );
+    println!(
+        "{:<8} {:<13} {:<28} DATA KEYS",
+        "VERSION", "STATE", "CREATED"
+    );
+    for v in status["versions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<13} {:<28} {}",
+            format!("v{}", v["version"]),
+            v["state"].as_str().unwrap_or_default(),
+            v["created_at"].as_str().unwrap_or_default(),
+            v["data_keys"]
+        );
+    }
+    let total = status["data_keys_total"].as_u64().unwrap_or(0);
+    let remaining = status["rewrap_remaining"].as_u64().unwrap_or(0);
+    if remaining == 0 {
+        println!("re-wrap: complete ({total} data keys under the active version)");
+    } else {
+        println!(
+            "re-wrap: {} of {total} data keys done, {remaining} remaining",
+            total.saturating_sub(remaining)
+        );
+    }
+}
+
+/// Progress of the background re-wrap, on one line on a terminal, until it is complete.
+fn wait_for_rewrap(client: &Client) -> Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let status = client.expect("GET", "/admin/keys", None)?;
+        let total = status["data_keys_total"].as_u64().unwrap_or(0);
+        let remaining = status["rewrap_remaining"].as_u64().unwrap_or(0);
+        let done = total.saturating_sub(remaining);
+        let width = 30usize;
+        let filled = if total == 0 {
+            width
+        } else {
+            (done as usize * width) / total as usize
+        };
+        let bar = format!(
+            "[{}{}] {done}/{total} data keys re-wrapped",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+        if tty {
+            print!("\r{bar}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("{bar}");
+        }
+        if remaining == 0 {
+            if tty {
+                println!();
+            }
+            println!("re-wrap complete");
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+fn patient(command: PatientCommand) -> Result<()> {
+    let client = Client::from_session()?;
+    let id = |p: &str| p.strip_prefix("Patient/").unwrap_or(p).to_owned();
+    match command {
+        PatientCommand::ApproveShred { patient } => {
+            let approved = client.expect(
+                "POST",
+                &format!("/admin/patients/{}/shred-approval", id(&patient)),
+                None,
+            )?;
+            println!(
+                "approval token for shredding {}: {}",
+                approved["patient"].as_str().unwrap_or_default(),
+                approved["approval_token"].as_str().unwrap_or_default()
+            );
+            println!(
+                "(one use, by another admin; expires {})",
+                approved["expires_at"].as_str().unwrap_or_default()
+            );
+        }
+        PatientCommand::Shred {
+            patient,
+            reason,
+            approval,
+        } => {
+            let done = client.expect(
+                "POST",
+                &format!("/admin/patients/{}/shred", id(&patient)),
+                Some(&json!({"reason": reason, "approval": approval})),
+            )?;
+            println!(
+                "{} shredded: its data key is destroyed and its resources are gone",
+                done["patient"].as_str().unwrap_or_default()
+            );
         }
     }
     Ok(())

@@ -22,10 +22,12 @@
 
 pub mod envelope;
 mod keys;
+mod pkcs11;
 mod provider;
 
 pub use keys::{DataKey, DataKeyCache, random_bytes, random_token, sha256, sha256_hex};
-pub use provider::{FileKeyProvider, KeyProvider};
+pub use pkcs11::{Pkcs11KeyProvider, Pkcs11Settings};
+pub use provider::{FileKeyProvider, KeyProvider, Passphrase};
 
 /// Everything that can go wrong in this crate. Messages never contain key material, plaintext
 /// or associated data.

@@ -10,7 +10,7 @@ use carevault_fhir::Validator;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::audit::Audit;
+use crate::audit::{Audit, AuditScope};
 use crate::authz::Authz;
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -29,6 +29,9 @@ pub struct Application {
     tls_fingerprint: Option<String>,
     environment_id: String,
     audit: Arc<Audit>,
+    keyring: Arc<crate::keyring::Keyring>,
+    rewrap_batch: u32,
+    rewrap_pause: std::time::Duration,
 }
 
 enum Bound {
@@ -89,6 +92,8 @@ impl Application {
             (Bound::Tls(listener), Some(fingerprint))
         };
         let capability = http::capability_statement(clock.now_us());
+        let rewrap_batch = config.rewrap_batch_size;
+        let rewrap_pause = std::time::Duration::from_millis(config.rewrap_pause_ms);
         let state = AppState::new(Services {
             config,
             identity,
@@ -97,6 +102,7 @@ impl Application {
             metrics: crate::metrics::Metrics::default(),
             audit: audit.clone(),
             store: env.store.clone(),
+            keyring: env.keyring.clone(),
             clock,
             capability,
         });
@@ -107,6 +113,9 @@ impl Application {
             tls_fingerprint,
             environment_id: env.id,
             audit,
+            keyring: env.keyring,
+            rewrap_batch,
+            rewrap_pause,
         })
     }
 
@@ -148,6 +157,21 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let checkpointer = self.audit.spawn_checkpointer();
+        // Re-wraps data keys under the active KEK: at start (resuming an interrupted re-wrap)
+        // and after every rotation. Its completion is an audit event.
+        let audit = self.audit.clone();
+        let rewrapper =
+            self.keyring
+                .spawn_rewrapper(self.rewrap_batch, self.rewrap_pause, move |n| {
+                    let audit = audit.clone();
+                    async move {
+                        let scope = AuditScope::local(audit, "key.rewrap.finished");
+                        scope.add_detail("data_keys", n.to_string());
+                        if let Err(e) = scope.finish(200).await {
+                            tracing::error!(event = "audit_write_failed", error = %e);
+                        }
+                    }
+                });
         let app = http::router(self.state);
         let make = app.into_make_service_with_connect_info::<ClientAddr>();
         let served = match self.listener {
@@ -155,6 +179,7 @@ impl Application {
             Bound::Plain(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,
         };
         checkpointer.abort();
+        rewrapper.abort();
         if let Err(e) = self.audit.checkpoint(true, None).await {
             tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");
         }

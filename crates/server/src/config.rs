@@ -44,6 +44,24 @@ pub struct FileConfig {
     pub auth: AuthSection,
     pub argon2: Argon2Section,
     pub log: LogSection,
+    pub key: KeySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySection {
+    /// Data keys re-wrapped per transaction after a KEK rotation.
+    pub rewrap_batch_size: Option<u64>,
+    /// Pause between re-wrap batches (to slow the job on a busy server).
+    pub rewrap_pause_ms: Option<u64>,
+    /// A file holding the passphrase that seals the `file` provider's KEK files.
+    pub passphrase_file: Option<PathBuf>,
+    /// `file` (default) or `pkcs11`.
+    pub provider: Option<String>,
+    pub pkcs11_module: Option<PathBuf>,
+    pub pkcs11_token_label: Option<String>,
+    /// A file holding the token's user PIN.
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +129,13 @@ const KEYS: &[(&str, Kind)] = &[
     ("argon2.iterations", Kind::Int),
     ("argon2.parallelism", Kind::Int),
     ("log.level", Kind::Str),
+    ("key.rewrap_batch_size", Kind::Int),
+    ("key.rewrap_pause_ms", Kind::Int),
+    ("key.passphrase_file", Kind::Str),
+    ("key.provider", Kind::Str),
+    ("key.pkcs11_module", Kind::Str),
+    ("key.pkcs11_token_label", Kind::Str),
+    ("key.pkcs11_pin_file", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
@@ -118,6 +143,8 @@ const NON_CONFIG_ENV: &[&str] = &[
     "CAREVAULT_CONFIG",
     "CAREVAULT_CLI_CONFIG_DIR",
     "CAREVAULT_LOG",
+    // Read by the test kit (which key provider test servers use), never by the server.
+    "CAREVAULT_TEST_KEY_PROVIDER",
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -235,7 +262,28 @@ pub struct Config {
     pub break_glass_minutes: i64,
     pub argon2: Argon2Params,
     pub log_level: String,
+    pub rewrap_batch_size: u32,
+    pub rewrap_pause_ms: u64,
+    /// Seals KEK files under a passphrase (Argon2id) when set.
+    pub key_passphrase_file: Option<PathBuf>,
+    /// Where the KEKs are held.
+    pub key_provider: KeyProviderConfig,
 }
+
+/// The key provider the server uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyProviderConfig {
+    /// KEK files in `DATA_DIR/keys`.
+    File,
+    /// KEKs in an HSM token reached through a PKCS#11 module.
+    Pkcs11 {
+        module: PathBuf,
+        token_label: String,
+        pin_file: PathBuf,
+    },
+}
+
+pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Argon2Params {
@@ -414,6 +462,20 @@ impl Config {
             1,
             64,
         )?;
+        let rewrap_batch = int(
+            "key.rewrap_batch_size",
+            file.key.rewrap_batch_size,
+            256,
+            1,
+            10_000,
+        )?;
+        let rewrap_pause = int(
+            "key.rewrap_pause_ms",
+            file.key.rewrap_pause_ms,
+            0,
+            0,
+            60_000,
+        )?;
         let log_level = file.log.level.unwrap_or_else(|| "info".to_owned());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(ConfigError::new(
@@ -448,6 +510,41 @@ impl Config {
                 parallelism: parallelism as u32,
             },
             log_level,
+            rewrap_batch_size: rewrap_batch as u32,
+            rewrap_pause_ms: rewrap_pause,
+            key_provider: match file.key.provider.as_deref().unwrap_or("file") {
+                "file" => KeyProviderConfig::File,
+                "pkcs11" => KeyProviderConfig::Pkcs11 {
+                    module: file
+                        .key
+                        .pkcs11_module
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE)),
+                    token_label: file.key.pkcs11_token_label.ok_or_else(|| {
+                        ConfigError::new(
+                            "key.pkcs11_token_label",
+                            "required with key.provider = \"pkcs11\"",
+                        )
+                    })?,
+                    pin_file: file.key.pkcs11_pin_file.ok_or_else(|| {
+                        ConfigError::new(
+                            "key.pkcs11_pin_file",
+                            "required with key.provider = \"pkcs11\"",
+                        )
+                    })?,
+                },
+                _ => {
+                    return Err(ConfigError::new(
+                        "key.provider",
+                        "expected \"file\" or \"pkcs11\"",
+                    ));
+                }
+            },
+            key_passphrase_file: match file.key.passphrase_file {
+                Some(p) if p.as_os_str().is_empty() => {
+                    return Err(ConfigError::new("key.passphrase_file", "must not be empty"));
+                }
+                other => other,
+            },
         })
     }
 
@@ -469,6 +566,68 @@ impl Config {
     pub fn keys_dir(&self) -> PathBuf {
         self.data_dir.join("keys")
     }
+
+    /// Open the configured key provider (`create_first`: at `init`, make KEK version 1).
+    pub fn key_provider(
+        &self,
+        create_first: bool,
+    ) -> Result<Box<dyn carevault_crypto::KeyProvider>, carevault_crypto::CryptoError> {
+        use carevault_crypto::{FileKeyProvider, Pkcs11KeyProvider, Pkcs11Settings};
+        match &self.key_provider {
+            KeyProviderConfig::File => {
+                let passphrase = self.key_passphrase()?;
+                Ok(Box::new(if create_first {
+                    FileKeyProvider::create_with(&self.keys_dir(), passphrase)?
+                } else {
+                    FileKeyProvider::open_with(&self.keys_dir(), passphrase)?
+                }))
+            }
+            KeyProviderConfig::Pkcs11 {
+                module,
+                token_label,
+                pin_file,
+            } => {
+                let pin = read_pin(pin_file)?;
+                Ok(Box::new(Pkcs11KeyProvider::open(
+                    Pkcs11Settings {
+                        module,
+                        token_label,
+                        pin,
+                    },
+                    create_first,
+                )?))
+            }
+        }
+    }
+
+    /// The KEK passphrase, read from `key.passphrase_file`, if configured.
+    pub fn key_passphrase(
+        &self,
+    ) -> Result<Option<carevault_crypto::Passphrase>, carevault_crypto::CryptoError> {
+        self.key_passphrase_file
+            .as_deref()
+            .map(carevault_crypto::Passphrase::from_file)
+            .transpose()
+    }
+}
+
+/// The PKCS#11 user PIN: the first line of a file of mode 0600 or stricter.
+fn read_pin(path: &Path) -> Result<zeroize::Zeroizing<String>, carevault_crypto::CryptoError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |what: &str| carevault_crypto::CryptoError::KeyStore(format!("PIN file: {what}"));
+    let meta =
+        std::fs::metadata(path).map_err(|e| err(&format!("cannot read it: {}", e.kind())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err("accessible to other users; it must be mode 0600"));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| err(&format!("cannot read it: {}", e.kind())))?,
+    );
+    let pin = text.lines().next().unwrap_or_default().trim_end();
+    if pin.is_empty() {
+        return Err(err("empty"));
+    }
+    Ok(zeroize::Zeroizing::new(pin.to_owned()))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! carevault-data/
 //!   environment.json   environment id and creation time
 //!   carevault.db       SQLite (WAL): sealed resources, identity, wrapped data keys
-//!   keys/kek-v1.key    key-encryption key (file provider; 0600, directory 0700)
+//!   keys/kek-v1.key    key-encryption key versions (file provider; 0600, directory 0700)
+//!   keys/keyring.json  KEK version states, minimum decryption version, crypto-shred list
 //!   tls/cert.pem       self-signed certificate (unless configured otherwise)
 //!   tls/key.pem        its private key (0600)
 //! ```
@@ -16,7 +17,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use carevault_crypto::FileKeyProvider;
 use carevault_store::{SqliteStore, Store, WriteOp};
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,14 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
         .map_err(|e| io("cannot restrict the data directory", &e))?;
 
     let environment_id = format!("env-{}", uuid::Uuid::new_v4());
-    FileKeyProvider::create(&config.keys_dir())?;
+    if config.key_provider != crate::config::KeyProviderConfig::File {
+        // The keyring's state file and shred list live here whatever the provider.
+        fs::create_dir_all(config.keys_dir())
+            .map_err(|e| io("cannot create the key directory", &e))?;
+        fs::set_permissions(config.keys_dir(), fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("cannot restrict the key directory", &e))?;
+    }
+    let provider = config.key_provider(true)?;
     let store = SqliteStore::open(&config.db_path())?;
     store
         .write(vec![WriteOp::SetMeta {
@@ -98,12 +105,15 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     };
 
     let store: Arc<dyn Store> = Arc::new(store);
-    let keyring = Arc::new(Keyring::new(
-        environment_id.clone(),
-        Box::new(FileKeyProvider::open(&config.keys_dir())?),
-        store.clone(),
-        clock.clone(),
-    ));
+    let keyring = Arc::new(
+        Keyring::new(
+            environment_id.clone(),
+            provider,
+            store.clone(),
+            clock.clone(),
+        )
+        .with_state_dir(&config.keys_dir())?,
+    );
     let audit =
         Arc::new(Audit::open(store.clone(), &keyring, &config.node_id, clock.clone()).await?);
     AuditScope::local(audit.clone(), "environment.init")
@@ -156,7 +166,7 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
             dir.display()
         )));
     }
-    let provider = FileKeyProvider::open(&config.keys_dir())?;
+    let provider = config.key_provider(false)?;
     let store = SqliteStore::open(&config.db_path())?;
     match store.meta("environment_id").await? {
         Some(id) if id == file.environment_id => {}
@@ -167,12 +177,20 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
         }
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    let keyring = Arc::new(Keyring::new(
-        file.environment_id.clone(),
-        Box::new(provider),
-        store.clone(),
-        clock,
-    ));
+    let keyring = Arc::new(
+        Keyring::new(file.environment_id.clone(), provider, store.clone(), clock)
+            .with_state_dir(&config.keys_dir())?,
+    );
+    // The shred list lives in the keyring: a database restored from before a shred loses the
+    // shredded compartments again before anything can read them.
+    let reapplied = keyring.reapply_shreds().await?;
+    if reapplied > 0 {
+        tracing::warn!(
+            event = "shreds_reapplied",
+            compartments = reapplied,
+            "the database held data of shredded patients (restored from an earlier copy?); shredded again"
+        );
+    }
     Ok(Environment {
         id: file.environment_id,
         store,

@@ -4,13 +4,26 @@
 //!
 //! Compartments: `Patient/<id>` for a patient's data, [`ENVIRONMENT_COMPARTMENT`] for resources
 //! outside any patient compartment, [`SECRETS_COMPARTMENT`] for credential secrets (TOTP).
+//! Named secrets (audit signing, audit HMAC, search-index keys) are data keys too, so they are
+//! re-wrapped with every KEK rotation like a compartment's key.
+//!
+//! KEK versions, the minimum decryption version and the crypto-shred list are kept in
+//! `keys/keyring.json` (mode 0600) beside the KEKs, not in the database: restoring an older
+//! database file cannot undo a shred, because [`Keyring::reapply_shreds`] runs on every open.
 
 use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use aes_gcm::Aes256Gcm;
 use carevault_crypto::{DataKey, DataKeyCache, KeyProvider, envelope};
 use carevault_store::{DataKeyRow, Store, WriteOp};
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::clock::SharedClock;
@@ -32,6 +45,69 @@ pub struct Keyring {
     compartments: RwLock<HashMap<String, u64>>,
     /// data key id -> compartment, to tell whose data a ciphertext is.
     names: RwLock<HashMap<u64, Arc<str>>>,
+    /// KEK versions, minimum decryption version, shred list (persisted when `state_path` is set).
+    state: RwLock<KeyringFile>,
+    state_path: Option<PathBuf>,
+    /// One administrative change (rotate, destroy, minimum version, shred) at a time.
+    admin: tokio::sync::Mutex<()>,
+    /// Wakes the re-wrap job after a rotation.
+    rewrap_wake: tokio::sync::Notify,
+    /// Data keys re-wrapped by this process (a metric).
+    rewrapped: AtomicU64,
+}
+
+/// `keys/keyring.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    versions: Vec<KekVersionMeta>,
+    /// Unwrapping under an older KEK version is refused.
+    min_decrypt_version: u32,
+    shredded: Vec<ShredRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KekVersionMeta {
+    version: u32,
+    created_at_us: i64,
+    destroyed_at_us: Option<i64>,
+}
+
+/// One crypto-shred, as kept in the keyring directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShredRecord {
+    pub compartment: String,
+    pub data_key_id: u64,
+    pub at_us: i64,
+    pub requested_by: String,
+    pub approved_by: String,
+}
+
+/// The state of one KEK version.
+#[derive(Clone, Debug, Serialize)]
+pub struct KekVersionStatus {
+    pub version: u32,
+    /// `active`, `decrypt-only`, `retired` (below the minimum decryption version), `destroyed`,
+    /// or `missing` (recorded but not held by the provider).
+    pub state: &'static str,
+    pub created_at: String,
+    pub destroyed_at: Option<String>,
+    /// How many data keys it still wraps.
+    pub data_keys: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyStatus {
+    pub provider: &'static str,
+    pub active_version: u32,
+    pub min_decrypt_version: u32,
+    pub versions: Vec<KekVersionStatus>,
+    /// Data keys not yet wrapped under the active version.
+    pub rewrap_remaining: u64,
+    pub data_keys_total: u64,
+    pub shredded_compartments: usize,
 }
 
 impl Keyring {
@@ -49,7 +125,118 @@ impl Keyring {
             keys: DataKeyCache::new(CACHE_CAPACITY),
             compartments: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
+            state: RwLock::new(KeyringFile {
+                min_decrypt_version: 1,
+                ..KeyringFile::default()
+            }),
+            state_path: None,
+            admin: tokio::sync::Mutex::new(()),
+            rewrap_wake: tokio::sync::Notify::new(),
+            rewrapped: AtomicU64::new(0),
         }
+        .with_provider_versions()
+    }
+
+    /// Keep the keyring's state in `dir/keyring.json` (created on first use). Versions the
+    /// provider holds but the file does not know are recorded as created now.
+    pub fn with_state_dir(mut self, dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let file: KeyringFile = serde_json::from_slice(&bytes).map_err(|_| {
+                    Error::Unavailable(format!("key store: {STATE_FILE} is damaged"))
+                })?;
+                *self.state.write().unwrap_or_else(|p| p.into_inner()) = file;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "key store: cannot read {STATE_FILE}: {}",
+                    e.kind()
+                )));
+            }
+        }
+        self.state_path = Some(path);
+        self = self.with_provider_versions();
+        self.save_state()?;
+        Ok(self)
+    }
+
+    fn with_provider_versions(self) -> Self {
+        {
+            let now = self.clock.now_us();
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            for v in self.provider.versions() {
+                if !state.versions.iter().any(|m| m.version == v) {
+                    state.versions.push(KekVersionMeta {
+                        version: v,
+                        created_at_us: now,
+                        destroyed_at_us: None,
+                    });
+                }
+            }
+            state.versions.sort_by_key(|m| m.version);
+            state.min_decrypt_version = state.min_decrypt_version.max(1);
+        }
+        self
+    }
+
+    fn save_state(&self) -> Result<()> {
+        let Some(path) = &self.state_path else {
+            return Ok(());
+        };
+        let bytes = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            serde_json::to_vec_pretty(&*state).map_err(|e| Error::Internal(e.to_string()))?
+        };
+        let io = |what: &str, e: std::io::Error| {
+            Error::Unavailable(format!("key store: {what} {STATE_FILE}: {}", e.kind()))
+        };
+        let tmp = path.with_extension("json.tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("cannot create", e))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("cannot write", e))?;
+        fs::rename(&tmp, path).map_err(|e| io("cannot replace", e))?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("cannot sync the directory of", e))?;
+        }
+        Ok(())
+    }
+
+    fn is_shredded(&self, compartment: &str) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .shredded
+            .iter()
+            .any(|r| r.compartment == compartment)
+    }
+
+    fn check_decryptable(&self, row: &DataKeyRow) -> Result<()> {
+        if self.is_shredded(&row.compartment) {
+            return Err(Error::NotFound);
+        }
+        let min = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .min_decrypt_version;
+        if row.kek_version < min {
+            return Err(Error::Unavailable(format!(
+                "key provider: data key {} is wrapped under retired KEK version v{}",
+                row.id, row.kek_version
+            )));
+        }
+        Ok(())
     }
 
     pub fn env_id(&self) -> &str {
@@ -88,6 +275,7 @@ impl Keyring {
     /// keys that are not AES data keys: the audit signing seed, HMAC keys.
     pub async fn secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>> {
         let row = self.data_key_row(&format!("secret:{name}")).await?;
+        self.check_decryptable(&row)?;
         let dek = self.provider.unwrap(
             row.kek_version,
             &row.wrapped,
@@ -121,6 +309,10 @@ impl Keyring {
         if let Some(row) = self.store.data_key_by_compartment(compartment).await? {
             return Ok(row);
         }
+        if self.is_shredded(compartment) {
+            // A shredded patient's compartment never gets a new key: writes into it answer 410.
+            return Err(Error::Gone);
+        }
         let dek = DataKey::generate()?;
         let (kek_version, wrapped) = self.provider.wrap(&dek, &self.wrap_aad(compartment))?;
         self.store
@@ -149,9 +341,21 @@ impl Keyring {
                 return Ok((cipher, name));
             }
         }
-        let row = self.store.data_key_by_id(id).await?.ok_or_else(|| {
-            Error::Integrity("data key referenced by a ciphertext does not exist".into())
-        })?;
+        let Some(row) = self.store.data_key_by_id(id).await? else {
+            let shredded = self
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .shredded
+                .iter()
+                .any(|r| r.data_key_id == id);
+            // A version sealed under a shredded key (one that raced the shred) reads as absent.
+            return Err(if shredded {
+                Error::NotFound
+            } else {
+                Error::Integrity("data key referenced by a ciphertext does not exist".into())
+            });
+        };
         self.unwrap_row(&row)
     }
 
@@ -164,6 +368,7 @@ impl Keyring {
         if let Some(cipher) = self.keys.get(row.id) {
             return Ok((cipher, name));
         }
+        self.check_decryptable(row)?;
         let dek = self.provider.unwrap(
             row.kek_version,
             &row.wrapped,
@@ -175,4 +380,395 @@ impl Keyring {
     fn wrap_aad(&self, compartment: &str) -> Vec<u8> {
         format!("carevault-dek\0{}\0{}", self.env_id, compartment).into_bytes()
     }
+
+    pub fn provider_kind(&self) -> &'static str {
+        self.provider.kind()
+    }
+
+    /// Add a KEK version; every wrap from now on uses it, and the re-wrap job is woken to move
+    /// existing data keys under it. Returns the new version.
+    pub async fn rotate(&self) -> Result<u32> {
+        let _one = self.admin.lock().await;
+        let next = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let recorded = state.versions.iter().map(|m| m.version).max();
+            let held = self.provider.versions().into_iter().max();
+            recorded.max(held).unwrap_or(0) + 1
+        };
+        self.provider.add_version(next)?;
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .versions
+            .push(KekVersionMeta {
+                version: next,
+                created_at_us: self.clock.now_us(),
+                destroyed_at_us: None,
+            });
+        self.save_state()?;
+        self.rewrap_wake.notify_one();
+        Ok(next)
+    }
+
+    pub async fn status(&self) -> Result<KeyStatus> {
+        let counts: HashMap<u32, u64> = self.store.data_key_counts().await?.into_iter().collect();
+        let active = self.provider.active_version();
+        let held = self.provider.versions();
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let versions = state
+            .versions
+            .iter()
+            .map(|m| KekVersionStatus {
+                version: m.version,
+                state: if m.destroyed_at_us.is_some() {
+                    // Still held by the provider: the destruction did not complete.
+                    if held.contains(&m.version) {
+                        "destroy-failed"
+                    } else {
+                        "destroyed"
+                    }
+                } else if !held.contains(&m.version) {
+                    "missing"
+                } else if m.version == active {
+                    "active"
+                } else if m.version < state.min_decrypt_version {
+                    "retired"
+                } else {
+                    "decrypt-only"
+                },
+                created_at: crate::clock::fhir_instant(m.created_at_us),
+                destroyed_at: m.destroyed_at_us.map(crate::clock::fhir_instant),
+                data_keys: counts.get(&m.version).copied().unwrap_or(0),
+            })
+            .collect();
+        Ok(KeyStatus {
+            provider: self.provider.kind(),
+            active_version: active,
+            min_decrypt_version: state.min_decrypt_version,
+            versions,
+            rewrap_remaining: counts
+                .iter()
+                .filter(|(v, _)| **v != active)
+                .map(|(_, n)| n)
+                .sum(),
+            data_keys_total: counts.values().sum(),
+            shredded_compartments: state.shredded.len(),
+        })
+    }
+
+    /// Refuse unwrapping under any KEK version older than `version` from now on. Only once no
+    /// data key is wrapped under an older version; never lowered.
+    pub async fn set_min_decrypt_version(&self, version: u32) -> Result<()> {
+        let _one = self.admin.lock().await;
+        let active = self.provider.active_version();
+        let current = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .min_decrypt_version;
+        if version == 0 || version > active {
+            return Err(Error::BadRequest(format!(
+                "the minimum decryption version must be between v1 and the active version v{active}"
+            )));
+        }
+        if version < current {
+            return Err(Error::Conflict(format!(
+                "the minimum decryption version is already v{current} and is never lowered"
+            )));
+        }
+        let in_use: u64 = self
+            .store
+            .data_key_counts()
+            .await?
+            .into_iter()
+            .filter(|(v, _)| *v < version)
+            .map(|(_, n)| n)
+            .sum();
+        if in_use > 0 {
+            return Err(Error::Conflict(format!(
+                "{in_use} data keys are still wrapped under versions older than v{version}; wait for re-wrap to finish"
+            )));
+        }
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .min_decrypt_version = version;
+        self.save_state()
+    }
+
+    /// Destroy KEK `version` for good (its file or HSM object is gone). Refused for the active
+    /// version, an unknown or already destroyed one, and while any data key is wrapped under it.
+    pub async fn destroy(&self, version: u32) -> Result<()> {
+        let _one = self.admin.lock().await;
+        let known = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .versions
+            .iter()
+            .find(|m| m.version == version)
+            .map(|m| m.destroyed_at_us.is_some());
+        match known {
+            None => return Err(Error::NotFound),
+            Some(true) => {
+                return Err(Error::Conflict(format!("v{version} is already destroyed")));
+            }
+            Some(false) => {}
+        }
+        if version == self.provider.active_version() {
+            return Err(Error::Conflict(format!(
+                "v{version} is the active key-encryption key; rotate first"
+            )));
+        }
+        let in_use = self
+            .store
+            .data_key_counts()
+            .await?
+            .into_iter()
+            .find(|(v, _)| *v == version)
+            .map_or(0, |(_, n)| n);
+        if in_use > 0 {
+            return Err(Error::Conflict(format!(
+                "v{version} still wraps {in_use} data keys; wait for re-wrap to finish"
+            )));
+        }
+        if self.provider.versions().contains(&version) {
+            self.provider.destroy_version(version)?;
+        }
+        let now = self.clock.now_us();
+        if let Some(m) = self
+            .state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .versions
+            .iter_mut()
+            .find(|m| m.version == version)
+        {
+            m.destroyed_at_us = Some(now);
+        }
+        self.save_state()
+    }
+
+    /// Re-wrap up to `limit` data keys that are not under the active KEK version; returns how
+    /// many were found (0: nothing left).
+    pub async fn rewrap_batch(&self, limit: u32) -> Result<usize> {
+        let active = self.provider.active_version();
+        let rows = self.store.data_keys_not_under(active, limit).await?;
+        let mut ops = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let aad = self.wrap_aad(&row.compartment);
+            let dek = self.provider.unwrap(row.kek_version, &row.wrapped, &aad)?;
+            let (kek_version, wrapped) = self.provider.wrap(&dek, &aad)?;
+            ops.push(WriteOp::RewrapDataKey {
+                id: row.id,
+                from_kek_version: row.kek_version,
+                wrapped,
+                kek_version,
+            });
+        }
+        if !ops.is_empty() {
+            self.store.write(ops).await?;
+            self.rewrapped
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
+        Ok(rows.len())
+    }
+
+    /// The background re-wrap job: runs whenever data keys are not under the active version
+    /// (at start, so an interrupted re-wrap resumes, and after every rotation), `batch` keys per
+    /// transaction with `pause` between batches. `finished` is called when a backlog is drained.
+    pub fn spawn_rewrapper<F, Fut>(
+        self: &Arc<Self>,
+        batch: u32,
+        pause: Duration,
+        finished: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(u64) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let keyring = self.clone();
+        tokio::spawn(async move {
+            let mut done_in_backlog: u64 = 0;
+            loop {
+                match keyring.rewrap_batch(batch).await {
+                    Ok(0) => {
+                        if done_in_backlog > 0 {
+                            tracing::info!(
+                                event = "kek_rewrap_finished",
+                                data_keys = done_in_backlog
+                            );
+                            finished(done_in_backlog).await;
+                            done_in_backlog = 0;
+                        }
+                        // A rotation wakes the job; the timeout also catches keys wrapped under
+                        // the old version by requests that raced the rotation.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(30),
+                            keyring.rewrap_wake.notified(),
+                        )
+                        .await;
+                    }
+                    Ok(n) => {
+                        done_in_backlog += n as u64;
+                        tracing::debug!(event = "kek_rewrap_batch", data_keys = n);
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(event = "kek_rewrap_failed", error = %e);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Prometheus text for the keyring: active version, data keys per version, re-wrap backlog.
+    pub async fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let Ok(status) = self.status().await else {
+            return out;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP carevault_kek_active_version The key-encryption key version new wraps use."
+        );
+        let _ = writeln!(out, "# TYPE carevault_kek_active_version gauge");
+        let _ = writeln!(
+            out,
+            "carevault_kek_active_version {}",
+            status.active_version
+        );
+        let _ = writeln!(
+            out,
+            "# HELP carevault_kek_rewrap_remaining Data keys not yet re-wrapped under the active key-encryption key."
+        );
+        let _ = writeln!(out, "# TYPE carevault_kek_rewrap_remaining gauge");
+        let _ = writeln!(
+            out,
+            "carevault_kek_rewrap_remaining {}",
+            status.rewrap_remaining
+        );
+        let _ = writeln!(
+            out,
+            "# HELP carevault_kek_data_keys Data keys wrapped under each key-encryption key version."
+        );
+        let _ = writeln!(out, "# TYPE carevault_kek_data_keys gauge");
+        for v in &status.versions {
+            let _ = writeln!(
+                out,
+                "carevault_kek_data_keys{{version=\"{}\"}} {}",
+                v.version, v.data_keys
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP carevault_kek_rewrapped_total Data keys re-wrapped by this process."
+        );
+        let _ = writeln!(out, "# TYPE carevault_kek_rewrapped_total counter");
+        let _ = writeln!(
+            out,
+            "carevault_kek_rewrapped_total {}",
+            self.rewrapped.load(Ordering::Relaxed)
+        );
+        out
+    }
+
+    /// The data key of a patient compartment exists (it can be shredded).
+    pub async fn compartment_has_key(&self, compartment: &str) -> Result<bool> {
+        if self.is_shredded(compartment) {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .data_key_by_compartment(compartment)
+            .await?
+            .is_some())
+    }
+
+    /// Crypto-shred `compartment`: record it in the keyring's shred list (durably, first), forget
+    /// its key in memory, and return the store operation that deletes the wrapped key and every
+    /// version sealed under it (commit it with the audit event).
+    pub async fn shred(
+        &self,
+        compartment: &str,
+        requested_by: &str,
+        approved_by: &str,
+    ) -> Result<WriteOp> {
+        let _one = self.admin.lock().await;
+        if self.is_shredded(compartment) {
+            return Err(Error::NotFound);
+        }
+        let row = self
+            .store
+            .data_key_by_compartment(compartment)
+            .await?
+            .ok_or(Error::NotFound)?;
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .shredded
+            .push(ShredRecord {
+                compartment: compartment.to_owned(),
+                data_key_id: row.id,
+                at_us: self.clock.now_us(),
+                requested_by: requested_by.to_owned(),
+                approved_by: approved_by.to_owned(),
+            });
+        if let Err(e) = self.save_state() {
+            self.state
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .shredded
+                .retain(|r| r.compartment != compartment);
+            return Err(e);
+        }
+        self.keys.remove(row.id);
+        self.compartments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(compartment);
+        self.names
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&row.id);
+        Ok(WriteOp::ShredCompartment {
+            compartment: compartment.to_owned(),
+            data_key_id: row.id,
+        })
+    }
+
+    /// Apply every recorded shred to the database (after a restore, or a crash between the
+    /// keyring and the database). Returns how many compartments still had a key in the database.
+    pub async fn reapply_shreds(&self) -> Result<usize> {
+        let shredded = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .shredded
+            .clone();
+        let mut applied = 0;
+        for r in shredded {
+            if self
+                .store
+                .data_key_by_compartment(&r.compartment)
+                .await?
+                .is_some()
+            {
+                applied += 1;
+            }
+            self.store
+                .write(vec![WriteOp::ShredCompartment {
+                    compartment: r.compartment.clone(),
+                    data_key_id: r.data_key_id,
+                }])
+                .await?;
+        }
+        Ok(applied)
+    }
 }
+
+const STATE_FILE: &str = "keyring.json";

@@ -34,6 +34,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod records;
 pub mod search;
+pub mod shred;
 
 pub use app::Application;
 pub use clock::{Clock, SharedClock, SystemClock};

@@ -92,6 +92,18 @@ pub struct DataKeyRow {
     pub kek_version: u32,
 }
 
+/// A second admin's approval of one crypto-shred: stored by the hash of the one-time token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShredApprovalRow {
+    /// SHA-256 hex of the approval token; the token itself is never stored.
+    pub token_hash: String,
+    pub compartment: String,
+    /// The admin who approved (who may not also be the one who shreds).
+    pub approver_id: String,
+    pub expires_at: i64,
+    pub used: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrincipalRow {
     pub id: String,
@@ -161,6 +173,26 @@ pub enum WriteOp {
         wrapped: Vec<u8>,
         kek_version: u32,
         created_at: i64,
+    },
+    /// Replace a data key's wrapping (same key, new KEK version), unless the row changed
+    /// meanwhile (re-wrapped or shredded): then nothing happens.
+    RewrapDataKey {
+        id: u64,
+        from_kek_version: u32,
+        wrapped: Vec<u8>,
+        kek_version: u32,
+    },
+    /// Crypto-shred a compartment: delete its data key and every resource version sealed
+    /// under it, with the resources' current pointers and search-index rows. Idempotent.
+    ShredCompartment {
+        compartment: String,
+        /// The shredded key's id: versions sealed under it are deleted even if its row is gone.
+        data_key_id: u64,
+    },
+    InsertShredApproval(ShredApprovalRow),
+    /// Mark an approval used; [`StoreError::Conflict`] if it is absent or already used.
+    ConsumeShredApproval {
+        token_hash: String,
     },
     InsertPrincipal(PrincipalRow),
     UpdatePrincipal {
@@ -340,6 +372,18 @@ pub trait Store: Send + Sync + 'static {
         compartment: &str,
     ) -> Result<Option<DataKeyRow>, StoreError>;
     async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError>;
+    /// How many data keys each KEK version wraps, by version.
+    async fn data_key_counts(&self) -> Result<Vec<(u32, u64)>, StoreError>;
+    /// Up to `limit` data keys wrapped under a KEK version other than `kek_version`, by id.
+    async fn data_keys_not_under(
+        &self,
+        kek_version: u32,
+        limit: u32,
+    ) -> Result<Vec<DataKeyRow>, StoreError>;
+    async fn shred_approval(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ShredApprovalRow>, StoreError>;
 
     async fn principal_by_username(
         &self,

@@ -13,7 +13,7 @@ use carevault_audit::{Checkpoint, StoredEvent, chain_hash};
 use crate::{
     ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry,
     HistoryQuery, IndexClause, NewAuditEvent, NewResourceVersion, PolicyRow, PrincipalRow,
-    ResourceRow, SessionRow, Store, StoreError, WriteOp,
+    ResourceRow, SessionRow, ShredApprovalRow, Store, StoreError, WriteOp,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -156,6 +156,17 @@ CREATE TABLE search_index (
     PRIMARY KEY (rtype, param, token, id)
 ) WITHOUT ROWID;
 CREATE INDEX search_index_resource ON search_index (rtype, id);
+"#,
+    r#"
+CREATE INDEX resource_version_dek ON resource_version (dek_id);
+CREATE INDEX data_key_kek_version ON data_key (kek_version);
+CREATE TABLE shred_approval (
+    token_hash TEXT PRIMARY KEY,
+    compartment TEXT NOT NULL,
+    approver_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
 "#,
 ];
 
@@ -490,6 +501,43 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 &[compartment, wrapped, kek_version, created_at],
             )?;
         }
+        WriteOp::RewrapDataKey {
+            id,
+            from_kek_version,
+            wrapped,
+            kek_version,
+        } => {
+            exec(
+                "UPDATE data_key SET wrapped = ?1, kek_version = ?2 WHERE id = ?3 AND kek_version = ?4",
+                &[wrapped, kek_version, &(*id as i64), from_kek_version],
+            )?;
+        }
+        WriteOp::ShredCompartment {
+            compartment,
+            data_key_id,
+        } => shred_compartment(conn, compartment, *data_key_id as i64)?,
+        WriteOp::InsertShredApproval(a) => {
+            exec(
+                "INSERT INTO shred_approval (token_hash, compartment, approver_id, expires_at, used)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[
+                    &a.token_hash,
+                    &a.compartment,
+                    &a.approver_id,
+                    &a.expires_at,
+                    &a.used,
+                ],
+            )?;
+        }
+        WriteOp::ConsumeShredApproval { token_hash } => {
+            if exec(
+                "UPDATE shred_approval SET used = 1 WHERE token_hash = ?1 AND used = 0",
+                &[token_hash],
+            )? != 1
+            {
+                return Err(StoreError::Conflict);
+            }
+        }
         WriteOp::InsertPrincipal(p) => {
             exec(
                 "INSERT INTO principal (id, username, roles, organization, disabled, locked, failed_logins, created_at)
@@ -724,6 +772,44 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 ],
             )?;
         }
+    }
+    Ok(())
+}
+
+fn shred_compartment(conn: &Connection, compartment: &str, dek: i64) -> Result<(), StoreError> {
+    // Resources whose current version is sealed under this key lose their current pointer and
+    // index rows; a resource that moved to another compartment keeps its later versions.
+    let current: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT c.rtype, c.id FROM resource_current c JOIN resource_version v
+             ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+             WHERE v.dek_id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map([dek], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(map_err)?;
+    for (rtype, id) in &current {
+        for sql in [
+            "DELETE FROM search_index WHERE rtype = ?1 AND id = ?2",
+            "DELETE FROM resource_current WHERE rtype = ?1 AND id = ?2",
+        ] {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![rtype, id]))
+                .map_err(map_err)?;
+        }
+    }
+    conn.prepare_cached("DELETE FROM resource_version WHERE dek_id = ?1")
+        .and_then(|mut s| s.execute([dek]))
+        .map_err(map_err)?;
+    for sql in [
+        "DELETE FROM data_key WHERE compartment = ?1",
+        "DELETE FROM compartment_org WHERE compartment = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([compartment]))
+            .map_err(map_err)?;
     }
     Ok(())
 }
@@ -1036,6 +1122,57 @@ impl Store for SqliteStore {
                 "SELECT id, compartment, wrapped, kek_version FROM data_key WHERE id = ?1",
             )?
             .query_row([id as i64], data_key_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn data_key_counts(&self) -> Result<Vec<(u32, u64)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT kek_version, COUNT(*) FROM data_key GROUP BY kek_version ORDER BY kek_version",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn data_keys_not_under(
+        &self,
+        kek_version: u32,
+        limit: u32,
+    ) -> Result<Vec<DataKeyRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, compartment, wrapped, kek_version FROM data_key
+                 WHERE kek_version <> ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![kek_version, limit], data_key_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn shred_approval(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ShredApprovalRow>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT token_hash, compartment, approver_id, expires_at, used FROM shred_approval
+                 WHERE token_hash = ?1",
+            )?
+            .query_row([token_hash], |r| {
+                Ok(ShredApprovalRow {
+                    token_hash: r.get(0)?,
+                    compartment: r.get(1)?,
+                    approver_id: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    used: r.get(4)?,
+                })
+            })
             .optional()
         })
         .await
@@ -1499,6 +1636,115 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         (dir, store)
+    }
+
+    fn data_key(compartment: &str) -> WriteOp {
+        WriteOp::InsertDataKeyIfAbsent {
+            compartment: compartment.into(),
+            wrapped: b"w1".to_vec(),
+            kek_version: 1,
+            created_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn rewrap_is_conditional_and_shred_removes_only_its_compartment() {
+        let (_dir, store) = store().await;
+        store
+            .write(vec![data_key("Patient/a"), data_key("Patient/b")])
+            .await
+            .unwrap();
+        let a = store
+            .data_key_by_compartment("Patient/a")
+            .await
+            .unwrap()
+            .unwrap();
+        let b = store
+            .data_key_by_compartment("Patient/b")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut ra = row("a", 1, b"x");
+        ra.dek_id = a.id;
+        let mut rb = row("b", 1, b"y");
+        rb.dek_id = b.id;
+        for r in [ra, rb] {
+            let id = r.id.clone();
+            store
+                .write(vec![
+                    WriteOp::PutResource(NewResourceVersion {
+                        row: r,
+                        expected_current: None,
+                    }),
+                    WriteOp::ReplaceSearchIndex {
+                        rtype: "Patient".into(),
+                        id,
+                        tokens: vec![("name".into(), b"t".to_vec())],
+                    },
+                ])
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.data_key_counts().await.unwrap(), vec![(1, 2)]);
+        let rewrap = |from| WriteOp::RewrapDataKey {
+            id: a.id,
+            from_kek_version: from,
+            wrapped: b"w2".to_vec(),
+            kek_version: 2,
+        };
+        store.write(vec![rewrap(1)]).await.unwrap();
+        // A stale re-wrap (the row moved on) changes nothing.
+        store.write(vec![rewrap(1)]).await.unwrap();
+        assert_eq!(store.data_key_counts().await.unwrap(), vec![(1, 1), (2, 1)]);
+        let left = store.data_keys_not_under(2, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].compartment, "Patient/b");
+
+        let shred = || WriteOp::ShredCompartment {
+            compartment: "Patient/a".into(),
+            data_key_id: a.id,
+        };
+        store.write(vec![shred()]).await.unwrap();
+        store.write(vec![shred()]).await.unwrap();
+        assert!(
+            store
+                .data_key_by_compartment("Patient/a")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .resource_current("Patient", "a")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .resource_version("Patient", "a", 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .resource_current("Patient", "b")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let hits = store
+            .search_index(
+                "Patient",
+                vec![IndexClause {
+                    param: "name".into(),
+                    tokens: vec![b"t".to_vec()],
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(hits, vec!["b".to_owned()]);
     }
 
     #[tokio::test]

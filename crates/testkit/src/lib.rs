@@ -185,6 +185,13 @@ impl Api {
         }
     }
 
+    /// The same client (token included) for a server that now listens at `base`.
+    pub fn rebased(&self, base: &str) -> Self {
+        let mut api = self.clone();
+        api.base = base.trim_end_matches('/').to_owned();
+        api
+    }
+
     pub fn with_token(&self, token: &str) -> Self {
         let mut api = self.clone();
         api.token = Some(token.to_owned());
@@ -286,14 +293,142 @@ pub struct Account {
 /// A running `carevault serve` in its own temp data dir.
 pub struct TestServer {
     child: Child,
-    bin: PathBuf,
-    env: Vec<(String, String)>,
     pub base: String,
     pub data_dir: PathBuf,
     _tmp: tempfile::TempDir,
     pub admin_token: String,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+type Output = (Child, Arc<Mutex<String>>, Arc<Mutex<String>>);
+
+/// The key provider test servers use: `file` (default) or `pkcs11` (a fresh SoftHSM2 token per
+/// server), from `CAREVAULT_TEST_KEY_PROVIDER`.
+pub fn key_provider() -> String {
+    std::env::var("CAREVAULT_TEST_KEY_PROVIDER").unwrap_or_else(|_| "file".to_owned())
+}
+
+/// The SoftHSM2 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Make a fresh SoftHSM2 token under `dir` (its own `SOFTHSM2_CONF`, token directory, and a
+/// PIN generated at run time, in a 0600 file) and return the environment that points the
+/// server at it.
+pub fn softhsm_token(dir: &Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let hsm = dir.join("softhsm");
+    let tokens = hsm.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap_or_else(|e| panic!("token dir: {e}"));
+    let conf = hsm.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("softhsm2.conf: {e}"));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let pin = format!("{:x}{:x}", nanos, std::process::id());
+    let so_pin = format!("{:x}", nanos.rotate_left(17));
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "carevault-test",
+            "--pin",
+            &pin,
+            "--so-pin",
+            &so_pin,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap_or_else(|e| panic!("softhsm2-util is needed (apt-get install softhsm2): {e}"));
+    assert!(
+        out.status.success(),
+        "softhsm2-util --init-token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pin_file = hsm.join("pin");
+    std::fs::write(&pin_file, format!("{pin}\n")).unwrap_or_else(|e| panic!("pin file: {e}"));
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("pin file: {e}"));
+    vec![
+        ("SOFTHSM2_CONF".into(), conf.display().to_string()),
+        ("CAREVAULT_KEY_PROVIDER".into(), "pkcs11".into()),
+        ("CAREVAULT_KEY_PKCS11_MODULE".into(), SOFTHSM_MODULE.into()),
+        (
+            "CAREVAULT_KEY_PKCS11_TOKEN_LABEL".into(),
+            "carevault-test".into(),
+        ),
+        (
+            "CAREVAULT_KEY_PKCS11_PIN_FILE".into(),
+            pin_file.display().to_string(),
+        ),
+    ]
+}
+
+/// Spawn `carevault serve` on `data_dir`, collecting its output.
+fn spawn(
+    bin: &Path,
+    listen: &str,
+    data_dir: &Path,
+    tmp: &Path,
+    env: &[(String, String)],
+) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("CAREVAULT_LISTEN")
+        .env_remove("CAREVAULT_DATA_DIR")
+        .env("CAREVAULT_CLI_CONFIG_DIR", tmp.join("cli"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    for (pipe, sink) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            stdout.clone(),
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            stderr.clone(),
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+    }
+    (child, stdout, stderr)
 }
 
 impl TestServer {
@@ -306,28 +441,77 @@ impl TestServer {
     pub fn start_with(bin: &Path, env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let data_dir = tmp.path().join("data");
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env_remove("CAREVAULT_LISTEN")
-            .env_remove("CAREVAULT_DATA_DIR")
-            .env("CAREVAULT_CLI_CONFIG_DIR", tmp.path().join("cli"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if key_provider() == "pkcs11" && !env.iter().any(|(k, _)| k == "CAREVAULT_KEY_PROVIDER") {
+            env.extend(softhsm_token(tmp.path()));
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let (stdout, stderr) = capture(&mut child);
+        let (child, stdout, stderr) = spawn(bin, "127.0.0.1:0", &data_dir, tmp.path(), &env);
+        let mut server = Self {
+            child,
+            base: String::new(),
+            data_dir,
+            _tmp: tmp,
+            admin_token: String::new(),
+            stdout,
+            stderr,
+            bin: bin.to_path_buf(),
+            env,
+        };
+        let (base, token) = server.wait_ready(true);
+        server.base = base;
+        server.admin_token = token.unwrap_or_default();
+        server
+    }
+
+    /// Start the server again on the same data directory (after [`Self::stop`] or
+    /// [`Self::kill`]), on the same address, with the environment of the first start plus
+    /// `extra_env`.
+    pub fn restart(&mut self, extra_env: &[(&str, &str)]) {
+        let mut env = self.env.clone();
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        // The same address: clients keep working, and what is keyed by the server's URL (an
+        // import's journal) still matches.
+        let listen = self.base.trim_start_matches("https://").to_owned();
+        let (child, stdout, stderr) =
+            spawn(&self.bin, &listen, &self.data_dir, self._tmp.path(), &env);
+        self.child = child;
+        self.stdout = stdout;
+        self.stderr = stderr;
+        let (base, _) = self.wait_ready(false);
+        self.base = base;
+    }
+
+    /// Kill the server process at once (SIGKILL): no graceful shutdown.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The extra environment this server runs with (its key provider's, for example); local
+    /// CLI commands on its data directory need the same.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The temp directory of this server (holds `data/` and `cli/`).
+    pub fn tmp_dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
+    fn wait_ready(&mut self, first_start: bool) -> (String, Option<String>) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (base, admin_token) = loop {
-            let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        loop {
+            let out = self
+                .stdout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let listening = out
                 .lines()
                 .find_map(|l| l.strip_prefix("listening on ").map(str::to_owned));
@@ -335,31 +519,23 @@ impl TestServer {
                 l.strip_prefix("enrollment token for admin: ")
                     .map(str::to_owned)
             });
-            if let (Some(base), Some(token)) = (listening, token) {
-                break (base, token);
+            if let Some(base) = listening
+                && (token.is_some() || !first_start)
+            {
+                return (base, token);
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                let err = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let err = self
+                    .stderr
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 panic!("server exited early ({status}):\n{out}\n{err}");
             }
             if Instant::now() > deadline {
                 panic!("server did not start in time:\n{out}");
             }
             std::thread::sleep(Duration::from_millis(20));
-        };
-        Self {
-            child,
-            bin: bin.to_path_buf(),
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            base,
-            data_dir,
-            _tmp: tmp,
-            admin_token,
-            stdout,
-            stderr,
         }
     }
 
@@ -499,47 +675,6 @@ impl TestServer {
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
-    /// Start the server again on the same data directory and address (after `stop`).
-    pub fn restart(&mut self) {
-        let addr = self.base.trim_start_matches("https://").to_owned();
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(&addr)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .env_remove("CAREVAULT_LISTEN")
-            .env_remove("CAREVAULT_DATA_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot restart {}: {e}", self.bin.display()));
-        let (stdout, stderr) = capture(&mut child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = stdout.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if out.lines().any(|l| l.starts_with("listening on ")) {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let err = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                panic!("server exited early on restart ({status}):\n{out}\n{err}");
-            }
-            if Instant::now() > deadline {
-                panic!("server did not restart in time:\n{out}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child = child;
-        self.stdout = stdout;
-        self.stderr = stderr;
-    }
-
     /// Stop the server (SIGTERM, then wait).
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();
@@ -561,35 +696,6 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-type Captured = Arc<Mutex<String>>;
-
-/// Collect a child's stdout and stderr in the background.
-fn capture(child: &mut Child) -> (Captured, Captured) {
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    if let Some(out) = child.stdout.take() {
-        let sink = stdout.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-    }
-    if let Some(err) = child.stderr.take() {
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-    }
-    (stdout, stderr)
 }
 
 /// Every file under `dir`, recursively.

@@ -15,8 +15,13 @@ fn events(srv: &TestServer) -> i64 {
         .unwrap()
 }
 
-fn carevault(args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
+/// A local CLI command on `srv`'s data directory, with the server's environment (key provider).
+fn carevault(srv: &TestServer, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(srv.env().iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -209,47 +214,59 @@ fn offline_verification_names_every_kind_of_tampering() {
     let d = srv.data_dir.to_str().unwrap().to_owned();
 
     // The running server's public key is the one `audit public-key` prints, as its last word.
-    let (ok, out) = carevault(&["audit", "public-key", "--data-dir", &d]);
+    let (ok, out) = carevault(&srv, &["audit", "public-key", "--data-dir", &d]);
     assert!(ok, "{out}");
     assert_eq!(out.split_whitespace().last().unwrap(), key);
 
-    let (ok, out) = carevault(&[
-        "audit",
-        "verify",
-        "--db",
-        db_path.to_str().unwrap(),
-        "--public-key",
-        &key,
-    ]);
+    let (ok, out) = carevault(
+        &srv,
+        &[
+            "audit",
+            "verify",
+            "--db",
+            db_path.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+    );
     assert!(ok, "an intact trail verifies: {out}");
     assert!(out.contains("audit trail verified"));
     let export = srv.data_dir.parent().unwrap().join("trail.jsonl");
-    let (ok, out) = carevault(&[
-        "audit",
-        "export",
-        "--data-dir",
-        &d,
-        "--out",
-        export.to_str().unwrap(),
-    ]);
+    let (ok, out) = carevault(
+        &srv,
+        &[
+            "audit",
+            "export",
+            "--data-dir",
+            &d,
+            "--out",
+            export.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{out}");
-    let (ok, out) = carevault(&[
-        "audit",
-        "verify",
-        "--export",
-        export.to_str().unwrap(),
-        "--public-key",
-        &key,
-    ]);
+    let (ok, out) = carevault(
+        &srv,
+        &[
+            "audit",
+            "verify",
+            "--export",
+            export.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+    );
     assert!(ok, "an export verifies alone: {out}");
-    let (ok, out) = carevault(&[
-        "audit",
-        "verify",
-        "--db",
-        db_path.to_str().unwrap(),
-        "--public-key",
-        &"ab".repeat(32),
-    ]);
+    let (ok, out) = carevault(
+        &srv,
+        &[
+            "audit",
+            "verify",
+            "--db",
+            db_path.to_str().unwrap(),
+            "--public-key",
+            &"ab".repeat(32),
+        ],
+    );
     assert!(!ok, "a wrong key does not verify: {out}");
 
     let tamper = |name: &str, sql: &str, expect: &str| {
@@ -263,14 +280,17 @@ fn offline_verification_names_every_kind_of_tampering() {
         let conn = Connection::open(&copy).unwrap();
         conn.execute_batch(sql).unwrap();
         drop(conn);
-        let (ok, out) = carevault(&[
-            "audit",
-            "verify",
-            "--db",
-            copy.to_str().unwrap(),
-            "--public-key",
-            &key,
-        ]);
+        let (ok, out) = carevault(
+            &srv,
+            &[
+                "audit",
+                "verify",
+                "--db",
+                copy.to_str().unwrap(),
+                "--public-key",
+                &key,
+            ],
+        );
         assert!(!ok, "{name}: tampering went unnoticed: {out}");
         assert!(
             out.contains(expect),
@@ -417,11 +437,11 @@ fn auditors_search_the_trail_and_it_holds_no_phi() {
     // "Who tried to log in as <name>?" is answerable with the digest, never the name.
     srv.stop();
     let d = srv.data_dir.to_str().unwrap().to_owned();
-    let (ok, digest) = carevault(&["audit", "hash", canary, "--data-dir", &d]);
+    let (ok, digest) = carevault(&srv, &["audit", "hash", canary, "--data-dir", &d]);
     assert!(ok, "{digest}");
     let digest = digest.trim().to_owned();
     assert_eq!(digest.len(), 64);
-    let (ok, export) = carevault(&["audit", "export", "--data-dir", &d]);
+    let (ok, export) = carevault(&srv, &["audit", "export", "--data-dir", &d]);
     assert!(ok);
     assert!(
         export.contains(&digest),

@@ -272,7 +272,7 @@ fn an_interrupted_import_resumes_without_duplicates() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    srv.restart();
+    srv.restart(&[]);
     let out = import(
         &srv,
         &key,

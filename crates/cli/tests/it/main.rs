@@ -13,6 +13,7 @@ mod differential;
 mod e2e;
 mod hostile;
 mod import;
+mod keys;
 mod search;
 mod tamper;
 

@@ -231,7 +231,9 @@ pub async fn metrics(
     Authenticated(p): Authenticated,
 ) -> Result<Response, ApiError> {
     require(&state, &audit, &p, SystemAction::MetricsRead)?;
-    let mut resp = state.inner.metrics.render().into_response();
+    let mut text = state.inner.metrics.render();
+    text.push_str(&state.inner.keyring.metrics_text().await);
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -6,6 +6,7 @@ mod audit_api;
 mod auth;
 pub mod error;
 mod fhir;
+mod keys;
 pub use fhir::capability_statement;
 pub mod tls;
 
@@ -45,6 +46,7 @@ pub struct Services {
     pub metrics: crate::metrics::Metrics,
     pub audit: Arc<Audit>,
     pub store: Arc<dyn carevault_store::Store>,
+    pub keyring: Arc<crate::keyring::Keyring>,
     pub clock: SharedClock,
     /// The CapabilityStatement, rendered once.
     pub capability: Vec<u8>,
@@ -109,6 +111,24 @@ pub const ROUTE_TABLE: &[(&str, Method, &str)] = &[
     ("/auth/api-keys", Method::POST, "auth.key.create"),
     ("/auth/api-keys/{name}", Method::DELETE, "auth.key.revoke"),
     ("/auth/break-glass", Method::POST, "auth.break-glass"),
+    ("/admin/keys", Method::GET, "admin.kek.status"),
+    ("/admin/keys/rotate", Method::POST, "admin.kek.rotate"),
+    (
+        "/admin/keys/min-version",
+        Method::POST,
+        "admin.kek.min-version",
+    ),
+    ("/admin/keys/{version}", Method::DELETE, "admin.kek.destroy"),
+    (
+        "/admin/patients/{id}/shred-approval",
+        Method::POST,
+        "admin.patient.approve-shred",
+    ),
+    (
+        "/admin/patients/{id}/shred",
+        Method::POST,
+        "admin.patient.shred",
+    ),
     ("/metrics", Method::GET, "metrics.read"),
     ("/audit/events", Method::GET, "audit.read"),
     ("/fhir/metadata", Method::GET, "capabilities"),
@@ -153,6 +173,12 @@ fn handler(action: &str) -> Option<MethodRouter<AppState>> {
         "auth.key.create" => post(admin::create_own_key),
         "auth.key.revoke" => delete(admin::revoke_own_key),
         "auth.break-glass" => post(admin::break_glass),
+        "admin.kek.status" => get(keys::status),
+        "admin.kek.rotate" => post(keys::rotate),
+        "admin.kek.min-version" => post(keys::min_version),
+        "admin.kek.destroy" => delete(keys::destroy),
+        "admin.patient.approve-shred" => post(keys::approve_shred),
+        "admin.patient.shred" => post(keys::shred),
         "metrics.read" => get(admin::metrics),
         "audit.read" => get(audit_api::events),
         "capabilities" => get(fhir::metadata),

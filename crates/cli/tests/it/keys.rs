@@ -1,0 +1,703 @@
+//! The keyring: KEK rotation under load, re-wrap that survives a kill, destruction of old
+//! versions, and crypto-shredding a patient with a second admin's approval, including after a
+//! restore of an earlier database file.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use carevault_testkit::{Api, TestServer, key_provider};
+use serde_json::{Value, json};
+
+use crate::{bin, observation, patient};
+
+/// Run the CLI with a saved session for `api` (its server and token) in its own config dir.
+fn cli(srv: &TestServer, who: &str, api: &Api, args: &[&str]) -> Output {
+    let dir = srv.tmp_dir().join(format!("cli-{who}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let session = json!({
+        "server": srv.base,
+        "ca_cert": srv.ca_pem(),
+        "access_token": api.token.clone().unwrap(),
+    });
+    std::fs::write(dir.join("session.json"), session.to_string()).unwrap();
+    Command::new(bin())
+        .args(args)
+        .env("CAREVAULT_CLI_CONFIG_DIR", &dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// With the `file` provider, KEK version `v` is a file; with `pkcs11`, an HSM object (whose
+/// presence `status` reports from the token itself).
+fn kek_exists(srv: &TestServer, api: &Api, v: u64) -> bool {
+    if key_provider() == "file" {
+        srv.data_dir.join(format!("keys/kek-v{v}.key")).exists()
+    } else {
+        !["destroyed", "missing"].contains(&version_state(&status(api), v).0.as_str())
+    }
+}
+
+fn status(api: &Api) -> Value {
+    let r = api.get("/admin/keys");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn version_state(status: &Value, v: u64) -> (String, u64) {
+    let entry = status["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["version"] == v)
+        .unwrap_or_else(|| panic!("no v{v} in {status}"));
+    (
+        entry["state"].as_str().unwrap().to_owned(),
+        entry["data_keys"].as_u64().unwrap(),
+    )
+}
+
+fn wait_for_rewrap(api: &Api) -> Value {
+    for _ in 0..1200 {
+        let s = status(api);
+        if s["rewrap_remaining"] == 0 {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("re-wrap did not finish: {}", status(api));
+}
+
+fn create(api: &Api, path: &str, body: &Value) -> String {
+    let r = api.post_fhir(path, body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn kek_rotation_under_load_then_destroying_the_old_version() {
+    let srv = TestServer::start(bin());
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.rotate", &["clinician"], Some("org-a"));
+    let auditor = srv.user(&admin, "aud.rotate", &["auditor"], None);
+    let mut written: Vec<String> = Vec::new();
+    for i in 0..10 {
+        let pid = create(
+            &clin.api,
+            "/fhir/Patient",
+            &patient(&format!("Rot{i}"), "Ann"),
+        );
+        let oid = create(&clin.api, "/fhir/Observation", &observation(&pid, "before"));
+        written.push(format!("/fhir/Patient/{pid}"));
+        written.push(format!("/fhir/Observation/{oid}"));
+    }
+    let before = status(&admin.api);
+    assert_eq!(before["provider"], key_provider());
+    assert_eq!(before["active_version"], 1);
+    assert_eq!(version_state(&before, 1).0, "active");
+
+    // Only admins manage keys.
+    assert_eq!(
+        clin.api.post_json("/admin/keys/rotate", &json!({})).status,
+        403
+    );
+    assert_eq!(auditor.api.get("/admin/keys").status, 403);
+
+    // A workload of reads, writes and searches while the KEK rotates and data keys re-wrap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let created = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let (api, stop, failures, done, created) = (
+            clin.api.clone(),
+            stop.clone(),
+            failures.clone(),
+            done.clone(),
+            created.clone(),
+        );
+        let reads = written.clone();
+        workers.push(std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) || n < 6 {
+                let (what, r) = match n % 3 {
+                    0 => {
+                        let r =
+                            api.post_fhir("/fhir/Patient", &patient(&format!("Load{w}x{n}"), "Bo"));
+                        if r.status == 201 {
+                            let id = r.json()["id"].as_str().unwrap().to_owned();
+                            created.lock().unwrap().push(format!("/fhir/Patient/{id}"));
+                        }
+                        ("create", r)
+                    }
+                    1 => ("read", api.get(&reads[n % reads.len()])),
+                    _ => ("search", api.get("/fhir/Observation?code=8867-4")),
+                };
+                if !(200..300).contains(&r.status) {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{what}: {} {}", r.status, r.text()));
+                }
+                n += 1;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    while done.load(Ordering::SeqCst) < 10 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rotated = cli(&srv, "admin", &admin.api, &["key", "rotate", "--wait"]);
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert!(
+        text(&rotated).contains("v2 is active"),
+        "{}",
+        text(&rotated)
+    );
+    assert!(
+        text(&rotated).contains("re-wrap complete"),
+        "{}",
+        text(&rotated)
+    );
+    let during = done.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(during >= 10);
+    let mut everything = written.clone();
+    everything.extend(created.lock().unwrap().iter().cloned());
+
+    let after = wait_for_rewrap(&admin.api);
+    assert_eq!(after["active_version"], 2);
+    assert_eq!(version_state(&after, 1), ("decrypt-only".to_owned(), 0));
+    let (state2, keys2) = version_state(&after, 2);
+    assert_eq!(state2, "active");
+    assert!(keys2 >= 12, "{after}");
+    let shown = cli(&srv, "admin", &admin.api, &["key", "status"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown = text(&shown);
+    assert!(
+        shown.contains("v1") && shown.contains("decrypt-only"),
+        "{shown}"
+    );
+    assert!(shown.contains("re-wrap: complete"), "{shown}");
+
+    // Progress is a metric.
+    let metrics = auditor.api.get("/metrics").text();
+    assert!(
+        metrics.contains("carevault_kek_active_version 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("carevault_kek_rewrap_remaining 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("carevault_kek_data_keys{version=\"1\"} 0"),
+        "{metrics}"
+    );
+
+    // Bad input changes nothing, with a clear error.
+    for (args, expect) in [
+        (&["key", "destroy", "v2"][..], "active"),
+        (&["key", "destroy", "v9"][..], "404"),
+        (&["key", "destroy", "vx"][..], "v1, v2"),
+        (&["key", "min-version", "v3"][..], "between"),
+    ] {
+        let out = cli(&srv, "admin", &admin.api, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(text(&out).contains(expect), "{args:?}: {}", text(&out));
+    }
+    assert!(kek_exists(&srv, &admin.api, 1));
+    assert_eq!(status(&admin.api)["active_version"], 2);
+
+    // The old version is destroyed for good; everything still reads, before and after a restart.
+    let destroyed = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
+    assert!(destroyed.status.success(), "{}", text(&destroyed));
+    assert!(!kek_exists(&srv, &admin.api, 1), "the v1 key must be gone");
+    assert!(kek_exists(&srv, &admin.api, 2));
+    let again = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
+    assert!(
+        text(&again).contains("already destroyed"),
+        "{}",
+        text(&again)
+    );
+    let min = cli(&srv, "admin", &admin.api, &["key", "min-version", "v2"]);
+    assert!(min.status.success(), "{}", text(&min));
+    let s = status(&admin.api);
+    assert_eq!(version_state(&s, 1).0, "destroyed");
+    assert_eq!(s["min_decrypt_version"], 2);
+    for path in &everything {
+        let r = clin.api.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    let mut srv = srv;
+    srv.stop();
+    srv.restart(&[]);
+    let clin_api = clin.api.rebased(&srv.base);
+    for path in &everything {
+        assert_eq!(clin_api.get(path).status, 200, "{path} after restart");
+    }
+    // Every action above is in the audit trail.
+    let admin_api = admin.api.rebased(&srv.base);
+    assert_eq!(status(&admin_api)["active_version"], 2);
+    // Read back from the provider itself (the key directory or the HSM token).
+    assert!(!kek_exists(&srv, &admin_api, 1));
+    assert!(kek_exists(&srv, &admin_api, 2));
+    let auditor_api = auditor.api.rebased(&srv.base);
+    let trail = auditor_api.get("/audit/events?_count=500").text();
+    for action in [
+        "admin.kek.rotate",
+        "admin.kek.destroy",
+        "admin.kek.min-version",
+        "key.rewrap.finished",
+    ] {
+        assert!(trail.contains(action), "{action} not audited");
+    }
+}
+
+#[test]
+fn an_interrupted_rewrap_resumes_after_a_restart() {
+    let slow = [
+        ("CAREVAULT_KEY_REWRAP_BATCH_SIZE", "1"),
+        ("CAREVAULT_KEY_REWRAP_PAUSE_MS", "400"),
+    ];
+    let mut srv = TestServer::start_with(bin(), &slow);
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.resume", &["clinician"], Some("org-a"));
+    let mut paths = Vec::new();
+    for i in 0..12 {
+        let pid = create(
+            &clin.api,
+            "/fhir/Patient",
+            &patient(&format!("Res{i}"), "Cy"),
+        );
+        paths.push(format!("/fhir/Patient/{pid}"));
+    }
+    let r = admin.api.post_json("/admin/keys/rotate", &json!({}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let total = status(&admin.api)["data_keys_total"].as_u64().unwrap();
+    assert!(total >= 12);
+    // Kill the process once the job is clearly under way and clearly not done.
+    let mut killed_at = None;
+    for _ in 0..2000 {
+        let remaining = status(&admin.api)["rewrap_remaining"].as_u64().unwrap();
+        if remaining <= total - 2 && remaining >= 6 {
+            killed_at = Some(remaining);
+            srv.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed_at = killed_at.expect("the re-wrap never got under way");
+
+    // Restarted with a long pause: one batch runs at start, then the job waits. The progress
+    // made before the kill is kept; the rest is still to do.
+    srv.restart(&[("CAREVAULT_KEY_REWRAP_PAUSE_MS", "60000")]);
+    let admin_api = admin.api.rebased(&srv.base);
+    let resumed = status(&admin_api);
+    let remaining = resumed["rewrap_remaining"].as_u64().unwrap();
+    assert!(remaining < total, "progress was lost: {resumed}");
+    assert!(
+        remaining > 0 && remaining <= killed_at,
+        "{resumed} (killed at {killed_at})"
+    );
+    assert_eq!(resumed["active_version"], 2);
+    // The old version is still needed: destroying it is refused.
+    let refused = admin_api.delete("/admin/keys/v1");
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(
+        refused.diagnostics().contains("still wraps"),
+        "{}",
+        refused.text()
+    );
+    assert!(kek_exists(&srv, &admin_api, 1));
+
+    // At full speed it runs to completion.
+    srv.stop();
+    srv.restart(&[("CAREVAULT_KEY_REWRAP_PAUSE_MS", "0")]);
+    let admin_api = admin.api.rebased(&srv.base);
+    let finished = wait_for_rewrap(&admin_api);
+    assert_eq!(version_state(&finished, 1).1, 0);
+    assert_eq!(admin_api.delete("/admin/keys/v1").status, 204);
+    assert!(!kek_exists(&srv, &admin_api, 1));
+    let clin_api = clin.api.rebased(&srv.base);
+    for path in &paths {
+        assert_eq!(clin_api.get(path).status, 200, "{path}");
+    }
+}
+
+fn copy_db(from_dir: &Path, to_dir: &Path) {
+    std::fs::create_dir_all(to_dir).unwrap();
+    for name in ["carevault.db", "carevault.db-wal", "carevault.db-shm"] {
+        let _ = std::fs::remove_file(to_dir.join(name));
+        if from_dir.join(name).exists() {
+            std::fs::copy(from_dir.join(name), to_dir.join(name)).unwrap();
+        }
+    }
+}
+
+fn db_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["carevault.db", "carevault.db-wal"] {
+        if let Ok(b) = std::fs::read(dir.join(name)) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn ids_in(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
+    let mut srv = TestServer::start(bin());
+    let admin = srv.admin();
+    let second = srv.user(&admin, "admin2", &["admin"], None);
+    let clin = srv.user(&admin, "dr.shred", &["clinician"], Some("org-a"));
+
+    let gone = create(&clin.api, "/fhir/Patient", &patient("Shredwell", "Ida"));
+    let kept = create(&clin.api, "/fhir/Patient", &patient("Keepsake", "Una"));
+    let mut updated = patient("Shredwell", "Ida");
+    updated["id"] = json!(gone);
+    assert_eq!(
+        clin.api
+            .put_fhir(&format!("/fhir/Patient/{gone}"), &updated, &[])
+            .status,
+        200
+    );
+    let gone_obs = create(
+        &clin.api,
+        "/fhir/Observation",
+        &observation(&gone, "shred me"),
+    );
+    let kept_obs = create(
+        &clin.api,
+        "/fhir/Observation",
+        &observation(&kept, "keep me"),
+    );
+
+    // A copy of the database from before the shred (taken while the server is stopped).
+    let backup = srv.tmp_dir().join("backup");
+    srv.stop();
+    copy_db(&srv.data_dir, &backup);
+    srv.restart(&[]);
+    let a = admin.api.rebased(&srv.base);
+    let b = second.api.rebased(&srv.base);
+    let c = clin.api.rebased(&srv.base);
+    assert_eq!(c.get(&format!("/fhir/Patient/{gone}")).status, 200);
+
+    // Bad input changes nothing.
+    assert_eq!(
+        b.post_json("/admin/patients/no-such-patient/shred-approval", &json!({}))
+            .status,
+        404
+    );
+    assert_eq!(
+        c.post_json(
+            &format!("/admin/patients/{gone}/shred-approval"),
+            &json!({})
+        )
+        .status,
+        403
+    );
+    let reason = "erasure request ticket 4711 from Ida Shredwell";
+    let shred = |api: &Api, id: &str, reason: &str, approval: &str| {
+        api.post_json(
+            &format!("/admin/patients/{id}/shred"),
+            &json!({"reason": reason, "approval": approval}),
+        )
+    };
+    let wrong = shred(&a, &gone, reason, "cva_not-a-real-approval");
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    assert!(wrong.diagnostics().contains("approval"), "{}", wrong.text());
+    let own = a
+        .post_json(
+            &format!("/admin/patients/{gone}/shred-approval"),
+            &json!({}),
+        )
+        .json()["approval_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = shred(&a, &gone, reason, &own);
+    assert_eq!(r.status, 400);
+    assert!(r.diagnostics().contains("second admin"), "{}", r.text());
+    let for_kept = b
+        .post_json(
+            &format!("/admin/patients/{kept}/shred-approval"),
+            &json!({}),
+        )
+        .json()["approval_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(shred(&a, &gone, reason, &for_kept).status, 400);
+    let missing = shred(&a, "no-such-patient", reason, &for_kept);
+    assert_eq!(missing.status, 404);
+    assert_eq!(c.get(&format!("/fhir/Patient/{gone}")).status, 200);
+
+    // The second admin approves with the CLI; the first shreds with it.
+    let approved = cli(
+        &srv,
+        "admin2",
+        &b,
+        &["patient", "approve-shred", &format!("Patient/{gone}")],
+    );
+    assert!(approved.status.success(), "{}", text(&approved));
+    let token = text(&approved)
+        .lines()
+        .find_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .filter(|t| t.starts_with("cva_"))
+                .map(str::to_owned)
+        })
+        .unwrap();
+    let too_short = cli(
+        &srv,
+        "admin",
+        &a,
+        &[
+            "patient",
+            "shred",
+            &format!("Patient/{gone}"),
+            "--reason",
+            "x",
+            "--approval",
+            &token,
+        ],
+    );
+    assert!(!too_short.status.success());
+    assert!(text(&too_short).contains("reason"), "{}", text(&too_short));
+    let done = cli(
+        &srv,
+        "admin",
+        &a,
+        &[
+            "patient",
+            "shred",
+            &format!("Patient/{gone}"),
+            "--reason",
+            reason,
+            "--approval",
+            &token,
+        ],
+    );
+    assert!(done.status.success(), "{}", text(&done));
+    // One use only.
+    assert_ne!(shred(&a, &gone, reason, &token).status, 200);
+
+    let check = |c: &Api| {
+        for path in [
+            format!("/fhir/Patient/{gone}"),
+            format!("/fhir/Patient/{gone}/_history/1"),
+            format!("/fhir/Patient/{gone}/_history/2"),
+            format!("/fhir/Observation/{gone_obs}"),
+        ] {
+            let r = c.get(&path);
+            assert_eq!(r.status, 404, "{path}: {}", r.text());
+        }
+        let hist = c.get(&format!("/fhir/Patient/{gone}/_history"));
+        assert!(
+            hist.status == 404 || ids_in(&hist.json()).is_empty(),
+            "{}",
+            hist.text()
+        );
+        let type_hist = c.get("/fhir/Patient/_history?_count=100").json();
+        assert!(!ids_in(&type_hist).contains(&gone));
+        assert!(ids_in(&type_hist).contains(&kept));
+        let found = c.get("/fhir/Patient?family=Shredwell").json();
+        assert!(ids_in(&found).is_empty(), "{found}");
+        let obs = c
+            .get(&format!("/fhir/Observation?patient=Patient/{gone}"))
+            .json();
+        assert!(ids_in(&obs).is_empty(), "{obs}");
+        let all_obs = c.get("/fhir/Observation?code=8867-4").json();
+        assert_eq!(ids_in(&all_obs), vec![kept_obs.clone()]);
+        // Other patients are untouched.
+        assert_eq!(c.get(&format!("/fhir/Patient/{kept}")).status, 200);
+        assert_eq!(c.get(&format!("/fhir/Observation/{kept_obs}")).status, 200);
+        let kept_found = c.get("/fhir/Patient?family=Keepsake").json();
+        assert_eq!(ids_in(&kept_found), vec![kept.clone()]);
+    };
+    check(&c);
+    // The shredded compartment never gets a new key.
+    let mut revive = patient("Shredwell", "Ida");
+    revive["id"] = json!(gone);
+    let r = c.put_fhir(&format!("/fhir/Patient/{gone}"), &revive, &[]);
+    assert_eq!(r.status, 410, "{}", r.text());
+    // The reason is audited, never in clear.
+    assert!(
+        !db_bytes(&srv.data_dir)
+            .windows(reason.len())
+            .any(|w| w == reason.as_bytes())
+    );
+    let keyring = std::fs::read_to_string(srv.data_dir.join("keys/keyring.json")).unwrap();
+    assert!(keyring.contains(&format!("Patient/{gone}")));
+    assert!(!keyring.contains("Shredwell"));
+
+    // Restore the database copy from before the shred: the shred is applied again at start.
+    srv.stop();
+    copy_db(&backup, &srv.data_dir);
+    assert!(
+        !db_bytes(&srv.data_dir).is_empty(),
+        "the restored database must be in place"
+    );
+    srv.restart(&[]);
+    assert!(srv.logs().contains("shreds_reapplied"), "{}", srv.logs());
+    check(&clin.api.rebased(&srv.base));
+}
+
+#[test]
+fn kek_files_sealed_under_a_passphrase_and_a_wrong_one_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    if key_provider() != "file" {
+        return; // a property of the file provider
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pass_file = tmp.path().join("kek-passphrase");
+    let passphrase = format!("pass-{}", uuid_like());
+    std::fs::write(&pass_file, format!("{passphrase}\n")).unwrap();
+    std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pass_env = pass_file.to_str().unwrap().to_owned();
+    let mut srv = TestServer::start_with(bin(), &[("CAREVAULT_KEY_PASSPHRASE_FILE", &pass_env)]);
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.sealed", &["clinician"], Some("org-a"));
+    let pid = create(&clin.api, "/fhir/Patient", &patient("Sealed", "Sue"));
+    assert_eq!(
+        admin.api.post_json("/admin/keys/rotate", &json!({})).status,
+        201
+    );
+    wait_for_rewrap(&admin.api);
+    for v in [1, 2] {
+        let bytes = std::fs::read(srv.data_dir.join(format!("keys/kek-v{v}.key"))).unwrap();
+        assert!(bytes.starts_with(b"CVKEKS01"), "kek-v{v} is not sealed");
+    }
+
+    // A wrong passphrase: a clear error, and the server does not start.
+    srv.stop();
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&wrong, "not-the-right-passphrase\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&srv.data_dir)
+        .env("CAREVAULT_KEY_PASSPHRASE_FILE", &wrong)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("wrong passphrase"), "{said}");
+    assert!(!said.contains("not-the-right") && !said.contains(&passphrase));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    // Without one: refused too.
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&srv.data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("key.passphrase_file"), "{}", text(&out));
+
+    // The right one: everything reads.
+    srv.restart(&[]);
+    let c = clin.api.rebased(&srv.base);
+    assert_eq!(c.get(&format!("/fhir/Patient/{pid}")).status, 200);
+}
+
+/// A value unique to this run (not a secret; only makes the passphrase distinct).
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[test]
+fn an_unreachable_hsm_or_a_wrong_pin_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let env = carevault_testkit::softhsm_token(tmp.path());
+    let serve = |data: &Path, overrides: &[(&str, String)]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env_remove("CAREVAULT_TEST_KEY_PROVIDER")
+            .stdin(Stdio::null());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        for (k, v) in overrides {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let wrong_pin = tmp.path().join("wrong-pin");
+    std::fs::write(&wrong_pin, "000000\n").unwrap();
+    std::fs::set_permissions(&wrong_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cases = [
+        (
+            (
+                "CAREVAULT_KEY_PKCS11_MODULE",
+                "/nonexistent/libpkcs11.so".to_owned(),
+            ),
+            "cannot load the PKCS#11 module",
+        ),
+        (
+            (
+                "CAREVAULT_KEY_PKCS11_TOKEN_LABEL",
+                "no-such-token".to_owned(),
+            ),
+            "no token has the configured label",
+        ),
+        (
+            (
+                "CAREVAULT_KEY_PKCS11_PIN_FILE",
+                wrong_pin.display().to_string(),
+            ),
+            "login failed",
+        ),
+    ];
+    for ((key, value), expect) in cases {
+        let data = tmp.path().join(format!("data-{key}"));
+        let out = serve(&data, &[(key, value)]);
+        assert!(!out.status.success(), "{key}: the server must not start");
+        let said = text(&out);
+        assert!(said.contains(expect), "{key}: {said}");
+        assert!(!said.contains("listening on"));
+        assert!(!said.contains("000000"));
+        assert!(
+            !data.join("environment.json").exists(),
+            "{key}: nothing initialized"
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! The keyring's administration (admin, `manage-keys`): KEK status, rotation, minimum
+//! decryption version, destruction; crypto-shredding a patient with a second admin's approval.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{Authenticated, require};
+use super::error::ApiError;
+use super::{AppState, json_body, json_response};
+use crate::audit::AuditScope;
+use crate::authz::SystemAction;
+use crate::error::Error;
+use crate::identity::PrincipalKind;
+
+/// `v3` or `3`.
+fn parse_version(text: &str) -> Result<u32, Error> {
+    text.strip_prefix('v')
+        .unwrap_or(text)
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| Error::BadRequest("a key version is written v1, v2, ...".into()))
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    let status = state.inner.keyring.status().await?;
+    Ok(json_response(StatusCode::OK, &status))
+}
+
+pub async fn rotate(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    let version = state.inner.keyring.rotate().await?;
+    audit.add_detail("kek_version", version.to_string());
+    let status = state.inner.keyring.status().await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"active_version": version, "rewrap_remaining": status.rewrap_remaining}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinVersionRequest {
+    version: serde_json::Value,
+}
+
+pub async fn min_version(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    let req: MinVersionRequest = json_body(&state, &headers, body).await?;
+    let version = match &req.version {
+        serde_json::Value::String(s) => parse_version(s)?,
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| Error::BadRequest("a key version is written v1, v2, ...".into()))?,
+        _ => return Err(Error::BadRequest("a key version is written v1, v2, ...".into()).into()),
+    };
+    audit.add_detail("kek_version", version.to_string());
+    state.inner.keyring.set_min_decrypt_version(version).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"min_decrypt_version": version}),
+    ))
+}
+
+pub async fn destroy(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(version): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    let version = parse_version(&version)?;
+    audit.add_detail("kek_version", version.to_string());
+    state.inner.keyring.destroy(version).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Only a user (a person) approves or performs a shred, never an API key.
+fn require_admin_user(
+    state: &AppState,
+    audit: &AuditScope,
+    p: &crate::identity::Principal,
+) -> Result<(), ApiError> {
+    require(state, audit, p, SystemAction::ManageKeys)?;
+    if matches!(p.kind, PrincipalKind::User) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden.into())
+    }
+}
+
+pub async fn approve_shred(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin_user(&state, &audit, &p)?;
+    let compartment = crate::shred::patient_compartment(&id)?;
+    let approval = crate::shred::approve(
+        crate::shred::Services {
+            store: &*state.inner.store,
+            keyring: &state.inner.keyring,
+            clock: &state.inner.clock,
+        },
+        &audit,
+        &p,
+        &compartment,
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "patient": compartment,
+            "approval_token": approval.token,
+            "expires_at": crate::clock::fhir_instant(approval.expires_at * 1_000_000),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShredRequest {
+    reason: String,
+    approval: String,
+}
+
+pub async fn shred(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_admin_user(&state, &audit, &p)?;
+    let compartment = crate::shred::patient_compartment(&id)?;
+    let req: ShredRequest = json_body(&state, &headers, body).await?;
+    crate::shred::shred(
+        crate::shred::Services {
+            store: &*state.inner.store,
+            keyring: &state.inner.keyring,
+            clock: &state.inner.clock,
+        },
+        &audit,
+        &p,
+        &compartment,
+        &req.reason,
+        &req.approval,
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"patient": compartment, "shredded": true}),
+    ))
+}
