@@ -151,7 +151,8 @@ pub(crate) enum AuditCommand {
     /// Check the trail offline: hash chains, sequence, and signed checkpoints. Exit code 0
     /// only if everything holds.
     Verify {
-        /// A database file to read (default: the data directory's).
+        /// A database to read: a SQLite file or a postgres:// URL (default: the configured
+        /// database). Every node's chain is checked.
         #[arg(long, conflicts_with = "export")]
         db: Option<PathBuf>,
         /// A JSON Lines export (`carevault audit export`) to read instead of a database.

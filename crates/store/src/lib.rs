@@ -19,9 +19,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod migrate;
 mod postgres;
 mod sqlite;
 
+pub use migrate::{CopyProgress, TableCount, copy_sqlite_to_postgres};
 pub use postgres::{
     POSTGRES_SCHEMA_VERSION, PostgresOptions, PostgresStore, SslMode, redact_url, url_has_password,
 };

@@ -373,6 +373,12 @@ impl PostgresStore {
         &self.target
     }
 
+    /// A pooled connection, for tools that work on the schema directly (copying an
+    /// environment in).
+    pub(crate) async fn client_for_tools(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.client().await
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => map_err(&e),
@@ -1675,4 +1681,4 @@ impl Store for PostgresStore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

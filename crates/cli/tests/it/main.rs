@@ -12,6 +12,8 @@ mod cli;
 mod differential;
 mod e2e;
 mod hostile;
+mod multinode;
+mod outage;
 mod search;
 mod tamper;
 
