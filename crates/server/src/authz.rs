@@ -344,6 +344,11 @@ impl Authz {
         Ok(authz)
     }
 
+    /// True when other nodes write the same database.
+    pub fn shared_database(&self) -> bool {
+        self.shared_database
+    }
+
     /// Whether other nodes write the same database (see `shared_database`).
     pub fn with_shared_database(mut self, shared: bool) -> Self {
         self.shared_database = shared;

@@ -374,6 +374,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         compartment: &str,
     ) -> Result<Option<Option<String>>, StoreError>;
+    /// The organizations of many compartments in one read (unknown ones are left out).
+    async fn compartment_organizations(
+        &self,
+        compartments: Vec<String>,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut out = Vec::with_capacity(compartments.len());
+        for c in compartments {
+            if let Some(org) = self.compartment_organization(&c).await? {
+                out.push((c, org));
+            }
+        }
+        Ok(out)
+    }
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError>;
     async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError>;
     /// The custom policies and the policy-set version they make.

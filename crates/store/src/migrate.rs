@@ -20,8 +20,11 @@ enum Col {
     Bytes,
 }
 
+/// A table: name, columns with their PostgreSQL types, and the key to copy in order of.
+type Table = (&'static str, &'static [(&'static str, Col)], &'static str);
+
 /// Every table, parents before children (foreign keys), with its columns and key.
-const TABLES: &[(&str, &[(&str, Col)], &str)] = &[
+const TABLES: &[Table] = &[
     ("meta", &[("key", Col::Text), ("value", Col::Text)], "key"),
     (
         "principal",
@@ -325,10 +328,9 @@ fn read_chunks(
             values.push(row.get::<_, Value>(i).map_err(sqlite_err)?);
         }
         chunk.push(values);
-        if chunk.len() == CHUNK {
-            if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
-                return Ok(()); // the writer stopped; its error is reported
-            }
+        // A send fails only when the writer stopped; its error is the one reported.
+        if chunk.len() == CHUNK && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+            return Ok(());
         }
     }
     if !chunk.is_empty() {

@@ -1505,6 +1505,24 @@ impl Store for PostgresStore {
             .map(|r| r.get(0)))
     }
 
+    async fn compartment_organizations(
+        &self,
+        compartments: Vec<String>,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut out = Vec::with_capacity(compartments.len());
+        for chunk in compartments.chunks(1000) {
+            let rows = self
+                .query(
+                    "SELECT compartment, organization FROM compartment_org
+                     WHERE compartment = ANY($1::TEXT[])",
+                    &[&chunk],
+                )
+                .await?;
+            out.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+        }
+        Ok(out)
+    }
+
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
         Ok(self
             .query_opt(
