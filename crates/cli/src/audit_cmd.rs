@@ -72,7 +72,7 @@ async fn open_audit(server: &ServerArgs) -> Result<Audit> {
 }
 
 /// Where the trail is read from: a SQLite file, or a PostgreSQL database (every node's chain).
-enum TrailSource {
+pub(crate) enum TrailSource {
     Sqlite(PathBuf),
     Postgres(PostgresOptions),
 }
@@ -97,7 +97,9 @@ fn trail_source(db: Option<PathBuf>, server: &ServerArgs) -> Result<TrailSource>
 }
 
 /// Every event (chain order, all nodes) and checkpoint of a database, read-only.
-async fn read_trail(source: &TrailSource) -> Result<(Vec<StoredEvent>, Vec<Checkpoint>)> {
+pub(crate) async fn read_trail(
+    source: &TrailSource,
+) -> Result<(Vec<StoredEvent>, Vec<Checkpoint>)> {
     let store: Box<dyn Store> = match source {
         TrailSource::Sqlite(path) => {
             if !path.exists() {

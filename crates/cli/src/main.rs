@@ -4,6 +4,7 @@
 
 mod audit_cmd;
 mod client;
+mod migrate_cmd;
 mod version;
 
 use std::io::{BufRead, IsTerminal};
@@ -39,6 +40,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Move an environment's database to another backend.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
     },
     /// Check a configuration and explain every problem.
     Config {
@@ -229,6 +235,23 @@ enum AdminCommand {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum MigrateCommand {
+    /// Copy a SQLite database (stop the server first) into PostgreSQL, with progress; run it
+    /// again to resume an interrupted copy. Verifies row counts and the audit trail after.
+    SqliteToPostgres {
+        /// The SQLite database (DATA_DIR/carevault.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL; its password from CAREVAULT_DATABASE_PASSWORD if not inside.
+        #[arg(long)]
+        to: String,
+        /// The audit public key (hex), as printed by `init` and `carevault audit public-key`.
+        #[arg(long)]
+        public_key: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration (file + environment + flags) and print the result.
     Check(ServerArgs),
@@ -320,6 +343,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::User { command } => user(command),
         Command::Version(args) => version::run(&args),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Migrate { command } => migrate_cmd::run(command),
         Command::Policy { command } => policy(command),
         Command::Key { command } => key(command),
         Command::BreakGlass { reason, patient } => {

@@ -454,9 +454,19 @@ impl TestServer {
             .database
             .clone()
             .unwrap_or_else(|| panic!("several nodes need a PostgreSQL database"));
+        self.start_node_on(bin, node_id, database)
+    }
+
+    /// Start a node of this server's environment (a copy of its data directory without the
+    /// SQLite file) on `database`, e.g. after copying the environment there.
+    pub fn start_node_on(&self, bin: &Path, node_id: &str, database: Arc<TestDatabase>) -> Self {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let data_dir = tmp.path().join("data");
-        copy_dir(&self.data_dir, &data_dir, &["carevault.db"]);
+        copy_dir(
+            &self.data_dir,
+            &data_dir,
+            &["carevault.db", "carevault.db-wal", "carevault.db-shm"],
+        );
         let mut env: Vec<(String, String)> = self.env.clone();
         env.retain(|(k, _)| k != "CAREVAULT_NODE_ID");
         env.push(("CAREVAULT_NODE_ID".into(), node_id.into()));

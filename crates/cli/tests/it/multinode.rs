@@ -246,3 +246,82 @@ fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
     );
     assert_eq!(gaps.trim(), "", "a chain has gaps or extra events");
 }
+
+#[test]
+fn an_environment_moves_from_sqlite_to_postgres_and_keeps_serving() {
+    let mut old = TestServer::start_on(bin(), &[], None);
+    let key = old
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("audit public key: ").map(str::to_owned))
+        .unwrap();
+    let admin = old.admin();
+    let clin = old.user(&admin, "dr.move", &["clinician"], Some("org-a"));
+    let pid = id_of(
+        &clin
+            .api
+            .post_fhir("/fhir/Patient", &patient("Moved", "Mona")),
+    );
+    for i in 0..5 {
+        let r = clin
+            .api
+            .post_fhir("/fhir/Observation", &observation(&pid, &format!("m{i}")));
+        assert_eq!(r.status, 201);
+    }
+    old.stop();
+
+    let database = Arc::new(TestDatabase::create());
+    let migrate = |what: &str| {
+        let out = old
+            .command(bin())
+            .args(["migrate", "sqlite-to-postgres", "--from"])
+            .arg(old.db_path())
+            .args(["--to", &database.url, "--public-key", &key])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {text}");
+        assert!(
+            text.contains("audit trail verified in PostgreSQL"),
+            "{what}: {text}"
+        );
+        text
+    };
+    let text = migrate("first copy");
+    assert!(text.contains("resource_version"), "{text}");
+    // Interrupted part-way (later rows missing): running it again completes the copy.
+    database
+        .sql("DELETE FROM audit_patient WHERE seq > 10; DELETE FROM audit_event WHERE seq > 10");
+    migrate("resumed copy");
+
+    // The environment serves from PostgreSQL: same data, same sessions, a chain that goes on.
+    let node = old.start_node_on(bin(), "node-1", database.clone());
+    let api = Api::new(&node.base, &node.ca_pem()).with_token(clin.api.token.as_deref().unwrap());
+    let read = api.get(&format!("/fhir/Patient/{pid}"));
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["name"][0]["family"], "Moved");
+    let found = api.get(&format!("/fhir/Observation?subject=Patient/{pid}"));
+    assert_eq!(found.json()["entry"].as_array().map(Vec::len), Some(5));
+    let more = api.post_fhir("/fhir/Observation", &observation(&pid, "after"));
+    assert_eq!(more.status, 201, "{}", more.text());
+    let mut node = node;
+    node.stop();
+    let out = node
+        .command(bin())
+        .args([
+            "audit",
+            "verify",
+            "--db",
+            &database.url,
+            "--public-key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
