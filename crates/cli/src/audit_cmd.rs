@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use carevault_audit::{Checkpoint, ExportLine, StoredEvent, parse_export, parse_public_key};
 use carevault_server::audit::Audit;
+use carevault_server::config::Database;
 use carevault_server::{SharedClock, SystemClock, environment};
-use carevault_store::{SqliteStore, Store};
+use carevault_store::{PostgresOptions, PostgresStore, SqliteStore, Store};
 
 use crate::client::Client;
 use crate::{AuditCommand, ServerArgs, load_config, runtime};
@@ -70,20 +71,53 @@ async fn open_audit(server: &ServerArgs) -> Result<Audit> {
     Ok(Audit::open(env.store, &env.keyring, &config.node_id, clock).await?)
 }
 
-fn db_path(db: Option<PathBuf>, server: &ServerArgs) -> Result<PathBuf> {
-    match db {
-        Some(db) => Ok(db),
-        None => Ok(load_config(server)?.db_path()),
-    }
+/// Where the trail is read from: a SQLite file, or a PostgreSQL database (every node's chain).
+pub(crate) enum TrailSource {
+    Sqlite(PathBuf),
+    Postgres(PostgresOptions),
 }
 
-/// Every event (chain order) and checkpoint of a database, read-only.
-async fn read_trail(path: &std::path::Path) -> Result<(Vec<StoredEvent>, Vec<Checkpoint>)> {
-    if !path.exists() {
-        bail!("{} does not exist", path.display());
+fn trail_source(db: Option<PathBuf>, server: &ServerArgs) -> Result<TrailSource> {
+    if let Some(db) = db {
+        let text = db.to_string_lossy();
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(TrailSource::Postgres(PostgresOptions {
+                url: text.into_owned(),
+                password: std::env::var("CAREVAULT_DATABASE_PASSWORD").ok(),
+                pool_size: 2,
+            }));
+        }
+        return Ok(TrailSource::Sqlite(db));
     }
-    let store = SqliteStore::open_read_only(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let config = load_config(server)?;
+    Ok(match &config.database {
+        Database::Postgres(pg) => TrailSource::Postgres(pg.options()),
+        _ => TrailSource::Sqlite(config.db_path()),
+    })
+}
+
+/// Every event (chain order, all nodes) and checkpoint of a database, read-only.
+pub(crate) async fn read_trail(
+    source: &TrailSource,
+) -> Result<(Vec<StoredEvent>, Vec<Checkpoint>)> {
+    let store: Box<dyn Store> = match source {
+        TrailSource::Sqlite(path) => {
+            if !path.exists() {
+                bail!("{} does not exist", path.display());
+            }
+            Box::new(
+                SqliteStore::open_read_only(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            )
+        }
+        TrailSource::Postgres(options) => Box::new(
+            PostgresStore::connect_existing(options)
+                .await
+                .with_context(|| {
+                    format!("cannot open {}", carevault_store::redact_url(&options.url))
+                })?,
+        ),
+    };
     let mut events = Vec::new();
     let mut after = None;
     loop {
@@ -113,7 +147,7 @@ fn verify(
                 .with_context(|| format!("cannot read {}", file.display()))?;
             parse_export(&text)?
         }
-        None => runtime()?.block_on(read_trail(&db_path(db, server)?))?,
+        None => runtime()?.block_on(read_trail(&trail_source(db, server)?))?,
     };
     match carevault_audit::verify(&events, &checkpoints, &key) {
         Ok(report) => {
@@ -144,8 +178,8 @@ fn export(
         .transpose()
     };
     let (since, until) = (parse(since, "since")?, parse(until, "until")?);
-    let path = db_path(None, server)?;
-    let (events, checkpoints) = runtime()?.block_on(read_trail(&path))?;
+    let source = trail_source(None, server)?;
+    let (events, checkpoints) = runtime()?.block_on(read_trail(&source))?;
     let mut sink: Box<dyn Write> = match &out {
         Some(file) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(file)

@@ -5,6 +5,7 @@
 mod audit_cmd;
 mod client;
 mod import;
+mod migrate_cmd;
 mod seed;
 mod version;
 
@@ -41,6 +42,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Move an environment's database to another backend.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
     },
     /// Check a configuration and explain every problem.
     Config {
@@ -241,7 +247,8 @@ pub(crate) enum AuditCommand {
     /// Check the trail offline: hash chains, sequence, and signed checkpoints. Exit code 0
     /// only if everything holds.
     Verify {
-        /// A database file to read (default: the data directory's).
+        /// A database to read: a SQLite file or a postgres:// URL (default: the configured
+        /// database). Every node's chain is checked.
         #[arg(long, conflicts_with = "export")]
         db: Option<PathBuf>,
         /// A JSON Lines export (`carevault audit export`) to read instead of a database.
@@ -314,6 +321,23 @@ enum AdminCommand {
         server: ServerArgs,
         #[arg(long, default_value = "admin")]
         user: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum MigrateCommand {
+    /// Copy a SQLite database (stop the server first) into PostgreSQL, with progress; run it
+    /// again to resume an interrupted copy. Verifies row counts and the audit trail after.
+    SqliteToPostgres {
+        /// The SQLite database (DATA_DIR/carevault.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL; its password from CAREVAULT_DATABASE_PASSWORD if not inside.
+        #[arg(long)]
+        to: String,
+        /// The audit public key (hex), as printed by `init` and `carevault audit public-key`.
+        #[arg(long)]
+        public_key: String,
     },
 }
 
@@ -445,6 +469,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::User { command } => user(command),
         Command::Version(args) => version::run(&args),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Migrate { command } => migrate_cmd::run(command),
         Command::Policy { command } => policy(command),
         Command::Key { command } => key(command),
         Command::Patient { command } => patient(command),

@@ -67,7 +67,11 @@ impl Application {
             env.keyring.clone(),
             clock.clone(),
         )?;
-        let authz = Arc::new(Authz::load(env.store.clone(), clock.clone()).await?);
+        let authz = Arc::new(
+            Authz::load(env.store.clone(), clock.clone())
+                .await?
+                .with_shared_database(config.database.is_shared()),
+        );
         let records = Records::new(
             env.store.clone(),
             env.keyring.clone(),

@@ -293,6 +293,9 @@ pub struct Authz {
     clock: SharedClock,
     /// compartment -> managing organization.
     organizations: RwLock<HashMap<String, Option<String>>>,
+    /// Other nodes write the same database: a patient's organization may change elsewhere, so
+    /// it is read from the database on every decision instead of cached.
+    shared_database: bool,
     /// Principals' Cedar entities, keyed by everything they are built from.
     principals: RwLock<HashMap<String, (EntityUid, Vec<Entity>)>>,
 }
@@ -334,10 +337,22 @@ impl Authz {
             store,
             clock,
             organizations: RwLock::new(HashMap::new()),
+            shared_database: false,
             principals: RwLock::new(HashMap::new()),
         };
         authz.reload().await?;
         Ok(authz)
+    }
+
+    /// True when other nodes write the same database.
+    pub fn shared_database(&self) -> bool {
+        self.shared_database
+    }
+
+    /// Whether other nodes write the same database (see `shared_database`).
+    pub fn with_shared_database(mut self, shared: bool) -> Self {
+        self.shared_database = shared;
+        self
     }
 
     /// Rebuild the policy set from the database if its version changed.
@@ -355,6 +370,16 @@ impl Authz {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Loaded::new(version, set, rows, &self.actions));
         Ok(version)
+    }
+
+    /// Pick up a policy change another node committed: one small read of the policy-set
+    /// version, and a rebuild only when it moved. Called per request when the database is
+    /// shared, so a change on any node applies on every node from the next request on.
+    pub async fn refresh(&self) -> Result<()> {
+        if self.store.policy_version().await? != self.loaded().version {
+            self.reload().await?;
+        }
+        Ok(())
     }
 
     fn loaded(&self) -> Arc<Loaded> {
@@ -458,6 +483,13 @@ impl Authz {
 
     /// The organization managing a patient compartment (None when unknown).
     pub async fn compartment_organization(&self, compartment: &str) -> Result<Option<String>> {
+        if self.shared_database {
+            return Ok(self
+                .store
+                .compartment_organization(compartment)
+                .await?
+                .flatten());
+        }
         if let Some(org) = self
             .organizations
             .read()
@@ -476,6 +508,9 @@ impl Authz {
     }
 
     pub fn remember_organization(&self, compartment: &str, organization: Option<String>) {
+        if self.shared_database {
+            return;
+        }
         self.organizations
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -872,6 +907,7 @@ mod tests {
             ),
             clock: Arc::new(crate::clock::SystemClock),
             organizations: RwLock::new(HashMap::new()),
+            shared_database: false,
             principals: RwLock::new(HashMap::new()),
         };
         let rows: Vec<PolicyRow> = custom

@@ -299,6 +299,7 @@ async fn transaction(
             principal,
             audit: &scope,
             tx: Some(&tx),
+            organizations: None,
         };
         let resource = resource.clone().map(|mut r| {
             resolve_references(&mut r, &ids);

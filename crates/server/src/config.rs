@@ -45,6 +45,21 @@ pub struct FileConfig {
     pub argon2: Argon2Section,
     pub log: LogSection,
     pub key: KeySection,
+    pub database: DatabaseSection,
+    /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
+    #[serde(skip)]
+    pub database_password: Option<secrecy::SecretString>,
+}
+
+/// The database: SQLite in the data directory unless `url` names a PostgreSQL server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `postgres://user@host:port/db?sslmode=...`; never with a password when in the file.
+    pub url: Option<String>,
+    /// A file holding the database password (one line).
+    pub password_file: Option<PathBuf>,
+    pub pool_size: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +151,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("key.pkcs11_module", Kind::Str),
     ("key.pkcs11_token_label", Kind::Str),
     ("key.pkcs11_pin_file", Kind::Str),
+    ("database.url", Kind::Str),
+    ("database.password_file", Kind::Str),
+    ("database.pool_size", Kind::Int),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
@@ -145,6 +163,12 @@ const NON_CONFIG_ENV: &[&str] = &[
     "CAREVAULT_LOG",
     // Read by the test kit (which key provider test servers use), never by the server.
     "CAREVAULT_TEST_KEY_PROVIDER",
+    // Read by `FileConfig::load` into `database_password`: the environment only, never a key
+    // of the file.
+    "CAREVAULT_DATABASE_PASSWORD",
+    // Read by the test kit (which backend the integration tests run on), not the server.
+    "CAREVAULT_TEST_BACKEND",
+    "CAREVAULT_TEST_POSTGRES_URL",
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -178,7 +202,26 @@ impl FileConfig {
             }
             None => toml::Table::new(),
         };
+        if let Some(url) = table
+            .get("database")
+            .and_then(|d| d.get("url"))
+            .and_then(|u| u.as_str())
+            && carevault_store::url_has_password(url)
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                "holds a password; secrets never go in the configuration file (it is copied, \
+                 versioned and read more widely than the database): put the password in the file \
+                 named by database.password_file or in CAREVAULT_DATABASE_PASSWORD, or give the \
+                 whole URL in CAREVAULT_DATABASE_URL",
+            ));
+        }
+        let mut database_password = None;
         for (name, value) in env {
+            if name == "CAREVAULT_DATABASE_PASSWORD" {
+                database_password = Some(secrecy::SecretString::from(value));
+                continue;
+            }
             if !name.starts_with("CAREVAULT_") || NON_CONFIG_ENV.contains(&name.as_str()) {
                 continue;
             }
@@ -204,7 +247,7 @@ impl FileConfig {
             };
             set_path(&mut table, key, parsed);
         }
-        toml::Value::Table(table)
+        let mut file = toml::Value::Table(table)
             .try_into::<FileConfig>()
             .map_err(|e| {
                 // serde names the offending key in its message (e.g. "unknown field `lisen`").
@@ -216,7 +259,9 @@ impl FileConfig {
                         .unwrap_or("invalid configuration")
                         .to_owned(),
                 )
-            })
+            })?;
+        file.database_password = database_password;
+        Ok(file)
     }
 }
 
@@ -268,6 +313,53 @@ pub struct Config {
     pub key_passphrase_file: Option<PathBuf>,
     /// Where the KEKs are held.
     pub key_provider: KeyProviderConfig,
+    pub database: Database,
+}
+
+/// Which database the environment lives in.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Database {
+    /// `DATA_DIR/carevault.db`, one node.
+    Sqlite,
+    /// A PostgreSQL server that several nodes may share.
+    Postgres(PostgresConfig),
+}
+
+impl Database {
+    /// True when other nodes may write the same database (state cached in memory must then
+    /// be checked against it).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+}
+
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// The URL (it may hold a password only when it came from the environment).
+    pub url: String,
+    pub password: Option<secrecy::SecretString>,
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &carevault_store::redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresConfig {
+    pub fn options(&self) -> carevault_store::PostgresOptions {
+        use secrecy::ExposeSecret;
+        carevault_store::PostgresOptions {
+            url: self.url.clone(),
+            password: self.password.as_ref().map(|p| p.expose_secret().to_owned()),
+            pool_size: self.pool_size,
+        }
+    }
 }
 
 /// The key provider the server uses.
@@ -484,6 +576,53 @@ impl Config {
             ));
         }
 
+        let database = match file.database.url {
+            None => {
+                if file.database.password_file.is_some() {
+                    return Err(ConfigError::new(
+                        "database.password_file",
+                        "only applies to a PostgreSQL database.url",
+                    ));
+                }
+                Database::Sqlite
+            }
+            Some(url) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(ConfigError::new(
+                        "database.url",
+                        "must be a postgres:// URL (leave it unset for the embedded SQLite database)",
+                    ));
+                }
+                carevault_store::PostgresOptions {
+                    url: url.clone(),
+                    password: None,
+                    pool_size: 1,
+                }
+                .check()
+                .map_err(|e| ConfigError::new("database.url", e.to_string()))?;
+                let password = match (&file.database.password_file, file.database_password) {
+                    (Some(path), _) => {
+                        let text = std::fs::read_to_string(path).map_err(|e| {
+                            ConfigError::new(
+                                "database.password_file",
+                                format!("cannot read {}: {}", path.display(), e.kind()),
+                            )
+                        })?;
+                        Some(secrecy::SecretString::from(
+                            text.trim_end_matches(['\r', '\n']).to_owned(),
+                        ))
+                    }
+                    (None, env) => env,
+                };
+                let pool = int("database.pool_size", file.database.pool_size, 16, 1, 1000)?;
+                Database::Postgres(PostgresConfig {
+                    url,
+                    password,
+                    pool_size: pool as usize,
+                })
+            }
+        };
+
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
             listen,
@@ -545,6 +684,7 @@ impl Config {
                 }
                 other => other,
             },
+            database,
         })
     }
 
@@ -713,6 +853,95 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("password") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_its_password_never_comes_from_the_file() {
+        use secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        // Built at run time: no credential-looking literal in the source.
+        let with_pw = format!("postgres://cv:{}@db.internal/cv", "pw-in-file");
+        std::fs::write(&path, format!("[database]\nurl = \"{with_pw}\"\n")).unwrap();
+        let e = FileConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database.url") && e.contains("password"), "{e}");
+        assert!(!e.contains("pw-in-file"), "{e}");
+
+        // The whole URL may come from the environment, password included.
+        let c = Config::from_file(
+            FileConfig::load(None, env(&[("CAREVAULT_DATABASE_URL", &with_pw)])).unwrap(),
+        )
+        .unwrap();
+        let Database::Postgres(pg) = &c.database else {
+            panic!("expected PostgreSQL")
+        };
+        assert_eq!(pg.pool_size, 16);
+        assert!(c.database.is_shared());
+        assert!(!format!("{c:?}").contains("pw-in-file"));
+
+        // Or the file names a password file; CAREVAULT_DATABASE_PASSWORD is the alternative.
+        let secret = dir.path().join("db-password");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[database]\nurl = \"postgres://cv@db.internal/cv?sslmode=require\"\npassword_file = \"{}\"\npool_size = 4\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::from_file(FileConfig::load(Some(&path), env(&[])).unwrap()).unwrap();
+        let Database::Postgres(pg) = &c.database else {
+            panic!("expected PostgreSQL")
+        };
+        assert_eq!(pg.password.as_ref().unwrap().expose_secret(), "from-a-file");
+        assert_eq!(pg.options().pool_size, 4);
+        assert!(!format!("{c:?}").contains("from-a-file"));
+        let c = Config::from_file(
+            FileConfig::load(
+                None,
+                env(&[
+                    ("CAREVAULT_DATABASE_URL", "postgres://cv@db.internal/cv"),
+                    ("CAREVAULT_DATABASE_PASSWORD", "from-the-env"),
+                ]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let Database::Postgres(pg) = &c.database else {
+            panic!("expected PostgreSQL")
+        };
+        assert_eq!(pg.options().password.as_deref(), Some("from-the-env"));
+
+        let err = |pairs: &[(&str, &str)]| {
+            FileConfig::load(None, env(pairs))
+                .and_then(Config::from_file)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&[("CAREVAULT_DATABASE_URL", "mysql://db/cv")]).contains("database.url"));
+        assert!(
+            err(&[(
+                "CAREVAULT_DATABASE_URL",
+                "postgres://db/cv?sslmode=verify-full"
+            )])
+            .contains("sslrootcert")
+        );
+        assert!(
+            err(&[(
+                "CAREVAULT_DATABASE_URL",
+                "postgres://db/cv?sslmode=sometimes"
+            )])
+            .contains("sslmode")
+        );
+        assert!(
+            err(&[("CAREVAULT_DATABASE_PASSWORD_FILE", "/nonexistent")])
+                .contains("database.password_file")
+        );
+        let c = Config::from_file(FileConfig::load(None, env(&[])).unwrap()).unwrap();
+        assert!(matches!(c.database, Database::Sqlite));
     }
 
     #[test]

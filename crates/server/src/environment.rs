@@ -5,6 +5,8 @@
 //! carevault-data/
 //!   environment.json   environment id and creation time
 //!   carevault.db       SQLite (WAL): sealed resources, identity, wrapped data keys
+//!                      (absent when `database.url` names PostgreSQL: nodes sharing one
+//!                      database each have a copy of the rest of this directory)
 //!   keys/kek-v1.key    key-encryption key versions (file provider; 0600, directory 0700)
 //!   keys/keyring.json  KEK version states, minimum decryption version, crypto-shred list
 //!   tls/cert.pem       self-signed certificate (unless configured otherwise)
@@ -17,12 +19,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use carevault_store::{SqliteStore, Store, WriteOp};
+use carevault_store::{PostgresStore, SqliteStore, Store, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, AuditScope};
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, Database};
 use crate::error::{Error, Result};
 use crate::identity::{Identity, NewUser};
 use crate::keyring::Keyring;
@@ -82,6 +84,14 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
         .map_err(|e| io("cannot restrict the data directory", &e))?;
 
     let environment_id = format!("env-{}", uuid::Uuid::new_v4());
+    let store = open_store(config).await?;
+    if store.meta("environment_id").await?.is_some() {
+        return Err(Error::Conflict(
+            "the database already holds a CareVault environment; to add a node, copy that \
+             environment's data directory (environment.json, keys/, tls/) instead of running init"
+                .into(),
+        ));
+    }
     if config.key_provider != crate::config::KeyProviderConfig::File {
         // The keyring's state file and shred list live here whatever the provider.
         fs::create_dir_all(config.keys_dir())
@@ -90,7 +100,6 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
             .map_err(|e| io("cannot restrict the key directory", &e))?;
     }
     let provider = config.key_provider(true)?;
-    let store = SqliteStore::open(&config.db_path())?;
     store
         .write(vec![WriteOp::SetMeta {
             key: "environment_id".into(),
@@ -104,7 +113,6 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
         Some(crate::http::tls::generate_self_signed(config)?)
     };
 
-    let store: Arc<dyn Store> = Arc::new(store);
     let keyring = Arc::new(
         Keyring::new(
             environment_id.clone(),
@@ -167,7 +175,7 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
         )));
     }
     let provider = config.key_provider(false)?;
-    let store = SqliteStore::open(&config.db_path())?;
+    let store = open_store(config).await?;
     match store.meta("environment_id").await? {
         Some(id) if id == file.environment_id => {}
         _ => {
@@ -176,7 +184,6 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
             ));
         }
     }
-    let store: Arc<dyn Store> = Arc::new(store);
     let keyring = Arc::new(
         Keyring::new(file.environment_id.clone(), provider, store.clone(), clock)
             .with_state_dir(&config.keys_dir())?,
@@ -195,6 +202,22 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
         id: file.environment_id,
         store,
         keyring,
+    })
+}
+
+/// Open (and migrate) the configured database: SQLite in the data directory, or PostgreSQL.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    Ok(match &config.database {
+        Database::Sqlite => Arc::new(SqliteStore::open(&config.db_path())?),
+        Database::Postgres(pg) => {
+            let store = PostgresStore::connect(&pg.options()).await?;
+            tracing::info!(
+                event = "database_opened",
+                backend = "postgres",
+                target = store.target()
+            );
+            Arc::new(store)
+        }
     })
 }
 

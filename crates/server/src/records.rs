@@ -29,6 +29,8 @@ pub struct Caller<'a> {
     pub principal: &'a Principal,
     pub audit: &'a AuditScope,
     pub tx: Option<&'a Tx>,
+    /// Organizations of compartments read in bulk for this request (a search's candidates).
+    pub organizations: Option<&'a HashMap<String, Option<String>>>,
 }
 
 impl<'a> Caller<'a> {
@@ -37,6 +39,7 @@ impl<'a> Caller<'a> {
             principal,
             audit,
             tx: None,
+            organizations: None,
         }
     }
 }
@@ -458,7 +461,7 @@ impl Records {
         } else {
             self.store.search_index(rtype.as_str(), lookups).await?
         };
-        let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
+        let mut candidates: Vec<(Value, Version)> = Vec::new();
         for row in self.store.resources_current(rtype.as_str(), ids).await? {
             if row.deleted {
                 continue;
@@ -476,6 +479,29 @@ impl Records {
             {
                 continue;
             }
+            candidates.push((json, v));
+        }
+        // With a shared database the organizations are not cached across requests (another
+        // node may change them): read the candidates' in one query instead of one each.
+        let organizations = if self.authz.shared_database() {
+            let compartments: std::collections::BTreeSet<String> = candidates
+                .iter()
+                .filter_map(|(_, v)| v.patient_compartment())
+                .collect();
+            self.store
+                .compartment_organizations(compartments.into_iter().collect())
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let caller = Caller {
+            organizations: Some(&organizations),
+            ..caller
+        };
+        let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
+        for (json, v) in candidates {
             if !self.may_read(caller, FhirAction::Search, &v).await? {
                 continue;
             }
@@ -661,6 +687,9 @@ impl Records {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(c)
         {
+            return Ok(org.clone());
+        }
+        if let Some(org) = caller.organizations.and_then(|m| m.get(c)) {
             return Ok(org.clone());
         }
         self.authz.compartment_organization(c).await

@@ -1,4 +1,5 @@
-//! CareVault's storage: the [`Store`] trait and its SQLite backend.
+//! CareVault's storage: the [`Store`] trait and its backends, SQLite (embedded, the default)
+//! and PostgreSQL (several nodes over one database).
 //!
 //! The store has no rules about content: it keeps sealed resource versions as opaque bytes,
 //! identity rows and wrapped keys, and guarantees atomicity and optimistic concurrency.
@@ -18,8 +19,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod migrate;
+mod postgres;
 mod sqlite;
 
+pub use migrate::{CopyProgress, TableCount, copy_sqlite_to_postgres};
+pub use postgres::{
+    POSTGRES_SCHEMA_VERSION, PostgresOptions, PostgresStore, SslMode, redact_url, url_has_password,
+};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Messages never contain row contents.
@@ -423,10 +430,27 @@ pub trait Store: Send + Sync + 'static {
         &self,
         compartment: &str,
     ) -> Result<Option<Option<String>>, StoreError>;
+    /// The organizations of many compartments in one read (unknown ones are left out).
+    async fn compartment_organizations(
+        &self,
+        compartments: Vec<String>,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut out = Vec::with_capacity(compartments.len());
+        for c in compartments {
+            if let Some(org) = self.compartment_organization(&c).await? {
+                out.push((c, org));
+            }
+        }
+        Ok(out)
+    }
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError>;
     async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError>;
     /// The custom policies and the policy-set version they make.
     async fn policies(&self) -> Result<(i64, Vec<PolicyRow>), StoreError>;
+    /// The policy-set version alone (a cheap check whether another node changed policies).
+    async fn policy_version(&self) -> Result<i64, StoreError> {
+        Ok(self.policies().await?.0)
+    }
     /// Grants of `principal_id` still valid at `now`.
     async fn break_glass_grants(
         &self,

@@ -185,7 +185,6 @@ impl Api {
         }
     }
 
-    /// The same client (token included) for a server that now listens at `base`.
     pub fn rebased(&self, base: &str) -> Self {
         let mut api = self.clone();
         api.base = base.trim_end_matches('/').to_owned();
@@ -290,20 +289,132 @@ pub struct Account {
     pub recovery_codes: Vec<String>,
 }
 
-/// A running `carevault serve` in its own temp data dir.
-pub struct TestServer {
-    child: Child,
-    pub base: String,
-    pub data_dir: PathBuf,
-    _tmp: tempfile::TempDir,
-    pub admin_token: String,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    bin: PathBuf,
-    env: Vec<(String, String)>,
+/// Which database the test servers use: `CAREVAULT_TEST_BACKEND=postgres` runs them on
+/// PostgreSQL (a fresh database per test server, on the server named by
+/// `CAREVAULT_TEST_POSTGRES_URL`, by default `postgres://postgres@127.0.0.1:5432/test`);
+/// anything else, or nothing, on SQLite. The same tests run on both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-type Output = (Child, Arc<Mutex<String>>, Arc<Mutex<String>>);
+pub fn backend() -> Backend {
+    match std::env::var("CAREVAULT_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::Sqlite,
+    }
+}
+
+/// The PostgreSQL server tests make their databases on (trust authentication).
+pub fn postgres_admin_url() -> String {
+    std::env::var("CAREVAULT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database of its own for one test (and the nodes it starts): created fresh, dropped when
+/// the last holder goes away.
+pub struct TestDatabase {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub fn create() -> Self {
+        Self::create_on(&postgres_admin_url())
+    }
+
+    /// On the server of `admin_url` (a URL with a database to connect to for CREATE DATABASE).
+    pub fn create_on(admin_url: &str) -> Self {
+        let name = format!("cv_test_{}", random_hex(8));
+        psql(admin_url, &format!("CREATE DATABASE {name}"));
+        let base = admin_url.split('?').next().unwrap_or(admin_url);
+        let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+        Self {
+            admin_url: admin_url.to_owned(),
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+
+    /// A copy of `other` (which nobody may be connected to), on the same server.
+    pub fn create_from(other: &TestDatabase) -> Self {
+        let name = format!("cv_test_{}", random_hex(8));
+        psql(
+            &other.admin_url,
+            &format!("CREATE DATABASE {name} TEMPLATE {}", other.name),
+        );
+        let server = other.url.rsplit_once('/').map_or("", |(s, _)| s);
+        Self {
+            admin_url: other.admin_url.clone(),
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+
+    /// Everything in the database, as `pg_dump` writes it.
+    pub fn dump(&self) -> Vec<u8> {
+        let dump = Command::new("pg_dump")
+            .args(["--no-owner", "-d"])
+            .arg(&self.url)
+            .output()
+            .unwrap_or_else(|e| panic!("pg_dump (postgresql-client) is needed: {e}"));
+        assert!(dump.status.success(), "pg_dump failed");
+        dump.stdout
+    }
+
+    /// Run SQL in this database; the output of `psql -At` (rows `|`-separated).
+    pub fn sql(&self, query: &str) -> String {
+        psql(&self.url, query)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(&self.admin_url)
+            .arg("-c")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Run SQL with `psql` (the PostgreSQL client); panics with psql's error on failure.
+pub fn psql(url: &str, query: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(url)
+        .arg("-c")
+        .arg(query)
+        .output()
+        .unwrap_or_else(|e| panic!("psql (postgresql-client) is needed: {e}"));
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut buf);
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut out: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    out.push_str(&format!("{:x}{nanos:x}", std::process::id()));
+    out
+}
 
 /// The key provider test servers use: `file` (default) or `pkcs11` (a fresh SoftHSM2 token per
 /// server), from `CAREVAULT_TEST_KEY_PROVIDER`.
@@ -374,61 +485,19 @@ pub fn softhsm_token(dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
-/// Spawn `carevault serve` on `data_dir`, collecting its output.
-fn spawn(
-    bin: &Path,
-    listen: &str,
-    data_dir: &Path,
-    tmp: &Path,
-    env: &[(String, String)],
-) -> Output {
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(listen)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("CAREVAULT_LISTEN")
-        .env_remove("CAREVAULT_DATA_DIR")
-        .env("CAREVAULT_CLI_CONFIG_DIR", tmp.join("cli"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    for (pipe, sink) in [
-        (
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            stdout.clone(),
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            stderr.clone(),
-        ),
-    ] {
-        if let Some(pipe) = pipe {
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-    }
-    (child, stdout, stderr)
+/// A running `carevault serve` in its own temp data dir.
+pub struct TestServer {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub admin_token: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    /// The PostgreSQL database this server (and the nodes started beside it) use.
+    pub database: Option<Arc<TestDatabase>>,
+    env: Vec<(String, String)>,
+    bin: PathBuf,
 }
 
 impl TestServer {
@@ -437,8 +506,17 @@ impl TestServer {
         Self::start_with(bin, &[])
     }
 
-    /// Start with extra `CAREVAULT_*` environment variables.
+    /// Start with extra `CAREVAULT_*` environment variables, on the backend of [`backend`].
     pub fn start_with(bin: &Path, env: &[(&str, &str)]) -> Self {
+        let database = match backend() {
+            Backend::Postgres => Some(Arc::new(TestDatabase::create())),
+            Backend::Sqlite => None,
+        };
+        Self::start_on(bin, env, database)
+    }
+
+    /// Start a new environment on `database` (PostgreSQL), or on SQLite when None.
+    pub fn start_on(bin: &Path, env: &[(&str, &str)], database: Option<Arc<TestDatabase>>) -> Self {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let data_dir = tmp.path().join("data");
         let mut env: Vec<(String, String)> = env
@@ -448,7 +526,52 @@ impl TestServer {
         if key_provider() == "pkcs11" && !env.iter().any(|(k, _)| k == "CAREVAULT_KEY_PROVIDER") {
             env.extend(softhsm_token(tmp.path()));
         }
-        let (child, stdout, stderr) = spawn(bin, "127.0.0.1:0", &data_dir, tmp.path(), &env);
+        Self::spawn(bin, &env, database, tmp, data_dir, true)
+    }
+
+    /// Start another node of this server's environment: a copy of its data directory's key
+    /// material and certificate, the same PostgreSQL database, its own node id (and audit
+    /// chain). Needs the PostgreSQL backend.
+    pub fn start_node(&self, bin: &Path, node_id: &str) -> Self {
+        let database = self
+            .database
+            .clone()
+            .unwrap_or_else(|| panic!("several nodes need a PostgreSQL database"));
+        self.start_node_on(bin, node_id, database)
+    }
+
+    /// Start a node of this server's environment (a copy of its data directory without the
+    /// SQLite file) on `database`, e.g. after copying the environment there.
+    pub fn start_node_on(&self, bin: &Path, node_id: &str, database: Arc<TestDatabase>) -> Self {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let data_dir = tmp.path().join("data");
+        copy_dir(
+            &self.data_dir,
+            &data_dir,
+            &["carevault.db", "carevault.db-wal", "carevault.db-shm"],
+        );
+        let mut env: Vec<(String, String)> = self.env.clone();
+        env.retain(|(k, _)| k != "CAREVAULT_NODE_ID");
+        env.push(("CAREVAULT_NODE_ID".into(), node_id.into()));
+        Self::spawn(bin, &env, Some(database), tmp, data_dir, false)
+    }
+
+    fn spawn(
+        bin: &Path,
+        env: &[(String, String)],
+        database: Option<Arc<TestDatabase>>,
+        tmp: tempfile::TempDir,
+        data_dir: PathBuf,
+        fresh: bool,
+    ) -> Self {
+        let (child, stdout, stderr) = launch(
+            bin,
+            "127.0.0.1:0",
+            &data_dir,
+            tmp.path(),
+            env,
+            database.as_deref(),
+        );
         let mut server = Self {
             child,
             base: String::new(),
@@ -457,17 +580,18 @@ impl TestServer {
             admin_token: String::new(),
             stdout,
             stderr,
+            database,
+            env: env.to_vec(),
             bin: bin.to_path_buf(),
-            env,
         };
-        let (base, token) = server.wait_ready(true);
+        let (base, token) = server.wait_ready(fresh);
         server.base = base;
         server.admin_token = token.unwrap_or_default();
         server
     }
 
-    /// Start the server again on the same data directory (after [`Self::stop`] or
-    /// [`Self::kill`]), on the same address, with the environment of the first start plus
+    /// Start the server again on the same data directory, database and address (after
+    /// [`Self::stop`] or [`Self::kill`]), with the environment of the first start plus
     /// `extra_env`.
     pub fn restart(&mut self, extra_env: &[(&str, &str)]) {
         let mut env = self.env.clone();
@@ -478,8 +602,14 @@ impl TestServer {
         // The same address: clients keep working, and what is keyed by the server's URL (an
         // import's journal) still matches.
         let listen = self.base.trim_start_matches("https://").to_owned();
-        let (child, stdout, stderr) =
-            spawn(&self.bin, &listen, &self.data_dir, self._tmp.path(), &env);
+        let (child, stdout, stderr) = launch(
+            &self.bin,
+            &listen,
+            &self.data_dir,
+            self._tmp.path(),
+            &env,
+            self.database.as_deref(),
+        );
         self.child = child;
         self.stdout = stdout;
         self.stderr = stderr;
@@ -504,7 +634,8 @@ impl TestServer {
         self._tmp.path()
     }
 
-    fn wait_ready(&mut self, first_start: bool) -> (String, Option<String>) {
+    /// Wait for "listening on" (and, on a fresh environment, the admin enrollment token).
+    fn wait_ready(&mut self, fresh: bool) -> (String, Option<String>) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = self
@@ -520,7 +651,7 @@ impl TestServer {
                     .map(str::to_owned)
             });
             if let Some(base) = listening
-                && (token.is_some() || !first_start)
+                && (token.is_some() || !fresh)
             {
                 return (base, token);
             }
@@ -537,6 +668,78 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// True when this server's database is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.database.is_some()
+    }
+
+    /// Run SQL in this server's PostgreSQL database (see [`TestDatabase::sql`]).
+    pub fn sql(&self, query: &str) -> String {
+        match &self.database {
+            Some(db) => db.sql(query),
+            None => panic!("sql() needs the PostgreSQL backend"),
+        }
+    }
+
+    /// The one integer a query returns, on whichever backend the server uses (the SQL must
+    /// suit both: plain SELECTs over the shared schema do).
+    pub fn query_i64(&self, query: &str) -> i64 {
+        match &self.database {
+            Some(db) => db
+                .sql(query)
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{query}: not an integer: {e}")),
+            None => {
+                let c = rusqlite::Connection::open(self.db_path()).unwrap();
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                c.query_row(query, [], |r| r.get(0)).unwrap()
+            }
+        }
+    }
+
+    /// Run statements that change the database behind the server's back, on either backend.
+    pub fn execute(&self, statements: &str) {
+        match &self.database {
+            Some(db) => {
+                db.sql(statements);
+            }
+            None => {
+                let c = rusqlite::Connection::open(self.db_path()).unwrap();
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                c.execute_batch(statements).unwrap();
+            }
+        }
+    }
+
+    /// Everything the environment keeps at rest: each file under the data directory and, on
+    /// PostgreSQL, a full `pg_dump` of the database (named `pg_dump`).
+    pub fn at_rest(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = files_under(&self.data_dir)
+            .into_iter()
+            .map(|f| {
+                let bytes = std::fs::read(&f).unwrap_or_default();
+                (f.display().to_string(), bytes)
+            })
+            .collect();
+        if let Some(db) = &self.database {
+            out.push(("pg_dump".into(), db.dump()));
+        }
+        out
+    }
+
+    /// A `carevault` command pointed at this server's data directory and database.
+    pub fn command(&self, bin: &Path) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.env_remove("CAREVAULT_TEST_BACKEND")
+            .env_remove("CAREVAULT_DATABASE_URL")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(db) = &self.database {
+            cmd.env("CAREVAULT_DATABASE_URL", &db.url);
+        }
+        cmd
     }
 
     pub fn ca_pem(&self) -> PathBuf {
@@ -698,6 +901,92 @@ impl Drop for TestServer {
     }
 }
 
+/// Copy `from` into `to` (created, mode 0700), recursively, leaving out files named in `skip`.
+pub fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    let _ = std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if skip.iter().any(|s| name.to_str() == Some(*s)) {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
+        if src.is_dir() {
+            copy_dir(&src, &dst, skip);
+        } else {
+            std::fs::copy(&src, &dst).unwrap_or_else(|err| panic!("copy {}: {err}", src.display()));
+        }
+    }
+}
+
+type Output = (Child, Arc<Mutex<String>>, Arc<Mutex<String>>);
+
+/// Spawn `carevault serve` on `data_dir` (and `database`, when PostgreSQL), collecting its output.
+fn launch(
+    bin: &Path,
+    listen: &str,
+    data_dir: &Path,
+    tmp: &Path,
+    env: &[(String, String)],
+    database: Option<&TestDatabase>,
+) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("CAREVAULT_LISTEN")
+        .env_remove("CAREVAULT_DATA_DIR")
+        .env_remove("CAREVAULT_DATABASE_URL")
+        .env_remove("CAREVAULT_TEST_BACKEND")
+        .env("CAREVAULT_CLI_CONFIG_DIR", tmp.join("cli"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(db) = database {
+        cmd.env("CAREVAULT_DATABASE_URL", &db.url);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    for (pipe, sink) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            stdout.clone(),
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            stderr.clone(),
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+    }
+    (child, stdout, stderr)
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -716,4 +1005,150 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A PostgreSQL server of a test's own (`initdb` into a temp dir, `pg_ctl` on a free port), so
+/// a test may stop and start it without disturbing the machine's shared server.
+pub struct PgInstance {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl PgInstance {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path().join("bin"))
+                    .filter(|p| p.join("initdb").exists())
+                    .max()
+            })
+            .unwrap_or_else(|| {
+                panic!("PostgreSQL server binaries (/usr/lib/postgresql/*/bin) are needed")
+            });
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        // PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
+        if is_root() {
+            let out = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(out.success(), "chown to postgres failed");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let instance = Self { dir, bin, port };
+        instance.run(&[
+            "initdb",
+            "-D",
+            &instance.data(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
+        instance.up();
+        instance
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("pgdata").display().to_string()
+    }
+
+    fn run(&self, args: &[&str]) {
+        let tool = self.bin.join(args[0]);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&tool);
+            c
+        } else {
+            Command::new(&tool)
+        };
+        let out = cmd
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+        assert!(
+            out.status.success(),
+            "{} failed: {}{}",
+            args[0],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start (again), waiting until it accepts connections.
+    pub fn up(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-o",
+            &options,
+            "-l",
+            &log,
+            "-w",
+            "start",
+        ]);
+    }
+
+    /// Stop at once, like a crash (`-m immediate`): recovery replays the WAL on the next start.
+    pub fn down(&self) {
+        self.run(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+    }
+
+    /// A URL of this server's `postgres` database (for CREATE DATABASE).
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgInstance {
+    fn drop(&mut self) {
+        let tool = self.bin.join("pg_ctl");
+        let data = self.data();
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&tool);
+            c
+        } else {
+            Command::new(&tool)
+        };
+        let _ = cmd
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }

@@ -10,18 +10,12 @@ use serde_json::json;
 use crate::{bin, observation, patient, server};
 
 fn events(srv: &TestServer) -> i64 {
-    let db = Connection::open(srv.db_path()).unwrap();
-    db.query_row("SELECT COUNT(*) FROM audit_event", [], |r| r.get(0))
-        .unwrap()
+    srv.query_i64("SELECT COUNT(*) FROM audit_event")
 }
 
-/// A local CLI command on `srv`'s data directory, with the server's environment (key provider).
+/// Run `carevault` against `srv`'s database (the data directory is given in `args`).
 fn carevault(srv: &TestServer, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .envs(srv.env().iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
+    let out = srv.command(bin()).args(args).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -137,18 +131,21 @@ fn audit_write_failure_fails_the_request_closed_and_recovers() {
         .as_str()
         .unwrap()
         .to_owned();
-    let db = Connection::open(srv.db_path()).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    let versions = || -> i64 {
-        db.query_row("SELECT COUNT(*) FROM resource_version", [], |r| r.get(0))
-            .unwrap()
-    };
+    let versions = || srv.query_i64("SELECT COUNT(*) FROM resource_version");
     let before = versions();
     // The audit table refuses every insert, as a full disk would.
-    db.execute_batch(
-        "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-    )
-    .unwrap();
+    if srv.is_postgres() {
+        srv.execute(
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = '53100'; END $$;
+             CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_event
+                 FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
+        );
+    } else {
+        srv.execute(
+            "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        );
+    }
     let create = clin
         .api
         .post_fhir("/fhir/Patient", &patient("Never", "Written"));
@@ -176,7 +173,11 @@ fn audit_write_failure_fails_the_request_closed_and_recovers() {
     );
     assert!(srv.logs().contains("audit trail not writable"));
 
-    db.execute_batch("DROP TRIGGER audit_unwritable;").unwrap();
+    if srv.is_postgres() {
+        srv.execute("DROP TRIGGER audit_unwritable ON audit_event;");
+    } else {
+        srv.execute("DROP TRIGGER audit_unwritable;");
+    }
     let read = clin.api.get(&format!("/fhir/Patient/{id}"));
     assert_eq!(read.status, 200);
     assert_eq!(read.json()["meta"]["versionId"], "1");
@@ -210,7 +211,11 @@ fn offline_verification_names_every_kind_of_tampering() {
         );
     }
     srv.stop();
-    let db_path = srv.db_path();
+    // The database to verify: the SQLite file, or the PostgreSQL database's URL.
+    let db_path = match &srv.database {
+        Some(db) => std::path::PathBuf::from(&db.url),
+        None => srv.db_path(),
+    };
     let d = srv.data_dir.to_str().unwrap().to_owned();
 
     // The running server's public key is the one `audit public-key` prints, as its last word.
@@ -269,17 +274,35 @@ fn offline_verification_names_every_kind_of_tampering() {
     );
     assert!(!ok, "a wrong key does not verify: {out}");
 
+    // Each tampering is done on a copy of the database: a copied file, or on PostgreSQL a new
+    // database made from the stopped server's as a template.
+    let copies = std::cell::RefCell::new(Vec::new());
     let tamper = |name: &str, sql: &str, expect: &str| {
-        let copy = srv.data_dir.parent().unwrap().join(format!("{name}.db"));
-        std::fs::copy(&db_path, &copy).unwrap();
-        // The newest events may still be in the write-ahead log.
-        let wal = db_path.with_extension("db-wal");
-        if wal.exists() {
-            std::fs::copy(&wal, copy.with_extension("db-wal")).unwrap();
-        }
-        let conn = Connection::open(&copy).unwrap();
-        conn.execute_batch(sql).unwrap();
-        drop(conn);
+        let copy = match &srv.database {
+            Some(db) => {
+                let copy = carevault_testkit::TestDatabase::create_from(db);
+                copy.sql(&sql.replace(
+                    "replace(body, '\"status\":201', '\"status\":200')",
+                    "convert_to(replace(convert_from(body, 'UTF8'), '\"status\":201', '\"status\":200'), 'UTF8')",
+                ));
+                let url = std::path::PathBuf::from(&copy.url);
+                copies.borrow_mut().push(copy);
+                url
+            }
+            None => {
+                let copy = srv.data_dir.parent().unwrap().join(format!("{name}.db"));
+                std::fs::copy(&db_path, &copy).unwrap();
+                // The newest events may still be in the write-ahead log.
+                let wal = db_path.with_extension("db-wal");
+                if wal.exists() {
+                    std::fs::copy(&wal, copy.with_extension("db-wal")).unwrap();
+                }
+                let conn = Connection::open(&copy).unwrap();
+                conn.execute_batch(sql).unwrap();
+                drop(conn);
+                copy
+            }
+        };
         let (ok, out) = carevault(
             &srv,
             &[

@@ -3,7 +3,6 @@
 //! scopes, expiry, revocation and CIDRs; custom policies.
 
 use carevault_testkit::{Account, Api, TestServer};
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::{observation, server};
@@ -349,13 +348,8 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
         "/admin/api-keys",
         json!({"name": "expiring", "scopes": ["system/Observation.r"], "expires_in_days": 1}),
     );
-    let db = Connection::open(w.srv.db_path()).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    db.execute(
-        "UPDATE api_key SET expires_at = 1 WHERE name = 'expiring'",
-        [],
-    )
-    .unwrap();
+    w.srv
+        .execute("UPDATE api_key SET expires_at = 1 WHERE name = 'expiring'");
     assert_eq!(
         w.srv
             .api()

@@ -3,7 +3,6 @@
 //! from an independent generator.
 
 use carevault_testkit::Api;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::{observation, server};
@@ -22,10 +21,8 @@ fn transaction(entries: Vec<Value>) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
-fn count(db: &std::path::Path, sql: &str) -> i64 {
-    let c = Connection::open(db).unwrap();
-    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
+fn count(srv: &carevault_testkit::TestServer, sql: &str) -> i64 {
+    srv.query_i64(sql)
 }
 
 fn patient_entry(uuid: &str, family: &str) -> Value {
@@ -47,7 +44,7 @@ fn transactions_are_all_or_nothing_and_name_the_failing_entry() {
     let admin = srv.admin();
     let clin = srv.user(&admin, "dr.bundle", &["clinician"], Some("org-a"));
     let other = srv.user(&admin, "dr.other", &["clinician"], Some("org-b"));
-    let db = srv.db_path();
+    let db = &srv;
 
     // urn:uuid references between entries are resolved.
     let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
@@ -78,8 +75,8 @@ fn transactions_are_all_or_nothing_and_name_the_failing_entry() {
     assert_eq!(found["total"], 3);
 
     // Entry 7 of 10 fails validation: nothing is written, the response names entry 6 (0-based).
-    let before = count(&db, "SELECT COUNT(*) FROM resource_version");
-    let events_before = count(&db, "SELECT COUNT(*) FROM audit_event");
+    let before = count(db, "SELECT COUNT(*) FROM resource_version");
+    let events_before = count(db, "SELECT COUNT(*) FROM audit_event");
     let mut entries = vec![patient_entry(
         "11111111-1111-1111-1111-111111111111",
         "Never",
@@ -102,12 +99,12 @@ fn transactions_are_all_or_nothing_and_name_the_failing_entry() {
         failed.text()
     );
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM resource_version"),
+        count(db, "SELECT COUNT(*) FROM resource_version"),
         before,
         "nothing was written"
     );
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM audit_event"),
+        count(db, "SELECT COUNT(*) FROM audit_event"),
         events_before + 1,
         "one event: the refused request"
     );
@@ -118,11 +115,11 @@ fn transactions_are_all_or_nothing_and_name_the_failing_entry() {
     let foreign = other.api.post_fhir("/fhir/Patient", &json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/org-b"}}));
     let foreign_id = foreign.json()["id"].as_str().unwrap().to_owned();
     entries[6]["resource"]["subject"] = json!({"reference": format!("Patient/{foreign_id}")});
-    let before = count(&db, "SELECT COUNT(*) FROM resource_version");
+    let before = count(db, "SELECT COUNT(*) FROM resource_version");
     let refused = post_bundle(&clin.api, &transaction(entries));
     assert_eq!(refused.status, 403, "{}", refused.text());
     assert!(refused.text().contains("Bundle.entry[6]"));
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM resource_version"), before);
+    assert_eq!(count(db, "SELECT COUNT(*) FROM resource_version"), before);
 
     // Conditional create (ifNoneExist) reuses the match; conditional update and delete by search.
     let again = json!({"fullUrl": format!("urn:uuid:{uuid}"),

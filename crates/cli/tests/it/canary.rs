@@ -4,7 +4,6 @@
 use serde_json::json;
 
 use crate::{observation, server};
-use carevault_testkit::files_under;
 
 const CANARIES: &[&str] = &[
     "CANARYFAMILY7Q2Z",
@@ -75,15 +74,19 @@ fn canary_values_never_reach_disk_or_logs_in_clear() {
     );
 
     srv.stop();
-    let files = files_under(&srv.data_dir);
-    assert!(files.iter().any(|f| f.ends_with("carevault.db")));
-    for file in files {
-        let bytes = std::fs::read(&file).unwrap();
+    // Every file of the data directory and, on PostgreSQL, a full dump of the database.
+    let at_rest = srv.at_rest();
+    let database = if srv.is_postgres() {
+        "pg_dump"
+    } else {
+        "carevault.db"
+    };
+    assert!(at_rest.iter().any(|(f, _)| f.ends_with(database)));
+    for (file, bytes) in at_rest {
         for c in CANARIES {
             assert!(
                 !bytes.windows(c.len()).any(|w| w == c.as_bytes()),
-                "{} contains {c} in clear",
-                file.display()
+                "{file} contains {c} in clear"
             );
         }
     }

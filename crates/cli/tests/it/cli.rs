@@ -13,6 +13,7 @@ fn carevault(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     cmd.args(args)
         .env_remove("CAREVAULT_LISTEN")
         .env_remove("CAREVAULT_DATA_DIR")
+        .env_remove("CAREVAULT_DATABASE_URL")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -103,7 +104,14 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("env");
     let d = data.to_str().unwrap();
-    let out = carevault(&["init", "--data-dir", d], &[], "");
+    // On the PostgreSQL pass, the environment's database is a fresh PostgreSQL database.
+    let database = (carevault_testkit::backend() == carevault_testkit::Backend::Postgres)
+        .then(carevault_testkit::TestDatabase::create);
+    let db_env: Vec<(&str, &str)> = database
+        .iter()
+        .map(|db| ("CAREVAULT_DATABASE_URL", db.url.as_str()))
+        .collect();
+    let out = carevault(&["init", "--data-dir", d], &db_env, "");
     assert!(out.status.success(), "{}", text(&out));
     let printed = text(&out);
     assert!(printed.contains("enrollment token for admin: cve_"));
@@ -118,12 +126,16 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
         .lines()
         .find_map(|l| l.strip_prefix("enrollment token for admin: "))
         .unwrap();
-    let db = std::fs::read(data.join("carevault.db")).unwrap();
+    let db = match &database {
+        Some(db) => db.dump(),
+        None => std::fs::read(data.join("carevault.db")).unwrap(),
+    };
+    assert!(!db.is_empty());
     assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
     // A second init refuses.
-    let again = carevault(&["init", "--data-dir", d], &[], "");
+    let again = carevault(&["init", "--data-dir", d], &db_env, "");
     assert!(!again.status.success());
-    let rec = carevault(&["admin", "recover", "--data-dir", d], &[], "");
+    let rec = carevault(&["admin", "recover", "--data-dir", d], &db_env, "");
     assert!(rec.status.success(), "{}", text(&rec));
     let new_token = text(&rec)
         .lines()
@@ -137,7 +149,7 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
     std::fs::set_permissions(data.join("keys"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let refused = carevault(
         &["serve", "--data-dir", d, "--listen", "127.0.0.1:0"],
-        &[],
+        &db_env,
         "",
     );
     assert!(!refused.status.success());

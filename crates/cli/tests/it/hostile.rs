@@ -2,15 +2,12 @@
 //! nothing, and the server keeps serving.
 
 use carevault_testkit::{Api, Reply, TEST_PASSWORD, TestServer};
-use rusqlite::Connection;
 use serde_json::json;
 
 use crate::{bin, patient, server};
 
 fn versions(srv: &TestServer) -> i64 {
-    let db = Connection::open(srv.db_path()).unwrap();
-    db.query_row("SELECT COUNT(*) FROM resource_version", [], |r| r.get(0))
-        .unwrap()
+    srv.query_i64("SELECT COUNT(*) FROM resource_version")
 }
 
 fn assert_outcome(r: &Reply, status: u16, what: &str) {

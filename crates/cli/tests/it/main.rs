@@ -14,6 +14,8 @@ mod e2e;
 mod hostile;
 mod import;
 mod keys;
+mod multinode;
+mod outage;
 mod search;
 mod tamper;
 

@@ -33,7 +33,26 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
         .to_owned();
     assert_eq!(clin.api.get(&format!("/fhir/Patient/{a}")).status, 200);
 
-    let db = Connection::open(srv.db_path()).unwrap();
+    if srv.is_postgres() {
+        // The same tampering, in PostgreSQL's SQL: flip a bit of a byte in the middle of A's
+        // ciphertext; swap B's and C's (subqueries see the rows as before the statement).
+        srv.execute(&format!(
+            "UPDATE resource_version SET body = set_byte(body, length(body) / 2,
+                 get_byte(body, length(body) / 2) # 32)
+             WHERE rtype = 'Patient' AND id = '{a}' AND version = 1;
+             UPDATE resource_version SET body = CASE id
+                 WHEN '{b}' THEN (SELECT body FROM resource_version WHERE rtype = 'Patient' AND id = '{c}' AND version = 1)
+                 ELSE (SELECT body FROM resource_version WHERE rtype = 'Patient' AND id = '{b}' AND version = 1) END
+             WHERE rtype = 'Patient' AND id IN ('{b}', '{c}') AND version = 1;"
+        ));
+    } else {
+        tamper_sqlite(&srv.db_path(), &a, &b, &c);
+    }
+    check_reads_fail_closed(&srv, &clin.api, [&a, &b, &c]);
+}
+
+fn tamper_sqlite(path: &std::path::Path, a: &str, b: &str, c: &str) {
+    let db = Connection::open(path).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     let body = |id: &str| -> Vec<u8> {
         db.query_row(
@@ -44,7 +63,7 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
         .unwrap()
     };
     // Flip one byte in the middle of A's ciphertext.
-    let mut flipped = body(&a);
+    let mut flipped = body(a);
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x20;
     db.execute(
@@ -53,7 +72,7 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
     )
     .unwrap();
     // Swap B's and C's ciphertexts.
-    let (bb, cb) = (body(&b), body(&c));
+    let (bb, cb) = (body(b), body(c));
     db.execute(
         "UPDATE resource_version SET body = ?1 WHERE rtype = 'Patient' AND id = ?2 AND version = 1",
         rusqlite::params![cb, b],
@@ -64,13 +83,19 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
         rusqlite::params![bb, c],
     )
     .unwrap();
+}
 
-    for id in [&a, &b, &c] {
+fn check_reads_fail_closed(
+    srv: &carevault_testkit::TestServer,
+    api: &carevault_testkit::Api,
+    ids: [&String; 3],
+) {
+    for id in ids {
         for path in [
             format!("/fhir/Patient/{id}"),
             format!("/fhir/Patient/{id}/_history/1"),
         ] {
-            let r = clin.api.get(&path);
+            let r = api.get(&path);
             assert_eq!(r.status, 500, "{path}: {}", r.text());
             assert_eq!(r.json()["resourceType"], "OperationOutcome");
             let text = r.text();
@@ -79,7 +104,7 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
             );
         }
     }
-    let history = clin.api.get("/fhir/Patient/_history");
+    let history = api.get("/fhir/Patient/_history");
     assert_eq!(history.status, 500);
 
     let logs = srv.logs();
@@ -92,6 +117,6 @@ fn flipped_byte_and_swapped_rows_fail_closed() {
         "expected an error log line per failed read:\n{logs}"
     );
     // The server keeps serving.
-    let d = clin.api.post_fhir("/fhir/Patient", &patient("Delta", "Di"));
+    let d = api.post_fhir("/fhir/Patient", &patient("Delta", "Di"));
     assert_eq!(d.status, 201);
 }

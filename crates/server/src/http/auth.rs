@@ -35,6 +35,9 @@ impl FromRequestParts<AppState> for Authenticated {
             .get::<ConnectInfo<ClientAddr>>()
             .map(|ConnectInfo(ClientAddr(addr))| addr.ip());
         let principal = state.inner.identity.authenticate(token, client_ip).await?;
+        if state.inner.config.database.is_shared() {
+            state.inner.authz.refresh().await?;
+        }
         if let Some(scope) = parts.extensions.get::<AuditScope>() {
             scope.set_principal(
                 &principal.id,

@@ -1,0 +1,327 @@
+//! Several CareVault nodes over one PostgreSQL database: two servers sharing an environment's
+//! key material (copies of one data directory) and one database, with different node ids,
+//! under a concurrent mixed workload from both sides.
+//!
+//! These tests always use PostgreSQL (a database of their own), whichever backend the rest of
+//! the suite runs on: several nodes are what the PostgreSQL backend is for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use carevault_testkit::{Api, TestDatabase, TestServer};
+use serde_json::json;
+
+use crate::{bin, observation, patient};
+
+fn id_of(r: &carevault_testkit::Reply) -> String {
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+fn version_of(r: &carevault_testkit::Reply) -> u32 {
+    r.json()["meta"]["versionId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn two_nodes() -> (TestServer, TestServer) {
+    let database = Arc::new(TestDatabase::create());
+    let a = TestServer::start_on(bin(), &[("CAREVAULT_NODE_ID", "node-a")], Some(database));
+    let b = a.start_node(bin(), "node-b");
+    (a, b)
+}
+
+#[test]
+fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
+    let (mut a, mut b) = two_nodes();
+    let key = a
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("audit public key: ").map(str::to_owned))
+        .unwrap();
+    let admin = a.admin();
+    // A session made on node A works on node B.
+    let admin_b = Api::new(&b.base, &b.ca_pem()).with_token(admin.api.token.as_deref().unwrap());
+    let who = admin_b.get("/auth/whoami");
+    assert_eq!(who.status, 200, "{}", who.text());
+    // A user created through node B enrolls and logs in on node A.
+    let created = admin_b.post_json(
+        "/admin/users",
+        &json!({"username": "dr.multi", "roles": ["clinician"], "organization": "org-a"}),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let token = created.json()["enrollment_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let clin = a.enroll_and_login("dr.multi", &token);
+    let on_a = clin.api.clone();
+    let on_b = Api::new(&b.base, &b.ca_pem()).with_token(on_a.token.as_deref().unwrap());
+
+    // The patients both nodes fight over.
+    let patients: Vec<String> = (0..3)
+        .map(|i| {
+            let r = on_a.post_fhir("/fhir/Patient", &patient(&format!("Race{i}"), "Multi"));
+            assert_eq!(r.status, 201, "{}", r.text());
+            id_of(&r)
+        })
+        .collect();
+
+    // Mixed workload: per node, threads doing If-Match updates (200 or 412), blind updates
+    // (always applied, as the next version), creates read back at once from the other node,
+    // and searches.
+    let applied: Arc<Mutex<BTreeMap<String, Vec<u32>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut threads = Vec::new();
+    for t in 0..6 {
+        let (mine, other) = if t % 2 == 0 {
+            (on_a.clone(), on_b.clone())
+        } else {
+            (on_b.clone(), on_a.clone())
+        };
+        let patients = patients.clone();
+        let applied = applied.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut outcomes = BTreeMap::<u16, usize>::new();
+            for i in 0..15 {
+                let pid = &patients[(t + i) % patients.len()];
+                let path = format!("/fhir/Patient/{pid}");
+                let current = mine.get(&path);
+                assert_eq!(current.status, 200, "{}", current.text());
+                let mut body = current.json();
+                body["name"][0]["given"] = json!([format!("t{t}i{i}")]);
+                let blind = i % 3 == 0;
+                let seen = version_of(&current).to_string();
+                let etag = format!("W/\"{seen}\"");
+                let headers: Vec<(&str, &str)> = if blind {
+                    vec![]
+                } else {
+                    vec![("If-Match", etag.as_str())]
+                };
+                let put = mine.put_fhir(&path, &body, &headers);
+                *outcomes.entry(put.status).or_default() += 1;
+                match put.status {
+                    200 => {
+                        let v = version_of(&put);
+                        applied
+                            .lock()
+                            .unwrap()
+                            .entry(pid.clone())
+                            .or_default()
+                            .push(v);
+                        // Acknowledged on one node: visible on the other right away.
+                        let there = other.get(&path);
+                        assert_eq!(there.status, 200);
+                        assert!(
+                            version_of(&there) >= v,
+                            "node lag: wrote {v}, other node read {}",
+                            version_of(&there)
+                        );
+                        let exact = other.get(&format!("{path}/_history/{v}"));
+                        assert_eq!(exact.status, 200);
+                        assert_eq!(exact.json()["name"][0]["given"][0], format!("t{t}i{i}"));
+                    }
+                    412 => assert!(!blind, "a blind update is never refused"),
+                    s => panic!("update answered {s}: {}", put.text()),
+                }
+                if i % 4 == 0 {
+                    let obs = mine.post_fhir(
+                        "/fhir/Observation",
+                        &observation(pid, &format!("t{t} i{i}")),
+                    );
+                    assert_eq!(obs.status, 201, "{}", obs.text());
+                    let read = other.get(&format!("/fhir/Observation/{}", id_of(&obs)));
+                    assert_eq!(
+                        read.status, 200,
+                        "created on one node, missing on the other"
+                    );
+                    let found = other.get(&format!("/fhir/Observation?subject=Patient/{pid}"));
+                    assert_eq!(found.status, 200);
+                    let found = found.json();
+                    let ids: Vec<&str> = found["entry"]
+                        .as_array()
+                        .map(|e| {
+                            e.iter()
+                                .filter_map(|x| x["resource"]["id"].as_str())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    assert!(
+                        ids.contains(&id_of(&obs).as_str()),
+                        "search on the other node misses it"
+                    );
+                }
+            }
+            outcomes
+        }));
+    }
+    let mut outcomes = BTreeMap::<u16, usize>::new();
+    for t in threads {
+        for (k, v) in t.join().unwrap() {
+            *outcomes.entry(k).or_default() += v;
+        }
+    }
+    assert!(outcomes.get(&200).copied().unwrap_or(0) > 0, "{outcomes:?}");
+
+    // No lost update, no duplicate version: each patient's history is exactly version 1 plus
+    // one version per acknowledged update, numbered without gaps, and every acknowledged
+    // version number is distinct.
+    let applied = applied.lock().unwrap().clone();
+    for pid in &patients {
+        let mine = applied.get(pid).cloned().unwrap_or_default();
+        let distinct: BTreeSet<u32> = mine.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            mine.len(),
+            "a version was acknowledged twice: {mine:?}"
+        );
+        let history = on_b.get(&format!("/fhir/Patient/{pid}/_history?_count=500"));
+        assert_eq!(history.status, 200);
+        let versions: BTreeSet<u32> = history.json()["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["resource"]["meta"]["versionId"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let expected: BTreeSet<u32> = (1..=mine.len() as u32 + 1).collect();
+        assert_eq!(versions, expected, "patient {pid}");
+        assert_eq!(
+            distinct,
+            (2..=mine.len() as u32 + 1).collect::<BTreeSet<_>>()
+        );
+    }
+
+    // A policy change made on one node applies on the other from its next request on.
+    let obs = on_a.post_fhir("/fhir/Observation", &observation(&patients[0], "policy"));
+    let obs_path = format!("/fhir/Observation/{}", id_of(&obs));
+    assert_eq!(on_b.get(&obs_path).status, 200);
+    let forbid = admin.api.post_json(
+        "/admin/policies",
+        &json!({"name": "no-observations", "policy": "forbid (principal, action == CareVault::Action::\"read\", resource is CareVault::Resource) when { resource.type == \"Observation\" };"}),
+    );
+    assert_eq!(forbid.status, 201, "{}", forbid.text());
+    assert_eq!(
+        on_b.get(&obs_path).status,
+        403,
+        "node B still uses the old policies"
+    );
+    assert_eq!(
+        admin_b.delete("/admin/policies/no-observations").status,
+        204
+    );
+    assert_eq!(on_a.get(&obs_path).status, 200, "node A still forbids");
+    // Logging out on B ends the session on A too.
+    assert_eq!(on_b.request("POST", "/auth/logout", &[], None).status, 204);
+    assert_eq!(on_a.get(&obs_path).status, 401);
+
+    // Both audit chains verify, together, and each node wrote its own.
+    a.stop();
+    b.stop();
+    let url = a.database.as_ref().unwrap().url.clone();
+    let out = a
+        .command(bin())
+        .args(["audit", "verify", "--db", &url, "--public-key", &key])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("node node-a:") && text.contains("node node-b:"),
+        "{text}"
+    );
+    assert!(text.contains("audit trail verified"), "{text}");
+    let nodes =
+        a.sql("SELECT node || ':' || COUNT(*) FROM audit_event GROUP BY node ORDER BY node");
+    assert!(nodes.lines().count() == 2, "{nodes}");
+    let gaps = a.sql(
+        "SELECT COUNT(*) FROM audit_event e JOIN audit_head h ON h.node = e.node
+         GROUP BY h.node, h.seq HAVING COUNT(*) <> h.seq OR MAX(e.seq) <> h.seq",
+    );
+    assert_eq!(gaps.trim(), "", "a chain has gaps or extra events");
+}
+
+#[test]
+fn an_environment_moves_from_sqlite_to_postgres_and_keeps_serving() {
+    let mut old = TestServer::start_on(bin(), &[], None);
+    let key = old
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("audit public key: ").map(str::to_owned))
+        .unwrap();
+    let admin = old.admin();
+    let clin = old.user(&admin, "dr.move", &["clinician"], Some("org-a"));
+    let pid = id_of(
+        &clin
+            .api
+            .post_fhir("/fhir/Patient", &patient("Moved", "Mona")),
+    );
+    for i in 0..5 {
+        let r = clin
+            .api
+            .post_fhir("/fhir/Observation", &observation(&pid, &format!("m{i}")));
+        assert_eq!(r.status, 201);
+    }
+    old.stop();
+
+    let database = Arc::new(TestDatabase::create());
+    let migrate = |what: &str| {
+        let out = old
+            .command(bin())
+            .args(["migrate", "sqlite-to-postgres", "--from"])
+            .arg(old.db_path())
+            .args(["--to", &database.url, "--public-key", &key])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {text}");
+        assert!(
+            text.contains("audit trail verified in PostgreSQL"),
+            "{what}: {text}"
+        );
+        text
+    };
+    let text = migrate("first copy");
+    assert!(text.contains("resource_version"), "{text}");
+    // Interrupted part-way (later rows missing): running it again completes the copy.
+    database
+        .sql("DELETE FROM audit_patient WHERE seq > 10; DELETE FROM audit_event WHERE seq > 10");
+    migrate("resumed copy");
+
+    // The environment serves from PostgreSQL: same data, same sessions, a chain that goes on.
+    let node = old.start_node_on(bin(), "node-1", database.clone());
+    let api = Api::new(&node.base, &node.ca_pem()).with_token(clin.api.token.as_deref().unwrap());
+    let read = api.get(&format!("/fhir/Patient/{pid}"));
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["name"][0]["family"], "Moved");
+    let found = api.get(&format!("/fhir/Observation?subject=Patient/{pid}"));
+    assert_eq!(found.json()["entry"].as_array().map(Vec::len), Some(5));
+    let more = api.post_fhir("/fhir/Observation", &observation(&pid, "after"));
+    assert_eq!(more.status, 201, "{}", more.text());
+    let mut node = node;
+    node.stop();
+    let out = node
+        .command(bin())
+        .args([
+            "audit",
+            "verify",
+            "--db",
+            &database.url,
+            "--public-key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

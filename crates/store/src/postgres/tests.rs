@@ -1,0 +1,616 @@
+//! These tests need a PostgreSQL server: `CAREVAULT_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test` (trust authentication). Each test makes its own
+//! database and drops it at the end, so tests run in parallel.
+
+use super::*;
+
+pub(crate) struct TestDb {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("CAREVAULT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+async fn admin_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is needed for these tests ({}): {e}",
+                redact_url(url)
+            )
+        });
+    tokio::spawn(conn);
+    client
+}
+
+impl TestDb {
+    pub(crate) async fn new() -> Self {
+        let admin_url = admin_url();
+        let name = format!("cv_store_{}", uuid::Uuid::new_v4().simple());
+        admin_client(&admin_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let base = admin_url.split('?').next().unwrap();
+        let (server, _) = base.rsplit_once('/').unwrap();
+        let url = format!("{server}/{name}");
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    fn options(&self) -> PostgresOptions {
+        PostgresOptions {
+            url: self.url.clone(),
+            password: None,
+            pool_size: 8,
+        }
+    }
+
+    async fn store(&self) -> PostgresStore {
+        PostgresStore::connect(&self.options()).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client = admin_client(&url).await;
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
+    ResourceRow {
+        rtype: "Patient".into(),
+        id: id.into(),
+        version,
+        last_updated_us: i64::from(version) * 1000,
+        deleted: false,
+        dek_id: 1,
+        body: body.to_vec(),
+    }
+}
+
+fn put(id: &str, version: u32, expected: Option<u32>) -> WriteOp {
+    WriteOp::PutResource(NewResourceVersion {
+        row: row(id, version, format!("sealed-{version}").as_bytes()),
+        expected_current: expected,
+    })
+}
+
+fn audit(node: &str, n: u32) -> WriteOp {
+    WriteOp::AppendAudit(NewAuditEvent {
+        node: node.into(),
+        time_us: i64::from(n),
+        principal: "p1".into(),
+        action: "read".into(),
+        outcome: "success".into(),
+        patients: vec![format!("Patient/{}", n % 2)],
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+    })
+}
+
+/// A URL with a password, built at run time (no credential-looking literal in the source).
+fn with_password(pw: &str, rest: &str) -> String {
+    format!("postgres://cv:{}@{}", pw, rest)
+}
+
+#[test]
+fn urls_are_redacted_and_passwords_found() {
+    assert_eq!(
+        redact_url(&with_password(
+            "s3cret",
+            "db.example:5432/cv?sslmode=require"
+        )),
+        "postgres://cv@db.example:5432/cv"
+    );
+    assert_eq!(redact_url("postgres://cv@db/cv"), "postgres://cv@db/cv");
+    assert!(url_has_password(&with_password("s3cret", "db/cv")));
+    assert!(!url_has_password("postgres://cv@db/cv"));
+    assert!(!url_has_password("postgres://db/cv?user=a:b"));
+    let opts = PostgresOptions {
+        url: with_password("s3cret", "db/cv"),
+        password: Some("other-secret".into()),
+        pool_size: 1,
+    };
+    let shown = format!("{opts:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("other-secret"),
+        "{shown}"
+    );
+    let (url, mode, root) =
+        split_tls("postgres://cv@db/cv?sslmode=verify-full&sslrootcert=/ca.pem&connect_timeout=3")
+            .unwrap();
+    assert_eq!(url, "postgres://cv@db/cv?connect_timeout=3");
+    assert_eq!(mode, SslMode::VerifyFull);
+    assert_eq!(root.as_deref(), Some("/ca.pem"));
+    assert!(split_tls("postgres://cv@db/cv?sslmode=verify-full").is_err());
+    assert!(split_tls("postgres://cv@db/cv?sslmode=prefer").is_err());
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_and_the_password_stays_out_of_the_error() {
+    // Nothing listens on port 1.
+    let opts = PostgresOptions {
+        url: with_password("hunter2-secret", "127.0.0.1:1/cv"),
+        password: None,
+        pool_size: 2,
+    };
+    match PostgresStore::connect(&opts).await {
+        Err(StoreError::Unavailable(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+}
+
+#[tokio::test]
+async fn versions_append_with_optimistic_concurrency() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    store.write(vec![put("a", 1, None)]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![put("a", 1, None)]).await,
+        Err(StoreError::Conflict)
+    ));
+    store.write(vec![put("a", 2, Some(1))]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![put("a", 3, Some(1))]).await,
+        Err(StoreError::Conflict)
+    ));
+    let current = store
+        .resource_current("Patient", "a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (current.version, current.body.as_slice()),
+        (2, &b"sealed-2"[..])
+    );
+    assert_eq!(
+        store
+            .resource_version("Patient", "a", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    assert!(
+        store
+            .resource_version("Patient", "a", 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let history = store
+        .history(HistoryQuery {
+            rtype: Some("Patient".into()),
+            id: Some("a".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.row.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let later = store
+        .history(HistoryQuery {
+            before_seq: Some(history[0].seq),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    // A failed operation takes the whole write down: nothing of it is visible.
+    assert!(
+        store
+            .write(vec![put("b", 1, None), put("a", 9, Some(8))])
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .resource_current("Patient", "b")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.resource_ids("Patient").await.unwrap(),
+        vec!["a".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_racing_on_one_resource_never_lose_an_update() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.store().await, db.store().await);
+    a.write(vec![put("r", 1, None)]).await.unwrap();
+    let mut wins = 0;
+    for v in 1..=30u32 {
+        let (ra, rb) = tokio::join!(
+            a.write(vec![put("r", v + 1, Some(v)), audit("node-a", v)]),
+            b.write(vec![put("r", v + 1, Some(v)), audit("node-b", v)]),
+        );
+        let ok = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {v}: {ra:?} {rb:?}");
+        for r in [ra, rb] {
+            if let Err(e) = r {
+                assert!(matches!(e, StoreError::Conflict), "{e}");
+            }
+        }
+        wins += 1;
+    }
+    let current = b.resource_current("Patient", "r").await.unwrap().unwrap();
+    assert_eq!(current.version, wins + 1);
+    let history = a
+        .history(HistoryQuery {
+            id: Some("r".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut versions: Vec<u32> = history.iter().map(|h| h.row.version).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=wins + 1).collect::<Vec<_>>());
+    // The losers' audit events rolled back with them: 30 events over two chains, gap-free.
+    let events = a.audit_events(None, 1000).await.unwrap();
+    assert_eq!(events.len(), 30);
+    for node in ["node-a", "node-b"] {
+        let seqs: Vec<u64> = events
+            .iter()
+            .filter(|e| e.node == node)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{node}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_appends_of_two_nodes_make_two_verifiable_chains() {
+    let db = TestDb::new().await;
+    let stores = [db.store().await, db.store().await];
+    let mut tasks = Vec::new();
+    for i in 0..80u32 {
+        let s = stores[(i % 2) as usize].clone();
+        let node = if i % 3 == 0 { "n1" } else { "n2" };
+        tasks.push(tokio::spawn(async move {
+            if i % 5 == 4 {
+                s.write(vec![put("x", 9, Some(8)), audit(node, i)]).await
+            } else {
+                s.write(vec![audit(node, i)]).await
+            }
+        }));
+    }
+    let mut committed = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.is_ok(), i % 5 != 4, "job {i}: {r:?}");
+        committed += usize::from(r.is_ok());
+    }
+    let events = stores[0].audit_events(None, 1000).await.unwrap();
+    assert_eq!(events.len(), committed);
+    // Paging in chain order returns the same events.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = stores[1].audit_events(after.clone(), 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.node.clone(), last.seq));
+        paged.extend(page);
+    }
+    assert_eq!(paged.len(), events.len());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    for node in ["n1", "n2"] {
+        let (head, cp) = stores[0].audit_head(node).await.unwrap();
+        assert!(cp.is_none());
+        let (seq, hash) = head.unwrap();
+        let cp = Checkpoint::sign(&key, node, 1, seq, hash, 5, None);
+        stores[1]
+            .write(vec![WriteOp::InsertCheckpoint(cp.clone())])
+            .await
+            .unwrap();
+        assert!(matches!(
+            stores[0].write(vec![WriteOp::InsertCheckpoint(cp)]).await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    let report = carevault_audit::verify(
+        &events,
+        &stores[0].audit_checkpoints().await.unwrap(),
+        &key.verifying_key(),
+    )
+    .unwrap();
+    assert_eq!(report.nodes.len(), 2);
+    assert_eq!(
+        report
+            .nodes
+            .iter()
+            .map(|n| n.signed_up_to as usize)
+            .sum::<usize>(),
+        committed
+    );
+    let page = stores[0]
+        .audit_search(AuditQuery {
+            patient: Some("Patient/1".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 5);
+    assert!(page.windows(2).all(|w| w[0].time_us >= w[1].time_us));
+    let last = page.last().unwrap();
+    let next = stores[0]
+        .audit_search(AuditQuery {
+            patient: Some("Patient/1".into()),
+            before: Some((last.time_us, last.node.clone(), last.seq)),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(next.iter().all(|e| e.time_us <= last.time_us));
+    assert!(
+        !next
+            .iter()
+            .any(|e| page.iter().any(|p| p.node == e.node && p.seq == e.seq))
+    );
+}
+
+#[tokio::test]
+async fn identity_rows_one_time_values_policies_and_the_index() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let principal = PrincipalRow {
+        id: "u1".into(),
+        username: "alice".into(),
+        roles: vec!["clinician".into(), "auditor".into()],
+        organization: Some("org-a".into()),
+        disabled: false,
+        locked: false,
+        failed_logins: 0,
+        created_at: 1,
+    };
+    store
+        .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(
+        store.principal_by_username("alice").await.unwrap(),
+        Some(principal)
+    );
+    for _ in 0..3 {
+        store
+            .write(vec![WriteOp::RecordLoginFailure {
+                principal_id: "u1".into(),
+                lock_after: 3,
+            }])
+            .await
+            .unwrap();
+    }
+    let p = store.principal_by_id("u1").await.unwrap().unwrap();
+    assert!(p.locked && p.failed_logins == 3);
+    store
+        .write(vec![WriteOp::SetCredential(CredentialRow {
+            principal_id: "u1".into(),
+            password_hash: "$argon2id$...".into(),
+            totp_secret_sealed: vec![1, 2, 3],
+            totp_last_step: 0,
+            recovery_code_hashes: vec!["h1".into(), "h2".into()],
+        })])
+        .await
+        .unwrap();
+    let advance = |step| WriteOp::AdvanceTotpStep {
+        principal_id: "u1".into(),
+        step,
+    };
+    store.write(vec![advance(10)]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![advance(10)]).await,
+        Err(StoreError::Conflict)
+    ));
+    // Two nodes using one recovery code at once: exactly one succeeds.
+    let other = db.store().await;
+    let consume = |h: &str| WriteOp::ConsumeRecoveryCode {
+        principal_id: "u1".into(),
+        code_hash: h.into(),
+    };
+    let (r1, r2) = tokio::join!(
+        store.write(vec![consume("h1")]),
+        other.write(vec![consume("h1")])
+    );
+    assert_eq!([r1.is_ok(), r2.is_ok()].iter().filter(|ok| **ok).count(), 1);
+    let cred = store.credential("u1").await.unwrap().unwrap();
+    assert_eq!(cred.recovery_code_hashes, vec!["h2".to_string()]);
+    assert_eq!(cred.totp_last_step, 10);
+
+    store
+        .write(vec![WriteOp::InsertSession(SessionRow {
+            token_hash: "t1".into(),
+            principal_id: "u1".into(),
+            created_at: 5,
+            last_seen: 5,
+            revoked: false,
+        })])
+        .await
+        .unwrap();
+    other
+        .write(vec![WriteOp::TouchSession {
+            token_hash: "t1".into(),
+            last_seen: 4,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(other.session("t1").await.unwrap().unwrap().last_seen, 5);
+
+    assert_eq!(store.policies().await.unwrap(), (0, vec![]));
+    store
+        .write(vec![WriteOp::PutPolicy {
+            name: "p".into(),
+            text: "permit(principal, action, resource);".into(),
+            at: 7,
+        }])
+        .await
+        .unwrap();
+    let (v, rows) = other.policies().await.unwrap();
+    assert_eq!((v, rows.len()), (1, 1));
+    other
+        .write(vec![WriteOp::DeletePolicy {
+            name: "p".into(),
+            at: 8,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.policies().await.unwrap(), (2, vec![]));
+    assert!(matches!(
+        store
+            .write(vec![WriteOp::DeletePolicy {
+                name: "p".into(),
+                at: 9
+            }])
+            .await,
+        Err(StoreError::Conflict)
+    ));
+
+    store
+        .write(vec![put("a", 1, None), put("b", 1, None)])
+        .await
+        .unwrap();
+    let index = |id: &str, tokens: &[(&str, &[u8])]| WriteOp::ReplaceSearchIndex {
+        rtype: "Patient".into(),
+        id: id.into(),
+        tokens: tokens
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_vec()))
+            .collect(),
+    };
+    store
+        .write(vec![
+            index("a", &[("name", b"x"), ("gender", b"f")]),
+            index("b", &[("name", b"x"), ("gender", b"m")]),
+        ])
+        .await
+        .unwrap();
+    let clause = |param: &str, tokens: &[&[u8]]| IndexClause {
+        param: param.into(),
+        tokens: tokens.iter().map(|t| t.to_vec()).collect(),
+    };
+    let mut both = store
+        .search_index("Patient", vec![clause("name", &[b"x"])])
+        .await
+        .unwrap();
+    both.sort();
+    assert_eq!(both, vec!["a", "b"]);
+    assert_eq!(
+        store
+            .search_index(
+                "Patient",
+                vec![clause("name", &[b"x"]), clause("gender", &[b"m", b"z"])]
+            )
+            .await
+            .unwrap(),
+        vec!["b"]
+    );
+    let rows = store
+        .resources_current("Patient", vec!["a".into(), "zz".into(), "b".into()])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+
+    store
+        .write(vec![WriteOp::InsertDataKeyIfAbsent {
+            compartment: "Patient/a".into(),
+            wrapped: vec![1],
+            kek_version: 1,
+            created_at: 1,
+        }])
+        .await
+        .unwrap();
+    other
+        .write(vec![WriteOp::InsertDataKeyIfAbsent {
+            compartment: "Patient/a".into(),
+            wrapped: vec![2],
+            kek_version: 1,
+            created_at: 2,
+        }])
+        .await
+        .unwrap();
+    let dk = other
+        .data_key_by_compartment("Patient/a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dk.wrapped, vec![1]);
+    assert_eq!(store.data_key_by_id(dk.id).await.unwrap(), Some(dk));
+}
+
+#[tokio::test]
+async fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let db = TestDb::new().await;
+    // Three nodes starting at once all end up on the same schema.
+    let options = db.options();
+    let (a, b, c) = tokio::join!(
+        PostgresStore::connect(&options),
+        PostgresStore::connect(&options),
+        PostgresStore::connect(&options),
+    );
+    let (a, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    a.write(vec![WriteOp::SetMeta {
+        key: "environment_id".into(),
+        value: "env-1".into(),
+    }])
+    .await
+    .unwrap();
+    let again = PostgresStore::connect_existing(&db.options())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.meta("environment_id").await.unwrap().as_deref(),
+        Some("env-1")
+    );
+    let client = admin_client(&db.url).await;
+    client
+        .batch_execute("INSERT INTO carevault_schema (version) VALUES (99)")
+        .await
+        .unwrap();
+    assert!(matches!(
+        PostgresStore::connect(&db.options()).await,
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+    assert!(matches!(
+        PostgresStore::connect_existing(&db.options()).await,
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}
