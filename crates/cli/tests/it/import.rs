@@ -129,7 +129,13 @@ fn seeded_population_imports_and_clinicians_see_their_organization() {
     assert_eq!(count(&clinician.api, "Patient"), in_org_1);
 
     // Imported writes are audited like any other.
-    let events = Command::new(bin())
+    // The database: the SQLite file, or the PostgreSQL database's URL.
+    let db = match &srv.database {
+        Some(db) => PathBuf::from(&db.url),
+        None => srv.db_path(),
+    };
+    let events = srv
+        .command(bin())
         .args([
             "audit",
             "verify",
@@ -137,7 +143,7 @@ fn seeded_population_imports_and_clinicians_see_their_organization() {
             &crate::audit::public_key(&srv),
             "--db",
         ])
-        .arg(srv.db_path())
+        .arg(db)
         .output()
         .unwrap();
     assert!(
