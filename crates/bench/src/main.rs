@@ -84,6 +84,9 @@ struct RunArgs {
     /// Keep the data directory, seed files and accounts here; a later run reuses them.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Run CareVault on this (empty, on the first run) PostgreSQL database instead of SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -212,8 +215,12 @@ impl Server {
     }
 }
 
-fn carevault(bin: &Path, data_dir: &Path, port: u16) -> Command {
+fn carevault(bin: &Path, data_dir: &Path, port: u16, database_url: Option<&str>) -> Command {
     let mut cmd = Command::new(bin);
+    match database_url {
+        Some(url) => cmd.env("CAREVAULT_DATABASE_URL", url),
+        None => cmd.env_remove("CAREVAULT_DATABASE_URL"),
+    };
     cmd.arg("serve")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -351,7 +358,15 @@ fn bench(args: &RunArgs) -> Result<()> {
         // A first run seeds and makes the accounts; a run after an interrupted load resumes
         // the import (same server address, so `carevault import` finds its journal).
         let (server, mut made) = match accounts.take() {
-            Some(a) => (Server::spawn(carevault(&bin, &data_dir, a.port))?, a),
+            Some(a) => (
+                Server::spawn(carevault(
+                    &bin,
+                    &data_dir,
+                    a.port,
+                    args.database_url.as_deref(),
+                ))?,
+                a,
+            ),
             None => {
                 let _ = std::fs::remove_dir_all(&data_dir);
                 println!("seeding {} patients ...", args.patients);
@@ -364,7 +379,8 @@ fn bench(args: &RunArgs) -> Result<()> {
                 if !status.success() {
                     bail!("carevault seed failed");
                 }
-                let server = Server::spawn(carevault(&bin, &data_dir, 0))?;
+                let server =
+                    Server::spawn(carevault(&bin, &data_dir, 0, args.database_url.as_deref()))?;
                 let made = make_accounts(&server, &ca, &work, args.organizations)?;
                 std::fs::write(&accounts_file, serde_json::to_vec_pretty(&made)?)?;
                 (server, made)
@@ -413,7 +429,7 @@ fn bench(args: &RunArgs) -> Result<()> {
 
     // Start-up with the data loaded: spawn to "listening on", then to the first answer.
     let started = Instant::now();
-    let server = Server::spawn(carevault(&bin, &data_dir, 0))?;
+    let server = Server::spawn(carevault(&bin, &data_dir, 0, args.database_url.as_deref()))?;
     let listening_ms = server.started_in.as_secs_f64() * 1000.0;
     let api = Api::new(&server.base, &ca);
     let first = api.get("/fhir/metadata");
@@ -506,6 +522,7 @@ fn bench(args: &RunArgs) -> Result<()> {
         println!("read by id, CareVault / baseline throughput: {ratio:.2}");
     }
     let report = json!({
+        "backend": if args.database_url.is_some() { "postgresql" } else { "sqlite" },
         "patients": args.patients,
         "connections": args.connections,
         "seconds": args.seconds,
