@@ -632,31 +632,34 @@ impl Keyring {
         let Ok(status) = self.status().await else {
             return out;
         };
-        let _ = writeln!(
-            out,
-            "# HELP carevault_kek_active_version The key-encryption key version new wraps use."
+        crate::metrics::family(
+            &mut out,
+            "carevault_kek_active_version",
+            "gauge",
+            "The key-encryption key version new wraps use.",
         );
-        let _ = writeln!(out, "# TYPE carevault_kek_active_version gauge");
         let _ = writeln!(
             out,
             "carevault_kek_active_version {}",
             status.active_version
         );
-        let _ = writeln!(
-            out,
-            "# HELP carevault_kek_rewrap_remaining Data keys not yet re-wrapped under the active key-encryption key."
+        crate::metrics::family(
+            &mut out,
+            "carevault_kek_rewrap_remaining",
+            "gauge",
+            "Data keys not yet re-wrapped under the active key-encryption key.",
         );
-        let _ = writeln!(out, "# TYPE carevault_kek_rewrap_remaining gauge");
         let _ = writeln!(
             out,
             "carevault_kek_rewrap_remaining {}",
             status.rewrap_remaining
         );
-        let _ = writeln!(
-            out,
-            "# HELP carevault_kek_data_keys Data keys wrapped under each key-encryption key version."
+        crate::metrics::family(
+            &mut out,
+            "carevault_kek_data_keys",
+            "gauge",
+            "Data keys wrapped under each key-encryption key version.",
         );
-        let _ = writeln!(out, "# TYPE carevault_kek_data_keys gauge");
         for v in &status.versions {
             let _ = writeln!(
                 out,
@@ -664,11 +667,12 @@ impl Keyring {
                 v.version, v.data_keys
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP carevault_kek_rewrapped_total Data keys re-wrapped by this process."
+        crate::metrics::family(
+            &mut out,
+            "carevault_kek_rewrapped_total",
+            "counter",
+            "Data keys re-wrapped by this process.",
         );
-        let _ = writeln!(out, "# TYPE carevault_kek_rewrapped_total counter");
         let _ = writeln!(
             out,
             "carevault_kek_rewrapped_total {}",

@@ -43,21 +43,23 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP carevault_uptime_seconds Seconds since the server started."
+        family(
+            &mut out,
+            "carevault_uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
         );
-        let _ = writeln!(out, "# TYPE carevault_uptime_seconds gauge");
         let _ = writeln!(
             out,
             "carevault_uptime_seconds {}",
             self.started.elapsed().as_secs()
         );
-        let _ = writeln!(
-            out,
-            "# HELP carevault_requests_total Requests answered, by route template, method and status."
+        family(
+            &mut out,
+            "carevault_requests_total",
+            "counter",
+            "Requests answered, by route template, method and status.",
         );
-        let _ = writeln!(out, "# TYPE carevault_requests_total counter");
         for ((route, method, status), c) in &map {
             let _ = writeln!(
                 out,
@@ -66,11 +68,12 @@ impl Metrics {
                 c.count
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP carevault_request_duration_seconds_sum Total time spent answering, by route template and method."
+        family(
+            &mut out,
+            "carevault_request_duration_seconds_sum",
+            "counter",
+            "Total time spent answering, by route template and method.",
         );
-        let _ = writeln!(out, "# TYPE carevault_request_duration_seconds_sum counter");
         let mut by_route: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for ((route, method, _), c) in &map {
             *by_route.entry((route, method)).or_default() += c.latency_us;
@@ -85,6 +88,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family in the Prometheus text format.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 fn escape(s: &str) -> String {
