@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod password;
+pub mod session_cache;
 pub mod throttle;
 pub mod totp;
 
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keyring::{Keyring, SECRETS_COMPARTMENT};
 use password::PasswordHasherConfig;
+use session_cache::SessionCache;
 use throttle::{IpRateLimit, LoginThrottle};
 
 pub const SESSION_PREFIX: &str = "cvs_";
@@ -223,6 +225,9 @@ pub struct Identity {
     session_lifetime_secs: i64,
     enrollment_ttl_secs: i64,
     lock_after: u32,
+    /// None when other nodes share the database: a logout or a disabled account there must
+    /// hold here from the next request on.
+    sessions: Option<SessionCache>,
 }
 
 impl Identity {
@@ -252,7 +257,24 @@ impl Identity {
             session_lifetime_secs: config.session_lifetime_secs,
             enrollment_ttl_secs: config.enrollment_ttl_secs,
             lock_after: config.lock_after_failures,
+            sessions: (!config.database.is_shared()).then(SessionCache::default),
         })
+    }
+
+    /// Commit an identity change with its audit event; a change to whether some session
+    /// authenticates empties the session cache once it is durable.
+    async fn commit(
+        &self,
+        audit: &AuditScope,
+        ops: Vec<WriteOp>,
+        status: u16,
+    ) -> std::result::Result<(), carevault_store::StoreError> {
+        let invalidates = SessionCache::invalidated_by(&ops);
+        let committed = audit.commit_with(&*self.store, ops, status).await;
+        if invalidates && let Some(cache) = &self.sessions {
+            cache.invalidate();
+        }
+        committed
     }
 
     /// Per-IP limit for the `/auth/*` endpoints.
@@ -300,22 +322,21 @@ impl Identity {
         let (token, enrollment) = self.new_enrollment(&principal.id)?;
         let expires = enrollment.expires_at;
         audit.set_resource("Principal", Some(&principal.id), None);
-        audit
-            .commit_with(
-                &*self.store,
-                vec![
-                    WriteOp::InsertPrincipal(principal),
-                    WriteOp::InsertEnrollment(enrollment),
-                ],
-                201,
-            )
-            .await
-            .map_err(|e| match e {
-                carevault_store::StoreError::AlreadyExists => {
-                    Error::Conflict("username is taken".into())
-                }
-                other => other.into(),
-            })?;
+        self.commit(
+            audit,
+            vec![
+                WriteOp::InsertPrincipal(principal),
+                WriteOp::InsertEnrollment(enrollment),
+            ],
+            201,
+        )
+        .await
+        .map_err(|e| match e {
+            carevault_store::StoreError::AlreadyExists => {
+                Error::Conflict("username is taken".into())
+            }
+            other => other.into(),
+        })?;
         Ok(NewUser {
             username: username.0,
             enrollment_token: token,
@@ -366,21 +387,20 @@ impl Identity {
         let p = self.principal_named(username).await?;
         audit.set_resource("Principal", Some(&p.id), None);
         Self::refuse_self(actor, &p)?;
-        audit
-            .commit_with(
-                &*self.store,
-                vec![
-                    WriteOp::UpdatePrincipal {
-                        principal_id: p.id.clone(),
-                        disabled: Some(true),
-                        locked: None,
-                        failed_logins: None,
-                    },
-                    WriteOp::RevokeSessions { principal_id: p.id },
-                ],
-                204,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![
+                WriteOp::UpdatePrincipal {
+                    principal_id: p.id.clone(),
+                    disabled: Some(true),
+                    locked: None,
+                    failed_logins: None,
+                },
+                WriteOp::RevokeSessions { principal_id: p.id },
+            ],
+            204,
+        )
+        .await?;
         Ok(())
     }
 
@@ -388,18 +408,17 @@ impl Identity {
     pub async fn enable(&self, audit: &AuditScope, username: &str) -> Result<()> {
         let p = self.principal_named(username).await?;
         audit.set_resource("Principal", Some(&p.id), None);
-        audit
-            .commit_with(
-                &*self.store,
-                vec![WriteOp::UpdatePrincipal {
-                    principal_id: p.id,
-                    disabled: Some(false),
-                    locked: Some(false),
-                    failed_logins: Some(0),
-                }],
-                204,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![WriteOp::UpdatePrincipal {
+                principal_id: p.id,
+                disabled: Some(false),
+                locked: Some(false),
+                failed_logins: Some(0),
+            }],
+            204,
+        )
+        .await?;
         self.throttle.reset(username);
         Ok(())
     }
@@ -407,18 +426,17 @@ impl Identity {
     pub async fn unlock(&self, audit: &AuditScope, username: &str) -> Result<()> {
         let p = self.principal_named(username).await?;
         audit.set_resource("Principal", Some(&p.id), None);
-        audit
-            .commit_with(
-                &*self.store,
-                vec![WriteOp::UpdatePrincipal {
-                    principal_id: p.id,
-                    disabled: None,
-                    locked: Some(false),
-                    failed_logins: Some(0),
-                }],
-                204,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![WriteOp::UpdatePrincipal {
+                principal_id: p.id,
+                disabled: None,
+                locked: Some(false),
+                failed_logins: Some(0),
+            }],
+            204,
+        )
+        .await?;
         self.throttle.reset(username);
         Ok(())
     }
@@ -437,30 +455,29 @@ impl Identity {
         }
         let (token, enrollment) = self.new_enrollment(&p.id)?;
         let expires = enrollment.expires_at;
-        audit
-            .commit_with(
-                &*self.store,
-                vec![
-                    WriteOp::DeleteCredential {
-                        principal_id: p.id.clone(),
-                    },
-                    WriteOp::RevokeSessions {
-                        principal_id: p.id.clone(),
-                    },
-                    WriteOp::DeleteEnrollments {
-                        principal_id: p.id.clone(),
-                    },
-                    WriteOp::InsertEnrollment(enrollment),
-                    WriteOp::UpdatePrincipal {
-                        principal_id: p.id,
-                        disabled: None,
-                        locked: Some(false),
-                        failed_logins: Some(0),
-                    },
-                ],
-                200,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![
+                WriteOp::DeleteCredential {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::RevokeSessions {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::DeleteEnrollments {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::InsertEnrollment(enrollment),
+                WriteOp::UpdatePrincipal {
+                    principal_id: p.id,
+                    disabled: None,
+                    locked: Some(false),
+                    failed_logins: Some(0),
+                },
+            ],
+            200,
+        )
+        .await?;
         self.throttle.reset(username);
         Ok(NewUser {
             username: p.username,
@@ -476,18 +493,17 @@ impl Identity {
         audit.set_resource("Principal", Some(&p.id), None);
         let (token, enrollment) = self.new_enrollment(&p.id)?;
         let expires = enrollment.expires_at;
-        audit
-            .commit_with(
-                &*self.store,
-                vec![
-                    WriteOp::DeleteEnrollments {
-                        principal_id: p.id.clone(),
-                    },
-                    WriteOp::InsertEnrollment(enrollment),
-                ],
-                200,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![
+                WriteOp::DeleteEnrollments {
+                    principal_id: p.id.clone(),
+                },
+                WriteOp::InsertEnrollment(enrollment),
+            ],
+            200,
+        )
+        .await?;
         Ok(NewUser {
             username: p.username,
             enrollment_token: token,
@@ -545,17 +561,16 @@ impl Identity {
             )
             .await?;
         let _ = sealed_dek;
-        audit
-            .commit_with(
-                &*self.store,
-                vec![WriteOp::SetEnrollmentPendingTotp {
-                    token_hash: row.token_hash,
-                    sealed,
-                }],
-                200,
-            )
-            .await
-            .map_err(|_| Error::BadRequest("enrollment token is invalid or expired".into()))?;
+        self.commit(
+            audit,
+            vec![WriteOp::SetEnrollmentPendingTotp {
+                token_hash: row.token_hash,
+                sealed,
+            }],
+            200,
+        )
+        .await
+        .map_err(|_| Error::BadRequest("enrollment token is invalid or expired".into()))?;
         let (totp_secret, otpauth_uri) = totp::provisioning(secret.as_ref(), &principal.username)?;
         Ok(EnrollStart {
             username: principal.username,
@@ -597,44 +612,43 @@ impl Identity {
             hashes.push(carevault_crypto::sha256_hex(code.as_bytes()));
             codes.push(code);
         }
-        audit
-            .commit_with(
-                &*self.store,
-                vec![
-                    // Re-check that the token still exists inside the transaction: it is spent once.
-                    WriteOp::SetEnrollmentPendingTotp {
-                        token_hash: row.token_hash,
-                        sealed: Vec::new(),
-                    },
-                    WriteOp::SetCredential(CredentialRow {
-                        principal_id: principal.id.clone(),
-                        password_hash,
-                        totp_secret_sealed: sealed,
-                        totp_last_step: step,
-                        recovery_code_hashes: hashes,
-                    }),
-                    WriteOp::DeleteEnrollments {
-                        principal_id: principal.id.clone(),
-                    },
-                    WriteOp::RevokeSessions {
-                        principal_id: principal.id.clone(),
-                    },
-                    WriteOp::UpdatePrincipal {
-                        principal_id: principal.id,
-                        disabled: None,
-                        locked: Some(false),
-                        failed_logins: Some(0),
-                    },
-                ],
-                200,
-            )
-            .await
-            .map_err(|e| match e {
-                carevault_store::StoreError::Conflict => {
-                    Error::BadRequest("enrollment token is invalid or expired".into())
-                }
-                other => other.into(),
-            })?;
+        self.commit(
+            audit,
+            vec![
+                // Re-check that the token still exists inside the transaction: it is spent once.
+                WriteOp::SetEnrollmentPendingTotp {
+                    token_hash: row.token_hash,
+                    sealed: Vec::new(),
+                },
+                WriteOp::SetCredential(CredentialRow {
+                    principal_id: principal.id.clone(),
+                    password_hash,
+                    totp_secret_sealed: sealed,
+                    totp_last_step: step,
+                    recovery_code_hashes: hashes,
+                }),
+                WriteOp::DeleteEnrollments {
+                    principal_id: principal.id.clone(),
+                },
+                WriteOp::RevokeSessions {
+                    principal_id: principal.id.clone(),
+                },
+                WriteOp::UpdatePrincipal {
+                    principal_id: principal.id,
+                    disabled: None,
+                    locked: Some(false),
+                    failed_logins: Some(0),
+                },
+            ],
+            200,
+        )
+        .await
+        .map_err(|e| match e {
+            carevault_store::StoreError::Conflict => {
+                Error::BadRequest("enrollment token is invalid or expired".into())
+            }
+            other => other.into(),
+        })?;
         self.throttle.reset(&principal.username);
         Ok(codes)
     }
@@ -717,16 +731,15 @@ impl Identity {
         self.throttle.record_failure(&throttle_key, now_us);
         if let Some(p) = principal {
             audit.add_detail("target_principal", p.id.clone());
-            audit
-                .commit_with(
-                    &*self.store,
-                    vec![WriteOp::RecordLoginFailure {
-                        principal_id: p.id,
-                        lock_after: self.lock_after,
-                    }],
-                    401,
-                )
-                .await?;
+            self.commit(
+                audit,
+                vec![WriteOp::RecordLoginFailure {
+                    principal_id: p.id,
+                    lock_after: self.lock_after,
+                }],
+                401,
+            )
+            .await?;
         }
         Err(Error::Unauthorized)
     }
@@ -780,28 +793,27 @@ impl Identity {
     ) -> Result<LoginGranted> {
         let token = carevault_crypto::random_token(SESSION_PREFIX)?;
         let now = self.clock.now_secs();
-        audit
-            .commit_with(
-                &*self.store,
-                vec![
-                    factor_op,
-                    WriteOp::InsertSession(SessionRow {
-                        token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
-                        principal_id: p.id.clone(),
-                        created_at: now,
-                        last_seen: now,
-                        revoked: false,
-                    }),
-                    WriteOp::UpdatePrincipal {
-                        principal_id: p.id.clone(),
-                        disabled: None,
-                        locked: None,
-                        failed_logins: Some(0),
-                    },
-                ],
-                200,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![
+                factor_op,
+                WriteOp::InsertSession(SessionRow {
+                    token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
+                    principal_id: p.id.clone(),
+                    created_at: now,
+                    last_seen: now,
+                    revoked: false,
+                }),
+                WriteOp::UpdatePrincipal {
+                    principal_id: p.id.clone(),
+                    disabled: None,
+                    locked: None,
+                    failed_logins: Some(0),
+                },
+            ],
+            200,
+        )
+        .await?;
         Ok(LoginGranted {
             access_token: token,
             token_type: "Bearer",
@@ -890,11 +902,23 @@ impl Identity {
             return Err(Error::Unauthorized);
         }
         let hash = carevault_crypto::sha256_hex(token.as_bytes());
-        let (session, principal) = self
-            .store
-            .session_principal(&hash)
-            .await?
-            .ok_or(Error::Unauthorized)?;
+        let cache = self.sessions.as_ref();
+        let (session, p) = match cache.and_then(|c| c.get(&hash)) {
+            Some(cached) => cached,
+            None => {
+                let generation = cache.map(SessionCache::generation);
+                let (session, principal) = self
+                    .store
+                    .session_principal(&hash)
+                    .await?
+                    .ok_or(Error::Unauthorized)?;
+                let p = principal.ok_or(Error::Unauthorized)?;
+                if let (Some(cache), Some(generation)) = (cache, generation) {
+                    cache.put(generation, session.clone(), p.clone());
+                }
+                (session, p)
+            }
+        };
         let now = self.clock.now_secs();
         if session.revoked
             || now - session.created_at >= self.session_lifetime_secs
@@ -902,7 +926,6 @@ impl Identity {
         {
             return Err(Error::Unauthorized);
         }
-        let p = principal.ok_or(Error::Unauthorized)?;
         if p.disabled {
             return Err(Error::Unauthorized);
         }
@@ -913,6 +936,10 @@ impl Identity {
                     last_seen: now,
                 }])
                 .await?;
+            // The cached row's last_seen is now stale: the next request reads it afresh.
+            if let Some(cache) = cache {
+                cache.invalidate_one(&hash);
+            }
         }
         let roles = p.roles.iter().filter_map(|r| Role::parse(r).ok()).collect();
         Ok(Principal {
@@ -926,23 +953,22 @@ impl Identity {
     }
 
     pub async fn logout(&self, audit: &AuditScope, principal: &Principal) -> Result<()> {
-        audit
-            .commit_with(
-                &*self.store,
-                match &principal.session_hash {
-                    Some(hash) => vec![WriteOp::RevokeSession {
-                        token_hash: hash.clone(),
-                    }],
-                    // An API key has no session: revoke the key instead.
-                    None => {
-                        return Err(Error::BadRequest(
-                            "an API key has no session to end; revoke the key".into(),
-                        ));
-                    }
-                },
-                204,
-            )
-            .await?;
+        self.commit(
+            audit,
+            match &principal.session_hash {
+                Some(hash) => vec![WriteOp::RevokeSession {
+                    token_hash: hash.clone(),
+                }],
+                // An API key has no session: revoke the key instead.
+                None => {
+                    return Err(Error::BadRequest(
+                        "an API key has no session to end; revoke the key".into(),
+                    ));
+                }
+            },
+            204,
+        )
+        .await?;
         Ok(())
     }
 
@@ -981,28 +1007,27 @@ impl Identity {
         let now = self.clock.now_secs();
         let expires_at = now + days * 86_400;
         audit.set_resource("ApiKey", Some(&req.name), None);
-        audit
-            .commit_with(
-                &*self.store,
-                vec![WriteOp::InsertApiKey(carevault_store::ApiKeyRow {
-                    name: req.name.clone(),
-                    key_hash: carevault_crypto::sha256_hex(key.as_bytes()),
-                    owner_id,
-                    scopes,
-                    allowed_cidrs: cidrs,
-                    expires_at,
-                    revoked: false,
-                    created_at: now,
-                })],
-                201,
-            )
-            .await
-            .map_err(|e| match e {
-                carevault_store::StoreError::AlreadyExists => {
-                    Error::Conflict("an API key with this name exists".into())
-                }
-                other => other.into(),
-            })?;
+        self.commit(
+            audit,
+            vec![WriteOp::InsertApiKey(carevault_store::ApiKeyRow {
+                name: req.name.clone(),
+                key_hash: carevault_crypto::sha256_hex(key.as_bytes()),
+                owner_id,
+                scopes,
+                allowed_cidrs: cidrs,
+                expires_at,
+                revoked: false,
+                created_at: now,
+            })],
+            201,
+        )
+        .await
+        .map_err(|e| match e {
+            carevault_store::StoreError::AlreadyExists => {
+                Error::Conflict("an API key with this name exists".into())
+            }
+            other => other.into(),
+        })?;
         Ok(CreatedApiKey {
             name: req.name.clone(),
             key,
@@ -1052,15 +1077,14 @@ impl Identity {
             return Err(Error::NotFound);
         }
         audit.set_resource("ApiKey", Some(name), None);
-        audit
-            .commit_with(
-                &*self.store,
-                vec![WriteOp::RevokeApiKey {
-                    name: name.to_owned(),
-                }],
-                204,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![WriteOp::RevokeApiKey {
+                name: name.to_owned(),
+            }],
+            204,
+        )
+        .await?;
         Ok(())
     }
 
@@ -1101,19 +1125,18 @@ impl Identity {
         if let Some(p) = &patient {
             audit.add_patient(p);
         }
-        audit
-            .commit_with(
-                &*self.store,
-                vec![WriteOp::InsertBreakGlass(carevault_store::BreakGlassRow {
-                    principal_id: principal.id.clone(),
-                    until,
-                    patient,
-                    reason: reason.to_owned(),
-                    created_at: now,
-                })],
-                201,
-            )
-            .await?;
+        self.commit(
+            audit,
+            vec![WriteOp::InsertBreakGlass(carevault_store::BreakGlassRow {
+                principal_id: principal.id.clone(),
+                until,
+                patient,
+                reason: reason.to_owned(),
+                created_at: now,
+            })],
+            201,
+        )
+        .await?;
         tracing::warn!(
             event = "security_alert",
             kind = "break_glass_granted",
