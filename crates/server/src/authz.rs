@@ -117,16 +117,86 @@ struct Loaded {
     version: i64,
     custom: Vec<PolicyRow>,
     index: PolicyIndex,
+    /// FHIR decisions already made under this policy set, when no policy can tell two
+    /// resources apart beyond the attributes in [`DecisionKey`] (see [`identity_free`]).
+    decisions: Option<RwLock<HashMap<DecisionKey, Decision>>>,
 }
 
 impl Loaded {
     fn new(version: i64, set: PolicySet, custom: Vec<PolicyRow>, actions: &Entities) -> Self {
+        let cacheable = set.policies().all(identity_free);
         Self {
             version,
             custom,
             index: PolicyIndex::new(&set, actions),
+            decisions: cacheable.then(|| RwLock::new(HashMap::new())),
         }
     }
+}
+
+/// Decisions kept per policy set (the cache is cleared when full).
+const DECISION_CACHE: usize = 20_000;
+
+/// Everything a FHIR decision depends on when the policies are [`identity_free`]: who asks
+/// (the principal's entity is built from exactly what `principal_cache_key` holds), the action,
+/// the context (break-glass; the scope strings follow from action and type), and the resource's
+/// attributes other than its id and compartment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    principal: String,
+    action: String,
+    rtype: ResourceType,
+    in_compartment: bool,
+    organization: Option<String>,
+    security: Vec<String>,
+    break_glass: bool,
+}
+
+/// The resource attributes a policy may read for its decision to stay cacheable.
+const CACHEABLE_RESOURCE_ATTRS: [&str; 4] = ["type", "in_compartment", "organization", "security"];
+
+/// Does this policy decide the same for every resource with equal type, organization,
+/// compartment membership and labels? True when its resource scope is unconstrained and its
+/// conditions read `resource` only through those attributes. Anything else (a resource
+/// uid, `resource.compartment`, `resource has ...`, a form this check does not know) is
+/// treated as identity-dependent, which only turns the cache off.
+fn identity_free(policy: &Policy) -> bool {
+    fn uses_only_cacheable_attrs(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(dot) = m.get(".")
+                    && dot.get("left") == Some(&serde_json::json!({"Var": "resource"}))
+                {
+                    return dot
+                        .get("attr")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|a| CACHEABLE_RESOURCE_ATTRS.contains(&a));
+                }
+                if m.get("Var").and_then(serde_json::Value::as_str) == Some("resource") {
+                    return false;
+                }
+                m.values().all(uses_only_cacheable_attrs)
+            }
+            serde_json::Value::Array(items) => items.iter().all(uses_only_cacheable_attrs),
+            _ => true,
+        }
+    }
+    let Ok(json) = policy.to_json() else {
+        return false;
+    };
+    // `resource is CareVault::Resource` holds for every FHIR request alike.
+    let scope_free = match json
+        .pointer("/resource/op")
+        .and_then(serde_json::Value::as_str)
+    {
+        Some("All") => true,
+        Some("is") => json.pointer("/resource/in").is_none(),
+        _ => false,
+    };
+    scope_free
+        && json
+            .get("conditions")
+            .is_some_and(uses_only_cacheable_attrs)
 }
 
 /// Cedar evaluates every policy it is given, and even one whose scope cannot match costs about a
@@ -573,8 +643,42 @@ impl Authz {
         fhir: Option<(FhirAction, &ResourceAttrs)>,
         break_glass: bool,
     ) -> Decision {
+        // Building the request's entities (Cedar computes their transitive closure) and
+        // evaluating took a third of a search's CPU, repeated for every candidate; most
+        // candidates share their attributes.
+        let loaded = self.loaded();
+        let cached = loaded
+            .decisions
+            .as_ref()
+            .zip(fhir)
+            .map(|(cache, (_, attrs))| {
+                let key = DecisionKey {
+                    principal: principal_cache_key(principal),
+                    action: action.to_owned(),
+                    rtype: attrs.rtype,
+                    in_compartment: attrs.compartment.is_some(),
+                    organization: attrs.organization.clone(),
+                    security: attrs.security.clone(),
+                    break_glass,
+                };
+                (cache, key)
+            });
+        if let Some((cache, key)) = &cached
+            && let Some(d) = cache.read().unwrap_or_else(|p| p.into_inner()).get(key)
+        {
+            return d.clone();
+        }
         match self.evaluate(principal, action, fhir, break_glass) {
-            Ok(d) => d,
+            Ok(d) => {
+                if let Some((cache, key)) = cached {
+                    let mut cache = cache.write().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() >= DECISION_CACHE {
+                        cache.clear();
+                    }
+                    cache.insert(key, d.clone());
+                }
+                d
+            }
             Err(e) => {
                 // An evaluation error denies (default deny) and is logged without PHI.
                 tracing::error!(event = "authz_error", action, error = %e, "authorization could not be evaluated");
@@ -684,9 +788,37 @@ impl Authz {
     }
 }
 
+/// The entity types the server builds requests from.
+const ENTITY_KINDS: [&str; 7] = [
+    "User",
+    "ApiKey",
+    "Role",
+    "Organization",
+    "Resource",
+    "Action",
+    "System",
+];
+
 fn uid(kind: &str, id: &str) -> std::result::Result<EntityUid, String> {
-    let name =
-        EntityTypeName::from_str(&format!("CareVault::{kind}")).map_err(|e| e.to_string())?;
+    // Parsed once: `EntityTypeName::from_str` runs Cedar's full parser, and every request
+    // builds several uids.
+    static NAMES: std::sync::LazyLock<HashMap<&'static str, EntityTypeName>> =
+        std::sync::LazyLock::new(|| {
+            ENTITY_KINDS
+                .iter()
+                .filter_map(|k| {
+                    EntityTypeName::from_str(&format!("CareVault::{k}"))
+                        .ok()
+                        .map(|n| (*k, n))
+                })
+                .collect()
+        });
+    let name = match NAMES.get(kind) {
+        Some(name) => name.clone(),
+        None => {
+            EntityTypeName::from_str(&format!("CareVault::{kind}")).map_err(|e| e.to_string())?
+        }
+    };
     Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
 }
 
@@ -947,6 +1079,91 @@ mod tests {
             id: "o1".into(),
             ..patient_in(org)
         }
+    }
+
+    #[test]
+    fn decisions_are_cached_only_when_no_policy_can_tell_resources_apart() {
+        let a = authz_with(&[]);
+        assert!(
+            a.loaded().decisions.is_some(),
+            "the built-in policies are cacheable"
+        );
+        let clin = user(Role::Clinician, Some("org-a"));
+        for _ in 0..2 {
+            let first = a.fhir(&clin, FhirAction::Read, &patient_in("org-a"), false);
+            assert!(first.allowed);
+            assert_eq!(first.policies, ["builtin.clinician.own-organization"]);
+            assert!(
+                !a.fhir(&clin, FhirAction::Read, &patient_in("org-b"), false)
+                    .allowed
+            );
+            assert!(
+                !a.fhir(
+                    &user(Role::Clinician, Some("org-b")),
+                    FhirAction::Read,
+                    &patient_in("org-a"),
+                    false
+                )
+                .allowed,
+                "another principal is another key"
+            );
+        }
+
+        // A policy about one compartment: the same attributes otherwise, different answers.
+        let a = authz_with(&[(
+            "one-patient",
+            r#"forbid (principal, action in CareVault::Action::"fhir", resource is CareVault::Resource) when { resource.compartment == "Patient/p1" };"#,
+        )]);
+        assert!(a.loaded().decisions.is_none());
+        let other = ResourceAttrs {
+            id: "p2".into(),
+            compartment: Some("Patient/p2".into()),
+            ..patient_in("org-a")
+        };
+        for _ in 0..2 {
+            assert!(
+                !a.fhir(&clin, FhirAction::Read, &patient_in("org-a"), false)
+                    .allowed
+            );
+            assert!(a.fhir(&clin, FhirAction::Read, &other, false).allowed);
+        }
+        for (name, text) in [
+            (
+                "by-uid",
+                r#"forbid (principal, action in CareVault::Action::"fhir", resource == CareVault::Resource::"Patient/p1");"#,
+            ),
+            (
+                "has",
+                r#"forbid (principal, action in CareVault::Action::"fhir", resource is CareVault::Resource) when { resource has compartment };"#,
+            ),
+        ] {
+            assert!(
+                authz_with(&[(name, text)]).loaded().decisions.is_none(),
+                "{name} depends on the resource's identity"
+            );
+        }
+        let labels = authz_with(&[(
+            "labels",
+            r#"forbid (principal, action in CareVault::Action::"fhir", resource is CareVault::Resource) when { resource.security.contains("R") };"#,
+        )]);
+        assert!(
+            labels.loaded().decisions.is_some(),
+            "labels are part of the key"
+        );
+        let restricted = ResourceAttrs {
+            security: vec!["R".into()],
+            ..patient_in("org-a")
+        };
+        assert!(
+            labels
+                .fhir(&clin, FhirAction::Read, &patient_in("org-a"), false)
+                .allowed
+        );
+        assert!(
+            !labels
+                .fhir(&clin, FhirAction::Read, &restricted, false)
+                .allowed
+        );
     }
 
     #[test]
