@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use carevault_fhir::search::{self, Query, SortKey};
+use carevault_fhir::search::{self, Query, SortKey, Total};
 use carevault_fhir::{ResourceId, ResourceType, Validator};
 use carevault_store::{HistoryQuery, NewResourceVersion, ResourceRow, Store, StoreError, WriteOp};
 use serde_json::Value;
@@ -456,67 +456,39 @@ impl Records {
             .iter()
             .filter_map(|c| self.index.lookup(rtype, c))
             .collect();
-        let ids = if lookups.is_empty() {
+        let mut ids = if lookups.is_empty() {
             self.store.resource_ids(rtype.as_str()).await?
         } else {
             self.store.search_index(rtype.as_str(), lookups).await?
         };
-        let mut candidates: Vec<(Value, Version)> = Vec::new();
-        for row in self.store.resources_current(rtype.as_str(), ids).await? {
-            if row.deleted {
-                continue;
+        let after = query.page.as_deref().map(decode_cursor).transpose()?;
+        // In the default order (by id) and without a total, candidates are opened in id order
+        // and only until the page is full: a broad search (a common name prefix, a type with no
+        // filter) costs a page's worth of decryption and authorization, not the whole bucket's.
+        let page_only =
+            query.sort.is_empty() && matches!(query.total, Total::None) && !query.summary_count;
+        let chunk = if page_only {
+            ids.sort_unstable();
+            ids.dedup();
+            if let Some((_, after_id)) = &after {
+                ids.retain(|id| id.as_str() > after_id.as_str());
             }
-            let Ok(id) = ResourceId::parse(&row.id) else {
-                continue;
-            };
-            let v = self.open_row(rtype, &id, row).await?;
-            let json: Value = serde_json::from_slice(&v.json)
-                .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
-            if !query
-                .clauses
-                .iter()
-                .all(|c| search::matches(rtype, &json, c))
-            {
-                continue;
-            }
-            candidates.push((json, v));
-        }
-        // With a shared database the organizations are not cached across requests (another
-        // node may change them): read the candidates' in one query instead of one each.
-        let organizations = if self.authz.shared_database() {
-            let compartments: std::collections::BTreeSet<String> = candidates
-                .iter()
-                .filter_map(|(_, v)| v.patient_compartment())
-                .collect();
-            self.store
-                .compartment_organizations(compartments.into_iter().collect())
-                .await?
-                .into_iter()
-                .collect()
+            (query.count as usize + 1).max(32)
         } else {
-            HashMap::new()
-        };
-        let caller = Caller {
-            organizations: Some(&organizations),
-            ..caller
+            ids.len().max(1)
         };
         let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
-        for (json, v) in candidates {
-            if !self.may_read(caller, FhirAction::Search, &v).await? {
-                continue;
+        for chunk in ids.chunks(chunk) {
+            found.extend(self.matching(caller, rtype, query, chunk.to_vec()).await?);
+            if page_only && found.len() > query.count as usize {
+                break;
             }
-            let keys = query
-                .sort
-                .iter()
-                .map(|k| search::sort_value(rtype, &json, k))
-                .collect();
-            found.push((keys, v));
         }
         found.sort_by(|(a, va), (b, vb)| {
             compare_keys(a, b, &query.sort).then_with(|| va.id.cmp(&vb.id))
         });
+        // Without a total asked for, `found` may stop after the page (see `page_only`).
         let total = found.len();
-        let after = query.page.as_deref().map(decode_cursor).transpose()?;
         let start = match &after {
             Some((keys, id)) => found
                 .iter()
@@ -662,6 +634,69 @@ impl Records {
     }
 
     /// Whether the caller may read `v` (a denial is not an error here: the row is left out).
+    /// The candidates among `ids` that match every clause and that the caller may read, with
+    /// their sort keys.
+    async fn matching(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        query: &Query,
+        ids: Vec<String>,
+    ) -> Result<Vec<(Vec<Option<String>>, Version)>> {
+        let mut candidates: Vec<(Value, Version)> = Vec::new();
+        for row in self.store.resources_current(rtype.as_str(), ids).await? {
+            if row.deleted {
+                continue;
+            }
+            let Ok(id) = ResourceId::parse(&row.id) else {
+                continue;
+            };
+            let v = self.open_row(rtype, &id, row).await?;
+            let json: Value = serde_json::from_slice(&v.json)
+                .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
+            if !query
+                .clauses
+                .iter()
+                .all(|c| search::matches(rtype, &json, c))
+            {
+                continue;
+            }
+            candidates.push((json, v));
+        }
+        // With a shared database the organizations are not cached across requests (another
+        // node may change them): read the candidates' in one query instead of one each.
+        let organizations = if self.authz.shared_database() {
+            let compartments: std::collections::BTreeSet<String> = candidates
+                .iter()
+                .filter_map(|(_, v)| v.patient_compartment())
+                .collect();
+            self.store
+                .compartment_organizations(compartments.into_iter().collect())
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let caller = Caller {
+            organizations: Some(&organizations),
+            ..caller
+        };
+        let mut found = Vec::with_capacity(candidates.len());
+        for (json, v) in candidates {
+            if !self.may_read(caller, FhirAction::Search, &v).await? {
+                continue;
+            }
+            let keys = query
+                .sort
+                .iter()
+                .map(|k| search::sort_value(rtype, &json, k))
+                .collect();
+            found.push((keys, v));
+        }
+        Ok(found)
+    }
+
     async fn may_read(&self, caller: Caller<'_>, action: FhirAction, v: &Version) -> Result<bool> {
         match self.authorize_existing(caller, action, v).await {
             Ok(()) => Ok(true),

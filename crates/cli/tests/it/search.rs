@@ -370,6 +370,49 @@ fn search_honors_authorization_and_is_audited_with_the_patients_returned() {
     );
 }
 
+/// Without `_sort` or a total, a search opens candidates in id order only until its page is
+/// full; paging must still return exactly what the caller may read, once each.
+#[test]
+fn id_order_paging_returns_exactly_the_readable_matches() {
+    let srv = server();
+    let admin = srv.admin();
+    let a = srv.user(&admin, "dr.page-a", &["clinician"], Some("org-a"));
+    let b = srv.user(&admin, "dr.page-b", &["clinician"], Some("org-b"));
+    let mut expected = [BTreeSet::new(), BTreeSet::new()];
+    for i in 0..40 {
+        let (who, org, k) = if i % 3 == 0 {
+            (&b, "org-b", 1)
+        } else {
+            (&a, "org-a", 0)
+        };
+        expected[k].insert(create(
+            &who.api,
+            json!({"resourceType": "Patient", "name": [{"family": format!("Interleave{i:02}")}], "managingOrganization": {"reference": format!("Organization/{org}")}}),
+        ));
+    }
+    for (account, mine) in [(&a, &expected[0]), (&b, &expected[1])] {
+        let (found, total) = ids(&account.api, "/fhir/Patient?name=interl&_count=3");
+        assert_eq!(&found, mine);
+        assert_eq!(total, None, "no total unless asked for");
+        let (found, total) = ids(
+            &account.api,
+            "/fhir/Patient?name=interl&_count=3&_total=accurate",
+        );
+        assert_eq!(&found, mine);
+        assert_eq!(total, Some(mine.len() as u64));
+    }
+    // The first page is the smallest ids the caller may read, in order.
+    let first = a.api.get("/fhir/Patient?name=interl&_count=5").json();
+    let page: Vec<String> = first["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let smallest: Vec<String> = expected[0].iter().take(5).cloned().collect();
+    assert_eq!(page, smallest);
+}
+
 #[test]
 fn the_index_holds_no_plaintext() {
     let mut srv = server();
