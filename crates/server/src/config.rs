@@ -868,6 +868,22 @@ mod tests {
             .to_string();
         assert!(e.contains("database.url") && e.contains("password"), "{e}");
         assert!(!e.contains("pw-in-file"), "{e}");
+        // tokio-postgres also takes `password=` from the query: refused in the file as well.
+        std::fs::write(
+            &path,
+            format!(
+                "[database]\nurl = \"postgres://cv@db.internal/cv?sslmode=require&password={}\"\n",
+                "pw-in-query"
+            ),
+        )
+        .unwrap();
+        let e = FileConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("database.url") && !e.contains("pw-in-query"),
+            "{e}"
+        );
 
         // The whole URL may come from the environment, password included.
         let c = Config::from_file(

@@ -257,15 +257,22 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// True when the URL carries a password (`user:password@`).
+/// True when the URL carries a password (`user:password@`, or `password=` in its query, which
+/// tokio-postgres accepts as well).
 pub fn url_has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
     };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority
+    let in_userinfo = authority
         .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("password"))
+    });
+    in_userinfo || in_query
 }
 
 /// Split `sslmode` and `sslrootcert` off the URL's query (tokio-postgres knows neither
@@ -293,7 +300,7 @@ fn split_tls(url: &str) -> Result<(String, SslMode, Option<String>), StoreError>
                     }
                 }
             }
-            "sslrootcert" => root = Some(v.to_owned()),
+            "sslrootcert" => root = Some(percent_decode(v)?),
             _ => rest.push(pair),
         }
     }
@@ -302,12 +309,37 @@ fn split_tls(url: &str) -> Result<(String, SslMode, Option<String>), StoreError>
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    if mode == SslMode::VerifyFull && root.is_none() {
-        return Err(StoreError::Backend(
+    match (mode, &root) {
+        (SslMode::VerifyFull, None) => Err(StoreError::Backend(
             "sslmode=verify-full needs sslrootcert=PATH (the CA certificate, PEM)".into(),
-        ));
+        )),
+        // libpq checks the certificate against sslrootcert under `require` (as `verify-ca`);
+        // we would not, and silently checking less than the operator asked for is worse than
+        // refusing.
+        (SslMode::Require | SslMode::Disable, Some(_)) => Err(StoreError::Backend(
+            "sslrootcert is only used with sslmode=verify-full (require does not check the \
+             server's certificate)"
+                .into(),
+        )),
+        _ => Ok((url, mode, root)),
     }
-    Ok((url, mode, root))
+}
+
+/// Decode `%XX` escapes in a URL query value (a path such as `/etc/db%20ca.pem`).
+fn percent_decode(value: &str) -> Result<String, StoreError> {
+    let bad = || StoreError::Backend("sslrootcert: invalid %-escape".into());
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next().ok_or_else(bad)?, bytes.next().ok_or_else(bad)?];
+            let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// PostgreSQL through a connection pool. Cheap to clone.
@@ -394,7 +426,7 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => map_err(&e),
+            deadpool_postgres::PoolError::Backend(e) => map_connect_err(&e),
             other => StoreError::Unavailable(format!("no database connection: {other}")),
         })
     }
@@ -626,7 +658,39 @@ fn map_err(e: &tokio_postgres::Error) -> StoreError {
         };
     }
     // No SQLSTATE: I/O, a closed connection, TLS, a timeout. All transient from our side.
-    StoreError::Unavailable(format!("database connection: {e}"))
+    StoreError::Unavailable(format!("database connection: {}", with_causes(e)))
+}
+
+/// The error and its causes: tokio-postgres's `Display` names only the kind ("error performing
+/// TLS handshake"), the reason ("invalid peer certificate: UnknownIssuer", "Connection
+/// refused") is its source. Only for errors without SQLSTATE: a server error's source would
+/// quote its message and detail, which may hold row values.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Map a failure to open a connection. The server refusing it (pg_hba.conf, authentication, an
+/// unknown database or role: SQLSTATE classes 28 and 3D) keeps the server's message, which names
+/// host, role and database, never a password or row values, and without which an operator
+/// sees only "SQLSTATE 28000". It is [`StoreError::Unavailable`]: no request can be served.
+fn map_connect_err(e: &tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        if code.starts_with("28") || code.starts_with("3D") {
+            return StoreError::Unavailable(format!(
+                "the database refused the connection: {} (SQLSTATE {code})",
+                db.message()
+            ));
+        }
+    }
+    map_err(e)
 }
 
 fn u64_of(v: i64) -> u64 {

@@ -1013,10 +1013,30 @@ pub struct PgInstance {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    tls: bool,
+}
+
+/// A certificate and its private key, PEM, for [`PgInstance::start_tls`].
+pub struct PgTls<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
 }
 
 impl PgInstance {
+    /// Plain TCP, trust authentication.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// TLS only: `ssl = on` with this certificate and key, and a `pg_hba.conf` that rejects
+    /// every TCP connection without TLS (`hostnossl ... reject`). Over TLS, `postgres` is
+    /// trusted (for the test's own `psql`); every other role needs its password (SCRAM), so
+    /// a client's password really crosses the encrypted connection.
+    pub fn start_tls(tls: &PgTls<'_>) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&PgTls<'_>>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| {
@@ -1043,7 +1063,12 @@ impl PgInstance {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free port: {e}"));
-        let instance = Self { dir, bin, port };
+        let instance = Self {
+            dir,
+            bin,
+            port,
+            tls: tls.is_some(),
+        };
         instance.run(&[
             "initdb",
             "-D",
@@ -1056,8 +1081,53 @@ impl PgInstance {
             "-E",
             "UTF8",
         ]);
+        if let Some(tls) = tls {
+            instance.configure_tls(tls);
+        }
         instance.up();
         instance
+    }
+
+    fn configure_tls(&self, tls: &PgTls<'_>) {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let data = PathBuf::from(self.data());
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            if is_root() {
+                let ok = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&path)
+                    .status()
+                    .unwrap();
+                assert!(ok.success(), "chown {name} failed");
+            }
+        };
+        write("server.crt", tls.cert_pem, 0o644);
+        // PostgreSQL refuses a key that others can read.
+        write("server.key", tls.key_pem, 0o600);
+        write(
+            "pg_hba.conf",
+            "# TYPE    DATABASE USER     ADDRESS       METHOD\n\
+             local     all      all                    trust\n\
+             hostssl   all      postgres 127.0.0.1/32  trust\n\
+             hostssl   all      all      127.0.0.1/32  scram-sha-256\n\
+             hostnossl all      all      0.0.0.0/0     reject\n\
+             host      all      all      ::/0          reject\n",
+            0o600,
+        );
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap_or_else(|e| panic!("postgresql.conf: {e}"));
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             password_encryption = 'scram-sha-256'"
+        )
+        .unwrap();
     }
 
     fn data(&self) -> String {
@@ -1120,9 +1190,16 @@ impl PgInstance {
         ]);
     }
 
-    /// A URL of this server's `postgres` database (for CREATE DATABASE).
+    /// A URL of this server's `postgres` database (for CREATE DATABASE); over TLS when the
+    /// server requires it.
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        let tls = if self.tls { "?sslmode=require" } else { "" };
+        format!("postgres://postgres@127.0.0.1:{}/postgres{tls}", self.port)
+    }
+
+    /// The server's log (connection refusals, TLS errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 }
 

@@ -16,6 +16,7 @@ mod import;
 mod keys;
 mod multinode;
 mod outage;
+mod pg_tls;
 mod search;
 mod tamper;
 

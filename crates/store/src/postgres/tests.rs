@@ -147,6 +147,21 @@ fn urls_are_redacted_and_passwords_found() {
     assert_eq!(root.as_deref(), Some("/ca.pem"));
     assert!(split_tls("postgres://cv@db/cv?sslmode=verify-full").is_err());
     assert!(split_tls("postgres://cv@db/cv?sslmode=prefer").is_err());
+    // A root certificate with `require` would be checked by libpq but not by us: refused.
+    assert!(split_tls("postgres://cv@db/cv?sslmode=require&sslrootcert=/ca.pem").is_err());
+    assert!(split_tls("postgres://cv@db/cv?sslrootcert=/ca.pem").is_err());
+    let (_, _, root) =
+        split_tls("postgres://cv@db/cv?sslmode=verify-full&sslrootcert=/etc/db%20ca%2Epem")
+            .unwrap();
+    assert_eq!(root.as_deref(), Some("/etc/db ca.pem"));
+    assert!(split_tls("postgres://cv@db/cv?sslmode=verify-full&sslrootcert=/ca%2").is_err());
+    assert!(split_tls("postgres://cv@db/cv?sslmode=verify-full&sslrootcert=/ca%zz").is_err());
+    // tokio-postgres takes a password from the query too.
+    assert!(url_has_password(&format!(
+        "postgres://cv@db/cv?sslmode=require&password={}",
+        "s3cret"
+    )));
+    assert!(!url_has_password("postgres://cv@db/cv?passfile=/x"));
 }
 
 #[tokio::test]
@@ -158,7 +173,11 @@ async fn an_unreachable_database_is_unavailable_and_the_password_stays_out_of_th
         pool_size: 2,
     };
     match PostgresStore::connect(&opts).await {
-        Err(StoreError::Unavailable(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
+        Err(StoreError::Unavailable(msg)) => {
+            assert!(!msg.contains("hunter2"), "{msg}");
+            // The reason, not only tokio-postgres's "error connecting to server".
+            assert!(msg.contains("refused"), "{msg}");
+        }
         Err(other) => panic!("expected Unavailable, got {other}"),
         Ok(_) => panic!("connected to nothing"),
     }
