@@ -224,6 +224,13 @@ enum KeyCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Give every patient compartment a new data key: resource versions are re-sealed under
+    /// the new keys in the background and the old keys dropped once nothing uses them. With
+    /// --wait, show progress until it is done.
+    RotateData {
+        #[arg(long)]
+        wait: bool,
+    },
     /// Refuse decryption under KEK versions older than VERSION (once none is in use).
     MinVersion { version: String },
     /// Destroy a KEK version for good; refused while anything depends on it.
@@ -955,6 +962,16 @@ fn key(command: KeyCommand) -> Result<()> {
                 wait_for_rewrap(&client)?;
             }
         }
+        KeyCommand::RotateData { wait } => {
+            let started = client.expect("POST", "/admin/keys/rotate-data", None)?;
+            println!(
+                "{} data keys to rotate; {} resource versions to re-seal in the background",
+                started["data_keys_to_rotate"], started["data_rotation"]["versions_remaining"]
+            );
+            if wait {
+                wait_for_data_rotation(&client)?;
+            }
+        }
         KeyCommand::MinVersion { version } => {
             let version = kek_version_arg(&version)?;
             client.expect(
@@ -1012,6 +1029,15 @@ fn print_key_status(status: &serde_json::Value) {
             total.saturating_sub(remaining)
         );
     }
+    let r = &status["data_rotation"];
+    if r["complete"].as_bool().unwrap_or(true) {
+        println!("data-key rotation: none under way");
+    } else {
+        println!(
+            "data-key rotation: {} compartments waiting for a new key, {} resource versions to re-seal, {} old keys to drop",
+            r["keys_to_rotate"], r["versions_remaining"], r["keys_retiring"]
+        );
+    }
 }
 
 /// Progress of the background re-wrap, on one line on a terminal, until it is complete.
@@ -1044,6 +1070,45 @@ fn wait_for_rewrap(client: &Client) -> Result<()> {
                 println!();
             }
             println!("re-wrap complete");
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+fn wait_for_data_rotation(client: &Client) -> Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let mut total = 0u64;
+    loop {
+        let status = client.expect("GET", "/admin/keys", None)?;
+        let r = &status["data_rotation"];
+        let remaining = r["versions_remaining"].as_u64().unwrap_or(0);
+        let keys =
+            r["keys_to_rotate"].as_u64().unwrap_or(0) + r["keys_retiring"].as_u64().unwrap_or(0);
+        total = total.max(remaining);
+        let done = total.saturating_sub(remaining);
+        let width = 30usize;
+        let filled = if total == 0 {
+            width
+        } else {
+            (done as usize * width) / total as usize
+        };
+        let bar = format!(
+            "[{}{}] {done}/{total} resource versions re-sealed, {keys} old data keys left",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+        if tty {
+            print!("\r{bar}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("{bar}");
+        }
+        if r["complete"].as_bool().unwrap_or(false) {
+            if tty {
+                println!();
+            }
+            println!("data-key rotation complete");
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(500));

@@ -176,6 +176,23 @@ impl Application {
                         }
                     }
                 });
+        // Rotates patients' data keys after `key rotate-data` (and resumes an interrupted
+        // rotation at start). Its completion is an audit event.
+        let audit = self.audit.clone();
+        let data_rotator = self.keyring.spawn_data_rotator(
+            self.rewrap_batch.min(64),
+            self.rewrap_pause,
+            move |n| {
+                let audit = audit.clone();
+                async move {
+                    let scope = AuditScope::local(audit, "key.rotate-data.finished");
+                    scope.add_detail("versions", n.to_string());
+                    if let Err(e) = scope.finish(200).await {
+                        tracing::error!(event = "audit_write_failed", error = %e);
+                    }
+                }
+            },
+        );
         let app = http::router(self.state);
         let make = app.into_make_service_with_connect_info::<ClientAddr>();
         let served = match self.listener {
@@ -184,6 +201,7 @@ impl Application {
         };
         checkpointer.abort();
         rewrapper.abort();
+        data_rotator.abort();
         if let Err(e) = self.audit.checkpoint(true, None).await {
             tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");
         }

@@ -50,6 +50,9 @@ impl From<carevault_store::StoreError> for Error {
             S::Conflict => Error::Conflict("the record changed concurrently".into()),
             S::AlreadyExists => Error::Conflict("already exists".into()),
             S::Unavailable(detail) => Error::Unavailable(format!("database: {detail}")),
+            // A data key rotated between sealing and committing (in a transaction Bundle,
+            // which is not re-sealed): retrying succeeds.
+            S::StaleKey => Error::Unavailable("a data key was rotated concurrently".into()),
             other => Error::Internal(format!("database: {other}")),
         }
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use aes_gcm::Aes256Gcm;
 use carevault_crypto::{DataKey, DataKeyCache, KeyProvider, envelope};
-use carevault_store::{DataKeyRow, Store, WriteOp};
+use carevault_store::{DataKeyRow, Store, StoreError, WriteOp};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -54,7 +54,23 @@ pub struct Keyring {
     rewrap_wake: tokio::sync::Notify,
     /// Data keys re-wrapped by this process (a metric).
     rewrapped: AtomicU64,
+    /// Wakes the data-key rotation job after `rotate-data`.
+    rotate_data_wake: tokio::sync::Notify,
+    /// Resource versions re-sealed under new data keys by this process (a metric).
+    resealed: AtomicU64,
+    /// Dropped old data keys still in the memory cache, and when they were dropped: a read
+    /// that fetched a row just before it was re-sealed can still open it for a short while.
+    dropped: std::sync::Mutex<Vec<(u64, std::time::Instant)>>,
 }
+
+/// Which compartments `rotate-data` gives new data keys: patients' (their data lives only in
+/// resource versions, which the job re-seals). The environment's key also seals shred reasons
+/// inside hash-chained audit events, the secrets compartment and named secrets are not
+/// resource data, so they keep their keys (and are re-wrapped with every KEK rotation).
+pub const ROTATED_COMPARTMENT_PREFIX: &str = "Patient/";
+
+/// How long a dropped old data key stays in the memory cache.
+const DROPPED_KEY_GRACE: Duration = Duration::from_secs(10);
 
 /// `keys/keyring.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -108,6 +124,21 @@ pub struct KeyStatus {
     pub rewrap_remaining: u64,
     pub data_keys_total: u64,
     pub shredded_compartments: usize,
+    /// Progress of `key rotate-data` (all zero when none is under way).
+    pub data_rotation: DataRotationStatus,
+}
+
+/// How far a data-key rotation has come.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DataRotationStatus {
+    /// Compartments still waiting for their new data key.
+    pub keys_to_rotate: u64,
+    /// Old data keys not yet dropped.
+    pub keys_retiring: u64,
+    /// Resource versions still sealed under an old (or to-be-rotated) data key.
+    pub versions_remaining: u64,
+    /// Nothing left to do.
+    pub complete: bool,
 }
 
 impl Keyring {
@@ -133,6 +164,9 @@ impl Keyring {
             admin: tokio::sync::Mutex::new(()),
             rewrap_wake: tokio::sync::Notify::new(),
             rewrapped: AtomicU64::new(0),
+            rotate_data_wake: tokio::sync::Notify::new(),
+            resealed: AtomicU64::new(0),
+            dropped: std::sync::Mutex::new(Vec::new()),
         }
         .with_provider_versions()
     }
@@ -314,15 +348,26 @@ impl Keyring {
             return Err(Error::Gone);
         }
         let dek = DataKey::generate()?;
-        let (kek_version, wrapped) = self.provider.wrap(&dek, &self.wrap_aad(compartment))?;
-        self.store
-            .write(vec![WriteOp::InsertDataKeyIfAbsent {
-                compartment: compartment.to_owned(),
-                wrapped,
-                kek_version,
-                created_at: self.clock.now_secs(),
-            }])
-            .await?;
+        let mut attempts = 0;
+        loop {
+            let (kek_version, wrapped) = self.provider.wrap(&dek, &self.wrap_aad(compartment))?;
+            let inserted = self
+                .store
+                .write(vec![WriteOp::InsertDataKeyIfAbsent {
+                    compartment: compartment.to_owned(),
+                    wrapped,
+                    kek_version,
+                    created_at: self.clock.now_secs(),
+                }])
+                .await;
+            match inserted {
+                Ok(()) => break,
+                // The KEK version was retired from wrapping (a destroy is under way) after our
+                // wrap: wrap again under the version that is active now.
+                Err(StoreError::StaleKey) if attempts < 2 => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.store
             .data_key_by_compartment(compartment)
             .await?
@@ -377,6 +422,25 @@ impl Keyring {
         Ok((self.keys.insert(row.id, dek.cipher()), name))
     }
 
+    /// Associated data binding a resource version's ciphertext to its environment, type, id
+    /// and version number (the envelope header adds the data key id).
+    pub fn resource_aad(&self, rtype: &str, id: &str, version: u32) -> Vec<u8> {
+        format!(
+            "carevault-resource\0{}\0{rtype}\0{id}\0{version}",
+            self.env_id
+        )
+        .into_bytes()
+    }
+
+    /// Forget which data key a compartment uses (it was rotated, perhaps by another node): the
+    /// next seal reads the live key from the database.
+    pub fn forget_compartment(&self, compartment: &str) {
+        self.compartments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(compartment);
+    }
+
     fn wrap_aad(&self, compartment: &str) -> Vec<u8> {
         format!("carevault-dek\0{}\0{}", self.env_id, compartment).into_bytes()
     }
@@ -412,6 +476,7 @@ impl Keyring {
 
     pub async fn status(&self) -> Result<KeyStatus> {
         let counts: HashMap<u32, u64> = self.store.data_key_counts().await?.into_iter().collect();
+        let rotation = self.store.data_rotation_progress().await?;
         let active = self.provider.active_version();
         let held = self.provider.versions();
         let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -453,6 +518,12 @@ impl Keyring {
                 .sum(),
             data_keys_total: counts.values().sum(),
             shredded_compartments: state.shredded.len(),
+            data_rotation: DataRotationStatus {
+                keys_to_rotate: rotation.keys_to_rotate,
+                keys_retiring: rotation.keys_retiring,
+                versions_remaining: rotation.versions_remaining,
+                complete: rotation == carevault_store::DataRotationProgress::default(),
+            },
         })
     }
 
@@ -515,11 +586,22 @@ impl Keyring {
             }
             Some(false) => {}
         }
-        if version == self.provider.active_version() {
+        let active = self.provider.active_version();
+        if version == active {
             return Err(Error::Conflict(format!(
                 "v{version} is the active key-encryption key; rotate first"
             )));
         }
+        // First retire every version older than the active one from wrapping, in the database:
+        // a data key wrapped under `version` by a request that raced the rotation can no longer
+        // be inserted (the insert checks the floor, and on PostgreSQL holds it share-locked, so
+        // this waits for inserts in flight), and the count below sees every key that was.
+        self.store
+            .write(vec![WriteOp::SetMeta {
+                key: carevault_store::META_KEK_WRAP_FLOOR.into(),
+                value: active.to_string(),
+            }])
+            .await?;
         let in_use = self
             .store
             .data_key_counts()
@@ -625,6 +707,210 @@ impl Keyring {
         })
     }
 
+    /// `key rotate-data`: mark every patient compartment's data key for rotation; the
+    /// background job gives each a new key, re-seals its resource versions under it and drops
+    /// the old key. Returns how many compartments are marked (including any still pending).
+    pub async fn rotate_data(&self) -> Result<u64> {
+        let _one = self.admin.lock().await;
+        self.store
+            .write(vec![WriteOp::MarkDataKeysForRotation {
+                compartment_prefix: ROTATED_COMPARTMENT_PREFIX.into(),
+            }])
+            .await?;
+        self.rotate_data_wake.notify_one();
+        Ok(self.store.data_rotation_progress().await?.keys_to_rotate)
+    }
+
+    /// One step of the data-key rotation, each part at most `limit` rows in one transaction:
+    /// new keys for marked compartments, versions re-sealed from old keys to the live ones, old
+    /// keys no version references any more dropped. Returns how much was done (0: nothing).
+    pub async fn rotate_data_batch(&self, limit: u32) -> Result<usize> {
+        self.evict_dropped(false);
+        let rotated = self.rotate_marked_keys(limit).await?;
+        let resealed = self.reseal_versions(limit).await?;
+        let dropped = self.drop_unused_keys(limit).await?;
+        Ok(rotated + resealed + dropped)
+    }
+
+    async fn rotate_marked_keys(&self, limit: u32) -> Result<usize> {
+        let rows = self.store.data_keys_to_rotate(limit).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Under the admin lock: a shred records itself under it, so a compartment found not
+        // shredded here cannot be shredded before this batch commits without its shred then
+        // deleting the new key too (the shred deletes every key of the compartment).
+        let _one = self.admin.lock().await;
+        let mut ops = Vec::with_capacity(rows.len());
+        let mut compartments = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if self.is_shredded(&row.compartment) {
+                continue;
+            }
+            let dek = DataKey::generate()?;
+            let (kek_version, wrapped) =
+                self.provider.wrap(&dek, &self.wrap_aad(&row.compartment))?;
+            ops.push(WriteOp::RotateDataKey {
+                old_id: row.id,
+                compartment: row.compartment.clone(),
+                wrapped,
+                kek_version,
+                created_at: self.clock.now_secs(),
+            });
+            compartments.push(row.compartment.as_str());
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        self.store.write(ops).await?;
+        for c in compartments {
+            self.forget_compartment(c);
+        }
+        Ok(rows.len())
+    }
+
+    async fn reseal_versions(&self, limit: u32) -> Result<usize> {
+        let rows = self.store.versions_under_retiring_keys(limit).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // The live key of each compartment, read from the database (not the compartment
+        // cache, which a request may have refilled with the old key just before the rotation).
+        let mut live: HashMap<Arc<str>, Option<(u64, Arc<Aes256Gcm>)>> = HashMap::new();
+        let mut ops = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (old, compartment) = match self.key_by_id(row.dek_id).await {
+                Ok(k) => k,
+                // Shredded meanwhile: the shred deletes the version too.
+                Err(Error::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            if !live.contains_key(&compartment) {
+                let key = match self.store.data_key_by_compartment(&compartment).await? {
+                    Some(r) if !self.is_shredded(&compartment) => {
+                        Some((r.id, self.unwrap_row(&r)?.0))
+                    }
+                    _ => None,
+                };
+                live.insert(compartment.clone(), key);
+            }
+            let Some(Some((new_id, new))) = live.get(&compartment) else {
+                continue;
+            };
+            let aad = self.resource_aad(&row.rtype, &row.id, row.version);
+            let plain = Zeroizing::new(envelope::open(&old, &aad, &row.body)?);
+            let body = envelope::seal(new, *new_id, &aad, &plain)?;
+            ops.push(WriteOp::ResealResourceVersion {
+                rtype: row.rtype,
+                id: row.id,
+                version: row.version,
+                from_dek_id: row.dek_id,
+                dek_id: *new_id,
+                body,
+            });
+        }
+        let n = ops.len();
+        if n > 0 {
+            self.store.write(ops).await?;
+            self.resealed.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    async fn drop_unused_keys(&self, limit: u32) -> Result<usize> {
+        let ids = self.store.unused_retiring_keys(limit).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.store
+            .write(
+                ids.iter()
+                    .map(|id| WriteOp::DropRetiredDataKey { id: *id })
+                    .collect(),
+            )
+            .await?;
+        let now = std::time::Instant::now();
+        let mut dropped = 0;
+        for id in ids {
+            if self.store.data_key_by_id(id).await?.is_none() {
+                dropped += 1;
+                self.dropped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((id, now));
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Forget dropped old data keys in memory (those dropped over [`DROPPED_KEY_GRACE`] ago,
+    /// or all of them).
+    fn evict_dropped(&self, all: bool) {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        dropped.retain(|(id, at)| {
+            let due = all || at.elapsed() >= DROPPED_KEY_GRACE;
+            if due {
+                self.keys.remove(*id);
+                self.names
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+            }
+            !due
+        });
+    }
+
+    /// The background data-key rotation job: runs whenever compartments are marked or old keys
+    /// remain (at start, so an interrupted rotation resumes, and after every `rotate-data`),
+    /// `batch` rows per step with `pause` between steps. `finished` is called when a rotation
+    /// is complete, with the number of versions re-sealed.
+    pub fn spawn_data_rotator<F, Fut>(
+        self: &Arc<Self>,
+        batch: u32,
+        pause: Duration,
+        finished: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(u64) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let keyring = self.clone();
+        tokio::spawn(async move {
+            let mut busy = false;
+            let resealed_at_start = |k: &Keyring| k.resealed.load(Ordering::Relaxed);
+            let mut since = resealed_at_start(&keyring);
+            loop {
+                match keyring.rotate_data_batch(batch).await {
+                    Ok(0) => {
+                        if busy {
+                            let n = resealed_at_start(&keyring) - since;
+                            tracing::info!(event = "data_key_rotation_finished", versions = n);
+                            finished(n).await;
+                            busy = false;
+                        }
+                        let _ = tokio::time::timeout(
+                            DROPPED_KEY_GRACE,
+                            keyring.rotate_data_wake.notified(),
+                        )
+                        .await;
+                        since = resealed_at_start(&keyring);
+                    }
+                    Ok(n) => {
+                        busy = true;
+                        tracing::debug!(event = "data_key_rotation_batch", rows = n);
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(event = "data_key_rotation_failed", error = %e);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    }
+
     /// Prometheus text for the keyring: active version, data keys per version, re-wrap backlog.
     pub async fn metrics_text(&self) -> String {
         use std::fmt::Write as _;
@@ -677,6 +963,50 @@ impl Keyring {
             out,
             "carevault_kek_rewrapped_total {}",
             self.rewrapped.load(Ordering::Relaxed)
+        );
+        crate::metrics::family(
+            &mut out,
+            "carevault_dek_rotation_remaining_versions",
+            "gauge",
+            "Resource versions still sealed under a data key that is being rotated.",
+        );
+        let _ = writeln!(
+            out,
+            "carevault_dek_rotation_remaining_versions {}",
+            status.data_rotation.versions_remaining
+        );
+        crate::metrics::family(
+            &mut out,
+            "carevault_dek_rotation_pending_keys",
+            "gauge",
+            "Data keys marked for rotation that have no new generation yet.",
+        );
+        let _ = writeln!(
+            out,
+            "carevault_dek_rotation_pending_keys {}",
+            status.data_rotation.keys_to_rotate
+        );
+        crate::metrics::family(
+            &mut out,
+            "carevault_dek_rotation_retiring_keys",
+            "gauge",
+            "Old data keys not yet dropped.",
+        );
+        let _ = writeln!(
+            out,
+            "carevault_dek_rotation_retiring_keys {}",
+            status.data_rotation.keys_retiring
+        );
+        crate::metrics::family(
+            &mut out,
+            "carevault_dek_resealed_total",
+            "counter",
+            "Resource versions re-sealed under new data keys by this process.",
+        );
+        let _ = writeln!(
+            out,
+            "carevault_dek_resealed_total {}",
+            self.resealed.load(Ordering::Relaxed)
         );
         out
     }

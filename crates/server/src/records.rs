@@ -309,6 +309,11 @@ impl Records {
             match self.commit(caller, vec![op, unindex], 204).await {
                 Ok(()) => return Ok(Some(next)),
                 Err(StoreError::Conflict) => continue,
+                // Its compartment's data key was rotated after we sealed: seal again.
+                Err(StoreError::StaleKey) => {
+                    self.keyring.forget_compartment(&current.compartment);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -929,41 +934,54 @@ impl Records {
         let patient = patient_compartment(rtype, id, &body);
         let compartment: Arc<str> =
             Arc::from(patient.as_deref().unwrap_or(ENVIRONMENT_COMPARTMENT));
-        let (dek_id, sealed) = self
-            .keyring
-            .seal(&compartment, &self.aad(rtype, id, version), &json)
-            .await?;
-        let mut ops = vec![WriteOp::PutResource(NewResourceVersion {
-            row: ResourceRow {
-                rtype: rtype.as_str().to_owned(),
-                id: id.as_str().to_owned(),
-                version,
-                last_updated_us: now,
-                deleted: false,
-                dek_id,
-                body: sealed,
-            },
-            expected_current,
-        })];
-        ops.push(WriteOp::ReplaceSearchIndex {
-            rtype: rtype.as_str().to_owned(),
-            id: id.as_str().to_owned(),
-            tokens: self.index.entries(rtype, &body),
-        });
         // A Patient's managing organization decides who may see its compartment.
         let organization = (rtype == ResourceType::PATIENT).then(|| managing_organization(&body));
-        if let (Some(org), Some(c)) = (&organization, &patient) {
-            ops.push(WriteOp::SetCompartmentOrganization {
-                compartment: c.clone(),
-                organization: org.clone(),
-            });
-        }
+        let tokens = self.index.entries(rtype, &body);
         caller
             .audit
             .set_resource(rtype.as_str(), Some(id.as_str()), Some(version));
         caller.audit.add_patient(&compartment);
         let status = if expected_current.is_none() { 201 } else { 200 };
-        self.commit(caller, ops, status).await?;
+        let mut attempt = 0;
+        loop {
+            let (dek_id, sealed) = self
+                .keyring
+                .seal(&compartment, &self.aad(rtype, id, version), &json)
+                .await?;
+            let mut ops = vec![WriteOp::PutResource(NewResourceVersion {
+                row: ResourceRow {
+                    rtype: rtype.as_str().to_owned(),
+                    id: id.as_str().to_owned(),
+                    version,
+                    last_updated_us: now,
+                    deleted: false,
+                    dek_id,
+                    body: sealed,
+                },
+                expected_current,
+            })];
+            ops.push(WriteOp::ReplaceSearchIndex {
+                rtype: rtype.as_str().to_owned(),
+                id: id.as_str().to_owned(),
+                tokens: tokens.clone(),
+            });
+            if let (Some(org), Some(c)) = (&organization, &patient) {
+                ops.push(WriteOp::SetCompartmentOrganization {
+                    compartment: c.clone(),
+                    organization: org.clone(),
+                });
+            }
+            match self.commit(caller, ops, status).await {
+                Ok(()) => break,
+                // The compartment's data key was rotated after we sealed: seal again under
+                // the live key.
+                Err(StoreError::StaleKey) if attempt < 3 => {
+                    attempt += 1;
+                    self.keyring.forget_compartment(&compartment);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let (Some(org), Some(c)) = (organization, &patient) {
             match caller.tx {
                 Some(tx) => {
@@ -1009,14 +1027,8 @@ impl Records {
 
     /// Associated data binding a version to its environment, type, id and version number.
     fn aad(&self, rtype: ResourceType, id: &ResourceId, version: u32) -> Vec<u8> {
-        format!(
-            "carevault-resource\0{}\0{}\0{}\0{}",
-            self.keyring.env_id(),
-            rtype.as_str(),
-            id.as_str(),
-            version
-        )
-        .into_bytes()
+        self.keyring
+            .resource_aad(rtype.as_str(), id.as_str(), version)
     }
 }
 

@@ -46,6 +46,12 @@ pub enum StoreError {
     /// The database file was written by a newer CareVault.
     #[error("database schema version {found} is newer than this binary supports ({supported})")]
     TooNew { found: i64, supported: i64 },
+    /// A write referred to a data key that may no longer be used for new data: it was
+    /// rotated (a newer generation of the compartment's key exists) or destroyed, or the key
+    /// was wrapped under a key-encryption key version that no longer wraps. Seal again with
+    /// the compartment's current key and retry.
+    #[error("the data key is no longer current")]
+    StaleKey,
     /// Anything else the backend reported.
     #[error("database error: {0}")]
     Backend(String),
@@ -89,6 +95,29 @@ pub struct HistoryQuery {
     /// Only entries with `seq < before_seq` (the paging cursor).
     pub before_seq: Option<i64>,
     pub limit: u32,
+}
+
+/// A data key's lifecycle (`data_key.state`). A compartment has one live key (`Active` or
+/// `Rotate`) used for new data, and during a data-key rotation one `Retiring` key that only
+/// opens the versions not yet re-sealed; no new version may reference a `Retiring` key.
+pub const DATA_KEY_ACTIVE: &str = "active";
+/// Marked by `key rotate-data`: still live; the rotation job gives the compartment a new key.
+pub const DATA_KEY_ROTATE: &str = "rotate";
+/// Replaced by a newer key of the same compartment; dropped once no version references it.
+pub const DATA_KEY_RETIRING: &str = "retiring";
+/// The `meta` key holding the oldest KEK version new wraps may use (raised before a KEK
+/// version is destroyed, so that a data key wrapped under it cannot be inserted afterwards).
+pub const META_KEK_WRAP_FLOOR: &str = "kek_wrap_floor";
+
+/// How far a data-key rotation has come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataRotationProgress {
+    /// Live keys marked for rotation that have no new generation yet.
+    pub keys_to_rotate: u64,
+    /// Old generations still present (they still open some versions, or are about to go).
+    pub keys_retiring: u64,
+    /// Resource versions sealed under a key marked for rotation or retiring.
+    pub versions_remaining: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,8 +202,10 @@ pub enum WriteOp {
         key: String,
         value: String,
     },
+    /// Append a resource version. [`StoreError::StaleKey`] if its data key is gone or retiring.
     PutResource(NewResourceVersion),
-    /// Insert unless the compartment already has a key (a concurrent request won the race).
+    /// Insert unless the compartment already has a live key (a concurrent request won the
+    /// race). [`StoreError::StaleKey`] if `kek_version` is below the KEK wrap floor.
     InsertDataKeyIfAbsent {
         compartment: String,
         wrapped: Vec<u8>,
@@ -183,14 +214,45 @@ pub enum WriteOp {
     },
     /// Replace a data key's wrapping (same key, new KEK version), unless the row changed
     /// meanwhile (re-wrapped or shredded): then nothing happens.
+    /// [`StoreError::StaleKey`] if `kek_version` is below the KEK wrap floor.
     RewrapDataKey {
         id: u64,
         from_kek_version: u32,
         wrapped: Vec<u8>,
         kek_version: u32,
     },
-    /// Crypto-shred a compartment: delete its data key and every resource version sealed
-    /// under it, with the resources' current pointers and search-index rows. Idempotent.
+    /// Mark the live data keys of every compartment starting with `compartment_prefix` (a
+    /// literal prefix) for rotation (`key rotate-data`).
+    MarkDataKeysForRotation {
+        compartment_prefix: String,
+    },
+    /// Give a compartment a new data key: the marked key `old_id` becomes retiring and the new
+    /// one live. Nothing happens if `old_id` is no longer marked (rotated already, or shredded).
+    /// [`StoreError::StaleKey`] if `kek_version` is below the KEK wrap floor.
+    RotateDataKey {
+        old_id: u64,
+        compartment: String,
+        wrapped: Vec<u8>,
+        kek_version: u32,
+        created_at: i64,
+    },
+    /// Replace a resource version's ciphertext with one sealed under `dek_id`, unless the
+    /// version is no longer sealed under `from_dek_id` (re-sealed or shredded meanwhile).
+    ResealResourceVersion {
+        rtype: String,
+        id: String,
+        version: u32,
+        from_dek_id: u64,
+        dek_id: u64,
+        body: Vec<u8>,
+    },
+    /// Delete a retiring data key, unless some resource version still references it.
+    DropRetiredDataKey {
+        id: u64,
+    },
+    /// Crypto-shred a compartment: delete its data keys (every generation) and every resource
+    /// version sealed under them, with the resources' current pointers and search-index rows.
+    /// Idempotent.
     ShredCompartment {
         compartment: String,
         /// The shredded key's id: versions sealed under it are deleted even if its row is gone.
@@ -391,6 +453,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         token_hash: &str,
     ) -> Result<Option<ShredApprovalRow>, StoreError>;
+    /// Up to `limit` live data keys marked for rotation, by id.
+    async fn data_keys_to_rotate(&self, limit: u32) -> Result<Vec<DataKeyRow>, StoreError>;
+    /// Up to `limit` resource versions sealed under a retiring data key, oldest first.
+    async fn versions_under_retiring_keys(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<ResourceRow>, StoreError>;
+    /// Up to `limit` retiring data keys no resource version references any more.
+    async fn unused_retiring_keys(&self, limit: u32) -> Result<Vec<u64>, StoreError>;
+    async fn data_rotation_progress(&self) -> Result<DataRotationProgress, StoreError>;
 
     async fn principal_by_username(
         &self,

@@ -454,6 +454,16 @@ mod tests {
             }])
             .await
             .unwrap();
+        // Data key 1, which the versions below are sealed under.
+        sqlite
+            .write(vec![WriteOp::InsertDataKeyIfAbsent {
+                compartment: "Patient/r".into(),
+                wrapped: vec![0],
+                kek_version: 1,
+                created_at: 0,
+            }])
+            .await
+            .unwrap();
         for v in 1..=1200u32 {
             let id = format!("r{}", v % 7);
             let current = sqlite.resource_current("Patient", &id).await.unwrap();

@@ -27,9 +27,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::{
-    ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry,
-    HistoryQuery, IndexClause, NewAuditEvent, NewResourceVersion, PolicyRow, PrincipalRow,
-    ResourceRow, SessionRow, ShredApprovalRow, Store, StoreError, WriteOp,
+    ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataKeyRow, DataRotationProgress,
+    EnrollmentRow, HistoryEntry, HistoryQuery, IndexClause, NewAuditEvent, NewResourceVersion,
+    PolicyRow, PrincipalRow, ResourceRow, SessionRow, ShredApprovalRow, Store, StoreError, WriteOp,
 };
 
 /// Migrations, in order; `carevault_schema` records each one applied (its version = index + 1).
@@ -188,6 +188,14 @@ CREATE TABLE shred_approval (
     expires_at BIGINT NOT NULL,
     used BOOLEAN NOT NULL DEFAULT FALSE
 );
+"#,
+    // Data-key rotation: a compartment may have an old (retiring) key beside its live one, so
+    // the compartment is unique among live keys only. The KEK wrap floor starts at v1.
+    r#"
+ALTER TABLE data_key DROP CONSTRAINT IF EXISTS data_key_compartment_key;
+CREATE UNIQUE INDEX data_key_live ON data_key (compartment) WHERE state <> 'retiring';
+CREATE INDEX data_key_state ON data_key (state);
+INSERT INTO meta (key, value) VALUES ('kek_wrap_floor', '1') ON CONFLICT (key) DO NOTHING;
 "#,
 ];
 
@@ -727,13 +735,93 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
             kek_version,
             created_at,
         } => {
+            check_wrap_floor(tx, *kek_version).await?;
             exec(
                 tx,
                 "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (compartment) DO NOTHING",
+                 ON CONFLICT (compartment) WHERE state <> 'retiring' DO NOTHING",
                 &[compartment, wrapped, &i64::from(*kek_version), created_at],
             )
             .await?;
+        }
+        WriteOp::MarkDataKeysForRotation { compartment_prefix } => {
+            exec(
+                tx,
+                "UPDATE data_key SET state = 'rotate'
+                 WHERE state = 'active' AND left(compartment, length($1)) = $1",
+                &[compartment_prefix],
+            )
+            .await?;
+        }
+        WriteOp::RotateDataKey {
+            old_id,
+            compartment,
+            wrapped,
+            kek_version,
+            created_at,
+        } => {
+            check_wrap_floor(tx, *kek_version).await?;
+            // The update waits for writers holding the old key row (`FOR SHARE` in
+            // `put_resource`): once it commits, no new version can reference the old key.
+            let retired = exec(
+                tx,
+                "UPDATE data_key SET state = 'retiring'
+                 WHERE id = $1 AND compartment = $2 AND state = 'rotate'",
+                &[&i64::try_from(*old_id).unwrap_or(i64::MAX), compartment],
+            )
+            .await?;
+            if retired == 1 {
+                exec(
+                    tx,
+                    "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES ($1, $2, $3, $4)",
+                    &[compartment, wrapped, &i64::from(*kek_version), created_at],
+                )
+                .await?;
+            }
+        }
+        WriteOp::ResealResourceVersion {
+            rtype,
+            id,
+            version,
+            from_dek_id,
+            dek_id,
+            body,
+        } => {
+            check_dek_usable(tx, *dek_id).await?;
+            exec(
+                tx,
+                "UPDATE resource_version SET dek_id = $1, body = $2
+                 WHERE rtype = $3 AND id = $4 AND version = $5 AND dek_id = $6",
+                &[
+                    &i64::try_from(*dek_id).unwrap_or(i64::MAX),
+                    body,
+                    rtype,
+                    id,
+                    &i64::from(*version),
+                    &i64::try_from(*from_dek_id).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        }
+        WriteOp::DropRetiredDataKey { id } => {
+            let id = i64::try_from(*id).unwrap_or(i64::MAX);
+            // Lock the row first: a writer that checked it before it became retiring has
+            // committed by then, and the next statement's snapshot sees its version.
+            let locked = tx
+                .query_opt(
+                    "SELECT id FROM data_key WHERE id = $1 AND state = 'retiring' FOR UPDATE",
+                    &[&id],
+                )
+                .await?;
+            if locked.is_some() {
+                exec(
+                    tx,
+                    "DELETE FROM data_key WHERE id = $1 AND state = 'retiring'
+                     AND NOT EXISTS (SELECT 1 FROM resource_version WHERE dek_id = $1)",
+                    &[&id],
+                )
+                .await?;
+            }
         }
         WriteOp::RewrapDataKey {
             id,
@@ -741,6 +829,7 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
             wrapped,
             kek_version,
         } => {
+            check_wrap_floor(tx, *kek_version).await?;
             // Conditional on the version read: a key re-wrapped (or shredded) meanwhile by
             // another node is left alone.
             exec(
@@ -759,11 +848,26 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
             compartment,
             data_key_id,
         } => {
-            let dek = i64::try_from(*data_key_id).unwrap_or(i64::MAX);
-            // Resources whose current version is sealed under this key lose their current
-            // pointer and index rows; one that moved to another compartment keeps its later
-            // versions.
-            for sql in [
+            // Every generation of the compartment's key (a rotation may have left an old one),
+            // and the recorded key even if its row is gone already.
+            let mut keys: Vec<i64> = tx
+                .query(
+                    "SELECT id FROM data_key WHERE compartment = $1 FOR UPDATE",
+                    &[compartment],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let recorded = i64::try_from(*data_key_id).unwrap_or(i64::MAX);
+            if !keys.contains(&recorded) {
+                keys.push(recorded);
+            }
+            for dek in keys {
+                // Resources whose current version is sealed under this key lose their current
+                // pointer and index rows; one that moved to another compartment keeps its later
+                // versions.
+                for sql in [
                 "DELETE FROM search_index s USING resource_current c, resource_version v
                  WHERE s.rtype = c.rtype AND s.id = c.id
                    AND v.rtype = c.rtype AND v.id = c.id AND v.version = c.version AND v.dek_id = $1",
@@ -772,6 +876,7 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
                 "DELETE FROM resource_version WHERE dek_id = $1",
             ] {
                 exec(tx, sql, &[&dek]).await?;
+            }
             }
             for sql in [
                 "DELETE FROM data_key WHERE compartment = $1",
@@ -1117,8 +1222,44 @@ async fn bump_policy_version(tx: &Transaction<'_>) -> Result<i64, TxError> {
     Ok(row.get(0))
 }
 
+/// [`StoreError::StaleKey`] unless `kek_version` may still wrap new data keys. The floor row is
+/// read `FOR SHARE`: raising the floor (before a KEK version is destroyed) waits for this
+/// transaction, so the destroy's count of keys under the version sees this key.
+async fn check_wrap_floor(tx: &Transaction<'_>, kek_version: u32) -> Result<(), TxError> {
+    let floor = tx
+        .query_opt(
+            "SELECT value FROM meta WHERE key = 'kek_wrap_floor' FOR SHARE",
+            &[],
+        )
+        .await?
+        .and_then(|r| r.get::<_, String>(0).parse::<u32>().ok())
+        .unwrap_or(0);
+    if kek_version < floor {
+        return Err(StoreError::StaleKey.into());
+    }
+    Ok(())
+}
+
+/// [`StoreError::StaleKey`] unless data key `dek_id` exists and may seal new data. The row
+/// stays share-locked until commit, so a rotation that retires the key waits for this
+/// transaction, and one that committed first is seen here.
+async fn check_dek_usable(tx: &Transaction<'_>, dek_id: u64) -> Result<(), TxError> {
+    let state: Option<String> = tx
+        .query_opt(
+            "SELECT state FROM data_key WHERE id = $1 FOR SHARE",
+            &[&i64::try_from(dek_id).unwrap_or(i64::MAX)],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match state.as_deref() {
+        Some(s) if s != crate::DATA_KEY_RETIRING => Ok(()),
+        _ => Err(StoreError::StaleKey.into()),
+    }
+}
+
 async fn put_resource(tx: &Transaction<'_>, new: &NewResourceVersion) -> Result<(), TxError> {
     let row = &new.row;
+    check_dek_usable(tx, row.dek_id).await?;
     let version = i64::from(row.version);
     // The pointer moves first and only if it is where the caller saw it: of two concurrent
     // writers (on any nodes), the second waits for the first's row lock, then finds the
@@ -1469,7 +1610,8 @@ impl Store for PostgresStore {
     ) -> Result<Option<DataKeyRow>, StoreError> {
         Ok(self
             .query_opt(
-                "SELECT id, compartment, wrapped, kek_version FROM data_key WHERE compartment = $1",
+                "SELECT id, compartment, wrapped, kek_version FROM data_key
+                 WHERE compartment = $1 AND state <> 'retiring'",
                 &[&compartment],
             )
             .await?
@@ -1516,6 +1658,72 @@ impl Store for PostgresStore {
             .iter()
             .map(data_key_row)
             .collect())
+    }
+
+    async fn data_keys_to_rotate(&self, limit: u32) -> Result<Vec<DataKeyRow>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT id, compartment, wrapped, kek_version FROM data_key
+                 WHERE state = 'rotate' ORDER BY id LIMIT $1",
+                &[&i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(data_key_row)
+            .collect())
+    }
+
+    async fn versions_under_retiring_keys(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        Ok(self
+            .query(
+                &format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM data_key d JOIN resource_version v ON v.dek_id = d.id
+                     WHERE d.state = 'retiring' ORDER BY v.seq LIMIT $1"
+                ),
+                &[&i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(|r| resource_row(r, 0))
+            .collect())
+    }
+
+    async fn unused_retiring_keys(&self, limit: u32) -> Result<Vec<u64>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT d.id FROM data_key d WHERE d.state = 'retiring'
+                 AND NOT EXISTS (SELECT 1 FROM resource_version v WHERE v.dek_id = d.id)
+                 ORDER BY d.id LIMIT $1",
+                &[&i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(|r| u64_of(r.get(0)))
+            .collect())
+    }
+
+    async fn data_rotation_progress(&self) -> Result<DataRotationProgress, StoreError> {
+        let rows = self
+            .query(
+                "SELECT
+                   (SELECT COUNT(*) FROM data_key WHERE state = 'rotate'),
+                   (SELECT COUNT(*) FROM data_key WHERE state = 'retiring'),
+                   (SELECT COUNT(*) FROM data_key d JOIN resource_version v ON v.dek_id = d.id
+                     WHERE d.state IN ('rotate', 'retiring'))",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| DataRotationProgress {
+                keys_to_rotate: u64_of(r.get(0)),
+                keys_retiring: u64_of(r.get(1)),
+                versions_remaining: u64_of(r.get(2)),
+            })
+            .unwrap_or_default())
     }
 
     async fn shred_approval(

@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use carevault_audit::{Checkpoint, StoredEvent, chain_hash};
 
 use crate::{
-    ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataKeyRow, EnrollmentRow, HistoryEntry,
-    HistoryQuery, IndexClause, NewAuditEvent, NewResourceVersion, PolicyRow, PrincipalRow,
-    ResourceRow, SessionRow, ShredApprovalRow, Store, StoreError, WriteOp,
+    ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataKeyRow, DataRotationProgress,
+    EnrollmentRow, HistoryEntry, HistoryQuery, IndexClause, NewAuditEvent, NewResourceVersion,
+    PolicyRow, PrincipalRow, ResourceRow, SessionRow, ShredApprovalRow, Store, StoreError, WriteOp,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -168,6 +168,31 @@ CREATE TABLE shred_approval (
     expires_at INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0
 );
+"#,
+    // Data-key rotation: a compartment may have an old (retiring) key beside its live one, so
+    // the compartment is unique among live keys only. The table is rebuilt (SQLite cannot drop
+    // a UNIQUE constraint) keeping its AUTOINCREMENT counter: ids of shredded keys are never
+    // reused. The KEK wrap floor starts at v1.
+    r#"
+CREATE TABLE data_key_new (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    compartment TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    kek_version INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active',
+    created_at INTEGER NOT NULL
+);
+INSERT INTO data_key_new (id, compartment, wrapped, kek_version, state, created_at)
+    SELECT id, compartment, wrapped, kek_version, state, created_at FROM data_key;
+DELETE FROM sqlite_sequence WHERE name = 'data_key_new';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'data_key_new', seq FROM sqlite_sequence WHERE name = 'data_key';
+DROP TABLE data_key;
+ALTER TABLE data_key_new RENAME TO data_key;
+CREATE UNIQUE INDEX data_key_live ON data_key (compartment) WHERE state <> 'retiring';
+CREATE INDEX data_key_kek_version ON data_key (kek_version);
+CREATE INDEX data_key_state ON data_key (state);
+INSERT INTO meta (key, value) VALUES ('kek_wrap_floor', '1') ON CONFLICT (key) DO NOTHING;
 "#,
 ];
 
@@ -560,6 +585,7 @@ fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::Conflict => StoreError::Conflict,
         StoreError::AlreadyExists => StoreError::AlreadyExists,
+        StoreError::StaleKey => StoreError::StaleKey,
         StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
         StoreError::TooNew { found, supported } => StoreError::TooNew {
             found: *found,
@@ -589,10 +615,69 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             kek_version,
             created_at,
         } => {
+            check_wrap_floor(conn, *kek_version)?;
             exec(
                 "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (compartment) DO NOTHING",
+                 ON CONFLICT (compartment) WHERE state <> 'retiring' DO NOTHING",
                 &[compartment, wrapped, kek_version, created_at],
+            )?;
+        }
+        WriteOp::MarkDataKeysForRotation { compartment_prefix } => {
+            exec(
+                "UPDATE data_key SET state = 'rotate'
+                 WHERE state = 'active' AND substr(compartment, 1, length(?1)) = ?1",
+                &[compartment_prefix],
+            )?;
+        }
+        WriteOp::RotateDataKey {
+            old_id,
+            compartment,
+            wrapped,
+            kek_version,
+            created_at,
+        } => {
+            check_wrap_floor(conn, *kek_version)?;
+            let retired = conn
+                .prepare_cached(
+                    "UPDATE data_key SET state = 'retiring'
+                     WHERE id = ?1 AND compartment = ?2 AND state = 'rotate'",
+                )
+                .and_then(|mut s| s.execute(params![*old_id as i64, compartment]))
+                .map_err(map_err)?;
+            if retired == 1 {
+                exec(
+                    "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    &[compartment, wrapped, kek_version, created_at],
+                )?;
+            }
+        }
+        WriteOp::ResealResourceVersion {
+            rtype,
+            id,
+            version,
+            from_dek_id,
+            dek_id,
+            body,
+        } => {
+            check_dek_usable(conn, *dek_id)?;
+            exec(
+                "UPDATE resource_version SET dek_id = ?1, body = ?2
+                 WHERE rtype = ?3 AND id = ?4 AND version = ?5 AND dek_id = ?6",
+                &[
+                    &(*dek_id as i64),
+                    body,
+                    rtype,
+                    id,
+                    version,
+                    &(*from_dek_id as i64),
+                ],
+            )?;
+        }
+        WriteOp::DropRetiredDataKey { id } => {
+            exec(
+                "DELETE FROM data_key WHERE id = ?1 AND state = 'retiring'
+                 AND NOT EXISTS (SELECT 1 FROM resource_version WHERE dek_id = ?1)",
+                &[&(*id as i64)],
             )?;
         }
         WriteOp::RewrapDataKey {
@@ -601,6 +686,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             wrapped,
             kek_version,
         } => {
+            check_wrap_floor(conn, *kek_version)?;
             exec(
                 "UPDATE data_key SET wrapped = ?1, kek_version = ?2 WHERE id = ?3 AND kek_version = ?4",
                 &[wrapped, kek_version, &(*id as i64), from_kek_version],
@@ -870,7 +956,60 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// [`StoreError::StaleKey`] unless `kek_version` may still wrap new data keys.
+fn check_wrap_floor(conn: &Connection, kek_version: u32) -> Result<(), StoreError> {
+    let floor: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'kek_wrap_floor'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+        .map_err(map_err)?;
+    let floor: u32 = floor.and_then(|f| f.parse().ok()).unwrap_or(0);
+    if kek_version < floor {
+        return Err(StoreError::StaleKey);
+    }
+    Ok(())
+}
+
+/// [`StoreError::StaleKey`] unless data key `dek_id` exists and may seal new data (it is not
+/// retiring). The writer is the only writer, so nothing changes between this and the insert.
+fn check_dek_usable(conn: &Connection, dek_id: u64) -> Result<(), StoreError> {
+    let state: Option<String> = conn
+        .prepare_cached("SELECT state FROM data_key WHERE id = ?1")
+        .and_then(|mut s| s.query_row([dek_id as i64], |r| r.get(0)).optional())
+        .map_err(map_err)?;
+    match state.as_deref() {
+        Some(s) if s != crate::DATA_KEY_RETIRING => Ok(()),
+        _ => Err(StoreError::StaleKey),
+    }
+}
+
 fn shred_compartment(conn: &Connection, compartment: &str, dek: i64) -> Result<(), StoreError> {
+    // Every generation of the compartment's key (a rotation may have left an old one), and the
+    // recorded key even if its row is gone already.
+    let mut keys: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM data_key WHERE compartment = ?1")
+        .and_then(|mut s| {
+            s.query_map([compartment], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()
+        })
+        .map_err(map_err)?;
+    if !keys.contains(&dek) {
+        keys.push(dek);
+    }
+    for dek in keys {
+        shred_key(conn, dek)?;
+    }
+    for sql in [
+        "DELETE FROM data_key WHERE compartment = ?1",
+        "DELETE FROM compartment_org WHERE compartment = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([compartment]))
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn shred_key(conn: &Connection, dek: i64) -> Result<(), StoreError> {
     // Resources whose current version is sealed under this key lose their current pointer and
     // index rows; a resource that moved to another compartment keeps its later versions.
     let current: Vec<(String, String)> = conn
@@ -897,14 +1036,6 @@ fn shred_compartment(conn: &Connection, compartment: &str, dek: i64) -> Result<(
     conn.prepare_cached("DELETE FROM resource_version WHERE dek_id = ?1")
         .and_then(|mut s| s.execute([dek]))
         .map_err(map_err)?;
-    for sql in [
-        "DELETE FROM data_key WHERE compartment = ?1",
-        "DELETE FROM compartment_org WHERE compartment = ?1",
-    ] {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([compartment]))
-            .map_err(map_err)?;
-    }
     Ok(())
 }
 
@@ -1024,6 +1155,7 @@ const CHECKPOINT_COLUMNS: &str =
 
 fn put_resource(conn: &Connection, new: &NewResourceVersion) -> Result<(), StoreError> {
     let row = &new.row;
+    check_dek_usable(conn, row.dek_id)?;
     let current: Option<u32> = conn
         .prepare_cached("SELECT version FROM resource_current WHERE rtype = ?1 AND id = ?2")
         .and_then(|mut s| {
@@ -1202,7 +1334,8 @@ impl Store for SqliteStore {
         let compartment = compartment.to_owned();
         self.point(move |c| {
             c.prepare_cached(
-                "SELECT id, compartment, wrapped, kek_version FROM data_key WHERE compartment = ?1",
+                "SELECT id, compartment, wrapped, kek_version FROM data_key
+                 WHERE compartment = ?1 AND state <> 'retiring'",
             )?
             .query_row([compartment], data_key_row)
             .optional()
@@ -1244,6 +1377,66 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map(params![kek_version, limit], data_key_row)?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn data_keys_to_rotate(&self, limit: u32) -> Result<Vec<DataKeyRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, compartment, wrapped, kek_version FROM data_key
+                 WHERE state = 'rotate' ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], data_key_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn versions_under_retiring_keys(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RESOURCE_COLUMNS} FROM data_key d JOIN resource_version v ON v.dek_id = d.id
+                 WHERE d.state = 'retiring' ORDER BY v.seq LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([limit], resource_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn unused_retiring_keys(&self, limit: u32) -> Result<Vec<u64>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.id FROM data_key d WHERE d.state = 'retiring'
+                 AND NOT EXISTS (SELECT 1 FROM resource_version v WHERE v.dek_id = d.id)
+                 ORDER BY d.id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn data_rotation_progress(&self) -> Result<DataRotationProgress, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT
+                   (SELECT COUNT(*) FROM data_key WHERE state = 'rotate'),
+                   (SELECT COUNT(*) FROM data_key WHERE state = 'retiring'),
+                   (SELECT COUNT(*) FROM data_key d JOIN resource_version v ON v.dek_id = d.id
+                     WHERE d.state IN ('rotate', 'retiring'))",
+            )?
+            .query_row([], |r| {
+                Ok(DataRotationProgress {
+                    keys_to_rotate: r.get::<_, i64>(0)? as u64,
+                    keys_retiring: r.get::<_, i64>(1)? as u64,
+                    versions_remaining: r.get::<_, i64>(2)? as u64,
+                })
+            })
         })
         .await
     }
@@ -1726,7 +1919,14 @@ mod tests {
         })
     }
 
+    /// A fresh store whose data key 1 exists (the rows of [`row`] are sealed under it).
     async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let (dir, store) = bare_store().await;
+        store.write(vec![data_key("Patient/test")]).await.unwrap();
+        (dir, store)
+    }
+
+    async fn bare_store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         (dir, store)
@@ -1742,8 +1942,211 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rotated_data_key_takes_no_new_versions_and_goes_once_unused() {
+        let (_dir, store) = bare_store().await;
+        store.write(vec![data_key("Patient/a")]).await.unwrap();
+        let old = store
+            .data_key_by_compartment("Patient/a")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut v1 = row("a", 1, b"old-1");
+        v1.dek_id = old.id;
+        store
+            .write(vec![WriteOp::PutResource(NewResourceVersion {
+                row: v1,
+                expected_current: None,
+            })])
+            .await
+            .unwrap();
+        store
+            .write(vec![WriteOp::MarkDataKeysForRotation {
+                compartment_prefix: "Patient/".into(),
+            }])
+            .await
+            .unwrap();
+        let marked = store.data_keys_to_rotate(10).await.unwrap();
+        assert_eq!(marked.len(), 1);
+        let progress = store.data_rotation_progress().await.unwrap();
+        assert_eq!(
+            (progress.keys_to_rotate, progress.versions_remaining),
+            (1, 1)
+        );
+        let rotate = || WriteOp::RotateDataKey {
+            old_id: old.id,
+            compartment: "Patient/a".into(),
+            wrapped: b"w-new".to_vec(),
+            kek_version: 1,
+            created_at: 1,
+        };
+        store.write(vec![rotate()]).await.unwrap();
+        // Once only: the old key is no longer marked.
+        store.write(vec![rotate()]).await.unwrap();
+        let new = store
+            .data_key_by_compartment("Patient/a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(new.id, old.id);
+        assert_eq!(new.wrapped, b"w-new");
+        // The old key still opens its versions, but takes no new one.
+        assert!(store.data_key_by_id(old.id).await.unwrap().is_some());
+        let mut v2 = row("a", 2, b"old-2");
+        v2.dek_id = old.id;
+        let stale = store
+            .write(vec![WriteOp::PutResource(NewResourceVersion {
+                row: v2.clone(),
+                expected_current: Some(1),
+            })])
+            .await;
+        assert!(matches!(stale, Err(StoreError::StaleKey)), "{stale:?}");
+        v2.dek_id = new.id;
+        store
+            .write(vec![WriteOp::PutResource(NewResourceVersion {
+                row: v2,
+                expected_current: Some(1),
+            })])
+            .await
+            .unwrap();
+        // Not dropped while a version references it.
+        assert!(store.unused_retiring_keys(10).await.unwrap().is_empty());
+        store
+            .write(vec![WriteOp::DropRetiredDataKey { id: old.id }])
+            .await
+            .unwrap();
+        assert!(store.data_key_by_id(old.id).await.unwrap().is_some());
+        let pending = store.versions_under_retiring_keys(10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].version, 1);
+        let reseal = |from, to| WriteOp::ResealResourceVersion {
+            rtype: "Patient".into(),
+            id: "a".into(),
+            version: 1,
+            from_dek_id: from,
+            dek_id: to,
+            body: b"new-1".to_vec(),
+        };
+        // Re-sealing under a retiring key is refused.
+        assert!(matches!(
+            store.write(vec![reseal(old.id, old.id)]).await,
+            Err(StoreError::StaleKey)
+        ));
+        store.write(vec![reseal(old.id, new.id)]).await.unwrap();
+        let v = store
+            .resource_version("Patient", "a", 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.dek_id, v.body.as_slice()), (new.id, &b"new-1"[..]));
+        assert_eq!(store.unused_retiring_keys(10).await.unwrap(), vec![old.id]);
+        store
+            .write(vec![WriteOp::DropRetiredDataKey { id: old.id }])
+            .await
+            .unwrap();
+        assert!(store.data_key_by_id(old.id).await.unwrap().is_none());
+        assert_eq!(
+            store.data_rotation_progress().await.unwrap(),
+            DataRotationProgress::default()
+        );
+        // A version sealed under a key that is gone is refused.
+        let mut v3 = row("a", 3, b"x");
+        v3.dek_id = old.id;
+        assert!(matches!(
+            store
+                .write(vec![WriteOp::PutResource(NewResourceVersion {
+                    row: v3,
+                    expected_current: Some(2),
+                })])
+                .await,
+            Err(StoreError::StaleKey)
+        ));
+    }
+
+    #[tokio::test]
+    async fn shred_removes_every_generation_and_the_wrap_floor_refuses_old_kek_versions() {
+        let (_dir, store) = bare_store().await;
+        store.write(vec![data_key("Patient/a")]).await.unwrap();
+        let old = store
+            .data_key_by_compartment("Patient/a")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut v1 = row("a", 1, b"x");
+        v1.dek_id = old.id;
+        store
+            .write(vec![
+                WriteOp::PutResource(NewResourceVersion {
+                    row: v1,
+                    expected_current: None,
+                }),
+                WriteOp::MarkDataKeysForRotation {
+                    compartment_prefix: "Patient/".into(),
+                },
+                WriteOp::RotateDataKey {
+                    old_id: old.id,
+                    compartment: "Patient/a".into(),
+                    wrapped: b"w2".to_vec(),
+                    kek_version: 1,
+                    created_at: 1,
+                },
+            ])
+            .await
+            .unwrap();
+        let new = store
+            .data_key_by_compartment("Patient/a")
+            .await
+            .unwrap()
+            .unwrap();
+        // The shred names the newest key; the old generation and its versions go too.
+        store
+            .write(vec![WriteOp::ShredCompartment {
+                compartment: "Patient/a".into(),
+                data_key_id: new.id,
+            }])
+            .await
+            .unwrap();
+        assert!(store.data_key_by_id(old.id).await.unwrap().is_none());
+        assert!(
+            store
+                .resource_version("Patient", "a", 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        assert_eq!(
+            store
+                .meta(crate::META_KEK_WRAP_FLOOR)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("1")
+        );
+        store
+            .write(vec![WriteOp::SetMeta {
+                key: crate::META_KEK_WRAP_FLOOR.into(),
+                value: "2".into(),
+            }])
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.write(vec![data_key("Patient/b")]).await,
+            Err(StoreError::StaleKey)
+        ));
+        store
+            .write(vec![WriteOp::InsertDataKeyIfAbsent {
+                compartment: "Patient/b".into(),
+                wrapped: b"w".to_vec(),
+                kek_version: 2,
+                created_at: 0,
+            }])
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn rewrap_is_conditional_and_shred_removes_only_its_compartment() {
-        let (_dir, store) = store().await;
+        let (_dir, store) = bare_store().await;
         store
             .write(vec![data_key("Patient/a"), data_key("Patient/b")])
             .await

@@ -712,3 +712,338 @@ fn an_unreachable_hsm_or_a_wrong_pin_stops_the_start() {
         );
     }
 }
+
+/// The ids of the live patient data keys.
+fn patient_dek_ids(srv: &TestServer) -> Vec<i64> {
+    let n = srv.query_i64("SELECT COUNT(*) FROM data_key WHERE compartment LIKE 'Patient/%'");
+    (0..n)
+        .map(|i| {
+            srv.query_i64(&format!(
+                "SELECT id FROM data_key WHERE compartment LIKE 'Patient/%' ORDER BY id LIMIT 1 OFFSET {i}"
+            ))
+        })
+        .collect()
+}
+
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// No row and no resource version refers to any of `old` any more.
+fn assert_old_deks_gone(srv: &TestServer, old: &[i64]) {
+    let list = id_list(old);
+    assert_eq!(
+        srv.query_i64(&format!(
+            "SELECT COUNT(*) FROM data_key WHERE id IN ({list})"
+        )),
+        0,
+        "old data keys are still in the database"
+    );
+    assert_eq!(
+        srv.query_i64(&format!(
+            "SELECT COUNT(*) FROM resource_version WHERE dek_id IN ({list})"
+        )),
+        0,
+        "versions still sealed under old data keys"
+    );
+}
+
+fn wait_for_data_rotation(api: &Api) -> Value {
+    for _ in 0..1200 {
+        let s = status(api);
+        if s["data_rotation"]["complete"] == true {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("data-key rotation did not finish: {}", status(api));
+}
+
+#[test]
+fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
+    let slow = [
+        ("CAREVAULT_KEY_REWRAP_BATCH_SIZE", "2"),
+        ("CAREVAULT_KEY_REWRAP_PAUSE_MS", "50"),
+    ];
+    let mut srv = TestServer::start_with(bin(), &slow);
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.rekey", &["clinician"], Some("org-a"));
+    let auditor = srv.user(&admin, "aud.rekey", &["auditor"], None);
+    let mut paths = Vec::new();
+    let mut patients = Vec::new();
+    for i in 0..8 {
+        let pid = create(
+            &clin.api,
+            "/fhir/Patient",
+            &patient(&format!("Rekey{i}"), "Di"),
+        );
+        let oid = create(&clin.api, "/fhir/Observation", &observation(&pid, "before"));
+        // A second version, so history is re-sealed too.
+        let mut p = patient(&format!("Rekey{i}"), "Dee");
+        p["id"] = json!(pid);
+        let r = clin.api.put_fhir(&format!("/fhir/Patient/{pid}"), &p, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        paths.push(format!("/fhir/Patient/{pid}"));
+        paths.push(format!("/fhir/Patient/{pid}/_history/1"));
+        paths.push(format!("/fhir/Observation/{oid}"));
+        patients.push(pid);
+    }
+    let old = patient_dek_ids(&srv);
+    assert_eq!(old.len(), 8);
+
+    // Only admins rotate data keys.
+    assert_eq!(
+        clin.api
+            .post_json("/admin/keys/rotate-data", &json!({}))
+            .status,
+        403
+    );
+
+    // A workload of reads, writes into the rotating compartments, new patients and searches.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let written = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let (api, stop, failures, done, written) = (
+            clin.api.clone(),
+            stop.clone(),
+            failures.clone(),
+            done.clone(),
+            written.clone(),
+        );
+        let (reads, patients) = (paths.clone(), patients.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) || n < 8 {
+                let (what, r) = match n % 4 {
+                    0 => {
+                        let pid = &patients[(n / 4 + w) % patients.len()];
+                        let r = api.post_fhir("/fhir/Observation", &observation(pid, "during"));
+                        if r.status == 201 {
+                            let id = r.json()["id"].as_str().unwrap().to_owned();
+                            written
+                                .lock()
+                                .unwrap()
+                                .push(format!("/fhir/Observation/{id}"));
+                        }
+                        ("write into a rotating compartment", r)
+                    }
+                    1 => ("read", api.get(&reads[(n + w) % reads.len()])),
+                    2 => {
+                        let r =
+                            api.post_fhir("/fhir/Patient", &patient(&format!("New{w}x{n}"), "Ed"));
+                        if r.status == 201 {
+                            let id = r.json()["id"].as_str().unwrap().to_owned();
+                            written.lock().unwrap().push(format!("/fhir/Patient/{id}"));
+                        }
+                        ("create", r)
+                    }
+                    _ => ("search", api.get("/fhir/Observation?code=8867-4")),
+                };
+                if !(200..300).contains(&r.status) {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{what}: {} {}", r.status, r.text()));
+                }
+                n += 1;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    while done.load(Ordering::SeqCst) < 8 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rotated = cli(&srv, "admin", &admin.api, &["key", "rotate-data", "--wait"]);
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert!(
+        text(&rotated).contains("data keys to rotate"),
+        "{}",
+        text(&rotated)
+    );
+    assert!(
+        text(&rotated).contains("data-key rotation complete"),
+        "{}",
+        text(&rotated)
+    );
+    let during = done.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(during >= 8);
+
+    // Every old key is gone, every compartment has a new one, everything reads.
+    let after = wait_for_data_rotation(&admin.api);
+    assert_eq!(after["data_rotation"]["versions_remaining"], 0, "{after}");
+    assert_old_deks_gone(&srv, &old);
+    let new = patient_dek_ids(&srv);
+    assert!(new.len() >= 8 && new.iter().all(|id| !old.contains(id)));
+    let mut everything = paths.clone();
+    everything.extend(written.lock().unwrap().iter().cloned());
+    for path in &everything {
+        let r = clin.api.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    let found = clin.api.get("/fhir/Observation?code=8867-4&_count=100");
+    assert_eq!(found.status, 200, "{}", found.text());
+    let hits = found.json()["entry"].as_array().map_or(0, Vec::len);
+    assert!(hits >= 8, "{}", found.text());
+    let shown = text(&cli(&srv, "admin", &admin.api, &["key", "status"]));
+    assert!(
+        shown.contains("data-key rotation: none under way"),
+        "{shown}"
+    );
+    let metrics = auditor.api.get("/metrics").text();
+    assert!(
+        metrics.contains("carevault_dek_rotation_remaining_versions 0"),
+        "{metrics}"
+    );
+    let resealed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("carevault_dek_resealed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(resealed >= 24, "{resealed} versions re-sealed");
+
+    // A second rotation, killed mid-way: the progress is in the database and resumes.
+    srv.stop();
+    srv.restart(&[
+        ("CAREVAULT_KEY_REWRAP_BATCH_SIZE", "1"),
+        ("CAREVAULT_KEY_REWRAP_PAUSE_MS", "300"),
+    ]);
+    let admin_api = admin.api.rebased(&srv.base);
+    let old = patient_dek_ids(&srv);
+    let r = admin_api.post_json("/admin/keys/rotate-data", &json!({}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let total = r.json()["data_rotation"]["versions_remaining"]
+        .as_u64()
+        .unwrap();
+    assert!(total >= 24, "{}", r.text());
+    let mut killed_at = None;
+    for _ in 0..2000 {
+        let left = status(&admin_api)["data_rotation"]["versions_remaining"]
+            .as_u64()
+            .unwrap();
+        if left <= total - 3 && left >= 6 {
+            killed_at = Some(left);
+            srv.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed_at = killed_at.expect("the rotation never got under way");
+    let marked_or_retiring =
+        srv.query_i64("SELECT COUNT(*) FROM data_key WHERE state IN ('rotate', 'retiring')");
+    assert!(marked_or_retiring > 0, "the job's state is in the database");
+    srv.restart(&[("CAREVAULT_KEY_REWRAP_PAUSE_MS", "60000")]);
+    let admin_api = admin.api.rebased(&srv.base);
+    let resumed = status(&admin_api)["data_rotation"].clone();
+    let left = resumed["versions_remaining"].as_u64().unwrap();
+    assert!(
+        left > 0 && left <= killed_at,
+        "{resumed} (killed at {killed_at})"
+    );
+    srv.stop();
+    srv.restart(&[("CAREVAULT_KEY_REWRAP_PAUSE_MS", "0")]);
+    let admin_api = admin.api.rebased(&srv.base);
+    wait_for_data_rotation(&admin_api);
+    assert_old_deks_gone(&srv, &old);
+    let clin_api = clin.api.rebased(&srv.base);
+    for path in &everything {
+        let r = clin_api.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    let auditor_api = auditor.api.rebased(&srv.base);
+    let trail = auditor_api.get("/audit/events?_count=500").text();
+    for action in ["admin.dek.rotate", "key.rotate-data.finished"] {
+        assert!(trail.contains(action), "{action} not audited");
+    }
+}
+
+/// The HSM goes away while the server runs: requests that need it answer 503 with an
+/// OperationOutcome and write nothing; once it is back, the server logs in again by itself.
+/// Always on a SoftHSM2 token of its own (the `file` provider has nothing to fail at run time).
+#[test]
+fn an_hsm_that_fails_at_run_time_answers_503_and_recovers() {
+    let hsm_dir = tempfile::tempdir().unwrap();
+    let env = carevault_testkit::softhsm_token(hsm_dir.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut srv = TestServer::start_with(bin(), &env);
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.hsm", &["clinician"], Some("org-a"));
+    let before = create(&clin.api, "/fhir/Patient", &patient("Hsm", "Before"));
+    assert_eq!(status(&admin.api)["provider"], "pkcs11");
+
+    // The token disappears (its directory is moved away).
+    let tokens = hsm_dir.path().join("softhsm/tokens");
+    let away = hsm_dir.path().join("softhsm/tokens-away");
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    for attempt in 0..3 {
+        let mut body = patient("Hsm", "During");
+        let id = format!("hsm-down-{attempt}");
+        body["id"] = json!(id);
+        let r = clin
+            .api
+            .put_fhir(&format!("/fhir/Patient/{id}"), &body, &[]);
+        assert_eq!(r.status, 503, "{}", r.text());
+        let outcome = r.json();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "transient", "{outcome}");
+        assert!(
+            !r.text().contains("HSM"),
+            "no internal detail: {}",
+            r.text()
+        );
+        // Nothing was written: no version, no data key.
+        assert_eq!(
+            srv.query_i64(&format!(
+                "SELECT COUNT(*) FROM resource_version WHERE id = '{id}'"
+            )),
+            0
+        );
+        assert_eq!(
+            srv.query_i64(&format!(
+                "SELECT COUNT(*) FROM data_key WHERE compartment = 'Patient/{id}'"
+            )),
+            0
+        );
+        assert_eq!(clin.api.get(&format!("/fhir/Patient/{id}")).status, 404);
+    }
+
+    // The token comes back: the next requests succeed without a restart.
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&away, &tokens).unwrap();
+    let mut body = patient("Hsm", "After");
+    body["id"] = json!("hsm-back");
+    let mut last = None;
+    for _ in 0..50 {
+        let r = clin.api.put_fhir("/fhir/Patient/hsm-back", &body, &[]);
+        if r.status == 201 {
+            last = None;
+            break;
+        }
+        last = Some(format!("{} {}", r.status, r.text()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(last.is_none(), "the server did not recover: {last:?}");
+    assert_eq!(clin.api.get("/fhir/Patient/hsm-back").status, 200);
+    assert_eq!(clin.api.get(&format!("/fhir/Patient/{before}")).status, 200);
+    create(&clin.api, "/fhir/Patient", &patient("Hsm", "Later"));
+    // Rotation (a new HSM object) works on the new session too.
+    let r = admin.api.post_json("/admin/keys/rotate", &json!({}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_for_rewrap(&admin.api);
+    create(&clin.api, "/fhir/Patient", &patient("Hsm", "Rotated"));
+    let pin = std::fs::read_to_string(hsm_dir.path().join("softhsm/pin")).unwrap();
+    srv.stop();
+    assert!(
+        !srv.logs().contains(pin.trim()),
+        "the PIN leaked into the logs"
+    );
+}

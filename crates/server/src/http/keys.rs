@@ -52,6 +52,23 @@ pub async fn rotate(
     ))
 }
 
+/// `key rotate-data`: give every patient compartment a new data key and re-seal its resource
+/// versions under it, in the background.
+pub async fn rotate_data(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
+    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+    let marked = state.inner.keyring.rotate_data().await?;
+    audit.add_detail("data_keys", marked.to_string());
+    let status = state.inner.keyring.status().await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"data_keys_to_rotate": marked, "data_rotation": status.data_rotation}),
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MinVersionRequest {

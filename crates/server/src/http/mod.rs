@@ -113,6 +113,7 @@ pub const ROUTE_TABLE: &[(&str, Method, &str)] = &[
     ("/auth/break-glass", Method::POST, "auth.break-glass"),
     ("/admin/keys", Method::GET, "admin.kek.status"),
     ("/admin/keys/rotate", Method::POST, "admin.kek.rotate"),
+    ("/admin/keys/rotate-data", Method::POST, "admin.dek.rotate"),
     (
         "/admin/keys/min-version",
         Method::POST,
@@ -175,6 +176,7 @@ fn handler(action: &str) -> Option<MethodRouter<AppState>> {
         "auth.break-glass" => post(admin::break_glass),
         "admin.kek.status" => get(keys::status),
         "admin.kek.rotate" => post(keys::rotate),
+        "admin.dek.rotate" => post(keys::rotate_data),
         "admin.kek.min-version" => post(keys::min_version),
         "admin.kek.destroy" => delete(keys::destroy),
         "admin.patient.approve-shred" => post(keys::approve_shred),

@@ -55,8 +55,20 @@ impl TestDb {
         }
     }
 
+    /// A store on this database whose data key 1 exists (the rows of [`row`] are sealed
+    /// under it).
     async fn store(&self) -> PostgresStore {
-        PostgresStore::connect(&self.options()).await.unwrap()
+        let store = PostgresStore::connect(&self.options()).await.unwrap();
+        store
+            .write(vec![WriteOp::InsertDataKeyIfAbsent {
+                compartment: "Patient/test".into(),
+                wrapped: vec![0],
+                kek_version: 1,
+                created_at: 0,
+            }])
+            .await
+            .unwrap();
+        store
     }
 }
 
