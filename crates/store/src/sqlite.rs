@@ -2252,6 +2252,7 @@ mod tests {
         let path = dir.path().join("t.db");
         let limit = 256 * 1024;
         let store = SqliteStore::open_with_wal_limit(&path, limit).unwrap();
+        store.write(vec![data_key("Patient/test")]).await.unwrap();
         let wal = dir.path().join("t.db-wal");
         let stop = std::time::Instant::now() + Duration::from_millis(1500);
         let mut tasks = Vec::new();
