@@ -918,27 +918,19 @@ impl Keyring {
         let Ok(status) = self.status().await else {
             return out;
         };
-        crate::metrics::family(
+        crate::metrics::single(
             &mut out,
             "carevault_kek_active_version",
             "gauge",
             "The key-encryption key version new wraps use.",
+            status.active_version,
         );
-        let _ = writeln!(
-            out,
-            "carevault_kek_active_version {}",
-            status.active_version
-        );
-        crate::metrics::family(
+        crate::metrics::single(
             &mut out,
             "carevault_kek_rewrap_remaining",
             "gauge",
             "Data keys not yet re-wrapped under the active key-encryption key.",
-        );
-        let _ = writeln!(
-            out,
-            "carevault_kek_rewrap_remaining {}",
-            status.rewrap_remaining
+            status.rewrap_remaining,
         );
         crate::metrics::family(
             &mut out,
@@ -953,60 +945,40 @@ impl Keyring {
                 v.version, v.data_keys
             );
         }
-        crate::metrics::family(
+        crate::metrics::single(
             &mut out,
             "carevault_kek_rewrapped_total",
             "counter",
             "Data keys re-wrapped by this process.",
+            self.rewrapped.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "carevault_kek_rewrapped_total {}",
-            self.rewrapped.load(Ordering::Relaxed)
-        );
-        crate::metrics::family(
+        crate::metrics::single(
             &mut out,
             "carevault_dek_rotation_remaining_versions",
             "gauge",
             "Resource versions still sealed under a data key that is being rotated.",
+            status.data_rotation.versions_remaining,
         );
-        let _ = writeln!(
-            out,
-            "carevault_dek_rotation_remaining_versions {}",
-            status.data_rotation.versions_remaining
-        );
-        crate::metrics::family(
+        crate::metrics::single(
             &mut out,
             "carevault_dek_rotation_pending_keys",
             "gauge",
             "Data keys marked for rotation that have no new generation yet.",
+            status.data_rotation.keys_to_rotate,
         );
-        let _ = writeln!(
-            out,
-            "carevault_dek_rotation_pending_keys {}",
-            status.data_rotation.keys_to_rotate
-        );
-        crate::metrics::family(
+        crate::metrics::single(
             &mut out,
             "carevault_dek_rotation_retiring_keys",
             "gauge",
             "Old data keys not yet dropped.",
+            status.data_rotation.keys_retiring,
         );
-        let _ = writeln!(
-            out,
-            "carevault_dek_rotation_retiring_keys {}",
-            status.data_rotation.keys_retiring
-        );
-        crate::metrics::family(
+        crate::metrics::single(
             &mut out,
             "carevault_dek_resealed_total",
             "counter",
             "Resource versions re-sealed under new data keys by this process.",
-        );
-        let _ = writeln!(
-            out,
-            "carevault_dek_resealed_total {}",
-            self.resealed.load(Ordering::Relaxed)
+            self.resealed.load(Ordering::Relaxed),
         );
         out
     }
