@@ -1042,59 +1042,58 @@ fn print_key_status(status: &serde_json::Value) {
 
 /// Progress of the background re-wrap, on one line on a terminal, until it is complete.
 fn wait_for_rewrap(client: &Client) -> Result<()> {
-    let tty = std::io::stdout().is_terminal();
-    loop {
-        let status = client.expect("GET", "/admin/keys", None)?;
+    wait_for_job(client, "re-wrap complete", |status, _| {
         let total = status["data_keys_total"].as_u64().unwrap_or(0);
         let remaining = status["rewrap_remaining"].as_u64().unwrap_or(0);
         let done = total.saturating_sub(remaining);
-        let width = 30usize;
-        let filled = if total == 0 {
-            width
-        } else {
-            (done as usize * width) / total as usize
-        };
-        let bar = format!(
-            "[{}{}] {done}/{total} data keys re-wrapped",
-            "#".repeat(filled),
-            ".".repeat(width - filled)
-        );
-        if tty {
-            print!("\r{bar}");
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-        } else {
-            println!("{bar}");
-        }
-        if remaining == 0 {
-            if tty {
-                println!();
-            }
-            println!("re-wrap complete");
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+        (
+            done,
+            total,
+            "data keys re-wrapped".to_owned(),
+            remaining == 0,
+        )
+    })
 }
 
 fn wait_for_data_rotation(client: &Client) -> Result<()> {
-    let tty = std::io::stdout().is_terminal();
-    let mut total = 0u64;
-    loop {
-        let status = client.expect("GET", "/admin/keys", None)?;
+    wait_for_job(client, "data-key rotation complete", |status, total| {
         let r = &status["data_rotation"];
         let remaining = r["versions_remaining"].as_u64().unwrap_or(0);
         let keys =
             r["keys_to_rotate"].as_u64().unwrap_or(0) + r["keys_retiring"].as_u64().unwrap_or(0);
-        total = total.max(remaining);
-        let done = total.saturating_sub(remaining);
-        let width = 30usize;
+        // The job does not report how many versions it started with: the most seen stands in.
+        let total = total.max(remaining);
+        (
+            total.saturating_sub(remaining),
+            total,
+            format!("resource versions re-sealed, {keys} old data keys left"),
+            r["complete"].as_bool().unwrap_or(false),
+        )
+    })
+}
+
+/// Poll `/admin/keys` every half second and draw a bar (one line on a terminal, a line per poll
+/// otherwise) until `progress` says the job is complete. `progress` gets the status and the
+/// previous total, and answers (done, total, what is counted, complete).
+fn wait_for_job(
+    client: &Client,
+    finished: &str,
+    progress: impl Fn(&serde_json::Value, u64) -> (u64, u64, String, bool),
+) -> Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let width = 30usize;
+    let mut total = 0;
+    loop {
+        let status = client.expect("GET", "/admin/keys", None)?;
+        let (done, now_total, what, complete) = progress(&status, total);
+        total = now_total;
         let filled = if total == 0 {
             width
         } else {
-            (done as usize * width) / total as usize
+            (done.min(total) as usize * width) / total as usize
         };
         let bar = format!(
-            "[{}{}] {done}/{total} resource versions re-sealed, {keys} old data keys left",
+            "[{}{}] {done}/{total} {what}",
             "#".repeat(filled),
             ".".repeat(width - filled)
         );
@@ -1104,11 +1103,11 @@ fn wait_for_data_rotation(client: &Client) -> Result<()> {
         } else {
             println!("{bar}");
         }
-        if r["complete"].as_bool().unwrap_or(false) {
+        if complete {
             if tty {
                 println!();
             }
-            println!("data-key rotation complete");
+            println!("{finished}");
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
