@@ -14,7 +14,7 @@ use carevault_server::{SharedClock, SystemClock, environment};
 use carevault_store::{PostgresOptions, PostgresStore, SqliteStore, Store};
 
 use crate::client::Client;
-use crate::{AuditCommand, ServerArgs, load_config, runtime};
+use crate::{AuditCommand, ServerArgs, load_config, load_config_for_keys, runtime};
 
 const PAGE: u32 = 10_000;
 
@@ -65,7 +65,7 @@ pub fn run(command: AuditCommand) -> Result<()> {
 }
 
 async fn open_audit(server: &ServerArgs) -> Result<Audit> {
-    let config = load_config(server)?;
+    let config = load_config_for_keys(server, false)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let env = environment::open(&config, clock.clone()).await?;
     Ok(Audit::open(env.store, &env.keyring, &config.node_id, clock).await?)

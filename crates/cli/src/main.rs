@@ -520,6 +520,18 @@ pub(crate) fn load_config(args: &ServerArgs) -> Result<Config> {
     Ok(Config::from_file(file)?)
 }
 
+/// The configuration of a command that unseals keys in this process, whose memory is protected
+/// (locked, not dumpable) before any key is read. The server commands set up logging first, so
+/// that a failure to lock is logged.
+pub(crate) fn load_config_for_keys(args: &ServerArgs, logging: bool) -> Result<Config> {
+    let config = load_config(args)?;
+    if logging {
+        init_logging(&config);
+    }
+    carevault_server::memory::protect_process(config.key_lock_memory)?;
+    Ok(config)
+}
+
 fn init_logging(config: &Config) {
     let filter = std::env::var("CAREVAULT_LOG")
         .unwrap_or_else(|_| format!("{},hyper=warn,rustls=warn", config.log_level));
@@ -570,8 +582,7 @@ fn print_init_report(report: &environment::InitReport, config: &Config) {
 }
 
 async fn init(args: ServerArgs) -> Result<()> {
-    let config = load_config(&args)?;
-    init_logging(&config);
+    let config = load_config_for_keys(&args, true)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let report = environment::init(&config, clock).await?;
     print_init_report(&report, &config);
@@ -579,8 +590,7 @@ async fn init(args: ServerArgs) -> Result<()> {
 }
 
 async fn serve(args: ServerArgs) -> Result<()> {
-    let config = load_config(&args)?;
-    init_logging(&config);
+    let config = load_config_for_keys(&args, true)?;
     let clock: SharedClock = Arc::new(SystemClock);
     if !environment::is_initialized(&config) {
         let report = environment::init(&config, clock.clone()).await?;
@@ -619,7 +629,7 @@ async fn shutdown_signal() {
 }
 
 async fn recover(args: ServerArgs, user: &str) -> Result<()> {
-    let config = load_config(&args)?;
+    let config = load_config_for_keys(&args, false)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let env = environment::open(&config, clock.clone()).await?;
     let audit = Arc::new(

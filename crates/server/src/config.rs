@@ -77,6 +77,9 @@ pub struct KeySection {
     pub pkcs11_token_label: Option<String>,
     /// A file holding the token's user PIN.
     pub pkcs11_pin_file: Option<PathBuf>,
+    /// `auto` (default), `required` or `off`: lock the process's memory so unsealed keys never
+    /// reach swap (see `memory`).
+    pub lock_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +154,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("key.pkcs11_module", Kind::Str),
     ("key.pkcs11_token_label", Kind::Str),
     ("key.pkcs11_pin_file", Kind::Str),
+    ("key.lock_memory", Kind::Str),
     ("database.url", Kind::Str),
     ("database.password_file", Kind::Str),
     ("database.pool_size", Kind::Int),
@@ -313,6 +317,8 @@ pub struct Config {
     pub key_passphrase_file: Option<PathBuf>,
     /// Where the KEKs are held.
     pub key_provider: KeyProviderConfig,
+    /// Whether the server must, may or must not lock its memory.
+    pub key_lock_memory: crate::memory::LockMode,
     pub database: Database,
 }
 
@@ -683,6 +689,15 @@ impl Config {
                     return Err(ConfigError::new("key.passphrase_file", "must not be empty"));
                 }
                 other => other,
+            },
+            key_lock_memory: match file.key.lock_memory.as_deref() {
+                None => crate::memory::LockMode::default(),
+                Some(value) => crate::memory::LockMode::parse(value).ok_or_else(|| {
+                    ConfigError::new(
+                        "key.lock_memory",
+                        "expected \"auto\", \"required\" or \"off\"",
+                    )
+                })?,
             },
             database,
         })

@@ -31,6 +31,7 @@ mod error;
 pub mod http;
 pub mod identity;
 pub mod keyring;
+pub mod memory;
 pub mod metrics;
 pub mod records;
 pub mod search;

@@ -54,6 +54,13 @@ impl Metrics {
             "carevault_uptime_seconds {}",
             self.started.elapsed().as_secs()
         );
+        single(
+            &mut out,
+            "carevault_memory_locked",
+            "gauge",
+            "1 when the process's memory (unsealed keys included) is locked against swap.",
+            u8::from(crate::memory::outcome() == Some(crate::memory::LockOutcome::Locked)),
+        );
         family(
             &mut out,
             "carevault_requests_total",

@@ -617,6 +617,11 @@ impl TestServer {
         self.base = base;
     }
 
+    /// The server's process id (to read its `/proc` entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kill the server process at once (SIGKILL): no graceful shutdown.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

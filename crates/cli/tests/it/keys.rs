@@ -959,9 +959,10 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
     let auditor_api = auditor.api.rebased(&srv.base);
-    let trail = auditor_api.get("/audit/events?_count=500").text();
     for action in ["admin.dek.rotate", "key.rotate-data.finished"] {
-        assert!(trail.contains(action), "{action} not audited");
+        let trail = auditor_api.get(&format!("/audit/events?action={action}"));
+        assert_eq!(trail.status, 200, "{}", trail.text());
+        assert!(trail.text().contains(action), "{action} not audited");
     }
 }
 
@@ -1046,4 +1047,126 @@ fn an_hsm_that_fails_at_run_time_answers_503_and_recovers() {
         !srv.logs().contains(pin.trim()),
         "the PIN leaked into the logs"
     );
+}
+
+/// This (test) process's effective capability set, from `/proc/self/status`.
+fn effective_capabilities() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap()
+}
+
+/// Whether this (test) process could lock all its memory: `CAP_IPC_LOCK` in its effective set,
+/// or no limit on locked memory. Servers started from here inherit both.
+fn can_lock_memory() -> bool {
+    let caps = effective_capabilities();
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let unlimited = limits
+        .lines()
+        .any(|l| l.starts_with("Max locked memory") && l.contains("unlimited"));
+    caps & (1 << 14) != 0 || unlimited
+}
+
+/// `VmLck` of a process, in kB.
+fn locked_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn unsealed_keys_are_locked_in_memory_where_the_os_allows() {
+    let srv = crate::server();
+    let admin = srv.admin();
+    let auditor = srv.user(&admin, "aud.memory", &["auditor"], None);
+    let metrics = auditor.api.get("/metrics").text();
+    if can_lock_memory() {
+        assert!(locked_kib(srv.pid()) > 0, "no memory locked");
+        assert!(metrics.contains("carevault_memory_locked 1"), "{metrics}");
+        assert!(srv.logs().contains("\"memory_locked\""), "{}", srv.logs());
+    } else {
+        assert_eq!(locked_kib(srv.pid()), 0);
+        assert!(metrics.contains("carevault_memory_locked 0"), "{metrics}");
+        assert!(srv.logs().contains("memory_not_locked"), "{}", srv.logs());
+    }
+
+    // Turned off, nothing is locked, and the metric says so.
+    let off = TestServer::start_with(crate::bin(), &[("CAREVAULT_KEY_LOCK_MEMORY", "off")]);
+    let admin = off.admin();
+    let auditor = off.user(&admin, "aud.memory", &["auditor"], None);
+    assert_eq!(locked_kib(off.pid()), 0);
+    let metrics = auditor.api.get("/metrics").text();
+    assert!(metrics.contains("carevault_memory_locked 0"), "{metrics}");
+}
+
+/// `carevault serve` where the OS forbids locking: a 64 KiB `RLIMIT_MEMLOCK` and, for root,
+/// `CAP_IPC_LOCK` dropped from the bounding and inheritable sets (which is what root's
+/// capabilities come from after exec).
+fn serve_without_lock_permission(data_dir: &Path, mode: &str) -> Command {
+    let caps = effective_capabilities();
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--memlock=65536:65536");
+    if caps & (1 << 14) != 0 {
+        cmd.args([
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+        ]);
+    }
+    cmd.arg("--")
+        .arg(crate::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("CAREVAULT_DATABASE_URL")
+        .env_remove("CAREVAULT_TEST_BACKEND")
+        .env("CAREVAULT_KEY_LOCK_MEMORY", mode)
+        .env("CAREVAULT_CLI_CONFIG_DIR", data_dir.with_extension("cli"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn lock_memory_required_refuses_to_start_where_the_os_forbids_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let out = serve_without_lock_permission(&data_dir, "required")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("key.lock_memory") && said.contains("CAP_IPC_LOCK"),
+        "{said}"
+    );
+    // It stopped before creating anything, keys included.
+    assert!(!data_dir.exists(), "{said}");
+
+    // `auto` starts anyway, unlocked, and says why.
+    let mut child = serve_without_lock_permission(&data_dir, "auto")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("listening on "))
+    });
+    let listening = reader.join().unwrap_or(false);
+    let locked = locked_kib(child.id());
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(listening, "{logs}");
+    assert_eq!(locked, 0);
+    assert!(logs.contains("memory_not_locked"), "{logs}");
 }
