@@ -13,7 +13,7 @@ use crate::audit::AuditScope;
 use crate::clock::fhir_instant;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::records::{Caller, Current, Records, Tx, Version};
+use crate::records::{Caller, Current, Records, Tx, TxCommit, Version};
 
 /// What one entry asks for.
 #[derive(Clone, Debug)]
@@ -126,8 +126,20 @@ pub async fn process(
     if kind == "batch" {
         return Ok(batch(records, principal, audit, entries).await);
     }
-    transaction(records, principal, audit, entries).await
+    // Nothing of an attempt is written unless it commits, so a transaction whose data key was
+    // rotated between sealing and committing is simply prepared again under the live keys.
+    for _ in 0..TRANSACTION_ATTEMPTS {
+        if let Some(response) = transaction(records, principal, audit, &entries).await? {
+            return Ok(response);
+        }
+    }
+    Err(whole(Error::Unavailable(
+        "data keys kept rotating during the transaction; nothing was written".into(),
+    )))
 }
+
+/// Attempts of a transaction Bundle that meets a data key rotation (one rotation needs one more).
+const TRANSACTION_ATTEMPTS: usize = 4;
 
 fn parse_entry(entry: &Value) -> Result<(Request, Option<Value>, Option<String>)> {
     let request = entry
@@ -232,12 +244,14 @@ async fn matching(
     Ok(page.matches.into_iter().map(|v| v.id).collect())
 }
 
+/// One attempt at a transaction Bundle: its response, or None when it must be prepared again
+/// (a data key was rotated before the commit; nothing was written).
 async fn transaction(
     records: &Records,
     principal: &Principal,
     audit: &AuditScope,
-    entries: Vec<Value>,
-) -> std::result::Result<Value, EntryError> {
+    entries: &[Value],
+) -> std::result::Result<Option<Value>, EntryError> {
     let fail = |index: usize| move |error: Error| EntryError { index, error };
     let mut parsed = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
@@ -401,10 +415,13 @@ async fn transaction(
         outcomes[i] = Some(outcome);
         scopes.push(scope);
     }
-    records.commit_tx(tx).await.map_err(|error| EntryError {
+    let committed = records.commit_tx(tx).await.map_err(|error| EntryError {
         index: usize::MAX,
         error,
     })?;
+    if committed == TxCommit::DataKeyRotated {
+        return Ok(None);
+    }
     // Reads come last, after the writes they may observe.
     for &i in &order {
         if let Request::Read { rtype, id } = &parsed[i].0 {
@@ -422,12 +439,12 @@ async fn transaction(
         .into_iter()
         .map(|o| response_entry(o, None))
         .collect();
-    Ok(json!({
+    Ok(Some(json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "type": "transaction-response",
         "entry": entries,
-    }))
+    })))
 }
 
 async fn batch(

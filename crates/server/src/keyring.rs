@@ -434,6 +434,15 @@ impl Keyring {
 
     /// Forget which data key a compartment uses (it was rotated, perhaps by another node): the
     /// next seal reads the live key from the database.
+    /// Forget the compartments whose cached data key is one of `dek_ids` (a commit found one of
+    /// them rotated), so that the next seal looks the live key up again.
+    pub fn forget_data_keys(&self, dek_ids: &[u64]) {
+        self.compartments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, id| !dek_ids.contains(id));
+    }
+
     pub fn forget_compartment(&self, compartment: &str) {
         self.compartments
             .write()

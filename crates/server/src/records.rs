@@ -67,6 +67,15 @@ impl Tx {
     }
 }
 
+/// How [`Records::commit_tx`] ended when nothing failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxCommit {
+    Committed,
+    /// Nothing was written: an entry was sealed under a data key that `key rotate-data` retired
+    /// meanwhile. Preparing the transaction again seals it under the live keys.
+    DataKeyRotated,
+}
+
 /// One resource version as the API serves it: plaintext JSON, or a deletion marker.
 #[derive(Clone, Debug)]
 pub struct Version {
@@ -753,14 +762,30 @@ impl Records {
 
     /// Commit everything a transaction collected, atomically; then its entries' events are
     /// written and its new patients' organizations known.
-    pub async fn commit_tx(&self, tx: Tx) -> Result<()> {
+    pub async fn commit_tx(&self, tx: Tx) -> Result<TxCommit> {
         let ops = std::mem::take(&mut *tx.ops.lock().unwrap_or_else(|p| p.into_inner()));
-        self.store.write(ops).await.map_err(|e| match e {
-            StoreError::Conflict => Error::Conflict(
-                "a resource in the transaction changed concurrently; nothing was written".into(),
-            ),
-            other => other.into(),
-        })?;
+        let sealed_under: Vec<u64> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::PutResource(v) => Some(v.row.dek_id),
+                _ => None,
+            })
+            .collect();
+        match self.store.write(ops).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                return Err(Error::Conflict(
+                    "a resource in the transaction changed concurrently; nothing was written"
+                        .into(),
+                ));
+            }
+            // A data key was rotated (`key rotate-data`) between sealing and committing.
+            Err(StoreError::StaleKey) => {
+                self.keyring.forget_data_keys(&sealed_under);
+                return Ok(TxCommit::DataKeyRotated);
+            }
+            Err(other) => return Err(other.into()),
+        }
         for scope in tx.scopes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             scope.mark_written();
         }
@@ -772,7 +797,7 @@ impl Records {
         {
             self.authz.remember_organization(&c, org);
         }
-        Ok(())
+        Ok(TxCommit::Committed)
     }
 
     /// Authorize `action` on a stored version. A denial of something the caller could do in

@@ -817,7 +817,7 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
         workers.push(std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) || n < 8 {
-                let (what, r) = match n % 4 {
+                let (what, r) = match n % 5 {
                     0 => {
                         let pid = &patients[(n / 4 + w) % patients.len()];
                         let r = api.post_fhir("/fhir/Observation", &observation(pid, "during"));
@@ -840,7 +840,36 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
                         }
                         ("create", r)
                     }
-                    _ => ("search", api.get("/fhir/Observation?code=8867-4")),
+                    3 => ("search", api.get("/fhir/Observation?code=8867-4")),
+                    _ => {
+                        // A transaction sealed under a key that the rotation may retire before
+                        // it commits: prepared again, never a failure.
+                        // One entry into every compartment, so that any of them being
+                        // rotated meanwhile retires a key it was sealed under.
+                        let entries: Vec<Value> = patients
+                            .iter()
+                            .map(|pid| {
+                                json!({
+                                    "resource": observation(pid, "in a transaction"),
+                                    "request": {"method": "POST", "url": "Observation"}
+                                })
+                            })
+                            .collect();
+                        let bundle = json!({
+                            "resourceType": "Bundle",
+                            "type": "transaction",
+                            "entry": entries
+                        });
+                        let r = api.post_fhir("/fhir", &bundle);
+                        if r.status == 200 {
+                            for e in r.json()["entry"].as_array().unwrap() {
+                                let location = e["response"]["location"].as_str().unwrap();
+                                let path = location.split("/_history").next().unwrap();
+                                written.lock().unwrap().push(format!("/fhir/{path}"));
+                            }
+                        }
+                        ("transaction into a rotating compartment", r)
+                    }
                 };
                 if !(200..300).contains(&r.status) {
                     failures
