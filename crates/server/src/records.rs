@@ -1035,10 +1035,29 @@ impl Records {
         id: &ResourceId,
         row: ResourceRow,
     ) -> Result<Version> {
-        let (json, compartment) = self
-            .keyring
-            .open_with_compartment(&self.aad(rtype, id, row.version), &row.body)
-            .await?;
+        let aad = self.aad(rtype, id, row.version);
+        let (json, compartment) = match self.keyring.open_with_compartment(&aad, &row.body).await {
+            Ok(opened) => opened,
+            // `key rotate-data` may have re-sealed this version and dropped the key it named
+            // between our fetch and now (from another node, which keeps no grace copy of the
+            // dropped key): the stored row then holds another ciphertext, which opens. A row
+            // that is unchanged fails as before (tampering or corruption).
+            Err(Error::Integrity(e)) => {
+                let fresh = self
+                    .store
+                    .resource_version(rtype.as_str(), id.as_str(), row.version)
+                    .await?;
+                match fresh {
+                    Some(fresh) if fresh.body != row.body => {
+                        self.keyring
+                            .open_with_compartment(&aad, &fresh.body)
+                            .await?
+                    }
+                    _ => return Err(Error::Integrity(e)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Version {
             rtype,
             id: id.clone(),
