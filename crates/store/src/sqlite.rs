@@ -247,6 +247,10 @@ impl SqliteStore {
         // checkpoint from another connection runs beside the writer instead.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(map_err)?;
+        // After a reset the log is written again from its start, over blocks the file already
+        // has; SQLite trims the file back to this size on the first commit after a reset.
+        conn.pragma_update(None, "journal_size_limit", wal_limit as i64)
+            .map_err(map_err)?;
         let checkpointer = open_connection(path, Mode::ReadWrite)?;
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
@@ -485,10 +489,11 @@ fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// The WAL is reset (checkpointed to its end and truncated) by the writer once it grows past
-/// this. The PASSIVE checkpointer copies pages beside the writer, but the log only starts over
-/// when a checkpoint has caught up at the moment a write begins, which a steady stream of group
-/// commits never allows: under a long import the WAL grew to 17 times the database (44 GB).
+/// The WAL is reset (checkpointed to its end and written again from its start) by the writer
+/// once it grows past this. The PASSIVE checkpointer copies pages beside the writer, but the log
+/// only starts over when a checkpoint has caught up at the moment a write begins, which a steady
+/// stream of group commits never allows: under a long import the WAL grew to 17 times the
+/// database (44 GB).
 const WAL_RESET_BYTES: u64 = 256 * 1024 * 1024;
 /// How often the writer looks at the WAL's size.
 const WAL_CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -526,14 +531,16 @@ fn writer_loop(
     }
 }
 
-/// Checkpoint the whole WAL and truncate it. Runs on the writer, so no commit appends to the
-/// log meanwhile; it waits (busy timeout) for readers of older snapshots to finish, and most
-/// pages were already copied by the PASSIVE checkpointer. A busy answer leaves it for the
-/// next check.
+/// Checkpoint the whole WAL so that the next commit writes it again from the start. Runs on
+/// the writer, so no commit appends to the log meanwhile; it waits (busy timeout) for readers
+/// of older snapshots to finish, and most pages were already copied by the PASSIVE
+/// checkpointer. A busy answer leaves it for the next check.
+///
+/// RESTART, not TRUNCATE: a truncated log is rebuilt by appending, and every appended frame
+/// made the file system allocate and zero new blocks (`ext4_da_write_begin`, `memset`: a tenth
+/// of the server's time during an import); a restarted log overwrites blocks it already has.
 fn reset_wal(conn: &Connection) {
-    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-        r.get::<_, i64>(0)
-    }) {
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
         Ok(0) => tracing::debug!(event = "wal_reset"),
         Ok(_) => tracing::debug!(event = "wal_reset_busy"),
         Err(e) => {
@@ -2291,7 +2298,7 @@ mod tests {
         // The writer resets after answering that commit and before taking the next job.
         store.write(vec![put("after", 1, None)]).await.unwrap();
         let size = std::fs::metadata(&wal).unwrap().len();
-        assert!(size < limit, "the WAL is still {size} bytes");
+        assert!(size <= limit, "the WAL is still {size} bytes");
         // Everything is still there.
         assert!(
             store
