@@ -843,6 +843,12 @@ mod tests {
             err(&[("CAREVAULT_BODY_LIMIT_BYTES", "ten")]).contains("CAREVAULT_BODY_LIMIT_BYTES")
         );
         assert!(err(&[("CAREVAULT_LISTN", "x")]).contains("CAREVAULT_LISTN"));
+        assert!(err(&[("CAREVAULT_KEY_LOCK_MEMORY", "yes")]).contains("key.lock_memory"));
+        let required = Config::from_file(
+            FileConfig::load(None, env(&[("CAREVAULT_KEY_LOCK_MEMORY", "required")])).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(required.key_lock_memory, crate::memory::LockMode::Required);
         assert!(
             err(&[("CAREVAULT_SESSION_IDLE_TIMEOUT_SECS", "1")])
                 .contains("session.idle_timeout_secs")
