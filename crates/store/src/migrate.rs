@@ -116,7 +116,8 @@ const TABLES: &[Table] = &[
             ("token", Col::Bytes),
             ("id", Col::Text),
         ],
-        "rtype, param, token, id",
+        // SQLite's key order (it also keys by write order, `ord`, which PostgreSQL has not).
+        "rtype, param, token, ord, id",
     ),
     (
         "compartment_org",

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend: WAL mode, `synchronous=FULL`, one writer thread with group
 //! commit, and a small pool of read connections used from blocking tasks.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -193,6 +194,27 @@ CREATE UNIQUE INDEX data_key_live ON data_key (compartment) WHERE state <> 'reti
 CREATE INDEX data_key_kek_version ON data_key (kek_version);
 CREATE INDEX data_key_state ON data_key (state);
 INSERT INTO meta (key, value) VALUES ('kek_wrap_floor', '1') ON CONFLICT (key) DO NOTHING;
+"#,
+    // Blind-index rows ordered by write order within a token (`ord`: the newest resource-version
+    // sequence number when the row was written) instead of by resource id. Ids are random UUIDs,
+    // so keyed by id every insert landed on a random leaf of a many-leaf token range (a LOINC
+    // code or a year has hundreds of thousands of rows): ~20 random pages per resource to read,
+    // dirty, log and checkpoint. Keyed by `ord` the rows of a common token append to its last
+    // leaf. Rows written before this migration keep `ord` 0: order never decides a result.
+    r#"
+CREATE TABLE search_index_new (
+    rtype TEXT NOT NULL,
+    param TEXT NOT NULL,
+    token BLOB NOT NULL,
+    ord INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (rtype, param, token, ord, id)
+) WITHOUT ROWID;
+INSERT INTO search_index_new (rtype, param, token, ord, id)
+    SELECT rtype, param, token, 0, id FROM search_index ORDER BY rtype, param, token, id;
+DROP TABLE search_index;
+ALTER TABLE search_index_new RENAME TO search_index;
+CREATE INDEX search_index_resource ON search_index (rtype, id);
 "#,
 ];
 
@@ -936,16 +958,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             )?;
         }
         WriteOp::ReplaceSearchIndex { rtype, id, tokens } => {
-            exec(
-                "DELETE FROM search_index WHERE rtype = ?1 AND id = ?2",
-                &[rtype, id],
-            )?;
-            for (param, token) in tokens {
-                exec(
-                    "INSERT OR IGNORE INTO search_index (rtype, param, token, id) VALUES (?1, ?2, ?3, ?4)",
-                    &[rtype, param, token, id],
-                )?;
-            }
+            replace_search_index(conn, rtype, id, tokens)?;
         }
         WriteOp::InsertBreakGlass(b) => {
             exec(
@@ -1198,6 +1211,60 @@ fn put_resource(conn: &Connection, new: &NewResourceVersion) -> Result<(), Store
     )
     .and_then(|mut s| s.execute(params![row.rtype, row.id, row.version, row.deleted]))
     .map_err(map_err)?;
+    Ok(())
+}
+
+/// Replace a resource's blind-index rows, touching only the ones that change: an update keeps
+/// most of its keys (code, subject, category), and every row deleted or inserted is a leaf page
+/// to read, dirty, log and checkpoint.
+fn replace_search_index(
+    conn: &Connection,
+    rtype: &str,
+    id: &str,
+    tokens: &[(String, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let existing: Vec<(String, Vec<u8>, i64)> = conn
+        .prepare_cached("SELECT param, token, ord FROM search_index WHERE rtype = ?1 AND id = ?2")
+        .and_then(|mut s| {
+            s.query_map(params![rtype, id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(map_err)?;
+    let wanted: HashSet<(&str, &[u8])> = tokens
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_slice()))
+        .collect();
+    let mut kept: HashSet<(&str, &[u8])> = HashSet::new();
+    for (param, token, ord) in &existing {
+        if wanted.contains(&(param.as_str(), token.as_slice())) {
+            kept.insert((param.as_str(), token.as_slice()));
+            continue;
+        }
+        conn.prepare_cached(
+            "DELETE FROM search_index
+             WHERE rtype = ?1 AND param = ?2 AND token = ?3 AND ord = ?4 AND id = ?5",
+        )
+        .and_then(|mut s| s.execute(params![rtype, param, token, ord, id]))
+        .map_err(map_err)?;
+    }
+    if wanted.len() == kept.len() {
+        return Ok(());
+    }
+    // Write order (see the migration that added `ord`): the resource version just put has the
+    // highest sequence number.
+    let ord: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM resource_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(map_err)?;
+    for (param, token) in wanted.difference(&kept) {
+        conn.prepare_cached(
+            "INSERT INTO search_index (rtype, param, token, ord, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| s.execute(params![rtype, param, token, ord, id]))
+        .map_err(map_err)?;
+    }
     Ok(())
 }
 
@@ -2468,6 +2535,115 @@ mod tests {
         assert_eq!(cred.recovery_code_hashes, vec!["h2".to_string()]);
         assert_eq!(cred.totp_last_step, 11);
         assert!(!format!("{cred:?}").contains("argon2"));
+    }
+
+    fn index(id: &str, tokens: &[(&str, &[u8])]) -> WriteOp {
+        WriteOp::ReplaceSearchIndex {
+            rtype: "Patient".into(),
+            id: id.into(),
+            tokens: tokens
+                .iter()
+                .map(|(p, t)| ((*p).to_owned(), t.to_vec()))
+                .collect(),
+        }
+    }
+
+    async fn found(store: &SqliteStore, param: &str, token: &[u8]) -> Vec<String> {
+        let mut ids = store
+            .search_index(
+                "Patient",
+                vec![IndexClause {
+                    param: param.into(),
+                    tokens: vec![token.to_vec()],
+                }],
+            )
+            .await
+            .unwrap();
+        ids.sort();
+        ids
+    }
+
+    fn ords(path: &Path, id: &str) -> Vec<(Vec<u8>, i64)> {
+        let conn = Connection::open(path).unwrap();
+        let mut s = conn
+            .prepare("SELECT token, ord FROM search_index WHERE id = ?1 ORDER BY token")
+            .unwrap();
+        s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_index_replacement_keeps_unchanged_rows_and_orders_new_ones_by_write() {
+        let (dir, store) = store().await;
+        store
+            .write(vec![
+                put("a", 1, None),
+                index("a", &[("code", b"x"), ("code", b"y")]),
+            ])
+            .await
+            .unwrap();
+        store
+            .write(vec![put("b", 1, None), index("b", &[("code", b"x")])])
+            .await
+            .unwrap();
+        let before = ords(&dir.path().join("t.db"), "a");
+        store
+            .write(vec![
+                put("a", 2, Some(1)),
+                index("a", &[("code", b"x"), ("code", b"z")]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(found(&store, "code", b"x").await, ["a", "b"]);
+        assert!(found(&store, "code", b"y").await.is_empty());
+        assert_eq!(found(&store, "code", b"z").await, ["a"]);
+        assert!(found(&store, "other", b"x").await.is_empty());
+        let after = ords(&dir.path().join("t.db"), "a");
+        // `x` kept its row (and its place); `z` was written after everything before it.
+        assert_eq!(after[0], before[0]);
+        assert_eq!(after[1].0, b"z");
+        assert!(after[1].1 > before[0].1 && after[1].1 > 0);
+        let b = ords(&dir.path().join("t.db"), "b");
+        assert!(b[0].1 > before[0].1 && after[1].1 > b[0].1);
+        // A deleted resource has no index rows.
+        store.write(vec![index("a", &[])]).await.unwrap();
+        assert_eq!(found(&store, "code", b"x").await, ["b"]);
+        assert!(found(&store, "code", b"z").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn index_rows_written_before_the_ord_migration_stay_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        let before_ord = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("search_index_new"))
+            .unwrap();
+        for sql in &MIGRATIONS[..before_ord] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = {before_ord};
+             INSERT INTO search_index (rtype, param, token, id)
+                 VALUES ('Patient', 'code', x'01', 'old1'), ('Patient', 'code', x'01', 'old2'),
+                        ('Patient', 'name', x'02', 'old1');"
+        ))
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(found(&store, "code", &[1]).await, ["old1", "old2"]);
+        store.write(vec![data_key("Patient/test")]).await.unwrap();
+        store
+            .write(vec![put("old1", 1, None), index("old1", &[("code", &[1])])])
+            .await
+            .unwrap();
+        // The old `name` row went (no longer wanted), the kept `code` row is still there.
+        assert!(found(&store, "name", &[2]).await.is_empty());
+        assert_eq!(found(&store, "code", &[1]).await, ["old1", "old2"]);
+        assert_eq!(ords(&path, "old1"), [(vec![1u8], 0)]);
     }
 
     #[tokio::test]
