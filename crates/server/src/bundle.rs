@@ -314,6 +314,7 @@ async fn transaction(
             audit: &scope,
             tx: Some(&tx),
             organizations: None,
+            break_glass_grants: None,
         };
         let resource = resource.clone().map(|mut r| {
             resolve_references(&mut r, &ids);

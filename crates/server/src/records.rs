@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use carevault_fhir::search::{self, Query, SortKey, Total};
 use carevault_fhir::{ResourceId, ResourceType, Validator};
-use carevault_store::{HistoryQuery, NewResourceVersion, ResourceRow, Store, StoreError, WriteOp};
+use carevault_store::{
+    BreakGlassRow, HistoryQuery, NewResourceVersion, ResourceRow, Store, StoreError, WriteOp,
+};
 use serde_json::Value;
 
 use crate::audit::AuditScope;
@@ -31,6 +33,8 @@ pub struct Caller<'a> {
     pub tx: Option<&'a Tx>,
     /// Organizations of compartments read in bulk for this request (a search's candidates).
     pub organizations: Option<&'a HashMap<String, Option<String>>>,
+    /// The principal's break-glass grants, read once for a search's candidates.
+    pub break_glass_grants: Option<&'a [BreakGlassRow]>,
 }
 
 impl<'a> Caller<'a> {
@@ -40,6 +44,7 @@ impl<'a> Caller<'a> {
             audit,
             tx: None,
             organizations: None,
+            break_glass_grants: None,
         }
     }
 }
@@ -657,7 +662,7 @@ impl Records {
         query: &Query,
         ids: Vec<String>,
     ) -> Result<Vec<(Vec<Option<String>>, Version)>> {
-        let mut candidates: Vec<(Value, Version)> = Vec::new();
+        let mut opened: Vec<Version> = Vec::new();
         for row in self.store.resources_current(rtype.as_str(), ids).await? {
             if row.deleted {
                 continue;
@@ -665,24 +670,14 @@ impl Records {
             let Ok(id) = ResourceId::parse(&row.id) else {
                 continue;
             };
-            let v = self.open_row(rtype, &id, row).await?;
-            let json: Value = serde_json::from_slice(&v.json)
-                .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
-            if !query
-                .clauses
-                .iter()
-                .all(|c| search::matches(rtype, &json, c))
-            {
-                continue;
-            }
-            candidates.push((json, v));
+            opened.push(self.open_row(rtype, &id, row).await?);
         }
         // With a shared database the organizations are not cached across requests (another
         // node may change them): read the candidates' in one query instead of one each.
         let organizations = if self.authz.shared_database() {
-            let compartments: std::collections::BTreeSet<String> = candidates
+            let compartments: std::collections::BTreeSet<String> = opened
                 .iter()
-                .filter_map(|(_, v)| v.patient_compartment())
+                .filter_map(Version::patient_compartment)
                 .collect();
             self.store
                 .compartment_organizations(compartments.into_iter().collect())
@@ -692,14 +687,49 @@ impl Records {
         } else {
             HashMap::new()
         };
+        let grants = if may_break_glass(caller.principal) {
+            self.store
+                .break_glass_grants(&caller.principal.id, self.clock.now_secs())
+                .await?
+        } else {
+            Vec::new()
+        };
         let caller = Caller {
             organizations: Some(&organizations),
+            break_glass_grants: Some(&grants),
             ..caller
         };
-        let mut found = Vec::with_capacity(candidates.len());
-        for (json, v) in candidates {
-            if !self.may_read(caller, FhirAction::Search, &v).await? {
+        let mut found = Vec::with_capacity(opened.len());
+        for v in opened {
+            let attrs = self.existing_attrs(caller, &v).await?;
+            // A candidate the policies deny by default (no policy to record), with no grant to
+            // open it, is left out before its JSON is parsed: most candidates of a broad search
+            // (a name prefix) belong to other organizations.
+            let quick = self
+                .authz
+                .fhir(caller.principal, FhirAction::Search, &attrs, false);
+            if !quick.allowed
+                && quick.policies.is_empty()
+                && grant_covering(&grants, attrs.compartment.as_deref()).is_none()
+            {
                 continue;
+            }
+            let json: Value = serde_json::from_slice(&v.json)
+                .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
+            if !query
+                .clauses
+                .iter()
+                .all(|c| search::matches(rtype, &json, c))
+            {
+                continue;
+            }
+            match self
+                .authorize(caller, FhirAction::Search, &attrs, true)
+                .await
+            {
+                Ok(()) => {}
+                Err(Error::NotFound | Error::Forbidden) => continue,
+                Err(e) => return Err(e),
             }
             let keys = query
                 .sort
@@ -808,15 +838,20 @@ impl Records {
         action: FhirAction,
         v: &Version,
     ) -> Result<()> {
+        let attrs = self.existing_attrs(caller, v).await?;
+        self.authorize(caller, action, &attrs, true).await
+    }
+
+    /// What the policies see of a stored version.
+    async fn existing_attrs(&self, caller: Caller<'_>, v: &Version) -> Result<ResourceAttrs> {
         let compartment = v.patient_compartment();
-        let attrs = ResourceAttrs {
+        Ok(ResourceAttrs {
             rtype: v.rtype,
             id: v.id.as_str().to_owned(),
             organization: self.organization_of(caller, compartment.as_deref()).await?,
             compartment,
             security: security_labels(&v.json),
-        };
-        self.authorize(caller, action, &attrs, true).await
+        })
     }
 
     /// Authorize writing `body` (its compartment and labels as they will be).
@@ -868,11 +903,8 @@ impl Records {
         // Break-glass: a clinician's active grant opens reads beyond their organizations.
         if action.is_read()
             && let Some(compartment) = &attrs.compartment
-            && matches!(caller.principal.kind, PrincipalKind::User)
-            && caller.principal.has_role(Role::Clinician)
-            && let Some(reason) = self
-                .break_glass_covering(caller.principal, compartment)
-                .await?
+            && may_break_glass(caller.principal)
+            && let Some(reason) = self.break_glass_covering(caller, compartment).await?
         {
             let decision = self.authz.fhir(caller.principal, action, attrs, true);
             caller.audit.set_policies(&decision.policies);
@@ -897,17 +929,17 @@ impl Records {
 
     async fn break_glass_covering(
         &self,
-        principal: &Principal,
+        caller: Caller<'_>,
         compartment: &str,
     ) -> Result<Option<String>> {
+        if let Some(grants) = caller.break_glass_grants {
+            return Ok(grant_covering(grants, Some(compartment)).map(|g| g.reason.clone()));
+        }
         let grants = self
             .store
-            .break_glass_grants(&principal.id, self.clock.now_secs())
+            .break_glass_grants(&caller.principal.id, self.clock.now_secs())
             .await?;
-        Ok(grants
-            .into_iter()
-            .find(|g| g.patient.as_deref().is_none_or(|p| p == compartment))
-            .map(|g| g.reason))
+        Ok(grant_covering(&grants, Some(compartment)).map(|g| g.reason.clone()))
     }
 
     /// Validate a client's resource and stamp what the server owns (id on create, `meta`
@@ -1136,6 +1168,22 @@ fn managing_organization(patient: &Value) -> Option<String> {
 }
 
 /// The `meta.security` codes of a stored resource (only `meta` is decoded).
+/// Break-glass opens reads to clinicians signed in as themselves (not to API keys).
+fn may_break_glass(principal: &Principal) -> bool {
+    matches!(principal.kind, PrincipalKind::User) && principal.has_role(Role::Clinician)
+}
+
+/// The first grant covering a patient compartment (a grant without a patient covers all).
+fn grant_covering<'g>(
+    grants: &'g [BreakGlassRow],
+    compartment: Option<&str>,
+) -> Option<&'g BreakGlassRow> {
+    let compartment = compartment?;
+    grants
+        .iter()
+        .find(|g| g.patient.as_deref().is_none_or(|p| p == compartment))
+}
+
 fn security_labels(json: &[u8]) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Coding {

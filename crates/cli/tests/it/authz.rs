@@ -107,6 +107,23 @@ fn statuses(api: &Api, pid: &str) -> Vec<(&'static str, u16)> {
     ]
 }
 
+/// The ids a search answers, sorted.
+fn search_ids(api: &Api, path: &str) -> Vec<String> {
+    let r = api.get(path);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut ids: Vec<String> = r.json()["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
 fn expect(who: &str, got: &[(&str, u16)], want: &[u16]) {
     let labels: Vec<&str> = got.iter().map(|(l, _)| *l).collect();
     let statuses: Vec<u16> = got.iter().map(|(_, s)| *s).collect();
@@ -173,6 +190,16 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
         "{ids:?}"
     );
 
+    // Searches hold only what the caller may read.
+    assert_eq!(search_ids(&w.clin_a.api, "/fhir/Patient"), [own.as_str()]);
+    assert!(
+        search_ids(
+            &w.clin_a.api,
+            &format!("/fhir/Observation?patient={foreign}")
+        )
+        .is_empty()
+    );
+
     // Break-glass: only clinicians may ask, with a real reason.
     let reason = "Unconscious patient in the emergency department, allergies needed";
     for other in [&w.admin, &w.auditor, &w.developer] {
@@ -219,6 +246,32 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
             &want,
         );
     }
+    // Searches open up to that patient too, and only to that patient.
+    let mut both = vec![own.clone(), foreign.clone()];
+    both.sort();
+    assert_eq!(search_ids(&w.clin_a.api, "/fhir/Patient"), both);
+    assert_eq!(
+        search_ids(
+            &w.clin_a.api,
+            &format!("/fhir/Observation?patient={foreign}")
+        ),
+        [w.obs_b.as_str()]
+    );
+    let searched = w
+        .auditor
+        .api
+        .get(&format!(
+            "/audit/events?patient={foreign}&action=search-type"
+        ))
+        .json();
+    assert!(
+        searched["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["resource"]["purposeOfEvent"][0]["coding"][0]["code"] == "BTG"),
+        "a search that returned a break-glass read is marked: {searched}"
+    );
     // Every break-glass read is marked in the trail and raises a security alert.
     let trail = w
         .auditor
