@@ -2657,24 +2657,29 @@ mod tests {
         assert!(found(&store, "code", b"z").await.is_empty());
     }
 
-    #[tokio::test]
-    async fn index_rows_written_before_the_ord_migration_stay_searchable() {
+    /// A database at the schema just before the first migration containing `marker`.
+    fn database_before(marker: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let conn = Connection::open(&path).unwrap();
-        let before_ord = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("search_index_new"))
-            .unwrap();
-        for sql in &MIGRATIONS[..before_ord] {
+        let before = MIGRATIONS.iter().position(|m| m.contains(marker)).unwrap();
+        for sql in &MIGRATIONS[..before] {
             conn.execute_batch(sql).unwrap();
         }
-        conn.execute_batch(&format!(
-            "PRAGMA user_version = {before_ord};
-             INSERT INTO search_index (rtype, param, token, id)
+        conn.execute_batch(&format!("PRAGMA user_version = {before}"))
+            .unwrap();
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn index_rows_written_before_the_ord_migration_stay_searchable() {
+        let (_dir, path) = database_before("search_index_new");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO search_index (rtype, param, token, id)
                  VALUES ('Patient', 'code', x'01', 'old1'), ('Patient', 'code', x'01', 'old2'),
-                        ('Patient', 'name', x'02', 'old1');"
-        ))
+                        ('Patient', 'name', x'02', 'old1');",
+        )
         .unwrap();
         drop(conn);
         let store = SqliteStore::open(&path).unwrap();
@@ -2730,24 +2735,15 @@ mod tests {
 
     #[tokio::test]
     async fn current_pointers_written_before_the_seq_migration_are_filled_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
+        let (_dir, path) = database_before("ADD COLUMN seq");
         let conn = Connection::open(&path).unwrap();
-        let before_seq = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("ADD COLUMN seq"))
-            .unwrap();
-        for sql in &MIGRATIONS[..before_seq] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.execute_batch(&format!(
-            "PRAGMA user_version = {before_seq};
-             INSERT INTO resource_version (rtype, id, version, last_updated_us, deleted, dek_id, body)
+        conn.execute_batch(
+            "INSERT INTO resource_version (rtype, id, version, last_updated_us, deleted, dek_id, body)
                  VALUES ('Patient', 'a', 1, 1, 0, 1, x'01'), ('Patient', 'b', 1, 1, 0, 1, x'02'),
                         ('Patient', 'a', 2, 2, 0, 1, x'03');
              INSERT INTO resource_current (rtype, id, version, deleted)
-                 VALUES ('Patient', 'a', 2, 0), ('Patient', 'b', 1, 0);"
-        ))
+                 VALUES ('Patient', 'a', 2, 0), ('Patient', 'b', 1, 0);",
+        )
         .unwrap();
         drop(conn);
         let store = SqliteStore::open(&path).unwrap();
