@@ -1167,7 +1167,6 @@ fn managing_organization(patient: &Value) -> Option<String> {
     ResourceId::parse(id).ok().map(|id| id.as_str().to_owned())
 }
 
-/// The `meta.security` codes of a stored resource (only `meta` is decoded).
 /// Break-glass opens reads to clinicians signed in as themselves (not to API keys).
 fn may_break_glass(principal: &Principal) -> bool {
     matches!(principal.kind, PrincipalKind::User) && principal.has_role(Role::Clinician)
@@ -1184,6 +1183,7 @@ fn grant_covering<'g>(
         .find(|g| g.patient.as_deref().is_none_or(|p| p == compartment))
 }
 
+/// The `meta.security` codes of a stored resource (only `meta` is decoded).
 fn security_labels(json: &[u8]) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Coding {

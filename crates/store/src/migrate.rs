@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
 use crate::postgres::PostgresStore;
+use crate::sqlite::SQLITE_SCHEMA_VERSION;
 use crate::{SqliteStore, Store, StoreError};
 
 #[derive(Clone, Copy)]
@@ -235,6 +236,16 @@ pub async fn copy_sqlite_to_postgres(
     mut progress: impl FnMut(CopyProgress<'_>) + Send,
 ) -> Result<Vec<TableCount>, StoreError> {
     let source = SqliteStore::open_read_only(from)?;
+    // The copy reads tables by this binary's column lists (and key order): an older file must be
+    // upgraded first, which the copy does not do behind the operator's back.
+    let schema = sqlite_schema_version(from).await?;
+    if schema < SQLITE_SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "the SQLite database is at schema {schema} and this binary copies schema \
+             {SQLITE_SCHEMA_VERSION}: start `carevault serve` of this version on it once (that \
+             upgrades it), stop it, then run the copy again"
+        )));
+    }
     let env = source.meta("environment_id").await?;
     match (env, to.meta("environment_id").await?) {
         (None, _) => {
@@ -282,6 +293,21 @@ pub async fn copy_sqlite_to_postgres(
     }
     derive_state(to).await?;
     Ok(counts)
+}
+
+async fn sqlite_schema_version(path: &Path) -> Result<i64, StoreError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .map_err(sqlite_err)?;
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sqlite_err)
+    })
+    .await
+    .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
 }
 
 async fn sqlite_count(path: &Path, table: &str) -> Result<u64, StoreError> {
@@ -541,5 +567,18 @@ mod tests {
             .await
             .unwrap();
         assert!(copy_sqlite_to_postgres(&path, &pg, |_| {}).await.is_err());
+        // A file from an older binary is refused by name, before anything is copied.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = {}",
+            SQLITE_SCHEMA_VERSION - 1
+        ))
+        .unwrap();
+        drop(conn);
+        let err = copy_sqlite_to_postgres(&path, &pg, |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upgrades it"), "{err}");
     }
 }

@@ -233,6 +233,9 @@ UPDATE resource_current SET seq = (
 "#,
 ];
 
+/// The schema version this binary writes (`PRAGMA user_version` after every migration).
+pub const SQLITE_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// Most operations one group-commit transaction takes before it commits.
 const MAX_BATCH: usize = 512;
 /// Reads that may scan (search, history, audit queries) run on the blocking pool, at most this
