@@ -705,11 +705,11 @@ impl Records {
             // A candidate the policies deny by default (no policy to record), with no grant to
             // open it, is left out before its JSON is parsed: most candidates of a broad search
             // (a name prefix) belong to other organizations.
-            let quick = self
+            let decision = self
                 .authz
                 .fhir(caller.principal, FhirAction::Search, &attrs, false);
-            if !quick.allowed
-                && quick.policies.is_empty()
+            if !decision.allowed
+                && decision.policies.is_empty()
                 && grant_covering(&grants, attrs.compartment.as_deref()).is_none()
             {
                 continue;
@@ -724,7 +724,7 @@ impl Records {
                 continue;
             }
             match self
-                .authorize(caller, FhirAction::Search, &attrs, true)
+                .authorize_decided(caller, FhirAction::Search, &attrs, true, decision)
                 .await
             {
                 Ok(()) => {}
@@ -896,6 +896,19 @@ impl Records {
         existing: bool,
     ) -> Result<()> {
         let decision = self.authz.fhir(caller.principal, action, attrs, false);
+        self.authorize_decided(caller, action, attrs, existing, decision)
+            .await
+    }
+
+    /// [`Self::authorize`] with the policies' first decision (without break-glass) already made.
+    async fn authorize_decided(
+        &self,
+        caller: Caller<'_>,
+        action: FhirAction,
+        attrs: &ResourceAttrs,
+        existing: bool,
+        decision: crate::authz::Decision,
+    ) -> Result<()> {
         caller.audit.set_policies(&decision.policies);
         if decision.allowed {
             return Ok(());
