@@ -296,31 +296,24 @@ pub async fn copy_sqlite_to_postgres(
 }
 
 async fn sqlite_schema_version(path: &Path) -> Result<i64, StoreError> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .map_err(sqlite_err)?;
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sqlite_err)
-    })
-    .await
-    .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+    sqlite_scalar(path, "PRAGMA user_version".to_owned()).await
 }
 
 async fn sqlite_count(path: &Path, table: &str) -> Result<u64, StoreError> {
+    let n = sqlite_scalar(path, format!("SELECT COUNT(*) FROM {table}")).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// One integer from the SQLite file, read on a read-only connection of its own.
+async fn sqlite_scalar(path: &Path, sql: String) -> Result<i64, StoreError> {
     let path = path.to_path_buf();
-    let sql = format!("SELECT COUNT(*) FROM {table}");
     tokio::task::spawn_blocking(move || {
         let conn = rusqlite::Connection::open_with_flags(
             &path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .map_err(sqlite_err)?;
-        let n: i64 = conn.query_row(&sql, [], |r| r.get(0)).map_err(sqlite_err)?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        conn.query_row(&sql, [], |r| r.get(0)).map_err(sqlite_err)
     })
     .await
     .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
