@@ -231,6 +231,22 @@ UPDATE resource_current SET seq = (
       AND v.version = resource_current.version
 );
 "#,
+    // A resource's blind-index rows are listed in one `search_keys` row (see [`IndexKeys`])
+    // instead of found through a second index on `search_index (rtype, id)`: that index held a
+    // copy of every row (about 20 per Observation), so each write inserted twice the entries.
+    // An update or delete reads the list and deletes by primary key.
+    r#"
+CREATE TABLE search_keys (
+    rtype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    PRIMARY KEY (rtype, id)
+) WITHOUT ROWID;
+INSERT INTO search_keys (rtype, id, keys)
+    SELECT rtype, id, group_concat(param || ' ' || hex(token) || ' ' || ord, char(10))
+    FROM search_index GROUP BY rtype, id;
+DROP INDEX search_index_resource;
+"#,
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -1088,14 +1104,10 @@ fn shred_key(conn: &Connection, dek: i64) -> Result<(), StoreError> {
         })
         .map_err(map_err)?;
     for (rtype, id) in &current {
-        for sql in [
-            "DELETE FROM search_index WHERE rtype = ?1 AND id = ?2",
-            "DELETE FROM resource_current WHERE rtype = ?1 AND id = ?2",
-        ] {
-            conn.prepare_cached(sql)
-                .and_then(|mut s| s.execute(params![rtype, id]))
-                .map_err(map_err)?;
-        }
+        replace_search_index(conn, rtype, id, &[])?;
+        conn.prepare_cached("DELETE FROM resource_current WHERE rtype = ?1 AND id = ?2")
+            .and_then(|mut s| s.execute(params![rtype, id]))
+            .map_err(map_err)?;
     }
     conn.prepare_cached("DELETE FROM resource_version WHERE dek_id = ?1")
         .and_then(|mut s| s.execute([dek]))
@@ -1263,30 +1275,29 @@ fn put_resource(conn: &Connection, new: &NewResourceVersion) -> Result<(), Store
 
 /// Replace a resource's blind-index rows, touching only the ones that change: an update keeps
 /// most of its keys (code, subject, category), and every row deleted or inserted is a leaf page
-/// to read, dirty, log and checkpoint.
+/// to read, dirty, log and checkpoint. No tokens: the resource leaves the index.
 fn replace_search_index(
     conn: &Connection,
     rtype: &str,
     id: &str,
     tokens: &[(String, Vec<u8>)],
 ) -> Result<(), StoreError> {
-    let existing: Vec<(String, Vec<u8>, i64)> = conn
-        .prepare_cached("SELECT param, token, ord FROM search_index WHERE rtype = ?1 AND id = ?2")
-        .and_then(|mut s| {
-            s.query_map(params![rtype, id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
+    let listed: Option<String> = conn
+        .prepare_cached("SELECT keys FROM search_keys WHERE rtype = ?1 AND id = ?2")
+        .and_then(|mut s| s.query_row(params![rtype, id], |r| r.get(0)).optional())
         .map_err(map_err)?;
+    let existing = match &listed {
+        Some(text) => IndexKeys::parse(text)?,
+        None => IndexKeys::default(),
+    };
     let wanted: HashSet<(&str, &[u8])> = tokens
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_slice()))
         .collect();
-    let mut kept: HashSet<(&str, &[u8])> = HashSet::new();
-    for (param, token, ord) in &existing {
+    let mut kept = IndexKeys::default();
+    for (param, token, ord) in existing.0 {
         if wanted.contains(&(param.as_str(), token.as_slice())) {
-            kept.insert((param.as_str(), token.as_slice()));
+            kept.0.push((param, token, ord));
             continue;
         }
         conn.prepare_cached(
@@ -1296,23 +1307,99 @@ fn replace_search_index(
         .and_then(|mut s| s.execute(params![rtype, param, token, ord, id]))
         .map_err(map_err)?;
     }
-    if wanted.len() == kept.len() {
+    if wanted.len() > kept.0.len() {
+        // Write order (see the migration that added `ord`): the resource version just put has
+        // the highest sequence number.
+        let ord: i64 = conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM resource_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(map_err)?;
+        let already: HashSet<(&str, &[u8])> = kept
+            .0
+            .iter()
+            .map(|(p, t, _)| (p.as_str(), t.as_slice()))
+            .collect();
+        let mut added = Vec::new();
+        for (param, token) in wanted.difference(&already) {
+            conn.prepare_cached(
+                "INSERT INTO search_index (rtype, param, token, ord, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![rtype, param, token, ord, id]))
+            .map_err(map_err)?;
+            added.push(((*param).to_owned(), token.to_vec(), ord));
+        }
+        kept.0.extend(added);
+    }
+    let text = kept.to_text();
+    if listed.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    // Write order (see the migration that added `ord`): the resource version just put has the
-    // highest sequence number.
-    let ord: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM resource_version")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(map_err)?;
-    for (param, token) in wanted.difference(&kept) {
+    if kept.0.is_empty() {
+        conn.prepare_cached("DELETE FROM search_keys WHERE rtype = ?1 AND id = ?2")
+            .and_then(|mut s| s.execute(params![rtype, id]))
+            .map_err(map_err)?;
+    } else {
         conn.prepare_cached(
-            "INSERT INTO search_index (rtype, param, token, ord, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO search_keys (rtype, id, keys) VALUES (?1, ?2, ?3)
+             ON CONFLICT (rtype, id) DO UPDATE SET keys = excluded.keys",
         )
-        .and_then(|mut s| s.execute(params![rtype, param, token, ord, id]))
+        .and_then(|mut s| s.execute(params![rtype, id, text]))
         .map_err(map_err)?;
     }
     Ok(())
+}
+
+/// The primary keys of one resource's blind-index rows, `(param, token, ord)`, as
+/// `search_keys.keys` stores them: one line per row, `param HEX(token) ord`. Text, because the
+/// migration that introduced it builds it in SQL from the existing rows; parameter names are
+/// identifiers without spaces or newlines.
+#[derive(Default)]
+struct IndexKeys(Vec<(String, Vec<u8>, i64)>);
+
+impl IndexKeys {
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Backend("a search_keys row is malformed".into());
+        let mut rows = Vec::new();
+        for line in text.split('\n').filter(|l| !l.is_empty()) {
+            let mut fields = line.split(' ');
+            let (Some(param), Some(hex), Some(ord), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(corrupt());
+            };
+            let token = decode_hex(hex).ok_or_else(corrupt)?;
+            let ord = ord.parse().map_err(|_| corrupt())?;
+            rows.push((param.to_owned(), token, ord));
+        }
+        Ok(Self(rows))
+    }
+
+    fn to_text(&self) -> String {
+        let mut text = String::new();
+        for (param, token, ord) in &self.0 {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(param);
+            text.push(' ');
+            for byte in token {
+                text.push_str(&format!("{byte:02X}"));
+            }
+            text.push(' ');
+            text.push_str(&ord.to_string());
+        }
+        text
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn split_list(s: &str) -> Vec<&str> {
@@ -2267,7 +2354,7 @@ mod tests {
 
     #[tokio::test]
     async fn rewrap_is_conditional_and_shred_removes_only_its_compartment() {
-        let (_dir, store) = bare_store().await;
+        let (dir, store) = bare_store().await;
         store
             .write(vec![data_key("Patient/a"), data_key("Patient/b")])
             .await
@@ -2363,6 +2450,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(hits, vec!["b".to_owned()]);
+        assert_eq!(index_rows_listed(&dir.path().join("t.db")), 1);
     }
 
     /// A steady stream of group commits beside steady reads never lets the WAL start over by
@@ -2621,6 +2709,84 @@ mod tests {
             .unwrap()
     }
 
+    /// Every blind-index row is listed in its resource's `search_keys` row and every listed key
+    /// is a row; returns how many rows there are.
+    fn index_rows_listed(path: &Path) -> usize {
+        let conn = Connection::open(path).unwrap();
+        let mut rows: Vec<(String, String, String, Vec<u8>, i64)> = conn
+            .prepare("SELECT rtype, id, param, token, ord FROM search_index")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let mut listed = Vec::new();
+        let lists: Vec<(String, String, String)> = conn
+            .prepare("SELECT rtype, id, keys FROM search_keys")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        for (rtype, id, keys) in lists {
+            let keys = IndexKeys::parse(&keys).unwrap();
+            assert!(!keys.0.is_empty(), "an empty list is not kept");
+            for (param, token, ord) in keys.0 {
+                listed.push((rtype.clone(), id.clone(), param, token, ord));
+            }
+        }
+        rows.sort();
+        listed.sort();
+        assert_eq!(rows, listed);
+        rows.len()
+    }
+
+    #[test]
+    fn index_key_lists_read_back_what_was_written_and_refuse_damage() {
+        let keys = IndexKeys(vec![
+            ("code".into(), vec![0, 0xab, 0xff], 7),
+            ("_id".into(), Vec::new(), 0),
+        ]);
+        let text = keys.to_text();
+        assert_eq!(text, "code 00ABFF 7\n_id  0");
+        assert_eq!(IndexKeys::parse(&text).unwrap().0, keys.0);
+        assert!(IndexKeys::parse("").unwrap().0.is_empty());
+        for damaged in [
+            "code 0AB 7",
+            "code ZZ 7",
+            "code 00 x",
+            "code 00",
+            "code 00 1 2",
+        ] {
+            let err = IndexKeys::parse(damaged).err().unwrap();
+            assert!(err.to_string().contains("search_keys"), "{damaged}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_key_list_fails_the_write_and_changes_nothing() {
+        let (dir, store) = store().await;
+        let path = dir.path().join("t.db");
+        store
+            .write(vec![put("a", 1, None), index("a", &[("code", b"x")])])
+            .await
+            .unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE search_keys SET keys = 'code nothex 1'", [])
+            .unwrap();
+        let result = store
+            .write(vec![put("a", 2, Some(1)), index("a", &[("code", b"y")])])
+            .await;
+        assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        assert_eq!(found(&store, "code", b"x").await, ["a"]);
+        assert!(found(&store, "code", b"y").await.is_empty());
+        let current = store.resource_current("Patient", "a").await.unwrap();
+        assert_eq!(current.unwrap().version, 1);
+    }
+
     #[tokio::test]
     async fn an_index_replacement_keeps_unchanged_rows_and_orders_new_ones_by_write() {
         let (dir, store) = store().await;
@@ -2654,10 +2820,12 @@ mod tests {
         assert!(after[1].1 > before[0].1 && after[1].1 > 0);
         let b = ords(&dir.path().join("t.db"), "b");
         assert!(b[0].1 > before[0].1 && after[1].1 > b[0].1);
+        assert_eq!(index_rows_listed(&dir.path().join("t.db")), 3);
         // A deleted resource has no index rows.
         store.write(vec![index("a", &[])]).await.unwrap();
         assert_eq!(found(&store, "code", b"x").await, ["b"]);
         assert!(found(&store, "code", b"z").await.is_empty());
+        assert_eq!(index_rows_listed(&dir.path().join("t.db")), 1);
     }
 
     /// A database at the schema just before the first migration containing `marker`.
@@ -2696,6 +2864,52 @@ mod tests {
         assert!(found(&store, "name", &[2]).await.is_empty());
         assert_eq!(found(&store, "code", &[1]).await, ["old1", "old2"]);
         assert_eq!(ords(&path, "old1"), [(vec![1u8], 0)]);
+        assert_eq!(index_rows_listed(&path), 2);
+    }
+
+    #[tokio::test]
+    async fn index_rows_written_before_the_key_lists_are_listed_and_replaced() {
+        let (_dir, path) = database_before("CREATE TABLE search_keys");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO search_index (rtype, param, token, ord, id)
+                 VALUES ('Patient', 'code', x'01', 5, 'old1'), ('Patient', 'code', x'01', 6, 'old2'),
+                        ('Patient', 'name', x'02ff', 5, 'old1'), ('Condition', 'code', x'01', 9, 'old1');",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(index_rows_listed(&path), 4);
+        let conn = Connection::open(&path).unwrap();
+        let second_index: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'search_index_resource'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(second_index, 0);
+        store.write(vec![data_key("Patient/test")]).await.unwrap();
+        store
+            .write(vec![
+                put("old1", 1, None),
+                index("old1", &[("code", &[1]), ("name", &[3])]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(found(&store, "code", &[1]).await, ["old1", "old2"]);
+        assert!(found(&store, "name", &[2, 0xff]).await.is_empty());
+        assert_eq!(found(&store, "name", &[3]).await, ["old1"]);
+        // The same id under another type is another resource: its row is untouched.
+        let other: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM search_index WHERE rtype = 'Condition' AND id = 'old1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(other, 1);
+        assert_eq!(index_rows_listed(&path), 4);
     }
 
     #[tokio::test]
