@@ -699,6 +699,9 @@ impl Records {
             break_glass_grants: Some(&grants),
             ..caller
         };
+        // Only the members the clauses and sort keys read are built: a candidate's other
+        // members (text, components, extensions) are skipped, not allocated.
+        let read = search::elements_read(rtype, &query.clauses, &query.sort);
         let mut found = Vec::with_capacity(opened.len());
         for v in opened {
             let attrs = self.existing_attrs(caller, &v).await?;
@@ -714,7 +717,7 @@ impl Records {
             {
                 continue;
             }
-            let json: Value = serde_json::from_slice(&v.json)
+            let json = search::parse_members(&v.json, &read)
                 .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
             if !query
                 .clauses
