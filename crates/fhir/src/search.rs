@@ -40,7 +40,9 @@
 //!
 //! The same key string can appear under several parameters (`subject` and `patient` of an
 //! Observation both give `r:Patient/p1`): the server must namespace keys by type and parameter
-//! name before hashing. `_id` and `_lastUpdated` are indexed like any parameter.
+//! name before hashing. `_lastUpdated` is indexed like any parameter. `_id` is not indexed: the id
+//! is the resource's key in the store, so [`id_candidates`] gives an `_id` clause's candidates
+//! directly (an index row per resource with a random token was a random page per write).
 //!
 //! Candidate keys: token `code` and `|code` give `c:code`; `system|code` gives `sc:system|code`
 //! (plus `c:code` for parameters over primitive codes); `system|` gives `s:system`. A bare
@@ -1468,6 +1470,9 @@ pub fn index_keys(rtype: ResourceType, resource: &Value) -> Vec<(&'static str, S
 
 fn param_index_keys(def: &ParamDef, resource: &Value) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
+    if is_id(def) {
+        return keys;
+    }
     match def.ptype {
         ParamType::Token => {
             for tok in tokens(def, resource) {
@@ -1534,6 +1539,10 @@ fn param_index_keys(def: &ParamDef, resource: &Value) -> BTreeSet<String> {
 #[must_use]
 pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String>> {
     let def = clause.param;
+    if is_id(def) {
+        // Not in the index: see [`id_candidates`].
+        return None;
+    }
     let Some(modifier) = parse_modifier(def, clause.modifier.as_deref()) else {
         return Some(Vec::new());
     };
@@ -1578,6 +1587,29 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
         }]),
         _ => Some(Vec::new()),
     }
+}
+
+/// The ids an `_id` clause can match (every resource it matches has one of them as its id), or
+/// `None` for another parameter or a modifier (`:not`, `:missing`) that has no bounded set.
+#[must_use]
+pub fn id_candidates(clause: &Clause) -> Option<Vec<String>> {
+    if !is_id(clause.param) || clause.modifier.is_some() {
+        return None;
+    }
+    Some(
+        clause
+            .values
+            .iter()
+            .filter_map(|v| match &v.0 {
+                Sv::Token { code, .. } if !code.is_empty() => Some(code.clone()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+fn is_id(def: &ParamDef) -> bool {
+    std::ptr::eq(def, &COMMON[0])
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2544,6 +2576,13 @@ mod tests {
                 continue;
             }
             any = true;
+            if let Some(ids) = id_candidates(&single) {
+                let id = resource
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                assert!(ids.iter().any(|c| c == id), "false negative: _id {ids:?}");
+            }
             if let Some(candidates) = candidate_keys(&single, value) {
                 assert!(
                     candidates.iter().any(|c| keys.contains(c)),
@@ -3760,11 +3799,15 @@ mod tests {
         assert!(hit(rt, &p, "_lastUpdated", "2024-05-06T05:08:09.123Z"));
         assert!(hit(rt, &p, "_lastUpdated", "le2024-05"));
         assert!(!hit(rt, &p, "_lastUpdated", "2024-05-07"));
-        assert_eq!(keys_of(rt, &p, "_id"), ["c:p-1.a"]);
-        assert_eq!(
-            candidates(rt, "_id", "p-1.a"),
-            Some(vec!["c:p-1.a".to_owned()])
-        );
+        // `_id` is answered by id, not from the index.
+        assert!(keys_of(rt, &p, "_id").is_empty());
+        assert_eq!(candidates(rt, "_id", "p-1.a"), None);
+        let ids = |list: &[(&str, &str)]| id_candidates(&query(rt, list).clauses[0]);
+        assert_eq!(ids(&[("_id", "p-1.a,x")]).unwrap(), ["p-1.a", "x"]);
+        assert_eq!(ids(&[("_id", "|p-1.a")]).unwrap(), ["p-1.a"]);
+        assert_eq!(ids(&[("_id:not", "x")]), None);
+        assert_eq!(ids(&[("_id:missing", "true")]), None);
+        assert_eq!(ids(&[("gender", "male")]), None);
         // _id on any type.
         let claim = ResourceType::parse("Claim").expect("type");
         assert!(hit(claim, &json!({ "id": "c1" }), "_id", "c1"));
@@ -4101,7 +4144,7 @@ mod tests {
         let unique: BTreeSet<_> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len());
         assert_eq!(keys_of(rt, &obs, "category"), ["c:c", "s:s", "sc:s|c"]);
-        assert_eq!(keys_of(rt, &obs, "_id"), ["c:o1"]);
+        assert!(keys_of(rt, &obs, "_id").is_empty());
         assert_eq!(keys_of(rt, &obs, "patient"), ["r:Patient/p1"]);
         assert_eq!(keys_of(rt, &obs, "subject"), ["r:Patient/p1"]);
         assert_eq!(

@@ -475,10 +475,35 @@ impl Records {
             .iter()
             .filter_map(|c| self.index.lookup(rtype, c))
             .collect();
-        let mut ids = if lookups.is_empty() {
-            self.store.resource_ids(rtype.as_str()).await?
-        } else {
-            self.store.search_index(rtype.as_str(), lookups).await?
+        // `_id` is not in the blind index: its values are the candidates (those that do not
+        // exist are not found when the candidates are read).
+        let by_id = query
+            .clauses
+            .iter()
+            .filter_map(search::id_candidates)
+            .reduce(|mut all, next| {
+                all.retain(|id| next.contains(id));
+                all
+            })
+            .map(|mut ids| {
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            });
+        let mut ids = match by_id {
+            Some(mut ids) if !lookups.is_empty() => {
+                let indexed: std::collections::HashSet<String> = self
+                    .store
+                    .search_index(rtype.as_str(), lookups)
+                    .await?
+                    .into_iter()
+                    .collect();
+                ids.retain(|id| indexed.contains(id));
+                ids
+            }
+            Some(ids) => ids,
+            None if lookups.is_empty() => self.store.resource_ids(rtype.as_str()).await?,
+            None => self.store.search_index(rtype.as_str(), lookups).await?,
         };
         let after = query.page.as_deref().map(decode_cursor).transpose()?;
         // In the default order (by id) and without a total, candidates are opened in id order

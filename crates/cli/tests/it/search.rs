@@ -183,12 +183,35 @@ fn every_parameter_type_finds_exactly_what_matches() {
         )),
         set(&[&d.obs_hr])
     );
+    // `_id` is answered by id, not from the blind index: with other clauses, repeated (AND),
+    // repeated values, an unknown id, another type's id, and `:not`.
+    assert_eq!(
+        q(&format!(
+            "/fhir/Observation?_id={},{}&code=8867-4",
+            d.obs_hr, d.obs_bp
+        )),
+        set(&[&d.obs_hr])
+    );
+    assert_eq!(
+        ids(
+            api,
+            &format!(
+                "/fhir/Patient?_id={},{},{}&_id={}&_total=accurate",
+                d.smith, d.other, d.smith, d.smith
+            )
+        ),
+        (set(&[&d.smith]), Some(1))
+    );
+    assert!(q("/fhir/Patient?_id=no-such-patient").is_empty());
+    assert!(q(&format!("/fhir/Patient?_id={}", d.obs_hr)).is_empty());
+    assert!(!q(&format!("/fhir/Patient?_id:not={}", d.smith)).contains(&d.smith));
     // A deleted resource is no longer found.
     assert_eq!(
         api.delete(&format!("/fhir/Patient/{}", d.other)).status,
         204
     );
     assert_eq!(q("/fhir/Patient?gender=male"), set(&[&d.muller]));
+    assert!(q(&format!("/fhir/Patient?_id={}", d.other)).is_empty());
 }
 
 #[test]
