@@ -1293,6 +1293,15 @@ fn replace_search_index(
         Some(text) => IndexKeys::parse(text)?,
         None => IndexKeys::default(),
     };
+    if tokens
+        .iter()
+        .any(|(p, _)| p.is_empty() || p.contains([' ', '\n']))
+    {
+        // The key list separates fields by spaces and rows by newlines (see [`IndexKeys`]).
+        return Err(StoreError::Backend(
+            "a blind-index parameter name must be a non-empty word".into(),
+        ));
+    }
     let wanted: HashSet<(&str, &[u8])> = tokens
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_slice()))
@@ -2757,6 +2766,16 @@ mod tests {
         assert_eq!(text, "code 00ABFF 7\n_id  0");
         assert_eq!(IndexKeys::parse(&text).unwrap().0, keys.0);
         assert!(IndexKeys::parse("").unwrap().0.is_empty());
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        replace_search_index(&conn, "Patient", "a", &[("code".to_owned(), vec![1u8])]).unwrap();
+        for name in ["", "na me", "name\nx 00 1"] {
+            let tokens = [(name.to_owned(), vec![1u8])];
+            let err = replace_search_index(&conn, "Patient", "a", &tokens).err();
+            assert!(matches!(err, Some(StoreError::Backend(_))), "{name:?}");
+        }
         for damaged in [
             "code 0AB 7",
             "code ZZ 7",
