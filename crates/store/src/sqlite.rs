@@ -2909,14 +2909,11 @@ mod tests {
         assert!(found(&store, "_id", &[3]).await.is_empty());
         assert_eq!(index_rows_listed(&path), 4);
         let conn = Connection::open(&path).unwrap();
-        let second_index: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'search_index_resource'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(second_index, 0);
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'search_index_resource'"),
+            0
+        );
         store.write(vec![data_key("Patient/test")]).await.unwrap();
         store
             .write(vec![
@@ -2929,14 +2926,10 @@ mod tests {
         assert!(found(&store, "name", &[2, 0xff]).await.is_empty());
         assert_eq!(found(&store, "name", &[3]).await, ["old1"]);
         // The same id under another type is another resource: its row is untouched.
-        let other: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM search_index WHERE rtype = 'Condition' AND id = 'old1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(other, 1);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM search_index WHERE rtype = 'Condition' AND id = 'old1'"),
+            1
+        );
         assert_eq!(index_rows_listed(&path), 4);
     }
 
