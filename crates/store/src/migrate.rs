@@ -187,11 +187,11 @@ const TABLES: &[Table] = &[
     (
         "audit_patient",
         &[
-            ("patient", Col::Text),
             ("node", Col::Text),
             ("seq", Col::Int),
+            ("patient", Col::Text),
         ],
-        "patient, node, seq",
+        "node, seq, patient",
     ),
     (
         "audit_checkpoint",

@@ -197,6 +197,13 @@ CREATE UNIQUE INDEX data_key_live ON data_key (compartment) WHERE state <> 'reti
 CREATE INDEX data_key_state ON data_key (state);
 INSERT INTO meta (key, value) VALUES ('kek_wrap_floor', '1') ON CONFLICT (key) DO NOTHING;
 "#,
+    // An audit event's patients are keyed by the event first, as in SQLite's schema 10: rows
+    // arrive in sequence order and append, and the audit search only asks whether an event it
+    // walks names a patient.
+    r#"
+ALTER TABLE audit_patient DROP CONSTRAINT audit_patient_pkey;
+ALTER TABLE audit_patient ADD PRIMARY KEY (node, seq, patient);
+"#,
 ];
 
 /// The schema version this binary writes.
