@@ -3,7 +3,7 @@
 //! data key, and appends with optimistic concurrency, the audit event committing with the data.
 //! Knows nothing of HTTP.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use carevault_fhir::search::{self, Query, SortKey, Total};
@@ -482,6 +482,7 @@ impl Records {
             .iter()
             .filter_map(search::id_candidates)
             .reduce(|mut all, next| {
+                let next: HashSet<String> = next.into_iter().collect();
                 all.retain(|id| next.contains(id));
                 all
             })
@@ -492,7 +493,7 @@ impl Records {
             });
         let mut ids = match by_id {
             Some(mut ids) if !lookups.is_empty() => {
-                let indexed: std::collections::HashSet<String> = self
+                let indexed: HashSet<String> = self
                     .store
                     .search_index(rtype.as_str(), lookups)
                     .await?
@@ -521,9 +522,15 @@ impl Records {
         } else {
             ids.len().max(1)
         };
+        // Only the members the clauses and sort keys read are built: a candidate's other
+        // members (text, components, extensions) are skipped, not allocated.
+        let read = search::elements_read(rtype, &query.clauses, &query.sort);
         let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
         for chunk in ids.chunks(chunk) {
-            found.extend(self.matching(caller, rtype, query, chunk.to_vec()).await?);
+            found.extend(
+                self.matching(caller, rtype, query, &read, chunk.to_vec())
+                    .await?,
+            );
             if page_only && found.len() > query.count as usize {
                 break;
             }
@@ -584,7 +591,7 @@ impl Records {
         query: &Query,
         page: &[Version],
     ) -> Result<Vec<Version>> {
-        let mut seen: std::collections::HashSet<(ResourceType, String)> = page
+        let mut seen: HashSet<(ResourceType, String)> = page
             .iter()
             .map(|v| (v.rtype, v.id.as_str().to_owned()))
             .collect();
@@ -677,7 +684,6 @@ impl Records {
             .then_some(v))
     }
 
-    /// Whether the caller may read `v` (a denial is not an error here: the row is left out).
     /// The candidates among `ids` that match every clause and that the caller may read, with
     /// their sort keys.
     async fn matching(
@@ -685,6 +691,7 @@ impl Records {
         caller: Caller<'_>,
         rtype: ResourceType,
         query: &Query,
+        read: &BTreeSet<&'static str>,
         ids: Vec<String>,
     ) -> Result<Vec<(Vec<Option<String>>, Version)>> {
         let mut opened: Vec<Version> = Vec::new();
@@ -700,7 +707,7 @@ impl Records {
         // With a shared database the organizations are not cached across requests (another
         // node may change them): read the candidates' in one query instead of one each.
         let organizations = if self.authz.shared_database() {
-            let compartments: std::collections::BTreeSet<String> = opened
+            let compartments: BTreeSet<String> = opened
                 .iter()
                 .filter_map(Version::patient_compartment)
                 .collect();
@@ -724,9 +731,6 @@ impl Records {
             break_glass_grants: Some(&grants),
             ..caller
         };
-        // Only the members the clauses and sort keys read are built: a candidate's other
-        // members (text, components, extensions) are skipped, not allocated.
-        let read = search::elements_read(rtype, &query.clauses, &query.sort);
         let mut found = Vec::with_capacity(opened.len());
         for v in opened {
             let attrs = self.existing_attrs(caller, &v).await?;
@@ -742,7 +746,7 @@ impl Records {
             {
                 continue;
             }
-            let json = search::parse_members(&v.json, &read)
+            let json = search::parse_members(&v.json, read)
                 .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
             if !query
                 .clauses
@@ -769,6 +773,7 @@ impl Records {
         Ok(found)
     }
 
+    /// Whether the caller may read `v` (a denial is not an error here: the row is left out).
     async fn may_read(&self, caller: Caller<'_>, action: FhirAction, v: &Version) -> Result<bool> {
         match self.authorize_existing(caller, action, v).await {
             Ok(()) => Ok(true),
