@@ -316,6 +316,16 @@ fn paging_totals_sorting_includes_and_result_controls() {
             .count(),
         1
     );
+    // Each entry names its resource and embeds the stored document as a read returns it.
+    for e in with_patient["entry"].as_array().unwrap() {
+        let path = format!(
+            "/fhir/{}/{}",
+            e["resource"]["resourceType"].as_str().unwrap(),
+            e["resource"]["id"].as_str().unwrap()
+        );
+        assert!(e["fullUrl"].as_str().unwrap().ends_with(&path), "{e}");
+        assert_eq!(api.get(&path).json(), e["resource"]);
+    }
     let rev = api
         .get(&format!(
             "/fhir/Patient?_id={}&_revinclude=Observation:patient",

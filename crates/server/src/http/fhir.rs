@@ -282,7 +282,11 @@ async fn search(
     if let Some(next) = &page.next {
         links.push(serde_json::json!({"relation": "next", "url": link(Some(next))}));
     }
-    let mut entries = Vec::new();
+    // Each entry is written around its resource's stored JSON as it is: the JSON opened under
+    // its data key (authenticated encryption), so it is the text this server serialized when
+    // the version was written. Checking it again to embed it (`RawValue`) was a third pass over
+    // every result's JSON.
+    let mut entries: Vec<u8> = vec![b'['];
     if !query.summary_count {
         for (mode, v) in page
             .matches
@@ -290,23 +294,35 @@ async fn search(
             .map(|v| ("match", v))
             .chain(page.included.iter().map(|v| ("include", v)))
         {
-            let resource = match &query.elements {
+            let reduced;
+            let resource: &[u8] = match &query.elements {
                 Some(elements) if mode == "match" => {
                     let mut json: Value = serde_json::from_slice(&v.json)
                         .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
                     carevault_fhir::search::apply_elements(&mut json, elements);
-                    RawValue::from_string(json.to_string())
-                        .map_err(|e| Error::Internal(e.to_string()))?
+                    reduced = json.to_string().into_bytes();
+                    &reduced
                 }
-                _ => raw_json(&v.json)?,
+                _ => &v.json,
             };
-            entries.push(SearchEntry {
-                full_url: format!("{base}/{}/{}", v.rtype, v.id),
-                resource,
-                search: SearchMode { mode },
-            });
+            debug_assert!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(resource).is_ok(),
+                "stored JSON of a search result does not parse"
+            );
+            if entries.len() > 1 {
+                entries.push(b',');
+            }
+            entries.extend_from_slice(br#"{"fullUrl":"#);
+            serde_json::to_writer(&mut entries, &format!("{base}/{}/{}", v.rtype, v.id))
+                .map_err(|e| Error::Internal(format!("serialize: {e}")))?;
+            entries.extend_from_slice(br#","resource":"#);
+            entries.extend_from_slice(resource);
+            entries.extend_from_slice(br#","search":{"mode":""#);
+            entries.extend_from_slice(mode.as_bytes());
+            entries.extend_from_slice(br#""}}"#);
         }
     }
+    entries.push(b']');
     let with_total =
         query.summary_count || !matches!(query.total, carevault_fhir::search::Total::None);
     let bundle = SearchBundle {
@@ -318,10 +334,16 @@ async fn search(
         bundle_type: "searchset",
         total: with_total.then_some(page.total),
         link: links,
-        entry: entries,
     };
-    let body =
+    let mut body =
         serde_json::to_vec(&bundle).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
+    // `{..., "link": [...]}` becomes `{..., "link": [...], "entry": [...]}`.
+    if body.pop() != Some(b'}') {
+        return Err(Error::Internal("serialize: a Bundle is not a JSON object".into()).into());
+    }
+    body.extend_from_slice(br#","entry":"#);
+    body.extend_from_slice(&entries);
+    body.push(b'}');
     Ok(fhir_json(StatusCode::OK, body))
 }
 
@@ -344,20 +366,7 @@ struct SearchBundle {
     #[serde(skip_serializing_if = "Option::is_none")]
     total: Option<usize>,
     link: Vec<Value>,
-    entry: Vec<SearchEntry>,
-}
-
-#[derive(serde::Serialize)]
-struct SearchEntry {
-    #[serde(rename = "fullUrl")]
-    full_url: String,
-    resource: Box<RawValue>,
-    search: SearchMode,
-}
-
-#[derive(serde::Serialize)]
-struct SearchMode {
-    mode: &'static str,
+    // `entry` is appended as bytes (see `search`).
 }
 
 pub async fn create(
