@@ -525,10 +525,18 @@ impl Records {
         // Only the members the clauses and sort keys read are built: a candidate's other
         // members (text, components, extensions) are skipped, not allocated.
         let read = search::elements_read(rtype, &query.clauses, &query.sort);
+        // The caller's active break-glass grants, read once per search, not per chunk.
+        let grants = if may_break_glass(caller.principal) {
+            self.store
+                .break_glass_grants(&caller.principal.id, self.clock.now_secs())
+                .await?
+        } else {
+            Vec::new()
+        };
         let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
         for chunk in ids.chunks(chunk) {
             found.extend(
-                self.matching(caller, rtype, query, &read, chunk.to_vec())
+                self.matching(caller, rtype, query, &read, &grants, chunk.to_vec())
                     .await?,
             );
             if page_only && found.len() > query.count as usize {
@@ -692,6 +700,7 @@ impl Records {
         rtype: ResourceType,
         query: &Query,
         read: &BTreeSet<&'static str>,
+        grants: &[BreakGlassRow],
         ids: Vec<String>,
     ) -> Result<Vec<(Vec<Option<String>>, Version)>> {
         let mut opened: Vec<Version> = Vec::new();
@@ -719,16 +728,9 @@ impl Records {
         } else {
             HashMap::new()
         };
-        let grants = if may_break_glass(caller.principal) {
-            self.store
-                .break_glass_grants(&caller.principal.id, self.clock.now_secs())
-                .await?
-        } else {
-            Vec::new()
-        };
         let caller = Caller {
             organizations: Some(&organizations),
-            break_glass_grants: Some(&grants),
+            break_glass_grants: Some(grants),
             ..caller
         };
         let mut found = Vec::with_capacity(opened.len());
@@ -742,7 +744,7 @@ impl Records {
                 .fhir(caller.principal, FhirAction::Search, &attrs, false);
             if !decision.allowed
                 && decision.policies.is_empty()
-                && grant_covering(&grants, attrs.compartment.as_deref()).is_none()
+                && grant_covering(grants, attrs.compartment.as_deref()).is_none()
             {
                 continue;
             }
