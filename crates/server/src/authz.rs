@@ -120,16 +120,20 @@ struct Loaded {
     /// FHIR decisions already made under this policy set, when no policy can tell two
     /// resources apart beyond the attributes in [`DecisionKey`] (see [`identity_free`]).
     decisions: Option<RwLock<HashMap<DecisionKey, Decision>>>,
+    /// No policy reads a resource's security labels (see [`label_free`]).
+    label_free: bool,
 }
 
 impl Loaded {
     fn new(version: i64, set: PolicySet, custom: Vec<PolicyRow>, actions: &Entities) -> Self {
         let cacheable = set.policies().all(identity_free);
+        let label_free = set.policies().all(label_free);
         Self {
             version,
             custom,
             index: PolicyIndex::new(&set, actions),
             decisions: cacheable.then(|| RwLock::new(HashMap::new())),
+            label_free,
         }
     }
 }
@@ -161,26 +165,6 @@ const CACHEABLE_RESOURCE_ATTRS: [&str; 4] = ["type", "in_compartment", "organiza
 /// uid, `resource.compartment`, `resource has ...`, a form this check does not know) is
 /// treated as identity-dependent, which only turns the cache off.
 fn identity_free(policy: &Policy) -> bool {
-    fn uses_only_cacheable_attrs(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::Object(m) => {
-                if let Some(dot) = m.get(".")
-                    && dot.get("left") == Some(&serde_json::json!({"Var": "resource"}))
-                {
-                    return dot
-                        .get("attr")
-                        .and_then(serde_json::Value::as_str)
-                        .is_some_and(|a| CACHEABLE_RESOURCE_ATTRS.contains(&a));
-                }
-                if m.get("Var").and_then(serde_json::Value::as_str) == Some("resource") {
-                    return false;
-                }
-                m.values().all(uses_only_cacheable_attrs)
-            }
-            serde_json::Value::Array(items) => items.iter().all(uses_only_cacheable_attrs),
-            _ => true,
-        }
-    }
     let Ok(json) = policy.to_json() else {
         return false;
     };
@@ -193,10 +177,48 @@ fn identity_free(policy: &Policy) -> bool {
         Some("is") => json.pointer("/resource/in").is_none(),
         _ => false,
     };
-    scope_free
-        && json
-            .get("conditions")
-            .is_some_and(uses_only_cacheable_attrs)
+    scope_free && conditions_read_resource_only(&json, &CACHEABLE_RESOURCE_ATTRS)
+}
+
+/// The resource attributes other than its security labels.
+const UNLABELLED_RESOURCE_ATTRS: [&str; 4] =
+    ["type", "in_compartment", "organization", "compartment"];
+
+/// Does this policy decide the same whatever the resource's security labels? True when its
+/// conditions read `resource` only through attributes other than `security` (its scope names
+/// types and uids, never labels). Like [`identity_free`], an unknown form counts as reading them.
+fn label_free(policy: &Policy) -> bool {
+    policy
+        .to_json()
+        .is_ok_and(|json| conditions_read_resource_only(&json, &UNLABELLED_RESOURCE_ATTRS))
+}
+
+/// Whether a policy's conditions (in Cedar's JSON form) use `resource` only as `resource.<attr>`
+/// with `attr` among `attrs`.
+fn conditions_read_resource_only(policy: &serde_json::Value, attrs: &[&str]) -> bool {
+    fn reads_only(v: &serde_json::Value, attrs: &[&str]) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(dot) = m.get(".")
+                    && dot.get("left") == Some(&serde_json::json!({"Var": "resource"}))
+                {
+                    return dot
+                        .get("attr")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|a| attrs.contains(&a));
+                }
+                if m.get("Var").and_then(serde_json::Value::as_str) == Some("resource") {
+                    return false;
+                }
+                m.values().all(|v| reads_only(v, attrs))
+            }
+            serde_json::Value::Array(items) => items.iter().all(|v| reads_only(v, attrs)),
+            _ => true,
+        }
+    }
+    policy
+        .get("conditions")
+        .is_some_and(|c| reads_only(c, attrs))
 }
 
 /// Cedar evaluates every policy it is given, and even one whose scope cannot match costs about a
@@ -585,6 +607,13 @@ impl Authz {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(compartment.to_owned(), organization);
+    }
+
+    /// True when no policy in force reads a resource's security labels: a decision made
+    /// without them is the decision for any labels, so a search can decide a candidate before
+    /// opening it.
+    pub fn decides_without_labels(&self) -> bool {
+        self.loaded().label_free
     }
 
     /// Decide a FHIR interaction on a resource.
@@ -1163,6 +1192,64 @@ mod tests {
             !labels
                 .fhir(&clin, FhirAction::Read, &restricted, false)
                 .allowed
+        );
+    }
+
+    #[test]
+    fn decisions_are_label_free_only_when_no_policy_reads_labels() {
+        assert!(
+            authz_with(&[]).decides_without_labels(),
+            "the built-in policies never read labels"
+        );
+        assert!(
+            authz_with(&[(
+                "one-patient",
+                r#"forbid (principal, action in CareVault::Action::"fhir", resource is CareVault::Resource) when { resource.compartment == "Patient/p1" };"#,
+            )])
+            .decides_without_labels(),
+            "a policy about a compartment tells resources apart, not labels"
+        );
+        for (name, text) in [
+            (
+                "forbid-restricted",
+                r#"forbid (principal, action in CareVault::Action::"fhir", resource is CareVault::Resource) when { resource.security.contains("R") };"#,
+            ),
+            (
+                "permit-shared",
+                r#"permit (principal in CareVault::Role::"clinician", action in CareVault::Action::"fhir", resource) when { resource.security.contains("SHARED") };"#,
+            ),
+            (
+                "unless-labelled",
+                r#"forbid (principal, action in CareVault::Action::"fhir", resource) unless { resource.security.isEmpty() };"#,
+            ),
+            (
+                "has",
+                r#"forbid (principal, action in CareVault::Action::"fhir", resource is CareVault::Resource) when { resource has security };"#,
+            ),
+            (
+                "whole-resource",
+                r#"forbid (principal, action in CareVault::Action::"fhir", resource) when { context.scope == resource.type && resource == resource };"#,
+            ),
+        ] {
+            let a = authz_with(&[(name, text)]);
+            assert!(!a.decides_without_labels(), "{name} may read labels");
+        }
+        let a = authz_with(&[(
+            "permit-shared",
+            r#"permit (principal in CareVault::Role::"clinician", action in CareVault::Action::"fhir", resource) when { resource.security.contains("SHARED") };"#,
+        )]);
+        let clin = user(Role::Clinician, Some("org-a"));
+        let shared = ResourceAttrs {
+            security: vec!["SHARED".into()],
+            ..patient_in("org-b")
+        };
+        assert!(
+            !a.fhir(&clin, FhirAction::Search, &patient_in("org-b"), false)
+                .allowed
+        );
+        assert!(
+            a.fhir(&clin, FhirAction::Search, &shared, false).allowed,
+            "the labels decide here, which is why such a set is not label-free"
         );
     }
 

@@ -533,10 +533,25 @@ impl Records {
         } else {
             Vec::new()
         };
+        // A Patient's compartment is its own id, so when no policy reads labels the policies can
+        // decide a candidate before its row is fetched and opened: three in four candidates of a
+        // name search at a multi-organization site are other organizations' patients.
+        let decide_by_id = rtype == ResourceType::PATIENT && self.authz.decides_without_labels();
         let mut found: Vec<(Vec<Option<String>>, Version)> = Vec::new();
-        for chunk in ids.chunks(chunk) {
+        let mut rest = ids.as_slice();
+        while !rest.is_empty() {
+            let mut batch = Vec::with_capacity(chunk.min(rest.len()));
+            while batch.len() < chunk && !rest.is_empty() {
+                let (window, tail) = rest.split_at((chunk - batch.len()).min(rest.len()));
+                rest = tail;
+                if decide_by_id {
+                    batch.extend(self.patients_not_denied(caller, &grants, window).await?);
+                } else {
+                    batch.extend_from_slice(window);
+                }
+            }
             found.extend(
-                self.matching(caller, rtype, query, &read, &grants, chunk.to_vec())
+                self.matching(caller, rtype, query, &read, &grants, batch)
                     .await?,
             );
             if page_only && found.len() > query.count as usize {
@@ -713,21 +728,9 @@ impl Records {
             };
             opened.push(self.open_row(rtype, &id, row).await?);
         }
-        // With a shared database the organizations are not cached across requests (another
-        // node may change them): read the candidates' in one query instead of one each.
-        let organizations = if self.authz.shared_database() {
-            let compartments: BTreeSet<String> = opened
-                .iter()
-                .filter_map(Version::patient_compartment)
-                .collect();
-            self.store
-                .compartment_organizations(compartments.into_iter().collect())
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let organizations = self
+            .bulk_organizations(opened.iter().filter_map(Version::patient_compartment))
+            .await?;
         let caller = Caller {
             organizations: Some(&organizations),
             break_glass_grants: Some(grants),
@@ -773,6 +776,65 @@ impl Records {
             found.push((keys, v));
         }
         Ok(found)
+    }
+
+    /// With a shared database the organizations are not cached across requests (another node
+    /// may change them): a search reads its candidates' in one query instead of one each. On a
+    /// single node the cache answers and this is empty.
+    async fn bulk_organizations(
+        &self,
+        compartments: impl Iterator<Item = String>,
+    ) -> Result<HashMap<String, Option<String>>> {
+        if !self.authz.shared_database() {
+            return Ok(HashMap::new());
+        }
+        let compartments: BTreeSet<String> = compartments.collect();
+        Ok(self
+            .store
+            .compartment_organizations(compartments.into_iter().collect())
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// The Patient ids among `ids` that [`Self::matching`] would not leave out as denied by
+    /// default, decided from the id alone (a Patient's compartment is itself). Only sound while
+    /// the policies do not read labels ([`Authz::decides_without_labels`]): the decision made
+    /// here without them is then the one `matching` would make with them.
+    async fn patients_not_denied(
+        &self,
+        caller: Caller<'_>,
+        grants: &[BreakGlassRow],
+        ids: &[String],
+    ) -> Result<Vec<String>> {
+        let organizations = self
+            .bulk_organizations(ids.iter().map(|id| format!("Patient/{id}")))
+            .await?;
+        let caller = Caller {
+            organizations: Some(&organizations),
+            ..caller
+        };
+        let mut kept = Vec::with_capacity(ids.len());
+        for id in ids {
+            let compartment = format!("Patient/{id}");
+            let attrs = ResourceAttrs {
+                rtype: ResourceType::PATIENT,
+                id: id.clone(),
+                organization: self.organization_of(caller, Some(&compartment)).await?,
+                compartment: Some(compartment),
+                security: Vec::new(),
+            };
+            let decision = self
+                .authz
+                .fhir(caller.principal, FhirAction::Search, &attrs, false);
+            if decision.allowed
+                || !decision.policies.is_empty()
+                || grant_covering(grants, attrs.compartment.as_deref()).is_some()
+            {
+                kept.push(id.clone());
+            }
+        }
+        Ok(kept)
     }
 
     /// Whether the caller may read `v` (a denial is not an error here: the row is left out).

@@ -24,6 +24,7 @@ struct World {
     srv: TestServer,
     admin: Account,
     clin_a: Account,
+    clin_b: Account,
     auditor: Account,
     developer: Account,
     patient_a: String,
@@ -62,6 +63,7 @@ fn world() -> World {
         srv,
         admin,
         clin_a,
+        clin_b,
         auditor,
         developer,
         patient_a,
@@ -474,6 +476,56 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
         mine.get(&format!("/fhir/Patient/{}", w.patient_a)).status,
         401
     );
+}
+
+/// A search decides other organizations' patients before opening them only while no policy
+/// reads labels: a custom policy that permits on a label must still open them.
+#[test]
+fn a_policy_permitting_on_a_label_opens_labelled_foreign_patients_to_search() {
+    let w = world();
+    let clin_b = &w.clin_b;
+    let mut shared = patient_of("org-b", "Sharedfamily");
+    shared["meta"] = json!({"security": [{"system": "urn:example:sharing", "code": "SHARED"}]});
+    let shared = id_of(&clin_b.api.post_fhir("/fhir/Patient", &shared));
+    let unlabelled = id_of(
+        &clin_b
+            .api
+            .post_fhir("/fhir/Patient", &patient_of("org-b", "Sharedfamily")),
+    );
+    let query = "/fhir/Patient?name=sharedfam";
+    assert_eq!(search_ids(&w.clin_a.api, query), Vec::<String>::new());
+    assert_eq!(search_ids(&clin_b.api, query), {
+        let mut both = vec![shared.clone(), unlabelled.clone()];
+        both.sort();
+        both
+    });
+
+    let permit = w.admin.api.post_json(
+        "/admin/policies",
+        &json!({"name": "shared-label", "policy": "permit (principal in CareVault::Role::\"clinician\", action in CareVault::Action::\"fhir-read\", resource is CareVault::Resource) when { resource.security.contains(\"SHARED\") };"}),
+    );
+    assert_eq!(permit.status, 201, "{}", permit.text());
+    assert_eq!(search_ids(&w.clin_a.api, query), vec![shared.clone()]);
+    assert_eq!(
+        search_ids(
+            &w.clin_a.api,
+            &format!("{query}&_total=accurate&_sort=birthdate")
+        ),
+        vec![shared.clone()]
+    );
+    assert_eq!(
+        w.clin_a
+            .api
+            .get(&format!("/fhir/Patient/{unlabelled}"))
+            .status,
+        404
+    );
+
+    assert_eq!(
+        w.admin.api.delete("/admin/policies/shared-label").status,
+        204
+    );
+    assert_eq!(search_ids(&w.clin_a.api, query), Vec::<String>::new());
 }
 
 #[test]

@@ -412,7 +412,9 @@ fn id_order_paging_returns_exactly_the_readable_matches() {
     let a = srv.user(&admin, "dr.page-a", &["clinician"], Some("org-a"));
     let b = srv.user(&admin, "dr.page-b", &["clinician"], Some("org-b"));
     let mut expected = [BTreeSet::new(), BTreeSet::new()];
-    for i in 0..40 {
+    // More than one window of candidates (32) for each caller, so a page is assembled from
+    // several, with the other organization's patients left out before they are opened.
+    for i in 0..80 {
         let (who, org, k) = if i % 3 == 0 {
             (&b, "org-b", 1)
         } else {
