@@ -273,6 +273,8 @@ ALTER TABLE audit_patient_new RENAME TO audit_patient;
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
 pub const SQLITE_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// Most ids one `IN (...)` list binds (a power of two; SQLite allows far more parameters).
+const MAX_IN_LIST: usize = 512;
 /// Most operations one group-commit transaction takes before it commits.
 const MAX_BATCH: usize = 512;
 /// Reads that may scan (search, history, audit queries) run on the blocking pool, at most this
@@ -2056,9 +2058,13 @@ impl Store for SqliteStore {
         let rtype = rtype.to_owned();
         self.read(move |c| {
             let mut out = Vec::with_capacity(ids.len());
-            // SQLite binds at most a few thousand parameters per statement: read in chunks.
-            for chunk in ids.chunks(500) {
-                let marks = vec!["?"; chunk.len()].join(",");
+            // Read in chunks of at most `MAX_IN_LIST` ids. Each distinct list length is its own
+            // statement, parsed and then cached on the connection: lengths are rounded up to a
+            // power of two and padded with NULLs (which match no id), so a handful of statements
+            // serve every search instead of one per length seen.
+            for chunk in ids.chunks(MAX_IN_LIST) {
+                let slots = chunk.len().next_power_of_two().max(8);
+                let marks = vec!["?"; slots].join(",");
                 let sql = format!(
                     "SELECT {RESOURCE_COLUMNS} FROM resource_current c JOIN resource_version v
                      ON v.seq = c.seq AND v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
@@ -2067,6 +2073,7 @@ impl Store for SqliteStore {
                 let mut stmt = c.prepare_cached(&sql)?;
                 let mut args: Vec<&dyn rusqlite::ToSql> = vec![&rtype];
                 args.extend(chunk.iter().map(|id| id as &dyn rusqlite::ToSql));
+                args.resize(slots + 1, &rusqlite::types::Null);
                 let rows = stmt.query_map(args.as_slice(), resource_row)?;
                 for row in rows {
                     out.push(row?);
