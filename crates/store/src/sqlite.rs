@@ -603,8 +603,8 @@ const WAL_RESET_BYTES: u64 = 256 * 1024 * 1024;
 /// How often the writer looks at the WAL's size.
 const WAL_CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// The single writer: takes every queued job, applies each inside its own savepoint of one
-/// transaction (a failed job rolls back alone), commits once, then answers every job. Between
+/// The single writer: takes every queued job, applies them in one transaction (a failed job
+/// rolls back alone: see [`commit_batch`]), commits once, then answers every job. Between
 /// batches it keeps the WAL under `wal_limit` bytes.
 fn writer_loop(
     mut conn: Connection,
