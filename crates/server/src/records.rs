@@ -739,18 +739,11 @@ impl Records {
         let mut found = Vec::with_capacity(opened.len());
         for v in opened {
             let attrs = self.existing_attrs(caller, &v).await?;
-            // A candidate the policies deny by default (no policy to record), with no grant to
-            // open it, is left out before its JSON is parsed: most candidates of a broad search
-            // (a name prefix) belong to other organizations.
-            let decision = self
-                .authz
-                .fhir(caller.principal, FhirAction::Search, &attrs, false);
-            if !decision.allowed
-                && decision.policies.is_empty()
-                && grant_covering(grants, attrs.compartment.as_deref()).is_none()
-            {
+            // Left out before its JSON is parsed: most candidates of a broad search (a name
+            // prefix) belong to other organizations.
+            let Some(decision) = self.search_decision(caller, &attrs, grants) else {
                 continue;
-            }
+            };
             let json = search::parse_members(&v.json, read)
                 .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
             if !query
@@ -824,17 +817,29 @@ impl Records {
                 compartment: Some(compartment),
                 security: Vec::new(),
             };
-            let decision = self
-                .authz
-                .fhir(caller.principal, FhirAction::Search, &attrs, false);
-            if decision.allowed
-                || !decision.policies.is_empty()
-                || grant_covering(grants, attrs.compartment.as_deref()).is_some()
-            {
+            if self.search_decision(caller, &attrs, grants).is_some() {
                 kept.push(id.clone());
             }
         }
         Ok(kept)
+    }
+
+    /// The policies' decision on a search candidate, or None when the candidate is left out
+    /// unopened: denied by default (no policy to record in the audit event) and covered by none
+    /// of the caller's break-glass grants.
+    fn search_decision(
+        &self,
+        caller: Caller<'_>,
+        attrs: &ResourceAttrs,
+        grants: &[BreakGlassRow],
+    ) -> Option<crate::authz::Decision> {
+        let decision = self
+            .authz
+            .fhir(caller.principal, FhirAction::Search, attrs, false);
+        let left_out = !decision.allowed
+            && decision.policies.is_empty()
+            && grant_covering(grants, attrs.compartment.as_deref()).is_none();
+        (!left_out).then_some(decision)
     }
 
     /// Whether the caller may read `v` (a denial is not an error here: the row is left out).
