@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use carevault_fhir::outcome::{self, Severity};
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use super::auth::Authenticated;
 use super::error::{ApiError, fhir_json};
@@ -282,11 +281,7 @@ async fn search(
     if let Some(next) = &page.next {
         links.push(serde_json::json!({"relation": "next", "url": link(Some(next))}));
     }
-    // Each entry is written around its resource's stored JSON as it is: the JSON opened under
-    // its data key (authenticated encryption), so it is the text this server serialized when
-    // the version was written. Checking it again to embed it (`RawValue`) was a third pass over
-    // every result's JSON.
-    let mut entries: Vec<u8> = vec![b'['];
+    let mut entries = BundleEntries::default();
     if !query.summary_count {
         for (mode, v) in page
             .matches
@@ -305,24 +300,15 @@ async fn search(
                 }
                 _ => &v.json,
             };
-            debug_assert!(
-                serde_json::from_slice::<serde::de::IgnoredAny>(resource).is_ok(),
-                "stored JSON of a search result does not parse"
-            );
-            if entries.len() > 1 {
-                entries.push(b',');
-            }
-            entries.extend_from_slice(br#"{"fullUrl":"#);
-            serde_json::to_writer(&mut entries, &format!("{base}/{}/{}", v.rtype, v.id))
-                .map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-            entries.extend_from_slice(br#","resource":"#);
-            entries.extend_from_slice(resource);
-            entries.extend_from_slice(br#","search":{"mode":""#);
-            entries.extend_from_slice(mode.as_bytes());
-            entries.extend_from_slice(br#""}}"#);
+            entries.push(
+                &SearchEntry {
+                    full_url: format!("{base}/{}/{}", v.rtype, v.id),
+                    search: SearchMode { mode },
+                },
+                Some(resource),
+            )?;
         }
     }
-    entries.push(b']');
     let with_total =
         query.summary_count || !matches!(query.total, carevault_fhir::search::Total::None);
     let bundle = SearchBundle {
@@ -335,24 +321,66 @@ async fn search(
         total: with_total.then_some(page.total),
         link: links,
     };
-    let mut body =
-        serde_json::to_vec(&bundle).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-    // `{..., "link": [...]}` becomes `{..., "link": [...], "entry": [...]}`.
-    if body.pop() != Some(b'}') {
-        return Err(Error::Internal("serialize: a Bundle is not a JSON object".into()).into());
-    }
-    body.extend_from_slice(br#","entry":"#);
-    body.extend_from_slice(&entries);
-    body.push(b'}');
-    Ok(fhir_json(StatusCode::OK, body))
+    Ok(fhir_json(StatusCode::OK, entries.finish(&bundle)?))
 }
 
-/// Stored JSON embedded verbatim in a Bundle (no re-serialization).
-fn raw_json(json: &[u8]) -> Result<Box<RawValue>, Error> {
-    let text = std::str::from_utf8(json)
-        .map_err(|_| Error::Integrity("stored JSON is not UTF-8".into()))?;
-    RawValue::from_string(text.to_owned())
-        .map_err(|_| Error::Integrity("stored JSON does not parse".into()))
+/// A Bundle's `entry` array, each entry written around its resource's stored JSON as it is:
+/// that JSON opened under its data key (authenticated encryption), so it is the text this server
+/// serialized when the version was written. Checking it again to embed it (`RawValue`) was a
+/// third pass over every result's JSON.
+#[derive(Default)]
+struct BundleEntries(Vec<u8>);
+
+impl BundleEntries {
+    /// Append `{...entry, "resource": resource}`; `entry` serializes to a JSON object without a
+    /// `resource` member.
+    fn push(
+        &mut self,
+        entry: &impl serde::Serialize,
+        resource: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        self.0.push(if self.0.is_empty() { b'[' } else { b',' });
+        let start = self.0.len();
+        serde_json::to_writer(&mut self.0, entry)
+            .map_err(|e| Error::Internal(format!("serialize: {e}")))?;
+        if let Some(resource) = resource {
+            debug_assert!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(resource).is_ok(),
+                "stored JSON of a Bundle entry does not parse"
+            );
+            if self.0.pop() != Some(b'}') {
+                return Err(Error::Internal(
+                    "serialize: an entry is not a JSON object".into(),
+                ));
+            }
+            if self.0.len() > start + 1 {
+                self.0.push(b',');
+            }
+            self.0.extend_from_slice(br#""resource":"#);
+            self.0.extend_from_slice(resource);
+            self.0.push(b'}');
+        }
+        Ok(())
+    }
+
+    /// The whole Bundle: `head` (a JSON object without `entry`) with these entries appended.
+    fn finish(self, head: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
+        let mut body =
+            serde_json::to_vec(head).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
+        if body.pop() != Some(b'}') {
+            return Err(Error::Internal(
+                "serialize: a Bundle is not a JSON object".into(),
+            ));
+        }
+        body.extend_from_slice(br#","entry":"#);
+        if self.0.is_empty() {
+            body.push(b'[');
+        } else {
+            body.extend_from_slice(&self.0);
+        }
+        body.extend_from_slice(b"]}");
+        Ok(body)
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -366,7 +394,19 @@ struct SearchBundle {
     #[serde(skip_serializing_if = "Option::is_none")]
     total: Option<usize>,
     link: Vec<Value>,
-    // `entry` is appended as bytes (see `search`).
+    // `entry` is appended as bytes (see `BundleEntries`).
+}
+
+#[derive(serde::Serialize)]
+struct SearchEntry {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    search: SearchMode,
+}
+
+#[derive(serde::Serialize)]
+struct SearchMode {
+    mode: &'static str,
 }
 
 pub async fn create(
@@ -632,7 +672,7 @@ async fn history(
         }));
     }
 
-    let mut entries = Vec::with_capacity(items.len());
+    let mut entries = BundleEntries::default();
     for item in &items {
         let v = &item.version;
         let method = if v.deleted {
@@ -654,21 +694,18 @@ async fn history(
         } else {
             "200 OK"
         };
-        let resource = if v.deleted {
-            None
-        } else {
-            Some(raw_json(&v.json)?)
-        };
-        entries.push(HistoryEntry {
-            full_url: format!("{base}/{rtype}/{}", v.id),
-            resource,
-            request: EntryRequest { method, url },
-            response: EntryResponse {
-                status,
-                etag: format!("W/\"{}\"", v.version),
-                last_modified: fhir_instant(v.last_updated_us),
+        entries.push(
+            &HistoryEntry {
+                full_url: format!("{base}/{rtype}/{}", v.id),
+                request: EntryRequest { method, url },
+                response: EntryResponse {
+                    status,
+                    etag: format!("W/\"{}\"", v.version),
+                    last_modified: fhir_instant(v.last_updated_us),
+                },
             },
-        });
+            (!v.deleted).then_some(v.json.as_slice()),
+        )?;
     }
     let bundle = HistoryBundle {
         resource_type: "Bundle",
@@ -678,11 +715,8 @@ async fn history(
         },
         bundle_type: "history",
         link: links,
-        entry: entries,
     };
-    let body =
-        serde_json::to_vec(&bundle).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-    Ok(fhir_json(StatusCode::OK, body))
+    Ok(fhir_json(StatusCode::OK, entries.finish(&bundle)?))
 }
 
 #[derive(serde::Serialize)]
@@ -694,7 +728,7 @@ struct HistoryBundle {
     #[serde(rename = "type")]
     bundle_type: &'static str,
     link: Vec<Value>,
-    entry: Vec<HistoryEntry>,
+    // `entry` is appended as bytes (see `BundleEntries`).
 }
 
 #[derive(serde::Serialize)]
@@ -707,8 +741,6 @@ struct BundleMeta {
 struct HistoryEntry {
     #[serde(rename = "fullUrl")]
     full_url: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<Box<RawValue>>,
     request: EntryRequest,
     response: EntryResponse,
 }
@@ -794,4 +826,55 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         }],
     });
     serde_json::to_vec(&cs).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_entries_embed_stored_json_and_parse_as_the_bundle_they_describe() {
+        let head = serde_json::json!({"resourceType": "Bundle", "type": "history"});
+        let empty = BundleEntries::default().finish(&head).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&empty).unwrap(),
+            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": []})
+        );
+
+        let mut entries = BundleEntries::default();
+        let stored = br#"{"resourceType":"Patient","id":"p1","name":[{"family":"O\"Brien"}]}"#;
+        entries
+            .push(
+                &serde_json::json!({"fullUrl": "https://h/fhir/Patient/p1"}),
+                Some(stored),
+            )
+            .unwrap();
+        entries
+            .push(
+                &serde_json::json!({"fullUrl": "https://h/fhir/Patient/p2"}),
+                None,
+            )
+            .unwrap();
+        entries
+            .push(&serde_json::json!({}), Some(br#"{"resourceType":"Basic"}"#))
+            .unwrap();
+        let body = entries.finish(&head).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            serde_json::json!({
+                "resourceType": "Bundle",
+                "type": "history",
+                "entry": [
+                    {"fullUrl": "https://h/fhir/Patient/p1", "resource": {"resourceType": "Patient", "id": "p1", "name": [{"family": "O\"Brien"}]}},
+                    {"fullUrl": "https://h/fhir/Patient/p2"},
+                    {"resource": {"resourceType": "Basic"}},
+                ]
+            })
+        );
+        assert!(
+            BundleEntries::default()
+                .finish(&serde_json::json!(["not", "an", "object"]))
+                .is_err()
+        );
+    }
 }
