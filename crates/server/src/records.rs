@@ -136,6 +136,15 @@ pub struct SearchPage {
     pub next: Option<String>,
 }
 
+/// What one search reads once and uses for every window of candidates it opens.
+struct SearchKnows {
+    /// The caller's active break-glass grants.
+    grants: Vec<BreakGlassRow>,
+    /// The organizations of the candidates' compartments read so far (shared database only:
+    /// see [`Records::bulk_organizations`]).
+    organizations: HashMap<String, Option<String>>,
+}
+
 impl Records {
     pub fn new(
         store: Arc<dyn Store>,
@@ -525,13 +534,16 @@ impl Records {
         // Only the members the clauses and sort keys read are built: a candidate's other
         // members (text, components, extensions) are skipped, not allocated.
         let read = search::elements_read(rtype, &query.clauses, &query.sort);
-        // The caller's active break-glass grants, read once per search, not per chunk.
-        let grants = if may_break_glass(caller.principal) {
-            self.store
-                .break_glass_grants(&caller.principal.id, self.clock.now_secs())
-                .await?
-        } else {
-            Vec::new()
+        let mut known = SearchKnows {
+            // The caller's active break-glass grants, read once per search, not per chunk.
+            grants: if may_break_glass(caller.principal) {
+                self.store
+                    .break_glass_grants(&caller.principal.id, self.clock.now_secs())
+                    .await?
+            } else {
+                Vec::new()
+            },
+            organizations: HashMap::new(),
         };
         // A Patient's compartment is its own id, so when no policy reads labels the policies can
         // decide a candidate before its row is fetched and opened: three in four candidates of a
@@ -545,13 +557,13 @@ impl Records {
                 let (window, tail) = rest.split_at((chunk - batch.len()).min(rest.len()));
                 rest = tail;
                 if decide_by_id {
-                    batch.extend(self.patients_not_denied(caller, &grants, window).await?);
+                    batch.extend(self.patients_not_denied(caller, &mut known, window).await?);
                 } else {
                     batch.extend_from_slice(window);
                 }
             }
             found.extend(
-                self.matching(caller, rtype, query, &read, &grants, batch)
+                self.matching(caller, rtype, query, &read, &mut known, batch)
                     .await?,
             );
             if page_only && found.len() > query.count as usize {
@@ -715,7 +727,7 @@ impl Records {
         rtype: ResourceType,
         query: &Query,
         read: &BTreeSet<&'static str>,
-        grants: &[BreakGlassRow],
+        known: &mut SearchKnows,
         ids: Vec<String>,
     ) -> Result<Vec<(Vec<Option<String>>, Version)>> {
         let mut opened: Vec<Version> = Vec::new();
@@ -728,11 +740,14 @@ impl Records {
             };
             opened.push(self.open_row(rtype, &id, row).await?);
         }
-        let organizations = self
-            .bulk_organizations(opened.iter().filter_map(Version::patient_compartment))
-            .await?;
+        self.bulk_organizations(
+            &mut known.organizations,
+            opened.iter().filter_map(Version::patient_compartment),
+        )
+        .await?;
+        let (grants, organizations) = (known.grants.as_slice(), &known.organizations);
         let caller = Caller {
-            organizations: Some(&organizations),
+            organizations: Some(organizations),
             break_glass_grants: Some(grants),
             ..caller
         };
@@ -772,22 +787,29 @@ impl Records {
     }
 
     /// With a shared database the organizations are not cached across requests (another node
-    /// may change them): a search reads its candidates' in one query instead of one each. On a
-    /// single node the cache answers and this is empty.
+    /// may change them): a search reads those of its candidates' compartments not yet in `known`
+    /// in one query, instead of one each, and keeps them in `known` for the rest of the request.
+    /// On a single node the cache answers and `known` stays empty.
     async fn bulk_organizations(
         &self,
+        known: &mut HashMap<String, Option<String>>,
         compartments: impl Iterator<Item = String>,
-    ) -> Result<HashMap<String, Option<String>>> {
+    ) -> Result<()> {
         if !self.authz.shared_database() {
-            return Ok(HashMap::new());
+            return Ok(());
         }
-        let compartments: BTreeSet<String> = compartments.collect();
-        Ok(self
+        let missing: BTreeSet<String> = compartments.filter(|c| !known.contains_key(c)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let found = self
             .store
-            .compartment_organizations(compartments.into_iter().collect())
-            .await?
-            .into_iter()
-            .collect())
+            .compartment_organizations(missing.iter().cloned().collect())
+            .await?;
+        // A compartment without a row has no organization, as `compartment_organization` says.
+        known.extend(missing.into_iter().map(|c| (c, None)));
+        known.extend(found);
+        Ok(())
     }
 
     /// The Patient ids among `ids` that [`Self::matching`] would not leave out as denied by
@@ -797,14 +819,17 @@ impl Records {
     async fn patients_not_denied(
         &self,
         caller: Caller<'_>,
-        grants: &[BreakGlassRow],
+        known: &mut SearchKnows,
         ids: &[String],
     ) -> Result<Vec<String>> {
-        let organizations = self
-            .bulk_organizations(ids.iter().map(|id| format!("Patient/{id}")))
-            .await?;
+        self.bulk_organizations(
+            &mut known.organizations,
+            ids.iter().map(|id| format!("Patient/{id}")),
+        )
+        .await?;
+        let (grants, organizations) = (known.grants.as_slice(), &known.organizations);
         let caller = Caller {
-            organizations: Some(&organizations),
+            organizations: Some(organizations),
             ..caller
         };
         let mut kept = Vec::with_capacity(ids.len());
