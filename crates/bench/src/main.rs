@@ -67,9 +67,12 @@ struct RunArgs {
     organizations: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Measured seconds per workload (after a 2 s warm-up).
+    /// Measured seconds per workload.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Unmeasured seconds of load before each workload's measured ones.
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Client threads (the load generator shares the machine with the server).
@@ -328,6 +331,7 @@ fn login(api: &Api, username: &str, auth: &mut Authenticator) -> Result<String> 
 }
 
 fn bench(args: &RunArgs) -> Result<()> {
+    workloads::check(&args.workloads)?;
     let bin = std::fs::canonicalize(&args.bin).with_context(|| {
         format!(
             "{} not found: build it with `cargo build --release -p carevault`",
@@ -457,7 +461,7 @@ fn bench(args: &RunArgs) -> Result<()> {
     let mut results = Vec::new();
     let mut server = Some(server);
     for name in &args.workloads {
-        let (pid, addr, is_baseline, baseline_server) = if name.starts_with("baseline") {
+        let (pid, addr, baseline_server) = if workloads::is_baseline(name) {
             if let Some(s) = server.take() {
                 s.stop()?;
             }
@@ -475,21 +479,21 @@ fn bench(args: &RunArgs) -> Result<()> {
                 .arg("--key")
                 .arg(data_dir.join("tls").join("key.pem"));
             let b = Server::spawn(cmd)?;
-            (b.pid(), b.addr()?, true, Some(b))
+            (b.pid(), b.addr()?, Some(b))
         } else {
             let s = server
                 .as_ref()
                 .context("the server was stopped for the baseline; list baseline workloads last")?;
-            (s.pid(), s.addr()?, false, None)
+            (s.pid(), s.addr()?, None)
         };
-        let workload = workloads::by_name(name, population.clone(), is_baseline)?;
+        let workload = workloads::by_name(name, population.clone())?;
         let before = proc_stats::sample(pid)?;
         let outcome = runtime.block_on(load::run(
             addr,
             tls.clone(),
             workload,
             args.connections,
-            Duration::from_secs(2),
+            Duration::from_secs(args.warmup_seconds),
             Duration::from_secs(args.seconds),
         ));
         let after = proc_stats::sample(pid)?;

@@ -239,11 +239,8 @@ impl Workload for Mix {
     }
 }
 
-pub fn by_name(
-    name: &str,
-    population: Arc<Population>,
-    baseline: bool,
-) -> Result<Arc<dyn Workload>> {
+/// The workload `name` names (`baseline-` before a name runs it on the baseline).
+fn kind_of(name: &str) -> Result<Kind> {
     let kind = match name.trim_start_matches("baseline-") {
         "read" => Kind::Read,
         "vread" => Kind::Vread,
@@ -253,21 +250,69 @@ pub fn by_name(
         "update" => Kind::Update,
         "transaction" => Kind::Transaction,
         "mixed" => Kind::Mixed,
-        other => bail!("unknown workload {other}"),
+        other => bail!(
+            "unknown workload {other}; known: read, vread, search-patient, search-name, create, update, transaction, mixed, baseline-read, baseline-vread"
+        ),
     };
-    if baseline && !matches!(kind, Kind::Read | Kind::Vread) {
+    if is_baseline(name) && !matches!(kind, Kind::Read | Kind::Vread) {
         bail!("the baseline serves reads only (baseline-read, baseline-vread)");
     }
+    Ok(kind)
+}
+
+/// Whether `name` runs on the baseline server instead of CareVault.
+pub fn is_baseline(name: &str) -> bool {
+    name.starts_with("baseline")
+}
+
+/// Refuse a workload list that could not run to the end, before any data is seeded: an unknown
+/// name, or a CareVault workload after a baseline one (CareVault is stopped for the baseline).
+pub fn check(names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        bail!("no workloads given");
+    }
+    for name in names {
+        kind_of(name)?;
+    }
+    if let Some(first) = names.iter().position(|n| is_baseline(n))
+        && let Some(late) = names[first..].iter().find(|n| !is_baseline(n))
+    {
+        bail!("{late} comes after a baseline workload: list baseline workloads last");
+    }
+    Ok(())
+}
+
+pub fn by_name(name: &str, population: Arc<Population>) -> Result<Arc<dyn Workload>> {
     Ok(Arc::new(Mix {
-        kind,
+        kind: kind_of(name)?,
         population,
-        anonymous: baseline,
+        anonymous: is_baseline(name),
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_lists_are_checked_before_anything_runs() {
+        let list =
+            |names: &[&str]| -> Vec<String> { names.iter().map(|n| n.to_string()).collect() };
+        assert!(check(&list(&["read", "mixed", "baseline-read", "baseline-vread"])).is_ok());
+        for (names, expect) in [
+            (&["read", "reed"][..], "unknown workload reed"),
+            (&["baseline-create"][..], "reads only"),
+            (
+                &["baseline-read", "read"][..],
+                "read comes after a baseline workload",
+            ),
+            (&["baseline"][..], "unknown workload baseline"),
+            (&[][..], "no workloads"),
+        ] {
+            let err = check(&list(names)).expect_err(expect).to_string();
+            assert!(err.contains(expect), "{names:?}: {err}");
+        }
+    }
 
     #[test]
     fn query_values_are_percent_encoded() {
