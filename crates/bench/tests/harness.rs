@@ -22,6 +22,18 @@ fn carevault() -> PathBuf {
     bin
 }
 
+/// A population and a run short enough for a debug build.
+const TINY: [&str; 8] = [
+    "--patients",
+    "16",
+    "--organizations",
+    "2",
+    "--seconds",
+    "1",
+    "--warmup-seconds",
+    "0",
+];
+
 fn bench(work: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_carevault-bench"))
         .arg("run")
@@ -99,19 +111,15 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
     let out = bench(
         &work,
         &[
-            "--patients",
-            "16",
-            "--organizations",
-            "2",
-            "--seconds",
-            "1",
-            "--warmup-seconds",
-            "0",
-            "--connections",
-            "4",
-            "--json",
-            report_file.to_str().unwrap(),
-        ],
+            &TINY[..],
+            &[
+                "--connections",
+                "4",
+                "--json",
+                report_file.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
     );
     assert!(out.status.success(), "{}", text(&out));
     let printed = text(&out);
@@ -171,20 +179,7 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
     // A later run on the same work directory reuses the data and the accounts.
     let again = bench(
         &work,
-        &[
-            "--patients",
-            "16",
-            "--organizations",
-            "2",
-            "--seconds",
-            "1",
-            "--warmup-seconds",
-            "0",
-            "--connections",
-            "2",
-            "--workloads",
-            "read",
-        ],
+        &[&TINY[..], &["--connections", "2", "--workloads", "read"]].concat(),
     );
     assert!(again.status.success(), "{}", text(&again));
     assert!(!text(&again).contains("importing"), "{}", text(&again));
