@@ -45,8 +45,9 @@ impl Outcome {
         self.ok + self.errors
     }
 
+    /// Successful (2xx) answers per second: a server that answers errors fast is not fast.
     pub fn throughput(&self) -> f64 {
-        self.total() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// The q-quantile latency in milliseconds (latencies must be sorted).
@@ -231,4 +232,30 @@ pub fn next_u64(state: &mut u64) -> u64 {
 
 pub fn pick<'a, T>(state: &mut u64, items: &'a [T]) -> &'a T {
     &items[(next_u64(state) % items.len() as u64) as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_counts_successes_and_quantiles_read_the_sorted_latencies() {
+        let mut o = Outcome {
+            ok: 30,
+            elapsed: Duration::from_secs(2),
+            latencies_us: (1..=100).map(|ms| ms * 1000).collect(),
+            ..Outcome::default()
+        };
+        for _ in 0..10 {
+            o.fail(503);
+        }
+        o.fail(0);
+        assert_eq!(o.total(), 41);
+        assert_eq!(o.throughput(), 15.0);
+        assert_eq!(o.error_statuses, [(503, 10), (0, 1)]);
+        assert_eq!(o.quantile_ms(0.5), 51.0);
+        assert_eq!(o.quantile_ms(0.99), 99.0);
+        assert_eq!(o.quantile_ms(1.0), 100.0);
+        assert_eq!(Outcome::default().quantile_ms(0.5), 0.0);
+    }
 }
