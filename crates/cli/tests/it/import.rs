@@ -43,6 +43,28 @@ fn import(srv: &TestServer, key: &Path, cli_dir: &Path, path: &Path, extra: &[&s
         .unwrap()
 }
 
+/// The progress bar's last line (on standard error; one line per draw when it is not a
+/// terminal) shows all `total` entries done, the rate and the rejections; the summary on
+/// standard output gives the rate too.
+fn assert_progress(out: &Output, total: usize, rejected: usize) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('['))
+        .unwrap_or_else(|| panic!("no progress line: {stderr}"));
+    assert!(
+        last.contains(&format!("] 100% {total}/{total} resources, "))
+            && last.ends_with(&format!("/s, {rejected} rejected")),
+        "{last}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(" resources/s); ") && stdout.contains(&format!("; {rejected} rejected;")),
+        "{stdout}"
+    );
+}
+
 fn count(api: &Api, query: &str) -> u64 {
     let sep = if query.contains('?') { '&' } else { '?' };
     let r = api.get(&format!("/fhir/{query}{sep}_summary=count"));
@@ -182,6 +204,7 @@ fn independent_ndjson_imports_and_bad_entries_are_reported_not_fatal() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.starts_with("imported 13502 resources"), "{stdout}");
+    assert_progress(&out, 13502, 0);
     assert_eq!(count(&service, "Patient"), 300);
     assert_eq!(count(&service, "Observation"), 10_200);
 
@@ -208,6 +231,7 @@ fn independent_ndjson_imports_and_bad_entries_are_reported_not_fatal() {
         "rejections make the exit status non-zero"
     );
     assert!(stdout.starts_with("imported 2 resources"), "{stdout}");
+    assert_progress(&out, 5, 3);
     for line in [2, 3, 4] {
         assert!(
             stderr.contains(&format!("rejected mixed.ndjson line {line}: ")),
