@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use carevault_testkit::output_text;
 use serde_json::Value;
 
 /// The carevault binary, built next to this one by the README's test command
@@ -46,14 +47,6 @@ fn bench(work: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn number(v: &Value, pointer: &str) -> f64 {
     v.pointer(pointer)
         .and_then(Value::as_f64)
@@ -86,8 +79,9 @@ fn a_workload_list_that_cannot_run_is_refused_before_anything_is_seeded() {
         ("baseline-mixed", "reads only"),
     ] {
         let out = bench(&work, &["--workloads", workloads]);
-        assert!(!out.status.success(), "{workloads}: {}", text(&out));
-        assert!(text(&out).contains(expect), "{workloads}: {}", text(&out));
+        let printed = output_text(&out);
+        assert!(!out.status.success(), "{workloads}: {printed}");
+        assert!(printed.contains(expect), "{workloads}: {printed}");
         assert!(!work.exists(), "{workloads}: the work directory was made");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_carevault-bench"))
@@ -95,12 +89,9 @@ fn a_workload_list_that_cannot_run_is_refused_before_anything_is_seeded() {
         .arg(dir.path().join("no-such-binary"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("cargo build --release"),
-        "{}",
-        text(&out)
-    );
+    let printed = output_text(&out);
+    assert!(!out.status.success(), "{printed}");
+    assert!(printed.contains("cargo build --release"), "{printed}");
 }
 
 #[test]
@@ -121,8 +112,8 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
         ]
         .concat(),
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let printed = text(&out);
+    let printed = output_text(&out);
+    assert!(out.status.success(), "{printed}");
     assert!(printed.contains("importing"), "{printed}");
     assert!(printed.contains("CPU s/1k req"), "{printed}");
     assert!(
@@ -181,7 +172,8 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
         &work,
         &[&TINY[..], &["--connections", "2", "--workloads", "read"]].concat(),
     );
-    assert!(again.status.success(), "{}", text(&again));
-    assert!(!text(&again).contains("importing"), "{}", text(&again));
-    assert!(text(&again).contains("\"errors\": 0"), "{}", text(&again));
+    let printed = output_text(&again);
+    assert!(again.status.success(), "{printed}");
+    assert!(!printed.contains("importing"), "{printed}");
+    assert!(printed.contains("\"errors\": 0"), "{printed}");
 }

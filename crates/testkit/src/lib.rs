@@ -299,6 +299,15 @@ pub enum Backend {
     Postgres,
 }
 
+/// What a finished command printed: standard output, then standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn backend() -> Backend {
     match std::env::var("CAREVAULT_TEST_BACKEND").as_deref() {
         Ok("postgres") => Backend::Postgres,

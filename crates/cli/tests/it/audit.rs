@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use carevault_testkit::{Api, TestServer};
+use carevault_testkit::{Api, TestServer, output_text};
 use rusqlite::Connection;
 use serde_json::json;
 
@@ -16,12 +16,7 @@ fn events(srv: &TestServer) -> i64 {
 /// Run `carevault` against `srv`'s database (the data directory is given in `args`).
 fn carevault(srv: &TestServer, args: &[&str]) -> (bool, String) {
     let out = srv.command(bin()).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), output_text(&out))
 }
 
 pub(crate) fn public_key(srv: &TestServer) -> String {

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Output, Stdio};
 
-use carevault_testkit::{Authenticator, TEST_PASSWORD};
+use carevault_testkit::{Authenticator, TEST_PASSWORD, output_text};
 
 use crate::{bin, server};
 
@@ -28,14 +28,6 @@ fn carevault(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -69,7 +61,11 @@ fn bad_configuration_is_refused_naming_the_key() {
     for (args, env, key) in cases {
         let out = carevault(args, env, "");
         assert!(!out.status.success(), "{args:?} should fail");
-        assert!(text(&out).contains(key), "{args:?}: {}", text(&out));
+        assert!(
+            output_text(&out).contains(key),
+            "{args:?}: {}",
+            output_text(&out)
+        );
     }
     let config = tmp.path().join("c.toml");
     std::fs::write(&config, "[tls]\ncert = \"/x\"\n").unwrap();
@@ -79,7 +75,7 @@ fn bad_configuration_is_refused_naming_the_key() {
         "",
     );
     assert!(!out.status.success());
-    assert!(text(&out).contains("cert"), "{}", text(&out));
+    assert!(output_text(&out).contains("cert"), "{}", output_text(&out));
     assert!(
         !std::path::Path::new(data).exists(),
         "a refused start creates nothing"
@@ -94,8 +90,8 @@ fn bad_configuration_is_refused_naming_the_key() {
         &[],
         "",
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("127.0.0.1:9999"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("127.0.0.1:9999"));
 }
 
 #[test]
@@ -112,8 +108,8 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
         .map(|db| ("CAREVAULT_DATABASE_URL", db.url.as_str()))
         .collect();
     let out = carevault(&["init", "--data-dir", d], &db_env, "");
-    assert!(out.status.success(), "{}", text(&out));
-    let printed = text(&out);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let printed = output_text(&out);
     assert!(printed.contains("enrollment token for admin: cve_"));
     assert!(printed.contains("TLS certificate SHA-256 fingerprint: "));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -136,8 +132,8 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
     let again = carevault(&["init", "--data-dir", d], &db_env, "");
     assert!(!again.status.success());
     let rec = carevault(&["admin", "recover", "--data-dir", d], &db_env, "");
-    assert!(rec.status.success(), "{}", text(&rec));
-    let new_token = text(&rec)
+    assert!(rec.status.success(), "{}", output_text(&rec));
+    let new_token = output_text(&rec)
         .lines()
         .find_map(|l| {
             l.strip_prefix("enrollment token for admin: ")
@@ -153,7 +149,11 @@ fn init_creates_a_private_environment_and_recover_issues_a_new_token() {
         "",
     );
     assert!(!refused.status.success());
-    assert!(text(&refused).contains("0700"), "{}", text(&refused));
+    assert!(
+        output_text(&refused).contains("0700"),
+        "{}",
+        output_text(&refused)
+    );
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn cli_enrolls_logs_in_and_manages_users() {
         &env,
         &format!("{TEST_PASSWORD}\n{}\n", auth.fresh_code()),
     );
-    assert!(login.status.success(), "{}", text(&login));
+    assert!(login.status.success(), "{}", output_text(&login));
     use std::os::unix::fs::PermissionsExt;
     let session = cfg.path().join("session.json");
     assert_eq!(
@@ -248,24 +248,28 @@ fn cli_enrolls_logs_in_and_manages_users() {
         &env,
         "",
     );
-    assert!(add.status.success(), "{}", text(&add));
-    assert!(text(&add).contains("enrollment token for dr.cli: cve_"));
+    assert!(add.status.success(), "{}", output_text(&add));
+    assert!(output_text(&add).contains("enrollment token for dr.cli: cve_"));
     let list = carevault(&["user", "list"], &env, "");
     assert!(
-        text(&list).contains("dr.cli") && text(&list).contains("clinician"),
+        output_text(&list).contains("dr.cli") && output_text(&list).contains("clinician"),
         "{}",
-        text(&list)
+        output_text(&list)
     );
     let disable = carevault(&["user", "disable", "dr.cli"], &env, "");
-    assert!(disable.status.success(), "{}", text(&disable));
-    assert!(text(&carevault(&["user", "list"], &env, "")).contains("disabled"));
+    assert!(disable.status.success(), "{}", output_text(&disable));
+    assert!(output_text(&carevault(&["user", "list"], &env, "")).contains("disabled"));
     let missing = carevault(&["user", "disable", "nobody"], &env, "");
     assert!(!missing.status.success());
-    assert!(text(&missing).contains("404"), "{}", text(&missing));
+    assert!(
+        output_text(&missing).contains("404"),
+        "{}",
+        output_text(&missing)
+    );
     let logout = carevault(&["logout"], &env, "");
-    assert!(logout.status.success(), "{}", text(&logout));
+    assert!(logout.status.success(), "{}", output_text(&logout));
     assert!(!session.exists());
     let after = carevault(&["user", "list"], &env, "");
     assert!(!after.status.success());
-    assert!(text(&after).contains("not logged in"));
+    assert!(output_text(&after).contains("not logged in"));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use carevault_testkit::{Api, TestServer, key_provider};
+use carevault_testkit::{Api, TestServer, key_provider, output_text};
 use serde_json::{Value, json};
 
 use crate::{bin, observation, patient};
@@ -29,14 +29,6 @@ fn cli(srv: &TestServer, who: &str, api: &Api, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// With the `file` provider, KEK version `v` is a file; with `pkcs11`, an HSM object (whose
@@ -160,16 +152,16 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let rotated = cli(&srv, "admin", &admin.api, &["key", "rotate", "--wait"]);
-    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert!(rotated.status.success(), "{}", output_text(&rotated));
     assert!(
-        text(&rotated).contains("v2 is active"),
+        output_text(&rotated).contains("v2 is active"),
         "{}",
-        text(&rotated)
+        output_text(&rotated)
     );
     assert!(
-        text(&rotated).contains("re-wrap complete"),
+        output_text(&rotated).contains("re-wrap complete"),
         "{}",
-        text(&rotated)
+        output_text(&rotated)
     );
     let during = done.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
@@ -189,8 +181,8 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
     assert_eq!(state2, "active");
     assert!(keys2 >= 12, "{after}");
     let shown = cli(&srv, "admin", &admin.api, &["key", "status"]);
-    assert!(shown.status.success(), "{}", text(&shown));
-    let shown = text(&shown);
+    assert!(shown.status.success(), "{}", output_text(&shown));
+    let shown = output_text(&shown);
     assert!(
         shown.contains("v1") && shown.contains("decrypt-only"),
         "{shown}"
@@ -221,24 +213,28 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
     ] {
         let out = cli(&srv, "admin", &admin.api, args);
         assert!(!out.status.success(), "{args:?} should fail");
-        assert!(text(&out).contains(expect), "{args:?}: {}", text(&out));
+        assert!(
+            output_text(&out).contains(expect),
+            "{args:?}: {}",
+            output_text(&out)
+        );
     }
     assert!(kek_exists(&srv, &admin.api, 1));
     assert_eq!(status(&admin.api)["active_version"], 2);
 
     // The old version is destroyed for good; everything still reads, before and after a restart.
     let destroyed = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
-    assert!(destroyed.status.success(), "{}", text(&destroyed));
+    assert!(destroyed.status.success(), "{}", output_text(&destroyed));
     assert!(!kek_exists(&srv, &admin.api, 1), "the v1 key must be gone");
     assert!(kek_exists(&srv, &admin.api, 2));
     let again = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
     assert!(
-        text(&again).contains("already destroyed"),
+        output_text(&again).contains("already destroyed"),
         "{}",
-        text(&again)
+        output_text(&again)
     );
     let min = cli(&srv, "admin", &admin.api, &["key", "min-version", "v2"]);
-    assert!(min.status.success(), "{}", text(&min));
+    assert!(min.status.success(), "{}", output_text(&min));
     let s = status(&admin.api);
     assert_eq!(version_state(&s, 1).0, "destroyed");
     assert_eq!(s["min_decrypt_version"], 2);
@@ -482,8 +478,8 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         &b,
         &["patient", "approve-shred", &format!("Patient/{gone}")],
     );
-    assert!(approved.status.success(), "{}", text(&approved));
-    let token = text(&approved)
+    assert!(approved.status.success(), "{}", output_text(&approved));
+    let token = output_text(&approved)
         .lines()
         .find_map(|l| {
             l.split(": ")
@@ -507,7 +503,11 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         ],
     );
     assert!(!too_short.status.success());
-    assert!(text(&too_short).contains("reason"), "{}", text(&too_short));
+    assert!(
+        output_text(&too_short).contains("reason"),
+        "{}",
+        output_text(&too_short)
+    );
     let done = cli(
         &srv,
         "admin",
@@ -522,7 +522,7 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
             &token,
         ],
     );
-    assert!(done.status.success(), "{}", text(&done));
+    assert!(done.status.success(), "{}", output_text(&done));
     // One use only.
     assert_ne!(shred(&a, &gone, reason, &token).status, 200);
 
@@ -632,7 +632,7 @@ fn kek_files_sealed_under_a_passphrase_and_a_wrong_one_stops_the_start() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(said.contains("wrong passphrase"), "{said}");
     assert!(!said.contains("not-the-right") && !said.contains(&passphrase));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
@@ -644,7 +644,11 @@ fn kek_files_sealed_under_a_passphrase_and_a_wrong_one_stops_the_start() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("key.passphrase_file"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("key.passphrase_file"),
+        "{}",
+        output_text(&out)
+    );
 
     // The right one: everything reads.
     srv.restart(&[]);
@@ -713,7 +717,7 @@ fn an_unreachable_hsm_or_a_wrong_pin_stops_the_start() {
         let data = tmp.path().join(format!("data-{key}"));
         let out = serve(&data, &[(key, value)]);
         assert!(!out.status.success(), "{key}: the server must not start");
-        let said = text(&out);
+        let said = output_text(&out);
         assert!(said.contains(expect), "{key}: {said}");
         assert!(!said.contains("listening on"));
         assert!(!said.contains("000000"));
@@ -897,16 +901,16 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let rotated = cli(&srv, "admin", &admin.api, &["key", "rotate-data", "--wait"]);
-    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert!(rotated.status.success(), "{}", output_text(&rotated));
     assert!(
-        text(&rotated).contains("data keys to rotate"),
+        output_text(&rotated).contains("data keys to rotate"),
         "{}",
-        text(&rotated)
+        output_text(&rotated)
     );
     assert!(
-        text(&rotated).contains("data-key rotation complete"),
+        output_text(&rotated).contains("data-key rotation complete"),
         "{}",
-        text(&rotated)
+        output_text(&rotated)
     );
     let during = done.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
@@ -933,7 +937,7 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
     assert_eq!(found.status, 200, "{}", found.text());
     let hits = found.json()["entry"].as_array().map_or(0, Vec::len);
     assert!(hits >= 8, "{}", found.text());
-    let shown = text(&cli(&srv, "admin", &admin.api, &["key", "status"]));
+    let shown = output_text(&cli(&srv, "admin", &admin.api, &["key", "status"]));
     assert!(
         shown.contains("data-key rotation: none under way"),
         "{shown}"
@@ -1177,8 +1181,8 @@ fn lock_memory_required_refuses_to_start_where_the_os_forbids_it() {
     let out = serve_without_lock_permission(&data_dir, "required")
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
-    let said = text(&out);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    let said = output_text(&out);
     assert!(
         said.contains("key.lock_memory") && said.contains("CAP_IPC_LOCK"),
         "{said}"
