@@ -116,6 +116,8 @@ enum Kind {
     Vread,
     SearchPatient,
     SearchName,
+    /// `Patient/{id}/$everything`, one page holding the whole compartment.
+    Everything,
     Create,
     Update,
     Transaction,
@@ -156,6 +158,10 @@ impl Mix {
             Kind::SearchName => {
                 let p = pick(rng, &clinic.patients);
                 get(format!("/fhir/Patient?name={}", encode(&p.name_prefix)))
+            }
+            Kind::Everything => {
+                let p = pick(rng, &clinic.patients);
+                get(format!("/fhir/Patient/{}/$everything?_count=1000", p.id))
             }
             Kind::Create => {
                 let p = pick(rng, &clinic.patients);
@@ -246,12 +252,13 @@ fn kind_of(name: &str) -> Result<Kind> {
         "vread" => Kind::Vread,
         "search-patient" => Kind::SearchPatient,
         "search-name" => Kind::SearchName,
+        "everything" => Kind::Everything,
         "create" => Kind::Create,
         "update" => Kind::Update,
         "transaction" => Kind::Transaction,
         "mixed" => Kind::Mixed,
         other => bail!(
-            "unknown workload {other}; known: read, vread, search-patient, search-name, create, update, transaction, mixed, baseline-read, baseline-vread"
+            "unknown workload {other}; known: read, vread, search-patient, search-name, everything, create, update, transaction, mixed, baseline-read, baseline-vread"
         ),
     };
     if is_baseline(name) && !matches!(kind, Kind::Read | Kind::Vread) {

@@ -11,7 +11,9 @@
 //! * [`Validator`]: validation against the official FHIR R4 JSON schema (vendored under
 //!   `vendor/fhir/`, embedded in the binary), reporting [`Issue`]s that never contain values
 //!   from the validated resource, so that they can be logged and returned to clients.
-//! * [`patient_compartment`]: the patient a resource belongs to.
+//! * [`patient_compartments`]: the patients a resource belongs to, from the official R4 Patient
+//!   CompartmentDefinition (vendored beside the schema, with the SearchParameter definitions its
+//!   parameters come from).
 //! * [`outcome`]: building `OperationOutcome` responses.
 //!
 //! No error or issue produced by this crate echoes client input.
@@ -60,7 +62,10 @@ pub mod search;
 mod types;
 mod validate;
 
-pub use compartment::patient_compartment;
+pub use compartment::{
+    CompartmentDefinition, CompartmentError, CompartmentParam, ElementPath, MAX_PATIENTS,
+    patient_compartment, patient_compartments, patient_id_of, reference_to,
+};
 pub use depth::check_depth;
 pub use error::FhirError;
 pub use types::{PATIENT, ResourceId, ResourceType};

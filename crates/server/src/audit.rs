@@ -223,15 +223,19 @@ impl AuditScope {
     }
 
     /// Record a compartment touched; only patient compartments count.
+    /// Record the patients of a compartment (every patient of a resource naming several;
+    /// nothing for shared data).
     pub fn add_patient(&self, compartment: &str) {
         if !compartment.starts_with("Patient/") {
             return;
         }
         self.with(|r| {
-            if !r.patients.iter().any(|p| p == compartment) {
-                r.patients.push(compartment.to_owned());
-                r.patient_count = r.patients.len() as u32;
+            for patient in crate::compartment::patients(compartment) {
+                if !r.patients.iter().any(|p| p == patient) {
+                    r.patients.push(patient.to_owned());
+                }
             }
+            r.patient_count = r.patients.len() as u32;
         });
     }
 

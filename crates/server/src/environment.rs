@@ -198,6 +198,9 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
             "the database held data of shredded patients (restored from an earlier copy?); shredded again"
         );
     }
+    // Data written before compartments came from the CompartmentDefinition is filed by it
+    // before anything can read it.
+    crate::compartment_upgrade::run(&*store, &keyring).await?;
     Ok(Environment {
         id: file.environment_id,
         store,

@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 
-pub const ENVIRONMENT_COMPARTMENT: &str = "environment";
+pub const ENVIRONMENT_COMPARTMENT: &str = crate::compartment::ENVIRONMENT;
 pub const SECRETS_COMPARTMENT: &str = "secrets";
 
 /// How many unwrapped data keys stay in memory.
@@ -99,6 +99,9 @@ pub struct ShredRecord {
     pub at_us: i64,
     pub requested_by: String,
     pub approved_by: String,
+    /// The keys of resources naming several patients, this one among them, shredded with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_key_ids: Vec<u64>,
 }
 
 /// The state of one KEK version.
@@ -246,13 +249,14 @@ impl Keyring {
         Ok(())
     }
 
+    /// Whether `compartment` names a shredded patient (any one of several is enough).
     fn is_shredded(&self, compartment: &str) -> bool {
-        self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .shredded
-            .iter()
-            .any(|r| r.compartment == compartment)
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if state.shredded.is_empty() {
+            return false;
+        }
+        crate::compartment::patients(compartment)
+            .any(|p| state.shredded.iter().any(|r| r.compartment == p))
     }
 
     fn check_decryptable(&self, row: &DataKeyRow) -> Result<()> {
@@ -303,6 +307,12 @@ impl Keyring {
         let header = envelope::Header::parse(sealed)?;
         let (cipher, compartment) = self.key_by_id(header.dek_id).await?;
         Ok((envelope::open(&cipher, aad, sealed)?, compartment))
+    }
+
+    /// The compartment whose data key sealed `sealed`, without opening it.
+    pub async fn compartment_of_sealed(&self, sealed: &[u8]) -> Result<Arc<str>> {
+        let header = envelope::Header::parse(sealed)?;
+        Ok(self.key_by_id(header.dek_id).await?.1)
     }
 
     /// A named 256-bit secret held in the keyring (wrapped by the KEK like a data key), for
@@ -393,7 +403,7 @@ impl Keyring {
                 .unwrap_or_else(|p| p.into_inner())
                 .shredded
                 .iter()
-                .any(|r| r.data_key_id == id);
+                .any(|r| r.data_key_id == id || r.shared_key_ids.contains(&id));
             // A version sealed under a shredded key (one that raced the shred) reads as absent.
             return Err(if shredded {
                 Error::NotFound
@@ -1022,6 +1032,17 @@ impl Keyring {
             .data_key_by_compartment(compartment)
             .await?
             .ok_or(Error::NotFound)?;
+        // Recorded so that a version sealed under one of them that raced the shred reads as
+        // absent, not as damaged. A resource naming this patient among others sealed after this
+        // read cannot exist: the shred is recorded before the keyring's lock is released, and
+        // new keys are refused for shredded patients from then on.
+        let shared_key_ids: Vec<u64> = self
+            .store
+            .data_keys_naming(compartment)
+            .await?
+            .into_iter()
+            .filter(|id| *id != row.id)
+            .collect();
         self.state
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1032,6 +1053,7 @@ impl Keyring {
                 at_us: self.clock.now_us(),
                 requested_by: requested_by.to_owned(),
                 approved_by: approved_by.to_owned(),
+                shared_key_ids: shared_key_ids.clone(),
             });
         if let Err(e) = self.save_state() {
             self.state
@@ -1041,15 +1063,17 @@ impl Keyring {
                 .retain(|r| r.compartment != compartment);
             return Err(e);
         }
-        self.keys.remove(row.id);
+        for id in std::iter::once(row.id).chain(shared_key_ids) {
+            self.keys.remove(id);
+            self.names
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
         self.compartments
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(compartment);
-        self.names
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&row.id);
+            .retain(|name, _| !crate::compartment::names_patient(name, compartment));
         Ok(WriteOp::ShredCompartment {
             compartment: compartment.to_owned(),
             data_key_id: row.id,

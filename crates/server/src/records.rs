@@ -16,9 +16,10 @@ use serde_json::Value;
 use crate::audit::AuditScope;
 use crate::authz::{Authz, FhirAction, ResourceAttrs};
 use crate::clock::{SharedClock, fhir_instant};
+use crate::compartment::{self, Member};
 use crate::error::{Error, Result};
 use crate::identity::{Principal, PrincipalKind, Role};
-use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
+use crate::keyring::Keyring;
 use crate::search::SearchIndex;
 
 /// How often an update without `If-Match` retries after losing a race.
@@ -91,15 +92,15 @@ pub struct Version {
     pub deleted: bool,
     /// The resource's JSON (empty for a deletion).
     pub json: Vec<u8>,
-    /// The compartment whose key sealed it: `Patient/<id>` or the environment's.
+    /// The compartment whose key sealed it (see [`crate::compartment`]): its patients, its
+    /// organization, or the environment's.
     pub compartment: Arc<str>,
 }
 
 impl Version {
-    fn patient_compartment(&self) -> Option<String> {
-        self.compartment
-            .starts_with("Patient/")
-            .then(|| self.compartment.to_string())
+    /// The `Patient/<id>` compartments this version belongs to.
+    fn patients(&self) -> impl Iterator<Item = String> + '_ {
+        compartment::patients(&self.compartment).map(str::to_owned)
     }
 }
 
@@ -133,6 +134,24 @@ pub struct SearchPage {
     /// How many resources match in all (only those the caller may read).
     pub total: usize,
     /// The cursor of the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// What `$everything` asks for.
+#[derive(Clone, Debug)]
+pub struct EverythingQuery {
+    /// Only these types (`_type`), or all.
+    pub types: Option<Vec<ResourceType>>,
+    /// Only resources last updated at or after this time (`_since`), microseconds.
+    pub since_us: Option<i64>,
+    pub count: u32,
+    /// The paging cursor of the previous page.
+    pub page: Option<String>,
+}
+
+/// One page of `$everything`.
+pub struct EverythingPage {
+    pub entries: Vec<Version>,
     pub next: Option<String>,
 }
 
@@ -472,6 +491,128 @@ impl Records {
         rtype: ResourceType,
         query: &Query,
     ) -> Result<SearchPage> {
+        self.search_within(caller, rtype, query, None).await
+    }
+
+    /// Compartment search (`GET /fhir/Patient/{id}/{type}`): the search, among the resources of
+    /// the patient's compartment only (those sealed under a key that names the patient).
+    pub async fn search_compartment(
+        &self,
+        caller: Caller<'_>,
+        patient: &ResourceId,
+        rtype: ResourceType,
+        query: &Query,
+    ) -> Result<SearchPage> {
+        let compartment = format!("Patient/{patient}");
+        caller.audit.add_patient(&compartment);
+        let within: Vec<String> = if rtype == ResourceType::PATIENT {
+            vec![patient.as_str().to_owned()]
+        } else {
+            self.compartment_members(&compartment)
+                .await?
+                .into_iter()
+                .filter(|(t, _)| *t == rtype)
+                .map(|(_, id)| id.as_str().to_owned())
+                .collect()
+        };
+        self.search_within(caller, rtype, query, Some(within)).await
+    }
+
+    /// The current resources of a patient's compartment (the Patient among them, if stored):
+    /// those whose current version is sealed under a key naming the patient, sorted.
+    async fn compartment_members(
+        &self,
+        compartment: &str,
+    ) -> Result<Vec<(ResourceType, ResourceId)>> {
+        let keys = self.store.data_keys_naming(compartment).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut members: Vec<(ResourceType, ResourceId)> = self
+            .store
+            .current_under_keys(keys)
+            .await?
+            .into_iter()
+            .filter_map(|(t, id)| {
+                Some((ResourceType::parse(&t).ok()?, ResourceId::parse(&id).ok()?))
+            })
+            .collect();
+        members.sort_unstable_by(|(ta, a), (tb, b)| {
+            (ta.as_str(), a.as_str()).cmp(&(tb.as_str(), b.as_str()))
+        });
+        Ok(members)
+    }
+
+    /// `Patient/{id}/$everything`: every current resource of the patient's compartment that the
+    /// caller may read, by type then id, `count` at a time after the cursor `page`; optionally
+    /// only of some types, and only those changed since a time. 404 unless the caller may read
+    /// the Patient itself.
+    pub async fn everything(
+        &self,
+        caller: Caller<'_>,
+        patient: &ResourceId,
+        query: &EverythingQuery,
+    ) -> Result<EverythingPage> {
+        let compartment = format!("Patient/{patient}");
+        caller
+            .audit
+            .set_resource("Patient", Some(patient.as_str()), None);
+        caller.audit.add_patient(&compartment);
+        if self
+            .readable_current(caller, ResourceType::PATIENT, patient)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound);
+        }
+        let after = query.page.as_deref().map(decode_cursor).transpose()?;
+        let after =
+            after.map(|(keys, id)| (keys.into_iter().next().flatten().unwrap_or_default(), id));
+        let mut entries = Vec::new();
+        let mut next = None;
+        for (t, id) in self.compartment_members(&compartment).await? {
+            if query
+                .types
+                .as_ref()
+                .is_some_and(|types| !types.contains(&t))
+            {
+                continue;
+            }
+            if let Some((after_t, after_id)) = &after
+                && (t.as_str(), id.as_str()) <= (after_t.as_str(), after_id.as_str())
+            {
+                continue;
+            }
+            let Some(v) = self.readable_current(caller, t, &id).await? else {
+                continue;
+            };
+            if query
+                .since_us
+                .is_some_and(|since| v.last_updated_us < since)
+            {
+                continue;
+            }
+            if entries.len() == query.count as usize {
+                next = entries.last().map(|last: &Version| {
+                    encode_cursor(&[Some(last.rtype.to_string())], last.id.as_str())
+                });
+                break;
+            }
+            entries.push(v);
+        }
+        for v in &entries {
+            caller.audit.add_patient(&v.compartment);
+        }
+        Ok(EverythingPage { entries, next })
+    }
+
+    async fn search_within(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        query: &Query,
+        within: Option<Vec<String>>,
+    ) -> Result<SearchPage> {
         caller.audit.set_resource(rtype.as_str(), None, None);
         if !self
             .authz
@@ -500,8 +641,18 @@ impl Records {
                 ids.dedup();
                 ids
             });
-        let mut ids = match by_id {
-            Some(mut ids) if !lookups.is_empty() => {
+        let mut ids = match (by_id, within) {
+            (None, Some(within)) if lookups.is_empty() => within,
+            (by_id, Some(within)) => {
+                let within: HashSet<String> = within.into_iter().collect();
+                let mut ids = match by_id {
+                    Some(ids) => ids,
+                    None => self.store.search_index(rtype.as_str(), lookups).await?,
+                };
+                ids.retain(|id| within.contains(id));
+                ids
+            }
+            (Some(mut ids), None) if !lookups.is_empty() => {
                 let indexed: HashSet<String> = self
                     .store
                     .search_index(rtype.as_str(), lookups)
@@ -511,9 +662,9 @@ impl Records {
                 ids.retain(|id| indexed.contains(id));
                 ids
             }
-            Some(ids) => ids,
-            None if lookups.is_empty() => self.store.resource_ids(rtype.as_str()).await?,
-            None => self.store.search_index(rtype.as_str(), lookups).await?,
+            (Some(ids), None) => ids,
+            (None, None) if lookups.is_empty() => self.store.resource_ids(rtype.as_str()).await?,
+            (None, None) => self.store.search_index(rtype.as_str(), lookups).await?,
         };
         let after = query.page.as_deref().map(decode_cursor).transpose()?;
         // In the default order (by id) and without a total, candidates are opened in id order
@@ -742,7 +893,7 @@ impl Records {
         }
         self.bulk_organizations(
             &mut known.organizations,
-            opened.iter().filter_map(Version::patient_compartment),
+            opened.iter().flat_map(Version::patients),
         )
         .await?;
         let (grants, organizations) = (known.grants.as_slice(), &known.organizations);
@@ -752,13 +903,17 @@ impl Records {
             ..caller
         };
         let mut found = Vec::with_capacity(opened.len());
-        for v in opened {
+        'candidates: for v in opened {
             let attrs = self.existing_attrs(caller, &v).await?;
             // Left out before its JSON is parsed: most candidates of a broad search (a name
             // prefix) belong to other organizations.
-            let Some(decision) = self.search_decision(caller, &attrs, grants) else {
-                continue;
-            };
+            let mut decisions = Vec::with_capacity(attrs.len());
+            for attrs in &attrs {
+                match self.search_decision(caller, attrs, grants) {
+                    Some(decision) => decisions.push(decision),
+                    None => continue 'candidates,
+                }
+            }
             let json = search::parse_members(&v.json, read)
                 .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
             if !query
@@ -768,13 +923,15 @@ impl Records {
             {
                 continue;
             }
-            match self
-                .authorize_decided(caller, FhirAction::Search, &attrs, true, decision)
-                .await
-            {
-                Ok(()) => {}
-                Err(Error::NotFound | Error::Forbidden) => continue,
-                Err(e) => return Err(e),
+            for (attrs, decision) in attrs.iter().zip(decisions) {
+                match self
+                    .authorize_decided(caller, FhirAction::Search, attrs, true, decision)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(Error::NotFound | Error::Forbidden) => continue 'candidates,
+                    Err(e) => return Err(e),
+                }
             }
             let keys = query
                 .sort
@@ -970,15 +1127,16 @@ impl Records {
     }
 
     /// What the policies see of a stored version.
-    async fn existing_attrs(&self, caller: Caller<'_>, v: &Version) -> Result<ResourceAttrs> {
-        let compartment = v.patient_compartment();
-        Ok(ResourceAttrs {
-            rtype: v.rtype,
-            id: v.id.as_str().to_owned(),
-            organization: self.organization_of(caller, compartment.as_deref()).await?,
-            compartment,
-            security: security_labels(&v.json),
-        })
+    async fn existing_attrs(&self, caller: Caller<'_>, v: &Version) -> Result<Vec<ResourceAttrs>> {
+        self.compartment_attrs(
+            caller,
+            v.rtype,
+            &v.id,
+            &v.compartment,
+            security_labels(&v.json),
+            None,
+        )
+        .await
     }
 
     /// Authorize writing `body` (its compartment and labels as they will be).
@@ -990,41 +1148,115 @@ impl Records {
         id: &ResourceId,
         body: &Value,
     ) -> Result<()> {
-        let compartment = patient_compartment(rtype, id, body);
-        let organization = if rtype == ResourceType::PATIENT {
-            managing_organization(body)
-        } else {
-            self.organization_of(caller, compartment.as_deref()).await?
-        };
-        let attrs = ResourceAttrs {
+        let compartment = self.compartment_of_new(caller, rtype, id, body).await?;
+        let security: Vec<String> = body
+            .pointer("/meta/security")
+            .and_then(Value::as_array)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|l| l["code"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A Patient's organization is the one it will have (its own managingOrganization).
+        let patient_organization =
+            (rtype == ResourceType::PATIENT).then(|| managing_organization(body));
+        let attrs = self
+            .compartment_attrs(
+                caller,
+                rtype,
+                id,
+                &compartment,
+                security,
+                patient_organization,
+            )
+            .await?;
+        self.authorize(caller, action, &attrs, false).await
+    }
+
+    /// The compartment a resource about to be written is sealed under (see
+    /// [`crate::compartment`]): its patients from the CompartmentDefinition; for a Binary, the
+    /// compartment of its `securityContext`, else its creator's organization; else shared.
+    async fn compartment_of_new(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        id: &ResourceId,
+        body: &Value,
+    ) -> Result<String> {
+        if let Some(name) =
+            crate::filing::compartment_named(&*self.store, &self.keyring, rtype, id, body).await?
+        {
+            return Ok(name);
+        }
+        if rtype != ResourceType::BINARY {
+            return Ok(compartment::ENVIRONMENT.to_owned());
+        }
+        // No (resolvable) securityContext: the creator's organization only.
+        match &caller.principal.organization {
+            Some(org) => Ok(compartment::of_organization(org)),
+            None => Err(Error::Unprocessable(vec![carevault_fhir::Issue {
+                location: "Binary.securityContext".into(),
+                message: "is required from a creator without an organization".into(),
+            }])),
+        }
+    }
+
+    /// What the policies see of a resource in `compartment`: one set of attributes per patient
+    /// (every one must be allowed), one for an organization's own Binary, one for shared data.
+    async fn compartment_attrs(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        id: &ResourceId,
+        compartment: &str,
+        security: Vec<String>,
+        patient_organization: Option<Option<String>>,
+    ) -> Result<Vec<ResourceAttrs>> {
+        let one = |compartment: Option<String>, organization: Option<String>| ResourceAttrs {
             rtype,
             id: id.as_str().to_owned(),
             compartment,
             organization,
-            security: body
-                .pointer("/meta/security")
-                .and_then(Value::as_array)
-                .map(|labels| {
-                    labels
-                        .iter()
-                        .filter_map(|l| l["code"].as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            security: security.clone(),
         };
-        self.authorize(caller, action, &attrs, false).await
+        let mut out = Vec::with_capacity(1);
+        for member in compartment::members(compartment) {
+            out.push(match member {
+                Member::Patient(p) => {
+                    let organization = match &patient_organization {
+                        Some(org) => org.clone(),
+                        None => self.organization_of(caller, Some(p)).await?,
+                    };
+                    one(Some(p.to_owned()), organization)
+                }
+                Member::Organization(org) => {
+                    one(Some(compartment.to_owned()), Some(org.to_owned()))
+                }
+            });
+        }
+        if out.is_empty() {
+            out.push(one(None, None));
+        }
+        Ok(out)
     }
 
+    /// Authorize `action` on a resource with these attributes: one set per compartment member,
+    /// and every one must be allowed.
     async fn authorize(
         &self,
         caller: Caller<'_>,
         action: FhirAction,
-        attrs: &ResourceAttrs,
+        attrs: &[ResourceAttrs],
         existing: bool,
     ) -> Result<()> {
-        let decision = self.authz.fhir(caller.principal, action, attrs, false);
-        self.authorize_decided(caller, action, attrs, existing, decision)
-            .await
+        for attrs in attrs {
+            let decision = self.authz.fhir(caller.principal, action, attrs, false);
+            self.authorize_decided(caller, action, attrs, existing, decision)
+                .await?;
+        }
+        Ok(())
     }
 
     /// [`Self::authorize`] with the policies' first decision (without break-glass) already made.
@@ -1128,11 +1360,17 @@ impl Records {
         stamp_meta(&mut body, version, now);
         let json =
             serde_json::to_vec(&body).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-        let patient = patient_compartment(rtype, id, &body);
         let compartment: Arc<str> =
-            Arc::from(patient.as_deref().unwrap_or(ENVIRONMENT_COMPARTMENT));
+            Arc::from(self.compartment_of_new(caller, rtype, id, &body).await?);
         // A Patient's managing organization decides who may see its compartment.
-        let organization = (rtype == ResourceType::PATIENT).then(|| managing_organization(&body));
+        let (patient, organization) = if rtype == ResourceType::PATIENT {
+            (
+                Some(compartment.to_string()),
+                Some(managing_organization(&body)),
+            )
+        } else {
+            (None, None)
+        };
         let tokens = self.index.entries(rtype, &body);
         caller
             .audit
@@ -1246,10 +1484,6 @@ impl Records {
         self.keyring
             .resource_aad(rtype.as_str(), id.as_str(), version)
     }
-}
-
-fn patient_compartment(rtype: ResourceType, id: &ResourceId, body: &Value) -> Option<String> {
-    carevault_fhir::patient_compartment(rtype, id, body).map(|p| format!("Patient/{}", p.as_str()))
 }
 
 /// Compare sort values; a missing value sorts last either way.

@@ -250,9 +250,9 @@ pub enum WriteOp {
     DropRetiredDataKey {
         id: u64,
     },
-    /// Crypto-shred a compartment: delete its data keys (every generation) and every resource
-    /// version sealed under them, with the resources' current pointers and search-index rows.
-    /// Idempotent.
+    /// Crypto-shred a patient compartment: delete its data keys (every generation), those of
+    /// every compartment naming it among several patients, and every resource version sealed
+    /// under them, with the resources' current pointers and search-index rows. Idempotent.
     ShredCompartment {
         compartment: String,
         /// The shredded key's id: versions sealed under it are deleted even if its row is gone.
@@ -441,6 +441,10 @@ pub trait Store: Send + Sync + 'static {
         compartment: &str,
     ) -> Result<Option<DataKeyRow>, StoreError>;
     async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError>;
+    /// The ids of every data key (all generations) whose compartment names the patient
+    /// compartment `patient` (`Patient/<id>`): its own, and those of resources naming several
+    /// patients (`Patient/a Patient/b`), which a shred of any of them deletes.
+    async fn data_keys_naming(&self, patient: &str) -> Result<Vec<u64>, StoreError>;
     /// How many data keys each KEK version wraps, by version.
     async fn data_key_counts(&self) -> Result<Vec<(u32, u64)>, StoreError>;
     /// Up to `limit` data keys wrapped under a KEK version other than `kek_version`, by id.
@@ -542,6 +546,12 @@ pub trait Store: Send + Sync + 'static {
         rtype: &str,
         ids: Vec<String>,
     ) -> Result<Vec<ResourceRow>, StoreError>;
+    /// The (type, id) of every current, not deleted resource whose current version is sealed
+    /// under one of `dek_ids` (a compartment's keys), sorted.
+    async fn current_under_keys(
+        &self,
+        dek_ids: Vec<u64>,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Ids of every current, not deleted resource of `rtype` (when no index lookup applies).
     async fn resource_ids(&self, rtype: &str) -> Result<Vec<String>, StoreError>;
 

@@ -204,7 +204,19 @@ INSERT INTO meta (key, value) VALUES ('kek_wrap_floor', '1') ON CONFLICT (key) D
 ALTER TABLE audit_patient DROP CONSTRAINT audit_patient_pkey;
 ALTER TABLE audit_patient ADD PRIMARY KEY (node, seq, patient);
 "#,
+    // A resource naming several patients is sealed under the key of that set of patients, whose
+    // compartment name lists them all and can outgrow a B-tree entry (about 2,700 bytes): the
+    // live keys are unique by a digest of the name (lookups compare the name itself too).
+    r#"
+DROP INDEX data_key_live;
+CREATE UNIQUE INDEX data_key_live ON data_key (md5(compartment)) WHERE state <> 'retiring';
+"#,
 ];
+
+/// Every data key (all generations) whose compartment names the patient compartment `$1`: its
+/// own, and those of resources naming several patients (`Patient/a Patient/b`).
+const DATA_KEYS_NAMING: &str = "SELECT id FROM data_key WHERE compartment = $1
+    OR position(' ' || $1 || ' ' in ' ' || compartment || ' ') > 0";
 
 /// The schema version this binary writes.
 pub const POSTGRES_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -746,7 +758,7 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
             exec(
                 tx,
                 "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (compartment) WHERE state <> 'retiring' DO NOTHING",
+                 ON CONFLICT (md5(compartment)) WHERE state <> 'retiring' DO NOTHING",
                 &[compartment, wrapped, &i64::from(*kek_version), created_at],
             )
             .await?;
@@ -857,11 +869,9 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
         } => {
             // Every generation of the compartment's key (a rotation may have left an old one),
             // and the recorded key even if its row is gone already.
+            // The keys of resources naming several patients, this one among them, go too.
             let mut keys: Vec<i64> = tx
-                .query(
-                    "SELECT id FROM data_key WHERE compartment = $1 FOR UPDATE",
-                    &[compartment],
-                )
+                .query(&format!("{DATA_KEYS_NAMING} FOR UPDATE"), &[compartment])
                 .await?
                 .iter()
                 .map(|r| r.get(0))
@@ -870,7 +880,7 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
             if !keys.contains(&recorded) {
                 keys.push(recorded);
             }
-            for dek in keys {
+            for dek in &keys {
                 // Resources whose current version is sealed under this key lose their current
                 // pointer and index rows; one that moved to another compartment keeps its later
                 // versions.
@@ -882,15 +892,16 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
                  WHERE v.rtype = c.rtype AND v.id = c.id AND v.version = c.version AND v.dek_id = $1",
                 "DELETE FROM resource_version WHERE dek_id = $1",
             ] {
-                exec(tx, sql, &[&dek]).await?;
+                exec(tx, sql, &[dek]).await?;
             }
             }
-            for sql in [
-                "DELETE FROM data_key WHERE compartment = $1",
+            exec(tx, "DELETE FROM data_key WHERE id = ANY($1)", &[&keys]).await?;
+            exec(
+                tx,
                 "DELETE FROM compartment_org WHERE compartment = $1",
-            ] {
-                exec(tx, sql, &[compartment]).await?;
-            }
+                &[compartment],
+            )
+            .await?;
         }
         WriteOp::InsertShredApproval(a) => {
             exec(
@@ -1618,11 +1629,20 @@ impl Store for PostgresStore {
         Ok(self
             .query_opt(
                 "SELECT id, compartment, wrapped, kek_version FROM data_key
-                 WHERE compartment = $1 AND state <> 'retiring'",
+                 WHERE md5(compartment) = md5($1) AND compartment = $1 AND state <> 'retiring'",
                 &[&compartment],
             )
             .await?
             .map(|r| data_key_row(&r)))
+    }
+
+    async fn data_keys_naming(&self, patient: &str) -> Result<Vec<u64>, StoreError> {
+        Ok(self
+            .query(DATA_KEYS_NAMING, &[&patient])
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect())
     }
 
     async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError> {
@@ -2058,6 +2078,28 @@ impl Store for PostgresStore {
             out.extend(rows.iter().map(|r| resource_row(r, 0)));
         }
         Ok(out)
+    }
+
+    async fn current_under_keys(
+        &self,
+        dek_ids: Vec<u64>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let ids: Vec<i64> = dek_ids
+            .into_iter()
+            .map(|id| i64::try_from(id).unwrap_or(i64::MAX))
+            .collect();
+        Ok(self
+            .query(
+                "SELECT c.rtype, c.id FROM resource_version v JOIN resource_current c
+                   ON c.rtype = v.rtype AND c.id = v.id AND c.version = v.version
+                 WHERE v.dek_id = ANY($1) AND NOT c.deleted
+                 ORDER BY c.rtype, c.id",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     }
 
     async fn resource_ids(&self, rtype: &str) -> Result<Vec<String>, StoreError> {

@@ -1128,28 +1128,32 @@ fn check_dek_usable(conn: &Connection, dek_id: u64) -> Result<(), StoreError> {
 fn shred_compartment(conn: &Connection, compartment: &str, dek: i64) -> Result<(), StoreError> {
     // Every generation of the compartment's key (a rotation may have left an old one), and the
     // recorded key even if its row is gone already.
-    let mut keys: Vec<i64> = conn
-        .prepare_cached("SELECT id FROM data_key WHERE compartment = ?1")
-        .and_then(|mut s| {
-            s.query_map([compartment], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<i64>>>()
-        })
-        .map_err(map_err)?;
+    // The keys of resources naming several patients, this one among them, go too.
+    let mut keys = data_keys_naming(conn, compartment).map_err(map_err)?;
     if !keys.contains(&dek) {
         keys.push(dek);
     }
     for dek in keys {
         shred_key(conn, dek)?;
-    }
-    for sql in [
-        "DELETE FROM data_key WHERE compartment = ?1",
-        "DELETE FROM compartment_org WHERE compartment = ?1",
-    ] {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([compartment]))
+        conn.prepare_cached("DELETE FROM data_key WHERE id = ?1")
+            .and_then(|mut s| s.execute([dek]))
             .map_err(map_err)?;
     }
+    conn.prepare_cached("DELETE FROM compartment_org WHERE compartment = ?1")
+        .and_then(|mut s| s.execute([compartment]))
+        .map_err(map_err)?;
     Ok(())
+}
+
+/// Every data key (all generations) whose compartment names the patient compartment `patient`:
+/// its own, and those of resources naming several patients (`Patient/a Patient/b`).
+fn data_keys_naming(conn: &Connection, patient: &str) -> rusqlite::Result<Vec<i64>> {
+    conn.prepare_cached(
+        "SELECT id FROM data_key WHERE compartment = ?1
+            OR instr(' ' || compartment || ' ', ' ' || ?1 || ' ') > 0",
+    )?
+    .query_map([patient], |r| r.get(0))?
+    .collect()
 }
 
 fn shred_key(conn: &Connection, dek: i64) -> Result<(), StoreError> {
@@ -1624,6 +1628,13 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn data_keys_naming(&self, patient: &str) -> Result<Vec<u64>, StoreError> {
+        let patient = patient.to_owned();
+        self.read(move |c| data_keys_naming(c, &patient))
+            .await
+            .map(|ids| ids.into_iter().map(|id| id as u64).collect())
+    }
+
     async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError> {
         self.point(move |c| {
             c.prepare_cached(
@@ -2079,6 +2090,29 @@ impl Store for SqliteStore {
                     out.push(row?);
                 }
             }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn current_under_keys(
+        &self,
+        dek_ids: Vec<u64>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT c.rtype, c.id FROM resource_version v JOIN resource_current c
+                   ON c.rtype = v.rtype AND c.id = v.id AND c.version = v.version
+                 WHERE v.dek_id = ?1 AND c.deleted = 0",
+            )?;
+            let mut out = Vec::new();
+            for dek in dek_ids {
+                for row in stmt.query_map([dek as i64], |r| Ok((r.get(0)?, r.get(1)?)))? {
+                    out.push(row?);
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
             Ok(out)
         })
         .await

@@ -9,6 +9,7 @@ mod authz;
 mod bundle;
 mod canary;
 mod cli;
+mod compartments;
 mod differential;
 mod e2e;
 mod hostile;

@@ -207,7 +207,127 @@ pub async fn search_type(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rtype = resource_type(&rtype)?;
-    search(&state, Caller::new(&p, &audit), &headers, rtype, pairs).await
+    search(
+        &state,
+        Caller::new(&p, &audit),
+        &headers,
+        rtype,
+        None,
+        pairs,
+    )
+    .await
+}
+
+/// `GET /fhir/Patient/{id}/{type}?...`: compartment search (R4 3.1.0.2.3). Only the Patient
+/// compartment is served.
+pub async fn search_compartment(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path((compartment, id, rtype)): Path<(String, String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if compartment != "Patient" {
+        return Err(ApiError::NoSuchEndpoint);
+    }
+    let rtype = resource_type(&rtype)?;
+    let patient = resource_id(&id)?;
+    search(
+        &state,
+        Caller::new(&p, &audit),
+        &headers,
+        rtype,
+        Some(&patient),
+        pairs,
+    )
+    .await
+}
+
+/// `GET /fhir/Patient/{id}/$everything` (R4 `patient-everything`): every resource of the
+/// patient's compartment the caller may read, with `_type`, `_since`, `_count` and paging.
+pub async fn everything(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path((compartment, id)): Path<(String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if compartment != "Patient" {
+        return Err(ApiError::NoSuchEndpoint);
+    }
+    let patient = resource_id(&id)?;
+    let format: HashMap<String, String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "_format")
+        .cloned()
+        .collect();
+    negotiate(&headers, &format)?;
+    let mut query = crate::records::EverythingQuery {
+        types: None,
+        since_us: None,
+        count: DEFAULT_HISTORY_COUNT,
+        page: None,
+    };
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "_type" => {
+                let types = v
+                    .split(',')
+                    .map(|t| ResourceType::parse(t.trim()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        Error::BadRequest("_type names an unknown resource type".into())
+                    })?;
+                query.types.get_or_insert_with(Vec::new).extend(types);
+            }
+            "_since" => {
+                query.since_us =
+                    Some(parse_instant(v).ok_or_else(|| {
+                        Error::BadRequest("_since must be a FHIR instant".into())
+                    })?);
+            }
+            "_count" => {
+                query.count = v
+                    .parse::<u32>()
+                    .map_err(|_| Error::BadRequest("_count must be a number".into()))?
+                    .clamp(1, MAX_HISTORY_COUNT);
+            }
+            "_page" => query.page = Some(v.clone()),
+            "_format" => {}
+            _ => {
+                return Err(Error::BadRequest(
+                    "$everything takes _type, _since, _count and _page only".into(),
+                )
+                .into());
+            }
+        }
+    }
+    let page = state
+        .inner
+        .records
+        .everything(Caller::new(&p, &audit), &patient, &query)
+        .await?;
+    let base = base_url(&state, &headers);
+    let mut entries = BundleEntries::default();
+    for v in &page.entries {
+        entries.push(
+            &SearchEntry {
+                full_url: format!("{base}/{}/{}", v.rtype, v.id),
+                search: SearchMode { mode: "match" },
+            },
+            Some(&v.json),
+        )?;
+    }
+    searchset(
+        &state,
+        &format!("{base}/Patient/{patient}/$everything"),
+        &pairs,
+        (query.page.as_deref(), page.next.as_deref()),
+        None,
+        entries,
+    )
 }
 
 /// `POST /fhir/{type}/_search` with a form body: the same search, values kept out of URLs.
@@ -236,14 +356,24 @@ pub async fn search_post(
         audit.add_query(k, v);
     }
     pairs.extend(body_pairs);
-    search(&state, Caller::new(&p, &audit), &headers, rtype, pairs).await
+    search(
+        &state,
+        Caller::new(&p, &audit),
+        &headers,
+        rtype,
+        None,
+        pairs,
+    )
+    .await
 }
 
+/// A search of one type, or of one type within a patient's compartment.
 async fn search(
     state: &AppState,
     caller: Caller<'_>,
     headers: &HeaderMap,
     rtype: ResourceType,
+    patient: Option<&ResourceId>,
     pairs: Vec<(String, String)>,
 ) -> Result<Response, ApiError> {
     let format: HashMap<String, String> = pairs
@@ -260,27 +390,21 @@ async fn search(
         .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=lenient"));
     let query = carevault_fhir::search::parse_query(rtype, &pairs, lenient)
         .map_err(|e| Error::BadRequest(e.to_string()))?;
-    let page = state.inner.records.search(caller, rtype, &query).await?;
+    let records = &state.inner.records;
+    let page = match patient {
+        Some(patient) => {
+            records
+                .search_compartment(caller, patient, rtype, &query)
+                .await?
+        }
+        None => records.search(caller, rtype, &query).await?,
+    };
+    let path = match patient {
+        Some(patient) => format!("Patient/{patient}/{rtype}"),
+        None => rtype.to_string(),
+    };
 
     let base = base_url(state, headers);
-    let own: Vec<(String, String)> = pairs
-        .iter()
-        .filter(|(k, _)| k != "_page")
-        .cloned()
-        .collect();
-    let link = |extra: Option<&str>| {
-        let mut q: Vec<(String, String)> = own.clone();
-        if let Some(cursor) = extra {
-            q.push(("_page".into(), cursor.to_owned()));
-        }
-        let encoded = serde_urlencoded::to_string(&q).unwrap_or_default();
-        format!("{base}/{rtype}?{encoded}")
-    };
-    let mut links =
-        vec![serde_json::json!({"relation": "self", "url": link(query.page.as_deref())})];
-    if let Some(next) = &page.next {
-        links.push(serde_json::json!({"relation": "next", "url": link(Some(next))}));
-    }
     let mut entries = BundleEntries::default();
     if !query.summary_count {
         for (mode, v) in page
@@ -311,6 +435,37 @@ async fn search(
     }
     let with_total =
         query.summary_count || !matches!(query.total, carevault_fhir::search::Total::None);
+    searchset(
+        state,
+        &format!("{base}/{path}"),
+        &pairs,
+        (query.page.as_deref(), page.next.as_deref()),
+        with_total.then_some(page.total),
+        entries,
+    )
+}
+
+/// A searchset Bundle of `entries`, with `self` and `next` links to `url` carrying the request's
+/// own parameters and the page cursors (`this`, `next`).
+fn searchset(
+    state: &AppState,
+    url: &str,
+    pairs: &[(String, String)],
+    (this, next): (Option<&str>, Option<&str>),
+    total: Option<usize>,
+    entries: BundleEntries,
+) -> Result<Response, ApiError> {
+    let own: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "_page").collect();
+    let link = |cursor: Option<&str>| {
+        let page = cursor.map(|c| ("_page".to_owned(), c.to_owned()));
+        let q: Vec<&(String, String)> = own.iter().copied().chain(page.as_ref()).collect();
+        let encoded = serde_urlencoded::to_string(&q).unwrap_or_default();
+        format!("{url}?{encoded}")
+    };
+    let mut links = vec![serde_json::json!({"relation": "self", "url": link(this)})];
+    if let Some(next) = next {
+        links.push(serde_json::json!({"relation": "next", "url": link(Some(next))}));
+    }
     let bundle = SearchBundle {
         resource_type: "Bundle",
         id: uuid::Uuid::new_v4().to_string(),
@@ -318,7 +473,7 @@ async fn search(
             last_updated: fhir_instant(state.inner.clock.now_us()),
         },
         bundle_type: "searchset",
-        total: with_total.then_some(page.total),
+        total,
         link: links,
     };
     Ok(fhir_json(StatusCode::OK, entries.finish(&bundle)?))
@@ -823,6 +978,10 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
                 "description": "Bearer session tokens from POST /auth/login (password and TOTP, both required)."
             },
             "resource": resources,
+            "operation": [{
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+            }],
         }],
     });
     serde_json::to_vec(&cs).unwrap_or_default()

@@ -147,6 +147,12 @@ pub const ROUTE_TABLE: &[(&str, Method, &str)] = &[
         "history-instance",
     ),
     ("/fhir/{rtype}/{id}/_history/{vid}", Method::GET, "vread"),
+    ("/fhir/{rtype}/{id}/$everything", Method::GET, "everything"),
+    (
+        "/fhir/{rtype}/{id}/{ctype}",
+        Method::GET,
+        "search-compartment",
+    ),
 ];
 
 /// The handler of an action in [`ROUTE_TABLE`].
@@ -194,6 +200,8 @@ fn handler(action: &str) -> Option<MethodRouter<AppState>> {
         "delete" => delete(fhir::delete),
         "history-instance" => get(fhir::history_instance),
         "vread" => get(fhir::vread),
+        "everything" => get(fhir::everything),
+        "search-compartment" => get(fhir::search_compartment),
         // The table and this match are checked against each other by a unit test.
         _ => return None,
     })
