@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use carevault_fhir::{ResourceId, ResourceType};
-use carevault_store::{HistoryQuery, ResourceRow, Store, StoreError, WriteOp};
+use carevault_store::{ResourceRow, Store, StoreError, WriteOp};
 use zeroize::Zeroizing;
 
 use crate::compartment;
@@ -24,8 +24,10 @@ use crate::keyring::Keyring;
 
 /// Set when every stored version has been filed by the CompartmentDefinition.
 pub const DONE: &str = "compartments_filed";
-/// The oldest `seq` filed so far (versions are filed newest first).
-const CURSOR: &str = "compartments_filing_before_seq";
+/// The newest `seq` filed so far (versions are filed oldest first).
+const CURSOR: &str = "compartments_filing_after_seq";
+/// How often progress is logged.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 const BATCH: u32 = 500;
 
 /// What the upgrade did.
@@ -41,6 +43,15 @@ pub struct Report {
     pub naming_shredded: u64,
 }
 
+impl Report {
+    fn add(&mut self, other: Report) {
+        self.versions += other.versions;
+        self.moved += other.moved;
+        self.binaries_left_shared += other.binaries_left_shared;
+        self.naming_shredded += other.naming_shredded;
+    }
+}
+
 /// File every stored version by the CompartmentDefinition, unless that was done already.
 pub async fn run(store: &dyn Store, keyring: &Keyring) -> Result<Report> {
     let mut report = Report::default();
@@ -48,45 +59,60 @@ pub async fn run(store: &dyn Store, keyring: &Keyring) -> Result<Report> {
         return Ok(report);
     }
     let started = Instant::now();
-    let mut before: Option<i64> = store.meta(CURSOR).await?.and_then(|v| v.parse().ok());
+    let mut logged = started;
+    let mut after: i64 = store
+        .meta(CURSOR)
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut stale = 0;
     loop {
-        let entries = store
-            .history(HistoryQuery {
-                before_seq: before,
-                limit: BATCH,
-                ..HistoryQuery::default()
-            })
-            .await?;
+        let entries = store.versions_after(after, BATCH).await?;
         let Some(last) = entries.last() else {
             break;
         };
-        before = Some(last.seq);
+        let mut batch = Report::default();
         let mut ops = Vec::new();
         for entry in &entries {
-            report.versions += 1;
-            if let Some(op) = refile(store, keyring, &entry.row, &mut report).await? {
+            batch.versions += 1;
+            if let Some(op) = refile(store, keyring, &entry.row, &mut batch).await? {
                 ops.push(op);
             }
         }
-        report.moved += ops.len() as u64;
+        batch.moved = ops.len() as u64;
+        let sealed_under: Vec<u64> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::ResealResourceVersion { dek_id, .. } => Some(*dek_id),
+                _ => None,
+            })
+            .collect();
         ops.push(WriteOp::SetMeta {
             key: CURSOR.into(),
             value: last.seq.to_string(),
         });
         match store.write(ops).await {
-            Ok(()) => {}
-            // A data key was rotated meanwhile (another node): file this batch again.
-            Err(StoreError::StaleKey) => {
-                before = store.meta(CURSOR).await?.and_then(|v| v.parse().ok());
+            Ok(()) => {
+                after = last.seq;
+                report.add(batch);
+            }
+            // A data key was rotated meanwhile (`key rotate-data` on another node): seal this
+            // batch again under the live keys.
+            Err(StoreError::StaleKey) if stale < 3 => {
+                stale += 1;
+                keyring.forget_data_keys(&sealed_under);
                 continue;
             }
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(
-            event = "compartment_upgrade_progress",
-            versions = report.versions,
-            moved = report.moved,
-        );
+        if logged.elapsed() >= PROGRESS_EVERY {
+            logged = Instant::now();
+            tracing::info!(
+                event = "compartment_upgrade_progress",
+                versions = report.versions,
+                moved = report.moved,
+            );
+        }
     }
     store
         .write(vec![WriteOp::SetMeta {
@@ -347,6 +373,50 @@ mod tests {
                 .await
                 .unwrap()
                 .contains(&row.dek_id)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_upgrade_resumes_after_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let keyring = Keyring::new(
+            "env-test".into(),
+            Box::new(FileKeyProvider::create(&dir.path().join("keys")).unwrap()),
+            store.clone(),
+            Arc::new(ManualClock::at_secs(1_800_000_000)),
+        );
+        let (s, env) = (&*store, compartment::ENVIRONMENT);
+        put(
+            s,
+            &keyring,
+            ("Appointment", "a1", 1),
+            Some(appointment(&["p1"])),
+            env,
+        )
+        .await;
+        put(
+            s,
+            &keyring,
+            ("Appointment", "a2", 1),
+            Some(appointment(&["p2"])),
+            env,
+        )
+        .await;
+        // Stopped after the first version's batch committed (its cursor is its seq).
+        let first = s.versions_after(0, 1).await.unwrap()[0].seq;
+        s.write(vec![WriteOp::SetMeta {
+            key: CURSOR.into(),
+            value: first.to_string(),
+        }])
+        .await
+        .unwrap();
+        let report = run(s, &keyring).await.unwrap();
+        assert_eq!((report.versions, report.moved), (1, 1));
+        assert_eq!(filed(s, &keyring, "Appointment", "a1", 1).await, env);
+        assert_eq!(
+            filed(s, &keyring, "Appointment", "a2", 1).await,
+            "Patient/p2"
         );
     }
 

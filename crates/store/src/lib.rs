@@ -435,6 +435,13 @@ pub trait Store: Send + Sync + 'static {
         version: u32,
     ) -> Result<Option<ResourceRow>, StoreError>;
     async fn history(&self, query: HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Up to `limit` stored versions of any resource with `seq > after_seq`, oldest first (a
+    /// walk over every version, for upgrades).
+    async fn versions_after(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
 
     async fn data_key_by_compartment(
         &self,

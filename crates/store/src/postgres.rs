@@ -1622,6 +1622,29 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn versions_after(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT v.seq, {RESOURCE_COLUMNS} FROM resource_version v
+                     WHERE v.seq > $1 ORDER BY v.seq LIMIT $2"
+                ),
+                &[&after_seq, &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| HistoryEntry {
+                seq: r.get(0),
+                row: resource_row(r, 1),
+            })
+            .collect())
+    }
+
     async fn data_key_by_compartment(
         &self,
         compartment: &str,

@@ -1612,6 +1612,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn versions_after(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT v.seq, {RESOURCE_COLUMNS} FROM resource_version v
+                 WHERE v.seq > ?1 ORDER BY v.seq LIMIT ?2"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![after_seq, limit], |r| {
+                Ok(HistoryEntry {
+                    seq: r.get(0)?,
+                    row: ResourceRow {
+                        rtype: r.get(1)?,
+                        id: r.get(2)?,
+                        version: r.get(3)?,
+                        last_updated_us: r.get(4)?,
+                        deleted: r.get(5)?,
+                        dek_id: r.get::<_, i64>(6)? as u64,
+                        body: r.get(7)?,
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn data_key_by_compartment(
         &self,
         compartment: &str,

@@ -197,6 +197,11 @@ fn every_compartment_parameter_keeps_a_patients_resources_in_their_organization(
     let bad = own.get(&format!("/fhir/Patient/{a}/$everything?_since=yesterday"));
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert_eq!(own.get("/fhir/Encounter/e1/$everything").status, 404);
+    let capabilities = w.srv.api().get("/fhir/metadata").json();
+    assert_eq!(
+        capabilities["rest"][0]["operation"][0]["definition"],
+        "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+    );
 
     // Break-glass for that patient opens reads to the other organization.
     let granted = w.clin_b.api.post_json(

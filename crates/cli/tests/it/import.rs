@@ -142,6 +142,39 @@ fn seeded_population_imports_and_clinicians_see_their_organization() {
         of_first
     );
 
+    // `$everything` of a seeded patient: every seeded resource that refers to them, the Patient
+    // itself, and nothing else.
+    let mut expected: Vec<String> = std::fs::read_dir(&seed_dir)
+        .unwrap()
+        .flat_map(|e| lines(&e.unwrap().path()))
+        .filter(|r| r["id"] == first || r.to_string().contains(&format!("\"Patient/{first}\"")))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    expected.sort();
+    let everything = service.get(&format!("/fhir/Patient/{first}/$everything?_count=1000"));
+    assert_eq!(everything.status, 200, "{}", everything.text());
+    let mut found: Vec<String> = everything.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    found.sort();
+    assert!(expected.len() > 2, "{expected:?}");
+    assert_eq!(found, expected);
+
     // A clinician of org-1 sees exactly org-1's patients.
     let clinician = srv.user(&admin, "dr.one", &["clinician"], Some("org-1"));
     let in_org_1 = patients
