@@ -16,11 +16,14 @@ use serde_json::Value;
 use crate::audit::AuditScope;
 use crate::authz::{Authz, FhirAction, ResourceAttrs};
 use crate::clock::{SharedClock, fhir_instant};
-use crate::compartment::{self, Member};
+use crate::compartment;
 use crate::error::{Error, Result};
 use crate::identity::{Principal, PrincipalKind, Role};
 use crate::keyring::Keyring;
 use crate::search::SearchIndex;
+
+mod compartments;
+pub use compartments::{EverythingPage, EverythingQuery};
 
 /// How often an update without `If-Match` retries after losing a race.
 const UPDATE_RETRIES: usize = 8;
@@ -137,24 +140,6 @@ pub struct SearchPage {
     pub next: Option<String>,
 }
 
-/// What `$everything` asks for.
-#[derive(Clone, Debug)]
-pub struct EverythingQuery {
-    /// Only these types (`_type`), or all.
-    pub types: Option<Vec<ResourceType>>,
-    /// Only resources last updated at or after this time (`_since`), microseconds.
-    pub since_us: Option<i64>,
-    pub count: u32,
-    /// The paging cursor of the previous page.
-    pub page: Option<String>,
-}
-
-/// One page of `$everything`.
-pub struct EverythingPage {
-    pub entries: Vec<Version>,
-    pub next: Option<String>,
-}
-
 /// What one search reads once and uses for every window of candidates it opens.
 struct SearchKnows {
     /// The caller's active break-glass grants.
@@ -196,9 +181,11 @@ impl Records {
             .audit
             .set_resource(rtype.as_str(), Some(id.as_str()), None);
         let body = self.prepare(rtype, body, Some(id))?;
-        self.authorize_write(caller, FhirAction::Create, rtype, id, &body)
+        let compartment = self
+            .authorize_write(caller, FhirAction::Create, rtype, id, &body)
             .await?;
-        self.append(caller, rtype, id, body, None, 1).await
+        self.append(caller, rtype, id, body, compartment, None, 1)
+            .await
     }
 
     /// Create with a server-assigned id (any id in the body is replaced, as FHIR says).
@@ -214,9 +201,11 @@ impl Records {
             .audit
             .set_resource(rtype.as_str(), Some(id.as_str()), None);
         let body = self.prepare(rtype, body, Some(&id))?;
-        self.authorize_write(caller, FhirAction::Create, rtype, &id, &body)
+        let compartment = self
+            .authorize_write(caller, FhirAction::Create, rtype, &id, &body)
             .await?;
-        self.append(caller, rtype, &id, body, None, 1).await
+        self.append(caller, rtype, &id, body, compartment, None, 1)
+            .await
     }
 
     /// Update (or create with a client-assigned id). `if_match` is the version the client
@@ -267,7 +256,8 @@ impl Records {
             } else {
                 FhirAction::Create
             };
-            self.authorize_write(caller, action, rtype, id, &body)
+            let compartment = self
+                .authorize_write(caller, action, rtype, id, &body)
                 .await?;
             if let Some(expected) = if_match
                 && current_version != Some(expected)
@@ -278,7 +268,15 @@ impl Records {
             }
             let next = current_version.map_or(1, |v| v + 1);
             match self
-                .append(caller, rtype, id, body.clone(), current_version, next)
+                .append(
+                    caller,
+                    rtype,
+                    id,
+                    body.clone(),
+                    compartment,
+                    current_version,
+                    next,
+                )
                 .await
             {
                 Ok(v) => return Ok((v, current_version.is_none())),
@@ -492,118 +490,6 @@ impl Records {
         query: &Query,
     ) -> Result<SearchPage> {
         self.search_within(caller, rtype, query, None).await
-    }
-
-    /// Compartment search (`GET /fhir/Patient/{id}/{type}`): the search, among the resources of
-    /// the patient's compartment only (those sealed under a key that names the patient).
-    pub async fn search_compartment(
-        &self,
-        caller: Caller<'_>,
-        patient: &ResourceId,
-        rtype: ResourceType,
-        query: &Query,
-    ) -> Result<SearchPage> {
-        let compartment = format!("Patient/{patient}");
-        caller.audit.add_patient(&compartment);
-        let within: Vec<String> = if rtype == ResourceType::PATIENT {
-            vec![patient.as_str().to_owned()]
-        } else {
-            self.compartment_members(&compartment)
-                .await?
-                .into_iter()
-                .filter(|(t, _)| *t == rtype)
-                .map(|(_, id)| id.as_str().to_owned())
-                .collect()
-        };
-        self.search_within(caller, rtype, query, Some(within)).await
-    }
-
-    /// The current resources of a patient's compartment (the Patient among them, if stored):
-    /// those whose current version is sealed under a key naming the patient, sorted.
-    async fn compartment_members(
-        &self,
-        compartment: &str,
-    ) -> Result<Vec<(ResourceType, ResourceId)>> {
-        let keys = self.store.data_keys_naming(compartment).await?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut members: Vec<(ResourceType, ResourceId)> = self
-            .store
-            .current_under_keys(keys)
-            .await?
-            .into_iter()
-            .filter_map(|(t, id)| {
-                Some((ResourceType::parse(&t).ok()?, ResourceId::parse(&id).ok()?))
-            })
-            .collect();
-        members.sort_unstable_by(|(ta, a), (tb, b)| {
-            (ta.as_str(), a.as_str()).cmp(&(tb.as_str(), b.as_str()))
-        });
-        Ok(members)
-    }
-
-    /// `Patient/{id}/$everything`: every current resource of the patient's compartment that the
-    /// caller may read, by type then id, `count` at a time after the cursor `page`; optionally
-    /// only of some types, and only those changed since a time. 404 unless the caller may read
-    /// the Patient itself.
-    pub async fn everything(
-        &self,
-        caller: Caller<'_>,
-        patient: &ResourceId,
-        query: &EverythingQuery,
-    ) -> Result<EverythingPage> {
-        let compartment = format!("Patient/{patient}");
-        caller
-            .audit
-            .set_resource("Patient", Some(patient.as_str()), None);
-        caller.audit.add_patient(&compartment);
-        if self
-            .readable_current(caller, ResourceType::PATIENT, patient)
-            .await?
-            .is_none()
-        {
-            return Err(Error::NotFound);
-        }
-        let after = query.page.as_deref().map(decode_cursor).transpose()?;
-        let after =
-            after.map(|(keys, id)| (keys.into_iter().next().flatten().unwrap_or_default(), id));
-        let mut entries = Vec::new();
-        let mut next = None;
-        for (t, id) in self.compartment_members(&compartment).await? {
-            if query
-                .types
-                .as_ref()
-                .is_some_and(|types| !types.contains(&t))
-            {
-                continue;
-            }
-            if let Some((after_t, after_id)) = &after
-                && (t.as_str(), id.as_str()) <= (after_t.as_str(), after_id.as_str())
-            {
-                continue;
-            }
-            let Some(v) = self.readable_current(caller, t, &id).await? else {
-                continue;
-            };
-            if query
-                .since_us
-                .is_some_and(|since| v.last_updated_us < since)
-            {
-                continue;
-            }
-            if entries.len() == query.count as usize {
-                next = entries.last().map(|last: &Version| {
-                    encode_cursor(&[Some(last.rtype.to_string())], last.id.as_str())
-                });
-                break;
-            }
-            entries.push(v);
-        }
-        for v in &entries {
-            caller.audit.add_patient(&v.compartment);
-        }
-        Ok(EverythingPage { entries, next })
     }
 
     async fn search_within(
@@ -1139,7 +1025,8 @@ impl Records {
         .await
     }
 
-    /// Authorize writing `body` (its compartment and labels as they will be).
+    /// Authorize writing `body` (its compartment and labels as they will be); returns the
+    /// compartment it is to be sealed under.
     async fn authorize_write(
         &self,
         caller: Caller<'_>,
@@ -1147,7 +1034,7 @@ impl Records {
         rtype: ResourceType,
         id: &ResourceId,
         body: &Value,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let compartment = self.compartment_of_new(caller, rtype, id, body).await?;
         let security: Vec<String> = body
             .pointer("/meta/security")
@@ -1172,74 +1059,8 @@ impl Records {
                 patient_organization,
             )
             .await?;
-        self.authorize(caller, action, &attrs, false).await
-    }
-
-    /// The compartment a resource about to be written is sealed under (see
-    /// [`crate::compartment`]): its patients from the CompartmentDefinition; for a Binary, the
-    /// compartment of its `securityContext`, else its creator's organization; else shared.
-    async fn compartment_of_new(
-        &self,
-        caller: Caller<'_>,
-        rtype: ResourceType,
-        id: &ResourceId,
-        body: &Value,
-    ) -> Result<String> {
-        if let Some(name) =
-            crate::filing::compartment_named(&*self.store, &self.keyring, rtype, id, body).await?
-        {
-            return Ok(name);
-        }
-        if rtype != ResourceType::BINARY {
-            return Ok(compartment::ENVIRONMENT.to_owned());
-        }
-        // No (resolvable) securityContext: the creator's organization only.
-        match &caller.principal.organization {
-            Some(org) => Ok(compartment::of_organization(org)),
-            None => Err(Error::Unprocessable(vec![carevault_fhir::Issue {
-                location: "Binary.securityContext".into(),
-                message: "is required from a creator without an organization".into(),
-            }])),
-        }
-    }
-
-    /// What the policies see of a resource in `compartment`: one set of attributes per patient
-    /// (every one must be allowed), one for an organization's own Binary, one for shared data.
-    async fn compartment_attrs(
-        &self,
-        caller: Caller<'_>,
-        rtype: ResourceType,
-        id: &ResourceId,
-        compartment: &str,
-        security: Vec<String>,
-        patient_organization: Option<Option<String>>,
-    ) -> Result<Vec<ResourceAttrs>> {
-        let one = |compartment: Option<String>, organization: Option<String>| ResourceAttrs {
-            rtype,
-            id: id.as_str().to_owned(),
-            compartment,
-            organization,
-            security: security.clone(),
-        };
-        let mut out = Vec::with_capacity(1);
-        for member in compartment::members(compartment) {
-            out.push(match member {
-                Member::Patient(p) => {
-                    let organization = match &patient_organization {
-                        Some(org) => org.clone(),
-                        None => self.organization_of(caller, Some(p)).await?,
-                    };
-                    one(Some(p.to_owned()), organization)
-                }
-                Member::Organization(org) => {
-                    one(Some(compartment.to_owned()), Some(org.to_owned()))
-                }
-            });
-        }
-        if out.is_empty() {
-            out.push(one(None, None));
-        }
-        Ok(out)
+        self.authorize(caller, action, &attrs, false).await?;
+        Ok(compartment)
     }
 
     /// Authorize `action` on a resource with these attributes: one set per compartment member,
@@ -1347,12 +1168,15 @@ impl Records {
         Ok(body)
     }
 
+    /// Append a version, sealed under `compartment` (what [`Self::authorize_write`] decided).
+    #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
         caller: Caller<'_>,
         rtype: ResourceType,
         id: &ResourceId,
         mut body: Value,
+        compartment: String,
         expected_current: Option<u32>,
         version: u32,
     ) -> Result<Version> {
@@ -1360,8 +1184,7 @@ impl Records {
         stamp_meta(&mut body, version, now);
         let json =
             serde_json::to_vec(&body).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-        let compartment: Arc<str> =
-            Arc::from(self.compartment_of_new(caller, rtype, id, &body).await?);
+        let compartment: Arc<str> = Arc::from(compartment);
         // A Patient's managing organization decides who may see its compartment.
         let (patient, organization) = if rtype == ResourceType::PATIENT {
             (
