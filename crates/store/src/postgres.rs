@@ -1598,17 +1598,19 @@ impl Store for PostgresStore {
         let rows = self
             .query(
                 &format!(
+                    // A plain range on the cursor (as in SQLite): a generic plan can then start
+                    // the scan there instead of at the newest version.
                     "SELECT v.seq, {RESOURCE_COLUMNS} FROM resource_version v
-                     WHERE ($1::TEXT IS NULL OR v.rtype = $1) AND ($2::TEXT IS NULL OR v.id = $2)
+                     WHERE v.seq < $4 AND ($1::TEXT IS NULL OR v.rtype = $1)
+                       AND ($2::TEXT IS NULL OR v.id = $2)
                        AND ($3::BIGINT IS NULL OR v.last_updated_us >= $3)
-                       AND ($4::BIGINT IS NULL OR v.seq < $4)
                      ORDER BY v.seq DESC LIMIT $5"
                 ),
                 &[
                     &q.rtype,
                     &q.id,
                     &q.since_us,
-                    &q.before_seq,
+                    &q.before_seq.unwrap_or(i64::MAX),
                     &i64::from(q.limit),
                 ],
             )

@@ -1585,15 +1585,18 @@ impl Store for SqliteStore {
     async fn history(&self, q: HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {
         self.read(move |c| {
             let sql = format!(
+                // `v.seq < ?4` as a plain range (no `?4 IS NULL OR`): SQLite then starts the
+                // scan at the cursor; in the OR form it scanned from the newest version for
+                // every page (a page 600,000 versions deep took 263 ms instead of under 1 ms).
                 "SELECT v.seq, {RESOURCE_COLUMNS} FROM resource_version v
-                 WHERE (?1 IS NULL OR v.rtype = ?1) AND (?2 IS NULL OR v.id = ?2)
-                   AND (?3 IS NULL OR v.last_updated_us >= ?3) AND (?4 IS NULL OR v.seq < ?4)
+                 WHERE v.seq < ?4 AND (?1 IS NULL OR v.rtype = ?1) AND (?2 IS NULL OR v.id = ?2)
+                   AND (?3 IS NULL OR v.last_updated_us >= ?3)
                  ORDER BY v.seq DESC LIMIT ?5"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![q.rtype, q.id, q.since_us, q.before_seq, q.limit],
-                |r| {
+            let before = q.before_seq.unwrap_or(i64::MAX);
+            let rows =
+                stmt.query_map(params![q.rtype, q.id, q.since_us, before, q.limit], |r| {
                     let seq: i64 = r.get(0)?;
                     let row = ResourceRow {
                         rtype: r.get(1)?,
@@ -1605,8 +1608,7 @@ impl Store for SqliteStore {
                         body: r.get(7)?,
                     };
                     Ok(HistoryEntry { seq, row })
-                },
-            )?;
+                })?;
             rows.collect()
         })
         .await
