@@ -267,6 +267,15 @@ mod tests {
             .to_string()
     }
 
+    fn keyring(store: &Arc<dyn Store>, keys: &std::path::Path) -> Keyring {
+        Keyring::new(
+            "env-test".into(),
+            Box::new(FileKeyProvider::create(keys).unwrap()),
+            store.clone(),
+            Arc::new(ManualClock::at_secs(1_800_000_000)),
+        )
+    }
+
     fn appointment(patients: &[&str]) -> serde_json::Value {
         json!({"resourceType": "Appointment", "status": "booked", "participant": patients.iter()
             .map(|p| json!({"actor": {"reference": format!("Patient/{p}")}, "status": "accepted"}))
@@ -274,12 +283,7 @@ mod tests {
     }
 
     async fn refiles_legacy_versions(store: Arc<dyn Store>, keys: &std::path::Path) {
-        let keyring = Keyring::new(
-            "env-test".into(),
-            Box::new(FileKeyProvider::create(keys).unwrap()),
-            store.clone(),
-            Arc::new(ManualClock::at_secs(1_800_000_000)),
-        );
+        let keyring = keyring(&store, keys);
         let env = compartment::ENVIRONMENT;
         let s = &*store;
         put(
@@ -380,12 +384,7 @@ mod tests {
     async fn an_interrupted_upgrade_resumes_after_its_cursor() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-        let keyring = Keyring::new(
-            "env-test".into(),
-            Box::new(FileKeyProvider::create(&dir.path().join("keys")).unwrap()),
-            store.clone(),
-            Arc::new(ManualClock::at_secs(1_800_000_000)),
-        );
+        let keyring = keyring(&store, &dir.path().join("keys"));
         let (s, env) = (&*store, compartment::ENVIRONMENT);
         put(
             s,

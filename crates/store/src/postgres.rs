@@ -1424,6 +1424,14 @@ fn split_list(s: &str) -> Vec<&str> {
 const RESOURCE_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated_us, v.deleted, v.dek_id, v.body";
 
+/// `seq` then [`RESOURCE_COLUMNS`].
+fn history_entry(r: &Row) -> HistoryEntry {
+    HistoryEntry {
+        seq: r.get(0),
+        row: resource_row(r, 1),
+    }
+}
+
 fn resource_row(r: &Row, at: usize) -> ResourceRow {
     ResourceRow {
         rtype: r.get(at),
@@ -1615,13 +1623,7 @@ impl Store for PostgresStore {
                 ],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| HistoryEntry {
-                seq: r.get(0),
-                row: resource_row(r, 1),
-            })
-            .collect())
+        Ok(rows.iter().map(history_entry).collect())
     }
 
     async fn versions_after(
@@ -1638,13 +1640,7 @@ impl Store for PostgresStore {
                 &[&after_seq, &i64::from(limit)],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| HistoryEntry {
-                seq: r.get(0),
-                row: resource_row(r, 1),
-            })
-            .collect())
+        Ok(rows.iter().map(history_entry).collect())
     }
 
     async fn data_key_by_compartment(

@@ -1487,14 +1487,27 @@ const RESOURCE_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated_us, v.deleted, v.dek_id, v.body";
 
 fn resource_row(r: &Row<'_>) -> rusqlite::Result<ResourceRow> {
+    resource_row_at(r, 0)
+}
+
+/// [`RESOURCE_COLUMNS`] from column `at` on.
+fn resource_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<ResourceRow> {
     Ok(ResourceRow {
-        rtype: r.get(0)?,
-        id: r.get(1)?,
-        version: r.get(2)?,
-        last_updated_us: r.get(3)?,
-        deleted: r.get(4)?,
-        dek_id: r.get::<_, i64>(5)? as u64,
-        body: r.get(6)?,
+        rtype: r.get(at)?,
+        id: r.get(at + 1)?,
+        version: r.get(at + 2)?,
+        last_updated_us: r.get(at + 3)?,
+        deleted: r.get(at + 4)?,
+        dek_id: r.get::<_, i64>(at + 5)? as u64,
+        body: r.get(at + 6)?,
+    })
+}
+
+/// `seq` then [`RESOURCE_COLUMNS`].
+fn history_entry(r: &Row<'_>) -> rusqlite::Result<HistoryEntry> {
+    Ok(HistoryEntry {
+        seq: r.get(0)?,
+        row: resource_row_at(r, 1)?,
     })
 }
 
@@ -1595,20 +1608,10 @@ impl Store for SqliteStore {
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let before = q.before_seq.unwrap_or(i64::MAX);
-            let rows =
-                stmt.query_map(params![q.rtype, q.id, q.since_us, before, q.limit], |r| {
-                    let seq: i64 = r.get(0)?;
-                    let row = ResourceRow {
-                        rtype: r.get(1)?,
-                        id: r.get(2)?,
-                        version: r.get(3)?,
-                        last_updated_us: r.get(4)?,
-                        deleted: r.get(5)?,
-                        dek_id: r.get::<_, i64>(6)? as u64,
-                        body: r.get(7)?,
-                    };
-                    Ok(HistoryEntry { seq, row })
-                })?;
+            let rows = stmt.query_map(
+                params![q.rtype, q.id, q.since_us, before, q.limit],
+                history_entry,
+            )?;
             rows.collect()
         })
         .await
@@ -1625,20 +1628,7 @@ impl Store for SqliteStore {
                  WHERE v.seq > ?1 ORDER BY v.seq LIMIT ?2"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![after_seq, limit], |r| {
-                Ok(HistoryEntry {
-                    seq: r.get(0)?,
-                    row: ResourceRow {
-                        rtype: r.get(1)?,
-                        id: r.get(2)?,
-                        version: r.get(3)?,
-                        last_updated_us: r.get(4)?,
-                        deleted: r.get(5)?,
-                        dek_id: r.get::<_, i64>(6)? as u64,
-                        body: r.get(7)?,
-                    },
-                })
-            })?;
+            let rows = stmt.query_map(params![after_seq, limit], history_entry)?;
             rows.collect()
         })
         .await
