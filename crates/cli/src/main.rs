@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use carevault_server::{Application, Config, FileConfig, SharedClock, SystemClock, environment};
+use carevault_http::Application;
+use carevault_server::{Config, FileConfig, SharedClock, SystemClock, environment};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;

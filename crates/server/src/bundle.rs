@@ -7,10 +7,9 @@ use std::collections::HashMap;
 
 use carevault_fhir::search::parse_query;
 use carevault_fhir::{ResourceId, ResourceType};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::audit::AuditScope;
-use crate::clock::fhir_instant;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::records::{Caller, Current, Records, Tx, TxCommit, Version};
@@ -75,11 +74,26 @@ impl Request {
     }
 }
 
-/// The outcome of one entry.
-struct Outcome {
-    status: u16,
-    version: Option<Version>,
-    location: Option<String>,
+/// The outcome of one entry that succeeded.
+pub struct Outcome {
+    pub status: u16,
+    /// The version written or read, if any (a conditional create that matched has none).
+    pub version: Option<Version>,
+    pub location: Option<String>,
+}
+
+/// One entry's response: done, or the error it met (batch entries fail one by one).
+pub enum EntryResponse {
+    Done(Outcome),
+    Failed(Error),
+}
+
+/// What a processed Bundle answers: `transaction-response` or `batch-response`, with one response
+/// per entry in the entries' order. `carevault-http` writes it as a Bundle, telling failed
+/// entries with the one error map ([`Error::describe`]).
+pub struct BundleResponse {
+    pub kind: &'static str,
+    pub entries: Vec<EntryResponse>,
 }
 
 /// A failed entry: its index and why.
@@ -88,14 +102,14 @@ pub struct EntryError {
     pub error: Error,
 }
 
-/// Process a Bundle; returns the response Bundle (a failed transaction is an [`EntryError`]).
+/// Process a Bundle; returns its response (a failed transaction is an [`EntryError`]).
 pub async fn process(
     records: &Records,
     principal: &Principal,
     audit: &AuditScope,
     bundle: Value,
     max_entries: usize,
-) -> std::result::Result<Value, EntryError> {
+) -> std::result::Result<BundleResponse, EntryError> {
     let whole = |error: Error| EntryError {
         index: usize::MAX,
         error,
@@ -251,7 +265,7 @@ async fn transaction(
     principal: &Principal,
     audit: &AuditScope,
     entries: &[Value],
-) -> std::result::Result<Option<Value>, EntryError> {
+) -> std::result::Result<Option<BundleResponse>, EntryError> {
     let fail = |index: usize| move |error: Error| EntryError { index, error };
     let mut parsed = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
@@ -430,22 +444,23 @@ async fn transaction(
             let outcome = read(records, Caller::new(principal, &scope), *rtype, id).await;
             let status = match &outcome {
                 Ok(o) => o.status,
-                Err(e) => status_of(e),
+                Err(e) => e.status(),
             };
             let _ = scope.finish(status).await;
             outcomes[i] = Some(outcome.map_err(fail(i))?);
         }
     }
-    let entries: Vec<Value> = outcomes
+    let entries = outcomes
         .into_iter()
-        .map(|o| response_entry(o, None))
+        .map(|o| match o {
+            Some(o) => EntryResponse::Done(o),
+            None => EntryResponse::Failed(Error::Internal("an entry was not processed".into())),
+        })
         .collect();
-    Ok(Some(json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "transaction-response",
-        "entry": entries,
-    })))
+    Ok(Some(BundleResponse {
+        kind: "transaction-response",
+        entries,
+    }))
 }
 
 async fn batch(
@@ -453,7 +468,7 @@ async fn batch(
     principal: &Principal,
     audit: &AuditScope,
     entries: Vec<Value>,
-) -> Value {
+) -> BundleResponse {
     // Batch entries are independent (FHIR R4 3.1.0.11.1: no interdependencies), so they run
     // concurrently: their writes meet in the store's group commit instead of paying one
     // durable commit each, one after another. The response keeps the entries' order.
@@ -466,7 +481,7 @@ async fn batch(
                 let outcome = batch_entry(records, caller, request, resource).await;
                 let status = match &outcome {
                     Ok(o) => o.status,
-                    Err(e) => status_of(e),
+                    Err(e) => e.status(),
                 };
                 // Writes carried their event; anything else (reads, failures) records it here.
                 scope.finish(status).await?;
@@ -474,17 +489,15 @@ async fn batch(
             }
             .await;
             match result {
-                Ok(o) => response_entry(Some(o), None),
-                Err(e) => response_entry(None, Some(&e)),
+                Ok(o) => EntryResponse::Done(o),
+                Err(e) => EntryResponse::Failed(e),
             }
         }))
         .await;
-    json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "batch-response",
-        "entry": out,
-    })
+    BundleResponse {
+        kind: "batch-response",
+        entries: out,
+    }
 }
 
 async fn batch_entry(
@@ -599,67 +612,6 @@ fn deleted() -> Outcome {
     }
 }
 
-/// The HTTP status an error answers (for entry responses and audit events).
-pub fn status_of(e: &Error) -> u16 {
-    match e {
-        Error::BadRequest(_) => 400,
-        Error::Unauthorized => 401,
-        Error::Forbidden => 403,
-        Error::NotFound => 404,
-        Error::Conflict(_) => 409,
-        Error::Gone => 410,
-        Error::PreconditionFailed(_) => 412,
-        Error::TooLarge(_) => 413,
-        Error::Unprocessable(_) => 422,
-        Error::TooManyRequests { .. } => 429,
-        Error::Unavailable(_) => 503,
-        Error::Integrity(_) | Error::Internal(_) => 500,
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "200 OK",
-        201 => "201 Created",
-        204 => "204 No Content",
-        400 => "400 Bad Request",
-        403 => "403 Forbidden",
-        404 => "404 Not Found",
-        409 => "409 Conflict",
-        410 => "410 Gone",
-        412 => "412 Precondition Failed",
-        422 => "422 Unprocessable Entity",
-        _ => "500 Internal Server Error",
-    }
-}
-
-fn response_entry(outcome: Option<Outcome>, error: Option<&Error>) -> Value {
-    match (outcome, error) {
-        (Some(o), _) => {
-            let mut response = json!({"status": reason(o.status)});
-            if let Some(location) = &o.location {
-                response["location"] = json!(location);
-            }
-            let mut entry = json!({});
-            if let Some(v) = &o.version {
-                response["etag"] = json!(format!("W/\"{}\"", v.version));
-                response["lastModified"] = json!(fhir_instant(v.last_updated_us));
-                if let Ok(resource) = serde_json::from_slice::<Value>(&v.json) {
-                    entry["resource"] = resource;
-                }
-                entry["fullUrl"] = json!(format!("{}/{}", v.rtype, v.id));
-            }
-            entry["response"] = response;
-            entry
-        }
-        (None, Some(e)) => {
-            let status = status_of(e);
-            json!({"response": {"status": reason(status), "outcome": crate::http::error::outcome_for(e)}})
-        }
-        (None, None) => json!({"response": {"status": reason(500)}}),
-    }
-}
-
 /// Replace references to `urn:uuid:` full URLs with the ids they were given.
 fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) {
     match value {
@@ -683,6 +635,7 @@ fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn references_to_urn_uuids_are_resolved() {

@@ -110,7 +110,7 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     let tls_fingerprint = if config.plain_http || config.tls_cert.exists() {
         None
     } else {
-        Some(crate::http::tls::generate_self_signed(config)?)
+        Some(crate::certificate::generate_self_signed(config)?)
     };
 
     let keyring = Arc::new(

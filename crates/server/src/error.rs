@@ -1,8 +1,10 @@
-//! The core's one error type. Each variant is something a client can be told (mapped to a status
-//! and an OperationOutcome in `http::error`, the only place that knows HTTP) or an internal
-//! failure whose detail goes to the log and never to the client.
+//! The core's one error type. Each variant is something a client can be told or an internal
+//! failure whose detail goes to the log and never to the client. [`Error::describe`] is the one
+//! map from an error to its status, OperationOutcome issue code and message: the REST API, Bundle
+//! entry responses and audit events all use it (`carevault-http` turns it into responses).
 
 use carevault_fhir::Issue;
+use carevault_fhir::outcome::{self, Severity};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +44,92 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Detail of an internal failure, for the log only: never sent to a client.
+#[derive(Clone, Debug)]
+pub struct ErrorDetail {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// How an error is told to a client: status, OperationOutcome issue code, a message that never
+/// echoes input, and (for internal failures) the detail for the log.
+#[derive(Debug)]
+pub struct Described {
+    /// The HTTP status, which FHIR also uses for a Bundle entry's `response.status`.
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub detail: Option<ErrorDetail>,
+}
+
+impl Error {
+    /// The one map from an error to what a client is told.
+    pub fn describe(&self) -> Described {
+        let plain = |status, code, message: &str| Described {
+            status,
+            code,
+            message: message.to_owned(),
+            detail: None,
+        };
+        let logged = |status, code, message: &str, kind, detail: &String| Described {
+            status,
+            code,
+            message: message.to_owned(),
+            detail: Some(ErrorDetail {
+                kind,
+                detail: detail.clone(),
+            }),
+        };
+        match self {
+            Error::BadRequest(msg) => plain(400, "invalid", msg),
+            Error::Unprocessable(_) => plain(422, "invalid", "the resource failed validation"),
+            Error::Unauthorized => plain(401, "login", "authentication failed or required"),
+            Error::Forbidden => plain(403, "forbidden", "you are not allowed to do this"),
+            Error::NotFound => plain(404, "not-found", "not found"),
+            Error::Gone => plain(410, "deleted", "the resource has been deleted"),
+            Error::Conflict(msg) => plain(409, "conflict", msg),
+            Error::PreconditionFailed(msg) => plain(412, "conflict", msg),
+            Error::TooLarge(msg) => plain(413, "too-long", msg),
+            Error::TooManyRequests { .. } => {
+                plain(429, "throttled", "too many requests; retry later")
+            }
+            Error::Unavailable(detail) => logged(
+                503,
+                "transient",
+                "the service is temporarily unavailable; nothing was changed",
+                "unavailable",
+                detail,
+            ),
+            Error::Integrity(detail) => logged(
+                500,
+                "exception",
+                "stored data failed an integrity check",
+                "integrity_failure",
+                detail,
+            ),
+            Error::Internal(detail) => {
+                logged(500, "exception", "internal error", "internal_error", detail)
+            }
+        }
+    }
+
+    /// The status this error answers (REST responses, Bundle entries and audit events).
+    pub fn status(&self) -> u16 {
+        self.describe().status
+    }
+
+    /// The OperationOutcome that tells this error (validation errors list every issue).
+    pub fn outcome(&self) -> serde_json::Value {
+        match self {
+            Error::Unprocessable(issues) => outcome::from_issues(issues),
+            other => {
+                let d = other.describe();
+                outcome::single(Severity::Error, d.code, &d.message)
+            }
+        }
+    }
+}
 
 impl From<carevault_store::StoreError> for Error {
     fn from(e: carevault_store::StoreError) -> Self {

@@ -68,7 +68,7 @@ fn every_route_writes_exactly_one_event_per_request() {
     let mut statuses = std::collections::BTreeSet::new();
     // The route table is the router's source of truth: every route, authenticated and not.
     // Logging out ends the session the walk uses: that route goes last.
-    let mut table: Vec<_> = carevault_server::http::ROUTE_TABLE.iter().collect();
+    let mut table: Vec<_> = carevault_http::ROUTE_TABLE.iter().collect();
     table.sort_by_key(|(_, _, action)| *action == "auth.logout");
     for (template, method, _action) in table {
         let path = concrete(template);

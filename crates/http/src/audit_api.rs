@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::{Authenticated, require};
 use super::error::{ApiError, fhir_json};
-use crate::audit::AuditScope;
-use crate::authz::SystemAction;
-use crate::clock::{fhir_instant, parse_instant};
-use crate::error::Error;
+use carevault_server::Error;
+use carevault_server::audit::AuditScope;
+use carevault_server::authz::SystemAction;
+use carevault_server::clock::{fhir_instant, parse_instant};
 
 const DEFAULT_COUNT: u32 = 50;
 const MAX_COUNT: u32 = 1000;

@@ -12,10 +12,10 @@ use serde_json::json;
 use super::auth::{Authenticated, require};
 use super::error::ApiError;
 use super::{AppState, json_body, json_response};
-use crate::audit::AuditScope;
-use crate::authz::SystemAction;
-use crate::error::Error;
-use crate::identity::PrincipalKind;
+use carevault_server::Error;
+use carevault_server::audit::AuditScope;
+use carevault_server::authz::SystemAction;
+use carevault_server::identity::PrincipalKind;
 
 /// `v3` or `3`.
 fn parse_version(text: &str) -> Result<u32, Error> {
@@ -117,7 +117,7 @@ pub async fn destroy(
 fn require_admin_user(
     state: &AppState,
     audit: &AuditScope,
-    p: &crate::identity::Principal,
+    p: &carevault_server::identity::Principal,
 ) -> Result<(), ApiError> {
     require(state, audit, p, SystemAction::ManageKeys)?;
     if matches!(p.kind, PrincipalKind::User) {
@@ -134,9 +134,9 @@ pub async fn approve_shred(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin_user(&state, &audit, &p)?;
-    let compartment = crate::shred::patient_compartment(&id)?;
-    let approval = crate::shred::approve(
-        crate::shred::Services {
+    let compartment = carevault_server::shred::patient_compartment(&id)?;
+    let approval = carevault_server::shred::approve(
+        carevault_server::shred::Services {
             store: &*state.inner.store,
             keyring: &state.inner.keyring,
             clock: &state.inner.clock,
@@ -151,7 +151,7 @@ pub async fn approve_shred(
         &json!({
             "patient": compartment,
             "approval_token": approval.token,
-            "expires_at": crate::clock::fhir_instant(approval.expires_at * 1_000_000),
+            "expires_at": carevault_server::clock::fhir_instant(approval.expires_at * 1_000_000),
         }),
     ))
 }
@@ -172,10 +172,10 @@ pub async fn shred(
     body: Body,
 ) -> Result<Response, ApiError> {
     require_admin_user(&state, &audit, &p)?;
-    let compartment = crate::shred::patient_compartment(&id)?;
+    let compartment = carevault_server::shred::patient_compartment(&id)?;
     let req: ShredRequest = json_body(&state, &headers, body).await?;
-    crate::shred::shred(
-        crate::shred::Services {
+    carevault_server::shred::shred(
+        carevault_server::shred::Services {
             store: &*state.inner.store,
             keyring: &state.inner.keyring,
             clock: &state.inner.clock,

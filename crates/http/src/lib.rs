@@ -1,14 +1,40 @@
-//! The HTTPS API: the only module that knows HTTP. Handlers extract, call the core, and map the
-//! result; rules live in `identity` and `records`.
+//! CareVault's HTTPS API: the only crate that knows HTTP. It owns the TLS listener, the route
+//! table, the middleware (request id, authentication, the audit scope, metrics), the handlers and
+//! the one map from core errors to statuses and OperationOutcomes. Handlers extract, call the
+//! core (`carevault-server`), and map the result; rules live in the core's `identity` and
+//! `records`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), carevault_server::Error> {
+//! use std::sync::Arc;
+//! use carevault_http::Application;
+//! use carevault_server::{Config, SystemClock, environment};
+//!
+//! let config = Config::for_data_dir(std::path::Path::new("./carevault-data"));
+//! let clock = Arc::new(SystemClock);
+//! if !environment::is_initialized(&config) {
+//!     let report = environment::init(&config, clock.clone()).await?;
+//!     println!("enrollment token for admin: {}", report.admin.enrollment_token);
+//! }
+//! let app = Application::build(config, clock).await?;
+//! println!("listening on {}", app.url());
+//! app.run_until_stopped(async { let _ = tokio::signal::ctrl_c().await; }).await.ok();
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
 
 mod admin;
+mod app;
 mod audit_api;
 mod auth;
+mod bundle;
 pub mod error;
 mod fhir;
 mod keys;
 pub use fhir::capability_statement;
 pub mod tls;
+
+pub use app::Application;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,11 +50,11 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use carevault_audit::EventRecord;
 use serde::de::DeserializeOwned;
 
-use crate::audit::{Audit, AuditScope};
-use crate::clock::SharedClock;
-use crate::config::Config;
-use crate::identity::Identity;
-use crate::records::Records;
+use carevault_server::audit::{Audit, AuditScope};
+use carevault_server::clock::SharedClock;
+use carevault_server::config::Config;
+use carevault_server::identity::Identity;
+use carevault_server::records::Records;
 use error::{ApiError, ErrorDetail};
 use tls::ClientAddr;
 
@@ -42,11 +68,11 @@ pub struct Services {
     pub config: Config,
     pub identity: Identity,
     pub records: Records,
-    pub authz: Arc<crate::authz::Authz>,
-    pub metrics: crate::metrics::Metrics,
+    pub authz: Arc<carevault_server::authz::Authz>,
+    pub metrics: carevault_server::metrics::Metrics,
     pub audit: Arc<Audit>,
     pub store: Arc<dyn carevault_store::Store>,
-    pub keyring: Arc<crate::keyring::Keyring>,
+    pub keyring: Arc<carevault_server::keyring::Keyring>,
     pub clock: SharedClock,
     /// The CapabilityStatement, rendered once.
     pub capability: Vec<u8>,
@@ -387,7 +413,7 @@ pub(crate) async fn read_body(
         if too_large {
             ApiError::PayloadTooLarge
         } else {
-            ApiError::Core(crate::error::Error::BadRequest(
+            ApiError::Core(carevault_server::Error::BadRequest(
                 "the request body could not be read".into(),
             ))
         }
@@ -436,7 +462,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     state: &AppState,
     bytes: &[u8],
 ) -> Result<T, ApiError> {
-    use crate::error::Error;
+    use carevault_server::Error;
     carevault_fhir::check_depth(bytes, state.inner.config.max_json_depth)
         .map_err(|_| Error::BadRequest("the JSON is nested too deeply".into()))?;
     if std::str::from_utf8(bytes).is_err() {
@@ -463,9 +489,8 @@ pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) 
             );
             resp
         }
-        Err(e) => {
-            ApiError::Core(crate::error::Error::Internal(format!("serialize: {e}"))).into_response()
-        }
+        Err(e) => ApiError::Core(carevault_server::Error::Internal(format!("serialize: {e}")))
+            .into_response(),
     }
 }
 

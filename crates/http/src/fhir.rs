@@ -14,10 +14,10 @@ use serde_json::Value;
 use super::auth::Authenticated;
 use super::error::{ApiError, fhir_json};
 use super::{AppState, parse_json, read_body, require_json_body};
-use crate::audit::AuditScope;
-use crate::clock::{fhir_instant, http_date, parse_instant};
-use crate::error::Error;
-use crate::records::{Caller, Current, Version};
+use carevault_server::Error;
+use carevault_server::audit::AuditScope;
+use carevault_server::clock::{fhir_instant, http_date, parse_instant};
+use carevault_server::records::{Caller, Current, Version};
 
 const DEFAULT_HISTORY_COUNT: u32 = 50;
 const MAX_HISTORY_COUNT: u32 = 1000;
@@ -184,13 +184,18 @@ pub async fn bundle(
     negotiate(&headers, &params)?;
     let value = resource_body(&state, &headers, body).await?;
     let max = state.inner.config.max_bundle_entries;
-    match crate::bundle::process(&state.inner.records, &p, &audit, value, max).await {
-        Ok(response) => Ok(fhir_json(StatusCode::OK, response.to_string().into_bytes())),
-        Err(crate::bundle::EntryError {
+    match carevault_server::bundle::process(&state.inner.records, &p, &audit, value, max).await {
+        Ok(response) => Ok(fhir_json(
+            StatusCode::OK,
+            crate::bundle::response_bundle(response)
+                .to_string()
+                .into_bytes(),
+        )),
+        Err(carevault_server::bundle::EntryError {
             index: usize::MAX,
             error,
         }) => Err(error.into()),
-        Err(crate::bundle::EntryError { index, error }) => {
+        Err(carevault_server::bundle::EntryError { index, error }) => {
             audit.add_detail("failed_entry", index.to_string());
             Ok(super::error::entry_error_response(index, error))
         }
@@ -264,7 +269,7 @@ pub async fn everything(
         .cloned()
         .collect();
     negotiate(&headers, &format)?;
-    let mut query = crate::records::EverythingQuery {
+    let mut query = carevault_server::records::EverythingQuery {
         types: None,
         since_us: None,
         count: DEFAULT_HISTORY_COUNT,

@@ -1,5 +1,4 @@
-//! TLS: the self-signed certificate made at init, the rustls server configuration (TLS 1.2 and
-//! 1.3 only), and a listener that completes handshakes concurrently so one slow client cannot
+//! TLS: the rustls server configuration (TLS 1.2 and 1.3 only), and a listener that completes handshakes concurrently so one slow client cannot
 //! stall the accept loop.
 
 use std::net::SocketAddr;
@@ -16,50 +15,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::Config;
-use crate::environment::write_private;
-use crate::error::{Error, Result};
+use carevault_server::certificate::fingerprint;
+use carevault_server::{Config, Error, Result};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Make a self-signed certificate for the listen address and localhost; returns its SHA-256
-/// fingerprint (hex, colon-separated), which the operator gives to clients to pin.
-pub fn generate_self_signed(config: &Config) -> Result<String> {
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    let ip = config.listen.ip().to_string();
-    if !names.contains(&ip) && !config.listen.ip().is_unspecified() {
-        names.push(ip);
-    }
-    let key = rcgen::KeyPair::generate().map_err(|e| Error::Internal(format!("tls key: {e}")))?;
-    let mut params = rcgen::CertificateParams::new(names)
-        .map_err(|e| Error::Internal(format!("tls params: {e}")))?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "CareVault self-signed");
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| Error::Internal(format!("tls cert: {e}")))?;
-    if let Some(parent) = config.tls_cert.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::Unavailable(format!("tls dir: {}", e.kind())))?;
-    }
-    write_private(&config.tls_key, key.serialize_pem().as_bytes())?;
-    std::fs::write(&config.tls_cert, cert.pem())
-        .map_err(|e| Error::Unavailable(format!("tls cert: {}", e.kind())))?;
-    Ok(fingerprint(cert.der()))
-}
-
-pub fn fingerprint(der: &[u8]) -> String {
-    carevault_crypto::sha256(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// Load the certificate chain and key and build the server configuration.
 pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, String)> {

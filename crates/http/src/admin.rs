@@ -11,10 +11,10 @@ use serde_json::json;
 use super::auth::{Authenticated, require};
 use super::error::ApiError;
 use super::{AppState, json_body, json_response};
-use crate::audit::AuditScope;
-use crate::authz::{SystemAction, validate_policy_name};
-use crate::error::Error;
-use crate::identity::{NewApiKey, PrincipalKind};
+use carevault_server::Error;
+use carevault_server::audit::AuditScope;
+use carevault_server::authz::{SystemAction, validate_policy_name};
+use carevault_server::identity::{NewApiKey, PrincipalKind};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,11 +71,11 @@ pub async fn list_policies(
         .authz
         .custom_policies()
         .into_iter()
-        .map(|r| json!({"name": r.name, "policy": r.text, "updated_at": crate::clock::fhir_instant(r.updated_at * 1_000_000)}))
+        .map(|r| json!({"name": r.name, "policy": r.text, "updated_at": carevault_server::clock::fhir_instant(r.updated_at * 1_000_000)}))
         .collect();
     Ok(json_response(
         StatusCode::OK,
-        &json!({"policy_set_version": version, "builtin": crate::authz::BUILTIN_POLICIES, "policies": policies}),
+        &json!({"policy_set_version": version, "builtin": carevault_server::authz::BUILTIN_POLICIES, "policies": policies}),
     ))
 }
 

@@ -7,16 +7,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use carevault_fhir::outcome::{self, Severity};
 
-use crate::error::Error;
+use carevault_server::Error;
+pub use carevault_server::ErrorDetail;
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
-
-/// Detail for the log, attached to an error response. Never sent to the client.
-#[derive(Clone, Debug)]
-pub struct ErrorDetail {
-    pub kind: &'static str,
-    pub detail: String,
-}
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -53,93 +47,9 @@ pub fn fhir_json(status: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
-/// How a core error is told to a client: status, OperationOutcome issue code, a message that
-/// never echoes input, and (for internal failures) the detail for the log.
-struct Described {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    detail: Option<ErrorDetail>,
-}
-
-fn describe(e: &Error) -> Described {
-    let plain = |status, code, message: &str| Described {
-        status,
-        code,
-        message: message.to_owned(),
-        detail: None,
-    };
-    match e {
-        Error::BadRequest(msg) => plain(StatusCode::BAD_REQUEST, "invalid", msg),
-        Error::Unprocessable(_) => plain(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "the resource failed validation",
-        ),
-        Error::Unauthorized => plain(
-            StatusCode::UNAUTHORIZED,
-            "login",
-            "authentication failed or required",
-        ),
-        Error::Forbidden => plain(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "you are not allowed to do this",
-        ),
-        Error::NotFound => plain(StatusCode::NOT_FOUND, "not-found", "not found"),
-        Error::Gone => plain(StatusCode::GONE, "deleted", "the resource has been deleted"),
-        Error::Conflict(msg) => plain(StatusCode::CONFLICT, "conflict", msg),
-        Error::PreconditionFailed(msg) => plain(StatusCode::PRECONDITION_FAILED, "conflict", msg),
-        Error::TooLarge(msg) => plain(StatusCode::PAYLOAD_TOO_LARGE, "too-long", msg),
-        Error::TooManyRequests { .. } => plain(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many requests; retry later",
-        ),
-        Error::Unavailable(detail) => Described {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "transient",
-            message: "the service is temporarily unavailable; nothing was changed".into(),
-            detail: Some(ErrorDetail {
-                kind: "unavailable",
-                detail: detail.clone(),
-            }),
-        },
-        Error::Integrity(detail) => Described {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "exception",
-            message: "stored data failed an integrity check".into(),
-            detail: Some(ErrorDetail {
-                kind: "integrity_failure",
-                detail: detail.clone(),
-            }),
-        },
-        Error::Internal(detail) => Described {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "exception",
-            message: "internal error".into(),
-            detail: Some(ErrorDetail {
-                kind: "internal_error",
-                detail: detail.clone(),
-            }),
-        },
-    }
-}
-
-/// The OperationOutcome for a core error (as a Bundle entry's `response.outcome`).
-pub fn outcome_for(e: &Error) -> serde_json::Value {
-    match e {
-        Error::Unprocessable(issues) => outcome::from_issues(issues),
-        other => {
-            let d = describe(other);
-            outcome::single(Severity::Error, d.code, &d.message)
-        }
-    }
-}
-
 /// The response for a failed Bundle entry: the entry's error, naming the entry.
 pub fn entry_error_response(index: usize, e: Error) -> Response {
-    let mut body = outcome_for(&e);
+    let mut body = e.outcome();
     if let Some(issues) = body.get_mut("issue").and_then(|i| i.as_array_mut()) {
         for issue in issues {
             let said = issue["diagnostics"].as_str().unwrap_or("").to_owned();
@@ -152,12 +62,17 @@ pub fn entry_error_response(index: usize, e: Error) -> Response {
             issue["expression"] = serde_json::Value::Array(expression);
         }
     }
-    let d = describe(&e);
-    let mut resp = fhir_json(d.status, body.to_string().into_bytes());
+    let d = e.describe();
+    let mut resp = fhir_json(status_code(d.status), body.to_string().into_bytes());
     if let Some(detail) = d.detail {
         resp.extensions_mut().insert(detail);
     }
     resp
+}
+
+/// A core status as an HTTP status (every status `Error::describe` gives is a valid one).
+pub fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl IntoResponse for ApiError {
@@ -195,8 +110,8 @@ impl IntoResponse for ApiError {
 }
 
 fn core_response(e: Error) -> Response {
-    let d = describe(&e);
-    let mut resp = fhir_json(d.status, outcome_for(&e).to_string().into_bytes());
+    let d = e.describe();
+    let mut resp = fhir_json(status_code(d.status), e.outcome().to_string().into_bytes());
     match e {
         Error::Unauthorized => {
             resp.headers_mut().insert(

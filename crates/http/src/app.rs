@@ -10,17 +10,17 @@ use carevault_fhir::Validator;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::audit::{Audit, AuditScope};
-use crate::authz::Authz;
-use crate::clock::SharedClock;
-use crate::config::Config;
-use crate::environment;
-use crate::error::{Error, Result};
-use crate::http::tls::{ClientAddr, TlsListener};
-use crate::http::{self, AppState, Services};
-use crate::identity::Identity;
-use crate::records::Records;
-use crate::search::SearchIndex;
+use crate::tls::{ClientAddr, TlsListener};
+use crate::{AppState, Services};
+use carevault_server::audit::{Audit, AuditScope};
+use carevault_server::authz::Authz;
+use carevault_server::clock::SharedClock;
+use carevault_server::config::Config;
+use carevault_server::environment;
+use carevault_server::identity::Identity;
+use carevault_server::records::Records;
+use carevault_server::search::SearchIndex;
+use carevault_server::{Error, Result};
 
 pub struct Application {
     listener: Bound,
@@ -29,7 +29,7 @@ pub struct Application {
     tls_fingerprint: Option<String>,
     environment_id: String,
     audit: Arc<Audit>,
-    keyring: Arc<crate::keyring::Keyring>,
+    keyring: Arc<carevault_server::keyring::Keyring>,
     rewrap_batch: u32,
     rewrap_pause: std::time::Duration,
 }
@@ -90,12 +90,12 @@ impl Application {
         let (listener, tls_fingerprint) = if config.plain_http {
             (Bound::Plain(tcp), None)
         } else {
-            let (server_config, fingerprint) = http::tls::server_config(&config)?;
+            let (server_config, fingerprint) = crate::tls::server_config(&config)?;
             let listener = TlsListener::new(tcp, TlsAcceptor::from(server_config))
                 .map_err(|e| Error::Unavailable(format!("listener: {}", e.kind())))?;
             (Bound::Tls(listener), Some(fingerprint))
         };
-        let capability = http::capability_statement(clock.now_us());
+        let capability = crate::capability_statement(clock.now_us());
         let rewrap_batch = config.rewrap_batch_size;
         let rewrap_pause = std::time::Duration::from_millis(config.rewrap_pause_ms);
         let state = AppState::new(Services {
@@ -103,7 +103,7 @@ impl Application {
             identity,
             records,
             authz: authz.clone(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics: carevault_server::metrics::Metrics::default(),
             audit: audit.clone(),
             store: env.store.clone(),
             keyring: env.keyring.clone(),
@@ -193,7 +193,7 @@ impl Application {
                 }
             },
         );
-        let app = http::router(self.state);
+        let app = crate::router(self.state);
         let make = app.into_make_service_with_connect_info::<ClientAddr>();
         let served = match self.listener {
             Bound::Tls(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,

@@ -14,10 +14,10 @@ use zeroize::Zeroizing;
 use super::error::ApiError;
 use super::tls::ClientAddr;
 use super::{AppState, json_body, json_response};
-use crate::audit::AuditScope;
-use crate::authz::SystemAction;
-use crate::error::Error;
-use crate::identity::Principal;
+use carevault_server::Error;
+use carevault_server::audit::AuditScope;
+use carevault_server::authz::SystemAction;
+use carevault_server::identity::Principal;
 
 /// An authenticated request. Rejects with 401 (and `WWW-Authenticate`) otherwise.
 pub struct Authenticated(pub Principal);
