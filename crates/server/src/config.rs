@@ -186,6 +186,12 @@ pub fn env_var_name(key: &str) -> String {
     format!("CAREVAULT_{}", key.replace('.', "_").to_ascii_uppercase())
 }
 
+/// Every key (`section.key`) the file and the environment accept, in declaration order. The
+/// configuration table in `docs/configuration.md` is tested against this list.
+pub fn key_names() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().map(|(key, _)| *key)
+}
+
 impl FileConfig {
     /// Read the file (if any), then apply `CAREVAULT_*` variables from `env` on top.
     pub fn load(
@@ -1074,6 +1080,50 @@ mod tests {
         );
         let c = Config::from_file(FileConfig::load(None, env(&[])).unwrap()).unwrap();
         assert!(matches!(c.database, Database::Sqlite));
+    }
+
+    /// The rows of the key table in `docs/configuration.md`: (key, environment variable).
+    fn documented_keys() -> Vec<(String, String)> {
+        let doc = include_str!("../../../docs/configuration.md");
+        let (_, rest) = doc
+            .split_once("<!-- keys:start")
+            .expect("docs/configuration.md marks its key table with <!-- keys:start");
+        let (table, _) = rest
+            .split_once("<!-- keys:end")
+            .expect("docs/configuration.md ends its key table with <!-- keys:end");
+        table
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+                (unquote(cells[1]), unquote(cells[2]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_configuration_table_lists_every_key() {
+        let documented = documented_keys();
+        for key in key_names() {
+            let rows = documented.iter().filter(|(k, _)| k == key).count();
+            assert_eq!(
+                rows, 1,
+                "`{key}` needs exactly one row in the table of docs/configuration.md"
+            );
+        }
+        for (key, var) in &documented {
+            assert!(
+                key_names().any(|k| k == key),
+                "docs/configuration.md documents `{key}`, which is not in config::KEYS"
+            );
+            assert_eq!(
+                var,
+                &env_var_name(key),
+                "docs/configuration.md names the wrong environment variable for `{key}`"
+            );
+        }
+        assert_eq!(documented.len(), KEYS.len());
     }
 
     #[test]
