@@ -186,6 +186,12 @@ pub fn env_var_name(key: &str) -> String {
     format!("CAREVAULT_{}", key.replace('.', "_").to_ascii_uppercase())
 }
 
+/// Every key (`section.key`) the file and the environment accept, in declaration order. The
+/// configuration table in `docs/configuration.md` is tested against this list.
+pub fn key_names() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().map(|(key, _)| *key)
+}
+
 impl FileConfig {
     /// Read the file (if any), then apply `CAREVAULT_*` variables from `env` on top.
     pub fn load(
@@ -401,36 +407,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "./carevault-data";
 
 impl Config {
-    /// Validate `file`, naming the key of the first problem found.
+    /// Validate `file`, naming the key of the first problem found. Keys are checked in a fixed
+    /// order (the order of this function), so the same file always reports the same problem.
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
-        let listen_text = file.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| ConfigError::new("listen", "expected an address like 127.0.0.1:8443"))?;
-        let plain_http = file.allow_plain_http.unwrap_or(false);
-        if plain_http && !listen.ip().is_loopback() {
-            return Err(ConfigError::new(
-                "allow_plain_http",
-                "plain HTTP is only allowed on a loopback address; use TLS for anything else",
-            ));
-        }
-        let data_dir = file
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        if data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("data_dir", "must not be empty"));
-        }
-        let node_id = file.node_id.unwrap_or_else(|| "node-1".to_owned());
-        if !(1..=64).contains(&node_id.len())
-            || !node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(ConfigError::new(
-                "node_id",
-                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
-            ));
-        }
+        let (listen, plain_http) = listen_address(file.listen, file.allow_plain_http)?;
+        let data_dir = data_dir(file.data_dir)?;
+        let node_id = node_id(file.node_id)?;
         let tls_cert = file
             .tls
             .cert_path
@@ -440,194 +422,49 @@ impl Config {
             .key_path
             .unwrap_or_else(|| data_dir.join("tls").join("key.pem"));
 
-        let int = |key: &str,
-                   value: Option<u64>,
-                   default: u64,
-                   min: u64,
-                   max: u64|
-         -> Result<u64, ConfigError> {
-            let v = value.unwrap_or(default);
-            if v < min || v > max {
-                return Err(ConfigError::new(
-                    key,
-                    format!("must be between {min} and {max}"),
-                ));
-            }
-            Ok(v)
-        };
-        let body_limit = int(
+        let body_limit = bounded(
             "body_limit_bytes",
             file.body_limit_bytes,
             4 * 1024 * 1024,
             1024,
             256 * 1024 * 1024,
         )?;
-        let depth = int("max_json_depth", file.max_json_depth, 64, 4, 512)?;
-        let bundle_entries = int(
+        let depth = bounded("max_json_depth", file.max_json_depth, 64, 4, 512)?;
+        let bundle_entries = bounded(
             "max_bundle_entries",
             file.max_bundle_entries,
             1000,
             1,
             100_000,
         )?;
-        let idle = int(
-            "session.idle_timeout_secs",
-            file.session.idle_timeout_secs,
-            15 * 60,
-            10,
-            24 * 3600,
-        )?;
-        let lifetime = int(
-            "session.absolute_lifetime_secs",
-            file.session.absolute_lifetime_secs,
-            8 * 3600,
-            10,
-            7 * 24 * 3600,
-        )?;
-        if lifetime < idle {
-            return Err(ConfigError::new(
-                "session.absolute_lifetime_secs",
-                "must not be shorter than session.idle_timeout_secs",
-            ));
-        }
-        let enrollment_ttl = int(
-            "auth.enrollment_ttl_secs",
-            file.auth.enrollment_ttl_secs,
-            24 * 3600,
-            60,
-            30 * 24 * 3600,
-        )?;
-        let ip_rate = int(
-            "auth.ip_rate_per_minute",
-            file.auth.ip_rate_per_minute,
-            60,
-            1,
-            1_000_000,
-        )?;
-        let throttle_after = int(
-            "auth.throttle_after_failures",
-            file.auth.throttle_after_failures,
-            5,
-            1,
-            1000,
-        )?;
-        let throttle_base = int(
-            "auth.throttle_base_ms",
-            file.auth.throttle_base_ms,
-            1000,
-            0,
-            3_600_000,
-        )?;
-        let throttle_max = int(
-            "auth.throttle_max_ms",
-            file.auth.throttle_max_ms,
-            60_000,
-            0,
-            24 * 3_600_000,
-        )?;
-        let lock_after = int(
-            "auth.lock_after_failures",
-            file.auth.lock_after_failures,
-            100,
-            1,
-            100_000,
-        )?;
-        let break_glass = int(
-            "auth.break_glass_minutes",
-            file.auth.break_glass_minutes,
-            60,
-            1,
-            24 * 60,
-        )?;
-        let memory = int(
-            "argon2.memory_kib",
-            file.argon2.memory_kib,
-            OWASP_ARGON2.memory_kib.into(),
-            8 * 1024,
-            4 * 1024 * 1024,
-        )?;
-        let iterations = int(
-            "argon2.iterations",
-            file.argon2.iterations,
-            OWASP_ARGON2.iterations.into(),
-            1,
-            64,
-        )?;
-        let parallelism = int(
-            "argon2.parallelism",
-            file.argon2.parallelism,
-            OWASP_ARGON2.parallelism.into(),
-            1,
-            64,
-        )?;
-        let rewrap_batch = int(
+        let (session_idle_secs, session_lifetime_secs) = session_timeouts(&file.session)?;
+        let auth = AuthLimits::from_section(&file.auth)?;
+        let argon2 = argon2_params(&file.argon2)?;
+        let rewrap_batch = bounded(
             "key.rewrap_batch_size",
             file.key.rewrap_batch_size,
             256,
             1,
             10_000,
         )?;
-        let rewrap_pause = int(
+        let rewrap_pause = bounded(
             "key.rewrap_pause_ms",
             file.key.rewrap_pause_ms,
             0,
             0,
             60_000,
         )?;
-        let log_level = file.log.level.unwrap_or_else(|| "info".to_owned());
-        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-            return Err(ConfigError::new(
-                "log.level",
-                "expected one of error, warn, info, debug, trace",
-            ));
-        }
-
-        let database = match file.database.url {
-            None => {
-                if file.database.password_file.is_some() {
-                    return Err(ConfigError::new(
-                        "database.password_file",
-                        "only applies to a PostgreSQL database.url",
-                    ));
-                }
-                Database::Sqlite
-            }
-            Some(url) => {
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(ConfigError::new(
-                        "database.url",
-                        "must be a postgres:// URL (leave it unset for the embedded SQLite database)",
-                    ));
-                }
-                carevault_store::PostgresOptions {
-                    url: url.clone(),
-                    password: None,
-                    pool_size: 1,
-                }
-                .check()
-                .map_err(|e| ConfigError::new("database.url", e.to_string()))?;
-                let password = match (&file.database.password_file, file.database_password) {
-                    (Some(path), _) => {
-                        let text = std::fs::read_to_string(path).map_err(|e| {
-                            ConfigError::new(
-                                "database.password_file",
-                                format!("cannot read {}: {}", path.display(), e.kind()),
-                            )
-                        })?;
-                        Some(secrecy::SecretString::from(
-                            text.trim_end_matches(['\r', '\n']).to_owned(),
-                        ))
-                    }
-                    (None, env) => env,
-                };
-                let pool = int("database.pool_size", file.database.pool_size, 16, 1, 1000)?;
-                Database::Postgres(PostgresConfig {
-                    url,
-                    password,
-                    pool_size: pool as usize,
-                })
-            }
-        };
+        let log_level = log_level(file.log.level)?;
+        let database = database(file.database, file.database_password)?;
+        let key = file.key;
+        let key_provider = key_provider(
+            key.provider.as_deref(),
+            key.pkcs11_module,
+            key.pkcs11_token_label,
+            key.pkcs11_pin_file,
+        )?;
+        let key_passphrase_file = passphrase_file(key.passphrase_file)?;
+        let key_lock_memory = lock_memory(key.lock_memory.as_deref())?;
 
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
@@ -640,65 +477,22 @@ impl Config {
             body_limit_bytes: body_limit as usize,
             max_json_depth: depth as usize,
             max_bundle_entries: bundle_entries as usize,
-            session_idle_secs: idle as i64,
-            session_lifetime_secs: lifetime as i64,
-            enrollment_ttl_secs: enrollment_ttl as i64,
-            ip_rate_per_minute: ip_rate as u32,
-            throttle_after_failures: throttle_after as u32,
-            throttle_base_ms: throttle_base,
-            throttle_max_ms: throttle_max,
-            lock_after_failures: lock_after as u32,
-            break_glass_minutes: break_glass as i64,
-            argon2: Argon2Params {
-                memory_kib: memory as u32,
-                iterations: iterations as u32,
-                parallelism: parallelism as u32,
-            },
+            session_idle_secs,
+            session_lifetime_secs,
+            enrollment_ttl_secs: auth.enrollment_ttl_secs,
+            ip_rate_per_minute: auth.ip_rate_per_minute,
+            throttle_after_failures: auth.throttle_after_failures,
+            throttle_base_ms: auth.throttle_base_ms,
+            throttle_max_ms: auth.throttle_max_ms,
+            lock_after_failures: auth.lock_after_failures,
+            break_glass_minutes: auth.break_glass_minutes,
+            argon2,
             log_level,
             rewrap_batch_size: rewrap_batch as u32,
             rewrap_pause_ms: rewrap_pause,
-            key_provider: match file.key.provider.as_deref().unwrap_or("file") {
-                "file" => KeyProviderConfig::File,
-                "pkcs11" => KeyProviderConfig::Pkcs11 {
-                    module: file
-                        .key
-                        .pkcs11_module
-                        .unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE)),
-                    token_label: file.key.pkcs11_token_label.ok_or_else(|| {
-                        ConfigError::new(
-                            "key.pkcs11_token_label",
-                            "required with key.provider = \"pkcs11\"",
-                        )
-                    })?,
-                    pin_file: file.key.pkcs11_pin_file.ok_or_else(|| {
-                        ConfigError::new(
-                            "key.pkcs11_pin_file",
-                            "required with key.provider = \"pkcs11\"",
-                        )
-                    })?,
-                },
-                _ => {
-                    return Err(ConfigError::new(
-                        "key.provider",
-                        "expected \"file\" or \"pkcs11\"",
-                    ));
-                }
-            },
-            key_passphrase_file: match file.key.passphrase_file {
-                Some(p) if p.as_os_str().is_empty() => {
-                    return Err(ConfigError::new("key.passphrase_file", "must not be empty"));
-                }
-                other => other,
-            },
-            key_lock_memory: match file.key.lock_memory.as_deref() {
-                None => crate::memory::LockMode::default(),
-                Some(value) => crate::memory::LockMode::parse(value).ok_or_else(|| {
-                    ConfigError::new(
-                        "key.lock_memory",
-                        "expected \"auto\", \"required\" or \"off\"",
-                    )
-                })?,
-            },
+            key_passphrase_file,
+            key_provider,
+            key_lock_memory,
             database,
         })
     }
@@ -763,6 +557,313 @@ impl Config {
             .as_deref()
             .map(carevault_crypto::Passphrase::from_file)
             .transpose()
+    }
+}
+
+/// `listen`, and whether plain HTTP may be served on it (only on a loopback address).
+fn listen_address(
+    listen: Option<String>,
+    allow_plain_http: Option<bool>,
+) -> Result<(SocketAddr, bool), ConfigError> {
+    let listen_text = listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| ConfigError::new("listen", "expected an address like 127.0.0.1:8443"))?;
+    let plain_http = allow_plain_http.unwrap_or(false);
+    if plain_http && !listen.ip().is_loopback() {
+        return Err(ConfigError::new(
+            "allow_plain_http",
+            "plain HTTP is only allowed on a loopback address; use TLS for anything else",
+        ));
+    }
+    Ok((listen, plain_http))
+}
+
+fn data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::new("data_dir", "must not be empty"));
+    }
+    Ok(data_dir)
+}
+
+fn node_id(node_id: Option<String>) -> Result<String, ConfigError> {
+    let node_id = node_id.unwrap_or_else(|| "node-1".to_owned());
+    if !(1..=64).contains(&node_id.len())
+        || !node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(ConfigError::new(
+            "node_id",
+            "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    Ok(node_id)
+}
+
+/// A whole number key: `default` when unset, refused outside `min..=max`.
+fn bounded(
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::new(
+            key,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// The session's idle timeout and absolute lifetime, in seconds.
+fn session_timeouts(session: &SessionSection) -> Result<(i64, i64), ConfigError> {
+    let idle = bounded(
+        "session.idle_timeout_secs",
+        session.idle_timeout_secs,
+        15 * 60,
+        10,
+        24 * 3600,
+    )?;
+    let lifetime = bounded(
+        "session.absolute_lifetime_secs",
+        session.absolute_lifetime_secs,
+        8 * 3600,
+        10,
+        7 * 24 * 3600,
+    )?;
+    if lifetime < idle {
+        return Err(ConfigError::new(
+            "session.absolute_lifetime_secs",
+            "must not be shorter than session.idle_timeout_secs",
+        ));
+    }
+    // The bounds keep both well inside i64.
+    Ok((idle as i64, lifetime as i64))
+}
+
+/// The `[auth]` section, validated (each value inside the type it is kept in).
+struct AuthLimits {
+    enrollment_ttl_secs: i64,
+    ip_rate_per_minute: u32,
+    throttle_after_failures: u32,
+    throttle_base_ms: u64,
+    throttle_max_ms: u64,
+    lock_after_failures: u32,
+    break_glass_minutes: i64,
+}
+
+impl AuthLimits {
+    fn from_section(auth: &AuthSection) -> Result<Self, ConfigError> {
+        let enrollment_ttl = bounded(
+            "auth.enrollment_ttl_secs",
+            auth.enrollment_ttl_secs,
+            24 * 3600,
+            60,
+            30 * 24 * 3600,
+        )?;
+        let ip_rate = bounded(
+            "auth.ip_rate_per_minute",
+            auth.ip_rate_per_minute,
+            60,
+            1,
+            1_000_000,
+        )?;
+        let throttle_after = bounded(
+            "auth.throttle_after_failures",
+            auth.throttle_after_failures,
+            5,
+            1,
+            1000,
+        )?;
+        let throttle_base_ms = bounded(
+            "auth.throttle_base_ms",
+            auth.throttle_base_ms,
+            1000,
+            0,
+            3_600_000,
+        )?;
+        let throttle_max_ms = bounded(
+            "auth.throttle_max_ms",
+            auth.throttle_max_ms,
+            60_000,
+            0,
+            24 * 3_600_000,
+        )?;
+        let lock_after = bounded(
+            "auth.lock_after_failures",
+            auth.lock_after_failures,
+            100,
+            1,
+            100_000,
+        )?;
+        let break_glass = bounded(
+            "auth.break_glass_minutes",
+            auth.break_glass_minutes,
+            60,
+            1,
+            24 * 60,
+        )?;
+        // The bounds above keep every value inside the narrower types below.
+        Ok(Self {
+            enrollment_ttl_secs: enrollment_ttl as i64,
+            ip_rate_per_minute: ip_rate as u32,
+            throttle_after_failures: throttle_after as u32,
+            throttle_base_ms,
+            throttle_max_ms,
+            lock_after_failures: lock_after as u32,
+            break_glass_minutes: break_glass as i64,
+        })
+    }
+}
+
+fn argon2_params(argon2: &Argon2Section) -> Result<Argon2Params, ConfigError> {
+    let memory = bounded(
+        "argon2.memory_kib",
+        argon2.memory_kib,
+        OWASP_ARGON2.memory_kib.into(),
+        8 * 1024,
+        4 * 1024 * 1024,
+    )?;
+    let iterations = bounded(
+        "argon2.iterations",
+        argon2.iterations,
+        OWASP_ARGON2.iterations.into(),
+        1,
+        64,
+    )?;
+    let parallelism = bounded(
+        "argon2.parallelism",
+        argon2.parallelism,
+        OWASP_ARGON2.parallelism.into(),
+        1,
+        64,
+    )?;
+    // The bounds above keep every value inside u32.
+    Ok(Argon2Params {
+        memory_kib: memory as u32,
+        iterations: iterations as u32,
+        parallelism: parallelism as u32,
+    })
+}
+
+fn log_level(level: Option<String>) -> Result<String, ConfigError> {
+    let log_level = level.unwrap_or_else(|| "info".to_owned());
+    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+        return Err(ConfigError::new(
+            "log.level",
+            "expected one of error, warn, info, debug, trace",
+        ));
+    }
+    Ok(log_level)
+}
+
+/// SQLite unless `database.url` names a PostgreSQL server; `env_password` is
+/// `CAREVAULT_DATABASE_PASSWORD` (a `database.password_file` wins over it).
+fn database(
+    database: DatabaseSection,
+    env_password: Option<secrecy::SecretString>,
+) -> Result<Database, ConfigError> {
+    let Some(url) = database.url else {
+        if database.password_file.is_some() {
+            return Err(ConfigError::new(
+                "database.password_file",
+                "only applies to a PostgreSQL database.url",
+            ));
+        }
+        return Ok(Database::Sqlite);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::new(
+            "database.url",
+            "must be a postgres:// URL (leave it unset for the embedded SQLite database)",
+        ));
+    }
+    carevault_store::PostgresOptions {
+        url: url.clone(),
+        password: None,
+        pool_size: 1,
+    }
+    .check()
+    .map_err(|e| ConfigError::new("database.url", e.to_string()))?;
+    let password = match &database.password_file {
+        Some(path) => Some(read_database_password(path)?),
+        None => env_password,
+    };
+    let pool = bounded("database.pool_size", database.pool_size, 16, 1, 1000)?;
+    Ok(Database::Postgres(PostgresConfig {
+        url,
+        password,
+        pool_size: pool as usize,
+    }))
+}
+
+/// The first line of `database.password_file`.
+fn read_database_password(path: &Path) -> Result<secrecy::SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "database.password_file",
+            format!("cannot read {}: {}", path.display(), e.kind()),
+        )
+    })?;
+    Ok(secrecy::SecretString::from(
+        text.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
+}
+
+/// `key.provider` and, for `pkcs11`, the module, token and PIN file it needs.
+fn key_provider(
+    provider: Option<&str>,
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin_file: Option<PathBuf>,
+) -> Result<KeyProviderConfig, ConfigError> {
+    match provider.unwrap_or("file") {
+        "file" => Ok(KeyProviderConfig::File),
+        "pkcs11" => Ok(KeyProviderConfig::Pkcs11 {
+            module: module.unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE)),
+            token_label: token_label.ok_or_else(|| {
+                ConfigError::new(
+                    "key.pkcs11_token_label",
+                    "required with key.provider = \"pkcs11\"",
+                )
+            })?,
+            pin_file: pin_file.ok_or_else(|| {
+                ConfigError::new(
+                    "key.pkcs11_pin_file",
+                    "required with key.provider = \"pkcs11\"",
+                )
+            })?,
+        }),
+        _ => Err(ConfigError::new(
+            "key.provider",
+            "expected \"file\" or \"pkcs11\"",
+        )),
+    }
+}
+
+fn passphrase_file(path: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    match path {
+        Some(p) if p.as_os_str().is_empty() => {
+            Err(ConfigError::new("key.passphrase_file", "must not be empty"))
+        }
+        other => Ok(other),
+    }
+}
+
+fn lock_memory(value: Option<&str>) -> Result<crate::memory::LockMode, ConfigError> {
+    match value {
+        None => Ok(crate::memory::LockMode::default()),
+        Some(value) => crate::memory::LockMode::parse(value).ok_or_else(|| {
+            ConfigError::new(
+                "key.lock_memory",
+                "expected \"auto\", \"required\" or \"off\"",
+            )
+        }),
     }
 }
 
@@ -979,6 +1080,50 @@ mod tests {
         );
         let c = Config::from_file(FileConfig::load(None, env(&[])).unwrap()).unwrap();
         assert!(matches!(c.database, Database::Sqlite));
+    }
+
+    /// The rows of the key table in `docs/configuration.md`: (key, environment variable).
+    fn documented_keys() -> Vec<(String, String)> {
+        let doc = include_str!("../../../docs/configuration.md");
+        let (_, rest) = doc
+            .split_once("<!-- keys:start")
+            .expect("docs/configuration.md marks its key table with <!-- keys:start");
+        let (table, _) = rest
+            .split_once("<!-- keys:end")
+            .expect("docs/configuration.md ends its key table with <!-- keys:end");
+        table
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+                (unquote(cells[1]), unquote(cells[2]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_configuration_table_lists_every_key() {
+        let documented = documented_keys();
+        for key in key_names() {
+            let rows = documented.iter().filter(|(k, _)| k == key).count();
+            assert_eq!(
+                rows, 1,
+                "`{key}` needs exactly one row in the table of docs/configuration.md"
+            );
+        }
+        for (key, var) in &documented {
+            assert!(
+                key_names().any(|k| k == key),
+                "docs/configuration.md documents `{key}`, which is not in config::KEYS"
+            );
+            assert_eq!(
+                var,
+                &env_var_name(key),
+                "docs/configuration.md names the wrong environment variable for `{key}`"
+            );
+        }
+        assert_eq!(documented.len(), KEYS.len());
     }
 
     #[test]
