@@ -26,12 +26,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod action;
 mod verify;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use action::AuditAction;
 pub use verify::{Breach, NodeReport, Report, verify};
 
 /// The hash that precedes a node's first event.

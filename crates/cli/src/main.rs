@@ -654,7 +654,10 @@ async fn recover(args: ServerArgs, user: &str) -> Result<()> {
     );
     let identity =
         carevault_server::identity::Identity::new(&config, env.store, env.keyring, clock)?;
-    let scope = carevault_server::audit::AuditScope::local(audit, "admin.recover");
+    let scope = carevault_server::audit::AuditScope::local(
+        audit,
+        carevault_server::audit::AuditAction::UserRecover,
+    );
     let issued = identity.reissue_enrollment(&scope, user).await?;
     println!(
         "enrollment token for {}: {}",

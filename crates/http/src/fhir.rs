@@ -101,23 +101,6 @@ fn parse_etag(v: &HeaderValue) -> Result<u32, ApiError> {
     })
 }
 
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    let scheme = if state.inner.config.plain_http {
-        "http"
-    } else {
-        "https"
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .map_or_else(|| state.inner.config.listen.to_string(), str::to_owned);
-    format!("{scheme}://{host}/fhir")
-}
-
 fn version_headers(resp: &mut Response, v: &Version) {
     let h = resp.headers_mut();
     if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", v.version)) {
@@ -314,7 +297,7 @@ pub async fn everything(
         .records
         .everything(Caller::new(&p, &audit), &patient, &query)
         .await?;
-    let base = base_url(&state, &headers);
+    let base = crate::paging::fhir_base(&state, &headers);
     let mut entries = BundleEntries::default();
     for v in &page.entries {
         entries.push(
@@ -409,7 +392,7 @@ async fn search(
         None => rtype.to_string(),
     };
 
-    let base = base_url(state, headers);
+    let base = crate::paging::fhir_base(state, headers);
     let mut entries = BundleEntries::default();
     if !query.summary_count {
         for (mode, v) in page
@@ -460,17 +443,7 @@ fn searchset(
     total: Option<usize>,
     entries: BundleEntries,
 ) -> Result<Response, ApiError> {
-    let own: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "_page").collect();
-    let link = |cursor: Option<&str>| {
-        let page = cursor.map(|c| ("_page".to_owned(), c.to_owned()));
-        let q: Vec<&(String, String)> = own.iter().copied().chain(page.as_ref()).collect();
-        let encoded = serde_urlencoded::to_string(&q).unwrap_or_default();
-        format!("{url}?{encoded}")
-    };
-    let mut links = vec![serde_json::json!({"relation": "self", "url": link(this)})];
-    if let Some(next) = next {
-        links.push(serde_json::json!({"relation": "next", "url": link(Some(next))}));
-    }
+    let links = crate::paging::page_links(url, pairs, "_page", (this, next));
     let bundle = SearchBundle {
         resource_type: "Bundle",
         id: uuid::Uuid::new_v4().to_string(),
@@ -589,7 +562,7 @@ pub async fn create(
     Ok(write_response(
         StatusCode::CREATED,
         &v,
-        &base_url(&state, &headers),
+        &crate::paging::fhir_base(&state, &headers),
         prefer(&headers),
     ))
 }
@@ -621,7 +594,7 @@ pub async fn update(
     Ok(write_response(
         status,
         &v,
-        &base_url(&state, &headers),
+        &crate::paging::fhir_base(&state, &headers),
         prefer(&headers),
     ))
 }
@@ -776,13 +749,10 @@ async fn history(
         ),
         None => None,
     };
-    let cursor = match params.get("_cursor") {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| Error::BadRequest("_cursor is not a valid paging cursor".into()))?,
-        ),
-        None => None,
-    };
+    let cursor: Option<i64> = params
+        .get("_cursor")
+        .map(|c| carevault_server::paging::decode(c))
+        .transpose()?;
     if let Some(id) = &id
         && cursor.is_none()
         && state
@@ -803,34 +773,23 @@ async fn history(
     let has_more = items.len() > count as usize;
     items.truncate(count as usize);
 
-    let base = base_url(state, headers);
+    let base = crate::paging::fhir_base(state, headers);
     let self_path = match &id {
         Some(id) => format!("{base}/{rtype}/{id}/_history"),
         None => format!("{base}/{rtype}/_history"),
     };
-    let mut query = format!("_count={count}");
-    if let Some(s) = params.get("_since") {
-        // Re-encode only what parse_instant accepted: digits, letters, ':', '.', '-', '+'.
-        let safe: String = s
-            .chars()
-            .map(|c| {
-                if c == '+' {
-                    "%2B".to_owned()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect();
-        query.push_str(&format!("&_since={safe}"));
+    // The links carry the count in force and `_since`, as the client sent it.
+    let mut own = vec![("_count".to_owned(), count.to_string())];
+    if let Some(since) = params.get("_since") {
+        own.push(("_since".to_owned(), since.clone()));
     }
-    let mut links =
-        vec![serde_json::json!({"relation": "self", "url": format!("{self_path}?{query}")})];
-    if has_more && let Some(last) = items.last() {
-        links.push(serde_json::json!({
-            "relation": "next",
-            "url": format!("{self_path}?{query}&_cursor={}", last.seq),
-        }));
-    }
+    let next = if has_more && let Some(last) = items.last() {
+        Some(carevault_server::paging::encode(&last.seq))
+    } else {
+        None
+    };
+    let this = params.get("_cursor").map(String::as_str);
+    let links = crate::paging::page_links(&self_path, &own, "_cursor", (this, next.as_deref()));
 
     let mut entries = BundleEntries::default();
     for item in &items {

@@ -31,6 +31,7 @@ mod bundle;
 pub mod error;
 mod fhir;
 mod keys;
+pub mod paging;
 pub use fhir::capability_statement;
 pub mod tls;
 
@@ -50,7 +51,8 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use carevault_audit::EventRecord;
 use serde::de::DeserializeOwned;
 
-use carevault_server::audit::{Audit, AuditScope};
+use carevault_server::audit::{Audit, AuditAction, AuditScope};
+use carevault_server::authz::SystemAction;
 use carevault_server::clock::SharedClock;
 use carevault_server::config::Config;
 use carevault_server::identity::Identity;
@@ -92,169 +94,370 @@ impl AppState {
     }
 }
 
-/// Every route of the API: path, method, and the audit action it performs. The router is built
-/// from this table (so it cannot drift from it), and tests walk it.
-pub const ROUTE_TABLE: &[(&str, Method, &str)] = &[
-    ("/auth/enroll/start", Method::POST, "auth.enroll.start"),
-    ("/auth/enroll/finish", Method::POST, "auth.enroll.finish"),
-    ("/auth/login", Method::POST, "auth.login"),
-    ("/auth/logout", Method::POST, "auth.logout"),
-    ("/auth/whoami", Method::GET, "auth.whoami"),
-    ("/admin/users", Method::GET, "admin.user.list"),
-    ("/admin/users", Method::POST, "admin.user.create"),
-    (
+/// One route of the API. The router is built from [`ROUTE_TABLE`] (so it cannot drift from it),
+/// and tests walk it.
+pub struct Route {
+    pub path: &'static str,
+    pub method: Method,
+    /// What the audit event of a request to this route records.
+    pub action: AuditAction,
+    /// The administrative permission Cedar must grant before the handler runs. `None` where
+    /// there is no principal yet (enrollment, login), for a user's own session and keys, and
+    /// for FHIR interactions, which the records service authorizes resource by resource.
+    pub requires: Option<SystemAction>,
+    handler: fn() -> MethodRouter<AppState>,
+}
+
+const fn route(
+    path: &'static str,
+    method: Method,
+    action: AuditAction,
+    requires: Option<SystemAction>,
+    handler: fn() -> MethodRouter<AppState>,
+) -> Route {
+    Route {
+        path,
+        method,
+        action,
+        requires,
+        handler,
+    }
+}
+
+/// Every route of the API.
+pub const ROUTE_TABLE: &[Route] = &[
+    route(
+        "/auth/enroll/start",
+        Method::POST,
+        AuditAction::EnrollStart,
+        None,
+        || post(auth::enroll_start),
+    ),
+    route(
+        "/auth/enroll/finish",
+        Method::POST,
+        AuditAction::EnrollFinish,
+        None,
+        || post(auth::enroll_finish),
+    ),
+    route(
+        "/auth/login",
+        Method::POST,
+        AuditAction::Login,
+        None,
+        || post(auth::login),
+    ),
+    route(
+        "/auth/logout",
+        Method::POST,
+        AuditAction::Logout,
+        None,
+        || post(auth::logout),
+    ),
+    route(
+        "/auth/whoami",
+        Method::GET,
+        AuditAction::Whoami,
+        None,
+        || get(auth::whoami),
+    ),
+    route(
+        "/admin/users",
+        Method::GET,
+        AuditAction::UserList,
+        Some(SystemAction::ManageUsers),
+        || get(auth::list_users),
+    ),
+    route(
+        "/admin/users",
+        Method::POST,
+        AuditAction::UserCreate,
+        Some(SystemAction::ManageUsers),
+        || post(auth::create_user),
+    ),
+    route(
         "/admin/users/{name}/disable",
         Method::POST,
-        "admin.user.disable",
+        AuditAction::UserDisable,
+        Some(SystemAction::ManageUsers),
+        || post(auth::disable_user),
     ),
-    (
+    route(
         "/admin/users/{name}/enable",
         Method::POST,
-        "admin.user.enable",
+        AuditAction::UserEnable,
+        Some(SystemAction::ManageUsers),
+        || post(auth::enable_user),
     ),
-    (
+    route(
         "/admin/users/{name}/unlock",
         Method::POST,
-        "admin.user.unlock",
+        AuditAction::UserUnlock,
+        Some(SystemAction::ManageUsers),
+        || post(auth::unlock_user),
     ),
-    (
+    route(
         "/admin/users/{name}/reset",
         Method::POST,
-        "admin.user.reset",
+        AuditAction::UserReset,
+        Some(SystemAction::ManageUsers),
+        || post(auth::reset_user),
     ),
-    ("/admin/policies", Method::GET, "admin.policy.list"),
-    ("/admin/policies", Method::POST, "admin.policy.put"),
-    ("/admin/policies/{name}", Method::GET, "admin.policy.read"),
-    (
+    route(
+        "/admin/policies",
+        Method::GET,
+        AuditAction::PolicyList,
+        Some(SystemAction::ManagePolicies),
+        || get(admin::list_policies),
+    ),
+    route(
+        "/admin/policies",
+        Method::POST,
+        AuditAction::PolicyPut,
+        Some(SystemAction::ManagePolicies),
+        || post(admin::put_policy),
+    ),
+    route(
+        "/admin/policies/{name}",
+        Method::GET,
+        AuditAction::PolicyRead,
+        Some(SystemAction::ManagePolicies),
+        || get(admin::get_policy),
+    ),
+    route(
         "/admin/policies/{name}",
         Method::DELETE,
-        "admin.policy.delete",
+        AuditAction::PolicyDelete,
+        Some(SystemAction::ManagePolicies),
+        || delete(admin::delete_policy),
     ),
-    ("/admin/api-keys", Method::GET, "admin.key.list"),
-    ("/admin/api-keys", Method::POST, "admin.key.create"),
-    ("/admin/api-keys/{name}", Method::DELETE, "admin.key.revoke"),
-    ("/auth/api-keys", Method::GET, "auth.key.list"),
-    ("/auth/api-keys", Method::POST, "auth.key.create"),
-    ("/auth/api-keys/{name}", Method::DELETE, "auth.key.revoke"),
-    ("/auth/break-glass", Method::POST, "auth.break-glass"),
-    ("/admin/keys", Method::GET, "admin.kek.status"),
-    ("/admin/keys/rotate", Method::POST, "admin.kek.rotate"),
-    ("/admin/keys/rotate-data", Method::POST, "admin.dek.rotate"),
-    (
+    route(
+        "/admin/api-keys",
+        Method::GET,
+        AuditAction::ServiceKeyList,
+        Some(SystemAction::ManageKeys),
+        || get(admin::list_keys),
+    ),
+    route(
+        "/admin/api-keys",
+        Method::POST,
+        AuditAction::ServiceKeyCreate,
+        Some(SystemAction::ManageKeys),
+        || post(admin::create_service_key),
+    ),
+    route(
+        "/admin/api-keys/{name}",
+        Method::DELETE,
+        AuditAction::ServiceKeyRevoke,
+        Some(SystemAction::ManageKeys),
+        || delete(admin::revoke_key),
+    ),
+    route(
+        "/auth/api-keys",
+        Method::GET,
+        AuditAction::OwnKeyList,
+        None,
+        || get(admin::list_own_keys),
+    ),
+    route(
+        "/auth/api-keys",
+        Method::POST,
+        AuditAction::OwnKeyCreate,
+        None,
+        || post(admin::create_own_key),
+    ),
+    route(
+        "/auth/api-keys/{name}",
+        Method::DELETE,
+        AuditAction::OwnKeyRevoke,
+        None,
+        || delete(admin::revoke_own_key),
+    ),
+    route(
+        "/auth/break-glass",
+        Method::POST,
+        AuditAction::BreakGlass,
+        Some(SystemAction::BreakGlass),
+        || post(admin::break_glass),
+    ),
+    route(
+        "/admin/keys",
+        Method::GET,
+        AuditAction::KekStatus,
+        Some(SystemAction::ManageKeys),
+        || get(keys::status),
+    ),
+    route(
+        "/admin/keys/rotate",
+        Method::POST,
+        AuditAction::KekRotate,
+        Some(SystemAction::ManageKeys),
+        || post(keys::rotate),
+    ),
+    route(
+        "/admin/keys/rotate-data",
+        Method::POST,
+        AuditAction::DataKeyRotate,
+        Some(SystemAction::ManageKeys),
+        || post(keys::rotate_data),
+    ),
+    route(
         "/admin/keys/min-version",
         Method::POST,
-        "admin.kek.min-version",
+        AuditAction::KekMinVersion,
+        Some(SystemAction::ManageKeys),
+        || post(keys::min_version),
     ),
-    ("/admin/keys/{version}", Method::DELETE, "admin.kek.destroy"),
-    (
+    route(
+        "/admin/keys/{version}",
+        Method::DELETE,
+        AuditAction::KekDestroy,
+        Some(SystemAction::ManageKeys),
+        || delete(keys::destroy),
+    ),
+    route(
         "/admin/patients/{id}/shred-approval",
         Method::POST,
-        "admin.patient.approve-shred",
+        AuditAction::ShredApprove,
+        Some(SystemAction::ManageKeys),
+        || post(keys::approve_shred),
     ),
-    (
+    route(
         "/admin/patients/{id}/shred",
         Method::POST,
-        "admin.patient.shred",
+        AuditAction::Shred,
+        Some(SystemAction::ManageKeys),
+        || post(keys::shred),
     ),
-    ("/metrics", Method::GET, "metrics.read"),
-    ("/audit/events", Method::GET, "audit.read"),
-    ("/fhir/metadata", Method::GET, "capabilities"),
-    ("/fhir", Method::POST, "bundle"),
-    ("/fhir/{rtype}", Method::GET, "search-type"),
-    ("/fhir/{rtype}", Method::POST, "create"),
-    ("/fhir/{rtype}/_search", Method::POST, "search-type-post"),
-    ("/fhir/{rtype}/_history", Method::GET, "history-type"),
-    ("/fhir/{rtype}/{id}", Method::GET, "read"),
-    ("/fhir/{rtype}/{id}", Method::PUT, "update"),
-    ("/fhir/{rtype}/{id}", Method::DELETE, "delete"),
-    (
+    route(
+        "/metrics",
+        Method::GET,
+        AuditAction::MetricsRead,
+        Some(SystemAction::MetricsRead),
+        || get(admin::metrics),
+    ),
+    route(
+        "/audit/events",
+        Method::GET,
+        AuditAction::AuditRead,
+        Some(SystemAction::AuditRead),
+        || get(audit_api::events),
+    ),
+    route(
+        "/fhir/metadata",
+        Method::GET,
+        AuditAction::Capabilities,
+        None,
+        || get(fhir::metadata),
+    ),
+    route("/fhir", Method::POST, AuditAction::Bundle, None, || {
+        post(fhir::bundle)
+    }),
+    route(
+        "/fhir/{rtype}",
+        Method::GET,
+        AuditAction::SearchType,
+        None,
+        || get(fhir::search_type),
+    ),
+    route(
+        "/fhir/{rtype}",
+        Method::POST,
+        AuditAction::Create,
+        None,
+        || post(fhir::create),
+    ),
+    route(
+        "/fhir/{rtype}/_search",
+        Method::POST,
+        AuditAction::SearchTypePost,
+        None,
+        || post(fhir::search_post),
+    ),
+    route(
+        "/fhir/{rtype}/_history",
+        Method::GET,
+        AuditAction::HistoryType,
+        None,
+        || get(fhir::history_type),
+    ),
+    route(
+        "/fhir/{rtype}/{id}",
+        Method::GET,
+        AuditAction::Read,
+        None,
+        || get(fhir::read),
+    ),
+    route(
+        "/fhir/{rtype}/{id}",
+        Method::PUT,
+        AuditAction::Update,
+        None,
+        || put(fhir::update),
+    ),
+    route(
+        "/fhir/{rtype}/{id}",
+        Method::DELETE,
+        AuditAction::Delete,
+        None,
+        || delete(fhir::delete),
+    ),
+    route(
         "/fhir/{rtype}/{id}/_history",
         Method::GET,
-        "history-instance",
+        AuditAction::HistoryInstance,
+        None,
+        || get(fhir::history_instance),
     ),
-    ("/fhir/{rtype}/{id}/_history/{vid}", Method::GET, "vread"),
-    ("/fhir/{rtype}/{id}/$everything", Method::GET, "everything"),
-    (
+    route(
+        "/fhir/{rtype}/{id}/_history/{vid}",
+        Method::GET,
+        AuditAction::Vread,
+        None,
+        || get(fhir::vread),
+    ),
+    route(
+        "/fhir/{rtype}/{id}/$everything",
+        Method::GET,
+        AuditAction::Everything,
+        None,
+        || get(fhir::everything),
+    ),
+    route(
         "/fhir/{rtype}/{id}/{ctype}",
         Method::GET,
-        "search-compartment",
+        AuditAction::SearchCompartment,
+        None,
+        || get(fhir::search_compartment),
     ),
 ];
 
-/// The handler of an action in [`ROUTE_TABLE`].
-fn handler(action: &str) -> Option<MethodRouter<AppState>> {
-    Some(match action {
-        "auth.enroll.start" => post(auth::enroll_start),
-        "auth.enroll.finish" => post(auth::enroll_finish),
-        "auth.login" => post(auth::login),
-        "auth.logout" => post(auth::logout),
-        "auth.whoami" => get(auth::whoami),
-        "admin.user.list" => get(auth::list_users),
-        "admin.user.create" => post(auth::create_user),
-        "admin.user.disable" => post(auth::disable_user),
-        "admin.user.enable" => post(auth::enable_user),
-        "admin.user.unlock" => post(auth::unlock_user),
-        "admin.user.reset" => post(auth::reset_user),
-        "admin.policy.list" => get(admin::list_policies),
-        "admin.policy.put" => post(admin::put_policy),
-        "admin.policy.read" => get(admin::get_policy),
-        "admin.policy.delete" => delete(admin::delete_policy),
-        "admin.key.list" => get(admin::list_keys),
-        "admin.key.create" => post(admin::create_service_key),
-        "admin.key.revoke" => delete(admin::revoke_key),
-        "auth.key.list" => get(admin::list_own_keys),
-        "auth.key.create" => post(admin::create_own_key),
-        "auth.key.revoke" => delete(admin::revoke_own_key),
-        "auth.break-glass" => post(admin::break_glass),
-        "admin.kek.status" => get(keys::status),
-        "admin.kek.rotate" => post(keys::rotate),
-        "admin.dek.rotate" => post(keys::rotate_data),
-        "admin.kek.min-version" => post(keys::min_version),
-        "admin.kek.destroy" => delete(keys::destroy),
-        "admin.patient.approve-shred" => post(keys::approve_shred),
-        "admin.patient.shred" => post(keys::shred),
-        "metrics.read" => get(admin::metrics),
-        "audit.read" => get(audit_api::events),
-        "capabilities" => get(fhir::metadata),
-        "bundle" => post(fhir::bundle),
-        "search-type" => get(fhir::search_type),
-        "search-type-post" => post(fhir::search_post),
-        "create" => post(fhir::create),
-        "history-type" => get(fhir::history_type),
-        "read" => get(fhir::read),
-        "update" => put(fhir::update),
-        "delete" => delete(fhir::delete),
-        "history-instance" => get(fhir::history_instance),
-        "vread" => get(fhir::vread),
-        "everything" => get(fhir::everything),
-        "search-compartment" => get(fhir::search_compartment),
-        // The table and this match are checked against each other by a unit test.
-        _ => return None,
-    })
-}
-
 /// The audit action of a request, from its method and route template.
-pub fn action_for(method: &Method, route: Option<&str>) -> &'static str {
+pub fn action_for(method: &Method, route: Option<&str>) -> AuditAction {
     let Some(route) = route else {
-        return "unknown-endpoint";
+        return AuditAction::UnknownEndpoint;
     };
     ROUTE_TABLE
         .iter()
-        .find(|(path, m, _)| *path == route && m == method)
-        .map_or("unsupported-method", |(_, _, action)| action)
+        .find(|r| r.path == route && r.method == method)
+        .map_or(AuditAction::UnsupportedMethod, |r| r.action)
 }
 
 pub fn router(state: AppState) -> Router {
     let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
-    for (path, _, action) in ROUTE_TABLE {
-        let Some(route) = handler(action) else {
-            continue;
+    for route in ROUTE_TABLE {
+        let mut handler = (route.handler)();
+        if let Some(action) = route.requires {
+            handler = handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), action),
+                auth::authorize_route,
+            ));
+        }
+        let merged = match by_path.remove(route.path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
         };
-        let merged = match by_path.remove(path) {
-            Some(existing) => existing.merge(route),
-            None => route,
-        };
-        by_path.insert(path, merged);
+        by_path.insert(route.path, merged);
     }
     let mut app = Router::new();
     for (path, route) in by_path {
@@ -311,7 +514,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
             principal: "anonymous".into(),
             auth_method: "none".into(),
             client_ip,
-            action: action_for(&method, matched.as_deref()).to_owned(),
+            action: action_for(&method, matched.as_deref()).as_str().to_owned(),
             method: method.to_string(),
             route: route.clone(),
             query,
@@ -499,20 +702,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_route_in_the_table_has_its_own_handler_and_action() {
+    fn every_route_in_the_table_is_listed_once_with_its_own_action() {
         let mut seen = std::collections::HashSet::new();
-        for (path, method, action) in ROUTE_TABLE {
+        let mut actions = std::collections::HashSet::new();
+        for route in ROUTE_TABLE {
             assert!(
-                seen.insert((*path, method.clone())),
-                "{method} {path} is listed twice"
+                seen.insert((route.path, route.method.clone())),
+                "{} {} is listed twice",
+                route.method,
+                route.path
             );
-            assert_eq!(action_for(method, Some(path)), *action);
-            assert!(handler(action).is_some(), "{action} has no handler");
+            assert!(
+                actions.insert(route.action),
+                "{:?} names two routes",
+                route.action
+            );
+            assert_eq!(action_for(&route.method, Some(route.path)), route.action);
         }
         assert_eq!(
             action_for(&Method::PATCH, Some("/fhir/{rtype}/{id}")),
-            "unsupported-method"
+            AuditAction::UnsupportedMethod
         );
-        assert_eq!(action_for(&Method::GET, None), "unknown-endpoint");
+        assert_eq!(action_for(&Method::GET, None), AuditAction::UnknownEndpoint);
+    }
+
+    #[test]
+    fn every_administrative_route_requires_a_permission_before_its_handler() {
+        for route in ROUTE_TABLE {
+            let administrative = route.path.starts_with("/admin/")
+                || route.path == "/metrics"
+                || route.path.starts_with("/audit/");
+            assert_eq!(
+                route.requires.is_some(),
+                administrative || route.action == AuditAction::BreakGlass,
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
     }
 }

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use carevault_audit::AuditAction;
 use carevault_audit::{Checkpoint, EventRecord, public_key_hex};
 use carevault_store::{NewAuditEvent, Store, WriteOp};
 use ed25519_dalek::SigningKey;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::clock::SharedClock;
@@ -63,10 +62,10 @@ impl Audit {
     /// Keyed HMAC-SHA-256 of a value that may be PHI (search values, attempted usernames), so
     /// an investigator with the keyring can ask "who searched for X?" while the trail holds no X.
     pub fn digest(&self, value: &str) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.hmac_key.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
-        mac.update(value.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(carevault_crypto::hmac_sha256(
+            self.hmac_key.as_ref(),
+            value.as_bytes(),
+        ))
     }
 
     /// The store operation that appends `record` (status and outcome already set).
@@ -161,7 +160,7 @@ impl AuditScope {
     }
 
     /// For an action taken on the server machine with the CLI.
-    pub fn local(audit: Arc<Audit>, action: &str) -> Self {
+    pub fn local(audit: Arc<Audit>, action: AuditAction) -> Self {
         Self::new(
             audit,
             EventRecord {
@@ -169,7 +168,7 @@ impl AuditScope {
                 principal: "local".into(),
                 auth_method: "local".into(),
                 client_ip: "local".into(),
-                action: action.into(),
+                action: action.as_str().to_owned(),
                 method: "CLI".into(),
                 ..EventRecord::default()
             },
@@ -178,7 +177,7 @@ impl AuditScope {
 
     /// The event of one entry of a Bundle: same request, principal and origin; its own action,
     /// resource and outcome.
-    pub fn child(&self, action: &str, method: &str, entry: usize) -> Self {
+    pub fn child(&self, action: AuditAction, method: &str, entry: usize) -> Self {
         let base = self.with(|r| r.clone());
         Self::new(
             self.inner.audit.clone(),
@@ -188,7 +187,7 @@ impl AuditScope {
                 roles: base.roles,
                 auth_method: base.auth_method,
                 client_ip: base.client_ip,
-                action: action.to_owned(),
+                action: action.as_str().to_owned(),
                 method: method.to_owned(),
                 route: format!("{} entry[{entry}]", base.route),
                 detail: vec![("bundle_entry".to_owned(), entry.to_string())],
@@ -210,8 +209,8 @@ impl AuditScope {
         });
     }
 
-    pub fn set_action(&self, action: &str) {
-        self.with(|r| r.action = action.to_owned());
+    pub fn set_action(&self, action: AuditAction) {
+        self.with(|r| r.action = action.as_str().to_owned());
     }
 
     pub fn set_resource(&self, rtype: &str, id: Option<&str>, version: Option<u32>) {

@@ -9,7 +9,7 @@ use carevault_fhir::search::parse_query;
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
 
-use crate::audit::AuditScope;
+use crate::audit::{AuditAction, AuditScope};
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::records::{Caller, Current, Records, Tx, TxCommit, Version};
@@ -64,12 +64,12 @@ impl Request {
         }
     }
 
-    fn action(&self) -> &'static str {
+    fn action(&self) -> AuditAction {
         match self {
-            Request::Create { .. } => "create",
-            Request::Update { .. } | Request::ConditionalUpdate { .. } => "update",
-            Request::Delete { .. } | Request::ConditionalDelete { .. } => "delete",
-            Request::Read { .. } => "read",
+            Request::Create { .. } => AuditAction::Create,
+            Request::Update { .. } | Request::ConditionalUpdate { .. } => AuditAction::Update,
+            Request::Delete { .. } | Request::ConditionalDelete { .. } => AuditAction::Delete,
+            Request::Read { .. } => AuditAction::Read,
         }
     }
 }
@@ -135,7 +135,11 @@ pub async fn process(
             "a Bundle may hold at most {max_entries} entries"
         ))));
     }
-    audit.set_action(kind);
+    audit.set_action(if kind == "batch" {
+        AuditAction::Batch
+    } else {
+        AuditAction::Transaction
+    });
     audit.add_detail("bundle_entries", entries.len().to_string());
     if kind == "batch" {
         return Ok(batch(records, principal, audit, entries).await);
@@ -283,7 +287,7 @@ async fn transaction(
             if_none_exist,
         } = request
         {
-            let scope = audit.child("search-type", "GET", i);
+            let scope = audit.child(AuditAction::SearchType, "GET", i);
             let caller = Caller::new(principal, &scope);
             let found = match if_none_exist {
                 Some(q) => matching(records, caller, *rtype, q)
@@ -440,7 +444,7 @@ async fn transaction(
     // Reads come last, after the writes they may observe.
     for &i in &order {
         if let Request::Read { rtype, id } = &parsed[i].0 {
-            let scope = audit.child("read", "GET", i);
+            let scope = audit.child(AuditAction::Read, "GET", i);
             let outcome = read(records, Caller::new(principal, &scope), *rtype, id).await;
             let status = match &outcome {
                 Ok(o) => o.status,

@@ -14,15 +14,14 @@
 //! ```
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use carevault_store::{PostgresStore, SqliteStore, Store, WriteOp};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Audit, AuditScope};
+use crate::audit::{Audit, AuditAction, AuditScope};
 use crate::clock::SharedClock;
 use crate::config::{Config, Database};
 use crate::error::{Error, Result};
@@ -124,13 +123,13 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     );
     let audit =
         Arc::new(Audit::open(store.clone(), &keyring, &config.node_id, clock.clone()).await?);
-    AuditScope::local(audit.clone(), "environment.init")
+    AuditScope::local(audit.clone(), AuditAction::EnvironmentInit)
         .finish(200)
         .await?;
     let identity = Identity::new(config, store, keyring, clock.clone())?;
     let admin = identity
         .create_user(
-            &AuditScope::local(audit.clone(), "admin.user.create"),
+            &AuditScope::local(audit.clone(), AuditAction::UserCreate),
             BOOTSTRAP_ADMIN,
             &["admin".to_owned()],
             None,
@@ -225,14 +224,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
 }
 
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io("cannot create a file in the data directory", &e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+    carevault_crypto::write_private_new(path, bytes)
         .map_err(|e| io("cannot write a file in the data directory", &e))
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use aes_gcm::Aes256Gcm;
+use carevault_crypto::Cipher;
 use carevault_crypto::{DataKey, DataKeyCache, KeyProvider, envelope};
 use carevault_store::{DataKeyRow, Store, StoreError, WriteOp};
 use serde::{Deserialize, Serialize};
@@ -328,7 +328,7 @@ impl Keyring {
         Ok(Zeroizing::new(*dek.expose()))
     }
 
-    async fn key_for_compartment(&self, compartment: &str) -> Result<(u64, Arc<Aes256Gcm>)> {
+    async fn key_for_compartment(&self, compartment: &str) -> Result<(u64, Arc<Cipher>)> {
         let known = self
             .compartments
             .read()
@@ -384,7 +384,7 @@ impl Keyring {
             .ok_or_else(|| Error::Internal("data key vanished after insert".into()))
     }
 
-    async fn key_by_id(&self, id: u64) -> Result<(Arc<Aes256Gcm>, Arc<str>)> {
+    async fn key_by_id(&self, id: u64) -> Result<(Arc<Cipher>, Arc<str>)> {
         if let Some(cipher) = self.keys.get(id) {
             let name = self
                 .names
@@ -414,7 +414,7 @@ impl Keyring {
         self.unwrap_row(&row)
     }
 
-    fn unwrap_row(&self, row: &DataKeyRow) -> Result<(Arc<Aes256Gcm>, Arc<str>)> {
+    fn unwrap_row(&self, row: &DataKeyRow) -> Result<(Arc<Cipher>, Arc<str>)> {
         let name: Arc<str> = Arc::from(row.compartment.as_str());
         self.names
             .write()
@@ -795,7 +795,7 @@ impl Keyring {
         }
         // The live key of each compartment, read from the database (not the compartment
         // cache, which a request may have refilled with the old key just before the rotation).
-        let mut live: HashMap<Arc<str>, Option<(u64, Arc<Aes256Gcm>)>> = HashMap::new();
+        let mut live: HashMap<Arc<str>, Option<(u64, Arc<Cipher>)>> = HashMap::new();
         let mut ops = Vec::with_capacity(rows.len());
         for row in rows {
             let (old, compartment) = match self.key_by_id(row.dek_id).await {

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod keyring;
 pub mod memory;
 pub mod metrics;
+pub mod paging;
 pub mod records;
 pub mod search;
 pub mod shred;

@@ -15,8 +15,6 @@ use std::sync::RwLock;
 use carevault_fhir::ResourceType;
 use carevault_fhir::search::{Clause, candidate_keys, index_keys};
 use carevault_store::IndexClause;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::Result;
@@ -51,7 +49,7 @@ impl SearchIndex {
         {
             return k.clone();
         }
-        let derived = Zeroizing::new(hmac(
+        let derived = Zeroizing::new(carevault_crypto::hmac_sha256(
             self.secret.as_ref(),
             format!("carevault-search-key\0{}\0{param}", rtype.as_str()).as_bytes(),
         ));
@@ -64,7 +62,7 @@ impl SearchIndex {
 
     pub fn token(&self, rtype: ResourceType, param: &str, key: &str) -> Vec<u8> {
         let k = self.key(rtype, param);
-        hmac(k.as_ref(), key.as_bytes())[..TOKEN_LEN].to_vec()
+        carevault_crypto::hmac_sha256(k.as_ref(), key.as_bytes())[..TOKEN_LEN].to_vec()
     }
 
     /// The index entries of a resource version.
@@ -95,11 +93,4 @@ impl SearchIndex {
             tokens,
         })
     }
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(data);
-    mac.finalize().into_bytes().into()
 }

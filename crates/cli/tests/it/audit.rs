@@ -69,9 +69,10 @@ fn every_route_writes_exactly_one_event_per_request() {
     // The route table is the router's source of truth: every route, authenticated and not.
     // Logging out ends the session the walk uses: that route goes last.
     let mut table: Vec<_> = carevault_http::ROUTE_TABLE.iter().collect();
-    table.sort_by_key(|(_, _, action)| *action == "auth.logout");
-    for (template, method, _action) in table {
-        let path = concrete(template);
+    table.sort_by_key(|route| route.action == carevault_server::audit::AuditAction::Logout);
+    for route in table {
+        let method = &route.method;
+        let path = concrete(route.path);
         let body = if *method == "GET" || *method == "DELETE" {
             None
         } else {
@@ -398,11 +399,21 @@ fn auditors_search_the_trail_and_it_holds_no_phi() {
         .api
         .get("/audit/events?action=auth.login&outcome=success&_count=1");
     assert_eq!(page.json()["entry"].as_array().unwrap().len(), 1);
-    assert!(
-        page.json()["link"][0]["url"]
-            .as_str()
-            .unwrap()
-            .contains("_cursor=")
+    let links = page.json()["link"].clone();
+    let next = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("a next link");
+    assert!(next["url"].as_str().unwrap().contains("_cursor="));
+    // The next page starts after the first one.
+    let url = next["url"].as_str().unwrap();
+    let path = &url[url.find("/audit/").unwrap()..];
+    let second = auditor.api.get(path).json();
+    assert_ne!(
+        second["entry"][0]["resource"]["id"],
+        page.json()["entry"][0]["resource"]["id"]
     );
     // Reading the trail is itself audited.
     let reads = auditor.api.get("/audit/events?action=audit.read").json();

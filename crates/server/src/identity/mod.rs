@@ -1304,7 +1304,7 @@ mod session_tests {
 
     impl Fixture {
         fn scope(&self) -> AuditScope {
-            AuditScope::local(self.audit.clone(), "test")
+            AuditScope::local(self.audit.clone(), crate::audit::AuditAction::UserCreate)
         }
     }
 

@@ -1,0 +1,115 @@
+//! Every action an audit event can record, typed once. The strings are the trail's vocabulary
+//! (stored in every event, searched with `GET /audit/events?action=`), so they never change.
+
+macro_rules! audit_actions {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// What an audited request or CLI action did.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum AuditAction {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl AuditAction {
+            /// Every action, in declaration order.
+            pub const ALL: &'static [AuditAction] = &[$(AuditAction::$variant,)*];
+
+            /// The name the trail records.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(AuditAction::$variant => $name,)*
+                }
+            }
+
+            /// The action a recorded name stands for.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(AuditAction::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+audit_actions! {
+    // Identity: enrollment, login, sessions.
+    EnrollStart => "auth.enroll.start",
+    EnrollFinish => "auth.enroll.finish",
+    Login => "auth.login",
+    Logout => "auth.logout",
+    Whoami => "auth.whoami",
+    // Accounts (administrators).
+    UserList => "admin.user.list",
+    UserCreate => "admin.user.create",
+    UserDisable => "admin.user.disable",
+    UserEnable => "admin.user.enable",
+    UserUnlock => "admin.user.unlock",
+    UserReset => "admin.user.reset",
+    /// An account recovered on the server machine with the CLI.
+    UserRecover => "admin.recover",
+    // Policies.
+    PolicyList => "admin.policy.list",
+    PolicyPut => "admin.policy.put",
+    PolicyRead => "admin.policy.read",
+    PolicyDelete => "admin.policy.delete",
+    // API keys: service keys (administrators) and a user's own sub-accounts.
+    ServiceKeyList => "admin.key.list",
+    ServiceKeyCreate => "admin.key.create",
+    ServiceKeyRevoke => "admin.key.revoke",
+    OwnKeyList => "auth.key.list",
+    OwnKeyCreate => "auth.key.create",
+    OwnKeyRevoke => "auth.key.revoke",
+    BreakGlass => "auth.break-glass",
+    // Keys: KEK versions, data-key rotation, crypto-shredding.
+    KekStatus => "admin.kek.status",
+    KekRotate => "admin.kek.rotate",
+    KekMinVersion => "admin.kek.min-version",
+    KekDestroy => "admin.kek.destroy",
+    /// The background re-wrap after a KEK rotation finished.
+    KekRewrapFinished => "key.rewrap.finished",
+    DataKeyRotate => "admin.dek.rotate",
+    /// The background data-key rotation finished.
+    DataKeyRotateFinished => "key.rotate-data.finished",
+    ShredApprove => "admin.patient.approve-shred",
+    Shred => "admin.patient.shred",
+    // Monitoring and the trail itself.
+    MetricsRead => "metrics.read",
+    AuditRead => "audit.read",
+    // FHIR interactions.
+    Capabilities => "capabilities",
+    Transaction => "transaction",
+    Batch => "batch",
+    /// A Bundle POSTed before its type is known.
+    Bundle => "bundle",
+    SearchType => "search-type",
+    SearchTypePost => "search-type-post",
+    SearchCompartment => "search-compartment",
+    Everything => "everything",
+    Create => "create",
+    Read => "read",
+    Vread => "vread",
+    Update => "update",
+    Delete => "delete",
+    HistoryType => "history-type",
+    HistoryInstance => "history-instance",
+    // The environment.
+    EnvironmentInit => "environment.init",
+    // Requests that reached no handler.
+    UnknownEndpoint => "unknown-endpoint",
+    UnsupportedMethod => "unsupported-method",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_has_one_distinct_name_that_reads_back() {
+        let mut names = std::collections::HashSet::new();
+        for action in AuditAction::ALL {
+            assert!(names.insert(action.as_str()), "{action:?} repeats a name");
+            assert_eq!(AuditAction::from_name(action.as_str()), Some(*action));
+        }
+        assert_eq!(AuditAction::from_name("no.such.action"), None);
+    }
+}
