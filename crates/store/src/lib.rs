@@ -567,3 +567,35 @@ pub trait Store: Send + Sync + 'static {
         query: AuditQuery,
     ) -> Result<Vec<carevault_audit::StoredEvent>, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    /// FNV-1a over the migrations joined by NUL bytes.
+    fn fingerprint(migrations: &[&str]) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+        for (i, sql) in migrations.iter().enumerate() {
+            let sep: &[u8] = if i == 0 { b"" } else { b"\0" };
+            for byte in sep.iter().chain(sql.as_bytes()) {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    /// Existing databases upgrade by version number: a migration that has shipped is never
+    /// edited, renumbered or dropped (a new one is appended).
+    #[test]
+    fn shipped_migrations_are_unchanged() {
+        assert_eq!(crate::sqlite::MIGRATIONS.len(), 10);
+        assert_eq!(
+            fingerprint(crate::sqlite::MIGRATIONS),
+            0x49e7_f819_a23e_6d2c
+        );
+        assert_eq!(crate::postgres::MIGRATIONS.len(), 5);
+        assert_eq!(
+            fingerprint(crate::postgres::MIGRATIONS),
+            0x5698_bfb6_2e04_27b2
+        );
+    }
+}

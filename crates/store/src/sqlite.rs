@@ -18,183 +18,37 @@ use crate::{
     PolicyRow, PrincipalRow, ResourceRow, SessionRow, ShredApprovalRow, Store, StoreError, WriteOp,
 };
 
-/// Migrations, in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE resource_version (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    rtype TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    last_updated_us INTEGER NOT NULL,
-    deleted INTEGER NOT NULL,
-    dek_id INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    UNIQUE (rtype, id, version)
-);
-CREATE INDEX resource_version_type_seq ON resource_version (rtype, seq);
-CREATE TABLE resource_current (
-    rtype TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    deleted INTEGER NOT NULL,
-    PRIMARY KEY (rtype, id)
-) WITHOUT ROWID;
-CREATE TABLE data_key (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    compartment TEXT NOT NULL UNIQUE,
-    wrapped BLOB NOT NULL,
-    kek_version INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'active',
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE principal (
-    id TEXT PRIMARY KEY,
-    username TEXT NOT NULL UNIQUE,
-    roles TEXT NOT NULL,
-    organization TEXT,
-    disabled INTEGER NOT NULL DEFAULT 0,
-    locked INTEGER NOT NULL DEFAULT 0,
-    failed_logins INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE credential (
-    principal_id TEXT PRIMARY KEY REFERENCES principal (id),
-    password_hash TEXT NOT NULL,
-    totp_secret BLOB NOT NULL,
-    totp_last_step INTEGER NOT NULL,
-    recovery_codes TEXT NOT NULL
-);
-CREATE TABLE enrollment (
-    token_hash TEXT PRIMARY KEY,
-    principal_id TEXT NOT NULL REFERENCES principal (id),
-    expires_at INTEGER NOT NULL,
-    pending_totp BLOB
-);
-CREATE INDEX enrollment_principal ON enrollment (principal_id);
-CREATE TABLE session (
-    token_hash TEXT PRIMARY KEY,
-    principal_id TEXT NOT NULL REFERENCES principal (id),
-    created_at INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX session_principal ON session (principal_id);
-"#,
-    r#"
-CREATE TABLE audit_event (
-    node TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    time_us INTEGER NOT NULL,
-    principal TEXT NOT NULL,
-    action TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    body BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (node, seq)
-);
-CREATE INDEX audit_event_time ON audit_event (time_us);
-CREATE INDEX audit_event_principal ON audit_event (principal, time_us);
-CREATE TABLE audit_patient (
-    patient TEXT NOT NULL,
-    node TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (patient, node, seq)
-) WITHOUT ROWID;
-CREATE TABLE audit_checkpoint (
-    node TEXT NOT NULL,
-    first_seq INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL,
-    head_hash BLOB NOT NULL,
-    time_us INTEGER NOT NULL,
-    prev_signature BLOB,
-    signature BLOB NOT NULL,
-    PRIMARY KEY (node, last_seq)
-);
-"#,
-    r#"
-CREATE TABLE compartment_org (
-    compartment TEXT PRIMARY KEY,
-    organization TEXT
-);
-CREATE TABLE api_key (
-    name TEXT PRIMARY KEY,
-    key_hash TEXT NOT NULL UNIQUE,
-    owner_id TEXT REFERENCES principal (id),
-    scopes TEXT NOT NULL,
-    allowed_cidrs TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE policy (
-    name TEXT PRIMARY KEY,
-    text TEXT NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE TABLE policy_history (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    text TEXT,
-    at INTEGER NOT NULL
-);
-CREATE TABLE break_glass (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    principal_id TEXT NOT NULL REFERENCES principal (id),
-    until INTEGER NOT NULL,
-    patient TEXT,
-    reason TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE INDEX break_glass_principal ON break_glass (principal_id, until);
-"#,
-    r#"
-CREATE TABLE search_index (
-    rtype TEXT NOT NULL,
-    param TEXT NOT NULL,
-    token BLOB NOT NULL,
-    id TEXT NOT NULL,
-    PRIMARY KEY (rtype, param, token, id)
-) WITHOUT ROWID;
-CREATE INDEX search_index_resource ON search_index (rtype, id);
-"#,
-    r#"
-CREATE INDEX resource_version_dek ON resource_version (dek_id);
-CREATE INDEX data_key_kek_version ON data_key (kek_version);
-CREATE TABLE shred_approval (
-    token_hash TEXT PRIMARY KEY,
-    compartment TEXT NOT NULL,
-    approver_id TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    used INTEGER NOT NULL DEFAULT 0
-);
-"#,
+/// Migrations, in order (`migrations/sqlite/NNNN_*.sql`); `PRAGMA user_version` records how many
+/// ran.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0001_initial.sql"
+    )),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0002_audit.sql"
+    )),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0003_access.sql"
+    )),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0004_search_index.sql"
+    )),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0005_shred.sql"
+    )),
     // Data-key rotation: a compartment may have an old (retiring) key beside its live one, so
     // the compartment is unique among live keys only. The table is rebuilt (SQLite cannot drop
     // a UNIQUE constraint) keeping its AUTOINCREMENT counter: ids of shredded keys are never
     // reused. The KEK wrap floor starts at v1.
-    r#"
-CREATE TABLE data_key_new (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    compartment TEXT NOT NULL,
-    wrapped BLOB NOT NULL,
-    kek_version INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'active',
-    created_at INTEGER NOT NULL
-);
-INSERT INTO data_key_new (id, compartment, wrapped, kek_version, state, created_at)
-    SELECT id, compartment, wrapped, kek_version, state, created_at FROM data_key;
-DELETE FROM sqlite_sequence WHERE name = 'data_key_new';
-INSERT INTO sqlite_sequence (name, seq)
-    SELECT 'data_key_new', seq FROM sqlite_sequence WHERE name = 'data_key';
-DROP TABLE data_key;
-ALTER TABLE data_key_new RENAME TO data_key;
-CREATE UNIQUE INDEX data_key_live ON data_key (compartment) WHERE state <> 'retiring';
-CREATE INDEX data_key_kek_version ON data_key (kek_version);
-CREATE INDEX data_key_state ON data_key (state);
-INSERT INTO meta (key, value) VALUES ('kek_wrap_floor', '1') ON CONFLICT (key) DO NOTHING;
-"#,
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0006_data_key_rotation.sql"
+    )),
     // Blind-index rows ordered by write order within a token (`ord`: the newest resource-version
     // sequence number when the row was written) instead of by resource id. Ids are random UUIDs,
     // so keyed by id every insert landed on a random leaf of a many-leaf token range (a LOINC
@@ -203,71 +57,38 @@ INSERT INTO meta (key, value) VALUES ('kek_wrap_floor', '1') ON CONFLICT (key) D
     // leaf. Rows written before this migration keep `ord` 0: order never decides a result.
     // No ORDER BY: a scan of the old table already yields its key order. About 70 s for 9.4
     // million rows on a 2-core VM (measured on the 10,000-patient benchmark data).
-    r#"
-CREATE TABLE search_index_new (
-    rtype TEXT NOT NULL,
-    param TEXT NOT NULL,
-    token BLOB NOT NULL,
-    ord INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    PRIMARY KEY (rtype, param, token, ord, id)
-) WITHOUT ROWID;
-INSERT INTO search_index_new (rtype, param, token, ord, id)
-    SELECT rtype, param, token, 0, id FROM search_index;
-DROP TABLE search_index;
-ALTER TABLE search_index_new RENAME TO search_index;
-CREATE INDEX search_index_resource ON search_index (rtype, id);
-"#,
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0007_search_index_ord.sql"
+    )),
     // The current pointer names its version's row (`seq`, the rowid): a read follows it
     // directly instead of a second descent through the `(rtype, id, version)` index, one random
     // page fewer per read and per search candidate. Reads still require the row's type, id and
     // version to agree with the pointer (a pointer edited in the file cannot substitute another
     // resource's row).
-    r#"
-ALTER TABLE resource_current ADD COLUMN seq INTEGER;
-UPDATE resource_current SET seq = (
-    SELECT v.seq FROM resource_version v
-    WHERE v.rtype = resource_current.rtype AND v.id = resource_current.id
-      AND v.version = resource_current.version
-);
-"#,
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0008_current_seq.sql"
+    )),
     // A resource's blind-index rows are listed in one `search_keys` row (see [`IndexKeys`])
     // instead of found through a second index on `search_index (rtype, id)`: that index held a
     // copy of every row (about 20 per Observation), so each write inserted twice the entries.
     // An update or delete reads the list and deletes by primary key. `_id` rows go: the
     // server answers `_id` by id (their random tokens put every write on a random leaf).
-    r#"
-CREATE TABLE search_keys (
-    rtype TEXT NOT NULL,
-    id TEXT NOT NULL,
-    keys TEXT NOT NULL,
-    PRIMARY KEY (rtype, id)
-) WITHOUT ROWID;
-INSERT INTO search_keys (rtype, id, keys)
-    SELECT rtype, id, group_concat(param || ' ' || hex(token) || ' ' || ord, char(10))
-    FROM search_index WHERE param <> '_id' GROUP BY rtype, id;
-DROP INDEX search_index_resource;
-DELETE FROM search_index
-    WHERE rtype IN (SELECT DISTINCT rtype FROM resource_current) AND param = '_id';
-"#,
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0009_search_keys.sql"
+    )),
     // An audit event's patients are keyed by the event first (`node, seq, patient`), not by
     // the patient: events arrive in sequence order, so their rows now append to the last leaf
     // instead of landing on a random one (a page to dirty, log and checkpoint per audited read;
     // reads use about a quarter less server CPU without it). The audit search asks "does this
     // event name patient X" for each event it walks in time order, a point lookup either key
     // order answers.
-    r#"
-CREATE TABLE audit_patient_new (
-    node TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    patient TEXT NOT NULL,
-    PRIMARY KEY (node, seq, patient)
-) WITHOUT ROWID;
-INSERT INTO audit_patient_new (node, seq, patient)
-    SELECT node, seq, patient FROM audit_patient ORDER BY node, seq, patient;
-DROP TABLE audit_patient;
-ALTER TABLE audit_patient_new RENAME TO audit_patient;
-"#,
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0010_audit_patient_by_event.sql"
+    )),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
