@@ -19,8 +19,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod contract_tests;
+mod dispatch;
+mod forward;
 mod migrate;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use migrate::{CopyProgress, TableCount, copy_sqlite_to_postgres};
@@ -55,6 +60,15 @@ pub enum StoreError {
     /// Anything else the backend reported.
     #[error("database error: {0}")]
     Backend(String),
+}
+
+/// Whatever stopped an audit write, the request must fail closed as unavailable.
+pub(crate) fn audit_unavailable(e: StoreError) -> StoreError {
+    let detail = match e {
+        StoreError::Unavailable(d) | StoreError::Backend(d) => d,
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(format!("audit trail not writable: {detail}"))
 }
 
 /// One stored version of a resource. `body` is sealed; the store never looks inside.
