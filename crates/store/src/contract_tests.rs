@@ -5,8 +5,10 @@
 //! commit and WAL upkeep, PostgreSQL's locking across nodes, schema upgrades) is tested in the
 //! backend's own `tests.rs`.
 
+use carevault_audit::StoredEvent;
+
 use crate::{
-    CredentialRow, DataRotationProgress, HistoryQuery, IndexClause, NewResourceVersion,
+    AuditQuery, CredentialRow, DataRotationProgress, HistoryQuery, IndexClause, NewResourceVersion,
     PrincipalRow, ResourceRow, SessionRow, Store, StoreError, WriteOp,
 };
 
@@ -64,6 +66,21 @@ pub(crate) fn put(id: &str, version: u32, expected: Option<u32>) -> WriteOp {
         row: row(id, version, format!("sealed-{version}").as_bytes()),
         expected_current: expected,
     })
+}
+
+/// The newest five audit events naming `Patient/1`, checked to be five and newest first.
+pub(crate) async fn first_audit_page_of_patient_1(store: &dyn Store) -> Vec<StoredEvent> {
+    let page = store
+        .audit_search(AuditQuery {
+            patient: Some("Patient/1".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 5);
+    assert!(page.windows(2).all(|w| w[0].time_us >= w[1].time_us));
+    page
 }
 
 pub(crate) fn data_key(compartment: &str) -> WriteOp {

@@ -1,7 +1,7 @@
-//! One implementation of [`Store`](crate::Store) shape for every backend: each backend defines
-//! the trait's methods as inherent methods in its domain files (`resources.rs`, `index.rs`,
+//! The [`Store`](crate::Store) impl of every backend, written once: each backend defines the
+//! trait's methods as inherent methods in its domain files (`resources.rs`, `index.rs`,
 //! `keys.rs`, `identity.rs`, `audit.rs`, `policy.rs`, `write.rs`), and this macro writes the
-//! trait impl that calls them, so the two backends do not repeat the trait's signatures.
+//! trait impl that calls them, so the two backends do not repeat the trait's signatures there.
 
 /// `forward_store!(Backend { overrides })`: `impl Store for Backend` calling `Backend`'s inherent
 /// method of the same name for every required method; `overrides` are the provided methods the

@@ -3,7 +3,7 @@
 //! database and drops it at the end, so tests run in parallel.
 
 use super::*;
-use crate::contract_tests::put;
+use crate::contract_tests::{first_audit_page_of_patient_1, put};
 use crate::*;
 
 pub(crate) struct TestDb {
@@ -293,16 +293,7 @@ async fn concurrent_appends_of_two_nodes_make_two_verifiable_chains() {
             .sum::<usize>(),
         committed
     );
-    let page = stores[0]
-        .audit_search(AuditQuery {
-            patient: Some("Patient/1".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.len(), 5);
-    assert!(page.windows(2).all(|w| w[0].time_us >= w[1].time_us));
+    let page = first_audit_page_of_patient_1(&stores[0]).await;
     let last = page.last().unwrap();
     let next = stores[0]
         .audit_search(AuditQuery {

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use super::index::*;
 use super::write::*;
 use super::*;
-use crate::contract_tests::{data_key, put, row};
+use crate::contract_tests::{data_key, first_audit_page_of_patient_1, put, row};
 use crate::*;
 use tokio::sync::oneshot;
 
@@ -62,16 +62,7 @@ async fn audit_chain_is_assigned_in_commit_order_and_rolls_back_with_its_job() {
     )
     .unwrap();
     assert_eq!(report.nodes[0].signed_up_to, 30);
-    let page = store
-        .audit_search(AuditQuery {
-            patient: Some("Patient/1".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.len(), 5);
-    assert!(page.windows(2).all(|w| w[0].time_us >= w[1].time_us));
+    first_audit_page_of_patient_1(&store).await;
 }
 
 /// A fresh store whose data key 1 exists (the rows of [`row`] are sealed under it).
