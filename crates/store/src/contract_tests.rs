@@ -8,8 +8,8 @@
 use carevault_audit::StoredEvent;
 
 use crate::{
-    AuditQuery, CredentialRow, DataRotationProgress, HistoryQuery, IndexClause, NewResourceVersion,
-    PrincipalRow, ResourceRow, SessionRow, Store, StoreError, WriteOp,
+    AuditQuery, CredentialRow, DataRotationProgress, HistoryQuery, IndexClause, NewAuditEvent,
+    NewResourceVersion, PrincipalRow, ResourceRow, SessionRow, Store, StoreError, WriteOp,
 };
 
 /// Runs each contract test (an `async fn(store, other)`) once per backend.
@@ -65,6 +65,19 @@ pub(crate) fn put(id: &str, version: u32, expected: Option<u32>) -> WriteOp {
     WriteOp::PutResource(NewResourceVersion {
         row: row(id, version, format!("sealed-{version}").as_bytes()),
         expected_current: expected,
+    })
+}
+
+/// Audit event number `n` of `node` (time `n`), naming `Patient/<n % 2>`.
+pub(crate) fn audit(node: &str, n: u32) -> WriteOp {
+    WriteOp::AppendAudit(NewAuditEvent {
+        node: node.into(),
+        time_us: i64::from(n),
+        principal: "p1".into(),
+        action: "read".into(),
+        outcome: "success".into(),
+        patients: vec![format!("Patient/{}", n % 2)],
+        body: format!("{{\"n\":{n}}}").into_bytes(),
     })
 }
 

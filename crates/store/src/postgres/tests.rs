@@ -3,7 +3,7 @@
 //! database and drops it at the end, so tests run in parallel.
 
 use super::*;
-use crate::contract_tests::{first_audit_page_of_patient_1, put};
+use crate::contract_tests::{audit, first_audit_page_of_patient_1, put};
 use crate::*;
 
 pub(crate) struct TestDb {
@@ -97,18 +97,6 @@ impl Drop for TestDb {
         })
         .join();
     }
-}
-
-fn audit(node: &str, n: u32) -> WriteOp {
-    WriteOp::AppendAudit(NewAuditEvent {
-        node: node.into(),
-        time_us: i64::from(n),
-        principal: "p1".into(),
-        action: "read".into(),
-        outcome: "success".into(),
-        patients: vec![format!("Patient/{}", n % 2)],
-        body: format!("{{\"n\":{n}}}").into_bytes(),
-    })
 }
 
 /// A URL with a password, built at run time (no credential-looking literal in the source).

@@ -3,27 +3,15 @@ use std::path::{Path, PathBuf};
 use super::index::*;
 use super::write::*;
 use super::*;
-use crate::contract_tests::{data_key, first_audit_page_of_patient_1, put, row};
+use crate::contract_tests::{audit, data_key, first_audit_page_of_patient_1, put, row};
 use crate::*;
 use tokio::sync::oneshot;
-
-fn audit(node: &str, n: u8) -> WriteOp {
-    WriteOp::AppendAudit(NewAuditEvent {
-        node: node.into(),
-        time_us: i64::from(n),
-        principal: "p1".into(),
-        action: "read".into(),
-        outcome: "success".into(),
-        patients: vec![format!("Patient/{}", n % 2)],
-        body: format!("{{\"n\":{n}}}").into_bytes(),
-    })
-}
 
 #[tokio::test]
 async fn audit_chain_is_assigned_in_commit_order_and_rolls_back_with_its_job() {
     let (_dir, store) = store().await;
     let mut tasks = Vec::new();
-    for i in 0..40u8 {
+    for i in 0..40u32 {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             if i % 4 == 3 {
