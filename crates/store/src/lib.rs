@@ -19,8 +19,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod contract_tests;
+mod dispatch;
+mod forward;
 mod migrate;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use migrate::{CopyProgress, TableCount, copy_sqlite_to_postgres};
@@ -55,6 +60,15 @@ pub enum StoreError {
     /// Anything else the backend reported.
     #[error("database error: {0}")]
     Backend(String),
+}
+
+/// Whatever stopped an audit write, the request must fail closed as unavailable.
+pub(crate) fn audit_unavailable(e: StoreError) -> StoreError {
+    let detail = match e {
+        StoreError::Unavailable(d) | StoreError::Backend(d) => d,
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(format!("audit trail not writable: {detail}"))
 }
 
 /// One stored version of a resource. `body` is sealed; the store never looks inside.
@@ -566,4 +580,36 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: AuditQuery,
     ) -> Result<Vec<carevault_audit::StoredEvent>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    /// FNV-1a over the migrations joined by NUL bytes.
+    fn fingerprint(migrations: &[&str]) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+        for (i, sql) in migrations.iter().enumerate() {
+            let sep: &[u8] = if i == 0 { b"" } else { b"\0" };
+            for byte in sep.iter().chain(sql.as_bytes()) {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    /// Existing databases upgrade by version number: a migration that has shipped is never
+    /// edited, renumbered or dropped (a new one is appended).
+    #[test]
+    fn shipped_migrations_are_unchanged() {
+        assert_eq!(crate::sqlite::MIGRATIONS.len(), 10);
+        assert_eq!(
+            fingerprint(crate::sqlite::MIGRATIONS),
+            0x49e7_f819_a23e_6d2c
+        );
+        assert_eq!(crate::postgres::MIGRATIONS.len(), 5);
+        assert_eq!(
+            fingerprint(crate::postgres::MIGRATIONS),
+            0x5698_bfb6_2e04_27b2
+        );
+    }
 }

@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::postgres::PostgresStore;
 use crate::sqlite::SQLITE_SCHEMA_VERSION;
-use crate::{SqliteStore, Store, StoreError};
+use crate::{SqliteStore, StoreError};
 
 #[derive(Clone, Copy)]
 enum Col {
@@ -448,7 +448,7 @@ async fn derive_state(to: &PostgresStore) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::postgres::tests::TestDb;
-    use crate::{NewAuditEvent, NewResourceVersion, PostgresOptions, ResourceRow, WriteOp};
+    use crate::{NewAuditEvent, NewResourceVersion, PostgresOptions, ResourceRow, Store, WriteOp};
 
     fn audit(n: u32) -> WriteOp {
         WriteOp::AppendAudit(NewAuditEvent {

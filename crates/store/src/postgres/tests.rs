@@ -3,6 +3,8 @@
 //! database and drops it at the end, so tests run in parallel.
 
 use super::*;
+use crate::contract_tests::{audit, first_audit_page_of_patient_1, put};
+use crate::*;
 
 pub(crate) struct TestDb {
     admin_url: String,
@@ -55,6 +57,11 @@ impl TestDb {
         }
     }
 
+    /// A store on this database, migrated and empty.
+    pub(crate) async fn bare_store(&self) -> PostgresStore {
+        PostgresStore::connect(&self.options()).await.unwrap()
+    }
+
     /// A store on this database whose data key 1 exists (the rows of [`row`] are sealed
     /// under it).
     async fn store(&self) -> PostgresStore {
@@ -90,37 +97,6 @@ impl Drop for TestDb {
         })
         .join();
     }
-}
-
-fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
-    ResourceRow {
-        rtype: "Patient".into(),
-        id: id.into(),
-        version,
-        last_updated_us: i64::from(version) * 1000,
-        deleted: false,
-        dek_id: 1,
-        body: body.to_vec(),
-    }
-}
-
-fn put(id: &str, version: u32, expected: Option<u32>) -> WriteOp {
-    WriteOp::PutResource(NewResourceVersion {
-        row: row(id, version, format!("sealed-{version}").as_bytes()),
-        expected_current: expected,
-    })
-}
-
-fn audit(node: &str, n: u32) -> WriteOp {
-    WriteOp::AppendAudit(NewAuditEvent {
-        node: node.into(),
-        time_us: i64::from(n),
-        principal: "p1".into(),
-        action: "read".into(),
-        outcome: "success".into(),
-        patients: vec![format!("Patient/{}", n % 2)],
-        body: format!("{{\"n\":{n}}}").into_bytes(),
-    })
 }
 
 /// A URL with a password, built at run time (no credential-looking literal in the source).
@@ -193,87 +169,6 @@ async fn an_unreachable_database_is_unavailable_and_the_password_stays_out_of_th
         Err(other) => panic!("expected Unavailable, got {other}"),
         Ok(_) => panic!("connected to nothing"),
     }
-}
-
-#[tokio::test]
-async fn versions_append_with_optimistic_concurrency() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
-    store.write(vec![put("a", 1, None)]).await.unwrap();
-    assert!(matches!(
-        store.write(vec![put("a", 1, None)]).await,
-        Err(StoreError::Conflict)
-    ));
-    store.write(vec![put("a", 2, Some(1))]).await.unwrap();
-    assert!(matches!(
-        store.write(vec![put("a", 3, Some(1))]).await,
-        Err(StoreError::Conflict)
-    ));
-    let current = store
-        .resource_current("Patient", "a")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (current.version, current.body.as_slice()),
-        (2, &b"sealed-2"[..])
-    );
-    assert_eq!(
-        store
-            .resource_version("Patient", "a", 1)
-            .await
-            .unwrap()
-            .unwrap()
-            .version,
-        1
-    );
-    assert!(
-        store
-            .resource_version("Patient", "a", 3)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let history = store
-        .history(HistoryQuery {
-            rtype: Some("Patient".into()),
-            id: Some("a".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        history.iter().map(|h| h.row.version).collect::<Vec<_>>(),
-        vec![2, 1]
-    );
-    let later = store
-        .history(HistoryQuery {
-            before_seq: Some(history[0].seq),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(later.len(), 1);
-    // A failed operation takes the whole write down: nothing of it is visible.
-    assert!(
-        store
-            .write(vec![put("b", 1, None), put("a", 9, Some(8))])
-            .await
-            .is_err()
-    );
-    assert!(
-        store
-            .resource_current("Patient", "b")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(
-        store.resource_ids("Patient").await.unwrap(),
-        vec!["a".to_string()]
-    );
 }
 
 #[tokio::test]
@@ -386,16 +281,7 @@ async fn concurrent_appends_of_two_nodes_make_two_verifiable_chains() {
             .sum::<usize>(),
         committed
     );
-    let page = stores[0]
-        .audit_search(AuditQuery {
-            patient: Some("Patient/1".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.len(), 5);
-    assert!(page.windows(2).all(|w| w[0].time_us >= w[1].time_us));
+    let page = first_audit_page_of_patient_1(&stores[0]).await;
     let last = page.last().unwrap();
     let next = stores[0]
         .audit_search(AuditQuery {
@@ -412,199 +298,6 @@ async fn concurrent_appends_of_two_nodes_make_two_verifiable_chains() {
             .iter()
             .any(|e| page.iter().any(|p| p.node == e.node && p.seq == e.seq))
     );
-}
-
-#[tokio::test]
-async fn identity_rows_one_time_values_policies_and_the_index() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
-    let principal = PrincipalRow {
-        id: "u1".into(),
-        username: "alice".into(),
-        roles: vec!["clinician".into(), "auditor".into()],
-        organization: Some("org-a".into()),
-        disabled: false,
-        locked: false,
-        failed_logins: 0,
-        created_at: 1,
-    };
-    store
-        .write(vec![WriteOp::InsertPrincipal(principal.clone())])
-        .await
-        .unwrap();
-    assert!(matches!(
-        store
-            .write(vec![WriteOp::InsertPrincipal(principal.clone())])
-            .await,
-        Err(StoreError::AlreadyExists)
-    ));
-    assert_eq!(
-        store.principal_by_username("alice").await.unwrap(),
-        Some(principal)
-    );
-    for _ in 0..3 {
-        store
-            .write(vec![WriteOp::RecordLoginFailure {
-                principal_id: "u1".into(),
-                lock_after: 3,
-            }])
-            .await
-            .unwrap();
-    }
-    let p = store.principal_by_id("u1").await.unwrap().unwrap();
-    assert!(p.locked && p.failed_logins == 3);
-    store
-        .write(vec![WriteOp::SetCredential(CredentialRow {
-            principal_id: "u1".into(),
-            password_hash: "$argon2id$...".into(),
-            totp_secret_sealed: vec![1, 2, 3],
-            totp_last_step: 0,
-            recovery_code_hashes: vec!["h1".into(), "h2".into()],
-        })])
-        .await
-        .unwrap();
-    let advance = |step| WriteOp::AdvanceTotpStep {
-        principal_id: "u1".into(),
-        step,
-    };
-    store.write(vec![advance(10)]).await.unwrap();
-    assert!(matches!(
-        store.write(vec![advance(10)]).await,
-        Err(StoreError::Conflict)
-    ));
-    // Two nodes using one recovery code at once: exactly one succeeds.
-    let other = db.store().await;
-    let consume = |h: &str| WriteOp::ConsumeRecoveryCode {
-        principal_id: "u1".into(),
-        code_hash: h.into(),
-    };
-    let (r1, r2) = tokio::join!(
-        store.write(vec![consume("h1")]),
-        other.write(vec![consume("h1")])
-    );
-    assert_eq!([r1.is_ok(), r2.is_ok()].iter().filter(|ok| **ok).count(), 1);
-    let cred = store.credential("u1").await.unwrap().unwrap();
-    assert_eq!(cred.recovery_code_hashes, vec!["h2".to_string()]);
-    assert_eq!(cred.totp_last_step, 10);
-
-    store
-        .write(vec![WriteOp::InsertSession(SessionRow {
-            token_hash: "t1".into(),
-            principal_id: "u1".into(),
-            created_at: 5,
-            last_seen: 5,
-            revoked: false,
-        })])
-        .await
-        .unwrap();
-    other
-        .write(vec![WriteOp::TouchSession {
-            token_hash: "t1".into(),
-            last_seen: 4,
-        }])
-        .await
-        .unwrap();
-    assert_eq!(other.session("t1").await.unwrap().unwrap().last_seen, 5);
-
-    assert_eq!(store.policies().await.unwrap(), (0, vec![]));
-    store
-        .write(vec![WriteOp::PutPolicy {
-            name: "p".into(),
-            text: "permit(principal, action, resource);".into(),
-            at: 7,
-        }])
-        .await
-        .unwrap();
-    let (v, rows) = other.policies().await.unwrap();
-    assert_eq!((v, rows.len()), (1, 1));
-    other
-        .write(vec![WriteOp::DeletePolicy {
-            name: "p".into(),
-            at: 8,
-        }])
-        .await
-        .unwrap();
-    assert_eq!(store.policies().await.unwrap(), (2, vec![]));
-    assert!(matches!(
-        store
-            .write(vec![WriteOp::DeletePolicy {
-                name: "p".into(),
-                at: 9
-            }])
-            .await,
-        Err(StoreError::Conflict)
-    ));
-
-    store
-        .write(vec![put("a", 1, None), put("b", 1, None)])
-        .await
-        .unwrap();
-    let index = |id: &str, tokens: &[(&str, &[u8])]| WriteOp::ReplaceSearchIndex {
-        rtype: "Patient".into(),
-        id: id.into(),
-        tokens: tokens
-            .iter()
-            .map(|(p, t)| (p.to_string(), t.to_vec()))
-            .collect(),
-    };
-    store
-        .write(vec![
-            index("a", &[("name", b"x"), ("gender", b"f")]),
-            index("b", &[("name", b"x"), ("gender", b"m")]),
-        ])
-        .await
-        .unwrap();
-    let clause = |param: &str, tokens: &[&[u8]]| IndexClause {
-        param: param.into(),
-        tokens: tokens.iter().map(|t| t.to_vec()).collect(),
-    };
-    let mut both = store
-        .search_index("Patient", vec![clause("name", &[b"x"])])
-        .await
-        .unwrap();
-    both.sort();
-    assert_eq!(both, vec!["a", "b"]);
-    assert_eq!(
-        store
-            .search_index(
-                "Patient",
-                vec![clause("name", &[b"x"]), clause("gender", &[b"m", b"z"])]
-            )
-            .await
-            .unwrap(),
-        vec!["b"]
-    );
-    let rows = store
-        .resources_current("Patient", vec!["a".into(), "zz".into(), "b".into()])
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 2);
-
-    store
-        .write(vec![WriteOp::InsertDataKeyIfAbsent {
-            compartment: "Patient/a".into(),
-            wrapped: vec![1],
-            kek_version: 1,
-            created_at: 1,
-        }])
-        .await
-        .unwrap();
-    other
-        .write(vec![WriteOp::InsertDataKeyIfAbsent {
-            compartment: "Patient/a".into(),
-            wrapped: vec![2],
-            kek_version: 1,
-            created_at: 2,
-        }])
-        .await
-        .unwrap();
-    let dk = other
-        .data_key_by_compartment("Patient/a")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(dk.wrapped, vec![1]);
-    assert_eq!(store.data_key_by_id(dk.id).await.unwrap(), Some(dk));
 }
 
 #[tokio::test]

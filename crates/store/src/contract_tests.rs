@@ -1,0 +1,757 @@
+//! The [`Store`] contract, written once and run against both backends: SQLite on a temporary
+//! file, PostgreSQL on a fresh database per test (PostgreSQL must be running: see
+//! `postgres::tests`). Each test gets two handles on one database, as two nodes (or, on
+//! SQLite, two clones of one store) would have. Behaviour only one backend has (SQLite's group
+//! commit and WAL upkeep, PostgreSQL's locking across nodes, schema upgrades) is tested in the
+//! backend's own `tests.rs`.
+
+use carevault_audit::StoredEvent;
+
+use crate::{
+    AuditQuery, CredentialRow, DataRotationProgress, HistoryQuery, IndexClause, NewAuditEvent,
+    NewResourceVersion, PrincipalRow, ResourceRow, SessionRow, Store, StoreError, WriteOp,
+};
+
+/// Runs each contract test (an `async fn(store, other)`) once per backend.
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = crate::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+                    super::$name(&store, &store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = crate::postgres::tests::TestDb::new().await;
+                    let (store, other) = (db.bare_store().await, db.bare_store().await);
+                    super::$name(&store, &other).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    versions_append_with_optimistic_concurrency,
+    totp_steps_and_recovery_codes_are_single_use,
+    identity_rows_and_one_time_values,
+    policies_the_index_and_racing_data_key_inserts,
+    a_rotated_data_key_takes_no_new_versions_and_goes_once_unused,
+    shred_removes_every_generation_and_the_wrap_floor_refuses_old_kek_versions,
+    rewrap_is_conditional_and_shred_removes_only_its_compartment,
+);
+
+pub(crate) fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
+    ResourceRow {
+        rtype: "Patient".into(),
+        id: id.into(),
+        version,
+        last_updated_us: i64::from(version) * 1000,
+        deleted: false,
+        dek_id: 1,
+        body: body.to_vec(),
+    }
+}
+
+/// Version `version` of `Patient/<id>`, sealed (body `sealed-<version>`) under data key 1.
+pub(crate) fn put(id: &str, version: u32, expected: Option<u32>) -> WriteOp {
+    WriteOp::PutResource(NewResourceVersion {
+        row: row(id, version, format!("sealed-{version}").as_bytes()),
+        expected_current: expected,
+    })
+}
+
+/// Audit event number `n` of `node` (time `n`), naming `Patient/<n % 2>`.
+pub(crate) fn audit(node: &str, n: u32) -> WriteOp {
+    WriteOp::AppendAudit(NewAuditEvent {
+        node: node.into(),
+        time_us: i64::from(n),
+        principal: "p1".into(),
+        action: "read".into(),
+        outcome: "success".into(),
+        patients: vec![format!("Patient/{}", n % 2)],
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+    })
+}
+
+/// The newest five audit events naming `Patient/1`, checked to be five and newest first.
+pub(crate) async fn first_audit_page_of_patient_1(store: &dyn Store) -> Vec<StoredEvent> {
+    let page = store
+        .audit_search(AuditQuery {
+            patient: Some("Patient/1".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 5);
+    assert!(page.windows(2).all(|w| w[0].time_us >= w[1].time_us));
+    page
+}
+
+pub(crate) fn data_key(compartment: &str) -> WriteOp {
+    WriteOp::InsertDataKeyIfAbsent {
+        compartment: compartment.into(),
+        wrapped: b"w1".to_vec(),
+        kek_version: 1,
+        created_at: 0,
+    }
+}
+
+pub(crate) async fn versions_append_with_optimistic_concurrency(
+    store: &dyn Store,
+    _other: &dyn Store,
+) {
+    store.write(vec![data_key("Patient/test")]).await.unwrap();
+    store.write(vec![put("a", 1, None)]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![put("a", 1, None)]).await,
+        Err(StoreError::Conflict)
+    ));
+    store.write(vec![put("a", 2, Some(1))]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![put("a", 3, Some(1))]).await,
+        Err(StoreError::Conflict)
+    ));
+    let current = store
+        .resource_current("Patient", "a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (current.version, current.body.as_slice()),
+        (2, &b"sealed-2"[..])
+    );
+    assert_eq!(
+        store
+            .resource_version("Patient", "a", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    assert!(
+        store
+            .resource_version("Patient", "a", 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let history = store
+        .history(HistoryQuery {
+            rtype: Some("Patient".into()),
+            id: Some("a".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.row.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let later = store
+        .history(HistoryQuery {
+            before_seq: Some(history[0].seq),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    // A failed operation takes the whole write down: nothing of it is visible.
+    assert!(
+        store
+            .write(vec![put("b", 1, None), put("a", 9, Some(8))])
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .resource_current("Patient", "b")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.resource_ids("Patient").await.unwrap(),
+        vec!["a".to_string()]
+    );
+}
+
+pub(crate) async fn totp_steps_and_recovery_codes_are_single_use(
+    store: &dyn Store,
+    _other: &dyn Store,
+) {
+    store.write(vec![data_key("Patient/test")]).await.unwrap();
+    let principal = PrincipalRow {
+        id: "u1".into(),
+        username: "alice".into(),
+        roles: vec!["clinician".into()],
+        organization: Some("org-a".into()),
+        disabled: false,
+        locked: false,
+        failed_logins: 0,
+        created_at: 1,
+    };
+    store
+        .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    store
+        .write(vec![WriteOp::SetCredential(CredentialRow {
+            principal_id: "u1".into(),
+            password_hash: "$argon2id$...".into(),
+            totp_secret_sealed: vec![1, 2, 3],
+            totp_last_step: 0,
+            recovery_code_hashes: vec!["h1".into(), "h2".into()],
+        })])
+        .await
+        .unwrap();
+    let advance = |step| WriteOp::AdvanceTotpStep {
+        principal_id: "u1".into(),
+        step,
+    };
+    store.write(vec![advance(10)]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![advance(10)]).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        store.write(vec![advance(9)]).await,
+        Err(StoreError::Conflict)
+    ));
+    store.write(vec![advance(11)]).await.unwrap();
+    let consume = |h: &str| WriteOp::ConsumeRecoveryCode {
+        principal_id: "u1".into(),
+        code_hash: h.into(),
+    };
+    store.write(vec![consume("h1")]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![consume("h1")]).await,
+        Err(StoreError::Conflict)
+    ));
+    let cred = store.credential("u1").await.unwrap().unwrap();
+    assert_eq!(cred.recovery_code_hashes, vec!["h2".to_string()]);
+    assert_eq!(cred.totp_last_step, 11);
+    assert!(!format!("{cred:?}").contains("argon2"));
+}
+
+pub(crate) async fn identity_rows_and_one_time_values(store: &dyn Store, other: &dyn Store) {
+    store.write(vec![data_key("Patient/test")]).await.unwrap();
+    let principal = PrincipalRow {
+        id: "u1".into(),
+        username: "alice".into(),
+        roles: vec!["clinician".into(), "auditor".into()],
+        organization: Some("org-a".into()),
+        disabled: false,
+        locked: false,
+        failed_logins: 0,
+        created_at: 1,
+    };
+    store
+        .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .write(vec![WriteOp::InsertPrincipal(principal.clone())])
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(
+        store.principal_by_username("alice").await.unwrap(),
+        Some(principal)
+    );
+    for _ in 0..3 {
+        store
+            .write(vec![WriteOp::RecordLoginFailure {
+                principal_id: "u1".into(),
+                lock_after: 3,
+            }])
+            .await
+            .unwrap();
+    }
+    let p = store.principal_by_id("u1").await.unwrap().unwrap();
+    assert!(p.locked && p.failed_logins == 3);
+    store
+        .write(vec![WriteOp::SetCredential(CredentialRow {
+            principal_id: "u1".into(),
+            password_hash: "$argon2id$...".into(),
+            totp_secret_sealed: vec![1, 2, 3],
+            totp_last_step: 0,
+            recovery_code_hashes: vec!["h1".into(), "h2".into()],
+        })])
+        .await
+        .unwrap();
+    let advance = |step| WriteOp::AdvanceTotpStep {
+        principal_id: "u1".into(),
+        step,
+    };
+    store.write(vec![advance(10)]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![advance(10)]).await,
+        Err(StoreError::Conflict)
+    ));
+    // Two nodes using one recovery code at once: exactly one succeeds.
+    let consume = |h: &str| WriteOp::ConsumeRecoveryCode {
+        principal_id: "u1".into(),
+        code_hash: h.into(),
+    };
+    let (r1, r2) = tokio::join!(
+        store.write(vec![consume("h1")]),
+        other.write(vec![consume("h1")])
+    );
+    assert_eq!([r1.is_ok(), r2.is_ok()].iter().filter(|ok| **ok).count(), 1);
+    let cred = store.credential("u1").await.unwrap().unwrap();
+    assert_eq!(cred.recovery_code_hashes, vec!["h2".to_string()]);
+    assert_eq!(cred.totp_last_step, 10);
+
+    store
+        .write(vec![WriteOp::InsertSession(SessionRow {
+            token_hash: "t1".into(),
+            principal_id: "u1".into(),
+            created_at: 5,
+            last_seen: 5,
+            revoked: false,
+        })])
+        .await
+        .unwrap();
+    other
+        .write(vec![WriteOp::TouchSession {
+            token_hash: "t1".into(),
+            last_seen: 4,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(other.session("t1").await.unwrap().unwrap().last_seen, 5);
+}
+
+/// The second half of PostgreSQL's former `identity_rows_one_time_values_policies_and_the_index`
+/// (`identity_rows_and_one_time_values` is the first): policies and their version, the index,
+/// and two nodes inserting one data key.
+pub(crate) async fn policies_the_index_and_racing_data_key_inserts(
+    store: &dyn Store,
+    other: &dyn Store,
+) {
+    store.write(vec![data_key("Patient/test")]).await.unwrap();
+    assert_eq!(store.policies().await.unwrap(), (0, vec![]));
+    store
+        .write(vec![WriteOp::PutPolicy {
+            name: "p".into(),
+            text: "permit(principal, action, resource);".into(),
+            at: 7,
+        }])
+        .await
+        .unwrap();
+    let (v, rows) = other.policies().await.unwrap();
+    assert_eq!((v, rows.len()), (1, 1));
+    other
+        .write(vec![WriteOp::DeletePolicy {
+            name: "p".into(),
+            at: 8,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.policies().await.unwrap(), (2, vec![]));
+    assert!(matches!(
+        store
+            .write(vec![WriteOp::DeletePolicy {
+                name: "p".into(),
+                at: 9
+            }])
+            .await,
+        Err(StoreError::Conflict)
+    ));
+
+    store
+        .write(vec![put("a", 1, None), put("b", 1, None)])
+        .await
+        .unwrap();
+    let index = |id: &str, tokens: &[(&str, &[u8])]| WriteOp::ReplaceSearchIndex {
+        rtype: "Patient".into(),
+        id: id.into(),
+        tokens: tokens
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_vec()))
+            .collect(),
+    };
+    store
+        .write(vec![
+            index("a", &[("name", b"x"), ("gender", b"f")]),
+            index("b", &[("name", b"x"), ("gender", b"m")]),
+        ])
+        .await
+        .unwrap();
+    let clause = |param: &str, tokens: &[&[u8]]| IndexClause {
+        param: param.into(),
+        tokens: tokens.iter().map(|t| t.to_vec()).collect(),
+    };
+    let mut both = store
+        .search_index("Patient", vec![clause("name", &[b"x"])])
+        .await
+        .unwrap();
+    both.sort();
+    assert_eq!(both, vec!["a", "b"]);
+    assert_eq!(
+        store
+            .search_index(
+                "Patient",
+                vec![clause("name", &[b"x"]), clause("gender", &[b"m", b"z"])]
+            )
+            .await
+            .unwrap(),
+        vec!["b"]
+    );
+    let rows = store
+        .resources_current("Patient", vec!["a".into(), "zz".into(), "b".into()])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+
+    store
+        .write(vec![WriteOp::InsertDataKeyIfAbsent {
+            compartment: "Patient/a".into(),
+            wrapped: vec![1],
+            kek_version: 1,
+            created_at: 1,
+        }])
+        .await
+        .unwrap();
+    other
+        .write(vec![WriteOp::InsertDataKeyIfAbsent {
+            compartment: "Patient/a".into(),
+            wrapped: vec![2],
+            kek_version: 1,
+            created_at: 2,
+        }])
+        .await
+        .unwrap();
+    let dk = other
+        .data_key_by_compartment("Patient/a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dk.wrapped, vec![1]);
+    assert_eq!(store.data_key_by_id(dk.id).await.unwrap(), Some(dk));
+}
+
+pub(crate) async fn a_rotated_data_key_takes_no_new_versions_and_goes_once_unused(
+    store: &dyn Store,
+    _other: &dyn Store,
+) {
+    store.write(vec![data_key("Patient/a")]).await.unwrap();
+    let old = store
+        .data_key_by_compartment("Patient/a")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut v1 = row("a", 1, b"old-1");
+    v1.dek_id = old.id;
+    store
+        .write(vec![WriteOp::PutResource(NewResourceVersion {
+            row: v1,
+            expected_current: None,
+        })])
+        .await
+        .unwrap();
+    store
+        .write(vec![WriteOp::MarkDataKeysForRotation {
+            compartment_prefix: "Patient/".into(),
+        }])
+        .await
+        .unwrap();
+    let marked = store.data_keys_to_rotate(10).await.unwrap();
+    assert_eq!(marked.len(), 1);
+    let progress = store.data_rotation_progress().await.unwrap();
+    assert_eq!(
+        (progress.keys_to_rotate, progress.versions_remaining),
+        (1, 1)
+    );
+    let rotate = || WriteOp::RotateDataKey {
+        old_id: old.id,
+        compartment: "Patient/a".into(),
+        wrapped: b"w-new".to_vec(),
+        kek_version: 1,
+        created_at: 1,
+    };
+    store.write(vec![rotate()]).await.unwrap();
+    // Once only: the old key is no longer marked.
+    store.write(vec![rotate()]).await.unwrap();
+    let new = store
+        .data_key_by_compartment("Patient/a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(new.id, old.id);
+    assert_eq!(new.wrapped, b"w-new");
+    // The old key still opens its versions, but takes no new one.
+    assert!(store.data_key_by_id(old.id).await.unwrap().is_some());
+    let mut v2 = row("a", 2, b"old-2");
+    v2.dek_id = old.id;
+    let stale = store
+        .write(vec![WriteOp::PutResource(NewResourceVersion {
+            row: v2.clone(),
+            expected_current: Some(1),
+        })])
+        .await;
+    assert!(matches!(stale, Err(StoreError::StaleKey)), "{stale:?}");
+    v2.dek_id = new.id;
+    store
+        .write(vec![WriteOp::PutResource(NewResourceVersion {
+            row: v2,
+            expected_current: Some(1),
+        })])
+        .await
+        .unwrap();
+    // Not dropped while a version references it.
+    assert!(store.unused_retiring_keys(10).await.unwrap().is_empty());
+    store
+        .write(vec![WriteOp::DropRetiredDataKey { id: old.id }])
+        .await
+        .unwrap();
+    assert!(store.data_key_by_id(old.id).await.unwrap().is_some());
+    let pending = store.versions_under_retiring_keys(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].version, 1);
+    let reseal = |from, to| WriteOp::ResealResourceVersion {
+        rtype: "Patient".into(),
+        id: "a".into(),
+        version: 1,
+        from_dek_id: from,
+        dek_id: to,
+        body: b"new-1".to_vec(),
+    };
+    // Re-sealing under a retiring key is refused.
+    assert!(matches!(
+        store.write(vec![reseal(old.id, old.id)]).await,
+        Err(StoreError::StaleKey)
+    ));
+    store.write(vec![reseal(old.id, new.id)]).await.unwrap();
+    let v = store
+        .resource_version("Patient", "a", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.dek_id, v.body.as_slice()), (new.id, &b"new-1"[..]));
+    assert_eq!(store.unused_retiring_keys(10).await.unwrap(), vec![old.id]);
+    store
+        .write(vec![WriteOp::DropRetiredDataKey { id: old.id }])
+        .await
+        .unwrap();
+    assert!(store.data_key_by_id(old.id).await.unwrap().is_none());
+    assert_eq!(
+        store.data_rotation_progress().await.unwrap(),
+        DataRotationProgress::default()
+    );
+    // A version sealed under a key that is gone is refused.
+    let mut v3 = row("a", 3, b"x");
+    v3.dek_id = old.id;
+    assert!(matches!(
+        store
+            .write(vec![WriteOp::PutResource(NewResourceVersion {
+                row: v3,
+                expected_current: Some(2),
+            })])
+            .await,
+        Err(StoreError::StaleKey)
+    ));
+}
+
+pub(crate) async fn shred_removes_every_generation_and_the_wrap_floor_refuses_old_kek_versions(
+    store: &dyn Store,
+    _other: &dyn Store,
+) {
+    store.write(vec![data_key("Patient/a")]).await.unwrap();
+    let old = store
+        .data_key_by_compartment("Patient/a")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut v1 = row("a", 1, b"x");
+    v1.dek_id = old.id;
+    store
+        .write(vec![
+            WriteOp::PutResource(NewResourceVersion {
+                row: v1,
+                expected_current: None,
+            }),
+            WriteOp::MarkDataKeysForRotation {
+                compartment_prefix: "Patient/".into(),
+            },
+            WriteOp::RotateDataKey {
+                old_id: old.id,
+                compartment: "Patient/a".into(),
+                wrapped: b"w2".to_vec(),
+                kek_version: 1,
+                created_at: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    let new = store
+        .data_key_by_compartment("Patient/a")
+        .await
+        .unwrap()
+        .unwrap();
+    // The shred names the newest key; the old generation and its versions go too.
+    store
+        .write(vec![WriteOp::ShredCompartment {
+            compartment: "Patient/a".into(),
+            data_key_id: new.id,
+        }])
+        .await
+        .unwrap();
+    assert!(store.data_key_by_id(old.id).await.unwrap().is_none());
+    assert!(
+        store
+            .resource_version("Patient", "a", 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert_eq!(
+        store
+            .meta(crate::META_KEK_WRAP_FLOOR)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1")
+    );
+    store
+        .write(vec![WriteOp::SetMeta {
+            key: crate::META_KEK_WRAP_FLOOR.into(),
+            value: "2".into(),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.write(vec![data_key("Patient/b")]).await,
+        Err(StoreError::StaleKey)
+    ));
+    store
+        .write(vec![WriteOp::InsertDataKeyIfAbsent {
+            compartment: "Patient/b".into(),
+            wrapped: b"w".to_vec(),
+            kek_version: 2,
+            created_at: 0,
+        }])
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn rewrap_is_conditional_and_shred_removes_only_its_compartment(
+    store: &dyn Store,
+    _other: &dyn Store,
+) {
+    store
+        .write(vec![data_key("Patient/a"), data_key("Patient/b")])
+        .await
+        .unwrap();
+    let a = store
+        .data_key_by_compartment("Patient/a")
+        .await
+        .unwrap()
+        .unwrap();
+    let b = store
+        .data_key_by_compartment("Patient/b")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ra = row("a", 1, b"x");
+    ra.dek_id = a.id;
+    let mut rb = row("b", 1, b"y");
+    rb.dek_id = b.id;
+    for r in [ra, rb] {
+        let id = r.id.clone();
+        store
+            .write(vec![
+                WriteOp::PutResource(NewResourceVersion {
+                    row: r,
+                    expected_current: None,
+                }),
+                WriteOp::ReplaceSearchIndex {
+                    rtype: "Patient".into(),
+                    id,
+                    tokens: vec![("name".into(), b"t".to_vec())],
+                },
+            ])
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.data_key_counts().await.unwrap(), vec![(1, 2)]);
+    let rewrap = |from| WriteOp::RewrapDataKey {
+        id: a.id,
+        from_kek_version: from,
+        wrapped: b"w2".to_vec(),
+        kek_version: 2,
+    };
+    store.write(vec![rewrap(1)]).await.unwrap();
+    // A stale re-wrap (the row moved on) changes nothing.
+    store.write(vec![rewrap(1)]).await.unwrap();
+    assert_eq!(store.data_key_counts().await.unwrap(), vec![(1, 1), (2, 1)]);
+    let left = store.data_keys_not_under(2, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].compartment, "Patient/b");
+
+    let shred = || WriteOp::ShredCompartment {
+        compartment: "Patient/a".into(),
+        data_key_id: a.id,
+    };
+    store.write(vec![shred()]).await.unwrap();
+    store.write(vec![shred()]).await.unwrap();
+    assert!(
+        store
+            .data_key_by_compartment("Patient/a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .resource_current("Patient", "a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .resource_version("Patient", "a", 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .resource_current("Patient", "b")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let hits = store
+        .search_index(
+            "Patient",
+            vec![IndexClause {
+                param: "name".into(),
+                tokens: vec![b"t".to_vec()],
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits, vec!["b".to_owned()]);
+}

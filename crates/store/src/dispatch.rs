@@ -1,0 +1,75 @@
+//! Which domain of a backend applies each [`WriteOp`]: one classification for both backends,
+//! whose `write.rs` dispatchers then only name their domain functions.
+
+use crate::WriteOp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Domain {
+    /// `SetMeta`.
+    Meta,
+    /// Resource versions (`resources.rs`).
+    Resources,
+    /// The blind search index (`index.rs`).
+    Index,
+    /// Data keys: insertion, re-wrapping, rotation, re-sealing (`keys.rs`).
+    Keys,
+    /// Crypto-shredding and its approvals (`keys.rs`).
+    Shred,
+    /// Principals and credentials (`identity.rs`).
+    Accounts,
+    /// Enrollments, sessions and API keys (`identity.rs`).
+    Access,
+    /// Audit events and checkpoints (`audit.rs`).
+    Audit,
+    /// Compartment organizations, policies, break-glass grants (`policy.rs`).
+    Policy,
+}
+
+impl WriteOp {
+    pub(crate) fn domain(&self) -> Domain {
+        match self {
+            WriteOp::SetMeta { .. } => Domain::Meta,
+            WriteOp::PutResource(_) => Domain::Resources,
+            WriteOp::ReplaceSearchIndex { .. } => Domain::Index,
+            WriteOp::InsertDataKeyIfAbsent { .. }
+            | WriteOp::MarkDataKeysForRotation { .. }
+            | WriteOp::RotateDataKey { .. }
+            | WriteOp::ResealResourceVersion { .. }
+            | WriteOp::DropRetiredDataKey { .. }
+            | WriteOp::RewrapDataKey { .. } => Domain::Keys,
+            WriteOp::ShredCompartment { .. }
+            | WriteOp::InsertShredApproval(_)
+            | WriteOp::ConsumeShredApproval { .. } => Domain::Shred,
+            WriteOp::InsertPrincipal(_)
+            | WriteOp::UpdatePrincipal { .. }
+            | WriteOp::RecordLoginFailure { .. }
+            | WriteOp::SetCredential(_)
+            | WriteOp::DeleteCredential { .. }
+            | WriteOp::AdvanceTotpStep { .. }
+            | WriteOp::ConsumeRecoveryCode { .. } => Domain::Accounts,
+            WriteOp::InsertEnrollment(_)
+            | WriteOp::SetEnrollmentPendingTotp { .. }
+            | WriteOp::DeleteEnrollments { .. }
+            | WriteOp::InsertSession(_)
+            | WriteOp::TouchSession { .. }
+            | WriteOp::RevokeSession { .. }
+            | WriteOp::RevokeSessions { .. }
+            | WriteOp::InsertApiKey(_)
+            | WriteOp::RevokeApiKey { .. } => Domain::Access,
+            WriteOp::AppendAudit(_) | WriteOp::InsertCheckpoint(_) => Domain::Audit,
+            WriteOp::SetCompartmentOrganization { .. }
+            | WriteOp::PutPolicy { .. }
+            | WriteOp::DeletePolicy { .. }
+            | WriteOp::InsertBreakGlass(_) => Domain::Policy,
+        }
+    }
+}
+
+/// A write operation handed to a domain that does not apply it: a bug in a backend's dispatch.
+/// Names the operation by its variant's position only (its fields may hold sealed data).
+pub(crate) fn misrouted(op: &WriteOp) -> crate::StoreError {
+    crate::StoreError::Backend(format!(
+        "write operation {:?} routed to the wrong domain",
+        std::mem::discriminant(op)
+    ))
+}

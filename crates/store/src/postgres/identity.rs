@@ -1,0 +1,369 @@
+//! Principals, credentials, enrollments, sessions and API keys.
+
+use deadpool_postgres::Transaction;
+
+use super::{PostgresStore, TxError, api_key_row, exec, principal_row};
+use crate::rows::{API_KEY_COLUMNS, PRINCIPAL_COLUMNS, split_list};
+use crate::{
+    ApiKeyRow, CredentialRow, EnrollmentRow, PrincipalRow, SessionRow, StoreError, WriteOp,
+};
+
+/// The principal and credential operations of [`super::write::apply`].
+pub(super) async fn apply_account_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
+    match op {
+        WriteOp::InsertPrincipal(p) => {
+            exec(
+                tx,
+                "INSERT INTO principal (id, username, roles, organization, disabled, locked, failed_logins, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &p.id,
+                    &p.username,
+                    &p.roles.join(","),
+                    &p.organization,
+                    &p.disabled,
+                    &p.locked,
+                    &i64::from(p.failed_logins),
+                    &p.created_at,
+                ],
+            )
+            .await?;
+        }
+        WriteOp::UpdatePrincipal {
+            principal_id,
+            disabled,
+            locked,
+            failed_logins,
+        } => {
+            exec(
+                tx,
+                "UPDATE principal SET disabled = COALESCE($2, disabled), locked = COALESCE($3, locked),
+                 failed_logins = COALESCE($4, failed_logins) WHERE id = $1",
+                &[
+                    principal_id,
+                    disabled,
+                    locked,
+                    &failed_logins.map(i64::from),
+                ],
+            )
+            .await?;
+        }
+        WriteOp::RecordLoginFailure {
+            principal_id,
+            lock_after,
+        } => {
+            exec(
+                tx,
+                "UPDATE principal SET failed_logins = failed_logins + 1,
+                 locked = CASE WHEN failed_logins + 1 >= $2 THEN TRUE ELSE locked END WHERE id = $1",
+                &[principal_id, &i64::from(*lock_after)],
+            )
+            .await?;
+        }
+        WriteOp::SetCredential(c) => {
+            exec(
+                tx,
+                "INSERT INTO credential (principal_id, password_hash, totp_secret, totp_last_step, recovery_codes)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (principal_id) DO UPDATE SET password_hash = excluded.password_hash,
+                   totp_secret = excluded.totp_secret, totp_last_step = excluded.totp_last_step,
+                   recovery_codes = excluded.recovery_codes",
+                &[
+                    &c.principal_id,
+                    &c.password_hash,
+                    &c.totp_secret_sealed,
+                    &c.totp_last_step,
+                    &c.recovery_code_hashes.join(","),
+                ],
+            )
+            .await?;
+        }
+        WriteOp::DeleteCredential { principal_id } => {
+            exec(
+                tx,
+                "DELETE FROM credential WHERE principal_id = $1",
+                &[principal_id],
+            )
+            .await?;
+        }
+        WriteOp::AdvanceTotpStep { principal_id, step } => {
+            let n = exec(
+                tx,
+                "UPDATE credential SET totp_last_step = $2 WHERE principal_id = $1 AND totp_last_step < $2",
+                &[principal_id, step],
+            )
+            .await?;
+            if n != 1 {
+                return Err(StoreError::Conflict.into());
+            }
+        }
+        WriteOp::ConsumeRecoveryCode {
+            principal_id,
+            code_hash,
+        } => {
+            let stmt = tx
+                .prepare_cached("SELECT recovery_codes FROM credential WHERE principal_id = $1")
+                .await?;
+            let codes: String = tx
+                .query_opt(&stmt, &[principal_id])
+                .await?
+                .map(|r| r.get(0))
+                .ok_or(StoreError::Conflict)?;
+            let mut list = split_list(&codes);
+            let before = list.len();
+            list.retain(|c| *c != code_hash.as_str());
+            if list.len() == before {
+                return Err(StoreError::Conflict.into());
+            }
+            // Conditional on the list read: a concurrent use of the same code on another node
+            // changes it first, and this one then touches no row.
+            let n = exec(
+                tx,
+                "UPDATE credential SET recovery_codes = $2 WHERE principal_id = $1 AND recovery_codes = $3",
+                &[principal_id, &list.join(","), &codes],
+            )
+            .await?;
+            if n != 1 {
+                return Err(StoreError::Conflict.into());
+            }
+        }
+        other => return Err(crate::dispatch::misrouted(other).into()),
+    }
+    Ok(())
+}
+
+/// The enrollment, session and API-key operations of [`super::write::apply`].
+pub(super) async fn apply_access_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
+    match op {
+        WriteOp::InsertEnrollment(e) => {
+            exec(
+                tx,
+                "INSERT INTO enrollment (token_hash, principal_id, expires_at, pending_totp) VALUES ($1, $2, $3, $4)",
+                &[
+                    &e.token_hash,
+                    &e.principal_id,
+                    &e.expires_at,
+                    &e.pending_totp_sealed,
+                ],
+            )
+            .await?;
+        }
+        WriteOp::SetEnrollmentPendingTotp { token_hash, sealed } => {
+            let n = exec(
+                tx,
+                "UPDATE enrollment SET pending_totp = $2 WHERE token_hash = $1",
+                &[token_hash, sealed],
+            )
+            .await?;
+            if n != 1 {
+                return Err(StoreError::Conflict.into());
+            }
+        }
+        WriteOp::DeleteEnrollments { principal_id } => {
+            exec(
+                tx,
+                "DELETE FROM enrollment WHERE principal_id = $1",
+                &[principal_id],
+            )
+            .await?;
+        }
+        WriteOp::InsertSession(s) => {
+            exec(
+                tx,
+                "INSERT INTO session (token_hash, principal_id, created_at, last_seen, revoked) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &s.token_hash,
+                    &s.principal_id,
+                    &s.created_at,
+                    &s.last_seen,
+                    &s.revoked,
+                ],
+            )
+            .await?;
+        }
+        WriteOp::TouchSession {
+            token_hash,
+            last_seen,
+        } => {
+            exec(
+                tx,
+                "UPDATE session SET last_seen = GREATEST(last_seen, $2) WHERE token_hash = $1",
+                &[token_hash, last_seen],
+            )
+            .await?;
+        }
+        WriteOp::RevokeSession { token_hash } => {
+            exec(
+                tx,
+                "UPDATE session SET revoked = TRUE WHERE token_hash = $1",
+                &[token_hash],
+            )
+            .await?;
+        }
+        WriteOp::RevokeSessions { principal_id } => {
+            exec(
+                tx,
+                "UPDATE session SET revoked = TRUE WHERE principal_id = $1",
+                &[principal_id],
+            )
+            .await?;
+        }
+        WriteOp::InsertApiKey(k) => {
+            exec(
+                tx,
+                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &k.name,
+                    &k.key_hash,
+                    &k.owner_id,
+                    &k.scopes.join(" "),
+                    &k.allowed_cidrs.join(" "),
+                    &k.expires_at,
+                    &k.revoked,
+                    &k.created_at,
+                ],
+            )
+            .await?;
+        }
+        WriteOp::RevokeApiKey { name } => {
+            if exec(
+                tx,
+                "UPDATE api_key SET revoked = TRUE WHERE name = $1",
+                &[name],
+            )
+            .await?
+                != 1
+            {
+                return Err(StoreError::Conflict.into());
+            }
+        }
+        other => return Err(crate::dispatch::misrouted(other).into()),
+    }
+    Ok(())
+}
+
+impl PostgresStore {
+    pub(super) async fn principal_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<PrincipalRow>, StoreError> {
+        Ok(self
+            .query_opt(
+                &format!("SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE username = $1"),
+                &[&username],
+            )
+            .await?
+            .map(|r| principal_row(&r)))
+    }
+
+    pub(super) async fn principal_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<PrincipalRow>, StoreError> {
+        Ok(self
+            .query_opt(
+                &format!("SELECT {PRINCIPAL_COLUMNS} FROM principal WHERE id = $1"),
+                &[&id],
+            )
+            .await?
+            .map(|r| principal_row(&r)))
+    }
+
+    pub(super) async fn principals(&self) -> Result<Vec<PrincipalRow>, StoreError> {
+        Ok(self
+            .query(
+                &format!("SELECT {PRINCIPAL_COLUMNS} FROM principal ORDER BY username"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(principal_row)
+            .collect())
+    }
+
+    pub(super) async fn credential(
+        &self,
+        principal_id: &str,
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT principal_id, password_hash, totp_secret, totp_last_step, recovery_codes
+                 FROM credential WHERE principal_id = $1",
+                &[&principal_id],
+            )
+            .await?
+            .map(|r| {
+                let codes: String = r.get(4);
+                CredentialRow {
+                    principal_id: r.get(0),
+                    password_hash: r.get(1),
+                    totp_secret_sealed: r.get(2),
+                    totp_last_step: r.get(3),
+                    recovery_code_hashes: split_list(&codes)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                }
+            }))
+    }
+
+    pub(super) async fn enrollment(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<EnrollmentRow>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT token_hash, principal_id, expires_at, pending_totp FROM enrollment WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?
+            .map(|r| EnrollmentRow {
+                token_hash: r.get(0),
+                principal_id: r.get(1),
+                expires_at: r.get(2),
+                pending_totp_sealed: r.get(3),
+            }))
+    }
+
+    pub(super) async fn session(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT token_hash, principal_id, created_at, last_seen, revoked FROM session WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?
+            .map(|r| SessionRow {
+                token_hash: r.get(0),
+                principal_id: r.get(1),
+                created_at: r.get(2),
+                last_seen: r.get(3),
+                revoked: r.get(4),
+            }))
+    }
+
+    pub(super) async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<ApiKeyRow>, StoreError> {
+        Ok(self
+            .query_opt(
+                &format!("SELECT {API_KEY_COLUMNS} FROM api_key WHERE key_hash = $1"),
+                &[&key_hash],
+            )
+            .await?
+            .map(|r| api_key_row(&r)))
+    }
+
+    pub(super) async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        Ok(self
+            .query(
+                &format!("SELECT {API_KEY_COLUMNS} FROM api_key ORDER BY name"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(api_key_row)
+            .collect())
+    }
+}
