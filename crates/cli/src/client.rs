@@ -173,6 +173,21 @@ impl Client {
     }
 }
 
+/// A string field of a server's answer; empty if it is missing or not a string.
+pub(crate) fn str_field<'a>(answer: &'a Value, key: &str) -> &'a str {
+    answer[key].as_str().unwrap_or_default()
+}
+
+/// The strings in an array field of a server's answer (roles, scopes); anything else is skipped.
+pub(crate) fn str_items<'a>(answer: &'a Value, key: &str) -> Vec<&'a str> {
+    answer[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// How an API command reaches the server: the saved session (`carevault login`), or an API key.
 #[derive(Args)]
 pub(crate) struct ConnectArgs {

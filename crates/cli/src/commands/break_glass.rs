@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, str_field};
 
 pub(crate) fn run(reason: String, patient: Option<String>) -> Result<()> {
     let client = Client::from_session()?;
@@ -14,7 +14,7 @@ pub(crate) fn run(reason: String, patient: Option<String>) -> Result<()> {
     )?;
     println!(
         "break-glass access granted until {}; every use is audited and raises a security alert",
-        granted["expires_at"].as_str().unwrap_or_default()
+        str_field(&granted, "expires_at")
     );
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, str_field, str_items};
 
 #[derive(Subcommand)]
 pub(crate) enum KeyCommand {
@@ -79,30 +79,21 @@ pub(crate) fn run(command: KeyCommand) -> Result<()> {
                 base(service),
                 Some(&json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days, "allowed_cidrs": cidrs})),
             )?;
-            println!(
-                "api key {}: {}",
-                name,
-                created["key"].as_str().unwrap_or_default()
-            );
+            println!("api key {}: {}", name, str_field(&created, "key"));
             println!(
                 "(shown once; expires {})",
-                created["expires_at"].as_str().unwrap_or_default()
+                str_field(&created, "expires_at")
             );
         }
         KeyCommand::List { service } => {
             let listed = client.expect("GET", base(service), None)?;
             for k in listed["api_keys"].as_array().into_iter().flatten() {
-                let scopes: Vec<&str> = k["scopes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str())
-                    .collect();
+                let scopes = str_items(k, "scopes");
                 println!(
                     "{:<24} {:<8} expires {} scopes {}",
-                    k["name"].as_str().unwrap_or_default(),
-                    k["state"].as_str().unwrap_or_default(),
-                    k["expires_at"].as_str().unwrap_or_default(),
+                    str_field(k, "name"),
+                    str_field(k, "state"),
+                    str_field(k, "expires_at"),
                     scopes.join(" ")
                 );
             }
@@ -162,7 +153,7 @@ fn kek_version_arg(text: &str) -> Result<u32> {
 fn print_key_status(status: &serde_json::Value) {
     println!(
         "provider {}; active v{}; minimum decryption version v{}",
-        status["provider"].as_str().unwrap_or_default(),
+        str_field(status, "provider"),
         status["active_version"],
         status["min_decrypt_version"]
     );
@@ -174,8 +165,8 @@ fn print_key_status(status: &serde_json::Value) {
         println!(
             "{:<8} {:<13} {:<28} {}",
             format!("v{}", v["version"]),
-            v["state"].as_str().unwrap_or_default(),
-            v["created_at"].as_str().unwrap_or_default(),
+            str_field(v, "state"),
+            str_field(v, "created_at"),
             v["data_keys"]
         );
     }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, str_field};
 
 #[derive(Subcommand)]
 pub(crate) enum PatientCommand {
@@ -36,12 +36,12 @@ pub(crate) fn run(command: PatientCommand) -> Result<()> {
             )?;
             println!(
                 "approval token for shredding {}: {}",
-                approved["patient"].as_str().unwrap_or_default(),
-                approved["approval_token"].as_str().unwrap_or_default()
+                str_field(&approved, "patient"),
+                str_field(&approved, "approval_token")
             );
             println!(
                 "(one use, by another admin; expires {})",
-                approved["expires_at"].as_str().unwrap_or_default()
+                str_field(&approved, "expires_at")
             );
         }
         PatientCommand::Shred {
@@ -56,7 +56,7 @@ pub(crate) fn run(command: PatientCommand) -> Result<()> {
             )?;
             println!(
                 "{} shredded: its data key is destroyed and its resources are gone",
-                done["patient"].as_str().unwrap_or_default()
+                str_field(&done, "patient")
             );
         }
     }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, str_field};
 
 #[derive(Subcommand)]
 pub(crate) enum PolicyCommand {
@@ -60,7 +60,7 @@ pub(crate) fn run(command: PolicyCommand) -> Result<()> {
                 return Ok(());
             }
             for issue in body["issue"].as_array().into_iter().flatten() {
-                eprintln!("{}", issue["diagnostics"].as_str().unwrap_or_default());
+                eprintln!("{}", str_field(issue, "diagnostics"));
             }
             bail!("the server refused the policy ({status}); nothing changed")
         }
@@ -71,10 +71,10 @@ pub(crate) fn run(command: PolicyCommand) -> Result<()> {
             for p in listed["policies"].as_array().into_iter().flatten() {
                 println!(
                     "--- {} (updated {})",
-                    p["name"].as_str().unwrap_or_default(),
-                    p["updated_at"].as_str().unwrap_or_default()
+                    str_field(p, "name"),
+                    str_field(p, "updated_at")
                 );
-                println!("{}", p["policy"].as_str().unwrap_or_default());
+                println!("{}", str_field(p, "policy"));
             }
             Ok(())
         }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::client::{self, Client, SavedSession};
+use crate::client::{self, Client, SavedSession, str_field};
 
 pub(crate) fn login(
     server: &str,
@@ -53,8 +53,8 @@ pub(crate) fn enroll(server: &str, ca_cert: Option<&Path>, token: &str) -> Resul
     let uri = started["otpauth_uri"]
         .as_str()
         .context("no otpauth_uri in the answer")?;
-    let secret = started["totp_secret"].as_str().unwrap_or_default();
-    let username = started["username"].as_str().unwrap_or_default();
+    let secret = str_field(&started, "totp_secret");
+    let username = str_field(&started, "username");
     if std::io::stdout().is_terminal()
         && let Ok(code) = qrcode::QrCode::new(uri.as_bytes())
     {

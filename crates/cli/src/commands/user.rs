@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, str_field, str_items};
 
 #[derive(Subcommand)]
 pub(crate) enum UserCommand {
@@ -46,19 +46,13 @@ pub(crate) fn run(command: UserCommand) -> Result<()> {
                 "/admin/users",
                 Some(&json!({"username": username, "roles": roles, "organization": organization})),
             )?;
-            println!(
-                "created {}",
-                created["username"].as_str().unwrap_or_default()
-            );
+            println!("created {}", str_field(&created, "username"));
             println!(
                 "enrollment token for {}: {}",
-                created["username"].as_str().unwrap_or_default(),
-                created["enrollment_token"].as_str().unwrap_or_default()
+                str_field(&created, "username"),
+                str_field(&created, "enrollment_token")
             );
-            println!(
-                "(expires {})",
-                created["expires_at"].as_str().unwrap_or_default()
-            );
+            println!("(expires {})", str_field(&created, "expires_at"));
         }
         UserCommand::List => {
             let listed = client.expect("GET", "/admin/users", None)?;
@@ -67,12 +61,7 @@ pub(crate) fn run(command: UserCommand) -> Result<()> {
                 "USERNAME", "ROLES", "ORGANIZATION", "ENROLLED"
             );
             for u in listed["users"].as_array().into_iter().flatten() {
-                let roles: Vec<&str> = u["roles"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r.as_str())
-                    .collect();
+                let roles = str_items(u, "roles");
                 let state = if u["disabled"].as_bool() == Some(true) {
                     "disabled"
                 } else if u["locked"].as_bool() == Some(true) {
@@ -82,7 +71,7 @@ pub(crate) fn run(command: UserCommand) -> Result<()> {
                 };
                 println!(
                     "{:<24} {:<24} {:<16} {:<8} {state}",
-                    u["username"].as_str().unwrap_or_default(),
+                    str_field(u, "username"),
                     roles.join(","),
                     u["organization"].as_str().unwrap_or("-"),
                     if u["enrolled"].as_bool() == Some(true) {
@@ -110,7 +99,7 @@ pub(crate) fn run(command: UserCommand) -> Result<()> {
             println!("reset {username}: credentials and sessions revoked");
             println!(
                 "enrollment token for {username}: {}",
-                reset["enrollment_token"].as_str().unwrap_or_default()
+                str_field(&reset, "enrollment_token")
             );
         }
     }
