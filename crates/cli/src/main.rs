@@ -6,15 +6,6 @@ mod client;
 mod commands;
 mod local;
 
-/// mimalloc instead of the system allocator: glibc's malloc/free and their arena locks were
-/// 15-25% of the server's CPU under load (perf), from the JSON values and buffers each request
-/// builds and drops. Its `override` feature makes it `malloc` for the C code too (SQLite's page
-/// caches and row buffers, churned by a dozen connections on different threads): under glibc those
-/// left the server's resident size creeping up under a sustained mixed load (262 -> 293 MiB over
-/// six 12-second runs, still rising; 253 -> 259 MiB and flat with the override).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -26,6 +17,15 @@ use commands::{
     user, version,
 };
 use local::{ServerArgs, runtime};
+
+/// mimalloc instead of the system allocator: glibc's malloc/free and their arena locks were
+/// 15-25% of the server's CPU under load (perf), from the JSON values and buffers each request
+/// builds and drops. Its `override` feature makes it `malloc` for the C code too (SQLite's page
+/// caches and row buffers, churned by a dozen connections on different threads): under glibc those
+/// left the server's resident size creeping up under a sustained mixed load (262 -> 293 MiB over
+/// six 12-second runs, still rising; 253 -> 259 MiB and flat with the override).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
