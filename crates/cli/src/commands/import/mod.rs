@@ -30,32 +30,13 @@ use anyhow::{Result, bail};
 use crate::client::Client;
 use journal::Journal;
 use progress::Progress;
-use send::send;
-use source::{Source, discover, produce};
+use send::{Done, send};
+use source::{Source, Unit, discover, produce};
 
 pub(crate) struct Options {
     pub batch: usize,
     pub concurrency: usize,
     pub restart: bool,
-}
-
-/// One request's worth of work.
-struct Unit {
-    source: usize,
-    index: usize,
-    body: Vec<u8>,
-    /// For NDJSON: the line number of each entry in the Bundle; for a Bundle file: empty.
-    lines: Vec<usize>,
-    /// Entries refused before sending (not JSON, no resourceType): (line, reason).
-    local_rejections: Vec<(usize, String)>,
-}
-
-struct Done {
-    source: usize,
-    index: usize,
-    imported: usize,
-    rejections: Vec<(String, String)>,
-    fatal: Option<String>,
 }
 
 pub(crate) fn run(client: Client, path: &Path, options: &Options) -> Result<()> {

@@ -4,11 +4,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::source::{Source, SourceKind};
-use super::{Done, Unit};
+use super::source::{Source, SourceKind, Unit};
 use crate::client::Client;
 
 const ATTEMPTS: u32 = 5;
+
+/// What sending one unit came to.
+pub(super) struct Done {
+    pub(super) source: usize,
+    pub(super) index: usize,
+    pub(super) imported: usize,
+    pub(super) rejections: Vec<(String, String)>,
+    pub(super) fatal: Option<String>,
+}
 
 /// Send one unit, retrying while the server is unreachable or overloaded.
 pub(super) fn send(client: &Client, sources: &[Source], unit: Unit) -> Done {

@@ -12,8 +12,6 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Unit;
-
 /// Types loaded before everything else (compartment owners and what they refer to).
 const FIRST: &[&str] = &[
     "Organization",
@@ -36,6 +34,17 @@ pub(super) struct Source {
 pub(super) enum SourceKind {
     Ndjson,
     Bundle,
+}
+
+/// One request's worth of work.
+pub(super) struct Unit {
+    pub(super) source: usize,
+    pub(super) index: usize,
+    pub(super) body: Vec<u8>,
+    /// For NDJSON: the line number of each entry in the Bundle; for a Bundle file: empty.
+    pub(super) lines: Vec<usize>,
+    /// Entries refused before sending (not JSON, no resourceType): (line, reason).
+    pub(super) local_rejections: Vec<(usize, String)>,
 }
 
 #[derive(Deserialize)]
