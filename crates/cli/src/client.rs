@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ureq::tls::{RootCerts, TlsConfig};
@@ -169,6 +170,44 @@ impl Client {
             .unwrap_or("no details")
             .to_owned();
         bail!("the server answered {status}: {diagnostics}")
+    }
+}
+
+/// A string field of a server's answer; empty if it is missing or not a string.
+pub(crate) fn str_field<'a>(answer: &'a Value, key: &str) -> &'a str {
+    answer[key].as_str().unwrap_or_default()
+}
+
+/// The strings in an array field of a server's answer (roles, scopes); anything else is skipped.
+pub(crate) fn str_items<'a>(answer: &'a Value, key: &str) -> Vec<&'a str> {
+    answer[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// How an API command reaches the server: the saved session (`carevault login`), or an API key.
+#[derive(Args)]
+pub(crate) struct ConnectArgs {
+    /// Authenticate with the API key in this file instead of the saved session.
+    #[arg(long, env = "CAREVAULT_API_KEY_FILE", requires = "server")]
+    api_key_file: Option<PathBuf>,
+    /// The server, with --api-key-file (e.g. https://127.0.0.1:8443).
+    #[arg(long)]
+    server: Option<String>,
+    /// The server's certificate (or its CA), with --api-key-file.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    pub(crate) fn client(&self) -> Result<Client> {
+        match (&self.api_key_file, &self.server) {
+            (Some(key), Some(server)) => Client::with_api_key(server, self.ca_cert.as_deref(), key),
+            _ => Client::from_session(),
+        }
     }
 }
 

@@ -2,16 +2,34 @@
 //! resumably, then check that every table's rows arrived and that the audit trail verifies.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use carevault_audit::parse_public_key;
 use carevault_store::{PostgresOptions, PostgresStore, copy_sqlite_to_postgres, redact_url};
+use clap::Subcommand;
 
-use crate::audit_cmd::{TrailSource, read_trail};
-use crate::{MigrateCommand, runtime};
+use crate::commands::audit::{TrailSource, read_trail};
+use crate::local::runtime;
 
-pub fn run(command: MigrateCommand) -> Result<()> {
+#[derive(Subcommand)]
+pub(crate) enum MigrateCommand {
+    /// Copy a SQLite database (stop the server first) into PostgreSQL, with progress; run it
+    /// again to resume an interrupted copy. Verifies row counts and the audit trail after.
+    SqliteToPostgres {
+        /// The SQLite database (DATA_DIR/carevault.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL; its password from CAREVAULT_DATABASE_PASSWORD if not inside.
+        #[arg(long)]
+        to: String,
+        /// The audit public key (hex), as printed by `init` and `carevault audit public-key`.
+        #[arg(long)]
+        public_key: String,
+    },
+}
+
+pub(crate) fn run(command: MigrateCommand) -> Result<()> {
     match command {
         MigrateCommand::SqliteToPostgres {
             from,

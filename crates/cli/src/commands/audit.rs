@@ -12,13 +12,72 @@ use carevault_server::audit::Audit;
 use carevault_server::config::Database;
 use carevault_server::{SharedClock, SystemClock, environment};
 use carevault_store::{PostgresOptions, PostgresStore, SqliteStore, Store};
+use clap::Subcommand;
 
 use crate::client::Client;
-use crate::{AuditCommand, ServerArgs, load_config, load_config_for_keys, runtime};
+use crate::local::{ServerArgs, load_config, load_config_for_keys, runtime};
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the trail offline: hash chains, sequence, and signed checkpoints. Exit code 0
+    /// only if everything holds.
+    Verify {
+        /// A database to read: a SQLite file or a postgres:// URL (default: the configured
+        /// database). Every node's chain is checked.
+        #[arg(long, conflicts_with = "export")]
+        db: Option<PathBuf>,
+        /// A JSON Lines export (`carevault audit export`) to read instead of a database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// The audit public key (hex), as printed by `init` and `carevault audit public-key`.
+        #[arg(long)]
+        public_key: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Write the trail as JSON Lines (events and checkpoints), to standard output by default.
+    Export {
+        /// Only events at or after this instant (the result no longer verifies alone).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this instant (the result no longer verifies alone).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print the key that verifies this environment's checkpoints (the last word of the output).
+    PublicKey(ServerArgs),
+    /// The keyed digest under which the trail records VALUE (search values, attempted usernames).
+    Hash {
+        value: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Search the trail through the API (auditor; uses the saved session).
+    Search {
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        count: u32,
+    },
+}
 
 const PAGE: u32 = 10_000;
 
-pub fn run(command: AuditCommand) -> Result<()> {
+pub(crate) fn run(command: AuditCommand) -> Result<()> {
     match command {
         AuditCommand::Verify {
             db,

@@ -1,0 +1,266 @@
+//! `carevault key ...`: API keys, and the keyring's key-encryption keys and data-key rotation.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::{Client, str_field, str_items};
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a key; prints it once.
+    Create {
+        name: String,
+        /// SMART v2 scopes, e.g. system/Observation.rs (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: i64,
+        /// Accept the key only from these networks (repeatable), e.g. 10.0.0.0/8.
+        #[arg(long = "allow-cidr")]
+        allowed_cidrs: Vec<String>,
+        /// A service key (admin) instead of a key of your own.
+        #[arg(long)]
+        service: bool,
+    },
+    List {
+        #[arg(long)]
+        service: bool,
+    },
+    Revoke {
+        name: String,
+        #[arg(long)]
+        service: bool,
+    },
+    /// Key-encryption key versions: state, creation time, data keys each still wraps, re-wrap
+    /// progress.
+    Status,
+    /// Add a KEK version (used by every new wrap at once); data keys are re-wrapped in the
+    /// background. With --wait, show progress until the re-wrap is done.
+    Rotate {
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Give every patient compartment a new data key: resource versions are re-sealed under
+    /// the new keys in the background and the old keys dropped once nothing uses them. With
+    /// --wait, show progress until it is done.
+    RotateData {
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Refuse decryption under KEK versions older than VERSION (once none is in use).
+    MinVersion { version: String },
+    /// Destroy a KEK version for good; refused while anything depends on it.
+    Destroy { version: String },
+}
+
+pub(crate) fn run(command: KeyCommand) -> Result<()> {
+    let client = Client::from_session()?;
+    let base = |service: bool| {
+        if service {
+            "/admin/api-keys"
+        } else {
+            "/auth/api-keys"
+        }
+    };
+    match command {
+        KeyCommand::Create {
+            name,
+            scopes,
+            expires_in_days,
+            allowed_cidrs,
+            service,
+        } => {
+            let cidrs = (!allowed_cidrs.is_empty()).then_some(allowed_cidrs);
+            let created = client.expect(
+                "POST",
+                base(service),
+                Some(&json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days, "allowed_cidrs": cidrs})),
+            )?;
+            println!("api key {}: {}", name, str_field(&created, "key"));
+            println!(
+                "(shown once; expires {})",
+                str_field(&created, "expires_at")
+            );
+        }
+        KeyCommand::List { service } => {
+            let listed = client.expect("GET", base(service), None)?;
+            for k in listed["api_keys"].as_array().into_iter().flatten() {
+                let scopes = str_items(k, "scopes");
+                println!(
+                    "{:<24} {:<8} expires {} scopes {}",
+                    str_field(k, "name"),
+                    str_field(k, "state"),
+                    str_field(k, "expires_at"),
+                    scopes.join(" ")
+                );
+            }
+        }
+        KeyCommand::Revoke { name, service } => {
+            client.expect("DELETE", &format!("{}/{name}", base(service)), None)?;
+            println!("api key {name} revoked");
+        }
+        KeyCommand::Status => print_key_status(&client.expect("GET", "/admin/keys", None)?),
+        KeyCommand::Rotate { wait } => {
+            let rotated = client.expect("POST", "/admin/keys/rotate", None)?;
+            println!(
+                "key-encryption key v{} is active; {} data keys to re-wrap in the background",
+                rotated["active_version"], rotated["rewrap_remaining"]
+            );
+            if wait {
+                wait_for_rewrap(&client)?;
+            }
+        }
+        KeyCommand::RotateData { wait } => {
+            let started = client.expect("POST", "/admin/keys/rotate-data", None)?;
+            println!(
+                "{} data keys to rotate; {} resource versions to re-seal in the background",
+                started["data_keys_to_rotate"], started["data_rotation"]["versions_remaining"]
+            );
+            if wait {
+                wait_for_data_rotation(&client)?;
+            }
+        }
+        KeyCommand::MinVersion { version } => {
+            let version = kek_version_arg(&version)?;
+            client.expect(
+                "POST",
+                "/admin/keys/min-version",
+                Some(&json!({"version": version})),
+            )?;
+            println!("minimum decryption version is now v{version}");
+        }
+        KeyCommand::Destroy { version } => {
+            let version = kek_version_arg(&version)?;
+            client.expect("DELETE", &format!("/admin/keys/v{version}"), None)?;
+            println!("key-encryption key v{version} destroyed");
+        }
+    }
+    Ok(())
+}
+
+fn kek_version_arg(text: &str) -> Result<u32> {
+    text.strip_prefix('v')
+        .unwrap_or(text)
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0)
+        .with_context(|| "a key version is written v1, v2, ...".to_owned())
+}
+
+fn print_key_status(status: &serde_json::Value) {
+    println!(
+        "provider {}; active v{}; minimum decryption version v{}",
+        str_field(status, "provider"),
+        status["active_version"],
+        status["min_decrypt_version"]
+    );
+    println!(
+        "{:<8} {:<13} {:<28} DATA KEYS",
+        "VERSION", "STATE", "CREATED"
+    );
+    for v in status["versions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<13} {:<28} {}",
+            format!("v{}", v["version"]),
+            str_field(v, "state"),
+            str_field(v, "created_at"),
+            v["data_keys"]
+        );
+    }
+    let total = status["data_keys_total"].as_u64().unwrap_or(0);
+    let remaining = status["rewrap_remaining"].as_u64().unwrap_or(0);
+    if remaining == 0 {
+        println!("re-wrap: complete ({total} data keys under the active version)");
+    } else {
+        println!(
+            "re-wrap: {} of {total} data keys done, {remaining} remaining",
+            total.saturating_sub(remaining)
+        );
+    }
+    let r = &status["data_rotation"];
+    if r["complete"].as_bool().unwrap_or(true) {
+        println!("data-key rotation: none under way");
+    } else {
+        println!(
+            "data-key rotation: {} compartments waiting for a new key, {} resource versions to re-seal, {} old keys to drop",
+            r["keys_to_rotate"], r["versions_remaining"], r["keys_retiring"]
+        );
+    }
+}
+
+/// Progress of the background re-wrap, on one line on a terminal, until it is complete.
+fn wait_for_rewrap(client: &Client) -> Result<()> {
+    wait_for_job(client, "re-wrap complete", |status, _| {
+        let total = status["data_keys_total"].as_u64().unwrap_or(0);
+        let remaining = status["rewrap_remaining"].as_u64().unwrap_or(0);
+        let done = total.saturating_sub(remaining);
+        (
+            done,
+            total,
+            "data keys re-wrapped".to_owned(),
+            remaining == 0,
+        )
+    })
+}
+
+fn wait_for_data_rotation(client: &Client) -> Result<()> {
+    wait_for_job(client, "data-key rotation complete", |status, total| {
+        let r = &status["data_rotation"];
+        let remaining = r["versions_remaining"].as_u64().unwrap_or(0);
+        let keys =
+            r["keys_to_rotate"].as_u64().unwrap_or(0) + r["keys_retiring"].as_u64().unwrap_or(0);
+        // The job does not report how many versions it started with: the most seen stands in.
+        let total = total.max(remaining);
+        (
+            total.saturating_sub(remaining),
+            total,
+            format!("resource versions re-sealed, {keys} old data keys left"),
+            r["complete"].as_bool().unwrap_or(false),
+        )
+    })
+}
+
+/// Poll `/admin/keys` every half second and draw a bar (one line on a terminal, a line per poll
+/// otherwise) until `progress` says the job is complete. `progress` gets the status and the
+/// previous total, and answers (done, total, what is counted, complete).
+fn wait_for_job(
+    client: &Client,
+    finished: &str,
+    progress: impl Fn(&serde_json::Value, u64) -> (u64, u64, String, bool),
+) -> Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let width = 30usize;
+    let mut total = 0;
+    loop {
+        let status = client.expect("GET", "/admin/keys", None)?;
+        let (done, now_total, what, complete) = progress(&status, total);
+        total = now_total;
+        let filled = if total == 0 {
+            width
+        } else {
+            (done.min(total) as usize * width) / total as usize
+        };
+        let bar = format!(
+            "[{}{}] {done}/{total} {what}",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+        if tty {
+            print!("\r{bar}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("{bar}");
+        }
+        if complete {
+            if tty {
+                println!();
+            }
+            println!("{finished}");
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

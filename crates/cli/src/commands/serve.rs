@@ -1,0 +1,95 @@
+//! `carevault serve` and `carevault init`: the server's process, and setting up an environment.
+//! The only commands that build the HTTP application.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use carevault_http::Application;
+use carevault_server::{Config, SharedClock, SystemClock, environment};
+
+use crate::local::{ServerArgs, load_config_for_keys};
+
+/// What init prints, to the terminal only: never to the log.
+fn print_init_report(report: &environment::InitReport, config: &Config) {
+    println!(
+        "initialized CareVault environment {}",
+        report.environment_id
+    );
+    println!("data directory: {}", config.data_dir.display());
+    if let Some(fp) = &report.tls_fingerprint {
+        println!(
+            "TLS certificate: {} (self-signed)",
+            config.tls_cert.display()
+        );
+        println!("TLS certificate SHA-256 fingerprint: {fp}");
+    }
+    println!("audit public key: {}", report.audit_public_key);
+    println!();
+    println!(
+        "enrollment token for admin: {}",
+        report.admin.enrollment_token
+    );
+    println!(
+        "(shown once; expires {}; `carevault admin recover` issues a new one)",
+        report.admin.expires_at
+    );
+    let scheme = if config.plain_http { "http" } else { "https" };
+    let ca = if config.plain_http {
+        String::new()
+    } else {
+        format!(" --ca-cert {}", config.tls_cert.display())
+    };
+    println!(
+        "enroll with: carevault enroll --server {scheme}://{}{ca} --token <TOKEN>",
+        config.listen
+    );
+    println!();
+}
+
+pub(crate) async fn init(args: ServerArgs) -> Result<()> {
+    let config = load_config_for_keys(&args, true)?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let report = environment::init(&config, clock).await?;
+    print_init_report(&report, &config);
+    Ok(())
+}
+
+pub(crate) async fn serve(args: ServerArgs) -> Result<()> {
+    let config = load_config_for_keys(&args, true)?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    if !environment::is_initialized(&config) {
+        let report = environment::init(&config, clock.clone()).await?;
+        print_init_report(&report, &config);
+    }
+    let app = Application::build(config, clock).await?;
+    println!("environment {}", app.environment_id());
+    if let Some(fp) = app.tls_fingerprint() {
+        println!("TLS certificate SHA-256 fingerprint: {fp}");
+    }
+    println!("listening on {}", app.url());
+    // Logged under the binary's target, as before the commands had modules of their own.
+    tracing::info!(target: "carevault", event = "server_started", address = %app.local_addr(), "CareVault is serving");
+    app.run_until_stopped(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!(target: "carevault", event = "server_stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
