@@ -1,10 +1,9 @@
 //! Candidate keys: the index keys a search value looks up (no false negatives, ever).
 
-use super::date::date_candidates;
 use super::params::{ParamType, is_id};
-use super::query::{Clause, SearchValue, Sv, Sys, Units};
-use super::string::MAX_STRING_PREFIX;
+use super::query::{Clause, SearchValue, Sv};
 use super::syntax::{Modifier, parse_modifier};
+use super::{date, quantity, reference, string, token};
 
 /// Keys of which every resource matching `value` (for `clause.param`, with `clause.modifier`)
 /// has at least one among its index keys for that parameter; `None` when no bounded key set
@@ -27,38 +26,17 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
         return None;
     }
     match (&value.0, def.ptype) {
-        (Sv::Token { system, code }, ParamType::Token) => Some(match system {
-            Sys::Any | Sys::Absent => vec![format!("c:{code}")],
-            Sys::Is(system) if code.is_empty() => vec![format!("s:{system}")],
-            Sys::Is(system) => {
-                let mut keys = vec![format!("sc:{system}|{code}")];
-                if def.has_implicit_tokens() {
-                    keys.push(format!("c:{code}"));
-                }
-                keys
-            }
-        }),
-        (Sv::Str { norm, .. }, ParamType::String) => {
-            let length = norm.chars().count();
-            Some(vec![
-                if modifier == Modifier::Exact && length > MAX_STRING_PREFIX {
-                    format!("f:{norm}")
-                } else {
-                    let prefix: String = norm.chars().take(MAX_STRING_PREFIX).collect();
-                    format!("p:{prefix}")
-                },
-            ])
+        (Sv::Token { system, code }, ParamType::Token) => {
+            Some(token::candidate_keys(def, system, code))
         }
-        (Sv::Ref { rtype, id }, ParamType::Reference) => Some(match rtype {
-            Some(rtype) => vec![format!("r:{rtype}/{id}")],
-            None => def.targets().map(|t| format!("r:{t}/{id}")).collect(),
-        }),
-        (Sv::Date { prefix, range }, ParamType::Date) => date_candidates(*prefix, *range),
-        (Sv::Quantity { units, .. }, ParamType::Quantity) => Some(vec![match units {
-            Units::Any => "u:*".to_owned(),
-            Units::Code(code) => format!("u:|{code}"),
-            Units::SystemCode(system, code) => format!("u:{system}|{code}"),
-        }]),
+        (Sv::Str { norm, .. }, ParamType::String) => {
+            Some(string::candidate_keys(norm, modifier == Modifier::Exact))
+        }
+        (Sv::Ref { rtype, id }, ParamType::Reference) => {
+            Some(reference::candidate_keys(def, *rtype, id))
+        }
+        (Sv::Date { prefix, range }, ParamType::Date) => date::candidate_keys(*prefix, *range),
+        (Sv::Quantity { units, .. }, ParamType::Quantity) => Some(quantity::candidate_keys(units)),
         _ => Some(Vec::new()),
     }
 }

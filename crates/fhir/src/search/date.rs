@@ -219,7 +219,7 @@ fn month_keys(first: i64, last: i64, out: &mut Vec<String>) {
 }
 
 /// The index keys of one date range (see the module documentation).
-pub(super) fn range_keys(range: Range, keys: &mut BTreeSet<String>) {
+fn range_keys(range: Range, keys: &mut BTreeSet<String>) {
     let mut out = Vec::new();
     match (range.lo == OPEN_LO, range.hi == OPEN_HI) {
         (true, true) => {
@@ -250,8 +250,15 @@ pub(super) fn range_keys(range: Range, keys: &mut BTreeSet<String>) {
     keys.extend(out);
 }
 
+/// The index keys of a date parameter: those of each of its ranges.
+pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
+    for range in ranges(def, resource) {
+        range_keys(range, keys);
+    }
+}
+
 /// Candidate keys of a date query (see [`candidate_keys`](super::candidate_keys)).
-pub(super) fn date_candidates(prefix: Prefix, s: Range) -> Option<Vec<String>> {
+pub(super) fn candidate_keys(prefix: Prefix, s: Range) -> Option<Vec<String>> {
     let (first, last) = (s.lo, s.hi - 1);
     let mut out = Vec::new();
     match prefix {

@@ -1,5 +1,7 @@
 //! Quantity parameters: a number with optional units (no unit conversion).
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 
 use super::extract::{selected, str_of};
@@ -76,4 +78,31 @@ pub(super) fn units_match(units: &Units, q: &Qty<'_>) -> bool {
             q.system == Some(system.as_str()) && q.code == Some(code.as_str())
         }
     }
+}
+
+/// The index keys of a quantity parameter: `u:*` (has a value), `u:SYSTEM|CODE`, `u:|CODE` and
+/// `u:|UNIT`; never the magnitude.
+pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
+    for q in quantities(def, resource) {
+        keys.insert("u:*".to_owned());
+        if let Some(code) = q.code {
+            keys.insert(format!("u:|{code}"));
+            if let Some(system) = q.system {
+                keys.insert(format!("u:{system}|{code}"));
+            }
+        }
+        if let Some(unit) = q.unit {
+            keys.insert(format!("u:|{unit}"));
+        }
+    }
+}
+
+/// The candidate key of a quantity value: its units' key (see
+/// [`candidate_keys`](super::candidate_keys)).
+pub(super) fn candidate_keys(units: &Units) -> Vec<String> {
+    vec![match units {
+        Units::Any => "u:*".to_owned(),
+        Units::Code(code) => format!("u:|{code}"),
+        Units::SystemCode(system, code) => format!("u:{system}|{code}"),
+    }]
 }

@@ -1,5 +1,7 @@
 //! Reference parameters: literal references (`Type/id`, with a version or as an absolute URL).
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 
 use super::extract::{selected, str_of};
@@ -91,4 +93,20 @@ fn is_absolute_url(s: &str) -> bool {
     let mut bytes = scheme.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
+/// The index keys of a reference parameter: `r:Type/id`.
+pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
+    for (rtype, id) in reference_values(def, resource) {
+        keys.insert(format!("r:{rtype}/{id}"));
+    }
+}
+
+/// The candidate keys of a reference value: one per target type for a bare id (see
+/// [`candidate_keys`](super::candidate_keys)).
+pub(super) fn candidate_keys(def: &ParamDef, rtype: Option<ResourceType>, id: &str) -> Vec<String> {
+    match rtype {
+        Some(rtype) => vec![format!("r:{rtype}/{id}")],
+        None => def.targets().map(|t| format!("r:{t}/{id}")).collect(),
+    }
 }

@@ -1,6 +1,8 @@
 //! String parameters: normalization (case, accents, whitespace) and the values of names and
 //! other text.
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 
 use super::extract::selected;
@@ -110,6 +112,35 @@ pub(super) fn strings<'a>(def: &ParamDef, resource: &'a Value) -> Vec<&'a str> {
     }
     out.retain(|s| !s.is_empty());
     out
+}
+
+/// The index keys of a string parameter: `p:` + every prefix of a normalized value up to
+/// [`MAX_STRING_PREFIX`] characters, and `f:` + the whole value when it is longer.
+pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
+    for value in strings(def, resource) {
+        let norm = normalize_string(value);
+        let mut prefix = String::new();
+        for (count, c) in norm.chars().enumerate() {
+            if count >= MAX_STRING_PREFIX {
+                keys.insert(format!("f:{norm}"));
+                break;
+            }
+            prefix.push(c);
+            keys.insert(format!("p:{prefix}"));
+        }
+    }
+}
+
+/// The candidate key of a normalized string value (`exact`: with `:exact`; see
+/// [`candidate_keys`](super::candidate_keys)).
+pub(super) fn candidate_keys(norm: &str, exact: bool) -> Vec<String> {
+    let length = norm.chars().count();
+    vec![if exact && length > MAX_STRING_PREFIX {
+        format!("f:{norm}")
+    } else {
+        let prefix: String = norm.chars().take(MAX_STRING_PREFIX).collect();
+        format!("p:{prefix}")
+    }]
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Token parameters: codes, Codings, CodeableConcepts, Identifiers and contact points.
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 
 use super::extract::{selected, str_of};
@@ -171,6 +173,40 @@ pub(super) fn token_matches(tok: &Tok, system: &Sys, code: &str) -> bool {
         Sys::Absent => tok.system.is_none() && code_matches,
         Sys::Is(system) => {
             tok.system.as_deref() == Some(system.as_str()) && (code.is_empty() || code_matches)
+        }
+    }
+}
+
+/// The index keys of a token parameter: `c:CODE`, plus `s:SYSTEM` and `sc:SYSTEM|CODE` for a
+/// Coding or Identifier with a system.
+pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
+    for tok in tokens(def, resource) {
+        if let Some(code) = &tok.code {
+            keys.insert(format!("c:{code}"));
+        }
+        if tok.implicit {
+            continue;
+        }
+        if let Some(system) = &tok.system {
+            keys.insert(format!("s:{system}"));
+            if let Some(code) = &tok.code {
+                keys.insert(format!("sc:{system}|{code}"));
+            }
+        }
+    }
+}
+
+/// The candidate keys of a token value (see [`candidate_keys`](super::candidate_keys)).
+pub(super) fn candidate_keys(def: &ParamDef, system: &Sys, code: &str) -> Vec<String> {
+    match system {
+        Sys::Any | Sys::Absent => vec![format!("c:{code}")],
+        Sys::Is(system) if code.is_empty() => vec![format!("s:{system}")],
+        Sys::Is(system) => {
+            let mut keys = vec![format!("sc:{system}|{code}")];
+            if def.has_implicit_tokens() {
+                keys.push(format!("c:{code}"));
+            }
+            keys
         }
     }
 }
