@@ -391,77 +391,21 @@ mod tests {
     #[test]
     fn date_parsing() {
         let day = |y, m, d| days_from_civil(y, m, d) * US_PER_DAY;
-        assert_eq!(
-            parse_date("1984"),
-            Some(Range {
-                lo: day(1984, 1, 1),
-                hi: day(1985, 1, 1)
-            })
-        );
-        assert_eq!(
-            parse_date("1984-02"),
-            Some(Range {
-                lo: day(1984, 2, 1),
-                hi: day(1984, 3, 1)
-            })
-        );
-        assert_eq!(
-            parse_date("1984-12"),
-            Some(Range {
-                lo: day(1984, 12, 1),
-                hi: day(1985, 1, 1)
-            })
-        );
-        assert_eq!(
-            parse_date("1984-02-29"),
-            Some(Range {
-                lo: day(1984, 2, 29),
-                hi: day(1984, 3, 1)
-            })
-        );
         let t = day(2024, 3, 3) + 10 * 3600 * US_PER_SEC;
-        assert_eq!(
-            parse_date("2024-03-03T10:00"),
-            Some(Range {
-                lo: t,
-                hi: t + 60 * US_PER_SEC
-            })
-        );
-        assert_eq!(
-            parse_date("2024-03-03T10:00:00Z"),
-            Some(Range {
-                lo: t,
-                hi: t + US_PER_SEC
-            })
-        );
-        assert_eq!(
-            parse_date("2024-03-03T11:30:00+01:30"),
-            Some(Range {
-                lo: t,
-                hi: t + US_PER_SEC
-            })
-        );
-        assert_eq!(
-            parse_date("2024-03-03T10:00:00.5Z"),
-            Some(Range {
-                lo: t + 500_000,
-                hi: t + 600_000
-            })
-        );
-        assert_eq!(
-            parse_date("2024-03-03T10:00:00.123456789Z"),
-            Some(Range {
-                lo: t + 123_456,
-                hi: t + 123_457
-            })
-        );
-        assert_eq!(
-            parse_date("1970-01-01"),
-            Some(Range {
-                lo: 0,
-                hi: US_PER_DAY
-            })
-        );
+        for (text, lo, hi) in [
+            ("1984", day(1984, 1, 1), day(1985, 1, 1)),
+            ("1984-02", day(1984, 2, 1), day(1984, 3, 1)),
+            ("1984-12", day(1984, 12, 1), day(1985, 1, 1)),
+            ("1984-02-29", day(1984, 2, 29), day(1984, 3, 1)),
+            ("2024-03-03T10:00", t, t + 60 * US_PER_SEC),
+            ("2024-03-03T10:00:00Z", t, t + US_PER_SEC),
+            ("2024-03-03T11:30:00+01:30", t, t + US_PER_SEC),
+            ("2024-03-03T10:00:00.5Z", t + 500_000, t + 600_000),
+            ("2024-03-03T10:00:00.123456789Z", t + 123_456, t + 123_457),
+            ("1970-01-01", 0, US_PER_DAY),
+        ] {
+            assert_eq!(parse_date(text), Some(Range { lo, hi }), "{text:?}");
+        }
         for bad in [
             "",
             "198",

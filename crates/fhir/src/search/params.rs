@@ -72,6 +72,13 @@ macro_rules! pdef {
     };
 }
 
+/// The `patient` parameter: the reference at `$seg`, to a Patient.
+macro_rules! patient {
+    ($seg:literal) => {
+        pdef!("patient", Reference, [path!(Reference, $seg)], TO_PATIENT)
+    };
+}
+
 const TO_PATIENT: &[&str] = &["Patient"];
 const OBSERVATION_SUBJECT: &[&str] = &["Group", "Device", "Patient", "Location"];
 
@@ -98,12 +105,7 @@ static OBSERVATION_PARAMS: [ParamDef; 7] = [
         [path!(Reference, "subject")],
         OBSERVATION_SUBJECT
     ),
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "subject")],
-        TO_PATIENT
-    ),
+    patient!("subject"),
     pdef!("code", Token, [path!(Concept, "code")]),
     pdef!("category", Token, [path!(Concept, "category")]),
     pdef!(
@@ -125,12 +127,7 @@ static OBSERVATION_PARAMS: [ParamDef; 7] = [
 ];
 
 static CONDITION_PARAMS: [ParamDef; 4] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "subject")],
-        TO_PATIENT
-    ),
+    patient!("subject"),
     pdef!("code", Token, [path!(Concept, "code")]),
     pdef!("clinical-status", Token, [path!(Concept, "clinicalStatus")]),
     pdef!(
@@ -141,36 +138,21 @@ static CONDITION_PARAMS: [ParamDef; 4] = [
 ];
 
 static ENCOUNTER_PARAMS: [ParamDef; 4] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "subject")],
-        TO_PATIENT
-    ),
+    patient!("subject"),
     pdef!("date", Date, [path!(Period, "period")]),
     pdef!("status", Token, [path!(Code, "status")]),
     pdef!("class", Token, [path!(Coding, "class")]),
 ];
 
 static MEDICATION_REQUEST_PARAMS: [ParamDef; 4] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "subject")],
-        TO_PATIENT
-    ),
+    patient!("subject"),
     pdef!("status", Token, [path!(Code, "status")]),
     pdef!("code", Token, [path!(Concept, "medicationCodeableConcept")]),
     pdef!("authoredon", Date, [path!(Date, "authoredOn")]),
 ];
 
 static ALLERGY_INTOLERANCE_PARAMS: [ParamDef; 2] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "patient")],
-        TO_PATIENT
-    ),
+    patient!("patient"),
     pdef!(
         "code",
         Token,
@@ -182,12 +164,7 @@ static ALLERGY_INTOLERANCE_PARAMS: [ParamDef; 2] = [
 ];
 
 static PROCEDURE_PARAMS: [ParamDef; 3] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "subject")],
-        TO_PATIENT
-    ),
+    patient!("subject"),
     pdef!("code", Token, [path!(Concept, "code")]),
     pdef!(
         "date",
@@ -200,23 +177,13 @@ static PROCEDURE_PARAMS: [ParamDef; 3] = [
 ];
 
 static IMMUNIZATION_PARAMS: [ParamDef; 3] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "patient")],
-        TO_PATIENT
-    ),
+    patient!("patient"),
     pdef!("vaccine-code", Token, [path!(Concept, "vaccineCode")]),
     pdef!("date", Date, [path!(Date, "occurrenceDateTime")]),
 ];
 
 static DIAGNOSTIC_REPORT_PARAMS: [ParamDef; 4] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "subject")],
-        TO_PATIENT
-    ),
+    patient!("subject"),
     pdef!("code", Token, [path!(Concept, "code")]),
     pdef!(
         "date",
@@ -230,12 +197,7 @@ static DIAGNOSTIC_REPORT_PARAMS: [ParamDef; 4] = [
 ];
 
 static DOCUMENT_REFERENCE_PARAMS: [ParamDef; 3] = [
-    pdef!(
-        "patient",
-        Reference,
-        [path!(Reference, "subject")],
-        TO_PATIENT
-    ),
+    patient!("subject"),
     pdef!("type", Token, [path!(Concept, "type")]),
     pdef!("date", Date, [path!(Date, "date")]),
 ];

@@ -41,6 +41,28 @@ fn error(rtype: ResourceType, list: &[(&str, &str)]) -> SearchError {
     }
 }
 
+/// The parameter and reason of the [`SearchError::Invalid`] that parsing `list` fails with
+/// (`None` for another error).
+fn invalid(rtype: ResourceType, list: &[(&str, &str)]) -> Option<(&'static str, &'static str)> {
+    match error(rtype, list) {
+        SearchError::Invalid { param, reason } => Some((param, reason)),
+        _ => None,
+    }
+}
+
+/// The parameter of the [`SearchError::Invalid`] that parsing `list` fails with.
+fn invalid_param(rtype: ResourceType, list: &[(&str, &str)]) -> Option<&'static str> {
+    invalid(rtype, list).map(|(param, _)| param)
+}
+
+/// The parameter of the [`SearchError::UnknownModifier`] that parsing `list` fails with.
+fn unknown_modifier(rtype: ResourceType, list: &[(&str, &str)]) -> Option<&'static str> {
+    match error(rtype, list) {
+        SearchError::UnknownModifier { param } => Some(param),
+        _ => None,
+    }
+}
+
 /// Whether `resource` matches every clause of the query, checking on the way that the
 /// index never produces a false negative for any value.
 /// Also checks that the resource reduced to the query's [`elements_read`] gets the same

@@ -103,14 +103,9 @@ fn quantity_units() {
         "5.4|a|b|c",
         "5.4mg",
     ] {
-        assert!(
-            matches!(
-                error(rt, &[("value-quantity", bad)]),
-                SearchError::Invalid {
-                    param: "value-quantity",
-                    ..
-                }
-            ),
+        assert_eq!(
+            invalid_param(rt, &[("value-quantity", bad)]),
+            Some("value-quantity"),
             "{bad}"
         );
     }

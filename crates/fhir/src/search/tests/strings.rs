@@ -69,17 +69,14 @@ fn string_exact_and_contains() {
         candidates(rt, "family", "Vanderbilt-Worthington"),
         Some(vec!["p:vanderbilt-w".to_owned()])
     );
-    assert!(matches!(
-        error(rt, &[("family:below", "x")]),
-        SearchError::UnknownModifier { param: "family" }
-    ));
-    assert!(matches!(
-        error(rt, &[("family", " ")]),
-        SearchError::Invalid {
-            param: "family",
-            reason: "empty value"
-        }
-    ));
+    assert_eq!(
+        unknown_modifier(rt, &[("family:below", "x")]),
+        Some("family")
+    );
+    assert_eq!(
+        invalid(rt, &[("family", " ")]),
+        Some(("family", "empty value"))
+    );
 }
 
 #[test]
