@@ -73,6 +73,13 @@
 //!   the exact number (as in the R4 examples). `ap` also accepts values within 10 % of the
 //!   number. The resource's value is exact; its `comparator` is ignored.
 
+// Layout. By phase: `params` (which parameters each type has), `query` (a parsed search) and
+// `parse` with `controls` (its result parameters), `index` (index keys), `candidates`
+// (candidate keys), `matching` (the predicate), `results` (sorting, includes, `_elements`).
+// By parameter type, each with its values, parsing and keys: `token`, `reference`, `string`,
+// `date`, `quantity` (with `number`). Shared below them: `syntax` (modifiers, prefixes,
+// escapes) and `extract` (the elements at a path). They import each other directly, never
+// through this module (no import cycle).
 mod candidates;
 mod controls;
 mod date;
