@@ -1,0 +1,201 @@
+//! A parsed search: its clauses, values and result parameters, and the errors of parsing.
+
+use std::fmt;
+
+use super::date::Range;
+use super::number::Dec;
+use super::params::ParamDef;
+use super::syntax::Prefix;
+use crate::ResourceType;
+
+/// Page size when `_count` is absent.
+pub const DEFAULT_COUNT: u32 = 20;
+/// Largest page size; larger `_count` values are clamped to it.
+pub const MAX_COUNT: u32 = 1000;
+/// At most this many comma-separated values in one parameter.
+pub const MAX_VALUES_PER_PARAMETER: usize = 100;
+
+/// Whether and how to count the total number of matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Total {
+    /// No total (the default, unless `_summary=count`).
+    #[default]
+    None,
+    /// An estimate is enough.
+    Estimate,
+    /// The exact number (implied by `_summary=count`).
+    Accurate,
+}
+
+/// A parsed search.
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// Conditions that must all hold (repeated parameters: AND).
+    pub clauses: Vec<Clause>,
+    /// Page size (`_count`, default [`DEFAULT_COUNT`], at most [`MAX_COUNT`], may be 0).
+    pub count: u32,
+    /// Sort keys, most significant first (`_sort`).
+    pub sort: Vec<SortKey>,
+    /// `_summary=count`: only the total is wanted.
+    pub summary_count: bool,
+    /// `_total` (with `_summary=count`, at least [`Total::Accurate`] unless `estimate`).
+    pub total: Total,
+    /// `_include`s.
+    pub include: Vec<Include>,
+    /// `_revinclude`s.
+    pub revinclude: Vec<Include>,
+    /// `_elements` (top-level element names), if given.
+    pub elements: Option<Vec<String>>,
+    /// The opaque paging cursor `_page`, carried through unchanged.
+    pub page: Option<String>,
+    /// Names (as written, with modifier) of parameters ignored in lenient mode. They are client
+    /// input: do not log them.
+    pub ignored: Vec<String>,
+}
+
+/// One search parameter occurrence: the resource matches if any value matches.
+#[derive(Clone, Debug)]
+pub struct Clause {
+    /// The parameter.
+    pub param: &'static ParamDef,
+    /// The modifier as written (already validated), e.g. `exact` or `Patient`.
+    pub modifier: Option<String>,
+    /// The values (comma-separated: OR).
+    pub values: Vec<SearchValue>,
+}
+
+/// A parsed search value. Its `Debug` output does not show the value (it may be patient data).
+#[derive(Clone)]
+pub struct SearchValue(pub(super) Sv);
+
+impl fmt::Debug for SearchValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.0 {
+            Sv::Token { .. } => "token",
+            Sv::Text(_) => "text",
+            Sv::Str { .. } => "string",
+            Sv::Ref { .. } => "reference",
+            Sv::Date { .. } => "date",
+            Sv::Quantity { .. } => "quantity",
+            Sv::Missing(_) => "missing",
+        };
+        write!(f, "SearchValue({kind}, ..)")
+    }
+}
+
+#[derive(Clone)]
+pub(super) enum Sv {
+    Token {
+        system: Sys,
+        code: String,
+    },
+    /// A normalized string for token `:text`.
+    Text(String),
+    /// A string value: as written (for `:exact`) and normalized.
+    Str {
+        raw: String,
+        norm: String,
+    },
+    /// A reference: type (when known) and id.
+    Ref {
+        rtype: Option<ResourceType>,
+        id: String,
+    },
+    Date {
+        prefix: Prefix,
+        range: Range,
+    },
+    Quantity {
+        prefix: Prefix,
+        number: Dec,
+        units: Units,
+    },
+    /// `:missing=true` (`true`) or `:missing=false`.
+    Missing(bool),
+}
+
+/// The system part of a token query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Sys {
+    /// `code`: any system.
+    Any,
+    /// `|code`: no system.
+    Absent,
+    /// `system|code` or `system|`.
+    Is(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Units {
+    Any,
+    /// `number||code`: code or unit.
+    Code(String),
+    /// `number|system|code`.
+    SystemCode(String, String),
+}
+
+/// A sort key of `_sort`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SortKey {
+    /// `_lastUpdated`, `date`, `birthdate` or `_id`.
+    pub param: &'static str,
+    /// Written with a leading `-`.
+    pub descending: bool,
+}
+
+/// An `_include` or `_revinclude`: resources of `source` referenced by (include) or referencing
+/// (revinclude) the matches through `param`, optionally only references to `target`.
+#[derive(Clone, Debug)]
+pub struct Include {
+    /// The type holding the reference.
+    pub source: ResourceType,
+    /// The reference parameter of `source`.
+    pub param: &'static ParamDef,
+    /// Only references to this type, if given.
+    pub target: Option<ResourceType>,
+}
+
+/// Errors of [`parse_query`](super::parse_query). Neither `Display` nor `Debug` shows a value or an unknown name.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum SearchError {
+    /// An unknown parameter. The field holds the name as written (client input: do not log
+    /// or echo it); it is not displayed.
+    #[error("unknown search parameter")]
+    Unknown(String),
+    /// A known parameter with a modifier that is unknown or not supported for it.
+    #[error("unsupported modifier on search parameter {param}")]
+    UnknownModifier {
+        /// The (known) parameter.
+        param: &'static str,
+    },
+    /// A value that cannot be parsed or is not allowed.
+    #[error("invalid value for search parameter {param}: {reason}")]
+    Invalid {
+        /// The (known) parameter.
+        param: &'static str,
+        /// What is wrong, fixed text.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Debug for SearchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown(_) => f.write_str("Unknown(..)"),
+            Self::UnknownModifier { param } => f
+                .debug_struct("UnknownModifier")
+                .field("param", param)
+                .finish(),
+            Self::Invalid { param, reason } => f
+                .debug_struct("Invalid")
+                .field("param", param)
+                .field("reason", reason)
+                .finish(),
+        }
+    }
+}
+
+pub(super) fn invalid(param: &'static str, reason: &'static str) -> SearchError {
+    SearchError::Invalid { param, reason }
+}

@@ -1,0 +1,112 @@
+//! Reference parameters: literal references (`Type/id`, with a version or as an absolute URL).
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::extract::{selected, str_of};
+use super::params::{Kind, ParamDef};
+use super::query::Sv;
+use super::syntax::Modifier;
+use crate::ResourceType;
+use crate::types::is_valid_id;
+
+pub(super) fn parse_reference(
+    def: &ParamDef,
+    modifier: Modifier,
+    value: &str,
+) -> Result<Sv, &'static str> {
+    let (rtype, id) = if value.contains('/') {
+        let (rtype, id) = literal_reference(value).ok_or("invalid reference")?;
+        (Some(rtype), id.to_owned())
+    } else if is_valid_id(value) {
+        (None, value.to_owned())
+    } else {
+        return Err("invalid reference");
+    };
+    let rtype = match (modifier, rtype) {
+        (Modifier::Type(m), Some(t)) if m != t => {
+            return Err("the reference type differs from the modifier");
+        }
+        (Modifier::Type(m), _) => Some(m),
+        (_, t) => t,
+    };
+    if rtype.is_some_and(|t| !def.targets_type(t)) {
+        return Err("reference type not allowed for this parameter");
+    }
+    Ok(Sv::Ref { rtype, id })
+}
+
+/// The literal references of a reference parameter to one of its target types, deduplicated.
+pub(super) fn reference_values(def: &ParamDef, resource: &Value) -> Vec<(ResourceType, String)> {
+    let mut out: Vec<(ResourceType, String)> = Vec::new();
+    for path in def.paths {
+        if path.kind != Kind::Reference {
+            continue;
+        }
+        for value in selected(resource, path.segs) {
+            let Some((rtype, id)) = str_of(value, "reference").and_then(literal_reference) else {
+                continue;
+            };
+            if def.targets_type(rtype) && !out.iter().any(|(t, i)| *t == rtype && i == id) {
+                out.push((rtype, id.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// `Type/id`, `Type/id/_history/v` or an absolute URL ending in one of them.
+fn literal_reference(reference: &str) -> Option<(ResourceType, &str)> {
+    let reference = strip_history(reference)?;
+    let (head, id) = reference.rsplit_once('/')?;
+    let type_name = if is_absolute_url(reference) {
+        head.rsplit_once('/')?.1
+    } else {
+        head
+    };
+    let rtype = ResourceType::parse(type_name).ok()?;
+    is_valid_id(id).then_some((rtype, id))
+}
+
+/// `reference` without a trailing `/_history/<version>`; `None` if the suffix is malformed.
+fn strip_history(reference: &str) -> Option<&str> {
+    const HISTORY: &str = "/_history/";
+    match reference.rfind(HISTORY) {
+        Some(start) => {
+            let version = reference.get(start + HISTORY.len()..)?;
+            if is_valid_id(version) {
+                reference.get(..start)
+            } else {
+                None
+            }
+        }
+        None => Some(reference),
+    }
+}
+
+/// Whether `s` starts with `scheme://`.
+fn is_absolute_url(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once("://") else {
+        return false;
+    };
+    let mut bytes = scheme.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
+/// The index keys of a reference parameter: `r:Type/id`.
+pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
+    for (rtype, id) in reference_values(def, resource) {
+        keys.insert(format!("r:{rtype}/{id}"));
+    }
+}
+
+/// The candidate keys of a reference value: one per target type for a bare id (see
+/// [`candidate_keys`](super::candidate_keys)).
+pub(super) fn candidate_keys(def: &ParamDef, rtype: Option<ResourceType>, id: &str) -> Vec<String> {
+    match rtype {
+        Some(rtype) => vec![format!("r:{rtype}/{id}")],
+        None => def.targets().map(|t| format!("r:{t}/{id}")).collect(),
+    }
+}

@@ -1,0 +1,155 @@
+use super::*;
+
+#[test]
+fn quantity_precision_and_prefixes() {
+    let rt = ResourceType::OBSERVATION;
+    for (value, query_value, expected) in [
+        (json!(5.4), "5.4", true),
+        (json!(5.35), "5.4", true),
+        (json!(5.449), "5.4", true),
+        (json!(5.45), "5.4", false),
+        (json!(5.349), "5.4", false),
+        (json!(5.4), "5.40", true),
+        (json!(5.404), "5.40", true),
+        (json!(5.41), "5.40", false),
+        (json!(99.5), "100", true),
+        (json!(100.5), "100", false),
+        (json!(140), "1e2", true),
+        (json!(150), "1e2", false),
+        (json!(100), "ne100", false),
+        (json!(100.5), "ne100", true),
+        (json!(100.1), "gt100", true),
+        (json!(100), "gt100", false),
+        (json!(100), "ge100", true),
+        (json!(99.99), "ge100", false),
+        (json!(99.99), "lt100", true),
+        (json!(100), "lt100", false),
+        (json!(100), "le100", true),
+        (json!(100.01), "le100", false),
+        (json!(100.5), "sa100", true),
+        (json!(100.49), "sa100", false),
+        (json!(99.49), "eb100", true),
+        (json!(99.5), "eb100", false),
+        (json!(110), "ap100", true),
+        (json!(90), "ap100", true),
+        (json!(110.5), "ap100", false),
+        (json!(-5.4), "-5.4", true),
+        (json!(-5.449), "-5.4", true),
+        (json!(-5.45), "-5.4", true),
+        (json!(-5.35), "-5.4", false),
+        (json!(-1), "lt0", true),
+        (json!(0), "0", true),
+        (json!(0.4), "0", true),
+        (json!(0.5), "0", false),
+        (json!(72), "72", true),
+        (json!(1e21), "1e21", true),
+        (json!(7), "1,7", true),
+    ] {
+        assert_eq!(
+            hit(rt, &mg(value.clone()), "value-quantity", query_value),
+            expected,
+            "{value} vs {query_value}"
+        );
+    }
+}
+
+#[test]
+fn quantity_units() {
+    let rt = ResourceType::OBSERVATION;
+    let obs = mg(json!(5.4));
+    for (query_value, expected) in [
+        ("5.4|http://unitsofmeasure.org|mg", true),
+        ("5.4||mg", true),
+        ("5.4||milligram", true),
+        ("5.4||g", false),
+        ("5.4|http://other.org|mg", false),
+        ("5.4|http://unitsofmeasure.org|milligram", false),
+        ("gt5|http://unitsofmeasure.org|mg", true),
+        ("5.4||", true),
+    ] {
+        assert_eq!(
+            hit(rt, &obs, "value-quantity", query_value),
+            expected,
+            "{query_value}"
+        );
+    }
+    assert_eq!(
+        keys_of(rt, &obs, "value-quantity"),
+        [
+            "u:*",
+            "u:http://unitsofmeasure.org|mg",
+            "u:|mg",
+            "u:|milligram"
+        ]
+    );
+    assert_eq!(
+        candidates(rt, "value-quantity", "5.4||mg"),
+        Some(vec!["u:|mg".to_owned()])
+    );
+    assert_eq!(
+        candidates(rt, "value-quantity", "ne5.4"),
+        Some(vec!["u:*".to_owned()])
+    );
+    let no_value = observation_value(json!({ "unit": "mg" }));
+    assert!(keys_of(rt, &no_value, "value-quantity").is_empty());
+    assert!(!hit(rt, &no_value, "value-quantity", "ne5"));
+    let sampled = json!({ "resourceType": "Observation", "valueSampledData": { "data": "1 2 3" } });
+    assert!(!hit(rt, &sampled, "value-quantity", "ne5"));
+    for bad in [
+        "5.4|mg",
+        "5.4|http://unitsofmeasure.org|",
+        "abc",
+        "xx5",
+        "5.4|a|b|c",
+        "5.4mg",
+    ] {
+        assert_eq!(
+            invalid_param(rt, &[("value-quantity", bad)]),
+            Some("value-quantity"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn quantity_index_has_no_false_negatives() {
+    let rt = ResourceType::OBSERVATION;
+    let stored = [
+        mg(json!(5.4)),
+        mg(json!(-0.001)),
+        mg(json!(0)),
+        mg(json!(1e21)),
+        mg(json!(123_456)),
+        observation_value(json!({ "value": 7, "unit": "mmol/L" })),
+        observation_value(json!({ "value": 7, "system": "http://s", "code": "c" })),
+        observation_value(json!({ "value": 7 })),
+    ];
+    let units = [
+        "",
+        "|http://unitsofmeasure.org|mg",
+        "||mg",
+        "||milligram",
+        "||mmol/L",
+        "|http://s|c",
+        "||c",
+    ];
+    let numbers = ["5.4", "5", "0", "-0.001", "7", "1e21", "123456", "1.2e5"];
+    let prefixes = ["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"];
+    let mut matched = 0;
+    for obs in &stored {
+        for prefix in prefixes {
+            for number in numbers {
+                for unit in units {
+                    let q = query(
+                        rt,
+                        &[("value-quantity", &format!("{prefix}{number}{unit}"))],
+                    );
+                    if assert_sound(rt, obs, &q.clauses[0]) {
+                        matched += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(matched > 300, "{matched}");
+}
