@@ -330,30 +330,16 @@ fn login(api: &Api, username: &str, auth: &mut Authenticator) -> Result<String> 
     bail!("cannot log in as {username}")
 }
 
-fn bench(args: &RunArgs) -> Result<()> {
-    workloads::check(&args.workloads)?;
-    let bin = std::fs::canonicalize(&args.bin).with_context(|| {
-        format!(
-            "{} not found: build it with `cargo build --release -p carevault`",
-            args.bin.display()
-        )
-    })?;
-    let _tmp;
-    let work = match &args.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            _tmp = tempfile::tempdir()?;
-            _tmp.path().to_path_buf()
-        }
-    };
+/// Seed, start, make the accounts and import, once per work directory: a later run finds the
+/// data loaded (its accounts file says so) and reuses it.
+fn load_once(args: &RunArgs, bin: &Path, work: &Path) -> Result<Accounts> {
     let data_dir = work.join("data");
     let seed_dir = work.join(format!("seed-{}-{}", args.patients, args.seed));
     let accounts_file = work.join("accounts.json");
     let cli_dir = work.join("cli");
     let ca = data_dir.join("tls").join("cert.pem");
+    let bin = bin.to_path_buf();
+    let work = work.to_path_buf();
 
     let mut accounts: Option<Accounts> = std::fs::read(&accounts_file)
         .ok()
@@ -429,7 +415,32 @@ fn bench(args: &RunArgs) -> Result<()> {
         std::fs::write(&accounts_file, serde_json::to_vec_pretty(&made)?)?;
         accounts = Some(made);
     }
-    let accounts = accounts.context("no accounts")?;
+    accounts.context("no accounts")
+}
+
+fn bench(args: &RunArgs) -> Result<()> {
+    workloads::check(&args.workloads)?;
+    let bin = std::fs::canonicalize(&args.bin).with_context(|| {
+        format!(
+            "{} not found: build it with `cargo build --release -p carevault`",
+            args.bin.display()
+        )
+    })?;
+    let _tmp;
+    let work = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            _tmp = tempfile::tempdir()?;
+            _tmp.path().to_path_buf()
+        }
+    };
+    let data_dir = work.join("data");
+    let seed_dir = work.join(format!("seed-{}-{}", args.patients, args.seed));
+    let ca = data_dir.join("tls").join("cert.pem");
+    let accounts = load_once(args, &bin, &work)?;
 
     // Start-up with the data loaded: spawn to "listening on", then to the first answer.
     let started = Instant::now();

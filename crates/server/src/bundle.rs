@@ -275,48 +275,8 @@ async fn transaction(
     for (i, entry) in entries.iter().enumerate() {
         parsed.push(parse_entry(entry).map_err(fail(i))?);
     }
-    // Resolve `urn:uuid:` full URLs: conditional creates that match reuse the existing id;
-    // other creates get their id now, so that entries can refer to each other.
+    let creates = CreateIds::resolve(records, principal, audit, &parsed).await?;
     let tx = Tx::default();
-    let mut ids: HashMap<String, String> = HashMap::new();
-    let mut assigned: Vec<Option<ResourceId>> = vec![None; parsed.len()];
-    let mut existing: Vec<Option<ResourceId>> = vec![None; parsed.len()];
-    for (i, (request, _, full_url)) in parsed.iter().enumerate() {
-        if let Request::Create {
-            rtype,
-            if_none_exist,
-        } = request
-        {
-            let scope = audit.child(AuditAction::SearchType, "GET", i);
-            let caller = Caller::new(principal, &scope);
-            let found = match if_none_exist {
-                Some(q) => matching(records, caller, *rtype, q)
-                    .await
-                    .map_err(fail(i))?,
-                None => Vec::new(),
-            };
-            let id = match found.as_slice() {
-                [] => {
-                    let id = ResourceId::parse(&uuid::Uuid::new_v4().to_string())
-                        .map_err(|_| fail(i)(Error::Internal("generated id is invalid".into())))?;
-                    assigned[i] = Some(id.clone());
-                    id
-                }
-                [one] => {
-                    existing[i] = Some(one.clone());
-                    one.clone()
-                }
-                _ => {
-                    return Err(fail(i)(Error::PreconditionFailed(
-                        "ifNoneExist matches more than one resource".into(),
-                    )));
-                }
-            };
-            if let Some(url) = full_url {
-                ids.insert(url.clone(), format!("{rtype}/{id}"));
-            }
-        }
-    }
     let mut order: Vec<usize> = (0..parsed.len()).collect();
     order.sort_by_key(|&i| parsed[i].0.order());
     let mut outcomes: Vec<Option<Outcome>> = (0..parsed.len()).map(|_| None).collect();
@@ -334,103 +294,13 @@ async fn transaction(
             organizations: None,
             break_glass_grants: None,
         };
-        let resource = resource.clone().map(|mut r| {
-            resolve_references(&mut r, &ids);
+        let body = resource.clone().map_or(Value::Null, |mut r| {
+            resolve_references(&mut r, &creates.ids);
             r
         });
-        let outcome = match request {
-            Request::Create { rtype, .. } => match (&assigned[i], &existing[i]) {
-                (Some(id), _) => {
-                    let v = records
-                        .create_with_id(caller, *rtype, id, resource.unwrap_or(Value::Null))
-                        .await
-                        .map_err(fail(i))?;
-                    created(v, 201)
-                }
-                (None, Some(id)) => Outcome {
-                    status: 200,
-                    version: None,
-                    location: Some(format!("{rtype}/{id}")),
-                },
-                (None, None) => {
-                    return Err(fail(i)(Error::Internal("create without an id".into())));
-                }
-            },
-            Request::Update {
-                rtype,
-                id,
-                if_match,
-            } => {
-                let (v, made) = records
-                    .update(
-                        caller,
-                        *rtype,
-                        id,
-                        resource.unwrap_or(Value::Null),
-                        *if_match,
-                    )
-                    .await
-                    .map_err(fail(i))?;
-                created(v, if made { 201 } else { 200 })
-            }
-            Request::ConditionalUpdate { rtype, query } => {
-                let found = matching(records, caller, *rtype, query)
-                    .await
-                    .map_err(fail(i))?;
-                let mut body = resource.unwrap_or(Value::Null);
-                match found.as_slice() {
-                    [] => {
-                        let id =
-                            ResourceId::parse(&uuid::Uuid::new_v4().to_string()).map_err(|_| {
-                                fail(i)(Error::Internal("generated id is invalid".into()))
-                            })?;
-                        let v = records
-                            .create_with_id(caller, *rtype, &id, body)
-                            .await
-                            .map_err(fail(i))?;
-                        created(v, 201)
-                    }
-                    [id] => {
-                        if let Some(obj) = body.as_object_mut() {
-                            obj.entry("id")
-                                .or_insert_with(|| Value::String(id.as_str().to_owned()));
-                        }
-                        let (v, _) = records
-                            .update(caller, *rtype, id, body, None)
-                            .await
-                            .map_err(fail(i))?;
-                        created(v, 200)
-                    }
-                    _ => {
-                        return Err(fail(i)(Error::PreconditionFailed(
-                            "the conditional update matches more than one resource".into(),
-                        )));
-                    }
-                }
-            }
-            Request::Delete { rtype, id } => {
-                records.delete(caller, *rtype, id).await.map_err(fail(i))?;
-                deleted()
-            }
-            Request::ConditionalDelete { rtype, query } => {
-                let found = matching(records, caller, *rtype, query)
-                    .await
-                    .map_err(fail(i))?;
-                match found.as_slice() {
-                    [] => {}
-                    [id] => {
-                        records.delete(caller, *rtype, id).await.map_err(fail(i))?;
-                    }
-                    _ => {
-                        return Err(fail(i)(Error::PreconditionFailed(
-                            "the conditional delete matches more than one resource".into(),
-                        )));
-                    }
-                }
-                deleted()
-            }
-            Request::Read { .. } => continue,
-        };
+        let outcome = transaction_write(records, caller, request, body, creates.of(i))
+            .await
+            .map_err(fail(i))?;
         outcomes[i] = Some(outcome);
         scopes.push(scope);
     }
@@ -465,6 +335,189 @@ async fn transaction(
         kind: "transaction-response",
         entries,
     }))
+}
+
+/// The ids of a transaction's creates, decided before any write so that entries can refer to
+/// each other by their `urn:uuid:` full URLs: a conditional create that matches reuses the
+/// existing id; any other create gets a new id now.
+struct CreateIds {
+    /// `urn:uuid:...` full URL -> `Type/id`.
+    ids: HashMap<String, String>,
+    assigned: Vec<Option<ResourceId>>,
+    existing: Vec<Option<ResourceId>>,
+}
+
+/// What a transaction's create entry does, once its id is decided.
+#[derive(Clone, Copy)]
+enum CreateAs<'a> {
+    /// Create the resource with this new id.
+    New(&'a ResourceId),
+    /// `ifNoneExist` matched this resource: nothing is written.
+    Existing(&'a ResourceId),
+    /// Not a create entry.
+    NotACreate,
+}
+
+impl CreateIds {
+    async fn resolve(
+        records: &Records,
+        principal: &Principal,
+        audit: &AuditScope,
+        parsed: &[(Request, Option<Value>, Option<String>)],
+    ) -> std::result::Result<Self, EntryError> {
+        let fail = |index: usize| move |error: Error| EntryError { index, error };
+        let mut creates = CreateIds {
+            ids: HashMap::new(),
+            assigned: vec![None; parsed.len()],
+            existing: vec![None; parsed.len()],
+        };
+        for (i, (request, _, full_url)) in parsed.iter().enumerate() {
+            let Request::Create {
+                rtype,
+                if_none_exist,
+            } = request
+            else {
+                continue;
+            };
+            let scope = audit.child(AuditAction::SearchType, "GET", i);
+            let caller = Caller::new(principal, &scope);
+            let found = match if_none_exist {
+                Some(q) => matching(records, caller, *rtype, q)
+                    .await
+                    .map_err(fail(i))?,
+                None => Vec::new(),
+            };
+            let id = match found.as_slice() {
+                [] => {
+                    let id = new_id().map_err(fail(i))?;
+                    creates.assigned[i] = Some(id.clone());
+                    id
+                }
+                [one] => {
+                    creates.existing[i] = Some(one.clone());
+                    one.clone()
+                }
+                _ => {
+                    return Err(fail(i)(Error::PreconditionFailed(
+                        "ifNoneExist matches more than one resource".into(),
+                    )));
+                }
+            };
+            if let Some(url) = full_url {
+                creates.ids.insert(url.clone(), format!("{rtype}/{id}"));
+            }
+        }
+        Ok(creates)
+    }
+
+    fn of(&self, i: usize) -> CreateAs<'_> {
+        match (&self.assigned[i], &self.existing[i]) {
+            (Some(id), _) => CreateAs::New(id),
+            (None, Some(id)) => CreateAs::Existing(id),
+            (None, None) => CreateAs::NotACreate,
+        }
+    }
+}
+
+fn new_id() -> Result<ResourceId> {
+    ResourceId::parse(&uuid::Uuid::new_v4().to_string())
+        .map_err(|_| Error::Internal("generated id is invalid".into()))
+}
+
+/// One write of a transaction (its reads run after the commit).
+async fn transaction_write(
+    records: &Records,
+    caller: Caller<'_>,
+    request: &Request,
+    body: Value,
+    create: CreateAs<'_>,
+) -> Result<Outcome> {
+    Ok(match request {
+        Request::Create { rtype, .. } => match create {
+            CreateAs::New(id) => {
+                created(records.create_with_id(caller, *rtype, id, body).await?, 201)
+            }
+            CreateAs::Existing(id) => Outcome {
+                status: 200,
+                version: None,
+                location: Some(format!("{rtype}/{id}")),
+            },
+            CreateAs::NotACreate => return Err(Error::Internal("create without an id".into())),
+        },
+        Request::Update {
+            rtype,
+            id,
+            if_match,
+        } => {
+            let (v, made) = records.update(caller, *rtype, id, body, *if_match).await?;
+            created(v, if made { 201 } else { 200 })
+        }
+        Request::ConditionalUpdate { rtype, query } => {
+            let found = matching(records, caller, *rtype, query).await?;
+            match found.as_slice() {
+                [] => created(
+                    records
+                        .create_with_id(caller, *rtype, &new_id()?, body)
+                        .await?,
+                    201,
+                ),
+                [id] => created(
+                    update_matched(records, caller, *rtype, id, body).await?,
+                    200,
+                ),
+                _ => return Err(conditional_update_ambiguous()),
+            }
+        }
+        Request::Delete { rtype, id } => {
+            records.delete(caller, *rtype, id).await?;
+            deleted()
+        }
+        Request::ConditionalDelete { rtype, query } => {
+            conditional_delete(records, caller, *rtype, query).await?
+        }
+        Request::Read { .. } => return Err(Error::Internal("a read among the writes".into())),
+    })
+}
+
+/// A conditional update that matched one resource: the body takes its id unless it names one.
+async fn update_matched(
+    records: &Records,
+    caller: Caller<'_>,
+    rtype: ResourceType,
+    id: &ResourceId,
+    mut body: Value,
+) -> Result<Version> {
+    if let Some(obj) = body.as_object_mut() {
+        obj.entry("id")
+            .or_insert_with(|| Value::String(id.as_str().to_owned()));
+    }
+    Ok(records.update(caller, rtype, id, body, None).await?.0)
+}
+
+fn conditional_update_ambiguous() -> Error {
+    Error::PreconditionFailed("the conditional update matches more than one resource".into())
+}
+
+/// A conditional delete: nothing matched is a success too.
+async fn conditional_delete(
+    records: &Records,
+    caller: Caller<'_>,
+    rtype: ResourceType,
+    query: &str,
+) -> Result<Outcome> {
+    let found = matching(records, caller, rtype, query).await?;
+    match found.as_slice() {
+        [] => {}
+        [id] => {
+            records.delete(caller, rtype, id).await?;
+        }
+        _ => {
+            return Err(Error::PreconditionFailed(
+                "the conditional delete matches more than one resource".into(),
+            ));
+        }
+    }
+    Ok(deleted())
 }
 
 async fn batch(
@@ -546,19 +599,8 @@ async fn batch_entry(
             let found = matching(records, caller, rtype, &query).await?;
             match found.as_slice() {
                 [] => created(records.create(caller, rtype, body).await?, 201),
-                [id] => {
-                    let mut body = body;
-                    if let Some(obj) = body.as_object_mut() {
-                        obj.entry("id")
-                            .or_insert_with(|| Value::String(id.as_str().to_owned()));
-                    }
-                    created(records.update(caller, rtype, id, body, None).await?.0, 200)
-                }
-                _ => {
-                    return Err(Error::PreconditionFailed(
-                        "the conditional update matches more than one resource".into(),
-                    ));
-                }
+                [id] => created(update_matched(records, caller, rtype, id, body).await?, 200),
+                _ => return Err(conditional_update_ambiguous()),
             }
         }
         Request::Delete { rtype, id } => {
@@ -566,19 +608,7 @@ async fn batch_entry(
             deleted()
         }
         Request::ConditionalDelete { rtype, query } => {
-            let found = matching(records, caller, rtype, &query).await?;
-            match found.as_slice() {
-                [] => {}
-                [id] => {
-                    records.delete(caller, rtype, id).await?;
-                }
-                _ => {
-                    return Err(Error::PreconditionFailed(
-                        "the conditional delete matches more than one resource".into(),
-                    ));
-                }
-            }
-            deleted()
+            conditional_delete(records, caller, rtype, &query).await?
         }
         Request::Read { rtype, id } => read(records, caller, rtype, &id).await?,
     })

@@ -657,6 +657,7 @@ fn kek_files_sealed_under_a_passphrase_and_a_wrong_one_stops_the_start() {
 }
 
 /// A value unique to this run (not a secret; only makes the passphrase distinct).
+#[allow(clippy::disallowed_methods)]
 fn uuid_like() -> String {
     format!(
         "{:x}{:x}",
