@@ -5,6 +5,7 @@ use carevault_store::{CredentialRow, PrincipalRow, SessionRow, WriteOp};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::password::PasswordHasherConfig;
 use super::recovery::normalize_recovery_code;
 use super::{Identity, SESSION_PREFIX, Username, role_names, totp, totp_aad};
 use crate::audit::AuditScope;
@@ -19,6 +20,23 @@ pub struct LoginGranted {
 
 impl Identity {
     pub(super) async fn hash_password(&self, password: &str) -> Result<String> {
+        let password = Zeroizing::new(password.to_owned());
+        self.off_workers(move |hasher| hasher.hash(&password))
+            .await?
+    }
+
+    async fn verify_password(&self, password: &str, phc: &str) -> Result<bool> {
+        let password = Zeroizing::new(password.to_owned());
+        let phc = phc.to_owned();
+        self.off_workers(move |hasher| hasher.verify(&password, &phc))
+            .await
+    }
+
+    /// Run Argon2 work on the blocking pool, at most `hash_permits` at a time.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
+    ) -> Result<T> {
         let _permit = self
             .hash_permits
             .acquire()
@@ -26,22 +44,7 @@ impl Identity {
             .map_err(|_| Error::Unavailable("shutting down".into()))?;
         // Argon2 is deliberately slow; keep it off the async workers.
         let hasher = self.hasher.clone();
-        let password = Zeroizing::new(password.to_owned());
-        tokio::task::spawn_blocking(move || hasher.hash(&password))
-            .await
-            .map_err(|e| Error::Internal(format!("hash task: {e}")))?
-    }
-
-    async fn verify_password(&self, password: &str, phc: &str) -> Result<bool> {
-        let _permit = self
-            .hash_permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Unavailable("shutting down".into()))?;
-        let hasher = self.hasher.clone();
-        let password = Zeroizing::new(password.to_owned());
-        let phc = phc.to_owned();
-        tokio::task::spawn_blocking(move || hasher.verify(&password, &phc))
+        tokio::task::spawn_blocking(move || work(&hasher))
             .await
             .map_err(|e| Error::Internal(format!("hash task: {e}")))
     }

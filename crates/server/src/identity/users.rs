@@ -146,31 +146,28 @@ impl Identity {
 
     /// Enable (and unlock) an account.
     pub async fn enable(&self, audit: &AuditScope, username: &str) -> Result<()> {
-        let p = self.principal_named(username).await?;
-        audit.set_resource("Principal", Some(&p.id), None);
-        self.commit(
-            audit,
-            vec![WriteOp::UpdatePrincipal {
-                principal_id: p.id,
-                disabled: Some(false),
-                locked: Some(false),
-                failed_logins: Some(0),
-            }],
-            204,
-        )
-        .await?;
-        self.throttle.reset(username);
-        Ok(())
+        self.unlock_setting_disabled(audit, username, Some(false))
+            .await
     }
 
     pub async fn unlock(&self, audit: &AuditScope, username: &str) -> Result<()> {
+        self.unlock_setting_disabled(audit, username, None).await
+    }
+
+    /// Unlock an account (clearing its failed logins and throttle), and set `disabled` when given.
+    async fn unlock_setting_disabled(
+        &self,
+        audit: &AuditScope,
+        username: &str,
+        disabled: Option<bool>,
+    ) -> Result<()> {
         let p = self.principal_named(username).await?;
         audit.set_resource("Principal", Some(&p.id), None);
         self.commit(
             audit,
             vec![WriteOp::UpdatePrincipal {
                 principal_id: p.id,
-                disabled: None,
+                disabled,
                 locked: Some(false),
                 failed_logins: Some(0),
             }],
