@@ -236,3 +236,19 @@ fn validate_key_name(name: &str) -> Result<()> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        for good in ["ci", "etl-nightly", "a.b_c-9"] {
+            assert!(validate_key_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "x", "Upper", "with space", "slash/y", &"k".repeat(65)] {
+            assert!(validate_key_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_key_name(&"k".repeat(64)).is_ok());
+    }
+}

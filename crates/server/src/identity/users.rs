@@ -262,3 +262,18 @@ fn validate_organization(org: &str) -> Result<()> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn organizations_are_fhir_ids() {
+        for good in ["o", "Org-A", "clinic.north_2", &"o".repeat(64)] {
+            assert!(validate_organization(good).is_ok(), "{good}");
+        }
+        for bad in ["", "org a", "org/a", "ü", &"o".repeat(65)] {
+            assert!(validate_organization(bad).is_err(), "{bad}");
+        }
+    }
+}

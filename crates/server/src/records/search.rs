@@ -520,3 +520,61 @@ pub(super) fn decode_cursor(cursor: &str) -> Result<(Vec<Option<String>>, String
     let id = value["i"].as_str().ok_or_else(bad)?.to_owned();
     Ok((keys, id))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering;
+
+    use super::*;
+
+    fn key(descending: bool) -> SortKey {
+        SortKey {
+            param: "date",
+            descending,
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let keys = vec![Some("2024-01-02".to_owned()), None];
+        let cursor = encode_cursor(&keys, "obs-7");
+        assert_eq!(decode_cursor(&cursor).unwrap(), (keys, "obs-7".to_owned()));
+        for bad in [
+            "",
+            "not base64!",
+            &data_encoding::BASE64URL_NOPAD.encode(b"{\"k\":1}"),
+        ] {
+            assert!(
+                matches!(decode_cursor(bad), Err(Error::BadRequest(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_sort_values_sort_last_either_way() {
+        let a = [Some("a".to_owned())];
+        let b = [Some("b".to_owned())];
+        let none = [None];
+        assert_eq!(compare_keys(&a, &b, &[key(false)]), Ordering::Less);
+        assert_eq!(compare_keys(&a, &b, &[key(true)]), Ordering::Greater);
+        for descending in [false, true] {
+            assert_eq!(compare_keys(&a, &none, &[key(descending)]), Ordering::Less);
+            assert_eq!(
+                compare_keys(&none, &b, &[key(descending)]),
+                Ordering::Greater
+            );
+        }
+        // The first key that differs decides.
+        let two = |x: &str, y: &str| [Some(x.to_owned()), Some(y.to_owned())];
+        let sort = [key(false), key(true)];
+        assert_eq!(
+            compare_keys(&two("a", "a"), &two("a", "b"), &sort),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_keys(&two("a", "z"), &two("b", "a"), &sort),
+            Ordering::Less
+        );
+    }
+}
