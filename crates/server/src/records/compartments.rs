@@ -6,7 +6,8 @@ use carevault_fhir::search::Query;
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
 
-use super::{Caller, Records, SearchPage, Version, decode_cursor, encode_cursor};
+use super::search::{decode_cursor, encode_cursor};
+use super::{Caller, Records, SearchPage, Version};
 use crate::authz::ResourceAttrs;
 use crate::compartment::{self, Member};
 use crate::error::{Error, Result};

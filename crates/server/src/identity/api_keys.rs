@@ -1,0 +1,254 @@
+//! API keys: minting, listing and revoking them, and authenticating a request that bears one.
+
+use std::net::IpAddr;
+
+use carevault_store::WriteOp;
+use serde::Serialize;
+
+use super::{API_KEY_PREFIX, Identity, MAX_KEY_DAYS, Principal, PrincipalKind, Role, keys};
+use crate::audit::AuditScope;
+use crate::error::{Error, Result};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub expires_in_days: Option<i64>,
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedApiKey {
+    pub name: String,
+    pub key: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyView {
+    pub name: String,
+    pub owner: Option<String>,
+    pub scopes: Vec<String>,
+    pub allowed_cidrs: Vec<String>,
+    pub expires_at: String,
+    pub state: &'static str,
+}
+
+impl Identity {
+    pub(super) async fn authenticate_key(
+        &self,
+        key: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Principal> {
+        if key.len() != API_KEY_PREFIX.len() + 43 {
+            return Err(Error::Unauthorized);
+        }
+        let row = self
+            .store
+            .api_key_by_hash(&carevault_crypto::sha256_hex(key.as_bytes()))
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        if row.revoked || row.expires_at <= self.clock.now_secs() {
+            return Err(Error::Unauthorized);
+        }
+        if !row.allowed_cidrs.is_empty() {
+            let inside = client_ip.is_some_and(|ip| {
+                row.allowed_cidrs
+                    .iter()
+                    .filter_map(|c| keys::Cidr::parse(c).ok())
+                    .any(|c| c.contains(ip))
+            });
+            if !inside {
+                return Err(Error::Unauthorized);
+            }
+        }
+        let (roles, organization, owner) = match &row.owner_id {
+            Some(owner_id) => {
+                let owner = self
+                    .store
+                    .principal_by_id(owner_id)
+                    .await?
+                    .ok_or(Error::Unauthorized)?;
+                if owner.disabled || owner.locked {
+                    return Err(Error::Unauthorized);
+                }
+                let owner_principal = Principal {
+                    id: owner.id,
+                    username: owner.username,
+                    roles: owner
+                        .roles
+                        .iter()
+                        .filter_map(|r| Role::parse(r).ok())
+                        .collect(),
+                    organization: owner.organization.clone(),
+                    kind: PrincipalKind::User,
+                    session_hash: None,
+                };
+                (
+                    Vec::new(),
+                    owner.organization,
+                    Some(Box::new(owner_principal)),
+                )
+            }
+            None => (vec![Role::Service], None, None),
+        };
+        Ok(Principal {
+            id: format!("apikey:{}", row.name),
+            username: row.name,
+            roles,
+            organization,
+            kind: PrincipalKind::ApiKey {
+                scopes: row.scopes,
+                owner,
+            },
+            session_hash: None,
+        })
+    }
+
+    /// Mint an API key. `owner` is the user minting a key for themselves (its grants are then
+    /// the intersection of its scopes and the user's rights); None makes a service key (admin).
+    pub async fn create_api_key(
+        &self,
+        audit: &AuditScope,
+        owner: Option<&Principal>,
+        req: &NewApiKey,
+    ) -> Result<CreatedApiKey> {
+        validate_key_name(&req.name)?;
+        let scopes = keys::parse_scopes(&req.scopes)?;
+        let days = req.expires_in_days.unwrap_or(MAX_KEY_DAYS);
+        if !(1..=MAX_KEY_DAYS).contains(&days) {
+            return Err(Error::BadRequest(format!(
+                "expires_in_days must be between 1 and {MAX_KEY_DAYS}"
+            )));
+        }
+        let mut cidrs = Vec::new();
+        for c in req.allowed_cidrs.iter().flatten() {
+            cidrs.push(keys::Cidr::parse(c)?.to_string());
+        }
+        let owner_id = match owner {
+            Some(p) => match p.kind {
+                PrincipalKind::User => Some(p.id.clone()),
+                PrincipalKind::ApiKey { .. } => {
+                    return Err(Error::Forbidden);
+                }
+            },
+            None => None,
+        };
+        let key = carevault_crypto::random_token(API_KEY_PREFIX)?;
+        let now = self.clock.now_secs();
+        let expires_at = now + days * 86_400;
+        audit.set_resource("ApiKey", Some(&req.name), None);
+        self.commit(
+            audit,
+            vec![WriteOp::InsertApiKey(carevault_store::ApiKeyRow {
+                name: req.name.clone(),
+                key_hash: carevault_crypto::sha256_hex(key.as_bytes()),
+                owner_id,
+                scopes,
+                allowed_cidrs: cidrs,
+                expires_at,
+                revoked: false,
+                created_at: now,
+            })],
+            201,
+        )
+        .await
+        .map_err(|e| match e {
+            carevault_store::StoreError::AlreadyExists => {
+                Error::Conflict("an API key with this name exists".into())
+            }
+            other => other.into(),
+        })?;
+        Ok(CreatedApiKey {
+            name: req.name.clone(),
+            key,
+            expires_at: crate::clock::fhir_instant(expires_at * 1_000_000),
+        })
+    }
+
+    pub async fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyView>> {
+        let now = self.clock.now_secs();
+        Ok(self
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .filter(|k| owner.is_none_or(|o| k.owner_id.as_deref() == Some(o)))
+            .map(|k| ApiKeyView {
+                state: if k.revoked {
+                    "revoked"
+                } else if k.expires_at <= now {
+                    "expired"
+                } else {
+                    "active"
+                },
+                name: k.name,
+                owner: k.owner_id,
+                scopes: k.scopes,
+                allowed_cidrs: k.allowed_cidrs,
+                expires_at: crate::clock::fhir_instant(k.expires_at * 1_000_000),
+            })
+            .collect())
+    }
+
+    /// Revoke a key; `owner` limits it to the caller's own keys.
+    pub async fn revoke_api_key(
+        &self,
+        audit: &AuditScope,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<()> {
+        let exists = self
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .any(|k| k.name == name && owner.is_none_or(|o| k.owner_id.as_deref() == Some(o)));
+        if !exists {
+            return Err(Error::NotFound);
+        }
+        audit.set_resource("ApiKey", Some(name), None);
+        self.commit(
+            audit,
+            vec![WriteOp::RevokeApiKey {
+                name: name.to_owned(),
+            }],
+            204,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn validate_key_name(name: &str) -> Result<()> {
+    let ok = (2..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(
+            "key name must be 2-64 characters of a-z, 0-9, '-', '_' or '.'".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        for good in ["ci", "etl-nightly", "a.b_c-9"] {
+            assert!(validate_key_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "x", "Upper", "with space", "slash/y", &"k".repeat(65)] {
+            assert!(validate_key_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_key_name(&"k".repeat(64)).is_ok());
+    }
+}

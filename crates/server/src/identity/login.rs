@@ -1,0 +1,189 @@
+//! Login: password (Argon2, off the async workers) and second factor, throttled per account,
+//! opening a session on success.
+
+use carevault_store::{CredentialRow, PrincipalRow, SessionRow, WriteOp};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::password::PasswordHasherConfig;
+use super::recovery::normalize_recovery_code;
+use super::{Identity, SESSION_PREFIX, Username, role_names, totp, totp_aad};
+use crate::audit::AuditScope;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Serialize)]
+pub struct LoginGranted {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+}
+
+impl Identity {
+    pub(super) async fn hash_password(&self, password: &str) -> Result<String> {
+        let password = Zeroizing::new(password.to_owned());
+        self.off_workers(move |hasher| hasher.hash(&password))
+            .await?
+    }
+
+    async fn verify_password(&self, password: &str, phc: &str) -> Result<bool> {
+        let password = Zeroizing::new(password.to_owned());
+        let phc = phc.to_owned();
+        self.off_workers(move |hasher| hasher.verify(&password, &phc))
+            .await
+    }
+
+    /// Run Argon2 work on the blocking pool, at most `hash_permits` at a time.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("shutting down".into()))?;
+        // Argon2 is deliberately slow; keep it off the async workers.
+        let hasher = self.hasher.clone();
+        tokio::task::spawn_blocking(move || work(&hasher))
+            .await
+            .map_err(|e| Error::Internal(format!("hash task: {e}")))
+    }
+
+    /// Password and second factor (a TOTP code, or once each, a recovery code). Every failure
+    /// is the same `Unauthorized` after the same Argon2 work, whatever was wrong.
+    pub async fn login(
+        &self,
+        audit: &AuditScope,
+        username: &str,
+        password: &str,
+        second_factor: &str,
+    ) -> Result<LoginGranted> {
+        let now_us = self.clock.now_us();
+        let throttle_key = username.to_ascii_lowercase();
+        if let Err(retry_after_secs) = self.throttle.check(&throttle_key, now_us) {
+            return Err(Error::TooManyRequests { retry_after_secs });
+        }
+        let principal = match Username::parse(username) {
+            Ok(u) => self.store.principal_by_username(u.as_str()).await?,
+            Err(_) => None,
+        };
+        let credential = match &principal {
+            Some(p) => self.store.credential(&p.id).await?,
+            None => None,
+        };
+        let phc = credential
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |c| c.password_hash.as_str());
+        let password_ok = password.len() <= 1024 && self.verify_password(password, phc).await?;
+
+        let factor = match (&principal, &credential) {
+            (Some(p), Some(c)) if password_ok && !p.disabled && !p.locked => {
+                self.second_factor(p, c, second_factor).await?
+            }
+            _ => None,
+        };
+        if let (Some(p), Some((factor_op, method))) = (&principal, factor) {
+            audit.set_principal(&p.id, &role_names(p), method);
+            match self.open_session(audit, p, factor_op).await {
+                Ok(granted) => {
+                    self.throttle.reset(&throttle_key);
+                    return Ok(granted);
+                }
+                // The code or recovery code was used by a concurrent login: a failure.
+                Err(Error::Conflict(_)) => audit.set_principal("anonymous", &[], "none"),
+                Err(e) => return Err(e),
+            }
+        }
+        self.throttle.record_failure(&throttle_key, now_us);
+        if let Some(p) = principal {
+            audit.add_detail("target_principal", p.id.clone());
+            self.commit(
+                audit,
+                vec![WriteOp::RecordLoginFailure {
+                    principal_id: p.id,
+                    lock_after: self.lock_after,
+                }],
+                401,
+            )
+            .await?;
+        }
+        Err(Error::Unauthorized)
+    }
+
+    /// The write that consumes the second factor (a TOTP step or a recovery code), if the
+    /// factor is valid, and the authentication method it makes.
+    async fn second_factor(
+        &self,
+        p: &PrincipalRow,
+        c: &CredentialRow,
+        code: &str,
+    ) -> Result<Option<(WriteOp, &'static str)>> {
+        let now = self.clock.now_secs();
+        if code.len() == 6 {
+            let secret = Zeroizing::new(
+                self.keyring
+                    .open(&totp_aad(&p.id), &c.totp_secret_sealed)
+                    .await?,
+            );
+            let step = totp::verify(&secret, &p.username, code, now, c.totp_last_step)?;
+            // Committed with the session: of two concurrent logins with one code, one wins.
+            return Ok(step.map(|step| {
+                (
+                    WriteOp::AdvanceTotpStep {
+                        principal_id: p.id.clone(),
+                        step,
+                    },
+                    "password+totp",
+                )
+            }));
+        }
+        let normalized = normalize_recovery_code(code);
+        let hash = carevault_crypto::sha256_hex(normalized.as_bytes());
+        if normalized.is_empty() || !c.recovery_code_hashes.contains(&hash) {
+            return Ok(None);
+        }
+        Ok(Some((
+            WriteOp::ConsumeRecoveryCode {
+                principal_id: p.id.clone(),
+                code_hash: hash,
+            },
+            "password+recovery-code",
+        )))
+    }
+
+    async fn open_session(
+        &self,
+        audit: &AuditScope,
+        p: &PrincipalRow,
+        factor_op: WriteOp,
+    ) -> Result<LoginGranted> {
+        let token = carevault_crypto::random_token(SESSION_PREFIX)?;
+        let now = self.clock.now_secs();
+        self.commit(
+            audit,
+            vec![
+                factor_op,
+                WriteOp::InsertSession(SessionRow {
+                    token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
+                    principal_id: p.id.clone(),
+                    created_at: now,
+                    last_seen: now,
+                    revoked: false,
+                }),
+                WriteOp::UpdatePrincipal {
+                    principal_id: p.id.clone(),
+                    disabled: None,
+                    locked: None,
+                    failed_logins: Some(0),
+                },
+            ],
+            200,
+        )
+        .await?;
+        Ok(LoginGranted {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: self.session_idle_secs,
+        })
+    }
+}

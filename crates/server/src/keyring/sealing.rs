@@ -1,0 +1,69 @@
+//! Sealing and opening values under a compartment's data key, with associated data that binds
+//! them to the environment and their owner.
+
+use std::sync::Arc;
+
+use carevault_crypto::envelope;
+use zeroize::Zeroizing;
+
+use super::Keyring;
+use crate::error::Result;
+
+impl Keyring {
+    /// Seal `plaintext` under the data key of `compartment`; returns the key id and the envelope.
+    pub async fn seal(
+        &self,
+        compartment: &str,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<(u64, Vec<u8>)> {
+        let (dek_id, cipher) = self.key_for_compartment(compartment).await?;
+        let sealed = envelope::seal(&cipher, dek_id, aad, plaintext)?;
+        Ok((dek_id, sealed))
+    }
+
+    /// Open an envelope; the data key is found from its header.
+    pub async fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.open_with_compartment(aad, sealed).await?.0)
+    }
+
+    /// Open an envelope and say which compartment's key sealed it (a patient's, or not).
+    pub async fn open_with_compartment(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<(Vec<u8>, Arc<str>)> {
+        let header = envelope::Header::parse(sealed)?;
+        let (cipher, compartment) = self.key_by_id(header.dek_id).await?;
+        Ok((envelope::open(&cipher, aad, sealed)?, compartment))
+    }
+
+    /// The compartment whose data key sealed `sealed`, without opening it.
+    pub async fn compartment_of_sealed(&self, sealed: &[u8]) -> Result<Arc<str>> {
+        let header = envelope::Header::parse(sealed)?;
+        Ok(self.key_by_id(header.dek_id).await?.1)
+    }
+
+    /// A named 256-bit secret held in the keyring (wrapped by the KEK like a data key), for
+    /// keys that are not AES data keys: the audit signing seed, HMAC keys.
+    pub async fn secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>> {
+        let row = self.data_key_row(&format!("secret:{name}")).await?;
+        self.check_decryptable(&row)?;
+        let dek = self.provider.unwrap(
+            row.kek_version,
+            &row.wrapped,
+            &self.wrap_aad(&row.compartment),
+        )?;
+        Ok(Zeroizing::new(*dek.expose()))
+    }
+
+    /// Associated data binding a resource version's ciphertext to its environment, type, id
+    /// and version number (the envelope header adds the data key id).
+    pub fn resource_aad(&self, rtype: &str, id: &str, version: u32) -> Vec<u8> {
+        format!(
+            "carevault-resource\0{}\0{rtype}\0{id}\0{version}",
+            self.env_id
+        )
+        .into_bytes()
+    }
+}
