@@ -259,16 +259,22 @@ impl PgInstance {
         self.dir.path().join("pgdata").display().to_string()
     }
 
-    fn run(&self, args: &[&str]) {
-        let tool = self.bin.join(args[0]);
-        let mut cmd = if is_root() {
+    /// `tool` from the server binaries; as root, run as the `postgres` user (PostgreSQL refuses
+    /// to run as root).
+    fn command(&self, tool: &str) -> Command {
+        let tool = self.bin.join(tool);
+        if is_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&tool);
             c
         } else {
             Command::new(&tool)
-        };
-        let out = cmd
+        }
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = self
+            .command(args[0])
             .args(&args[1..])
             .output()
             .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
@@ -330,16 +336,9 @@ impl PgInstance {
 
 impl Drop for PgInstance {
     fn drop(&mut self) {
-        let tool = self.bin.join("pg_ctl");
         let data = self.data();
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&tool);
-            c
-        } else {
-            Command::new(&tool)
-        };
-        let _ = cmd
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &data, "-m", "immediate", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
