@@ -1,0 +1,181 @@
+//! The HTTPS client tests speak to a server with, and the accounts they log in as.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use ureq::tls::{RootCerts, TlsConfig};
+
+use crate::totp::Authenticator;
+
+/// A response, fully read.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The first OperationOutcome issue's diagnostics, if this is one.
+    pub fn diagnostics(&self) -> String {
+        self.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// An HTTPS client for one server, optionally with a bearer token.
+#[derive(Clone)]
+pub struct Api {
+    agent: ureq::Agent,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(base: &str, ca_pem: &Path) -> Self {
+        let pem = std::fs::read(ca_pem).unwrap_or_default();
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::Specific(Arc::new(certs)))
+                    .build(),
+            )
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        Self {
+            agent,
+            base: base.trim_end_matches('/').to_owned(),
+            token: None,
+        }
+    }
+
+    pub fn rebased(&self, base: &str) -> Self {
+        let mut api = self.clone();
+        api.base = base.trim_end_matches('/').to_owned();
+        api
+    }
+
+    pub fn with_token(&self, token: &str) -> Self {
+        let mut api = self.clone();
+        api.token = Some(token.to_owned());
+        api
+    }
+
+    /// Send any request. `headers` are added as given (a test may send hostile ones).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let url = format!("{}{}", self.base, path);
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            builder = builder.header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let result = match body {
+            Some(b) => match builder.body(b.to_vec()) {
+                Ok(req) => self.agent.run(req),
+                Err(e) => panic!("bad test request: {e}"),
+            },
+            None => match builder.body(()) {
+                Ok(req) => self.agent.run(req),
+                Err(e) => panic!("bad test request: {e}"),
+            },
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => panic!("{method} {path} failed at the transport level: {e}"),
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let mut body = Vec::new();
+        let _ = response.into_body().into_reader().read_to_end(&mut body);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path, &[], None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(&bytes),
+        )
+    }
+
+    pub fn post_fhir(&self, path: &str, body: &Value) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/fhir+json")],
+            Some(&bytes),
+        )
+    }
+
+    pub fn put_fhir(&self, path: &str, body: &Value, extra: &[(&str, &str)]) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let mut headers = vec![("Content-Type", "application/fhir+json")];
+        headers.extend_from_slice(extra);
+        self.request("PUT", path, &headers, Some(&bytes))
+    }
+}
+
+/// A strong password for test accounts (passes the policy).
+pub const TEST_PASSWORD: &str = "lantern-quarry-velvet-omnibus-42";
+
+/// An enrolled account: its API handle (logged in), authenticator and recovery codes.
+pub struct Account {
+    pub username: String,
+    pub api: Api,
+    pub auth: Authenticator,
+    pub recovery_codes: Vec<String>,
+}
