@@ -53,6 +53,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 mod compartment;
 mod depth;
 mod error;

@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use carevault_audit::{EventRecord, StoredEvent};
+use carevault_fhir::bundle::{BundleHead, BundleWriter};
 use carevault_store::AuditQuery;
 use serde_json::{Value, json};
 
@@ -80,19 +81,14 @@ pub async fn events(
         "_cursor",
         (this.as_deref(), next.as_deref()),
     );
-    let entries: Vec<Value> = found
-        .iter()
-        .filter_map(to_audit_event)
-        .map(|r| json!({"resource": r}))
-        .collect();
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "meta": {"lastUpdated": fhir_instant(state.inner.clock.now_us())},
-        "link": links,
-        "entry": entries,
-    });
-    Ok(fhir_json(StatusCode::OK, bundle.to_string().into_bytes()))
+    let mut entries = BundleWriter::default();
+    for event in found.iter().filter_map(to_audit_event) {
+        entries.push(&json!({"resource": event}), None)?;
+    }
+    let head = BundleHead::new("searchset", uuid::Uuid::new_v4().to_string())
+        .last_updated(fhir_instant(state.inner.clock.now_us()))
+        .links(links);
+    Ok(fhir_json(StatusCode::OK, entries.finish(&head)?))
 }
 
 fn instant(value: &str, name: &str) -> Result<i64, ApiError> {

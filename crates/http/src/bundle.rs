@@ -2,48 +2,45 @@
 //! `response.status` is the status with its reason phrase, and a failed entry carries the
 //! OperationOutcome of the one error map.
 
+use carevault_fhir::bundle::{BundleError, BundleHead, BundleWriter};
 use carevault_server::bundle::{BundleResponse, EntryResponse, Outcome};
 use carevault_server::clock::fhir_instant;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::error::status_code;
 
 /// The response Bundle.
-pub fn response_bundle(response: BundleResponse) -> Value {
-    let entries: Vec<Value> = response.entries.into_iter().map(entry).collect();
-    json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": response.kind,
-        "entry": entries,
-    })
-}
-
-fn entry(response: EntryResponse) -> Value {
-    match response {
-        EntryResponse::Done(outcome) => done(outcome),
-        EntryResponse::Failed(e) => {
-            json!({"response": {"status": status_line(e.status()), "outcome": e.outcome()}})
+pub fn response_bundle(response: BundleResponse) -> Result<Vec<u8>, BundleError> {
+    let mut entries = BundleWriter::default();
+    for entry in response.entries {
+        match entry {
+            EntryResponse::Done(outcome) => done(&mut entries, outcome)?,
+            EntryResponse::Failed(e) => entries.push(
+                &json!({"response": {"status": status_line(e.status()), "outcome": e.outcome()}}),
+                None,
+            )?,
         }
     }
+    entries.finish(&BundleHead::new(
+        response.kind,
+        uuid::Uuid::new_v4().to_string(),
+    ))
 }
 
-fn done(o: Outcome) -> Value {
+fn done(entries: &mut BundleWriter, o: Outcome) -> Result<(), BundleError> {
     let mut response = json!({"status": status_line(o.status)});
     if let Some(location) = &o.location {
         response["location"] = json!(location);
     }
-    let mut entry = json!({});
-    if let Some(v) = &o.version {
-        response["etag"] = json!(format!("W/\"{}\"", v.version));
-        response["lastModified"] = json!(fhir_instant(v.last_updated_us));
-        if let Ok(resource) = serde_json::from_slice::<Value>(&v.json) {
-            entry["resource"] = resource;
-        }
-        entry["fullUrl"] = json!(format!("{}/{}", v.rtype, v.id));
-    }
-    entry["response"] = response;
-    entry
+    let Some(v) = &o.version else {
+        return entries.push(&json!({"response": response}), None);
+    };
+    response["etag"] = json!(format!("W/\"{}\"", v.version));
+    response["lastModified"] = json!(fhir_instant(v.last_updated_us));
+    entries.push(
+        &json!({"fullUrl": format!("{}/{}", v.rtype, v.id), "response": response}),
+        Some(&v.json),
+    )
 }
 
 /// `201 Created`: FHIR's `Bundle.entry.response.status` is the status code, optionally followed by
@@ -71,9 +68,16 @@ mod tests {
 
     #[test]
     fn a_failed_entry_tells_the_error_with_its_outcome() {
-        let e = entry(EntryResponse::Failed(carevault_server::Error::Conflict(
-            "the record changed concurrently".into(),
-        )));
+        let body = response_bundle(BundleResponse {
+            kind: "batch-response",
+            entries: vec![EntryResponse::Failed(carevault_server::Error::Conflict(
+                "the record changed concurrently".into(),
+            ))],
+        })
+        .unwrap();
+        let bundle: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(bundle["type"], "batch-response");
+        let e = &bundle["entry"][0];
         assert_eq!(e["response"]["status"], "409 Conflict");
         assert_eq!(e["response"]["outcome"]["issue"][0]["code"], "conflict");
     }

@@ -29,6 +29,12 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<carevault_fhir::bundle::BundleError> for ApiError {
+    fn from(e: carevault_fhir::bundle::BundleError) -> Self {
+        ApiError::Core(Error::Internal(e.to_string()))
+    }
+}
+
 impl From<carevault_store::StoreError> for ApiError {
     fn from(e: carevault_store::StoreError) -> Self {
         ApiError::Core(e.into())

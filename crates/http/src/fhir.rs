@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use carevault_fhir::bundle::{BundleHead, BundleWriter};
 use carevault_fhir::outcome::{self, Severity};
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
@@ -170,9 +171,7 @@ pub async fn bundle(
     match carevault_server::bundle::process(&state.inner.records, &p, &audit, value, max).await {
         Ok(response) => Ok(fhir_json(
             StatusCode::OK,
-            crate::bundle::response_bundle(response)
-                .to_string()
-                .into_bytes(),
+            crate::bundle::response_bundle(response)?,
         )),
         Err(carevault_server::bundle::EntryError {
             index: usize::MAX,
@@ -298,7 +297,7 @@ pub async fn everything(
         .everything(Caller::new(&p, &audit), &patient, &query)
         .await?;
     let base = crate::paging::fhir_base(&state, &headers);
-    let mut entries = BundleEntries::default();
+    let mut entries = BundleWriter::default();
     for v in &page.entries {
         entries.push(
             &SearchEntry {
@@ -393,7 +392,7 @@ async fn search(
     };
 
     let base = crate::paging::fhir_base(state, headers);
-    let mut entries = BundleEntries::default();
+    let mut entries = BundleWriter::default();
     if !query.summary_count {
         for (mode, v) in page
             .matches
@@ -441,93 +440,14 @@ fn searchset(
     pairs: &[(String, String)],
     (this, next): (Option<&str>, Option<&str>),
     total: Option<usize>,
-    entries: BundleEntries,
+    entries: BundleWriter,
 ) -> Result<Response, ApiError> {
     let links = crate::paging::page_links(url, pairs, "_page", (this, next));
-    let bundle = SearchBundle {
-        resource_type: "Bundle",
-        id: uuid::Uuid::new_v4().to_string(),
-        meta: BundleMeta {
-            last_updated: fhir_instant(state.inner.clock.now_us()),
-        },
-        bundle_type: "searchset",
-        total,
-        link: links,
-    };
+    let bundle = BundleHead::new("searchset", uuid::Uuid::new_v4().to_string())
+        .last_updated(fhir_instant(state.inner.clock.now_us()))
+        .total(total)
+        .links(links);
     Ok(fhir_json(StatusCode::OK, entries.finish(&bundle)?))
-}
-
-/// A Bundle's `entry` array, each entry written around its resource's stored JSON as it is:
-/// that JSON opened under its data key (authenticated encryption), so it is the text this server
-/// serialized when the version was written. Checking it again to embed it (`RawValue`) was a
-/// third pass over every result's JSON.
-#[derive(Default)]
-struct BundleEntries(Vec<u8>);
-
-impl BundleEntries {
-    /// Append `{...entry, "resource": resource}`; `entry` serializes to a JSON object without a
-    /// `resource` member.
-    fn push(
-        &mut self,
-        entry: &impl serde::Serialize,
-        resource: Option<&[u8]>,
-    ) -> Result<(), Error> {
-        self.0.push(if self.0.is_empty() { b'[' } else { b',' });
-        let start = self.0.len();
-        serde_json::to_writer(&mut self.0, entry)
-            .map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-        if let Some(resource) = resource {
-            debug_assert!(
-                serde_json::from_slice::<serde::de::IgnoredAny>(resource).is_ok(),
-                "stored JSON of a Bundle entry does not parse"
-            );
-            if self.0.pop() != Some(b'}') {
-                return Err(Error::Internal(
-                    "serialize: an entry is not a JSON object".into(),
-                ));
-            }
-            if self.0.len() > start + 1 {
-                self.0.push(b',');
-            }
-            self.0.extend_from_slice(br#""resource":"#);
-            self.0.extend_from_slice(resource);
-            self.0.push(b'}');
-        }
-        Ok(())
-    }
-
-    /// The whole Bundle: `head` (a JSON object without `entry`) with these entries appended.
-    fn finish(self, head: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
-        let mut body =
-            serde_json::to_vec(head).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-        if body.pop() != Some(b'}') {
-            return Err(Error::Internal(
-                "serialize: a Bundle is not a JSON object".into(),
-            ));
-        }
-        body.extend_from_slice(br#","entry":"#);
-        if self.0.is_empty() {
-            body.push(b'[');
-        } else {
-            body.extend_from_slice(&self.0);
-        }
-        body.extend_from_slice(b"]}");
-        Ok(body)
-    }
-}
-
-#[derive(serde::Serialize)]
-struct SearchBundle {
-    #[serde(rename = "resourceType")]
-    resource_type: &'static str,
-    id: String,
-    meta: BundleMeta,
-    #[serde(rename = "type")]
-    bundle_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    total: Option<usize>,
-    link: Vec<Value>,
-    // `entry` is appended as bytes (see `BundleEntries`).
 }
 
 #[derive(serde::Serialize)]
@@ -791,7 +711,7 @@ async fn history(
     let this = params.get("_cursor").map(String::as_str);
     let links = crate::paging::page_links(&self_path, &own, "_cursor", (this, next.as_deref()));
 
-    let mut entries = BundleEntries::default();
+    let mut entries = BundleWriter::default();
     for item in &items {
         let v = &item.version;
         let method = if v.deleted {
@@ -826,34 +746,10 @@ async fn history(
             (!v.deleted).then_some(v.json.as_slice()),
         )?;
     }
-    let bundle = HistoryBundle {
-        resource_type: "Bundle",
-        id: uuid::Uuid::new_v4().to_string(),
-        meta: BundleMeta {
-            last_updated: fhir_instant(state.inner.clock.now_us()),
-        },
-        bundle_type: "history",
-        link: links,
-    };
+    let bundle = BundleHead::new("history", uuid::Uuid::new_v4().to_string())
+        .last_updated(fhir_instant(state.inner.clock.now_us()))
+        .links(links);
     Ok(fhir_json(StatusCode::OK, entries.finish(&bundle)?))
-}
-
-#[derive(serde::Serialize)]
-struct HistoryBundle {
-    #[serde(rename = "resourceType")]
-    resource_type: &'static str,
-    id: String,
-    meta: BundleMeta,
-    #[serde(rename = "type")]
-    bundle_type: &'static str,
-    link: Vec<Value>,
-    // `entry` is appended as bytes (see `BundleEntries`).
-}
-
-#[derive(serde::Serialize)]
-struct BundleMeta {
-    #[serde(rename = "lastUpdated")]
-    last_updated: String,
 }
 
 #[derive(serde::Serialize)]
@@ -949,55 +845,4 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         }],
     });
     serde_json::to_vec(&cs).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bundle_entries_embed_stored_json_and_parse_as_the_bundle_they_describe() {
-        let head = serde_json::json!({"resourceType": "Bundle", "type": "history"});
-        let empty = BundleEntries::default().finish(&head).unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Value>(&empty).unwrap(),
-            serde_json::json!({"resourceType": "Bundle", "type": "history", "entry": []})
-        );
-
-        let mut entries = BundleEntries::default();
-        let stored = br#"{"resourceType":"Patient","id":"p1","name":[{"family":"O\"Brien"}]}"#;
-        entries
-            .push(
-                &serde_json::json!({"fullUrl": "https://h/fhir/Patient/p1"}),
-                Some(stored),
-            )
-            .unwrap();
-        entries
-            .push(
-                &serde_json::json!({"fullUrl": "https://h/fhir/Patient/p2"}),
-                None,
-            )
-            .unwrap();
-        entries
-            .push(&serde_json::json!({}), Some(br#"{"resourceType":"Basic"}"#))
-            .unwrap();
-        let body = entries.finish(&head).unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Value>(&body).unwrap(),
-            serde_json::json!({
-                "resourceType": "Bundle",
-                "type": "history",
-                "entry": [
-                    {"fullUrl": "https://h/fhir/Patient/p1", "resource": {"resourceType": "Patient", "id": "p1", "name": [{"family": "O\"Brien"}]}},
-                    {"fullUrl": "https://h/fhir/Patient/p2"},
-                    {"resource": {"resourceType": "Basic"}},
-                ]
-            })
-        );
-        assert!(
-            BundleEntries::default()
-                .finish(&serde_json::json!(["not", "an", "object"]))
-                .is_err()
-        );
-    }
 }
