@@ -15,8 +15,7 @@ use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use data_encoding::BASE64;
 
 /// How long an approval token stays valid.
 pub const APPROVAL_TTL_SECS: i64 = 15 * 60;
@@ -139,7 +138,7 @@ pub async fn shred(
             reason.as_bytes(),
         )
         .await?;
-    audit.add_detail("reason_sealed", BASE64.encode(sealed));
+    audit.add_detail("reason_sealed", BASE64.encode(&sealed));
     let op = keyring
         .shred(compartment, &requester.id, &approval.approver_id)
         .await?;
@@ -158,7 +157,7 @@ fn reason_aad(keyring: &Keyring, compartment: &str) -> Vec<u8> {
 /// Open a shred reason sealed in an audit event (`reason_sealed`, base64).
 pub async fn open_reason(keyring: &Keyring, compartment: &str, sealed_b64: &str) -> Result<String> {
     let sealed = BASE64
-        .decode(sealed_b64.trim())
+        .decode(sealed_b64.trim().as_bytes())
         .map_err(|_| Error::BadRequest("not a sealed reason".into()))?;
     let plain = keyring
         .open(&reason_aad(keyring, compartment), &sealed)
