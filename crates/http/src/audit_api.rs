@@ -32,11 +32,9 @@ pub async fn events(
         match key.as_str() {
             "principal" => q.principal = Some(value.clone()),
             "patient" => {
-                q.patient = Some(if value.starts_with("Patient/") {
-                    value.clone()
-                } else {
-                    format!("Patient/{value}")
-                });
+                q.patient = Some(carevault_server::compartment::of_patient(
+                    carevault_server::compartment::patient_id(value),
+                ));
             }
             "action" => q.action = Some(value.clone()),
             "outcome" => q.outcome = Some(value.clone()),

@@ -225,7 +225,7 @@ impl AuditScope {
     /// Record the patients of a compartment (every patient of a resource naming several;
     /// nothing for shared data).
     pub fn add_patient(&self, compartment: &str) {
-        if !compartment.starts_with("Patient/") {
+        if crate::compartment::patients(compartment).next().is_none() {
             return;
         }
         self.with(|r| {

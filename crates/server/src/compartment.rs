@@ -22,13 +22,35 @@ use carevault_fhir::ResourceId;
 
 /// Resources outside every patient compartment (Organization, Practitioner, ...).
 pub const ENVIRONMENT: &str = "environment";
-const PATIENT_PREFIX: &str = "Patient/";
+/// How a patient's compartment, and a reference to a patient, begins.
+pub const PATIENT_PREFIX: &str = "Patient/";
 const ORGANIZATION_PREFIX: &str = "Organization/";
+
+/// The compartment of one patient, `Patient/<id>` (also how a reference names them).
+#[must_use]
+pub fn of_patient(id: impl std::fmt::Display) -> String {
+    format!("{PATIENT_PREFIX}{id}")
+}
+
+/// The id of a patient given as `Patient/<id>` or as a bare id (not checked).
+#[must_use]
+pub fn patient_id(reference_or_id: &str) -> &str {
+    reference_or_id
+        .strip_prefix(PATIENT_PREFIX)
+        .unwrap_or(reference_or_id)
+}
+
+/// A patient given as `Patient/<id>` or as a bare id, parsed; None when the id is not a valid
+/// FHIR id (callers answer without echoing it).
+#[must_use]
+pub fn parse_patient(reference_or_id: &str) -> Option<ResourceId> {
+    ResourceId::parse(patient_id(reference_or_id)).ok()
+}
 
 /// The compartment of a set of patients (sorted, without repeats), or None for no patient.
 #[must_use]
 pub fn of_patients(patients: &[ResourceId]) -> Option<String> {
-    let mut names = patients.iter().map(|p| format!("{PATIENT_PREFIX}{p}"));
+    let mut names = patients.iter().map(of_patient);
     let first = names.next()?;
     Some(names.fold(first, |mut all, next| {
         all.push(' ');
@@ -106,6 +128,12 @@ mod tests {
             [Member::Organization("org-a")]
         );
         assert_eq!(members(ENVIRONMENT).count(), 0);
+        assert_eq!(of_patient("a"), "Patient/a");
+        assert_eq!(patient_id("Patient/a"), "a");
+        assert_eq!(patient_id("a"), "a");
+        assert_eq!(parse_patient("Patient/b.c"), Some(ids(&["b.c"])[0].clone()));
+        assert_eq!(parse_patient("Patient/"), None);
+        assert_eq!(parse_patient("Patient/a b"), None);
         assert_eq!(members("secrets").count(), 0);
         assert_eq!(members("secret:audit-signing").count(), 0);
         assert_eq!(patients(&of_organization("o")).count(), 0);

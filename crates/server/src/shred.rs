@@ -31,10 +31,9 @@ pub struct Approval {
 
 /// `Patient/<id>` from a path id, parsed (the id is never echoed in errors).
 pub fn patient_compartment(id: &str) -> Result<String> {
-    let id = id.strip_prefix("Patient/").unwrap_or(id);
-    let id = carevault_fhir::ResourceId::parse(id)
-        .map_err(|_| Error::BadRequest("not a valid Patient id".into()))?;
-    Ok(format!("Patient/{}", id.as_str()))
+    let id = crate::compartment::parse_patient(id)
+        .ok_or_else(|| Error::BadRequest("not a valid Patient id".into()))?;
+    Ok(crate::compartment::of_patient(id))
 }
 
 /// What a shred works with.

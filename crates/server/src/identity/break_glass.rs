@@ -29,10 +29,9 @@ impl Identity {
         }
         let patient = match patient {
             Some(p) => {
-                let id = p.strip_prefix("Patient/").unwrap_or(p);
-                carevault_fhir::ResourceId::parse(id)
-                    .map_err(|_| Error::BadRequest("patient must be a Patient id".into()))?;
-                Some(format!("Patient/{id}"))
+                let id = crate::compartment::parse_patient(p)
+                    .ok_or_else(|| Error::BadRequest("patient must be a Patient id".into()))?;
+                Some(crate::compartment::of_patient(id))
             }
             None => None,
         };

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 /// resource versions, which the job re-seals). The environment's key also seals shred reasons
 /// inside hash-chained audit events, the secrets compartment and named secrets are not
 /// resource data, so they keep their keys (and are re-wrapped with every KEK rotation).
-pub const ROTATED_COMPARTMENT_PREFIX: &str = "Patient/";
+pub const ROTATED_COMPARTMENT_PREFIX: &str = crate::compartment::PATIENT_PREFIX;
 
 /// How long a dropped old data key stays in the memory cache.
 const DROPPED_KEY_GRACE: Duration = Duration::from_secs(10);

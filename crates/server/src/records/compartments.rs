@@ -40,7 +40,7 @@ impl Records {
         rtype: ResourceType,
         query: &Query,
     ) -> Result<SearchPage> {
-        let compartment = format!("Patient/{patient}");
+        let compartment = crate::compartment::of_patient(patient);
         caller.audit.add_patient(&compartment);
         let within: Vec<String> = if rtype == ResourceType::PATIENT {
             vec![patient.as_str().to_owned()]
@@ -90,7 +90,7 @@ impl Records {
         patient: &ResourceId,
         query: &EverythingQuery,
     ) -> Result<EverythingPage> {
-        let compartment = format!("Patient/{patient}");
+        let compartment = crate::compartment::of_patient(patient);
         caller
             .audit
             .set_resource("Patient", Some(patient.as_str()), None);

@@ -431,7 +431,7 @@ impl Records {
     ) -> Result<Vec<String>> {
         self.bulk_organizations(
             &mut known.organizations,
-            ids.iter().map(|id| format!("Patient/{id}")),
+            ids.iter().map(crate::compartment::of_patient),
         )
         .await?;
         let (grants, organizations) = (known.grants.as_slice(), &known.organizations);
@@ -441,7 +441,7 @@ impl Records {
         };
         let mut kept = Vec::with_capacity(ids.len());
         for id in ids {
-            let compartment = format!("Patient/{id}");
+            let compartment = crate::compartment::of_patient(id);
             let attrs = ResourceAttrs {
                 rtype: ResourceType::PATIENT,
                 id: id.clone(),
