@@ -2,7 +2,6 @@
 //! gives to clients to pin). Serving TLS is the `carevault-http` crate's job.
 
 use crate::config::Config;
-use crate::environment::write_private;
 use crate::error::{Error, Result};
 
 /// Make a self-signed certificate for the listen address and localhost; returns its SHA-256
@@ -30,7 +29,8 @@ pub fn generate_self_signed(config: &Config) -> Result<String> {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::Unavailable(format!("tls dir: {}", e.kind())))?;
     }
-    write_private(&config.tls_key, key.serialize_pem().as_bytes())?;
+    carevault_crypto::write_private_new(&config.tls_key, key.serialize_pem().as_bytes())
+        .map_err(|e| Error::Unavailable(format!("tls key: {}", e.kind())))?;
     std::fs::write(&config.tls_cert, cert.pem())
         .map_err(|e| Error::Unavailable(format!("tls cert: {}", e.kind())))?;
     Ok(fingerprint(cert.der()))

@@ -3,7 +3,6 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::index::replace_search_index;
-use super::resources::resource_row;
 use super::{SqliteStore, exec, map_err};
 use crate::rows::{self, RESOURCE_COLUMNS};
 use crate::{DataKeyRow, DataRotationProgress, ResourceRow, ShredApprovalRow, StoreError, WriteOp};
@@ -314,7 +313,7 @@ impl SqliteStore {
                 "SELECT {RESOURCE_COLUMNS} FROM data_key d JOIN resource_version v ON v.dek_id = d.id
                  WHERE d.state = 'retiring' ORDER BY v.seq LIMIT ?1"
             ))?;
-            let rows = stmt.query_map([limit], resource_row)?;
+            let rows = stmt.query_map([limit], |r| rows::resource_row(r, 0))?;
             rows.collect()
         })
         .await
