@@ -328,11 +328,20 @@ fn break_glass_reads_are_marked_in_the_trail_and_alerted(w: &World) {
 #[test]
 fn api_keys_grant_their_scopes_and_nothing_else() {
     let w = world();
-    let create = |api: &Api, path: &str, body: Value| {
-        let r = api.post_json(path, &body);
-        assert_eq!(r.status, 201, "{}", r.text());
-        r.json()["key"].as_str().unwrap().to_owned()
-    };
+    a_service_key_reads_its_scope_and_nothing_else(&w);
+    bad_or_unauthorized_key_requests_are_refused(&w);
+    revoked_expired_and_out_of_cidr_keys_answer_401(&w);
+    a_clinicians_own_key_never_exceeds_their_rights(&w);
+}
+
+/// Creates an API key; returns its secret.
+fn create(api: &Api, path: &str, body: Value) -> String {
+    let r = api.post_json(path, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["key"].as_str().unwrap().to_owned()
+}
+
+fn a_service_key_reads_its_scope_and_nothing_else(w: &World) {
     let obs_key = create(
         &w.admin.api,
         "/admin/api-keys",
@@ -367,7 +376,9 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
     // Keys are stored hashed, shown once.
     let listed = w.admin.api.get("/admin/api-keys").text();
     assert!(listed.contains("lab-feed") && !listed.contains(&obs_key));
+}
 
+fn bad_or_unauthorized_key_requests_are_refused(w: &World) {
     // Refused: bad scopes, too long, not an admin.
     assert_eq!(
         w.admin
@@ -399,7 +410,9 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
             .status,
         403
     );
+}
 
+fn revoked_expired_and_out_of_cidr_keys_answer_401(w: &World) {
     // Revoked, expired and out-of-CIDR keys answer 401.
     let revoked = create(
         &w.admin.api,
@@ -464,7 +477,9 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
             .status,
         200
     );
+}
 
+fn a_clinicians_own_key_never_exceeds_their_rights(w: &World) {
     // A key a clinician mints for themselves never exceeds their own rights.
     let mine = create(
         &w.clin_a.api,
