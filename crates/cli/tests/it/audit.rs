@@ -189,6 +189,18 @@ fn audit_write_failure_fails_the_request_closed_and_recovers() {
 fn offline_verification_names_every_kind_of_tampering() {
     let mut srv = server();
     let key = public_key(&srv);
+    write_a_patient_and_thirty_observations(&srv);
+    srv.stop();
+    // The database to verify: the SQLite file, or the PostgreSQL database's URL.
+    let db_path = match &srv.database {
+        Some(db) => std::path::PathBuf::from(&db.url),
+        None => srv.db_path(),
+    };
+    verify_public_key_intact_trail_export_and_wrong_key(&srv, &db_path, &key);
+    verify_names_each_tampering(&srv, &db_path, &key);
+}
+
+fn write_a_patient_and_thirty_observations(srv: &TestServer) {
     let admin = srv.admin();
     let clin = srv.user(&admin, "dr.verify", &["clinician"], Some("org-a"));
     let id = clin
@@ -206,35 +218,36 @@ fn offline_verification_names_every_kind_of_tampering() {
             201
         );
     }
-    srv.stop();
-    // The database to verify: the SQLite file, or the PostgreSQL database's URL.
-    let db_path = match &srv.database {
-        Some(db) => std::path::PathBuf::from(&db.url),
-        None => srv.db_path(),
-    };
+}
+
+fn verify_public_key_intact_trail_export_and_wrong_key(
+    srv: &TestServer,
+    db_path: &std::path::Path,
+    key: &str,
+) {
     let d = srv.data_dir.to_str().unwrap().to_owned();
 
     // The running server's public key is the one `audit public-key` prints, as its last word.
-    let (ok, out) = carevault(&srv, &["audit", "public-key", "--data-dir", &d]);
+    let (ok, out) = carevault(srv, &["audit", "public-key", "--data-dir", &d]);
     assert!(ok, "{out}");
     assert_eq!(out.split_whitespace().last().unwrap(), key);
 
     let (ok, out) = carevault(
-        &srv,
+        srv,
         &[
             "audit",
             "verify",
             "--db",
             db_path.to_str().unwrap(),
             "--public-key",
-            &key,
+            key,
         ],
     );
     assert!(ok, "an intact trail verifies: {out}");
     assert!(out.contains("audit trail verified"));
     let export = srv.data_dir.parent().unwrap().join("trail.jsonl");
     let (ok, out) = carevault(
-        &srv,
+        srv,
         &[
             "audit",
             "export",
@@ -246,19 +259,19 @@ fn offline_verification_names_every_kind_of_tampering() {
     );
     assert!(ok, "{out}");
     let (ok, out) = carevault(
-        &srv,
+        srv,
         &[
             "audit",
             "verify",
             "--export",
             export.to_str().unwrap(),
             "--public-key",
-            &key,
+            key,
         ],
     );
     assert!(ok, "an export verifies alone: {out}");
     let (ok, out) = carevault(
-        &srv,
+        srv,
         &[
             "audit",
             "verify",
@@ -269,7 +282,9 @@ fn offline_verification_names_every_kind_of_tampering() {
         ],
     );
     assert!(!ok, "a wrong key does not verify: {out}");
+}
 
+fn verify_names_each_tampering(srv: &TestServer, db_path: &std::path::Path, key: &str) {
     // Each tampering is done on a copy of the database: a copied file, or on PostgreSQL a new
     // database made from the stopped server's as a template.
     let copies = std::cell::RefCell::new(Vec::new());
@@ -287,7 +302,7 @@ fn offline_verification_names_every_kind_of_tampering() {
             }
             None => {
                 let copy = srv.data_dir.parent().unwrap().join(format!("{name}.db"));
-                std::fs::copy(&db_path, &copy).unwrap();
+                std::fs::copy(db_path, &copy).unwrap();
                 // The newest events may still be in the write-ahead log.
                 let wal = db_path.with_extension("db-wal");
                 if wal.exists() {
@@ -300,14 +315,14 @@ fn offline_verification_names_every_kind_of_tampering() {
             }
         };
         let (ok, out) = carevault(
-            &srv,
+            srv,
             &[
                 "audit",
                 "verify",
                 "--db",
                 copy.to_str().unwrap(),
                 "--public-key",
-                &key,
+                key,
             ],
         );
         assert!(!ok, "{name}: tampering went unnoticed: {out}");

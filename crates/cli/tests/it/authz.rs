@@ -132,27 +132,37 @@ fn expect(who: &str, got: &[(&str, u16)], want: &[u16]) {
     assert_eq!(statuses, want, "{who}: {labels:?}");
 }
 
+// The statuses of the action classes, in the order `statuses` asks them:
+//                                read vread hist  upd create users pol  keys audit metrics
+const NO_PHI_ADMIN: [u16; 10] = [403, 403, 403, 403, 403, 200, 200, 200, 403, 403];
+const NO_PHI_AUDITOR: [u16; 10] = [403, 403, 403, 403, 403, 403, 403, 403, 200, 200];
+const NO_PHI_DEVELOPER: [u16; 10] = [403, 403, 403, 403, 403, 403, 403, 403, 403, 200];
+const CLIN_OWN: [u16; 10] = [200, 200, 200, 200, 201, 403, 403, 403, 403, 403];
+// A foreign patient is indistinguishable from a missing one; creating into it is refused.
+const CLIN_FOREIGN: [u16; 10] = [404, 404, 404, 404, 403, 403, 403, 403, 403, 403];
+
 #[test]
 fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
     let w = world();
+    every_role_on_own_and_foreign_patients(&w);
+    a_foreign_patient_looks_missing_in_reads_history_and_searches(&w);
+    only_clinicians_with_a_real_reason_may_break_glass(&w);
+    break_glass_opens_reads_of_that_patient_only(&w);
+    break_glass_reads_are_marked_in_the_trail_and_alerted(&w);
+}
+
+fn every_role_on_own_and_foreign_patients(w: &World) {
     let (own, foreign) = (&w.patient_a, &w.patient_b);
-    //                       read vread hist  upd create users pol  keys audit metrics
-    let no_phi_admin = [403, 403, 403, 403, 403, 200, 200, 200, 403, 403];
-    let no_phi_auditor = [403, 403, 403, 403, 403, 403, 403, 403, 200, 200];
-    let no_phi_developer = [403, 403, 403, 403, 403, 403, 403, 403, 403, 200];
-    let clin_own = [200, 200, 200, 200, 201, 403, 403, 403, 403, 403];
-    // A foreign patient is indistinguishable from a missing one; creating into it is refused.
-    let clin_foreign = [404, 404, 404, 404, 403, 403, 403, 403, 403, 403];
     for (who, account, own_want, foreign_want) in [
-        ("admin", &w.admin, no_phi_admin, no_phi_admin),
-        ("auditor", &w.auditor, no_phi_auditor, no_phi_auditor),
+        ("admin", &w.admin, NO_PHI_ADMIN, NO_PHI_ADMIN),
+        ("auditor", &w.auditor, NO_PHI_AUDITOR, NO_PHI_AUDITOR),
         (
             "developer",
             &w.developer,
-            no_phi_developer,
-            no_phi_developer,
+            NO_PHI_DEVELOPER,
+            NO_PHI_DEVELOPER,
         ),
-        ("clinician", &w.clin_a, clin_own, clin_foreign),
+        ("clinician", &w.clin_a, CLIN_OWN, CLIN_FOREIGN),
     ] {
         expect(
             &format!("{who}, own organization"),
@@ -165,6 +175,10 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
             &foreign_want,
         );
     }
+}
+
+fn a_foreign_patient_looks_missing_in_reads_history_and_searches(w: &World) {
+    let (own, foreign) = (&w.patient_a, &w.patient_b);
     // A foreign patient answers exactly like one that does not exist.
     let missing = w.clin_a.api.get("/fhir/Patient/does-not-exist");
     let hidden = w.clin_a.api.get(&format!("/fhir/Patient/{foreign}"));
@@ -201,7 +215,10 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
         )
         .is_empty()
     );
+}
 
+fn only_clinicians_with_a_real_reason_may_break_glass(w: &World) {
+    let foreign = &w.patient_b;
     // Break-glass: only clinicians may ask, with a real reason.
     let reason = "Unconscious patient in the emergency department, allergies needed";
     for other in [&w.admin, &w.auditor, &w.developer] {
@@ -225,6 +242,10 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
         &json!({"reason": reason, "patient": foreign}),
     );
     assert_eq!(granted.status, 201, "{}", granted.text());
+}
+
+fn break_glass_opens_reads_of_that_patient_only(w: &World) {
+    let (own, foreign) = (&w.patient_a, &w.patient_b);
     // With break-glass: reads of that patient open up; writes and everything else do not.
     let clin_break_glass = [200, 200, 200, 404, 403, 403, 403, 403, 403, 403];
     expect(
@@ -235,12 +256,12 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
     expect(
         "clinician, own organization, break-glass",
         &statuses(&w.clin_a.api, own),
-        &clin_own,
+        &CLIN_OWN,
     );
     for (who, account, want) in [
-        ("admin", &w.admin, no_phi_admin),
-        ("auditor", &w.auditor, no_phi_auditor),
-        ("developer", &w.developer, no_phi_developer),
+        ("admin", &w.admin, NO_PHI_ADMIN),
+        ("auditor", &w.auditor, NO_PHI_AUDITOR),
+        ("developer", &w.developer, NO_PHI_DEVELOPER),
     ] {
         expect(
             &format!("{who}, foreign organization, break-glass asked"),
@@ -259,6 +280,10 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
         ),
         [w.obs_b.as_str()]
     );
+}
+
+fn break_glass_reads_are_marked_in_the_trail_and_alerted(w: &World) {
+    let (own, foreign) = (&w.patient_a, &w.patient_b);
     let searched = w
         .auditor
         .api
@@ -303,11 +328,20 @@ fn policy_matrix_roles_by_action_by_organization_by_break_glass() {
 #[test]
 fn api_keys_grant_their_scopes_and_nothing_else() {
     let w = world();
-    let create = |api: &Api, path: &str, body: Value| {
-        let r = api.post_json(path, &body);
-        assert_eq!(r.status, 201, "{}", r.text());
-        r.json()["key"].as_str().unwrap().to_owned()
-    };
+    a_service_key_reads_its_scope_and_nothing_else(&w);
+    bad_or_unauthorized_key_requests_are_refused(&w);
+    revoked_expired_and_out_of_cidr_keys_answer_401(&w);
+    a_clinicians_own_key_never_exceeds_their_rights(&w);
+}
+
+/// Creates an API key; returns its secret.
+fn create(api: &Api, path: &str, body: Value) -> String {
+    let r = api.post_json(path, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["key"].as_str().unwrap().to_owned()
+}
+
+fn a_service_key_reads_its_scope_and_nothing_else(w: &World) {
     let obs_key = create(
         &w.admin.api,
         "/admin/api-keys",
@@ -342,7 +376,9 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
     // Keys are stored hashed, shown once.
     let listed = w.admin.api.get("/admin/api-keys").text();
     assert!(listed.contains("lab-feed") && !listed.contains(&obs_key));
+}
 
+fn bad_or_unauthorized_key_requests_are_refused(w: &World) {
     // Refused: bad scopes, too long, not an admin.
     assert_eq!(
         w.admin
@@ -374,7 +410,9 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
             .status,
         403
     );
+}
 
+fn revoked_expired_and_out_of_cidr_keys_answer_401(w: &World) {
     // Revoked, expired and out-of-CIDR keys answer 401.
     let revoked = create(
         &w.admin.api,
@@ -439,7 +477,9 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
             .status,
         200
     );
+}
 
+fn a_clinicians_own_key_never_exceeds_their_rights(w: &World) {
     // A key a clinician mints for themselves never exceeds their own rights.
     let mine = create(
         &w.clin_a.api,

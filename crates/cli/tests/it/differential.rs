@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use carevault_testkit::Api;
 use serde_json::json;
 
 use crate::server;
@@ -51,6 +52,7 @@ const FAMILIES: &[&str] = &[
     "Jones",
 ];
 const GENDERS: &[&str] = &["male", "female", "other", "unknown"];
+const DATE_PREFIXES: &[&str] = &["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"];
 const CODES: &[(&str, &str, i64, i64)] = &[
     ("8867-4", "/min", 40, 140),
     ("8480-6", "mm[Hg]", 90, 180),
@@ -184,83 +186,14 @@ fn generated_queries_match_an_independent_reference_evaluator() {
     let lo_day = days_from_civil(1930, 1, 1);
     let hi_day = days_from_civil(2020, 12, 31);
     for batch in 0..10 {
-        let mut entries = Vec::new();
-        let mut pending = Vec::new();
-        for i in 0..100 {
-            let n = batch * 100 + i;
-            let row = PatientRow {
-                family: (*rng.pick(FAMILIES)).to_owned(),
-                gender: (*rng.pick(GENDERS)).to_owned(),
-                birth_day: lo_day + rng.below((hi_day - lo_day) as u64) as i64,
-                mrn: format!("MRN{n:05}"),
-            };
-            let urn = format!("urn:uuid:00000000-0000-4000-8000-{n:012}");
-            entries.push(json!({"fullUrl": urn, "request": {"method": "POST", "url": "Patient"}, "resource": {
-                "resourceType": "Patient", "name": [{"family": row.family}], "gender": row.gender,
-                "birthDate": date_text(row.birth_day), "identifier": [{"system": "urn:mrn", "value": row.mrn}],
-                "managingOrganization": {"reference": "Organization/org-a"}}}));
-            for _ in 0..2 {
-                let (code, unit, min, max) = *rng.pick(CODES);
-                let obs = ObsRow {
-                    patient: urn.clone(),
-                    code: code.to_owned(),
-                    value: min + rng.below((max - min) as u64) as i64,
-                    day: days_from_civil(2015, 1, 1) + rng.below(3650) as i64,
-                };
-                entries.push(json!({"request": {"method": "POST", "url": "Observation"}, "resource": {
-                    "resourceType": "Observation", "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                    "subject": {"reference": urn}, "effectiveDateTime": format!("{}T12:00:00Z", date_text(obs.day)),
-                    "valueQuantity": {"value": obs.value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}}));
-                pending.push(obs);
-            }
-            patients.insert(urn, row);
-        }
-        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-        let r = api.request(
-            "POST",
-            "/fhir",
-            &[("Content-Type", "application/fhir+json")],
-            Some(&serde_json::to_vec(&bundle).unwrap()),
+        load_batch(
+            api,
+            &mut rng,
+            batch,
+            (lo_day, hi_day),
+            &mut patients,
+            &mut observations,
         );
-        assert_eq!(r.status, 200, "{}", r.text());
-        // Map the generated urns and entries to the ids the server assigned.
-        let response = r.json();
-        let mut urn_ids = BTreeMap::new();
-        for (entry, request) in response["entry"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(bundle["entry"].as_array().unwrap())
-        {
-            if let Some(urn) = request["fullUrl"].as_str() {
-                urn_ids.insert(
-                    urn.to_owned(),
-                    entry["resource"]["id"].as_str().unwrap().to_owned(),
-                );
-            }
-        }
-        let mut obs_iter = pending.into_iter();
-        for (entry, request) in response["entry"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(bundle["entry"].as_array().unwrap())
-        {
-            let id = entry["resource"]["id"].as_str().unwrap().to_owned();
-            match request["resource"]["resourceType"].as_str().unwrap() {
-                "Patient" => {
-                    let urn = request["fullUrl"].as_str().unwrap();
-                    let row = patients.remove(urn).unwrap();
-                    patients.insert(id, row);
-                }
-                _ => {
-                    let mut o = obs_iter.next().unwrap();
-                    o.patient = urn_ids[&o.patient].clone();
-                    observations.insert(id, o);
-                }
-            }
-        }
     }
     assert_eq!(patients.len(), 1000);
     assert_eq!(observations.len(), 2000);
@@ -268,20 +201,119 @@ fn generated_queries_match_an_independent_reference_evaluator() {
     // Generate queries with their expected answers.
     let mut queries: Vec<(String, Vec<String>)> = Vec::new();
     let patient_ids: Vec<String> = patients.keys().cloned().collect();
-    let all = |pred: &dyn Fn(&PatientRow) -> bool| -> Vec<String> {
-        patients
-            .iter()
-            .filter(|(_, p)| pred(p))
-            .map(|(id, _)| id.clone())
-            .collect()
-    };
-    let all_obs = |pred: &dyn Fn(&ObsRow) -> bool| -> Vec<String> {
-        observations
-            .iter()
-            .filter(|(_, o)| pred(o))
-            .map(|(id, _)| id.clone())
-            .collect()
-    };
+    patient_queries(&mut rng, &patients, (lo_day, hi_day), &mut queries);
+    observation_queries(&mut rng, &observations, &patient_ids, &mut queries);
+    gender_and_birthdate_queries(&mut rng, &patients, &mut queries);
+    assert!(queries.len() >= 300, "{} queries", queries.len());
+
+    ask_the_server_and_compare(api, queries);
+}
+
+/// Generate one transaction Bundle of 100 patients with 2 observations each, load it, and record
+/// the rows under the ids the server assigned.
+fn load_batch(
+    api: &Api,
+    rng: &mut Rng,
+    batch: usize,
+    (lo_day, hi_day): (i64, i64),
+    patients: &mut BTreeMap<String, PatientRow>,
+    observations: &mut BTreeMap<String, ObsRow>,
+) {
+    let mut entries = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..100 {
+        let n = batch * 100 + i;
+        let row = PatientRow {
+            family: (*rng.pick(FAMILIES)).to_owned(),
+            gender: (*rng.pick(GENDERS)).to_owned(),
+            birth_day: lo_day + rng.below((hi_day - lo_day) as u64) as i64,
+            mrn: format!("MRN{n:05}"),
+        };
+        let urn = format!("urn:uuid:00000000-0000-4000-8000-{n:012}");
+        entries.push(json!({"fullUrl": urn, "request": {"method": "POST", "url": "Patient"}, "resource": {
+            "resourceType": "Patient", "name": [{"family": row.family}], "gender": row.gender,
+            "birthDate": date_text(row.birth_day), "identifier": [{"system": "urn:mrn", "value": row.mrn}],
+            "managingOrganization": {"reference": "Organization/org-a"}}}));
+        for _ in 0..2 {
+            let (code, unit, min, max) = *rng.pick(CODES);
+            let obs = ObsRow {
+                patient: urn.clone(),
+                code: code.to_owned(),
+                value: min + rng.below((max - min) as u64) as i64,
+                day: days_from_civil(2015, 1, 1) + rng.below(3650) as i64,
+            };
+            entries.push(json!({"request": {"method": "POST", "url": "Observation"}, "resource": {
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": urn}, "effectiveDateTime": format!("{}T12:00:00Z", date_text(obs.day)),
+                "valueQuantity": {"value": obs.value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}}));
+            pending.push(obs);
+        }
+        patients.insert(urn, row);
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let r = api.request(
+        "POST",
+        "/fhir",
+        &[("Content-Type", "application/fhir+json")],
+        Some(&serde_json::to_vec(&bundle).unwrap()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Map the generated urns and entries to the ids the server assigned.
+    let response = r.json();
+    let mut urn_ids = BTreeMap::new();
+    for (entry, request) in response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(bundle["entry"].as_array().unwrap())
+    {
+        if let Some(urn) = request["fullUrl"].as_str() {
+            urn_ids.insert(
+                urn.to_owned(),
+                entry["resource"]["id"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    let mut obs_iter = pending.into_iter();
+    for (entry, request) in response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(bundle["entry"].as_array().unwrap())
+    {
+        let id = entry["resource"]["id"].as_str().unwrap().to_owned();
+        match request["resource"]["resourceType"].as_str().unwrap() {
+            "Patient" => {
+                let urn = request["fullUrl"].as_str().unwrap();
+                let row = patients.remove(urn).unwrap();
+                patients.insert(id, row);
+            }
+            _ => {
+                let mut o = obs_iter.next().unwrap();
+                o.patient = urn_ids[&o.patient].clone();
+                observations.insert(id, o);
+            }
+        }
+    }
+}
+
+/// The ids of the rows `pred` holds for.
+fn matching<T>(rows: &BTreeMap<String, T>, pred: &dyn Fn(&T) -> bool) -> Vec<String> {
+    rows.iter()
+        .filter(|(_, row)| pred(row))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Patient queries by gender, family (prefix and exact), birthdate and identifier.
+fn patient_queries(
+    rng: &mut Rng,
+    patients: &BTreeMap<String, PatientRow>,
+    (lo_day, hi_day): (i64, i64),
+    queries: &mut Vec<(String, Vec<String>)>,
+) {
+    let all = |pred: &dyn Fn(&PatientRow) -> bool| matching(patients, pred);
     for g in GENDERS {
         queries.push((format!("Patient?gender={g}"), all(&|p| p.gender == *g)));
     }
@@ -306,9 +338,8 @@ fn generated_queries_match_an_independent_reference_evaluator() {
             all(&|p| p.family == family),
         ));
     }
-    let prefixes = ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"];
     for _ in 0..120 {
-        let prefix = *rng.pick(&prefixes);
+        let prefix = *rng.pick(DATE_PREFIXES);
         let day = lo_day + rng.below((hi_day - lo_day) as u64) as i64;
         let full = date_text(day);
         let value = match rng.below(3) {
@@ -336,6 +367,16 @@ fn generated_queries_match_an_independent_reference_evaluator() {
             all(&|p| p.mrn == mrn),
         ));
     }
+}
+
+/// Observation queries by code, value-quantity, patient and date.
+fn observation_queries(
+    rng: &mut Rng,
+    observations: &BTreeMap<String, ObsRow>,
+    patient_ids: &[String],
+    queries: &mut Vec<(String, Vec<String>)>,
+) {
+    let all_obs = |pred: &dyn Fn(&ObsRow) -> bool| matching(observations, pred);
     for (code, _, min, max) in CODES {
         queries.push((
             format!("Observation?code={code}"),
@@ -355,7 +396,7 @@ fn generated_queries_match_an_independent_reference_evaluator() {
         }
     }
     for _ in 0..30 {
-        let pid = rng.pick(&patient_ids).clone();
+        let pid = rng.pick(patient_ids).clone();
         queries.push((
             format!("Observation?patient={pid}"),
             all_obs(&|o| o.patient == pid),
@@ -367,7 +408,7 @@ fn generated_queries_match_an_independent_reference_evaluator() {
         ));
     }
     for _ in 0..60 {
-        let prefix = *rng.pick(&prefixes);
+        let prefix = *rng.pick(DATE_PREFIXES);
         let day = days_from_civil(2015, 1, 1) + rng.below(3650) as i64;
         let full = date_text(day);
         let value = if rng.below(2) == 0 {
@@ -381,6 +422,15 @@ fn generated_queries_match_an_independent_reference_evaluator() {
             all_obs(&|o| date_matches(prefix, range, o.day)),
         ));
     }
+}
+
+/// Patient queries combining gender and birthdate.
+fn gender_and_birthdate_queries(
+    rng: &mut Rng,
+    patients: &BTreeMap<String, PatientRow>,
+    queries: &mut Vec<(String, Vec<String>)>,
+) {
+    let all = |pred: &dyn Fn(&PatientRow) -> bool| matching(patients, pred);
     for _ in 0..20 {
         let g = *rng.pick(GENDERS);
         let year = 1930 + rng.below(90);
@@ -390,9 +440,10 @@ fn generated_queries_match_an_independent_reference_evaluator() {
             all(&|p| p.gender == g && date_matches("ge", range, p.birth_day)),
         ));
     }
-    assert!(queries.len() >= 300, "{} queries", queries.len());
+}
 
-    // Ask the server: sorted by id, 100 a page, following next links; compare exactly.
+/// Ask the server: sorted by id, 100 a page, following next links; compare exactly.
+fn ask_the_server_and_compare(api: &Api, queries: Vec<(String, Vec<String>)>) {
     for (query, mut expected) in queries {
         expected.sort();
         let mut got = Vec::new();

@@ -1,6 +1,7 @@
 //! The whole first-run path over HTTPS: admin enrollment, a clinician, and every FHIR
 //! interaction.
 
+use carevault_testkit::{Account, Api, TestServer};
 use serde_json::json;
 
 use crate::{observation, patient, server};
@@ -17,13 +18,36 @@ fn first_run_to_fhir_crud_and_history() {
 
     // Only metadata is public.
     let anon = srv.api();
+    only_metadata_is_public(&anon);
+    let admin = admin_enrolls_once_and_has_no_fhir_access(&srv, &anon);
+    let clin = clinician_of_org_a(&srv, &admin);
+    let id = create_read_update_and_vread(&clin);
+    update_as_create_with_a_client_id(&clin);
+    // A resource in the patient's compartment
+    let obs = clin
+        .api
+        .post_fhir("/fhir/Observation", &observation(&id, "resting"));
+    assert_eq!(obs.status, 201, "{}", obs.text());
+    delete_keeps_history(&clin, &id);
+    type_history_pages_by_next_links(&clin);
+    // logout revokes the session
+    assert_eq!(
+        clin.api.request("POST", "/auth/logout", &[], None).status,
+        204
+    );
+    assert_eq!(clin.api.get("/auth/whoami").status, 401);
+}
+
+fn only_metadata_is_public(anon: &Api) {
     let meta = anon.get("/fhir/metadata");
     assert_eq!(meta.status, 200);
     assert_eq!(meta.json()["resourceType"], "CapabilityStatement");
     assert_eq!(meta.json()["fhirVersion"], "4.0.1");
     assert_eq!(anon.get("/fhir/Patient/x").status, 401);
     assert_eq!(anon.get("/admin/users").status, 401);
+}
 
+fn admin_enrolls_once_and_has_no_fhir_access(srv: &TestServer, anon: &Api) -> Account {
     let admin = srv.admin();
     let whoami = admin.api.get("/auth/whoami").json();
     assert_eq!(whoami["username"], "admin");
@@ -42,8 +66,11 @@ fn first_run_to_fhir_crud_and_history() {
             .status,
         403
     );
+    admin
+}
 
-    let clin = srv.user(&admin, "dr.house", &["clinician"], Some("org-a"));
+fn clinician_of_org_a(srv: &TestServer, admin: &Account) -> Account {
+    let clin = srv.user(admin, "dr.house", &["clinician"], Some("org-a"));
     assert_eq!(clin.api.get("/auth/whoami").json()["organization"], "org-a");
     // A clinician cannot administer accounts.
     assert_eq!(clin.api.get("/admin/users").status, 403);
@@ -55,7 +82,11 @@ fn first_run_to_fhir_crud_and_history() {
         .map(|u| u["username"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["admin", "dr.house"]);
+    clin
+}
 
+/// Returns the id of the patient it created.
+fn create_read_update_and_vread(clin: &Account) -> String {
     // create
     let created = clin.api.post_fhir("/fhir/Patient", &patient("Doe", "Jane"));
     assert_eq!(created.status, 201, "{}", created.text());
@@ -115,7 +146,10 @@ fn first_run_to_fhir_crud_and_history() {
             .status,
         404
     );
+    id
+}
 
+fn update_as_create_with_a_client_id(clin: &Account) {
     // update-as-create with a client id, and Prefer
     let mut own = patient("Client", "Chosen");
     own["id"] = json!("client-chosen-1");
@@ -134,13 +168,9 @@ fn first_run_to_fhir_crud_and_history() {
     );
     assert_eq!(oo.status, 200);
     assert_eq!(oo.json()["resourceType"], "OperationOutcome");
+}
 
-    // A resource in the patient's compartment
-    let obs = clin
-        .api
-        .post_fhir("/fhir/Observation", &observation(&id, "resting"));
-    assert_eq!(obs.status, 201, "{}", obs.text());
-
+fn delete_keeps_history(clin: &Account, id: &str) {
     // delete: later reads answer 410, history keeps every version
     let deleted = clin.api.delete(&format!("/fhir/Patient/{id}"));
     assert_eq!(deleted.status, 204);
@@ -171,7 +201,9 @@ fn first_run_to_fhir_crud_and_history() {
     assert!(entries[0].get("resource").is_none());
     assert_eq!(entries[1]["resource"]["meta"]["versionId"], "2");
     assert_eq!(entries[2]["request"]["method"], "POST");
+}
 
+fn type_history_pages_by_next_links(clin: &Account) {
     // type history pages by opaque next links until there is no next
     let mut seen = 0;
     let mut path = "/fhir/Patient/_history?_count=2".to_owned();
@@ -198,13 +230,6 @@ fn first_run_to_fhir_crud_and_history() {
     }
     assert_eq!(seen, 5, "3 versions of one patient and 2 of the other");
     assert_eq!(pages, 3);
-
-    // logout revokes the session
-    assert_eq!(
-        clin.api.request("POST", "/auth/logout", &[], None).status,
-        204
-    );
-    assert_eq!(clin.api.get("/auth/whoami").status, 401);
 }
 
 #[test]

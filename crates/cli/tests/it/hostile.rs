@@ -1,7 +1,7 @@
 //! Hostile input for every endpoint class: each answers with a clear OperationOutcome, writes
 //! nothing, and the server keeps serving.
 
-use carevault_testkit::{Api, Reply, TEST_PASSWORD, TestServer};
+use carevault_testkit::{Account, Api, Reply, TEST_PASSWORD, TestServer};
 use serde_json::json;
 
 use crate::{bin, patient, server};
@@ -43,8 +43,21 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
         .unwrap()
         .to_owned();
     let before = versions(&srv);
-    let fj = "application/fhir+json";
+    malformed_and_oversized_bodies(&srv, api);
+    wrong_content_types_and_formats(api, &id);
+    unknown_types_and_invalid_resources(api);
+    mismatched_missing_and_invalid_ids(api, &id);
+    bad_queries_methods_and_routes(api, &id);
+    hostile_login_and_account_requests(&srv, &admin, api);
 
+    assert_eq!(versions(&srv), before, "refused requests wrote nothing");
+    let read = api.get(&format!("/fhir/Patient/{id}"));
+    assert_eq!(read.status, 200, "the server keeps serving");
+    assert_eq!(read.json()["meta"]["versionId"], "1");
+}
+
+fn malformed_and_oversized_bodies(srv: &TestServer, api: &Api) {
+    let fj = "application/fhir+json";
     assert_outcome(
         &raw(
             api,
@@ -98,6 +111,9 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
     let (status, body) = srv.curl_post(api, "/fhir/Patient", &big_file);
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("OperationOutcome"), "{body}");
+}
+
+fn wrong_content_types_and_formats(api: &Api, id: &str) {
     assert_outcome(
         &raw(api, "POST", "/fhir/Patient", "text/plain", b"{}"),
         415,
@@ -144,6 +160,9 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
         .status,
         200
     );
+}
+
+fn unknown_types_and_invalid_resources(api: &Api) {
     assert_outcome(
         &api.post_fhir("/fhir/Spaceship", &json!({"resourceType": "Spaceship"})),
         404,
@@ -183,6 +202,9 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
         422,
         "unknown element",
     );
+}
+
+fn mismatched_missing_and_invalid_ids(api: &Api, id: &str) {
     let mut other = patient("Other", "Id");
     other["id"] = json!("someone-else");
     assert_outcome(
@@ -211,6 +233,9 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
         400,
         "bad If-Match",
     );
+}
+
+fn bad_queries_methods_and_routes(api: &Api, id: &str) {
     assert_outcome(
         &api.get("/fhir/Patient/_history?_count=abc"),
         400,
@@ -257,6 +282,9 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
         "impossible date",
     );
     assert_outcome(&api.get("/no/such/endpoint"), 404, "unknown route");
+}
+
+fn hostile_login_and_account_requests(srv: &TestServer, admin: &Account, api: &Api) {
     assert_outcome(
         &api.post_json("/auth/login", &json!({"username": 1})),
         400,
@@ -302,11 +330,6 @@ fn malformed_oversized_nested_and_mistyped_requests_change_nothing() {
         409,
         "duplicate username",
     );
-
-    assert_eq!(versions(&srv), before, "refused requests wrote nothing");
-    let read = api.get(&format!("/fhir/Patient/{id}"));
-    assert_eq!(read.status, 200, "the server keeps serving");
-    assert_eq!(read.json()["meta"]["versionId"], "1");
 }
 
 #[test]

@@ -2,13 +2,13 @@
 //! versions, and crypto-shredding a patient with a second admin's approval, including after a
 //! restore of an earlier database file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use carevault_testkit::{Api, TestServer, key_provider, output_text};
+use carevault_testkit::{Account, Api, Reply, TestServer, key_provider, output_text};
 use serde_json::{Value, json};
 
 use crate::{bin, observation, patient};
@@ -83,6 +83,20 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
     let admin = srv.admin();
     let clin = srv.user(&admin, "dr.rotate", &["clinician"], Some("org-a"));
     let auditor = srv.user(&admin, "aud.rotate", &["auditor"], None);
+    let written = write_ten_patients_with_an_observation(&clin);
+    version_one_is_active_and_only_admins_manage_keys(&admin, &clin, &auditor);
+    let everything = rotate_the_kek_under_load(&srv, &admin, &clin, &written);
+    rewrap_completes_and_is_a_metric(&srv, &admin, &auditor);
+    bad_key_commands_change_nothing(&srv, &admin);
+    destroy_the_old_version(&srv, &admin, &clin, &everything);
+    let mut srv = srv;
+    srv.stop();
+    srv.restart(&[]);
+    everything_reads_and_is_audited_after_a_restart(&srv, &admin, &clin, &auditor, &everything);
+}
+
+/// Returns the paths of what it wrote.
+fn write_ten_patients_with_an_observation(clin: &Account) -> Vec<String> {
     let mut written: Vec<String> = Vec::new();
     for i in 0..10 {
         let pid = create(
@@ -94,6 +108,14 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
         written.push(format!("/fhir/Patient/{pid}"));
         written.push(format!("/fhir/Observation/{oid}"));
     }
+    written
+}
+
+fn version_one_is_active_and_only_admins_manage_keys(
+    admin: &Account,
+    clin: &Account,
+    auditor: &Account,
+) {
     let before = status(&admin.api);
     assert_eq!(before["provider"], key_provider());
     assert_eq!(before["active_version"], 1);
@@ -105,7 +127,16 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
         403
     );
     assert_eq!(auditor.api.get("/admin/keys").status, 403);
+}
 
+/// Rotates the KEK with the CLI while workers read, write and search; returns the paths of
+/// everything written (before and during the rotation).
+fn rotate_the_kek_under_load(
+    srv: &TestServer,
+    admin: &Account,
+    clin: &Account,
+    written: &[String],
+) -> Vec<String> {
     // A workload of reads, writes and searches while the KEK rotates and data keys re-wrap.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -120,7 +151,7 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
             done.clone(),
             created.clone(),
         );
-        let reads = written.clone();
+        let reads = written.to_vec();
         workers.push(std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) || n < 6 {
@@ -151,7 +182,7 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
     while done.load(Ordering::SeqCst) < 10 {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let rotated = cli(&srv, "admin", &admin.api, &["key", "rotate", "--wait"]);
+    let rotated = cli(srv, "admin", &admin.api, &["key", "rotate", "--wait"]);
     assert!(rotated.status.success(), "{}", output_text(&rotated));
     assert!(
         output_text(&rotated).contains("v2 is active"),
@@ -171,16 +202,19 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
     let failures = failures.lock().unwrap().clone();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(during >= 10);
-    let mut everything = written.clone();
+    let mut everything = written.to_vec();
     everything.extend(created.lock().unwrap().iter().cloned());
+    everything
+}
 
+fn rewrap_completes_and_is_a_metric(srv: &TestServer, admin: &Account, auditor: &Account) {
     let after = wait_for_rewrap(&admin.api);
     assert_eq!(after["active_version"], 2);
     assert_eq!(version_state(&after, 1), ("decrypt-only".to_owned(), 0));
     let (state2, keys2) = version_state(&after, 2);
     assert_eq!(state2, "active");
     assert!(keys2 >= 12, "{after}");
-    let shown = cli(&srv, "admin", &admin.api, &["key", "status"]);
+    let shown = cli(srv, "admin", &admin.api, &["key", "status"]);
     assert!(shown.status.success(), "{}", output_text(&shown));
     let shown = output_text(&shown);
     assert!(
@@ -203,7 +237,9 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
         metrics.contains("carevault_kek_data_keys{version=\"1\"} 0"),
         "{metrics}"
     );
+}
 
+fn bad_key_commands_change_nothing(srv: &TestServer, admin: &Account) {
     // Bad input changes nothing, with a clear error.
     for (args, expect) in [
         (&["key", "destroy", "v2"][..], "active"),
@@ -211,7 +247,7 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
         (&["key", "destroy", "vx"][..], "v1, v2"),
         (&["key", "min-version", "v3"][..], "between"),
     ] {
-        let out = cli(&srv, "admin", &admin.api, args);
+        let out = cli(srv, "admin", &admin.api, args);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(
             output_text(&out).contains(expect),
@@ -219,42 +255,55 @@ fn kek_rotation_under_load_then_destroying_the_old_version() {
             output_text(&out)
         );
     }
-    assert!(kek_exists(&srv, &admin.api, 1));
+    assert!(kek_exists(srv, &admin.api, 1));
     assert_eq!(status(&admin.api)["active_version"], 2);
+}
 
+fn destroy_the_old_version(
+    srv: &TestServer,
+    admin: &Account,
+    clin: &Account,
+    everything: &[String],
+) {
     // The old version is destroyed for good; everything still reads, before and after a restart.
-    let destroyed = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
+    let destroyed = cli(srv, "admin", &admin.api, &["key", "destroy", "v1"]);
     assert!(destroyed.status.success(), "{}", output_text(&destroyed));
-    assert!(!kek_exists(&srv, &admin.api, 1), "the v1 key must be gone");
-    assert!(kek_exists(&srv, &admin.api, 2));
-    let again = cli(&srv, "admin", &admin.api, &["key", "destroy", "v1"]);
+    assert!(!kek_exists(srv, &admin.api, 1), "the v1 key must be gone");
+    assert!(kek_exists(srv, &admin.api, 2));
+    let again = cli(srv, "admin", &admin.api, &["key", "destroy", "v1"]);
     assert!(
         output_text(&again).contains("already destroyed"),
         "{}",
         output_text(&again)
     );
-    let min = cli(&srv, "admin", &admin.api, &["key", "min-version", "v2"]);
+    let min = cli(srv, "admin", &admin.api, &["key", "min-version", "v2"]);
     assert!(min.status.success(), "{}", output_text(&min));
     let s = status(&admin.api);
     assert_eq!(version_state(&s, 1).0, "destroyed");
     assert_eq!(s["min_decrypt_version"], 2);
-    for path in &everything {
+    for path in everything {
         let r = clin.api.get(path);
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
-    let mut srv = srv;
-    srv.stop();
-    srv.restart(&[]);
+}
+
+fn everything_reads_and_is_audited_after_a_restart(
+    srv: &TestServer,
+    admin: &Account,
+    clin: &Account,
+    auditor: &Account,
+    everything: &[String],
+) {
     let clin_api = clin.api.rebased(&srv.base);
-    for path in &everything {
+    for path in everything {
         assert_eq!(clin_api.get(path).status, 200, "{path} after restart");
     }
     // Every action above is in the audit trail.
     let admin_api = admin.api.rebased(&srv.base);
     assert_eq!(status(&admin_api)["active_version"], 2);
     // Read back from the provider itself (the key directory or the HSM token).
-    assert!(!kek_exists(&srv, &admin_api, 1));
-    assert!(kek_exists(&srv, &admin_api, 2));
+    assert!(!kek_exists(srv, &admin_api, 1));
+    assert!(kek_exists(srv, &admin_api, 2));
     let auditor_api = auditor.api.rebased(&srv.base);
     assert_audited(
         &auditor_api,
@@ -384,7 +433,32 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
     let admin = srv.admin();
     let second = srv.user(&admin, "admin2", &["admin"], None);
     let clin = srv.user(&admin, "dr.shred", &["clinician"], Some("org-a"));
+    let case = write_a_patient_to_shred_and_one_to_keep(&clin);
+    let (backup, backup_db) = back_up_the_database(&mut srv);
+    let a = admin.api.rebased(&srv.base);
+    let b = second.api.rebased(&srv.base);
+    let c = clin.api.rebased(&srv.base);
+    assert_eq!(c.get(&format!("/fhir/Patient/{}", case.gone)).status, 200);
 
+    let reason = "erasure request ticket 4711 from Ida Shredwell";
+    bad_shred_requests_change_nothing(&a, &b, &c, &case, reason);
+    the_second_admin_approves_and_the_first_shreds(&srv, &a, &b, &case, reason);
+    assert_shredded(&c, &case);
+    the_compartment_stays_closed_and_the_reason_is_not_in_clear(&srv, &c, &case, reason);
+    restore_the_backup(&mut srv, &backup, backup_db);
+    assert!(srv.logs().contains("shreds_reapplied"), "{}", srv.logs());
+    assert_shredded(&clin.api.rebased(&srv.base), &case);
+}
+
+/// The ids of a patient to shred (with two versions and an observation) and of one to keep.
+struct ShredCase {
+    gone: String,
+    kept: String,
+    gone_obs: String,
+    kept_obs: String,
+}
+
+fn write_a_patient_to_shred_and_one_to_keep(clin: &Account) -> ShredCase {
     let gone = create(&clin.api, "/fhir/Patient", &patient("Shredwell", "Ida"));
     let kept = create(&clin.api, "/fhir/Patient", &patient("Keepsake", "Una"));
     let mut updated = patient("Shredwell", "Ida");
@@ -405,7 +479,18 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         "/fhir/Observation",
         &observation(&kept, "keep me"),
     );
+    ShredCase {
+        gone,
+        kept,
+        gone_obs,
+        kept_obs,
+    }
+}
 
+/// Returns the copy: the SQLite files' folder, and on PostgreSQL the database.
+fn back_up_the_database(
+    srv: &mut TestServer,
+) -> (PathBuf, Option<carevault_testkit::TestDatabase>) {
     // A copy of the database from before the shred (taken while the server is stopped): the
     // SQLite files, or on PostgreSQL a database made from this one as a template.
     let backup = srv.tmp_dir().join("backup");
@@ -416,11 +501,38 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         .as_deref()
         .map(carevault_testkit::TestDatabase::create_from);
     srv.restart(&[]);
-    let a = admin.api.rebased(&srv.base);
-    let b = second.api.rebased(&srv.base);
-    let c = clin.api.rebased(&srv.base);
-    assert_eq!(c.get(&format!("/fhir/Patient/{gone}")).status, 200);
+    (backup, backup_db)
+}
 
+fn restore_the_backup(
+    srv: &mut TestServer,
+    backup: &Path,
+    backup_db: Option<carevault_testkit::TestDatabase>,
+) {
+    // Restore the database copy from before the shred: the shred is applied again at start.
+    srv.stop();
+    match backup_db {
+        Some(db) => srv.database = Some(std::sync::Arc::new(db)),
+        None => {
+            copy_db(backup, &srv.data_dir);
+            assert!(
+                !db_bytes(&srv.data_dir).is_empty(),
+                "the restored database must be in place"
+            );
+        }
+    }
+    srv.restart(&[]);
+}
+
+fn shred(api: &Api, id: &str, reason: &str, approval: &str) -> Reply {
+    api.post_json(
+        &format!("/admin/patients/{id}/shred"),
+        &json!({"reason": reason, "approval": approval}),
+    )
+}
+
+fn bad_shred_requests_change_nothing(a: &Api, b: &Api, c: &Api, case: &ShredCase, reason: &str) {
+    let ShredCase { gone, kept, .. } = case;
     // Bad input changes nothing.
     assert_eq!(
         b.post_json("/admin/patients/no-such-patient/shred-approval", &json!({}))
@@ -435,14 +547,7 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         .status,
         403
     );
-    let reason = "erasure request ticket 4711 from Ida Shredwell";
-    let shred = |api: &Api, id: &str, reason: &str, approval: &str| {
-        api.post_json(
-            &format!("/admin/patients/{id}/shred"),
-            &json!({"reason": reason, "approval": approval}),
-        )
-    };
-    let wrong = shred(&a, &gone, reason, "cva_not-a-real-approval");
+    let wrong = shred(a, gone, reason, "cva_not-a-real-approval");
     assert_eq!(wrong.status, 400, "{}", wrong.text());
     assert!(wrong.diagnostics().contains("approval"), "{}", wrong.text());
     let own = a
@@ -454,7 +559,7 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         .as_str()
         .unwrap()
         .to_owned();
-    let r = shred(&a, &gone, reason, &own);
+    let r = shred(a, gone, reason, &own);
     assert_eq!(r.status, 400);
     assert!(r.diagnostics().contains("second admin"), "{}", r.text());
     let for_kept = b
@@ -466,16 +571,25 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(shred(&a, &gone, reason, &for_kept).status, 400);
-    let missing = shred(&a, "no-such-patient", reason, &for_kept);
+    assert_eq!(shred(a, gone, reason, &for_kept).status, 400);
+    let missing = shred(a, "no-such-patient", reason, &for_kept);
     assert_eq!(missing.status, 404);
     assert_eq!(c.get(&format!("/fhir/Patient/{gone}")).status, 200);
+}
 
+fn the_second_admin_approves_and_the_first_shreds(
+    srv: &TestServer,
+    a: &Api,
+    b: &Api,
+    case: &ShredCase,
+    reason: &str,
+) {
+    let gone = &case.gone;
     // The second admin approves with the CLI; the first shreds with it.
     let approved = cli(
-        &srv,
+        srv,
         "admin2",
-        &b,
+        b,
         &["patient", "approve-shred", &format!("Patient/{gone}")],
     );
     assert!(approved.status.success(), "{}", output_text(&approved));
@@ -489,9 +603,9 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         })
         .unwrap();
     let too_short = cli(
-        &srv,
+        srv,
         "admin",
-        &a,
+        a,
         &[
             "patient",
             "shred",
@@ -509,9 +623,9 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
         output_text(&too_short)
     );
     let done = cli(
-        &srv,
+        srv,
         "admin",
-        &a,
+        a,
         &[
             "patient",
             "shred",
@@ -524,42 +638,57 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
     );
     assert!(done.status.success(), "{}", output_text(&done));
     // One use only.
-    assert_ne!(shred(&a, &gone, reason, &token).status, 200);
+    assert_ne!(shred(a, gone, reason, &token).status, 200);
+}
 
-    let check = |c: &Api| {
-        for path in [
-            format!("/fhir/Patient/{gone}"),
-            format!("/fhir/Patient/{gone}/_history/1"),
-            format!("/fhir/Patient/{gone}/_history/2"),
-            format!("/fhir/Observation/{gone_obs}"),
-        ] {
-            let r = c.get(&path);
-            assert_eq!(r.status, 404, "{path}: {}", r.text());
-        }
-        let hist = c.get(&format!("/fhir/Patient/{gone}/_history"));
-        assert!(
-            hist.status == 404 || ids_in(&hist.json()).is_empty(),
-            "{}",
-            hist.text()
-        );
-        let type_hist = c.get("/fhir/Patient/_history?_count=100").json();
-        assert!(!ids_in(&type_hist).contains(&gone));
-        assert!(ids_in(&type_hist).contains(&kept));
-        let found = c.get("/fhir/Patient?family=Shredwell").json();
-        assert!(ids_in(&found).is_empty(), "{found}");
-        let obs = c
-            .get(&format!("/fhir/Observation?patient=Patient/{gone}"))
-            .json();
-        assert!(ids_in(&obs).is_empty(), "{obs}");
-        let all_obs = c.get("/fhir/Observation?code=8867-4").json();
-        assert_eq!(ids_in(&all_obs), vec![kept_obs.clone()]);
-        // Other patients are untouched.
-        assert_eq!(c.get(&format!("/fhir/Patient/{kept}")).status, 200);
-        assert_eq!(c.get(&format!("/fhir/Observation/{kept_obs}")).status, 200);
-        let kept_found = c.get("/fhir/Patient?family=Keepsake").json();
-        assert_eq!(ids_in(&kept_found), vec![kept.clone()]);
-    };
-    check(&c);
+/// Nothing of the shredded patient reads or is found any more; the other patient is untouched.
+fn assert_shredded(c: &Api, case: &ShredCase) {
+    let ShredCase {
+        gone,
+        kept,
+        gone_obs,
+        kept_obs,
+    } = case;
+    for path in [
+        format!("/fhir/Patient/{gone}"),
+        format!("/fhir/Patient/{gone}/_history/1"),
+        format!("/fhir/Patient/{gone}/_history/2"),
+        format!("/fhir/Observation/{gone_obs}"),
+    ] {
+        let r = c.get(&path);
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
+    let hist = c.get(&format!("/fhir/Patient/{gone}/_history"));
+    assert!(
+        hist.status == 404 || ids_in(&hist.json()).is_empty(),
+        "{}",
+        hist.text()
+    );
+    let type_hist = c.get("/fhir/Patient/_history?_count=100").json();
+    assert!(!ids_in(&type_hist).contains(gone));
+    assert!(ids_in(&type_hist).contains(kept));
+    let found = c.get("/fhir/Patient?family=Shredwell").json();
+    assert!(ids_in(&found).is_empty(), "{found}");
+    let obs = c
+        .get(&format!("/fhir/Observation?patient=Patient/{gone}"))
+        .json();
+    assert!(ids_in(&obs).is_empty(), "{obs}");
+    let all_obs = c.get("/fhir/Observation?code=8867-4").json();
+    assert_eq!(ids_in(&all_obs), vec![kept_obs.clone()]);
+    // Other patients are untouched.
+    assert_eq!(c.get(&format!("/fhir/Patient/{kept}")).status, 200);
+    assert_eq!(c.get(&format!("/fhir/Observation/{kept_obs}")).status, 200);
+    let kept_found = c.get("/fhir/Patient?family=Keepsake").json();
+    assert_eq!(ids_in(&kept_found), vec![kept.clone()]);
+}
+
+fn the_compartment_stays_closed_and_the_reason_is_not_in_clear(
+    srv: &TestServer,
+    c: &Api,
+    case: &ShredCase,
+    reason: &str,
+) {
+    let gone = &case.gone;
     // The shredded compartment never gets a new key.
     let mut revive = patient("Shredwell", "Ida");
     revive["id"] = json!(gone);
@@ -575,22 +704,6 @@ fn crypto_shred_needs_a_second_admin_and_survives_a_database_restore() {
     let keyring = std::fs::read_to_string(srv.data_dir.join("keys/keyring.json")).unwrap();
     assert!(keyring.contains(&format!("Patient/{gone}")));
     assert!(!keyring.contains("Shredwell"));
-
-    // Restore the database copy from before the shred: the shred is applied again at start.
-    srv.stop();
-    match backup_db {
-        Some(db) => srv.database = Some(std::sync::Arc::new(db)),
-        None => {
-            copy_db(&backup, &srv.data_dir);
-            assert!(
-                !db_bytes(&srv.data_dir).is_empty(),
-                "the restored database must be in place"
-            );
-        }
-    }
-    srv.restart(&[]);
-    assert!(srv.logs().contains("shreds_reapplied"), "{}", srv.logs());
-    check(&clin.api.rebased(&srv.base));
 }
 
 #[test]
@@ -785,6 +898,35 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
     let admin = srv.admin();
     let clin = srv.user(&admin, "dr.rekey", &["clinician"], Some("org-a"));
     let auditor = srv.user(&admin, "aud.rekey", &["auditor"], None);
+    let (paths, patients) = write_eight_patients_with_two_versions(&clin);
+    let old = patient_dek_ids(&srv);
+    assert_eq!(old.len(), 8);
+
+    // Only admins rotate data keys.
+    assert_eq!(
+        clin.api
+            .post_json("/admin/keys/rotate-data", &json!({}))
+            .status,
+        403
+    );
+
+    let written = rotate_data_keys_under_load(&srv, &admin, &clin, &paths, &patients);
+    let mut everything = paths;
+    everything.extend(written);
+    every_old_data_key_is_gone_and_everything_reads(
+        &srv,
+        &admin,
+        &clin,
+        &auditor,
+        &old,
+        &everything,
+    );
+    an_interrupted_rotation_resumes(&mut srv, &admin, &clin, &auditor, &everything);
+}
+
+/// Returns the paths to read back (each patient, its first version and its observation) and
+/// the patients' ids.
+fn write_eight_patients_with_two_versions(clin: &Account) -> (Vec<String>, Vec<String>) {
     let mut paths = Vec::new();
     let mut patients = Vec::new();
     for i in 0..8 {
@@ -804,17 +946,18 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
         paths.push(format!("/fhir/Observation/{oid}"));
         patients.push(pid);
     }
-    let old = patient_dek_ids(&srv);
-    assert_eq!(old.len(), 8);
+    (paths, patients)
+}
 
-    // Only admins rotate data keys.
-    assert_eq!(
-        clin.api
-            .post_json("/admin/keys/rotate-data", &json!({}))
-            .status,
-        403
-    );
-
+/// Rotates the data keys with the CLI while workers read, write and search; returns the paths
+/// the workers wrote.
+fn rotate_data_keys_under_load(
+    srv: &TestServer,
+    admin: &Account,
+    clin: &Account,
+    paths: &[String],
+    patients: &[String],
+) -> Vec<String> {
     // A workload of reads, writes into the rotating compartments, new patients and searches.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -829,64 +972,11 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
             done.clone(),
             written.clone(),
         );
-        let (reads, patients) = (paths.clone(), patients.clone());
+        let (reads, patients) = (paths.to_vec(), patients.to_vec());
         workers.push(std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) || n < 8 {
-                let (what, r) = match n % 5 {
-                    0 => {
-                        let pid = &patients[(n / 4 + w) % patients.len()];
-                        let r = api.post_fhir("/fhir/Observation", &observation(pid, "during"));
-                        if r.status == 201 {
-                            let id = r.json()["id"].as_str().unwrap().to_owned();
-                            written
-                                .lock()
-                                .unwrap()
-                                .push(format!("/fhir/Observation/{id}"));
-                        }
-                        ("write into a rotating compartment", r)
-                    }
-                    1 => ("read", api.get(&reads[(n + w) % reads.len()])),
-                    2 => {
-                        let r =
-                            api.post_fhir("/fhir/Patient", &patient(&format!("New{w}x{n}"), "Ed"));
-                        if r.status == 201 {
-                            let id = r.json()["id"].as_str().unwrap().to_owned();
-                            written.lock().unwrap().push(format!("/fhir/Patient/{id}"));
-                        }
-                        ("create", r)
-                    }
-                    3 => ("search", api.get("/fhir/Observation?code=8867-4")),
-                    _ => {
-                        // A transaction sealed under a key that the rotation may retire before
-                        // it commits: prepared again, never a failure.
-                        // One entry into every compartment, so that any of them being
-                        // rotated meanwhile retires a key it was sealed under.
-                        let entries: Vec<Value> = patients
-                            .iter()
-                            .map(|pid| {
-                                json!({
-                                    "resource": observation(pid, "in a transaction"),
-                                    "request": {"method": "POST", "url": "Observation"}
-                                })
-                            })
-                            .collect();
-                        let bundle = json!({
-                            "resourceType": "Bundle",
-                            "type": "transaction",
-                            "entry": entries
-                        });
-                        let r = api.post_fhir("/fhir", &bundle);
-                        if r.status == 200 {
-                            for e in r.json()["entry"].as_array().unwrap() {
-                                let location = e["response"]["location"].as_str().unwrap();
-                                let path = location.split("/_history").next().unwrap();
-                                written.lock().unwrap().push(format!("/fhir/{path}"));
-                            }
-                        }
-                        ("transaction into a rotating compartment", r)
-                    }
-                };
+                let (what, r) = rekey_workload_request(&api, w, n, &reads, &patients, &written);
                 if !(200..300).contains(&r.status) {
                     failures
                         .lock()
@@ -901,7 +991,7 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
     while done.load(Ordering::SeqCst) < 8 {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let rotated = cli(&srv, "admin", &admin.api, &["key", "rotate-data", "--wait"]);
+    let rotated = cli(srv, "admin", &admin.api, &["key", "rotate-data", "--wait"]);
     assert!(rotated.status.success(), "{}", output_text(&rotated));
     assert!(
         output_text(&rotated).contains("data keys to rotate"),
@@ -921,16 +1011,88 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
     let failures = failures.lock().unwrap().clone();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(during >= 8);
+    written.lock().unwrap().clone()
+}
 
+/// Worker `w`'s `n`th request: the kinds take turns. Records the paths it writes in `written`.
+fn rekey_workload_request(
+    api: &Api,
+    w: usize,
+    n: usize,
+    reads: &[String],
+    patients: &[String],
+    written: &std::sync::Mutex<Vec<String>>,
+) -> (&'static str, Reply) {
+    match n % 5 {
+        0 => {
+            let pid = &patients[(n / 4 + w) % patients.len()];
+            let r = api.post_fhir("/fhir/Observation", &observation(pid, "during"));
+            if r.status == 201 {
+                let id = r.json()["id"].as_str().unwrap().to_owned();
+                written
+                    .lock()
+                    .unwrap()
+                    .push(format!("/fhir/Observation/{id}"));
+            }
+            ("write into a rotating compartment", r)
+        }
+        1 => ("read", api.get(&reads[(n + w) % reads.len()])),
+        2 => {
+            let r = api.post_fhir("/fhir/Patient", &patient(&format!("New{w}x{n}"), "Ed"));
+            if r.status == 201 {
+                let id = r.json()["id"].as_str().unwrap().to_owned();
+                written.lock().unwrap().push(format!("/fhir/Patient/{id}"));
+            }
+            ("create", r)
+        }
+        3 => ("search", api.get("/fhir/Observation?code=8867-4")),
+        _ => {
+            // A transaction sealed under a key that the rotation may retire before
+            // it commits: prepared again, never a failure.
+            // One entry into every compartment, so that any of them being
+            // rotated meanwhile retires a key it was sealed under.
+            let entries: Vec<Value> = patients
+                .iter()
+                .map(|pid| {
+                    json!({
+                        "resource": observation(pid, "in a transaction"),
+                        "request": {"method": "POST", "url": "Observation"}
+                    })
+                })
+                .collect();
+            let bundle = json!({
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": entries
+            });
+            let r = api.post_fhir("/fhir", &bundle);
+            if r.status == 200 {
+                for e in r.json()["entry"].as_array().unwrap() {
+                    let location = e["response"]["location"].as_str().unwrap();
+                    let path = location.split("/_history").next().unwrap();
+                    written.lock().unwrap().push(format!("/fhir/{path}"));
+                }
+            }
+            ("transaction into a rotating compartment", r)
+        }
+    }
+}
+
+fn every_old_data_key_is_gone_and_everything_reads(
+    srv: &TestServer,
+    admin: &Account,
+    clin: &Account,
+    auditor: &Account,
+    old: &[i64],
+    everything: &[String],
+) {
     // Every old key is gone, every compartment has a new one, everything reads.
     let after = wait_for_data_rotation(&admin.api);
     assert_eq!(after["data_rotation"]["versions_remaining"], 0, "{after}");
-    assert_old_deks_gone(&srv, &old);
-    let new = patient_dek_ids(&srv);
+    assert_old_deks_gone(srv, old);
+    let new = patient_dek_ids(srv);
     assert!(new.len() >= 8 && new.iter().all(|id| !old.contains(id)));
-    let mut everything = paths.clone();
-    everything.extend(written.lock().unwrap().iter().cloned());
-    for path in &everything {
+    for path in everything {
         let r = clin.api.get(path);
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
@@ -938,7 +1100,7 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
     assert_eq!(found.status, 200, "{}", found.text());
     let hits = found.json()["entry"].as_array().map_or(0, Vec::len);
     assert!(hits >= 8, "{}", found.text());
-    let shown = output_text(&cli(&srv, "admin", &admin.api, &["key", "status"]));
+    let shown = output_text(&cli(srv, "admin", &admin.api, &["key", "status"]));
     assert!(
         shown.contains("data-key rotation: none under way"),
         "{shown}"
@@ -954,7 +1116,15 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(resealed >= 24, "{resealed} versions re-sealed");
+}
 
+fn an_interrupted_rotation_resumes(
+    srv: &mut TestServer,
+    admin: &Account,
+    clin: &Account,
+    auditor: &Account,
+    everything: &[String],
+) {
     // A second rotation, killed mid-way: the progress is in the database and resumes.
     srv.stop();
     srv.restart(&[
@@ -962,7 +1132,7 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
         ("CAREVAULT_KEY_REWRAP_PAUSE_MS", "300"),
     ]);
     let admin_api = admin.api.rebased(&srv.base);
-    let old = patient_dek_ids(&srv);
+    let old = patient_dek_ids(srv);
     let r = admin_api.post_json("/admin/keys/rotate-data", &json!({}));
     assert_eq!(r.status, 202, "{}", r.text());
     let total = r.json()["data_rotation"]["versions_remaining"]
@@ -997,9 +1167,9 @@ fn data_keys_rotate_under_load_and_an_interrupted_rotation_resumes() {
     srv.restart(&[("CAREVAULT_KEY_REWRAP_PAUSE_MS", "0")]);
     let admin_api = admin.api.rebased(&srv.base);
     wait_for_data_rotation(&admin_api);
-    assert_old_deks_gone(&srv, &old);
+    assert_old_deks_gone(srv, &old);
     let clin_api = clin.api.rebased(&srv.base);
-    for path in &everything {
+    for path in everything {
         let r = clin_api.get(path);
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }

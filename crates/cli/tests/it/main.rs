@@ -3,8 +3,6 @@
 //! directory and speaks HTTPS to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-// Nine scenario tests are still longer than 150 lines; they are being split into named steps.
-#![allow(clippy::too_many_lines)]
 
 mod audit;
 mod authz;

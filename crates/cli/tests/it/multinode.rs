@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use carevault_testkit::{Api, TestDatabase, TestServer};
+use carevault_testkit::{Account, Api, TestDatabase, TestServer};
 use serde_json::json;
 
 use crate::{bin, observation, patient};
@@ -42,10 +42,31 @@ fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
         .unwrap();
     let admin = a.admin();
     // A session made on node A works on node B.
+    let admin_b = admin_session_on_node_b(&b, &admin);
+    // A user created through node B enrolls and logs in on node A.
+    let clin = a_user_created_on_b_enrolls_on_a(&a, &admin_b);
+    let on_a = clin.api.clone();
+    let on_b = Api::new(&b.base, &b.ca_pem()).with_token(on_a.token.as_deref().unwrap());
+    // The patients both nodes fight over.
+    let patients = patients_both_nodes_fight_over(&on_a);
+    let applied = mixed_workload_on_both_nodes(&on_a, &on_b, &patients);
+    no_lost_update_and_no_duplicate_version(&on_b, &patients, &applied);
+    policy_changes_and_logout_reach_the_other_node(&admin, &admin_b, &on_a, &on_b, &patients);
+
+    // Both audit chains verify, together, and each node wrote its own.
+    a.stop();
+    b.stop();
+    both_audit_chains_verify(&a, &key);
+}
+
+fn admin_session_on_node_b(b: &TestServer, admin: &Account) -> Api {
     let admin_b = Api::new(&b.base, &b.ca_pem()).with_token(admin.api.token.as_deref().unwrap());
     let who = admin_b.get("/auth/whoami");
     assert_eq!(who.status, 200, "{}", who.text());
-    // A user created through node B enrolls and logs in on node A.
+    admin_b
+}
+
+fn a_user_created_on_b_enrolls_on_a(a: &TestServer, admin_b: &Api) -> Account {
     let created = admin_b.post_json(
         "/admin/users",
         &json!({"username": "dr.multi", "roles": ["clinician"], "organization": "org-a"}),
@@ -55,19 +76,25 @@ fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
         .as_str()
         .unwrap()
         .to_owned();
-    let clin = a.enroll_and_login("dr.multi", &token);
-    let on_a = clin.api.clone();
-    let on_b = Api::new(&b.base, &b.ca_pem()).with_token(on_a.token.as_deref().unwrap());
+    a.enroll_and_login("dr.multi", &token)
+}
 
-    // The patients both nodes fight over.
-    let patients: Vec<String> = (0..3)
+fn patients_both_nodes_fight_over(on_a: &Api) -> Vec<String> {
+    (0..3)
         .map(|i| {
             let r = on_a.post_fhir("/fhir/Patient", &patient(&format!("Race{i}"), "Multi"));
             assert_eq!(r.status, 201, "{}", r.text());
             id_of(&r)
         })
-        .collect();
+        .collect()
+}
 
+/// Returns, per patient, the version numbers of the acknowledged updates.
+fn mixed_workload_on_both_nodes(
+    on_a: &Api,
+    on_b: &Api,
+    patients: &[String],
+) -> BTreeMap<String, Vec<u32>> {
     // Mixed workload: per node, threads doing If-Match updates (200 or 412), blind updates
     // (always applied, as the next version), creates read back at once from the other node,
     // and searches.
@@ -79,80 +106,10 @@ fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
         } else {
             (on_b.clone(), on_a.clone())
         };
-        let patients = patients.clone();
+        let patients = patients.to_vec();
         let applied = applied.clone();
         threads.push(std::thread::spawn(move || {
-            let mut outcomes = BTreeMap::<u16, usize>::new();
-            for i in 0..15 {
-                let pid = &patients[(t + i) % patients.len()];
-                let path = format!("/fhir/Patient/{pid}");
-                let current = mine.get(&path);
-                assert_eq!(current.status, 200, "{}", current.text());
-                let mut body = current.json();
-                body["name"][0]["given"] = json!([format!("t{t}i{i}")]);
-                let blind = i % 3 == 0;
-                let seen = version_of(&current).to_string();
-                let etag = format!("W/\"{seen}\"");
-                let headers: Vec<(&str, &str)> = if blind {
-                    vec![]
-                } else {
-                    vec![("If-Match", etag.as_str())]
-                };
-                let put = mine.put_fhir(&path, &body, &headers);
-                *outcomes.entry(put.status).or_default() += 1;
-                match put.status {
-                    200 => {
-                        let v = version_of(&put);
-                        applied
-                            .lock()
-                            .unwrap()
-                            .entry(pid.clone())
-                            .or_default()
-                            .push(v);
-                        // Acknowledged on one node: visible on the other right away.
-                        let there = other.get(&path);
-                        assert_eq!(there.status, 200);
-                        assert!(
-                            version_of(&there) >= v,
-                            "node lag: wrote {v}, other node read {}",
-                            version_of(&there)
-                        );
-                        let exact = other.get(&format!("{path}/_history/{v}"));
-                        assert_eq!(exact.status, 200);
-                        assert_eq!(exact.json()["name"][0]["given"][0], format!("t{t}i{i}"));
-                    }
-                    412 => assert!(!blind, "a blind update is never refused"),
-                    s => panic!("update answered {s}: {}", put.text()),
-                }
-                if i % 4 == 0 {
-                    let obs = mine.post_fhir(
-                        "/fhir/Observation",
-                        &observation(pid, &format!("t{t} i{i}")),
-                    );
-                    assert_eq!(obs.status, 201, "{}", obs.text());
-                    let read = other.get(&format!("/fhir/Observation/{}", id_of(&obs)));
-                    assert_eq!(
-                        read.status, 200,
-                        "created on one node, missing on the other"
-                    );
-                    let found = other.get(&format!("/fhir/Observation?subject=Patient/{pid}"));
-                    assert_eq!(found.status, 200);
-                    let found = found.json();
-                    let ids: Vec<&str> = found["entry"]
-                        .as_array()
-                        .map(|e| {
-                            e.iter()
-                                .filter_map(|x| x["resource"]["id"].as_str())
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    assert!(
-                        ids.contains(&id_of(&obs).as_str()),
-                        "search on the other node misses it"
-                    );
-                }
-            }
-            outcomes
+            race_on_one_node(t, &mine, &other, &patients, &applied)
         }));
     }
     let mut outcomes = BTreeMap::<u16, usize>::new();
@@ -162,12 +119,100 @@ fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
         }
     }
     assert!(outcomes.get(&200).copied().unwrap_or(0) > 0, "{outcomes:?}");
+    applied.lock().unwrap().clone()
+}
 
+/// Thread `t`'s 15 requests on its node (`mine`), each checked on the other node. Returns how
+/// many updates answered each status.
+fn race_on_one_node(
+    t: usize,
+    mine: &Api,
+    other: &Api,
+    patients: &[String],
+    applied: &Mutex<BTreeMap<String, Vec<u32>>>,
+) -> BTreeMap<u16, usize> {
+    let mut outcomes = BTreeMap::<u16, usize>::new();
+    for i in 0..15 {
+        let pid = &patients[(t + i) % patients.len()];
+        let path = format!("/fhir/Patient/{pid}");
+        let current = mine.get(&path);
+        assert_eq!(current.status, 200, "{}", current.text());
+        let mut body = current.json();
+        body["name"][0]["given"] = json!([format!("t{t}i{i}")]);
+        let blind = i % 3 == 0;
+        let seen = version_of(&current).to_string();
+        let etag = format!("W/\"{seen}\"");
+        let headers: Vec<(&str, &str)> = if blind {
+            vec![]
+        } else {
+            vec![("If-Match", etag.as_str())]
+        };
+        let put = mine.put_fhir(&path, &body, &headers);
+        *outcomes.entry(put.status).or_default() += 1;
+        match put.status {
+            200 => {
+                let v = version_of(&put);
+                applied
+                    .lock()
+                    .unwrap()
+                    .entry(pid.clone())
+                    .or_default()
+                    .push(v);
+                // Acknowledged on one node: visible on the other right away.
+                let there = other.get(&path);
+                assert_eq!(there.status, 200);
+                assert!(
+                    version_of(&there) >= v,
+                    "node lag: wrote {v}, other node read {}",
+                    version_of(&there)
+                );
+                let exact = other.get(&format!("{path}/_history/{v}"));
+                assert_eq!(exact.status, 200);
+                assert_eq!(exact.json()["name"][0]["given"][0], format!("t{t}i{i}"));
+            }
+            412 => assert!(!blind, "a blind update is never refused"),
+            s => panic!("update answered {s}: {}", put.text()),
+        }
+        if i % 4 == 0 {
+            let obs = mine.post_fhir(
+                "/fhir/Observation",
+                &observation(pid, &format!("t{t} i{i}")),
+            );
+            assert_eq!(obs.status, 201, "{}", obs.text());
+            let read = other.get(&format!("/fhir/Observation/{}", id_of(&obs)));
+            assert_eq!(
+                read.status, 200,
+                "created on one node, missing on the other"
+            );
+            let found = other.get(&format!("/fhir/Observation?subject=Patient/{pid}"));
+            assert_eq!(found.status, 200);
+            let found = found.json();
+            let ids: Vec<&str> = found["entry"]
+                .as_array()
+                .map(|e| {
+                    e.iter()
+                        .filter_map(|x| x["resource"]["id"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(
+                ids.contains(&id_of(&obs).as_str()),
+                "search on the other node misses it"
+            );
+        }
+    }
+    outcomes
+}
+
+fn no_lost_update_and_no_duplicate_version(
+    on_b: &Api,
+    patients: &[String],
+    applied: &BTreeMap<String, Vec<u32>>,
+) {
     // No lost update, no duplicate version: each patient's history is exactly version 1 plus
     // one version per acknowledged update, numbered without gaps, and every acknowledged
     // version number is distinct.
-    let applied = applied.lock().unwrap().clone();
-    for pid in &patients {
+    for pid in patients {
         let mine = applied.get(pid).cloned().unwrap_or_default();
         let distinct: BTreeSet<u32> = mine.iter().copied().collect();
         assert_eq!(
@@ -196,7 +241,15 @@ fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
             (2..=mine.len() as u32 + 1).collect::<BTreeSet<_>>()
         );
     }
+}
 
+fn policy_changes_and_logout_reach_the_other_node(
+    admin: &Account,
+    admin_b: &Api,
+    on_a: &Api,
+    on_b: &Api,
+    patients: &[String],
+) {
     // A policy change made on one node applies on the other from its next request on.
     let obs = on_a.post_fhir("/fhir/Observation", &observation(&patients[0], "policy"));
     let obs_path = format!("/fhir/Observation/{}", id_of(&obs));
@@ -219,14 +272,14 @@ fn two_nodes_share_sessions_policies_and_data_and_lose_no_update() {
     // Logging out on B ends the session on A too.
     assert_eq!(on_b.request("POST", "/auth/logout", &[], None).status, 204);
     assert_eq!(on_a.get(&obs_path).status, 401);
+}
 
-    // Both audit chains verify, together, and each node wrote its own.
-    a.stop();
-    b.stop();
+/// Run on the stopped nodes.
+fn both_audit_chains_verify(a: &TestServer, key: &str) {
     let url = a.database.as_ref().unwrap().url.clone();
     let out = a
         .command(bin())
-        .args(["audit", "verify", "--db", &url, "--public-key", &key])
+        .args(["audit", "verify", "--db", &url, "--public-key", key])
         .output()
         .unwrap();
     let text =
