@@ -343,19 +343,16 @@ async fn transaction(
 struct CreateIds {
     /// `urn:uuid:...` full URL -> `Type/id`.
     ids: HashMap<String, String>,
-    assigned: Vec<Option<ResourceId>>,
-    existing: Vec<Option<ResourceId>>,
+    /// Per entry: what its create does (None for entries that are not creates).
+    decided: Vec<Option<CreateAs>>,
 }
 
 /// What a transaction's create entry does, once its id is decided.
-#[derive(Clone, Copy)]
-enum CreateAs<'a> {
+enum CreateAs {
     /// Create the resource with this new id.
-    New(&'a ResourceId),
+    New(ResourceId),
     /// `ifNoneExist` matched this resource: nothing is written.
-    Existing(&'a ResourceId),
-    /// Not a create entry.
-    NotACreate,
+    Existing(ResourceId),
 }
 
 impl CreateIds {
@@ -368,8 +365,7 @@ impl CreateIds {
         let fail = |index: usize| move |error: Error| EntryError { index, error };
         let mut creates = CreateIds {
             ids: HashMap::new(),
-            assigned: vec![None; parsed.len()],
-            existing: vec![None; parsed.len()],
+            decided: (0..parsed.len()).map(|_| None).collect(),
         };
         for (i, (request, _, full_url)) in parsed.iter().enumerate() {
             let Request::Create {
@@ -387,16 +383,9 @@ impl CreateIds {
                     .map_err(fail(i))?,
                 None => Vec::new(),
             };
-            let id = match found.as_slice() {
-                [] => {
-                    let id = new_id().map_err(fail(i))?;
-                    creates.assigned[i] = Some(id.clone());
-                    id
-                }
-                [one] => {
-                    creates.existing[i] = Some(one.clone());
-                    one.clone()
-                }
+            let decided = match found.as_slice() {
+                [] => CreateAs::New(new_id().map_err(fail(i))?),
+                [one] => CreateAs::Existing(one.clone()),
                 _ => {
                     return Err(fail(i)(Error::PreconditionFailed(
                         "ifNoneExist matches more than one resource".into(),
@@ -404,18 +393,16 @@ impl CreateIds {
                 }
             };
             if let Some(url) = full_url {
+                let (CreateAs::New(id) | CreateAs::Existing(id)) = &decided;
                 creates.ids.insert(url.clone(), format!("{rtype}/{id}"));
             }
+            creates.decided[i] = Some(decided);
         }
         Ok(creates)
     }
 
-    fn of(&self, i: usize) -> CreateAs<'_> {
-        match (&self.assigned[i], &self.existing[i]) {
-            (Some(id), _) => CreateAs::New(id),
-            (None, Some(id)) => CreateAs::Existing(id),
-            (None, None) => CreateAs::NotACreate,
-        }
+    fn of(&self, i: usize) -> Option<&CreateAs> {
+        self.decided[i].as_ref()
     }
 }
 
@@ -430,19 +417,19 @@ async fn transaction_write(
     caller: Caller<'_>,
     request: &Request,
     body: Value,
-    create: CreateAs<'_>,
+    create: Option<&CreateAs>,
 ) -> Result<Outcome> {
     Ok(match request {
         Request::Create { rtype, .. } => match create {
-            CreateAs::New(id) => {
+            Some(CreateAs::New(id)) => {
                 created(records.create_with_id(caller, *rtype, id, body).await?, 201)
             }
-            CreateAs::Existing(id) => Outcome {
+            Some(CreateAs::Existing(id)) => Outcome {
                 status: 200,
                 version: None,
                 location: Some(format!("{rtype}/{id}")),
             },
-            CreateAs::NotACreate => return Err(Error::Internal("create without an id".into())),
+            None => return Err(Error::Internal("create without an id".into())),
         },
         Request::Update {
             rtype,
