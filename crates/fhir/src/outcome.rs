@@ -4,7 +4,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Issue;
 use crate::validate::{
-    MSG_NOT_ALLOWED_VALUE, MSG_PATTERN, MSG_REQUIRED, MSG_UNKNOWN_ELEMENT,
+    MSG_NOT_ALLOWED_VALUE, MSG_PATTERN, MSG_REQUIRED, MSG_STRING_TOO_LONG, MSG_UNKNOWN_ELEMENT,
     MSG_UNKNOWN_RESOURCE_TYPE, MSG_WRONG_RESOURCE_TYPE, MSG_WRONG_TYPE, MSG_WRONG_VALUE,
 };
 
@@ -124,6 +124,8 @@ fn code_for(message: &str) -> &'static str {
         "structure"
     } else if starts(MSG_PATTERN) || starts(MSG_NOT_ALLOWED_VALUE) || starts(MSG_WRONG_VALUE) {
         "value"
+    } else if starts(MSG_STRING_TOO_LONG) {
+        "too-long"
     } else {
         "invalid"
     }

@@ -46,6 +46,11 @@ pub(crate) const MSG_NOT_ALLOWED_VALUE: &str = "value is not one of the allowed 
 pub(crate) const MSG_WRONG_VALUE: &str = "wrong value";
 pub(crate) const MSG_UNKNOWN_RESOURCE_TYPE: &str = "unknown resource type";
 pub(crate) const MSG_WRONG_RESOURCE_TYPE: &str = "wrong resource type";
+pub(crate) const MSG_STRING_TOO_LONG: &str = "too long for a FHIR string";
+pub(crate) const MSG_CONTROL_CHARACTER: &str = "contains a control character";
+
+/// The longest string FHIR R4 allows: "Strings SHALL NOT exceed 1MB (1024*1024 characters)".
+pub const MAX_STRING_CHARS: usize = 1024 * 1024;
 
 /// A validation problem, safe to return to a client and to log.
 ///
@@ -151,6 +156,7 @@ impl Validator {
     pub fn validate(&self, rt: ResourceType, resource: &Value) -> Result<(), Vec<Issue>> {
         let mut issues = Issues::default();
         self.check_resource(rt, resource, rt.as_str(), 0, &mut issues);
+        check_strings(resource, &mut rt.as_str().to_owned(), &mut issues);
         if issues.list.is_empty() {
             Ok(())
         } else {
@@ -358,6 +364,62 @@ fn array_items(value: Option<&Value>) -> std::iter::Enumerate<std::slice::Iter<'
 /// The items of `value` if it is an array; empty otherwise.
 fn array_slice(value: Option<&Value>) -> &[Value] {
     value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+/// Checks every string in `value` (at `location`) against R4's rules for strings: at most
+/// [`MAX_STRING_CHARS`] characters, and no character below U+0020 but tab, line feed and
+/// carriage return (which the schema's patterns let through). Issues name the element, never
+/// the value. Elements named `data` are exempt from the length rule: they are base64Binary
+/// (Attachment, Binary, Signature), bounded by the request body limit, not by the string rule.
+fn check_strings(value: &Value, location: &mut String, issues: &mut Issues) {
+    if issues.is_full() {
+        return;
+    }
+    match value {
+        Value::String(s) => {
+            // Bytes >= characters: count the characters only when the bytes exceed the limit.
+            if s.len() > MAX_STRING_CHARS
+                && s.chars().count() > MAX_STRING_CHARS
+                && !location.ends_with(".data")
+            {
+                issues.push(
+                    location.clone(),
+                    format!("{MSG_STRING_TOO_LONG}: at most {MAX_STRING_CHARS} characters"),
+                );
+            }
+            // In UTF-8, bytes below 0x20 are only ever those control characters themselves.
+            if s.bytes()
+                .any(|b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+            {
+                issues.push(
+                    location.clone(),
+                    format!("{MSG_CONTROL_CHARACTER}: only tab, line feed and carriage return are allowed"),
+                );
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let len = location.len();
+                // Writing to a String cannot fail.
+                let _ = write!(location, "[{index}]");
+                check_strings(item, location, issues);
+                location.truncate(len);
+            }
+        }
+        Value::Object(members) => {
+            for (name, member) in members {
+                let len = location.len();
+                // An unknown name that may be data is left out (the schema refuses it anyway).
+                if is_plain_name(name) {
+                    location.push('.');
+                    location.push_str(name);
+                }
+                check_strings(member, location, issues);
+                location.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Collected issues: at most [`MAX_ISSUES`], without duplicates.
@@ -1176,5 +1238,49 @@ mod tests {
             "Validator::new: {loaded:?}, warm_up: {warmed:?} (debug build; see examples/validator_timing.rs)"
         );
         assert_eq!(fresh.validate(PATIENT_RT, &patient()), Ok(()));
+    }
+
+    #[test]
+    fn strings_over_a_megabyte_or_with_control_characters_are_refused_by_element() {
+        let long = "a".repeat(MAX_STRING_CHARS + 1);
+        let mut resource = patient();
+        resource["name"][0]["family"] = json!(long);
+        resource["name"][0]["given"] = json!(["Nul\u{0}", "Bell\u{7}", "tab\tline\nreturn\r"]);
+        let found = issues(PATIENT_RT, &resource);
+        let too_long = format!("{MSG_STRING_TOO_LONG}: at most {MAX_STRING_CHARS} characters");
+        let control =
+            format!("{MSG_CONTROL_CHARACTER}: only tab, line feed and carriage return are allowed");
+        assert!(
+            has(&found, "Patient.name[0].family", &too_long),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "Patient.name[0].given[0]", &control),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "Patient.name[0].given[1]", &control),
+            "{found:?}"
+        );
+        assert!(
+            !found
+                .iter()
+                .any(|i| i.location == "Patient.name[0].given[2]"),
+            "tab, line feed and carriage return are allowed: {found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .all(|i| !i.message.contains("Nul") && i.message.len() < 200)
+        );
+
+        // Exactly the limit passes; so does a larger base64Binary `data` element.
+        let mut at_limit = patient();
+        at_limit["name"][0]["family"] = json!("a".repeat(MAX_STRING_CHARS));
+        assert_eq!(validator().validate(PATIENT_RT, &at_limit), Ok(()));
+        let mut photo = patient();
+        photo["photo"] =
+            json!([{"contentType": "image/png", "data": "QUFB".repeat(MAX_STRING_CHARS / 4 + 1)}]);
+        assert_eq!(validator().validate(PATIENT_RT, &photo), Ok(()));
     }
 }

@@ -206,6 +206,7 @@ pub async fn break_glass(
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut text = state.inner.metrics.render();
     text.push_str(&state.inner.keyring.metrics_text().await);
+    text.push_str(&state.inner.audit.metrics_text());
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

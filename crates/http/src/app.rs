@@ -79,6 +79,7 @@ impl Application {
             authz.clone(),
             Arc::new(SearchIndex::open(&env.keyring).await?),
             clock.clone(),
+            config.search_limits,
         );
 
         let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
@@ -98,8 +99,10 @@ impl Application {
         let capability = crate::capability_statement(clock.now_us());
         let rewrap_batch = config.rewrap_batch_size;
         let rewrap_pause = std::time::Duration::from_millis(config.rewrap_pause_ms);
+        let public_base = crate::public_base::PublicBase::new(&config, local_addr);
         let state = AppState::new(Services {
             config,
+            public_base,
             identity,
             records,
             authz: authz.clone(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use carevault_audit::{EventRecord, StoredEvent};
 use carevault_fhir::bundle::{BundleHead, BundleWriter};
@@ -22,7 +22,6 @@ const MAX_COUNT: u32 = 1000;
 pub async fn events(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut q = AuditQuery {
         limit: DEFAULT_COUNT,
@@ -74,7 +73,7 @@ pub async fn events(
     let mut own: Vec<(String, String)> = params.into_iter().collect();
     own.sort();
     let links = crate::paging::page_links(
-        &format!("{}/audit/events", crate::paging::origin(&state, &headers)),
+        &format!("{}/audit/events", crate::paging::origin(&state)),
         &own,
         "_cursor",
         (this.as_deref(), next.as_deref()),

@@ -21,6 +21,8 @@ pub enum ApiError {
     PayloadTooLarge,
     /// A route or resource type that does not exist.
     NoSuchEndpoint,
+    /// The request names a host this server does not answer for (`public_base_url`).
+    MisdirectedRequest,
 }
 
 impl From<Error> for ApiError {
@@ -108,6 +110,12 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 "not-found",
                 "no such endpoint or resource type",
+            ),
+            ApiError::MisdirectedRequest => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "not-supported",
+                "this server does not answer for the host name in the request; use the address \
+                 it is configured with (public_base_url)",
             ),
             ApiError::Core(e) => return core_response(e),
         };

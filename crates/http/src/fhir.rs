@@ -296,7 +296,7 @@ pub async fn everything(
         .records
         .everything(Caller::new(&p, &audit), &patient, &query)
         .await?;
-    let base = crate::paging::fhir_base(&state, &headers);
+    let base = crate::paging::fhir_base(&state);
     let mut entries = BundleWriter::default();
     for v in &page.entries {
         entries.push(
@@ -391,7 +391,7 @@ async fn search(
         None => rtype.to_string(),
     };
 
-    let base = crate::paging::fhir_base(state, headers);
+    let base = crate::paging::fhir_base(state);
     let mut entries = BundleWriter::default();
     if !query.summary_count {
         for (mode, v) in page
@@ -482,7 +482,7 @@ pub async fn create(
     Ok(write_response(
         StatusCode::CREATED,
         &v,
-        &crate::paging::fhir_base(&state, &headers),
+        &crate::paging::fhir_base(&state),
         prefer(&headers),
     ))
 }
@@ -514,7 +514,7 @@ pub async fn update(
     Ok(write_response(
         status,
         &v,
-        &crate::paging::fhir_base(&state, &headers),
+        &crate::paging::fhir_base(&state),
         prefer(&headers),
     ))
 }
@@ -693,7 +693,7 @@ async fn history(
     let has_more = items.len() > count as usize;
     items.truncate(count as usize);
 
-    let base = crate::paging::fhir_base(state, headers);
+    let base = crate::paging::fhir_base(state);
     let self_path = match &id {
         Some(id) => format!("{base}/{rtype}/{id}/_history"),
         None => format!("{base}/{rtype}/_history"),

@@ -32,6 +32,7 @@ pub mod error;
 mod fhir;
 mod keys;
 pub mod paging;
+pub mod public_base;
 pub use fhir::capability_statement;
 pub mod tls;
 
@@ -68,6 +69,8 @@ pub struct AppState {
 
 pub struct Services {
     pub config: Config,
+    /// Where clients reach this server: every absolute URL starts with it.
+    pub public_base: public_base::PublicBase,
     pub identity: Identity,
     pub records: Records,
     pub authz: Arc<carevault_server::authz::Authz>,
@@ -522,7 +525,11 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         },
     );
     req.extensions_mut().insert(scope.clone());
-    let mut resp = next.run(req).await;
+    let mut resp = if state.inner.public_base.admits_request(&req) {
+        next.run(req).await
+    } else {
+        ApiError::MisdirectedRequest.into_response()
+    };
 
     let mut status = resp.status();
     let is_error = status.is_client_error() || status.is_server_error();

@@ -2,33 +2,19 @@
 //! audit trail), from one base URL: `self` is the request's own URL and parameters, `next` the
 //! same with the cursor of the next page (from `carevault_server::paging`).
 
-use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
 
 use crate::AppState;
 
-/// `https://host:port` as the client addressed this server. The Host header is taken only when
-/// it is a plain host name or address with an optional port; otherwise the listen address.
-pub fn origin(state: &AppState, headers: &HeaderMap) -> String {
-    let scheme = if state.inner.config.plain_http {
-        "http"
-    } else {
-        "https"
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .map_or_else(|| state.inner.config.listen.to_string(), str::to_owned);
-    format!("{scheme}://{host}")
+/// `https://host:port` where clients reach this server (`public_base_url`, or the bound
+/// address): never the request's `Host` header.
+pub fn origin(state: &AppState) -> &str {
+    state.inner.public_base.origin()
 }
 
 /// The FHIR base URL (`[base]` in the FHIR specification).
-pub fn fhir_base(state: &AppState, headers: &HeaderMap) -> String {
-    format!("{}/fhir", origin(state, headers))
+pub fn fhir_base(state: &AppState) -> String {
+    format!("{}/fhir", origin(state))
 }
 
 /// `self` and (when there is a next page) `next` links: `url` with `params` (the request's own,

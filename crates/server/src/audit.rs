@@ -29,6 +29,28 @@ pub struct Audit {
     clock: SharedClock,
     /// One checkpoint at a time from this process.
     checkpointing: tokio::sync::Mutex<()>,
+    health: Mutex<CheckpointHealth>,
+}
+
+/// How signing keeps up: for the metrics, the log, and readiness.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckpointHealth {
+    /// When this node's chain was first seen with unsigned events since the last checkpoint
+    /// (checked twice a second, so the oldest unsigned event is at most half a second older).
+    pub unsigned_since: Option<Instant>,
+    /// Checkpoints that could not be written, since start.
+    pub failures: u64,
+    /// When the current run of failures began (`None` while checkpoints are written).
+    pub failing_since: Option<Instant>,
+    /// When the current run of failures was last logged.
+    logged_at: Option<Instant>,
+}
+
+impl CheckpointHealth {
+    /// Age of the oldest unsigned event this node has written (zero when all are signed).
+    pub fn oldest_unsigned_age(&self) -> Duration {
+        self.unsigned_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
 }
 
 impl Audit {
@@ -47,6 +69,7 @@ impl Audit {
             hmac_key,
             clock,
             checkpointing: tokio::sync::Mutex::new(()),
+            health: Mutex::new(CheckpointHealth::default()),
         })
     }
 
@@ -94,6 +117,14 @@ impl Audit {
         };
         let signed = last.as_ref().map_or(0, |c| c.last_seq);
         let unsigned = head_seq.saturating_sub(signed);
+        {
+            let mut health = self.health();
+            if unsigned == 0 {
+                health.unsigned_since = None;
+            } else if health.unsigned_since.is_none() {
+                health.unsigned_since = Some(Instant::now());
+            }
+        }
         let old_enough = last_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
         if unsigned == 0 || !(force || unsigned >= CHECKPOINT_EVERY_EVENTS || old_enough) {
             return Ok(None);
@@ -110,7 +141,75 @@ impl Audit {
         self.store
             .write(vec![WriteOp::InsertCheckpoint(cp.clone())])
             .await?;
+        self.health().unsigned_since = None;
         Ok(Some(cp))
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, CheckpointHealth> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How checkpoints keep up with the trail.
+    pub fn checkpoint_health(&self) -> CheckpointHealth {
+        *self.health()
+    }
+
+    /// The Prometheus lines for checkpoint health.
+    pub fn metrics_text(&self) -> String {
+        let health = self.checkpoint_health();
+        let mut out = String::new();
+        crate::metrics::single(
+            &mut out,
+            "carevault_audit_oldest_unsigned_event_age_seconds",
+            "gauge",
+            "Age of this node's oldest audit event not yet covered by a signed checkpoint.",
+            format!("{:.1}", health.oldest_unsigned_age().as_secs_f64()),
+        );
+        crate::metrics::single(
+            &mut out,
+            "carevault_audit_checkpoint_failures_total",
+            "counter",
+            "Audit checkpoints that could not be written.",
+            health.failures,
+        );
+        out
+    }
+
+    /// Logs a failed checkpoint: at once when a run of failures begins, then at most once a
+    /// minute while it lasts, with the cause and how far signing has fallen behind.
+    fn checkpoint_failed(&self, e: &Error) {
+        let now = Instant::now();
+        let mut health = self.health();
+        health.failures += 1;
+        let since = *health.failing_since.get_or_insert(now);
+        if health
+            .logged_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+        {
+            return;
+        }
+        health.logged_at = Some(now);
+        let oldest_unsigned_secs = health.oldest_unsigned_age().as_secs();
+        drop(health);
+        tracing::error!(
+            event = "audit_checkpoint_failed",
+            error = %e,
+            oldest_unsigned_secs,
+            failing_for_secs = now.duration_since(since).as_secs(),
+            "audit checkpoints cannot be written: new events are chained but unsigned until one is"
+        );
+    }
+
+    fn checkpoint_succeeded(&self) {
+        let mut health = self.health();
+        health.logged_at = None;
+        if let Some(since) = health.failing_since.take() {
+            tracing::warn!(
+                event = "audit_checkpoint_recovered",
+                failed_for_secs = since.elapsed().as_secs(),
+                "audit checkpoints are written again"
+            );
+        }
     }
 
     /// Checkpoint in the background: checks twice a second, signs every 1,000 events or 10 s.
@@ -124,10 +223,11 @@ impl Audit {
                 match audit.checkpoint(false, Some(last_at)).await {
                     Ok(Some(cp)) => {
                         last_at = Instant::now();
+                        audit.checkpoint_succeeded();
                         tracing::debug!(event = "audit_checkpoint", last_seq = cp.last_seq);
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::error!(event = "audit_checkpoint_failed", error = %e),
+                    Err(e) => audit.checkpoint_failed(&e),
                 }
             }
         })

@@ -39,6 +39,11 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<u64>,
     pub max_json_depth: Option<u64>,
     pub max_bundle_entries: Option<u64>,
+    /// The URL clients reach this server at; absolute links are built from it.
+    pub public_base_url: Option<String>,
+    /// Other host names (`host[:port]`, comma-separated) requests may address.
+    pub allowed_hosts: Option<String>,
+    pub search: SearchSection,
     pub tls: TlsSection,
     pub session: SessionSection,
     pub auth: AuthSection,
@@ -80,6 +85,15 @@ pub struct KeySection {
     /// `auto` (default), `required` or `off`: lock the process's memory so unsealed keys never
     /// reach swap (see `memory`).
     pub lock_memory: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSection {
+    /// Search parameters (clauses) one search may combine.
+    pub max_clauses: Option<u64>,
+    /// `_include` and `_revinclude` parameters one search may ask for.
+    pub max_includes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +146,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("body_limit_bytes", Kind::Int),
     ("max_json_depth", Kind::Int),
     ("max_bundle_entries", Kind::Int),
+    ("public_base_url", Kind::Str),
+    ("allowed_hosts", Kind::Str),
+    ("search.max_clauses", Kind::Int),
+    ("search.max_includes", Kind::Int),
     ("tls.cert_path", Kind::Str),
     ("tls.key_path", Kind::Str),
     ("session.idle_timeout_secs", Kind::Int),
@@ -306,6 +324,11 @@ pub struct Config {
     pub body_limit_bytes: usize,
     pub max_json_depth: usize,
     pub max_bundle_entries: usize,
+    /// `public_base_url`; without it, links use the address the listener is bound to.
+    pub public_base_url: Option<PublicUrl>,
+    /// `allowed_hosts`: lowercase `host[:port]` names requests may also address.
+    pub allowed_hosts: Vec<String>,
+    pub search_limits: SearchLimits,
     pub session_idle_secs: i64,
     pub session_lifetime_secs: i64,
     pub enrollment_ttl_secs: i64,
@@ -411,6 +434,8 @@ impl Config {
     /// order (the order of this function), so the same file always reports the same problem.
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
         let (listen, plain_http) = listen_address(file.listen, file.allow_plain_http)?;
+        let public_base_url = public_url(file.public_base_url, listen, plain_http)?;
+        let allowed_hosts = allowed_hosts(file.allowed_hosts)?;
         let data_dir = data_dir(file.data_dir)?;
         let node_id = node_id(file.node_id)?;
         let tls_cert = file
@@ -437,6 +462,7 @@ impl Config {
             1,
             100_000,
         )?;
+        let search_limits = SearchLimits::from_section(&file.search)?;
         let (session_idle_secs, session_lifetime_secs) = session_timeouts(&file.session)?;
         let auth = AuthLimits::from_section(&file.auth)?;
         let argon2 = argon2_params(&file.argon2)?;
@@ -477,6 +503,9 @@ impl Config {
             body_limit_bytes: body_limit as usize,
             max_json_depth: depth as usize,
             max_bundle_entries: bundle_entries as usize,
+            public_base_url,
+            allowed_hosts,
+            search_limits,
             session_idle_secs,
             session_lifetime_secs,
             enrollment_ttl_secs: auth.enrollment_ttl_secs,
@@ -577,6 +606,128 @@ fn listen_address(
         ));
     }
     Ok((listen, plain_http))
+}
+
+/// `public_base_url`, validated: where clients reach this server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrl {
+    origin: String,
+    authority: String,
+    default_port: u16,
+}
+
+impl PublicUrl {
+    /// `scheme://host[:port][/path]`, without a trailing slash: what `[base]` URLs start with.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// `host:port` (lowercase, the port always written).
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The port a `Host` header without one means (the scheme's).
+    pub fn default_port(&self) -> u16 {
+        self.default_port
+    }
+}
+
+fn public_url(
+    value: Option<String>,
+    listen: SocketAddr,
+    plain_http: bool,
+) -> Result<Option<PublicUrl>, ConfigError> {
+    const KEY: &str = "public_base_url";
+    let Some(text) = value else {
+        if listen.ip().is_unspecified() {
+            return Err(ConfigError::new(
+                KEY,
+                "is required when listening on every interface (0.0.0.0 or [::]): the URL clients \
+                 use, e.g. https://fhir.example.org:8443, from which links are built",
+            ));
+        }
+        return Ok(None);
+    };
+    let expected = "expected a URL like https://fhir.example.org:8443 (no user, query or fragment)";
+    let url = url::Url::parse(text.trim()).map_err(|_| ConfigError::new(KEY, expected))?;
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Err(ConfigError::new(KEY, expected));
+    };
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(ConfigError::new(KEY, expected));
+    }
+    let default_port = match url.scheme() {
+        "https" => 443,
+        // Behind a proxy that terminates TLS on this machine, the public URL is still https;
+        // plain http is for a loopback-only development server.
+        "http" if plain_http => 80,
+        _ => {
+            return Err(ConfigError::new(
+                KEY,
+                "must start with https:// (http:// only with allow_plain_http)",
+            ));
+        }
+    };
+    Ok(Some(PublicUrl {
+        origin: url.as_str().trim_end_matches('/').to_owned(),
+        authority: format!("{host}:{port}"),
+        default_port,
+    }))
+}
+
+fn allowed_hosts(value: Option<String>) -> Result<Vec<String>, ConfigError> {
+    let Some(text) = value else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            // A host name or address with an optional port, and nothing else.
+            match url::Url::parse(&format!("https://{h}/")) {
+                Ok(u)
+                    if u.path() == "/"
+                        && u.username().is_empty()
+                        && u.query().is_none()
+                        && u.host_str().is_some()
+                        && !h.contains(['/', '@', '?', '#']) =>
+                {
+                    Ok(h.to_ascii_lowercase())
+                }
+                _ => Err(ConfigError::new(
+                    "allowed_hosts",
+                    "expected host names like fhir.example.org or 10.0.0.5:8443, comma-separated",
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Bounds on one search, so that no query can outgrow what the database accepts in one
+/// statement (SQLite: 500 compound terms; PostgreSQL: its stack depth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchLimits {
+    /// Search parameters (clauses) combined in one search.
+    pub max_clauses: usize,
+    /// `_include` plus `_revinclude` parameters in one search.
+    pub max_includes: usize,
+}
+
+impl SearchLimits {
+    fn from_section(search: &SearchSection) -> Result<Self, ConfigError> {
+        let max_clauses = bounded("search.max_clauses", search.max_clauses, 50, 1, 400)?;
+        let max_includes = bounded("search.max_includes", search.max_includes, 10, 0, 100)?;
+        // The bounds keep both inside usize.
+        Ok(Self {
+            max_clauses: max_clauses as usize,
+            max_includes: max_includes as usize,
+        })
+    }
 }
 
 fn data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, ConfigError> {

@@ -185,6 +185,87 @@ fn audit_write_failure_fails_the_request_closed_and_recovers() {
     );
 }
 
+/// The gauge `name` in a Prometheus text scrape.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{metrics}"))
+}
+
+#[test]
+fn checkpoint_failures_are_logged_once_with_their_cause_and_measured() {
+    let srv = server();
+    let admin = srv.admin();
+    let auditor = srv.user(&admin, "aud.signing", &["auditor"], None);
+    // Checkpoints are refused; events are still written (and chained).
+    if srv.is_postgres() {
+        srv.execute(
+            "CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'checkpoints refused'; END $$;
+             CREATE TRIGGER checkpoint_unwritable BEFORE INSERT ON audit_checkpoint
+                 FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint();",
+        );
+    } else {
+        srv.execute(
+            "CREATE TRIGGER checkpoint_unwritable BEFORE INSERT ON audit_checkpoint
+             BEGIN SELECT RAISE(ABORT, 'checkpoints refused'); END;",
+        );
+    }
+    // A checkpoint is due 10 s after the last; wait for the failure to be logged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !srv.logs().contains("audit_checkpoint_failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", srv.logs());
+        assert_eq!(auditor.api.get("/fhir/metadata").status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let metrics = auditor.api.get("/metrics").text();
+    assert!(
+        gauge(
+            &metrics,
+            "carevault_audit_oldest_unsigned_event_age_seconds"
+        ) >= 5.0,
+        "{metrics}"
+    );
+    assert!(gauge(&metrics, "carevault_audit_checkpoint_failures_total") >= 1.0);
+    // A few more failed attempts (one every half second) are not logged again within a minute.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let logs = srv.logs();
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("audit_checkpoint_failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let cause = if srv.is_postgres() {
+        "SQLSTATE P0001"
+    } else {
+        "a trigger refused the write"
+    };
+    assert!(failed[0].contains(cause), "the real cause: {}", failed[0]);
+    assert!(!failed[0].contains("already exists"), "{}", failed[0]);
+    assert!(failed[0].contains("oldest_unsigned_secs"), "{}", failed[0]);
+
+    if srv.is_postgres() {
+        srv.execute("DROP TRIGGER checkpoint_unwritable ON audit_checkpoint;");
+    } else {
+        srv.execute("DROP TRIGGER checkpoint_unwritable;");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !srv.logs().contains("audit_checkpoint_recovered") {
+        assert!(std::time::Instant::now() < deadline, "{}", srv.logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let metrics = auditor.api.get("/metrics").text();
+    assert!(
+        gauge(
+            &metrics,
+            "carevault_audit_oldest_unsigned_event_age_seconds"
+        ) < 5.0,
+        "{metrics}"
+    );
+}
+
 #[test]
 fn offline_verification_names_every_kind_of_tampering() {
     let mut srv = server();

@@ -15,6 +15,7 @@ mod e2e;
 mod hostile;
 mod import;
 mod keys;
+mod limits;
 mod multinode;
 mod outage;
 mod pg_tls;

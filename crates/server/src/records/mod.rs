@@ -20,6 +20,7 @@ use crate::audit::AuditScope;
 use crate::authz::Authz;
 use crate::clock::SharedClock;
 use crate::compartment;
+use crate::config::SearchLimits;
 use crate::identity::Principal;
 use crate::keyring::Keyring;
 use crate::search::SearchIndex;
@@ -126,6 +127,7 @@ pub struct Records {
     authz: Arc<Authz>,
     index: Arc<SearchIndex>,
     clock: SharedClock,
+    search_limits: SearchLimits,
 }
 
 impl Records {
@@ -136,6 +138,7 @@ impl Records {
         authz: Arc<Authz>,
         index: Arc<SearchIndex>,
         clock: SharedClock,
+        search_limits: SearchLimits,
     ) -> Self {
         Self {
             store,
@@ -144,6 +147,7 @@ impl Records {
             authz,
             index,
             clock,
+            search_limits,
         }
     }
 }

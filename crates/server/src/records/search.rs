@@ -33,6 +33,10 @@ struct SearchKnows {
     organizations: HashMap<String, Option<String>>,
 }
 
+/// Most blind-index tokens one search may look up (a date range expands to one per calendar
+/// bucket): well inside SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement.
+const MAX_LOOKUP_TOKENS: usize = 20_000;
+
 impl Records {
     /// FHIR search: blind-index lookup, then decrypt, check exactly, authorize, sort, page.
     /// Only resources the caller may read are returned or counted.
@@ -59,6 +63,7 @@ impl Records {
         {
             return Err(Error::Forbidden);
         }
+        self.check_search_limits(query)?;
         let mut ids = self.candidate_ids(rtype, query, within).await?;
         let after = query.page.as_deref().map(decode_cursor).transpose()?;
         // In the default order (by id) and without a total, candidates are opened in id order
@@ -163,6 +168,26 @@ impl Records {
         })
     }
 
+    /// Refuses a search that combines more parameters or includes than configured (400, naming
+    /// the limit): each clause is a compound term of one database statement.
+    fn check_search_limits(&self, query: &Query) -> Result<()> {
+        let limits = self.search_limits;
+        if query.clauses.len() > limits.max_clauses {
+            return Err(Error::BadRequest(format!(
+                "a search may combine at most {} parameters (search.max_clauses)",
+                limits.max_clauses
+            )));
+        }
+        if query.include.len() + query.revinclude.len() > limits.max_includes {
+            return Err(Error::BadRequest(format!(
+                "a search may ask for at most {} _include and _revinclude parameters \
+                 (search.max_includes)",
+                limits.max_includes
+            )));
+        }
+        Ok(())
+    }
+
     /// The ids a search opens: the blind index's matches for the clauses, narrowed to the `_id`
     /// values given and to `within` (a compartment's members) when there are any.
     async fn candidate_ids(
@@ -176,6 +201,12 @@ impl Records {
             .iter()
             .filter_map(|c| self.index.lookup(rtype, c))
             .collect();
+        if lookups.iter().map(|l| l.tokens.len()).sum::<usize>() > MAX_LOOKUP_TOKENS {
+            return Err(Error::BadRequest(format!(
+                "this search expands to more than {MAX_LOOKUP_TOKENS} index lookups: use \
+                 narrower date ranges or fewer values"
+            )));
+        }
         // `_id` is not in the blind index: its values are the candidates (those that do not
         // exist are not found when the candidates are read).
         let by_id = query

@@ -363,7 +363,17 @@ pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
-            ErrorCode::ConstraintViolation => StoreError::AlreadyExists,
+            // Only a unique key taken is "already exists"; a trigger, CHECK, NOT NULL or
+            // foreign key refusing the row is a database error, named by its kind.
+            ErrorCode::ConstraintViolation => match f.extended_code {
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                | rusqlite::ffi::SQLITE_CONSTRAINT_ROWID => StoreError::AlreadyExists,
+                rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER => {
+                    StoreError::Backend("a trigger refused the write".into())
+                }
+                code => StoreError::Backend(format!("constraint failed (SQLite code {code})")),
+            },
             ErrorCode::DatabaseBusy
             | ErrorCode::DatabaseLocked
             | ErrorCode::DiskFull
