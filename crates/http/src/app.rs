@@ -103,6 +103,7 @@ impl Application {
         let state = AppState::new(Services {
             config,
             public_base,
+            readiness: crate::health::Readiness::default(),
             identity,
             records,
             authz: authz.clone(),
@@ -196,6 +197,11 @@ impl Application {
                 }
             },
         );
+        let state = self.state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            state.inner.readiness.shutting_down();
+        };
         let app = crate::router(self.state);
         let make = app.into_make_service_with_connect_info::<ClientAddr>();
         let served = match self.listener {

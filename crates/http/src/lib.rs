@@ -30,6 +30,7 @@ mod auth;
 mod bundle;
 pub mod error;
 mod fhir;
+pub mod health;
 mod keys;
 pub mod paging;
 pub mod public_base;
@@ -71,6 +72,8 @@ pub struct Services {
     pub config: Config,
     /// Where clients reach this server: every absolute URL starts with it.
     pub public_base: public_base::PublicBase,
+    /// `/readyz`'s own state (shutdown, probe limits).
+    pub readiness: health::Readiness,
     pub identity: Identity,
     pub records: Records,
     pub authz: Arc<carevault_server::authz::Authz>,
@@ -477,7 +480,9 @@ pub fn router(state: AppState) -> Router {
     app.fallback(|| async { ApiError::NoSuchEndpoint })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .with_state(state.clone())
+        // Probes are outside `observe`: counted, not audited.
+        .merge(health::routes(state))
 }
 
 /// Request id, audit event, security headers, OperationOutcome for every error, one PHI-free
@@ -561,18 +566,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);
     }
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if !state.inner.config.plain_http {
-        headers.insert(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
-        );
-    }
+    security_headers(&state, headers);
 
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     state
@@ -599,6 +593,22 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         latency_us,
     );
     resp
+}
+
+/// The headers every response carries: no sniffing, no framing, no caching, HSTS over TLS.
+pub(crate) fn security_headers(state: &AppState, headers: &mut HeaderMap) {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !state.inner.config.plain_http {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
 }
 
 /// Read a request body up to the configured limit: 413 beyond it.

@@ -30,6 +30,8 @@ pub struct Audit {
     /// One checkpoint at a time from this process.
     checkpointing: tokio::sync::Mutex<()>,
     health: Mutex<CheckpointHealth>,
+    /// Whether the latest event written on its own (not with a data change) failed.
+    last_write_failed: AtomicBool,
 }
 
 /// How signing keeps up: for the metrics, the log, and readiness.
@@ -70,6 +72,7 @@ impl Audit {
             clock,
             checkpointing: tokio::sync::Mutex::new(()),
             health: Mutex::new(CheckpointHealth::default()),
+            last_write_failed: AtomicBool::new(false),
         })
     }
 
@@ -147,6 +150,12 @@ impl Audit {
 
     fn health(&self) -> std::sync::MutexGuard<'_, CheckpointHealth> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the trail took the latest event written on its own (readiness: a node whose
+    /// trail refuses events answers every request 503).
+    pub fn is_writable(&self) -> bool {
+        !self.last_write_failed.load(Ordering::Relaxed)
     }
 
     /// How checkpoints keep up with the trail.
@@ -414,12 +423,12 @@ impl AuditScope {
             return Ok(());
         }
         let op = self.op(status);
+        let written = self.inner.audit.store.write(vec![op]).await;
         self.inner
             .audit
-            .store
-            .write(vec![op])
-            .await
-            .map_err(Error::from)?;
+            .last_write_failed
+            .store(written.is_err(), Ordering::Relaxed);
+        written.map_err(Error::from)?;
         self.mark_written();
         Ok(())
     }

@@ -44,6 +44,7 @@ pub struct FileConfig {
     /// Other host names (`host[:port]`, comma-separated) requests may address.
     pub allowed_hosts: Option<String>,
     pub search: SearchSection,
+    pub audit: AuditSection,
     pub tls: TlsSection,
     pub session: SessionSection,
     pub auth: AuthSection,
@@ -94,6 +95,13 @@ pub struct SearchSection {
     pub max_clauses: Option<u64>,
     /// `_include` and `_revinclude` parameters one search may ask for.
     pub max_includes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// `/readyz` fails once this node's oldest unsigned audit event is older (0: never).
+    pub max_unsigned_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +158,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("allowed_hosts", Kind::Str),
     ("search.max_clauses", Kind::Int),
     ("search.max_includes", Kind::Int),
+    ("audit.max_unsigned_secs", Kind::Int),
     ("tls.cert_path", Kind::Str),
     ("tls.key_path", Kind::Str),
     ("session.idle_timeout_secs", Kind::Int),
@@ -329,6 +338,8 @@ pub struct Config {
     /// `allowed_hosts`: lowercase `host[:port]` names requests may also address.
     pub allowed_hosts: Vec<String>,
     pub search_limits: SearchLimits,
+    /// `/readyz` fails when the oldest unsigned audit event is older (`None`: never).
+    pub audit_max_unsigned: Option<std::time::Duration>,
     pub session_idle_secs: i64,
     pub session_lifetime_secs: i64,
     pub enrollment_ttl_secs: i64,
@@ -463,6 +474,7 @@ impl Config {
             100_000,
         )?;
         let search_limits = SearchLimits::from_section(&file.search)?;
+        let audit_max_unsigned = max_unsigned(file.audit.max_unsigned_secs)?;
         let (session_idle_secs, session_lifetime_secs) = session_timeouts(&file.session)?;
         let auth = AuthLimits::from_section(&file.auth)?;
         let argon2 = argon2_params(&file.argon2)?;
@@ -506,6 +518,7 @@ impl Config {
             public_base_url,
             allowed_hosts,
             search_limits,
+            audit_max_unsigned,
             session_idle_secs,
             session_lifetime_secs,
             enrollment_ttl_secs: auth.enrollment_ttl_secs,
@@ -769,6 +782,19 @@ fn bounded(
         ));
     }
     Ok(v)
+}
+
+/// `audit.max_unsigned_secs`: 0 (never), or at least three checkpoint periods, so that the
+/// normal 10 s cadence never fails readiness.
+fn max_unsigned(value: Option<u64>) -> Result<Option<std::time::Duration>, ConfigError> {
+    match value.unwrap_or(120) {
+        0 => Ok(None),
+        secs @ 30..=604_800 => Ok(Some(std::time::Duration::from_secs(secs))),
+        _ => Err(ConfigError::new(
+            "audit.max_unsigned_secs",
+            "must be 0 (never) or between 30 and 604800 (checkpoints are written every 10 s)",
+        )),
+    }
 }
 
 /// The session's idle timeout and absolute lifetime, in seconds.

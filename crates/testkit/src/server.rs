@@ -256,6 +256,35 @@ impl TestServer {
         }
     }
 
+    /// Make `table` refuse every insert behind the server's back, as a full disk would (on
+    /// PostgreSQL with SQLSTATE 53100, disk full), until [`Self::allow_inserts`].
+    pub fn refuse_inserts(&self, table: &str) {
+        if self.is_postgres() {
+            self.execute(&format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = '53100'; END $$;
+                 CREATE TRIGGER {table}_unwritable BEFORE INSERT ON {table}
+                     FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+            ));
+        } else {
+            self.execute(&format!(
+                "CREATE TRIGGER {table}_unwritable BEFORE INSERT ON {table}
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END;"
+            ));
+        }
+    }
+
+    /// Undo [`Self::refuse_inserts`].
+    pub fn allow_inserts(&self, table: &str) {
+        if self.is_postgres() {
+            self.execute(&format!(
+                "DROP TRIGGER {table}_unwritable ON {table}; DROP FUNCTION refuse_{table}();"
+            ));
+        } else {
+            self.execute(&format!("DROP TRIGGER {table}_unwritable;"));
+        }
+    }
+
     /// Everything the environment keeps at rest: each file under the data directory and, on
     /// PostgreSQL, a full `pg_dump` of the database (named `pg_dump`).
     pub fn at_rest(&self) -> Vec<(String, Vec<u8>)> {

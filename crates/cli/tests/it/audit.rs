@@ -130,18 +130,7 @@ fn audit_write_failure_fails_the_request_closed_and_recovers() {
     let versions = || srv.query_i64("SELECT COUNT(*) FROM resource_version");
     let before = versions();
     // The audit table refuses every insert, as a full disk would.
-    if srv.is_postgres() {
-        srv.execute(
-            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = '53100'; END $$;
-             CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_event
-                 FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
-        );
-    } else {
-        srv.execute(
-            "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-        );
-    }
+    srv.refuse_inserts("audit_event");
     let create = clin
         .api
         .post_fhir("/fhir/Patient", &patient("Never", "Written"));
@@ -169,11 +158,7 @@ fn audit_write_failure_fails_the_request_closed_and_recovers() {
     );
     assert!(srv.logs().contains("audit trail not writable"));
 
-    if srv.is_postgres() {
-        srv.execute("DROP TRIGGER audit_unwritable ON audit_event;");
-    } else {
-        srv.execute("DROP TRIGGER audit_unwritable;");
-    }
+    srv.allow_inserts("audit_event");
     let read = clin.api.get(&format!("/fhir/Patient/{id}"));
     assert_eq!(read.status, 200);
     assert_eq!(read.json()["meta"]["versionId"], "1");
@@ -195,24 +180,12 @@ fn gauge(metrics: &str, name: &str) -> f64 {
 }
 
 #[test]
-fn checkpoint_failures_are_logged_once_with_their_cause_and_measured() {
-    let srv = server();
+fn checkpoint_failures_are_logged_once_with_their_cause_measured_and_fail_readiness() {
+    let srv = TestServer::start_with(bin(), &[("CAREVAULT_AUDIT_MAX_UNSIGNED_SECS", "30")]);
     let admin = srv.admin();
     let auditor = srv.user(&admin, "aud.signing", &["auditor"], None);
     // Checkpoints are refused; events are still written (and chained).
-    if srv.is_postgres() {
-        srv.execute(
-            "CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN RAISE EXCEPTION 'checkpoints refused'; END $$;
-             CREATE TRIGGER checkpoint_unwritable BEFORE INSERT ON audit_checkpoint
-                 FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint();",
-        );
-    } else {
-        srv.execute(
-            "CREATE TRIGGER checkpoint_unwritable BEFORE INSERT ON audit_checkpoint
-             BEGIN SELECT RAISE(ABORT, 'checkpoints refused'); END;",
-        );
-    }
+    srv.refuse_inserts("audit_checkpoint");
     // A checkpoint is due 10 s after the last; wait for the failure to be logged.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !srv.logs().contains("audit_checkpoint_failed") {
@@ -238,7 +211,7 @@ fn checkpoint_failures_are_logged_once_with_their_cause_and_measured() {
         .collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
     let cause = if srv.is_postgres() {
-        "SQLSTATE P0001"
+        "SQLSTATE 53100"
     } else {
         "a trigger refused the write"
     };
@@ -246,11 +219,18 @@ fn checkpoint_failures_are_logged_once_with_their_cause_and_measured() {
     assert!(!failed[0].contains("already exists"), "{}", failed[0]);
     assert!(failed[0].contains("oldest_unsigned_secs"), "{}", failed[0]);
 
-    if srv.is_postgres() {
-        srv.execute("DROP TRIGGER checkpoint_unwritable ON audit_checkpoint;");
-    } else {
-        srv.execute("DROP TRIGGER checkpoint_unwritable;");
+    // Once the oldest unsigned event is older than audit.max_unsigned_secs, the node is not
+    // ready; the log says why.
+    assert_eq!(auditor.api.get("/readyz").status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while auditor.api.get("/readyz").status != 503 {
+        assert!(std::time::Instant::now() < deadline, "{}", srv.logs());
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    let line = crate::health::wait_for_log(&srv, r#""event":"not_ready""#);
+    assert!(line.contains("audit_signing"), "{line}");
+
+    srv.allow_inserts("audit_checkpoint");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !srv.logs().contains("audit_checkpoint_recovered") {
         assert!(std::time::Instant::now() < deadline, "{}", srv.logs());
@@ -264,6 +244,7 @@ fn checkpoint_failures_are_logged_once_with_their_cause_and_measured() {
         ) < 5.0,
         "{metrics}"
     );
+    assert_eq!(auditor.api.get("/readyz").status, 200);
 }
 
 #[test]

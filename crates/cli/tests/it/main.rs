@@ -12,6 +12,7 @@ mod cli;
 mod compartments;
 mod differential;
 mod e2e;
+mod health;
 mod hostile;
 mod import;
 mod keys;
