@@ -370,3 +370,33 @@ fn an_idle_flood_under_a_low_descriptor_limit_does_not_keep_others_out() {
     let auditor = metrics_reader(&srv, &srv.admin());
     assert!(metric(&auditor, "carevault_http_connections_shed_total") > 0);
 }
+
+#[test]
+fn plain_http_on_loopback_is_served_under_the_same_limits() {
+    let srv = TestServer::start_with(
+        bin(),
+        &[
+            ("CAREVAULT_ALLOW_PLAIN_HTTP", "true"),
+            ("CAREVAULT_HTTP_IDLE_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let addr: SocketAddr = srv
+        .base
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("not plain HTTP: {}", srv.base))
+        .parse()
+        .unwrap();
+    runtime().block_on(async {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(exchange(&mut tcp, METADATA).await, 200);
+        assert!(
+            closed_within(&mut tcp, Duration::from_secs(2) + MARGIN)
+                .await
+                .is_some(),
+            "an idle plain HTTP connection stayed open"
+        );
+    });
+    // Enrollment and login (whose rate limit reads the client's address) work as over TLS.
+    let auditor = metrics_reader(&srv, &srv.admin());
+    assert!(metric(&auditor, "carevault_http_timeouts_total{kind=\"idle\"}") >= 1);
+}
