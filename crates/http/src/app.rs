@@ -10,7 +10,6 @@ use carevault_fhir::Validator;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls::{ClientAddr, TlsListener};
 use crate::{AppState, Services};
 use carevault_server::audit::{Audit, AuditAction, AuditScope};
 use carevault_server::authz::Authz;
@@ -23,7 +22,10 @@ use carevault_server::search::SearchIndex;
 use carevault_server::{Error, Result};
 
 pub struct Application {
-    listener: Bound,
+    listener: TcpListener,
+    /// None for plain HTTP.
+    tls: Option<TlsAcceptor>,
+    http_limits: carevault_server::config::HttpLimits,
     local_addr: SocketAddr,
     state: AppState,
     tls_fingerprint: Option<String>,
@@ -32,11 +34,6 @@ pub struct Application {
     keyring: Arc<carevault_server::keyring::Keyring>,
     rewrap_batch: u32,
     rewrap_pause: std::time::Duration,
-}
-
-enum Bound {
-    Tls(TlsListener),
-    Plain(TcpListener),
 }
 
 impl Application {
@@ -88,14 +85,13 @@ impl Application {
         let local_addr = tcp
             .local_addr()
             .map_err(|e| Error::Unavailable(format!("listener address: {}", e.kind())))?;
-        let (listener, tls_fingerprint) = if config.plain_http {
-            (Bound::Plain(tcp), None)
+        let (tls, tls_fingerprint) = if config.plain_http {
+            (None, None)
         } else {
             let (server_config, fingerprint) = crate::tls::server_config(&config)?;
-            let listener = TlsListener::new(tcp, TlsAcceptor::from(server_config))
-                .map_err(|e| Error::Unavailable(format!("listener: {}", e.kind())))?;
-            (Bound::Tls(listener), Some(fingerprint))
+            (Some(TlsAcceptor::from(server_config)), Some(fingerprint))
         };
+        let http_limits = config.http;
         let capability = crate::capability_statement(clock.now_us());
         let rewrap_batch = config.rewrap_batch_size;
         let rewrap_pause = std::time::Duration::from_millis(config.rewrap_pause_ms);
@@ -115,7 +111,9 @@ impl Application {
             capability,
         });
         Ok(Self {
-            listener,
+            listener: tcp,
+            tls,
+            http_limits,
             local_addr,
             state,
             tls_fingerprint,
@@ -202,12 +200,17 @@ impl Application {
             shutdown.await;
             state.inner.readiness.shutting_down();
         };
+        let connection_metrics = self.state.inner.metrics.connections.clone();
         let app = crate::router(self.state);
-        let make = app.into_make_service_with_connect_info::<ClientAddr>();
-        let served = match self.listener {
-            Bound::Tls(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,
-            Bound::Plain(l) => axum::serve(l, make).with_graceful_shutdown(shutdown).await,
-        };
+        let served = crate::serve::serve(
+            self.listener,
+            self.tls,
+            app,
+            self.http_limits,
+            connection_metrics,
+            shutdown,
+        )
+        .await;
         checkpointer.abort();
         rewrapper.abort();
         data_rotator.abort();

@@ -19,6 +19,8 @@ pub enum ApiError {
     NotAcceptable,
     UnsupportedMediaType,
     PayloadTooLarge,
+    /// The request body arrived too slowly (`http.body_timeout_secs`).
+    RequestTimeout,
     /// A route or resource type that does not exist.
     NoSuchEndpoint,
     /// The request names a host this server does not answer for (`public_base_url`).
@@ -105,6 +107,11 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too-long",
                 "the request body exceeds the size limit",
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request body arrived too slowly",
             ),
             ApiError::NoSuchEndpoint => (
                 StatusCode::NOT_FOUND,

@@ -27,6 +27,7 @@ mod admin;
 mod app;
 mod audit_api;
 mod auth;
+mod body;
 mod bundle;
 pub mod error;
 mod fhir;
@@ -34,6 +35,7 @@ pub mod health;
 mod keys;
 pub mod paging;
 pub mod public_base;
+mod serve;
 pub use fhir::capability_statement;
 pub mod tls;
 
@@ -627,6 +629,14 @@ pub(crate) async fn read_body(
         return Err(ApiError::PayloadTooLarge);
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::body::is_body_timeout(&e) {
+            state
+                .inner
+                .metrics
+                .connections
+                .timed_out(carevault_server::metrics::Timeout::Body);
+            return ApiError::RequestTimeout;
+        }
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");

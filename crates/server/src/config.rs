@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -52,6 +53,7 @@ pub struct FileConfig {
     pub log: LogSection,
     pub key: KeySection,
     pub database: DatabaseSection,
+    pub http: HttpSection,
     /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
     #[serde(skip)]
     pub database_password: Option<secrecy::SecretString>,
@@ -66,6 +68,23 @@ pub struct DatabaseSection {
     /// A file holding the database password (one line).
     pub password_file: Option<PathBuf>,
     pub pool_size: Option<u64>,
+}
+
+/// Connection limits and timeouts (see [`HttpLimits`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub handshake_timeout_secs: Option<u64>,
+    pub header_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub body_min_bytes_per_sec: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u64>,
+    pub h2_max_header_list_bytes: Option<u64>,
+    pub h2_max_pending_accept_reset_streams: Option<u64>,
+    pub h2_max_local_error_reset_streams: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +204,17 @@ const KEYS: &[(&str, Kind)] = &[
     ("database.url", Kind::Str),
     ("database.password_file", Kind::Str),
     ("database.pool_size", Kind::Int),
+    ("http.handshake_timeout_secs", Kind::Int),
+    ("http.header_timeout_secs", Kind::Int),
+    ("http.idle_timeout_secs", Kind::Int),
+    ("http.body_timeout_secs", Kind::Int),
+    ("http.body_min_bytes_per_sec", Kind::Int),
+    ("http.max_connections", Kind::Int),
+    ("http.max_connections_per_ip", Kind::Int),
+    ("http.h2_max_concurrent_streams", Kind::Int),
+    ("http.h2_max_header_list_bytes", Kind::Int),
+    ("http.h2_max_pending_accept_reset_streams", Kind::Int),
+    ("http.h2_max_local_error_reset_streams", Kind::Int),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
@@ -360,6 +390,112 @@ pub struct Config {
     /// Whether the server must, may or must not lock its memory.
     pub key_lock_memory: crate::memory::LockMode,
     pub database: Database,
+    /// Connection limits and timeouts.
+    pub http: HttpLimits,
+}
+
+/// Connection hygiene: how long a client may take at each step, and how many connections the
+/// server holds. Every value is bounded (see `docs/configuration.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From accepting a TCP connection to the end of the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// HTTP/1.1: from the connection's start, or the end of the previous response, to the end
+    /// of the next request's headers (so it also bounds an idle kept-alive HTTP/1.1 connection).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request body must have arrived this long after the request started, plus one second
+    /// per `body_min_bytes_per_sec` bytes received (Apache's mod_reqtimeout `body=` rule).
+    pub body_timeout: Duration,
+    pub body_min_bytes_per_sec: u64,
+    /// Connections held at once (lowered at start to fit the file-descriptor limit).
+    pub max_connections: usize,
+    /// Connections held at once from one IPv4 address or IPv6 /64.
+    pub max_connections_per_ip: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_bytes: u32,
+    pub h2_max_pending_accept_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl HttpLimits {
+    fn from_section(http: &HttpSection) -> Result<Self, ConfigError> {
+        let secs = |key: &str, value: Option<u64>, default: u64| {
+            bounded(key, value, default, 1, 3600).map(Duration::from_secs)
+        };
+        let handshake_timeout = secs(
+            "http.handshake_timeout_secs",
+            http.handshake_timeout_secs,
+            10,
+        )?;
+        let header_timeout = secs("http.header_timeout_secs", http.header_timeout_secs, 20)?;
+        let idle_timeout = secs("http.idle_timeout_secs", http.idle_timeout_secs, 60)?;
+        let body_timeout = secs("http.body_timeout_secs", http.body_timeout_secs, 20)?;
+        let body_min_bytes_per_sec = bounded(
+            "http.body_min_bytes_per_sec",
+            http.body_min_bytes_per_sec,
+            500,
+            0,
+            1 << 30,
+        )?;
+        let max_connections = bounded(
+            "http.max_connections",
+            http.max_connections,
+            4096,
+            1,
+            1_000_000,
+        )?;
+        let per_ip = bounded(
+            "http.max_connections_per_ip",
+            http.max_connections_per_ip,
+            256,
+            1,
+            1_000_000,
+        )?;
+        let streams = bounded(
+            "http.h2_max_concurrent_streams",
+            http.h2_max_concurrent_streams,
+            100,
+            1,
+            10_000,
+        )?;
+        let header_list = bounded(
+            "http.h2_max_header_list_bytes",
+            http.h2_max_header_list_bytes,
+            64 * 1024,
+            1024,
+            16 * 1024 * 1024,
+        )?;
+        let pending_resets = bounded(
+            "http.h2_max_pending_accept_reset_streams",
+            http.h2_max_pending_accept_reset_streams,
+            20,
+            1,
+            10_000,
+        )?;
+        let error_resets = bounded(
+            "http.h2_max_local_error_reset_streams",
+            http.h2_max_local_error_reset_streams,
+            1024,
+            1,
+            1_000_000,
+        )?;
+        // The bounds above keep every value inside the narrower types below.
+        Ok(Self {
+            handshake_timeout,
+            header_timeout,
+            idle_timeout,
+            body_timeout,
+            body_min_bytes_per_sec,
+            max_connections: max_connections as usize,
+            max_connections_per_ip: per_ip as usize,
+            h2_max_concurrent_streams: streams as u32,
+            h2_max_header_list_bytes: header_list as u32,
+            h2_max_pending_accept_reset_streams: pending_resets as usize,
+            h2_max_local_error_reset_streams: error_resets as usize,
+        })
+    }
 }
 
 /// Which database the environment lives in.
@@ -503,6 +639,7 @@ impl Config {
         )?;
         let key_passphrase_file = passphrase_file(key.passphrase_file)?;
         let key_lock_memory = lock_memory(key.lock_memory.as_deref())?;
+        let http = HttpLimits::from_section(&file.http)?;
 
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
@@ -536,6 +673,7 @@ impl Config {
             key_provider,
             key_lock_memory,
             database,
+            http,
         })
     }
 
@@ -1084,6 +1222,9 @@ mod tests {
         assert_eq!(c.session_idle_secs, 900);
         assert_eq!(c.session_lifetime_secs, 8 * 3600);
         assert_eq!(c.argon2, OWASP_ARGON2);
+        assert_eq!(c.http.header_timeout, Duration::from_secs(20));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.max_connections_per_ip, 256);
     }
 
     #[test]
@@ -1122,6 +1263,13 @@ mod tests {
         );
         assert!(err(&[("CAREVAULT_LISTN", "x")]).contains("CAREVAULT_LISTN"));
         assert!(err(&[("CAREVAULT_KEY_LOCK_MEMORY", "yes")]).contains("key.lock_memory"));
+        assert!(
+            err(&[("CAREVAULT_HTTP_IDLE_TIMEOUT_SECS", "0")]).contains("http.idle_timeout_secs")
+        );
+        assert!(
+            err(&[("CAREVAULT_HTTP_MAX_CONNECTIONS_PER_IP", "0")])
+                .contains("http.max_connections_per_ip")
+        );
         let required = Config::from_file(
             FileConfig::load(None, env(&[("CAREVAULT_KEY_LOCK_MEMORY", "required")])).unwrap(),
         )

@@ -35,6 +35,8 @@ pub struct TestServer {
     pub database: Option<Arc<TestDatabase>>,
     env: Vec<(String, String)>,
     bin: PathBuf,
+    /// The file-descriptor limit the server runs under (`ulimit -n`), when not inherited.
+    fd_limit: Option<u64>,
 }
 
 impl TestServer {
@@ -45,25 +47,50 @@ impl TestServer {
 
     /// Start with extra `CAREVAULT_*` environment variables, on the backend of [`backend`].
     pub fn start_with(bin: &Path, env: &[(&str, &str)]) -> Self {
-        let database = match backend() {
-            Backend::Postgres => Some(Arc::new(TestDatabase::create())),
-            Backend::Sqlite => None,
-        };
-        Self::start_on(bin, env, database)
+        Self::start_fresh(bin, env, Self::new_database(), None)
+    }
+
+    /// Start with extra environment variables under a file-descriptor limit (soft and hard,
+    /// set with the shell's `ulimit -n` before the server starts).
+    pub fn start_with_fd_limit(bin: &Path, env: &[(&str, &str)], fd_limit: u64) -> Self {
+        Self::start_fresh(bin, env, Self::new_database(), Some(fd_limit))
     }
 
     /// Start a new environment on `database` (PostgreSQL), or on SQLite when None.
     pub fn start_on(bin: &Path, env: &[(&str, &str)], database: Option<Arc<TestDatabase>>) -> Self {
+        Self::start_fresh(bin, env, database, None)
+    }
+
+    /// A database of its own on the backend of [`backend`] (None: SQLite).
+    fn new_database() -> Option<Arc<TestDatabase>> {
+        match backend() {
+            Backend::Postgres => Some(Arc::new(TestDatabase::create())),
+            Backend::Sqlite => None,
+        }
+    }
+
+    fn start_fresh(
+        bin: &Path,
+        env: &[(&str, &str)],
+        database: Option<Arc<TestDatabase>>,
+        fd_limit: Option<u64>,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let data_dir = tmp.path().join("data");
+        let env = Self::environment(env, tmp.path());
+        Self::spawn(bin, &env, database, tmp, data_dir, true, fd_limit)
+    }
+
+    /// `env`, plus the key provider's settings when the tests run on an HSM.
+    fn environment(env: &[(&str, &str)], tmp: &Path) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         if key_provider() == "pkcs11" && !env.iter().any(|(k, _)| k == "CAREVAULT_KEY_PROVIDER") {
-            env.extend(softhsm_token(tmp.path()));
+            env.extend(softhsm_token(tmp));
         }
-        Self::spawn(bin, &env, database, tmp, data_dir, true)
+        env
     }
 
     /// Start another node of this server's environment: a copy of its data directory's key
@@ -90,7 +117,7 @@ impl TestServer {
         let mut env: Vec<(String, String)> = self.env.clone();
         env.retain(|(k, _)| k != "CAREVAULT_NODE_ID");
         env.push(("CAREVAULT_NODE_ID".into(), node_id.into()));
-        Self::spawn(bin, &env, Some(database), tmp, data_dir, false)
+        Self::spawn(bin, &env, Some(database), tmp, data_dir, false, None)
     }
 
     fn spawn(
@@ -100,12 +127,16 @@ impl TestServer {
         tmp: tempfile::TempDir,
         data_dir: PathBuf,
         fresh: bool,
+        fd_limit: Option<u64>,
     ) -> Self {
         let (child, stdout, stderr) = launch(
-            bin,
-            "127.0.0.1:0",
-            &data_dir,
-            tmp.path(),
+            Launch {
+                bin,
+                listen: "127.0.0.1:0",
+                data_dir: &data_dir,
+                tmp: tmp.path(),
+                fd_limit,
+            },
             env,
             database.as_deref(),
         );
@@ -120,6 +151,7 @@ impl TestServer {
             database,
             env: env.to_vec(),
             bin: bin.to_path_buf(),
+            fd_limit,
         };
         let (base, token) = server.wait_ready(fresh);
         server.base = base;
@@ -140,10 +172,13 @@ impl TestServer {
         // import's journal) still matches.
         let listen = self.base.trim_start_matches("https://").to_owned();
         let (child, stdout, stderr) = launch(
-            &self.bin,
-            &listen,
-            &self.data_dir,
-            self._tmp.path(),
+            Launch {
+                bin: &self.bin,
+                listen: &listen,
+                data_dir: &self.data_dir,
+                tmp: self._tmp.path(),
+                fd_limit: self.fd_limit,
+            },
             &env,
             self.database.as_deref(),
         );
@@ -495,16 +530,35 @@ pub fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
 
 type Output = (Child, Arc<Mutex<String>>, Arc<Mutex<String>>);
 
+/// Where and how to start `carevault serve`.
+struct Launch<'a> {
+    bin: &'a Path,
+    listen: &'a str,
+    data_dir: &'a Path,
+    tmp: &'a Path,
+    /// Run under this file-descriptor limit (the shell's `ulimit -n`, then `exec`).
+    fd_limit: Option<u64>,
+}
+
 /// Spawn `carevault serve` on `data_dir` (and `database`, when PostgreSQL), collecting its output.
-fn launch(
-    bin: &Path,
-    listen: &str,
-    data_dir: &Path,
-    tmp: &Path,
-    env: &[(String, String)],
-    database: Option<&TestDatabase>,
-) -> Output {
-    let mut cmd = Command::new(bin);
+fn launch(at: Launch<'_>, env: &[(String, String)], database: Option<&TestDatabase>) -> Output {
+    let Launch {
+        bin,
+        listen,
+        data_dir,
+        tmp,
+        fd_limit,
+    } = at;
+    let mut cmd = match fd_limit {
+        Some(limit) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                .arg(bin);
+            sh
+        }
+        None => Command::new(bin),
+    };
     cmd.arg("serve")
         .arg("--listen")
         .arg(listen)
