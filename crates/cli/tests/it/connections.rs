@@ -24,7 +24,19 @@ use crate::{bin, patient};
 const MARGIN: Duration = Duration::from_secs(5);
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const ELSEWHERE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-const METADATA: &[u8] = b"GET /fhir/metadata HTTP/1.1\r\nHost: carevault\r\n\r\n";
+/// `srv`'s own `host:port`: a request naming any other host answers 421.
+fn authority(srv: &TestServer) -> String {
+    srv.base.split("://").nth(1).unwrap_or_default().to_owned()
+}
+
+/// `GET /fhir/metadata`, addressed to `srv`.
+fn metadata(srv: &TestServer) -> Vec<u8> {
+    format!(
+        "GET /fhir/metadata HTTP/1.1\r\nHost: {}\r\n\r\n",
+        authority(srv)
+    )
+    .into_bytes()
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -197,12 +209,13 @@ fn a_trickling_body_is_cut_at_its_deadline() {
     let clin = srv.user(&admin, "dr.slow", &["clinician"], Some("org-a"));
     let token = clin.api.token.clone().unwrap();
     let body = patient("Slow", "Body").to_string();
+    let host = authority(&srv);
     let client = Client::new(&srv, b"http/1.1");
     let got = runtime().block_on(async {
         let tls = client.tls_from(LOCAL).await.unwrap();
         let (mut reader, mut writer) = tokio::io::split(tls);
         let head = format!(
-            "POST /fhir/Patient HTTP/1.1\r\nHost: carevault\r\nAuthorization: Bearer {token}\r\n\
+            "POST /fhir/Patient HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
@@ -251,7 +264,7 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     runtime().block_on(async {
         // HTTP/1.1 kept alive after a request (the header timeout, 20 s, is not what closes it).
         let mut kept = h1.tls_from(LOCAL).await.unwrap();
-        assert_eq!(exchange(&mut kept, METADATA).await, 200);
+        assert_eq!(exchange(&mut kept, &metadata(&srv)).await, 200);
         let answered = Instant::now();
         // HTTP/2: the preface and empty settings, then nothing.
         let mut quiet_h2 = h2.tls_from(LOCAL).await.unwrap();
@@ -289,7 +302,7 @@ fn connections_beyond_the_per_address_cap_are_closed_at_once() {
         for _ in 0..4 {
             held.push(client.tls_from(ELSEWHERE).await.unwrap());
         }
-        assert_eq!(exchange(&mut held[0], METADATA).await, 200);
+        assert_eq!(exchange(&mut held[0], &metadata(&srv)).await, 200);
         for _ in 0..3 {
             let refused = tokio::time::timeout(MARGIN, client.tls_from(ELSEWHERE)).await;
             assert!(
@@ -298,10 +311,10 @@ fn connections_beyond_the_per_address_cap_are_closed_at_once() {
             );
         }
         // The connections already held, and other addresses, are served as before.
-        assert_eq!(exchange(&mut held[0], METADATA).await, 200);
-        assert_eq!(exchange(&mut held[3], METADATA).await, 200);
+        assert_eq!(exchange(&mut held[0], &metadata(&srv)).await, 200);
+        assert_eq!(exchange(&mut held[3], &metadata(&srv)).await, 200);
         let mut other = client.tls_from(LOCAL).await.unwrap();
-        assert_eq!(exchange(&mut other, METADATA).await, 200);
+        assert_eq!(exchange(&mut other, &metadata(&srv)).await, 200);
     });
     let auditor = metrics_reader(&srv, &srv.admin());
     assert_eq!(
@@ -344,11 +357,12 @@ fn an_idle_flood_under_a_low_descriptor_limit_does_not_keep_others_out() {
         // A normal client keeps getting answers, each on a new connection, each within a
         // deadline far beyond its usual few milliseconds.
         let mut slowest = Duration::ZERO;
+        let request = metadata(&srv);
         for i in 0..10 {
             let started = Instant::now();
             let answered = tokio::time::timeout(MARGIN, async {
                 let mut tls = client.tls_from(LOCAL).await?;
-                std::io::Result::Ok(exchange(&mut tls, METADATA).await)
+                std::io::Result::Ok(exchange(&mut tls, &request).await)
             })
             .await;
             assert!(
@@ -388,7 +402,7 @@ fn plain_http_on_loopback_is_served_under_the_same_limits() {
         .unwrap();
     runtime().block_on(async {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        assert_eq!(exchange(&mut tcp, METADATA).await, 200);
+        assert_eq!(exchange(&mut tcp, &metadata(&srv)).await, 200);
         assert!(
             closed_within(&mut tcp, Duration::from_secs(2) + MARGIN)
                 .await
