@@ -18,6 +18,7 @@ mod keys;
 mod multinode;
 mod outage;
 mod pg_tls;
+mod refusals;
 mod search;
 mod tamper;
 
