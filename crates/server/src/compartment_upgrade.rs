@@ -219,9 +219,7 @@ mod tests {
     use std::sync::Arc;
 
     use carevault_crypto::FileKeyProvider;
-    use carevault_store::{
-        NewResourceVersion, PostgresOptions, PostgresStore, ResourceRow, SqliteStore,
-    };
+    use carevault_store::{NewResourceVersion, ResourceRow, SqliteStore};
     use serde_json::json;
 
     use super::*;
@@ -426,36 +424,11 @@ mod tests {
         refiles_legacy_versions(store, &dir.path().join("keys")).await;
     }
 
-    /// Against the PostgreSQL server the test suite uses (`CAREVAULT_TEST_POSTGRES_URL`, by
-    /// default the local one), in a database of its own.
+    /// Against the PostgreSQL server the test suite uses, in a database of its own.
     #[tokio::test]
     async fn legacy_versions_are_refiled_on_postgres() {
-        let admin = std::env::var("CAREVAULT_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("cv_refile_{}", uuid::Uuid::new_v4().simple());
-        let psql = |sql: &str| {
-            let out = std::process::Command::new("psql")
-                .args(["-X", "-q", &admin, "-c", sql])
-                .output()
-                .expect("psql runs (the PostgreSQL client is needed for this test)");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        psql(&format!("CREATE DATABASE {name}"));
-        let base = admin.split('?').next().unwrap();
-        let (server, _) = base.rsplit_once('/').unwrap();
-        let store = PostgresStore::connect(&PostgresOptions {
-            url: format!("{server}/{name}"),
-            password: None,
-            pool_size: 4,
-        })
-        .await
-        .unwrap();
+        let db = crate::test_postgres::TestPostgres::create("refile");
         let dir = tempfile::tempdir().unwrap();
-        refiles_legacy_versions(Arc::new(store), &dir.path().join("keys")).await;
-        psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+        refiles_legacy_versions(Arc::new(db.store().await), &dir.path().join("keys")).await;
     }
 }

@@ -24,6 +24,8 @@ pub mod paging;
 pub mod records;
 pub mod search;
 pub mod shred;
+#[cfg(test)]
+mod test_postgres;
 
 pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::{Config, ConfigError, FileConfig};

@@ -14,7 +14,7 @@ use crate::audit::AuditScope;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
+use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring, NewDataKeys};
 use data_encoding::BASE64;
 
 /// How long an approval token stays valid.
@@ -130,18 +130,25 @@ pub async fn shred(
     // digest (to find the shred given the reason) and the reason sealed under the environment's
     // data key (readable with the keyring, bound to this compartment).
     audit.add_digest("reason_digest", reason);
+    // The environment's data key, if this makes it, commits with the shred or not at all.
+    let new_keys = NewDataKeys::default();
     let (_, sealed) = keyring
-        .seal(
+        .seal_in(
+            &new_keys,
             ENVIRONMENT_COMPARTMENT,
             &reason_aad(keyring, compartment),
             reason.as_bytes(),
         )
         .await?;
     audit.add_detail("reason_sealed", BASE64.encode(&sealed));
-    let op = keyring
-        .shred(compartment, &requester.id, &approval.approver_id)
-        .await?;
-    audit.commit_with(store, vec![op], 200).await?;
+    let mut ops = new_keys.ops();
+    ops.push(
+        keyring
+            .shred(compartment, &requester.id, &approval.approver_id)
+            .await?,
+    );
+    audit.commit_with(store, ops, 200).await?;
+    keyring.adopt(&new_keys);
     Ok(())
 }
 

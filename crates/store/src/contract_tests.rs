@@ -46,6 +46,8 @@ contract_tests!(
     a_rotated_data_key_takes_no_new_versions_and_goes_once_unused,
     shred_removes_every_generation_and_the_wrap_floor_refuses_old_kek_versions,
     rewrap_is_conditional_and_shred_removes_only_its_compartment,
+    a_new_data_key_commits_with_its_data_or_not_at_all,
+    reserved_data_key_ids_are_never_handed_out_twice,
 );
 
 pub(crate) fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
@@ -460,13 +462,8 @@ pub(crate) async fn a_rotated_data_key_takes_no_new_versions_and_goes_once_unuse
         .await
         .unwrap()
         .unwrap();
-    let mut v1 = row("a", 1, b"old-1");
-    v1.dek_id = old.id;
     store
-        .write(vec![WriteOp::PutResource(NewResourceVersion {
-            row: v1,
-            expected_current: None,
-        })])
+        .write(vec![first_version_under("a", (old.id, b"old-1"))])
         .await
         .unwrap();
     store
@@ -633,13 +630,7 @@ pub(crate) async fn shred_removes_every_generation_and_the_wrap_floor_refuses_ol
             .as_deref(),
         Some("1")
     );
-    store
-        .write(vec![WriteOp::SetMeta {
-            key: crate::META_KEK_WRAP_FLOOR.into(),
-            value: "2".into(),
-        }])
-        .await
-        .unwrap();
+    store.write(vec![wrap_floor(2)]).await.unwrap();
     assert!(matches!(
         store.write(vec![data_key("Patient/b")]).await,
         Err(StoreError::StaleKey)
@@ -754,4 +745,134 @@ pub(crate) async fn rewrap_is_conditional_and_shred_removes_only_its_compartment
         .await
         .unwrap();
     assert_eq!(hits, vec!["b".to_owned()]);
+}
+
+/// Raise the KEK wrap floor to `version`.
+fn wrap_floor(version: u32) -> WriteOp {
+    WriteOp::SetMeta {
+        key: crate::META_KEK_WRAP_FLOOR.into(),
+        value: version.to_string(),
+    }
+}
+
+/// `InsertDataKey` of `compartment` under the reserved `id`, and `Patient/<rid>` v1 sealed under it.
+fn new_key_and_version(id: u64, compartment: &str, rid: &str) -> Vec<WriteOp> {
+    vec![
+        WriteOp::InsertDataKey {
+            id,
+            compartment: compartment.into(),
+            wrapped: format!("w-{id}").into_bytes(),
+            kek_version: 1,
+            created_at: 0,
+        },
+        first_version_under(rid, (id, b"sealed-1")),
+    ]
+}
+
+/// Version 1 of `Patient/<rid>`, sealed (`body`) under data key `dek_id`.
+fn first_version_under(rid: &str, (dek_id, body): (u64, &[u8])) -> WriteOp {
+    let mut v1 = row(rid, 1, body);
+    v1.dek_id = dek_id;
+    WriteOp::PutResource(NewResourceVersion {
+        row: v1,
+        expected_current: None,
+    })
+}
+
+pub(crate) async fn a_new_data_key_commits_with_its_data_or_not_at_all(
+    store: &dyn Store,
+    other: &dyn Store,
+) {
+    // Two first writes into one new compartment, at once (on PostgreSQL from two nodes): one
+    // key and one version commit; the other write fails as stale and leaves nothing.
+    let (a, b) = (
+        store.reserve_data_key_id().await.unwrap(),
+        other.reserve_data_key_id().await.unwrap(),
+    );
+    assert_ne!(a, b);
+    let (ra, rb) = tokio::join!(
+        store.write(new_key_and_version(a, "Patient/n", "x")),
+        other.write(new_key_and_version(b, "Patient/n", "y")),
+    );
+    let (winner, loser, loser_rid) = match (ra, rb) {
+        (Ok(()), Err(StoreError::StaleKey)) => (a, b, "y"),
+        (Err(StoreError::StaleKey), Ok(())) => (b, a, "x"),
+        other => panic!("one write wins, the other is stale: {other:?}"),
+    };
+    let live = other.data_key_by_compartment("Patient/n").await.unwrap();
+    assert_eq!(live.map(|k| k.id), Some(winner));
+    assert_eq!(store.data_key_by_id(loser).await.unwrap(), None);
+    assert_eq!(
+        store.resource_current("Patient", loser_rid).await.unwrap(),
+        None
+    );
+    // The loser seals again under the winner's key and commits.
+    other
+        .write(vec![first_version_under(loser_rid, (winner, b"sealed-1"))])
+        .await
+        .unwrap();
+    assert_eq!(store.data_key_counts().await.unwrap(), vec![(1, 1)]);
+
+    // A write refused for another reason takes its new key with it.
+    let c = store.reserve_data_key_id().await.unwrap();
+    let mut refused = new_key_and_version(c, "Patient/m", "x");
+    refused.push(put("x", 1, None));
+    assert!(matches!(
+        store.write(refused).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.data_key_by_id(c).await.unwrap(), None);
+    assert_eq!(
+        other.data_key_by_compartment("Patient/m").await.unwrap(),
+        None
+    );
+
+    // Below the KEK wrap floor a new key is stale too (wrap it again under the active version).
+    store.write(vec![wrap_floor(2)]).await.unwrap();
+    let d = store.reserve_data_key_id().await.unwrap();
+    assert!(matches!(
+        store.write(new_key_and_version(d, "Patient/m", "z")).await,
+        Err(StoreError::StaleKey)
+    ));
+    assert_eq!(store.data_key_counts().await.unwrap(), vec![(1, 1)]);
+}
+
+pub(crate) async fn reserved_data_key_ids_are_never_handed_out_twice(
+    store: &dyn Store,
+    other: &dyn Store,
+) {
+    // More than a block from each handle, with keys inserted without an id (secrets, a
+    // rotation's new generation) in between: every id differs, and a reserved id is one the
+    // database never gave to such a key.
+    let mut seen = std::collections::HashSet::new();
+    let total = 2 * crate::ids::BLOCK + 3;
+    for i in 0..total {
+        let handle = if i % 2 == 0 { store } else { other };
+        assert!(seen.insert(handle.reserve_data_key_id().await.unwrap()));
+        if i % 100 == 0 {
+            let compartment = format!("secret:{i}");
+            handle.write(vec![data_key(&compartment)]).await.unwrap();
+            let key = handle
+                .data_key_by_compartment(&compartment)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(seen.insert(key.id), "key {} reused a reserved id", key.id);
+        }
+    }
+    // A reserved id is usable.
+    let id = store.reserve_data_key_id().await.unwrap();
+    assert!(!seen.contains(&id));
+    store
+        .write(new_key_and_version(id, "Patient/r", "r"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .data_key_by_compartment("Patient/r")
+            .await
+            .unwrap()
+            .map(|k| k.id),
+        Some(id)
+    );
 }

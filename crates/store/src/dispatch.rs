@@ -32,6 +32,7 @@ impl WriteOp {
             WriteOp::PutResource(_) => Domain::Resources,
             WriteOp::ReplaceSearchIndex { .. } => Domain::Index,
             WriteOp::InsertDataKeyIfAbsent { .. }
+            | WriteOp::InsertDataKey { .. }
             | WriteOp::MarkDataKeysForRotation { .. }
             | WriteOp::RotateDataKey { .. }
             | WriteOp::ResealResourceVersion { .. }
@@ -62,6 +63,45 @@ impl WriteOp {
             | WriteOp::DeletePolicy { .. }
             | WriteOp::InsertBreakGlass(_) => Domain::Policy,
         }
+    }
+}
+
+/// A compartment's live data key to insert: [`WriteOp::InsertDataKeyIfAbsent`] (no id: the
+/// database picks one, and a key already there is kept silently) or [`WriteOp::InsertDataKey`]
+/// (a reserved id: a key already there makes the write stale).
+pub(crate) struct LiveKeyInsert<'a> {
+    pub(crate) id: Option<u64>,
+    pub(crate) compartment: &'a String,
+    pub(crate) wrapped: &'a Vec<u8>,
+    pub(crate) kek_version: u32,
+    pub(crate) created_at: i64,
+}
+
+impl WriteOp {
+    pub(crate) fn live_key_insert(&self) -> Option<LiveKeyInsert<'_>> {
+        let (id, compartment, wrapped, kek_version, created_at) = match self {
+            WriteOp::InsertDataKeyIfAbsent {
+                compartment,
+                wrapped,
+                kek_version,
+                created_at,
+            } => (None, compartment, wrapped, kek_version, created_at),
+            WriteOp::InsertDataKey {
+                id,
+                compartment,
+                wrapped,
+                kek_version,
+                created_at,
+            } => (Some(*id), compartment, wrapped, kek_version, created_at),
+            _ => return None,
+        };
+        Some(LiveKeyInsert {
+            id,
+            compartment,
+            wrapped,
+            kek_version: *kek_version,
+            created_at: *created_at,
+        })
     }
 }
 

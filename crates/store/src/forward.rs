@@ -40,6 +40,9 @@ macro_rules! forward_store {
                 -> Result<Option<$crate::DataKeyRow>, $crate::StoreError> {
                 <$backend>::data_key_by_id(self, id).await
             }
+            async fn reserve_data_key_id(&self) -> Result<u64, $crate::StoreError> {
+                <$backend>::reserve_data_key_id(self).await
+            }
             async fn data_keys_naming(&self, patient: &str) -> Result<Vec<u64>, $crate::StoreError> {
                 <$backend>::data_keys_naming(self, patient).await
             }

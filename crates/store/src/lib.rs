@@ -23,6 +23,7 @@
 mod contract_tests;
 mod dispatch;
 mod forward;
+mod ids;
 mod migrate;
 mod postgres;
 mod rows;
@@ -221,6 +222,18 @@ pub enum WriteOp {
     /// Insert unless the compartment already has a live key (a concurrent request won the
     /// race). [`StoreError::StaleKey`] if `kek_version` is below the KEK wrap floor.
     InsertDataKeyIfAbsent {
+        compartment: String,
+        wrapped: Vec<u8>,
+        kek_version: u32,
+        created_at: i64,
+    },
+    /// Insert the first data key of a compartment under `id`, an id from
+    /// [`Store::reserve_data_key_id`], in the same transaction as the data sealed under it (so a
+    /// write that fails leaves no key behind). [`StoreError::StaleKey`] if the compartment has a
+    /// live key already (a concurrent write created it: seal again under that key) or if
+    /// `kek_version` is below the KEK wrap floor.
+    InsertDataKey {
+        id: u64,
         compartment: String,
         wrapped: Vec<u8>,
         kek_version: u32,
@@ -462,6 +475,11 @@ pub trait Store: Send + Sync + 'static {
         compartment: &str,
     ) -> Result<Option<DataKeyRow>, StoreError>;
     async fn data_key_by_id(&self, id: u64) -> Result<Option<DataKeyRow>, StoreError>;
+    /// An id for a new data key ([`WriteOp::InsertDataKey`]) that no data key ever had and no
+    /// other caller (on any node) gets: known before the key is written, so data can be sealed
+    /// under it and committed with it. Backends hand ids out of blocks reserved from the
+    /// database's key sequence, so most calls do no I/O; ids of keys never written are skipped.
+    async fn reserve_data_key_id(&self) -> Result<u64, StoreError>;
     /// The ids of every data key (all generations) whose compartment names the patient
     /// compartment `patient` (`Patient/<id>`): its own, and those of resources naming several
     /// patients (`Patient/a Patient/b`), which a shred of any of them deletes.

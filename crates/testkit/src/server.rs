@@ -277,6 +277,55 @@ impl TestServer {
         }
     }
 
+    /// The number of rows of every table, by name, on either backend. The tables are the ones
+    /// the database lists (`sqlite_master`, or `information_schema` on PostgreSQL), so a table
+    /// added later is counted without changing the caller.
+    pub fn row_counts(&self) -> std::collections::BTreeMap<String, i64> {
+        let count_all = |tables: &[String]| {
+            tables
+                .iter()
+                .map(|t| format!("SELECT '{t}', COUNT(*) FROM \"{t}\""))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        };
+        match &self.database {
+            Some(db) => {
+                let tables: Vec<String> = db
+                    .sql(
+                        "SELECT table_name FROM information_schema.tables
+                         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+                    )
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                db.sql(&count_all(&tables))
+                    .lines()
+                    .filter_map(|l| l.split_once('|'))
+                    .map(|(t, n)| (t.to_owned(), n.trim().parse().unwrap_or(-1)))
+                    .collect()
+            }
+            None => {
+                let c = rusqlite::Connection::open(self.db_path()).unwrap();
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                let tables: Vec<String> = c
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                // One statement: one snapshot of every table.
+                c.prepare(&count_all(&tables))
+                    .unwrap()
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            }
+        }
+    }
+
     /// Run statements that change the database behind the server's back, on either backend.
     pub fn execute(&self, statements: &str) {
         match &self.database {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{observation, server};
 
-fn post_bundle(api: &Api, bundle: &Value) -> carevault_testkit::Reply {
+pub(crate) fn post_bundle(api: &Api, bundle: &Value) -> carevault_testkit::Reply {
     let bytes = serde_json::to_vec(bundle).unwrap();
     api.request(
         "POST",
@@ -17,7 +17,7 @@ fn post_bundle(api: &Api, bundle: &Value) -> carevault_testkit::Reply {
     )
 }
 
-fn transaction(entries: Vec<Value>) -> Value {
+pub(crate) fn transaction(entries: Vec<Value>) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
@@ -25,7 +25,7 @@ fn count(srv: &carevault_testkit::TestServer, sql: &str) -> i64 {
     srv.query_i64(sql)
 }
 
-fn patient_entry(uuid: &str, family: &str) -> Value {
+pub(crate) fn patient_entry(uuid: &str, family: &str) -> Value {
     json!({"fullUrl": format!("urn:uuid:{uuid}"),
            "resource": {"resourceType": "Patient", "name": [{"family": family}], "identifier": [{"system": "urn:mrn", "value": family}],
                         "managingOrganization": {"reference": "Organization/org-a"}},

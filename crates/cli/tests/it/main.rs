@@ -21,6 +21,7 @@ mod limits;
 mod multinode;
 mod outage;
 mod pg_tls;
+mod refusals;
 mod search;
 mod tamper;
 

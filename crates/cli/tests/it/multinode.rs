@@ -378,3 +378,54 @@ fn an_environment_moves_from_sqlite_to_postgres_and_keeps_serving() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Both nodes give one new compartment (two patients named by an Appointment) its first data at
+/// once, several writes each (batch entries run concurrently): one data key is made, committed
+/// with the write that won; every other write finds it, seals again under it and commits (#27).
+#[test]
+fn first_writes_into_a_new_compartment_from_both_nodes_share_one_data_key() {
+    let (a, b) = two_nodes();
+    let admin = a.admin();
+    let clin = a.user(&admin, "dr.pair", &["clinician"], Some("org-a"));
+    let on_a = clin.api.clone();
+    let on_b = Api::new(&b.base, &b.ca_pem()).with_token(on_a.token.as_deref().unwrap());
+    let pair: Vec<String> = ["One", "Two"]
+        .iter()
+        .map(|given| id_of(&on_a.post_fhir("/fhir/Patient", &patient("Pair", given))))
+        .collect();
+    let appointment = json!({
+        "resourceType": "Appointment",
+        "status": "booked",
+        "participant": pair.iter().map(|p| json!({
+            "actor": {"reference": format!("Patient/{p}")}, "status": "accepted"
+        })).collect::<Vec<_>>()
+    });
+    let entry =
+        json!({"resource": appointment, "request": {"method": "POST", "url": "Appointment"}});
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": vec![entry; 8]});
+    let keys = || a.query_i64("SELECT COUNT(*) FROM data_key");
+    let keys_before = keys();
+    let replies = std::thread::scope(|s| {
+        let nodes = [&on_a, &on_b].map(|api| s.spawn(|| crate::bundle::post_bundle(api, &batch)));
+        nodes.map(|n| n.join().unwrap())
+    });
+    let mut created = Vec::new();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        for e in reply.json()["entry"].as_array().unwrap() {
+            assert_eq!(e["response"]["status"], "201 Created", "{e}");
+            created.push(e["resource"]["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(created.len(), 16);
+    assert_eq!(
+        keys() - keys_before,
+        1,
+        "one data key for the new compartment"
+    );
+    for id in &created {
+        for api in [&on_a, &on_b] {
+            assert_eq!(api.get(&format!("/fhir/Appointment/{id}")).status, 200);
+        }
+    }
+}

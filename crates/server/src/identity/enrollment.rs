@@ -1,7 +1,7 @@
 //! Enrollment: a one-time token lets a new (or reset) account choose its password and bind an
 //! authenticator; finishing it hands out the recovery codes.
 
-use carevault_store::{CredentialRow, EnrollmentRow, PrincipalRow, WriteOp};
+use carevault_store::{CredentialRow, EnrollmentRow, PrincipalRow, StoreError, WriteOp};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -9,7 +9,7 @@ use super::recovery::new_recovery_code;
 use super::{ENROLLMENT_PREFIX, Identity, password, role_names, totp, totp_aad};
 use crate::audit::AuditScope;
 use crate::error::{Error, Result};
-use crate::keyring::SECRETS_COMPARTMENT;
+use crate::keyring::{NewDataKeys, SECRETS_COMPARTMENT};
 
 const RECOVERY_CODES: usize = 10;
 
@@ -60,25 +60,35 @@ impl Identity {
         let (row, principal) = self.valid_enrollment(token).await?;
         audit.set_principal(&principal.id, &role_names(&principal), "enrollment-token");
         let secret = Zeroizing::new(totp::generate_secret()?);
-        let (sealed_dek, sealed) = self
-            .keyring
-            .seal(
-                SECRETS_COMPARTMENT,
-                &totp_aad(&principal.id),
-                secret.as_ref(),
-            )
-            .await?;
-        let _ = sealed_dek;
-        self.commit(
-            audit,
-            vec![WriteOp::SetEnrollmentPendingTotp {
-                token_hash: row.token_hash,
+        // The first enrollment makes the secrets' data key: it commits with this write or not.
+        let new_keys = NewDataKeys::default();
+        for attempt in 1.. {
+            let (_, sealed) = self
+                .keyring
+                .seal_in(
+                    &new_keys,
+                    SECRETS_COMPARTMENT,
+                    &totp_aad(&principal.id),
+                    secret.as_ref(),
+                )
+                .await?;
+            let mut ops = new_keys.ops();
+            ops.push(WriteOp::SetEnrollmentPendingTotp {
+                token_hash: row.token_hash.clone(),
                 sealed,
-            }],
-            200,
-        )
-        .await
-        .map_err(|_| Error::BadRequest("enrollment token is invalid or expired".into()))?;
+            });
+            match self.commit(audit, ops, 200).await {
+                Ok(()) => break,
+                // Another enrollment made the key first: seal again under it.
+                Err(StoreError::StaleKey) if attempt < 3 => new_keys.clear(),
+                Err(_) => {
+                    return Err(Error::BadRequest(
+                        "enrollment token is invalid or expired".into(),
+                    ));
+                }
+            }
+        }
+        self.keyring.adopt(&new_keys);
         let (totp_secret, otpauth_uri) = totp::provisioning(secret.as_ref(), &principal.username)?;
         Ok(EnrollStart {
             username: principal.username,

@@ -1,6 +1,9 @@
 //! Data keys: found (or created) per compartment, unwrapped under the KEK, cached in memory.
+//!
+//! A compartment's first key is made while its first write is prepared and inserted in that
+//! write's own transaction ([`NewDataKeys`]): a write that fails or is refused leaves no key.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use carevault_crypto::Cipher;
 use carevault_crypto::DataKey;
@@ -8,6 +11,73 @@ use carevault_store::{DataKeyRow, StoreError, WriteOp};
 
 use super::Keyring;
 use crate::error::{Error, Result};
+
+/// Data keys made while one write was prepared, for compartments that had none. Their rows go
+/// into the same store transaction as the data sealed under them ([`NewDataKeys::ops`], before
+/// that data); the keyring learns them only once that transaction has committed
+/// ([`Keyring::adopt`]). If it fails, [`NewDataKeys::clear`] drops them: a retry seals under the
+/// key a concurrent write gave the compartment, or makes a new one.
+#[derive(Default)]
+pub struct NewDataKeys {
+    keys: Mutex<Vec<NewKey>>,
+}
+
+struct NewKey {
+    id: u64,
+    compartment: String,
+    dek: DataKey,
+    cipher: Arc<Cipher>,
+    wrapped: Vec<u8>,
+    kek_version: u32,
+    created_at: i64,
+}
+
+impl NewDataKeys {
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The inserts of the new keys, to commit before the writes sealed under them.
+    pub fn ops(&self) -> Vec<WriteOp> {
+        self.lock()
+            .iter()
+            .map(|k| WriteOp::InsertDataKey {
+                id: k.id,
+                compartment: k.compartment.clone(),
+                wrapped: k.wrapped.clone(),
+                kek_version: k.kek_version,
+                created_at: k.created_at,
+            })
+            .collect()
+    }
+
+    /// Drop the new keys: their write did not commit.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn get(&self, compartment: &str) -> Option<(u64, Arc<Cipher>)> {
+        self.lock()
+            .iter()
+            .find(|k| k.compartment == compartment)
+            .map(|k| (k.id, k.cipher.clone()))
+    }
+
+    /// Add a key, unless one for its compartment was added meanwhile: the key to use.
+    fn add(&self, key: NewKey) -> (u64, Arc<Cipher>) {
+        let mut keys = self.lock();
+        if let Some(k) = keys.iter().find(|k| k.compartment == key.compartment) {
+            return (k.id, k.cipher.clone());
+        }
+        let used = (key.id, key.cipher.clone());
+        keys.push(key);
+        used
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<NewKey>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 impl Keyring {
     pub(super) fn check_decryptable(&self, row: &DataKeyRow) -> Result<()> {
@@ -28,9 +98,12 @@ impl Keyring {
         Ok(())
     }
 
+    /// The live key of `compartment`: cached, made earlier for the same write (`new_keys`),
+    /// stored, or else made now and added to `new_keys` (nothing is written here).
     pub(super) async fn key_for_compartment(
         &self,
         compartment: &str,
+        new_keys: &NewDataKeys,
     ) -> Result<(u64, Arc<Cipher>)> {
         let known = self
             .compartments
@@ -41,17 +114,53 @@ impl Keyring {
         if let Some(id) = known {
             return Ok((id, self.key_by_id(id).await?.0));
         }
-        let row = self.data_key_row(compartment).await?;
-        let (cipher, _) = self.unwrap_row(&row)?;
-        self.compartments
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(compartment.to_owned(), row.id);
-        Ok((row.id, cipher))
+        if let Some(new) = new_keys.get(compartment) {
+            return Ok(new);
+        }
+        if let Some(row) = self.store.data_key_by_compartment(compartment).await? {
+            let (cipher, _) = self.unwrap_row(&row)?;
+            self.compartments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(compartment.to_owned(), row.id);
+            return Ok((row.id, cipher));
+        }
+        if self.is_shredded(compartment) {
+            // A shredded patient's compartment never gets a new key: writes into it answer 410.
+            return Err(Error::Gone);
+        }
+        let id = self.store.reserve_data_key_id().await?;
+        let dek = DataKey::generate()?;
+        let (kek_version, wrapped) = self.provider.wrap(&dek, &self.wrap_aad(compartment))?;
+        Ok(new_keys.add(NewKey {
+            id,
+            compartment: compartment.to_owned(),
+            cipher: Arc::new(dek.cipher()),
+            dek,
+            wrapped,
+            kek_version,
+            created_at: self.clock.now_secs(),
+        }))
     }
 
-    /// The wrapped key of a compartment, created on first use. If a concurrent request
-    /// created it first, the insert is ignored and both use the winner's key.
+    /// Learn the keys of a write that committed (and forget them in `new_keys`).
+    pub fn adopt(&self, new_keys: &NewDataKeys) {
+        for key in new_keys.lock().drain(..) {
+            self.keys.insert(key.id, key.dek.cipher());
+            self.names
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.id, Arc::from(key.compartment.as_str()));
+            self.compartments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.compartment, key.id);
+        }
+    }
+
+    /// The wrapped key of a named secret, created on first use (when the server opens, never
+    /// by a request). If a concurrent opening created it first, the insert is ignored and both
+    /// use the winner's key.
     pub(super) async fn data_key_row(&self, compartment: &str) -> Result<DataKeyRow> {
         if let Some(row) = self.store.data_key_by_compartment(compartment).await? {
             return Ok(row);
@@ -155,5 +264,122 @@ impl Keyring {
 
     pub(super) fn wrap_aad(&self, compartment: &str) -> Vec<u8> {
         format!("carevault-dek\0{}\0{}", self.env_id, compartment).into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use carevault_crypto::FileKeyProvider;
+    use carevault_store::{NewResourceVersion, ResourceRow, SqliteStore, Store};
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn put(id: &str, dek_id: u64, body: Vec<u8>) -> WriteOp {
+        WriteOp::PutResource(NewResourceVersion {
+            row: ResourceRow {
+                rtype: "Patient".into(),
+                id: id.into(),
+                version: 1,
+                last_updated_us: 1,
+                deleted: false,
+                dek_id,
+                body,
+            },
+            expected_current: None,
+        })
+    }
+
+    /// Two nodes (or two processes' stores over one SQLite file) prepare the first write of
+    /// one new compartment at once: one key commits, with its write; the other write is stale,
+    /// seals again under the winner's key and commits too. Neither node learns a key that did
+    /// not commit.
+    async fn first_writes_race(a_store: Arc<dyn Store>, b_store: Arc<dyn Store>, keys: &Path) {
+        let clock = Arc::new(ManualClock::at_secs(1_800_000_000));
+        let a = Keyring::new(
+            "env-test".into(),
+            Box::new(FileKeyProvider::create(keys).unwrap()),
+            a_store.clone(),
+            clock.clone(),
+        );
+        let b = Keyring::new(
+            "env-test".into(),
+            Box::new(FileKeyProvider::open(keys).unwrap()),
+            b_store.clone(),
+            clock,
+        );
+        let aad = |id: &str| a.resource_aad("Patient", id, 1);
+        let (ka, kb) = (NewDataKeys::default(), NewDataKeys::default());
+        let (ida, sa) = a.seal_in(&ka, "Patient/p", &aad("x"), b"a").await.unwrap();
+        let (idb, sb) = b.seal_in(&kb, "Patient/p", &aad("y"), b"b").await.unwrap();
+        assert_ne!(ida, idb);
+        // Sealing wrote nothing, and the keyring knows no key before its write commits.
+        assert_eq!(
+            a_store.data_key_by_compartment("Patient/p").await.unwrap(),
+            None
+        );
+        assert!(a.open(&aad("x"), &sa).await.is_err());
+
+        let mut ops = ka.ops();
+        ops.push(put("x", ida, sa));
+        a_store.write(ops).await.unwrap();
+        a.adopt(&ka);
+        assert!(ka.is_empty());
+        let mut ops = kb.ops();
+        ops.push(put("y", idb, sb));
+        assert!(matches!(
+            b_store.write(ops).await,
+            Err(StoreError::StaleKey)
+        ));
+        kb.clear();
+        assert!(
+            b.key_by_id(idb).await.is_err(),
+            "the loser's key is not kept"
+        );
+        let (again, sb) = b.seal_in(&kb, "Patient/p", &aad("y"), b"b").await.unwrap();
+        assert_eq!(again, ida, "sealed again under the winner's key");
+        assert!(kb.is_empty());
+        b_store.write(vec![put("y", again, sb)]).await.unwrap();
+
+        for node in [&a, &b] {
+            for (id, plain) in [("x", b"a"), ("y", b"b")] {
+                let row = b_store
+                    .resource_current("Patient", id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(node.open(&aad(id), &row.body).await.unwrap(), plain);
+            }
+        }
+        let keys: u64 = a_store
+            .data_key_counts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(keys, 1);
+    }
+
+    /// Two processes' stores on one SQLite file.
+    #[tokio::test]
+    async fn the_loser_of_a_first_write_race_seals_again_under_the_winners_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+        let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+        first_writes_race(a, b, &dir.path().join("keys")).await;
+    }
+
+    /// Two nodes on one PostgreSQL database.
+    #[tokio::test]
+    async fn the_loser_of_a_first_write_race_seals_again_on_postgres() {
+        let db = crate::test_postgres::TestPostgres::create("dekrace");
+        let dir = tempfile::tempdir().unwrap();
+        let a: Arc<dyn Store> = Arc::new(db.store().await);
+        let b: Arc<dyn Store> = Arc::new(db.store().await);
+        first_writes_race(a, b, &dir.path().join("keys")).await;
     }
 }

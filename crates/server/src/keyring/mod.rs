@@ -30,6 +30,7 @@ use carevault_store::Store;
 use crate::clock::SharedClock;
 use state::KeyringFile;
 
+pub use data_keys::NewDataKeys;
 pub use data_rotation::ROTATED_COMPARTMENT_PREFIX;
 pub use shred::ShredRecord;
 pub use status::{DataRotationStatus, KekVersionStatus, KeyStatus};

@@ -4,22 +4,61 @@
 use std::sync::Arc;
 
 use carevault_crypto::envelope;
+use carevault_store::StoreError;
 use zeroize::Zeroizing;
 
-use super::Keyring;
-use crate::error::Result;
+use super::{Keyring, NewDataKeys};
+use crate::error::{Error, Result};
+
+/// How often [`Keyring::seal`] makes a new key again after losing a race for it.
+const NEW_KEY_ATTEMPTS: usize = 3;
 
 impl Keyring {
-    /// Seal `plaintext` under the data key of `compartment`; returns the key id and the envelope.
+    /// Seal `plaintext` under the data key of `compartment`; returns the key id and the
+    /// envelope. A compartment without a key gets one in `new_keys`: the caller commits
+    /// [`NewDataKeys::ops`] in the same transaction as the envelope, then calls
+    /// [`Keyring::adopt`] (or [`NewDataKeys::clear`] if the write failed).
+    pub async fn seal_in(
+        &self,
+        new_keys: &NewDataKeys,
+        compartment: &str,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<(u64, Vec<u8>)> {
+        let (dek_id, cipher) = self.key_for_compartment(compartment, new_keys).await?;
+        let sealed = envelope::seal(&cipher, dek_id, aad, plaintext)?;
+        Ok((dek_id, sealed))
+    }
+
+    /// [`Keyring::seal_in`] for a caller that writes the envelope later in a transaction of
+    /// its own (the compartment upgrade when the server opens): a new key is committed first,
+    /// alone.
     pub async fn seal(
         &self,
         compartment: &str,
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<(u64, Vec<u8>)> {
-        let (dek_id, cipher) = self.key_for_compartment(compartment).await?;
-        let sealed = envelope::seal(&cipher, dek_id, aad, plaintext)?;
-        Ok((dek_id, sealed))
+        for _ in 0..NEW_KEY_ATTEMPTS {
+            let new_keys = NewDataKeys::default();
+            let sealed = self.seal_in(&new_keys, compartment, aad, plaintext).await?;
+            if new_keys.is_empty() {
+                return Ok(sealed);
+            }
+            match self.store.write(new_keys.ops()).await {
+                Ok(()) => {
+                    self.adopt(&new_keys);
+                    return Ok(sealed);
+                }
+                // A concurrent write gave the compartment its key first, or the KEK version we
+                // wrapped under was retired meanwhile: seal again.
+                Err(StoreError::StaleKey) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Unavailable(
+            "key provider: the data key kept changing while it was made".into(),
+        ))
     }
 
     /// Open an envelope; the data key is found from its header.

@@ -22,7 +22,7 @@ use crate::clock::SharedClock;
 use crate::compartment;
 use crate::config::SearchLimits;
 use crate::identity::Principal;
-use crate::keyring::Keyring;
+use crate::keyring::{Keyring, NewDataKeys};
 use crate::search::SearchIndex;
 
 pub use compartments::{EverythingPage, EverythingQuery};
@@ -62,6 +62,9 @@ pub struct Tx {
     /// Patients created in this transaction: their organizations, for authorizing the
     /// entries that refer to them before anything is committed.
     organizations: std::sync::Mutex<HashMap<String, Option<String>>>,
+    /// Data keys of compartments that get their first data in this transaction: committed
+    /// with it, shared by its entries.
+    keys: NewDataKeys,
 }
 
 impl Tx {

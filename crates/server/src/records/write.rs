@@ -12,6 +12,7 @@ use super::{Caller, Records, Tx, TxCommit, Version};
 use crate::authz::FhirAction;
 use crate::clock::fhir_instant;
 use crate::error::{Error, Result};
+use crate::keyring::NewDataKeys;
 
 /// How often an update without `If-Match` retries after losing a race.
 const UPDATE_RETRIES: usize = 8;
@@ -170,9 +171,11 @@ impl Records {
             let now = self.clock.now_us();
             // The marker is sealed too (empty plaintext), under the same compartment's key as
             // the version it ends, so it is bound to its row and attributed to its patient.
+            let own = NewDataKeys::default();
+            let keys = caller.tx.map_or(&own, |tx| &tx.keys);
             let (dek_id, sealed) = self
                 .keyring
-                .seal(&current.compartment, &self.aad(rtype, id, next), b"")
+                .seal_in(keys, &current.compartment, &self.aad(rtype, id, next), b"")
                 .await?;
             caller
                 .audit
@@ -195,7 +198,7 @@ impl Records {
                 id: id.as_str().to_owned(),
                 tokens: Vec::new(),
             };
-            match self.commit(caller, vec![op, unindex], 204).await {
+            match self.commit(caller, keys, vec![op, unindex], 204).await {
                 Ok(()) => return Ok(Some(next)),
                 Err(StoreError::Conflict) => continue,
                 // Its compartment's data key was rotated after we sealed: seal again.
@@ -211,10 +214,12 @@ impl Records {
         ))
     }
 
-    /// Commit a write with its audit event now, or hand both to the caller's transaction.
+    /// Commit a write with its audit event and the data keys it made (`keys`) now, or hand the
+    /// write and its event to the caller's transaction (whose keys `keys` then are).
     async fn commit(
         &self,
         caller: Caller<'_>,
+        keys: &NewDataKeys,
         ops: Vec<WriteOp>,
         status: u16,
     ) -> std::result::Result<(), StoreError> {
@@ -223,14 +228,25 @@ impl Records {
                 tx.push(ops, caller.audit, status);
                 Ok(())
             }
-            None => caller.audit.commit_with(&*self.store, ops, status).await,
+            None => {
+                let mut all = keys.ops();
+                all.extend(ops);
+                let committed = caller.audit.commit_with(&*self.store, all, status).await;
+                match committed {
+                    Ok(()) => self.keyring.adopt(keys),
+                    Err(_) => keys.clear(),
+                }
+                committed
+            }
         }
     }
 
     /// Commit everything a transaction collected, atomically; then its entries' events are
     /// written and its new patients' organizations known.
     pub async fn commit_tx(&self, tx: Tx) -> Result<TxCommit> {
-        let ops = std::mem::take(&mut *tx.ops.lock().unwrap_or_else(|p| p.into_inner()));
+        // The new data keys first: the versions sealed under them refer to them.
+        let mut ops = tx.keys.ops();
+        ops.append(&mut tx.ops.lock().unwrap_or_else(|p| p.into_inner()));
         let sealed_under: Vec<u64> = ops
             .iter()
             .filter_map(|op| match op {
@@ -253,6 +269,7 @@ impl Records {
             }
             Err(other) => return Err(other.into()),
         }
+        self.keyring.adopt(&tx.keys);
         for scope in tx.scopes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             scope.mark_written();
         }
@@ -332,11 +349,13 @@ impl Records {
             .set_resource(rtype.as_str(), Some(id.as_str()), Some(version));
         caller.audit.add_patient(&compartment);
         let status = if expected_current.is_none() { 201 } else { 200 };
+        let own = NewDataKeys::default();
+        let keys = caller.tx.map_or(&own, |tx| &tx.keys);
         let mut attempt = 0;
         loop {
             let (dek_id, sealed) = self
                 .keyring
-                .seal(&compartment, &self.aad(rtype, id, version), &json)
+                .seal_in(keys, &compartment, &self.aad(rtype, id, version), &json)
                 .await?;
             let mut ops = vec![WriteOp::PutResource(NewResourceVersion {
                 row: ResourceRow {
@@ -361,10 +380,10 @@ impl Records {
                     organization: org.clone(),
                 });
             }
-            match self.commit(caller, ops, status).await {
+            match self.commit(caller, keys, ops, status).await {
                 Ok(()) => break,
-                // The compartment's data key was rotated after we sealed: seal again under
-                // the live key.
+                // The compartment's data key was rotated after we sealed, or a concurrent write
+                // gave the compartment its first key before ours: seal again under the live key.
                 Err(StoreError::StaleKey) if attempt < 3 => {
                     attempt += 1;
                     self.keyring.forget_compartment(&compartment);

@@ -3,6 +3,7 @@
 use deadpool_postgres::Transaction;
 
 use super::{PostgresStore, TxError, data_key_row, exec, resource_row, u32_of, u64_of};
+use crate::dispatch::LiveKeyInsert;
 use crate::rows::RESOURCE_COLUMNS;
 use crate::{DataKeyRow, DataRotationProgress, ResourceRow, ShredApprovalRow, StoreError, WriteOp};
 
@@ -13,22 +14,10 @@ const DATA_KEYS_NAMING: &str = "SELECT id FROM data_key WHERE compartment = $1
 
 /// The data-key operations of [`super::write::apply`].
 pub(super) async fn apply_key_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
+    if let Some(key) = op.live_key_insert() {
+        return insert_live_key(tx, &key).await;
+    }
     match op {
-        WriteOp::InsertDataKeyIfAbsent {
-            compartment,
-            wrapped,
-            kek_version,
-            created_at,
-        } => {
-            check_wrap_floor(tx, *kek_version).await?;
-            exec(
-                tx,
-                "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (md5(compartment)) WHERE state <> 'retiring' DO NOTHING",
-                &[compartment, wrapped, &i64::from(*kek_version), created_at],
-            )
-            .await?;
-        }
         WriteOp::MarkDataKeysForRotation { compartment_prefix } => {
             exec(
                 tx,
@@ -208,6 +197,32 @@ pub(super) async fn apply_shred_op(tx: &Transaction<'_>, op: &WriteOp) -> Result
     Ok(())
 }
 
+/// Insert a compartment's live data key, unless it has one already: see [`LiveKeyInsert`]. A
+/// concurrent transaction inserting a key for the same compartment holds its entry in
+/// `data_key_live`: this insert waits for it, then does nothing if it committed.
+async fn insert_live_key(tx: &Transaction<'_>, key: &LiveKeyInsert<'_>) -> Result<(), TxError> {
+    check_wrap_floor(tx, key.kek_version).await?;
+    let inserted = exec(
+        tx,
+        "INSERT INTO data_key (id, compartment, wrapped, kek_version, created_at)
+         VALUES (coalesce($1, nextval(pg_get_serial_sequence('data_key', 'id'))), $2, $3, $4, $5)
+         ON CONFLICT (md5(compartment)) WHERE state <> 'retiring' DO NOTHING",
+        &[
+            &key.id.map(|id| i64::try_from(id).unwrap_or(i64::MAX)),
+            key.compartment,
+            key.wrapped,
+            &i64::from(key.kek_version),
+            &key.created_at,
+        ],
+    )
+    .await?;
+    if inserted != 1 && key.id.is_some() {
+        // Another write gave the compartment its key first.
+        return Err(StoreError::StaleKey.into());
+    }
+    Ok(())
+}
+
 /// [`StoreError::StaleKey`] unless `kek_version` may still wrap new data keys. The floor row is
 /// read `FOR SHARE`: raising the floor (before a KEK version is destroyed) waits for this
 /// transaction, so the destroy's count of keys under the version sees this key.
@@ -247,6 +262,23 @@ pub(super) async fn check_dek_usable(tx: &Transaction<'_>, dek_id: u64) -> Resul
 }
 
 impl PostgresStore {
+    /// From a block of `data_key_id_seq` values: the sequence never gives them to another node,
+    /// nor to a key inserted without an id (a data-key rotation's).
+    pub(super) async fn reserve_data_key_id(&self) -> Result<u64, StoreError> {
+        self.ids
+            .next(|| async {
+                let rows = self
+                    .query(
+                        "SELECT nextval(pg_get_serial_sequence('data_key', 'id'))
+                         FROM generate_series(1, $1::bigint)",
+                        &[&i64::from(crate::ids::BLOCK)],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| u64_of(r.get::<_, i64>(0))).collect())
+            })
+            .await
+    }
+
     pub(super) async fn data_key_by_compartment(
         &self,
         compartment: &str,

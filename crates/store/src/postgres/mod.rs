@@ -88,6 +88,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// Where we are connected, without a password, for messages.
     target: Arc<str>,
+    /// Data key ids reserved for new keys (see [`crate::ids`]).
+    ids: Arc<crate::ids::IdPool>,
 }
 
 impl PostgresStore {
@@ -150,6 +152,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             target: redact_url(&url).into(),
+            ids: Arc::default(),
         })
     }
 

@@ -4,26 +4,16 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::index::replace_search_index;
 use super::{SqliteStore, exec, map_err};
+use crate::dispatch::LiveKeyInsert;
 use crate::rows::{self, RESOURCE_COLUMNS};
 use crate::{DataKeyRow, DataRotationProgress, ResourceRow, ShredApprovalRow, StoreError, WriteOp};
 
 /// The data-key operations of [`super::write::apply`].
 pub(super) fn apply_key_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+    if let Some(key) = op.live_key_insert() {
+        return insert_live_key(conn, &key);
+    }
     match op {
-        WriteOp::InsertDataKeyIfAbsent {
-            compartment,
-            wrapped,
-            kek_version,
-            created_at,
-        } => {
-            check_wrap_floor(conn, *kek_version)?;
-            exec(
-                conn,
-                "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (compartment) WHERE state <> 'retiring' DO NOTHING",
-                &[compartment, wrapped, kek_version, created_at],
-            )?;
-        }
         WriteOp::MarkDataKeysForRotation { compartment_prefix } => {
             exec(
                 conn,
@@ -100,6 +90,30 @@ pub(super) fn apply_key_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreE
             )?;
         }
         other => return Err(crate::dispatch::misrouted(other)),
+    }
+    Ok(())
+}
+
+/// Insert a compartment's live data key, unless it has one already: see [`LiveKeyInsert`].
+fn insert_live_key(conn: &Connection, key: &LiveKeyInsert<'_>) -> Result<(), StoreError> {
+    check_wrap_floor(conn, key.kek_version)?;
+    // A NULL id is chosen by AUTOINCREMENT (past every reserved block).
+    let inserted = exec(
+        conn,
+        "INSERT INTO data_key (id, compartment, wrapped, kek_version, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (compartment) WHERE state <> 'retiring' DO NOTHING",
+        &[
+            &key.id.map(|id| id as i64),
+            key.compartment,
+            key.wrapped,
+            &key.kek_version,
+            &key.created_at,
+        ],
+    )?;
+    if inserted != 1 && key.id.is_some() {
+        // Another write gave the compartment its key first.
+        return Err(StoreError::StaleKey);
     }
     Ok(())
 }
@@ -227,7 +241,47 @@ pub(super) fn shred_key(conn: &Connection, dek: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Reserve `n` data key ids: advance the table's `AUTOINCREMENT` counter past them in a
+/// transaction of its own, so that neither this store's writer (which names ids itself from
+/// the pool) nor another process's `AUTOINCREMENT` insert can take them.
+fn reserve_data_key_ids(conn: &Connection, n: u32) -> rusqlite::Result<Vec<u64>> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let reserved = (|| {
+        // The counter's row appears with the table's first insert; a new database may not have it.
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'data_key', 0
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'data_key')",
+            [],
+        )?;
+        conn.execute(
+            "UPDATE sqlite_sequence
+             SET seq = max(seq, (SELECT coalesce(max(id), 0) FROM data_key)) + ?1
+             WHERE name = 'data_key'",
+            [n],
+        )?;
+        conn.query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'data_key'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+    })();
+    match reserved.and_then(|end| conn.execute_batch("COMMIT").map(|()| end)) {
+        Ok(end) => Ok((end - i64::from(n) + 1..=end).map(|id| id as u64).collect()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 impl SqliteStore {
+    pub(super) async fn reserve_data_key_id(&self) -> Result<u64, StoreError> {
+        self.inner
+            .ids
+            .next(|| self.write_aside(|c| reserve_data_key_ids(c, crate::ids::BLOCK)))
+            .await
+    }
+
     pub(super) async fn data_key_by_compartment(
         &self,
         compartment: &str,

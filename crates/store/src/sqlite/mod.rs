@@ -125,6 +125,8 @@ struct Inner {
     /// of opening (and parsing the schema into) throwaway ones.
     read_permits: tokio::sync::Semaphore,
     writer: mpsc::UnboundedSender<WriteJob>,
+    /// Data key ids reserved for new keys (see [`crate::ids`]).
+    ids: crate::ids::IdPool,
     /// Dropped with the store, which ends the checkpointer thread.
     _checkpointer: Option<std::sync::mpsc::Sender<()>>,
 }
@@ -169,6 +171,7 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 read_permits: tokio::sync::Semaphore::new(READ_SCANS),
                 writer: tx,
+                ids: crate::ids::IdPool::default(),
                 _checkpointer: Some(stop_tx),
             }),
         })
@@ -195,6 +198,7 @@ impl SqliteStore {
                 readers: Mutex::new(vec![conn]),
                 read_permits: tokio::sync::Semaphore::new(READ_SCANS),
                 writer: tx,
+                ids: crate::ids::IdPool::default(),
                 _checkpointer: None,
             }),
         })
@@ -261,6 +265,24 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+impl SqliteStore {
+    /// A small write beside the writer thread, in a transaction of its own on a pooled
+    /// connection (it waits for the writer's lock like another process would): for the rare
+    /// write whose result a caller needs before it can prepare its real write.
+    async fn write_aside<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        if self.inner.mode == Mode::ReadOnly {
+            return Err(StoreError::Unavailable(
+                "the database is open read-only".into(),
+            ));
+        }
+        self.read(f).await
     }
 }
 
