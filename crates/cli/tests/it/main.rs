@@ -15,6 +15,7 @@ mod e2e;
 mod hostile;
 mod import;
 mod keys;
+mod login;
 mod multinode;
 mod outage;
 mod pg_tls;
