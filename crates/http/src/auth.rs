@@ -185,6 +185,7 @@ pub async fn enroll_finish(
 pub async fn login(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -194,7 +195,13 @@ pub async fn login(
     let granted = state
         .inner
         .identity
-        .login(&audit, &req.username, &req.password, &req.totp_code)
+        .login(
+            &audit,
+            &req.username,
+            &req.password,
+            &req.totp_code,
+            client.map(|Extension(ConnectInfo(ClientAddr(addr)))| addr.ip()),
+        )
         .await?;
     Ok(json_response(StatusCode::OK, &granted))
 }

@@ -1,12 +1,17 @@
 //! The HTTPS client tests speak to a server with, and the accounts they log in as.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use ureq::tls::{RootCerts, TlsConfig};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, RustlsConnector, Transport,
+};
 
 use crate::totp::Authenticator;
 
@@ -79,6 +84,19 @@ impl Api {
     pub fn rebased(&self, base: &str) -> Self {
         let mut api = self.clone();
         api.base = base.trim_end_matches('/').to_owned();
+        api
+    }
+
+    /// The same client, its connections made from `local` (any 127.0.0.0/8 address works on
+    /// Linux loopback), so a test can play many clients.
+    pub fn from_address(&self, local: IpAddr) -> Self {
+        let mut api = self.clone();
+        api.agent = ureq::Agent::with_parts(
+            self.agent.config().clone(),
+            ().chain(BoundConnector(local))
+                .chain(RustlsConnector::default()),
+            DefaultResolver::default(),
+        );
         api
     }
 
@@ -166,6 +184,68 @@ impl Api {
         let mut headers = vec![("Content-Type", "application/fhir+json")];
         headers.extend_from_slice(extra);
         self.request("PUT", path, &headers, Some(&bytes))
+    }
+}
+
+/// Opens plain TCP connections from one local address (TLS is the next connector's job).
+#[derive(Debug)]
+struct BoundConnector(IpAddr);
+
+impl Connector<()> for BoundConnector {
+    type Out = BoundTransport;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        _chained: Option<()>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        use socket2::{Domain, Socket, Type};
+        let Some(&remote) = details.addrs.first() else {
+            return Err(ureq::Error::HostNotFound);
+        };
+        let socket = Socket::new(Domain::for_address(remote), Type::STREAM, None)?;
+        socket.bind(&SocketAddr::new(self.0, 0).into())?;
+        socket.connect_timeout(&remote.into(), Duration::from_secs(30))?;
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true)?;
+        let config = details.config;
+        Ok(Some(BoundTransport {
+            stream,
+            buffers: LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
+        }))
+    }
+}
+
+/// A blocking TCP stream as a ureq transport (ureq keeps its own private).
+#[derive(Debug)]
+struct BoundTransport {
+    stream: TcpStream,
+    buffers: LazyBuffers,
+}
+
+impl Transport for BoundTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let timeout = timeout.for_write().not_zero().map(|t| *t);
+        self.stream.set_write_timeout(timeout)?;
+        self.stream.write_all(&self.buffers.output()[..amount])?;
+        Ok(())
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        let timeout = timeout.for_read().not_zero().map(|t| *t);
+        self.stream.set_read_timeout(timeout)?;
+        let amount = self.stream.read(self.buffers.input_append_buf())?;
+        self.buffers.input_appended(amount);
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        // Not pooled for long: a closed stream shows up as an error on the next request.
+        self.stream.peer_addr().is_ok()
     }
 }
 

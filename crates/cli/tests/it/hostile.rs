@@ -459,7 +459,8 @@ fn brute_force_hits_the_lock_and_admin_unlocks() {
     );
     let admin = srv.admin();
     let mut clin = srv.user(&admin, "dr.target", &["clinician"], Some("org-a"));
-    let anon = srv.api();
+    // Not the user's own address (127.0.0.1), which the lock spares (see login.rs).
+    let anon = srv.api().from_address([127, 0, 0, 2].into());
     for i in 0..100 {
         let r = anon.post_json(
             "/auth/login",
@@ -479,7 +480,7 @@ fn brute_force_hits_the_lock_and_admin_unlocks() {
         target["locked"], true,
         "locked after 100 consecutive failures"
     );
-    // Even the right credentials are refused now, with the same answer.
+    // Even the right credentials are refused now from there, with the same answer.
     let right = anon.post_json("/auth/login", &json!({"username": "dr.target", "password": TEST_PASSWORD, "totp_code": clin.auth.fresh_code()}));
     assert_eq!(right.status, 401);
     assert_eq!(

@@ -18,6 +18,7 @@ mod hostile;
 mod import;
 mod keys;
 mod limits;
+mod login;
 mod multinode;
 mod outage;
 mod pg_tls;

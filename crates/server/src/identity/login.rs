@@ -1,5 +1,7 @@
-//! Login: password (Argon2, off the async workers) and second factor, throttled per account,
-//! opening a session on success.
+//! Login: password (Argon2, off the async workers) and second factor, throttled per account
+//! and per (account, client address), opening a session on success.
+
+use std::net::IpAddr;
 
 use carevault_store::{CredentialRow, PrincipalRow, SessionRow, WriteOp};
 use serde::Serialize;
@@ -51,18 +53,27 @@ impl Identity {
 
     /// Password and second factor (a TOTP code, or once each, a recovery code). Every failure
     /// is the same `Unauthorized` after the same Argon2 work, whatever was wrong.
+    ///
+    /// A failure slot is taken before the password is verified (see
+    /// [`super::throttle::LoginThrottle::reserve`]): concurrent attempts get no further than
+    /// consecutive ones would. A locked account still opens to the right password and second
+    /// factor from an address it has logged in from before; from any other address, never.
     pub async fn login(
         &self,
         audit: &AuditScope,
         username: &str,
         password: &str,
         second_factor: &str,
+        client_ip: Option<IpAddr>,
     ) -> Result<LoginGranted> {
-        let now_us = self.clock.now_us();
-        let throttle_key = username.to_ascii_lowercase();
-        if let Err(retry_after_secs) = self.throttle.check(&throttle_key, now_us) {
-            return Err(Error::TooManyRequests { retry_after_secs });
-        }
+        let account = username.to_ascii_lowercase();
+        let known = self
+            .known_addresses
+            .is_known(&account, client_ip, self.clock.now_us());
+        let attempt = self
+            .throttle
+            .reserve(&account, client_ip, known, self.clock.now_us())
+            .map_err(|retry_after_secs| Error::TooManyRequests { retry_after_secs })?;
         let principal = match Username::parse(username) {
             Ok(u) => self.store.principal_by_username(u.as_str()).await?,
             Err(_) => None,
@@ -77,7 +88,7 @@ impl Identity {
         let password_ok = password.len() <= 1024 && self.verify_password(password, phc).await?;
 
         let factor = match (&principal, &credential) {
-            (Some(p), Some(c)) if password_ok && !p.disabled && !p.locked => {
+            (Some(p), Some(c)) if password_ok && !p.disabled && (!p.locked || known) => {
                 self.second_factor(p, c, second_factor).await?
             }
             _ => None,
@@ -86,7 +97,9 @@ impl Identity {
             audit.set_principal(&p.id, &role_names(p), method);
             match self.open_session(audit, p, factor_op).await {
                 Ok(granted) => {
-                    self.throttle.reset(&throttle_key);
+                    attempt.succeeded();
+                    self.known_addresses
+                        .remember(&account, client_ip, self.clock.now_us());
                     return Ok(granted);
                 }
                 // The code or recovery code was used by a concurrent login: a failure.
@@ -94,7 +107,8 @@ impl Identity {
                 Err(e) => return Err(e),
             }
         }
-        self.throttle.record_failure(&throttle_key, now_us);
+        // Charged before the failure is written: an error writing it still counts.
+        attempt.failed(self.clock.now_us());
         if let Some(p) = principal {
             audit.add_detail("target_principal", p.id.clone());
             self.commit(

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::keyring::Keyring;
 use password::PasswordHasherConfig;
 use session_cache::SessionCache;
-use throttle::{IpRateLimit, LoginThrottle};
+use throttle::{IpRateLimit, KnownAddresses, LoginThrottle};
 
 pub use api_keys::{ApiKeyView, CreatedApiKey, NewApiKey};
 pub use enrollment::EnrollStart;
@@ -52,6 +52,8 @@ pub struct Identity {
     /// Verified against when the username is unknown, so every failure costs the same.
     dummy_hash: String,
     throttle: LoginThrottle,
+    /// Addresses each account has logged in from: spared the account-wide delay and the lock.
+    known_addresses: KnownAddresses,
     ip_limit: IpRateLimit,
     session_idle_secs: i64,
     session_lifetime_secs: i64,
@@ -84,6 +86,7 @@ impl Identity {
                 config.throttle_base_ms,
                 config.throttle_max_ms,
             ),
+            known_addresses: KnownAddresses::new(carevault_crypto::random_bytes()?),
             ip_limit: IpRateLimit::new(config.ip_rate_per_minute),
             session_idle_secs: config.session_idle_secs,
             session_lifetime_secs: config.session_lifetime_secs,

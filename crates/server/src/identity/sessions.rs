@@ -11,7 +11,15 @@ use crate::audit::AuditScope;
 use crate::error::{Error, Result};
 
 /// A session's `last_seen` is written at most this often (it is a write on the request path).
-const TOUCH_EVERY_SECS: i64 = 30;
+const TOUCH_AT_MOST_EVERY_SECS: i64 = 30;
+
+/// How stale a session's `last_seen` may get before a request writes it again: a tenth of the
+/// idle timeout, at most 30 s, at least 1 s. `last_seen` never runs ahead of the last use, so
+/// a session ends at the latest `idle` after its last use, and at the earliest `idle` less
+/// this (900 s idle: 870 s; 20 s idle: 18 s).
+fn touch_every_secs(idle_secs: i64) -> i64 {
+    (idle_secs / 10).clamp(1, TOUCH_AT_MOST_EVERY_SECS)
+}
 
 impl Identity {
     /// Resolve a bearer token (a session token or an API key) to its principal.
@@ -56,7 +64,7 @@ impl Identity {
         if p.disabled {
             return Err(Error::Unauthorized);
         }
-        if now - session.last_seen >= TOUCH_EVERY_SECS {
+        if now - session.last_seen >= touch_every_secs(self.session_idle_secs) {
             self.store
                 .write(vec![WriteOp::TouchSession {
                     token_hash: hash.clone(),
@@ -129,6 +137,10 @@ mod tests {
     }
 
     async fn fixture() -> Fixture {
+        fixture_with_idle(900).await
+    }
+
+    async fn fixture_with_idle(idle_secs: i64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(dir.path());
         config.argon2 = crate::config::Argon2Params {
@@ -136,7 +148,7 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
-        config.session_idle_secs = 900;
+        config.session_idle_secs = idle_secs;
         config.session_lifetime_secs = 3600;
         let clock = Arc::new(ManualClock::at_secs(1_800_000_000));
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
@@ -197,6 +209,23 @@ mod tests {
         started.totp_secret
     }
 
+    /// A new session for alice, with the current step's code.
+    async fn session(f: &Fixture, secret: &str) -> String {
+        let now = f.clock.now_secs();
+        f.identity
+            .login(&f.scope(), "alice", PASSWORD, &code(secret, now, 0), None)
+            .await
+            .unwrap()
+            .access_token
+    }
+
+    async fn refused(f: &Fixture, token: &str) -> bool {
+        matches!(
+            f.identity.authenticate(token, None).await,
+            Err(Error::Unauthorized)
+        )
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn idle_timeout_and_absolute_lifetime() {
         let f = fixture().await;
@@ -204,7 +233,7 @@ mod tests {
         let now = f.clock.now_secs();
         let granted = f
             .identity
-            .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0))
+            .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0), None)
             .await
             .unwrap();
         assert_eq!(granted.expires_in, 900);
@@ -217,26 +246,38 @@ mod tests {
         }
         // ...but not past the absolute lifetime (3,200 s used, 3,600 s allowed).
         f.clock.advance_secs(400);
-        assert!(matches!(
-            f.identity.authenticate(&token, None).await,
-            Err(Error::Unauthorized)
-        ));
+        assert!(refused(&f, &token).await);
 
         // A fresh session left idle expires.
-        let now = f.clock.now_secs();
-        let token = f
-            .identity
-            .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0))
-            .await
-            .unwrap()
-            .access_token;
+        let token = session(&f, &secret).await;
         f.clock.advance_secs(899);
         assert!(f.identity.authenticate(&token, None).await.is_ok());
         f.clock.advance_secs(900);
-        assert!(matches!(
-            f.identity.authenticate(&token, None).await,
-            Err(Error::Unauthorized)
-        ));
+        assert!(refused(&f, &token).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_short_idle_timeout_holds_for_a_session_in_use() {
+        let f = fixture_with_idle(20).await;
+        let secret = enrolled(&f).await;
+        let token = session(&f, &secret).await;
+        // Used every 2 s for a minute: three times the idle timeout.
+        for i in 0..30 {
+            f.clock.advance_secs(2);
+            assert!(
+                f.identity.authenticate(&token, None).await.is_ok(),
+                "refused after {} s in use",
+                2 * (i + 1)
+            );
+        }
+        // Left alone, it ends within the idle timeout of its last use.
+        f.clock.advance_secs(20);
+        assert!(refused(&f, &token).await);
+        // Refreshes are a tenth of the idle timeout apart, at most 30 s.
+        assert_eq!(touch_every_secs(10), 1);
+        assert_eq!(touch_every_secs(20), 2);
+        assert_eq!(touch_every_secs(900), 30);
+        assert_eq!(touch_every_secs(86_400), 30);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -259,26 +300,26 @@ mod tests {
         // The enrollment used the previous step; the current and next steps work once each.
         assert!(
             f.identity
-                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, -1))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, -1), None)
                 .await
                 .is_err()
         );
         assert!(
             f.identity
-                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 1))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 1), None)
                 .await
                 .is_ok()
         );
         assert!(
             f.identity
-                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 0), None)
                 .await
                 .is_err(),
             "a code older than the last one used is refused"
         );
         assert!(
             f.identity
-                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 2))
+                .login(&f.scope(), "alice", PASSWORD, &code(&secret, now, 2), None)
                 .await
                 .is_err(),
             "outside the window"

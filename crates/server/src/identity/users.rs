@@ -216,6 +216,8 @@ impl Identity {
         )
         .await?;
         self.throttle.reset(username);
+        // Whoever logged in with the old credentials may have been someone else.
+        self.known_addresses.forget(username);
         Ok(NewUser {
             username: p.username,
             enrollment_token: token,
