@@ -265,16 +265,20 @@ impl PostgresStore {
     /// From a block of `data_key_id_seq` values: the sequence never gives them to another node,
     /// nor to a key inserted without an id (a data-key rotation's).
     pub(super) async fn reserve_data_key_id(&self) -> Result<u64, StoreError> {
+        let store = self.clone();
         self.ids
-            .next(|| async {
-                let rows = self
-                    .query(
-                        "SELECT nextval(pg_get_serial_sequence('data_key', 'id'))
+            .next(move || {
+                let store = store.clone();
+                async move {
+                    let rows = store
+                        .query(
+                            "SELECT nextval(pg_get_serial_sequence('data_key', 'id'))
                          FROM generate_series(1, $1::bigint)",
-                        &[&i64::from(crate::ids::BLOCK)],
-                    )
-                    .await?;
-                Ok(rows.iter().map(|r| u64_of(r.get::<_, i64>(0))).collect())
+                            &[&i64::from(crate::ids::BLOCK)],
+                        )
+                        .await?;
+                    Ok(rows.iter().map(|r| u64_of(r.get::<_, i64>(0))).collect())
+                }
             })
             .await
     }

@@ -276,9 +276,17 @@ fn reserve_data_key_ids(conn: &Connection, n: u32) -> rusqlite::Result<Vec<u64>>
 
 impl SqliteStore {
     pub(super) async fn reserve_data_key_id(&self) -> Result<u64, StoreError> {
+        let store = self.clone();
         self.inner
             .ids
-            .next(|| self.write_aside(|c| reserve_data_key_ids(c, crate::ids::BLOCK)))
+            .next(move || {
+                let store = store.clone();
+                async move {
+                    store
+                        .write_aside(|c| reserve_data_key_ids(c, crate::ids::BLOCK))
+                        .await
+                }
+            })
             .await
     }
 
