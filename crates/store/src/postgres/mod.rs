@@ -152,7 +152,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             target: redact_url(&url).into(),
-            ids: Arc::default(),
+            ids: Arc::new(crate::ids::IdPool::new(crate::ids::BLOCK)),
         })
     }
 

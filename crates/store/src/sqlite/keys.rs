@@ -283,7 +283,7 @@ impl SqliteStore {
                 let store = store.clone();
                 async move {
                     store
-                        .write_aside(|c| reserve_data_key_ids(c, crate::ids::BLOCK))
+                        .write_aside(|c| reserve_data_key_ids(c, crate::ids::SQLITE_BLOCK))
                         .await
                 }
             })

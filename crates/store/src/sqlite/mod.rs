@@ -171,7 +171,7 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 read_permits: tokio::sync::Semaphore::new(READ_SCANS),
                 writer: tx,
-                ids: crate::ids::IdPool::default(),
+                ids: crate::ids::IdPool::new(crate::ids::SQLITE_BLOCK),
                 _checkpointer: Some(stop_tx),
             }),
         })
@@ -198,7 +198,7 @@ impl SqliteStore {
                 readers: Mutex::new(vec![conn]),
                 read_permits: tokio::sync::Semaphore::new(READ_SCANS),
                 writer: tx,
-                ids: crate::ids::IdPool::default(),
+                ids: crate::ids::IdPool::new(crate::ids::SQLITE_BLOCK),
                 _checkpointer: None,
             }),
         })
