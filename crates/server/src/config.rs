@@ -4,6 +4,8 @@
 //!
 //! Secrets are never values in the file, only paths to files holding them.
 
+pub use crate::public_url::PublicUrl;
+use crate::public_url::{allowed_hosts, public_url};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +21,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             problem: problem.into(),
@@ -757,106 +759,6 @@ fn listen_address(
         ));
     }
     Ok((listen, plain_http))
-}
-
-/// `public_base_url`, validated: where clients reach this server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublicUrl {
-    origin: String,
-    authority: String,
-    default_port: u16,
-}
-
-impl PublicUrl {
-    /// `scheme://host[:port][/path]`, without a trailing slash: what `[base]` URLs start with.
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// `host:port` (lowercase, the port always written).
-    pub fn authority(&self) -> &str {
-        &self.authority
-    }
-
-    /// The port a `Host` header without one means (the scheme's).
-    pub fn default_port(&self) -> u16 {
-        self.default_port
-    }
-}
-
-fn public_url(
-    value: Option<String>,
-    listen: SocketAddr,
-    plain_http: bool,
-) -> Result<Option<PublicUrl>, ConfigError> {
-    const KEY: &str = "public_base_url";
-    let Some(text) = value else {
-        if listen.ip().is_unspecified() {
-            return Err(ConfigError::new(
-                KEY,
-                "is required when listening on every interface (0.0.0.0 or [::]): the URL clients \
-                 use, e.g. https://fhir.example.org:8443, from which links are built",
-            ));
-        }
-        return Ok(None);
-    };
-    let expected = "expected a URL like https://fhir.example.org:8443 (no user, query or fragment)";
-    let url = url::Url::parse(text.trim()).map_err(|_| ConfigError::new(KEY, expected))?;
-    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-        return Err(ConfigError::new(KEY, expected));
-    };
-    if !url.username().is_empty()
-        || url.password().is_some()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
-        return Err(ConfigError::new(KEY, expected));
-    }
-    let default_port = match url.scheme() {
-        "https" => 443,
-        // Behind a proxy that terminates TLS on this machine, the public URL is still https;
-        // plain http is for a loopback-only development server.
-        "http" if plain_http => 80,
-        _ => {
-            return Err(ConfigError::new(
-                KEY,
-                "must start with https:// (http:// only with allow_plain_http)",
-            ));
-        }
-    };
-    Ok(Some(PublicUrl {
-        origin: url.as_str().trim_end_matches('/').to_owned(),
-        authority: format!("{host}:{port}"),
-        default_port,
-    }))
-}
-
-fn allowed_hosts(value: Option<String>) -> Result<Vec<String>, ConfigError> {
-    let Some(text) = value else {
-        return Ok(Vec::new());
-    };
-    text.split(',')
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            // A host name or address with an optional port, and nothing else.
-            match url::Url::parse(&format!("https://{h}/")) {
-                Ok(u)
-                    if u.path() == "/"
-                        && u.username().is_empty()
-                        && u.query().is_none()
-                        && u.host_str().is_some()
-                        && !h.contains(['/', '@', '?', '#']) =>
-                {
-                    Ok(h.to_ascii_lowercase())
-                }
-                _ => Err(ConfigError::new(
-                    "allowed_hosts",
-                    "expected host names like fhir.example.org or 10.0.0.5:8443, comma-separated",
-                )),
-            }
-        })
-        .collect()
 }
 
 /// Bounds on one search, so that no query can outgrow what the database accepts in one
