@@ -21,7 +21,7 @@ pub mod keyring;
 pub mod memory;
 pub mod metrics;
 pub mod paging;
-pub mod public_url;
+
 pub mod records;
 pub mod search;
 pub mod shred;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// `public_base_url`, validated: where clients reach this server.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,332 @@
+//! What operators write: the file's shape ([`FileConfig`]), every key it and the environment
+//! accept ([`KEYS`]), and reading both.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The file's shape. Unknown keys are refused so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// This node's name in the audit trail (each node keeps its own chain).
+    pub node_id: Option<String>,
+    /// Plain HTTP instead of TLS; only accepted on a loopback address.
+    pub allow_plain_http: Option<bool>,
+    pub body_limit_bytes: Option<u64>,
+    pub max_json_depth: Option<u64>,
+    pub max_bundle_entries: Option<u64>,
+    /// The URL clients reach this server at; absolute links are built from it.
+    pub public_base_url: Option<String>,
+    /// Other host names (`host[:port]`, comma-separated) requests may address.
+    pub allowed_hosts: Option<String>,
+    pub search: SearchSection,
+    pub audit: AuditSection,
+    pub tls: TlsSection,
+    pub session: SessionSection,
+    pub auth: AuthSection,
+    pub argon2: Argon2Section,
+    pub log: LogSection,
+    pub key: KeySection,
+    pub database: DatabaseSection,
+    pub http: HttpSection,
+    /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
+    #[serde(skip)]
+    pub database_password: Option<secrecy::SecretString>,
+}
+
+/// The database: SQLite in the data directory unless `url` names a PostgreSQL server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `postgres://user@host:port/db?sslmode=...`; never with a password when in the file.
+    pub url: Option<String>,
+    /// A file holding the database password (one line).
+    pub password_file: Option<PathBuf>,
+    pub pool_size: Option<u64>,
+}
+
+/// Connection limits and timeouts (see [`HttpLimits`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub handshake_timeout_secs: Option<u64>,
+    pub header_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub body_min_bytes_per_sec: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u64>,
+    pub h2_max_header_list_bytes: Option<u64>,
+    pub h2_max_pending_accept_reset_streams: Option<u64>,
+    pub h2_max_local_error_reset_streams: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySection {
+    /// Data keys re-wrapped per transaction after a KEK rotation.
+    pub rewrap_batch_size: Option<u64>,
+    /// Pause between re-wrap batches (to slow the job on a busy server).
+    pub rewrap_pause_ms: Option<u64>,
+    /// A file holding the passphrase that seals the `file` provider's KEK files.
+    pub passphrase_file: Option<PathBuf>,
+    /// `file` (default) or `pkcs11`.
+    pub provider: Option<String>,
+    pub pkcs11_module: Option<PathBuf>,
+    pub pkcs11_token_label: Option<String>,
+    /// A file holding the token's user PIN.
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// `auto` (default), `required` or `off`: lock the process's memory so unsealed keys never
+    /// reach swap (see `memory`).
+    pub lock_memory: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSection {
+    /// Search parameters (clauses) one search may combine.
+    pub max_clauses: Option<u64>,
+    /// `_include` and `_revinclude` parameters one search may ask for.
+    pub max_includes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// `/readyz` fails once this node's oldest unsigned audit event is older (0: never).
+    pub max_unsigned_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSection {
+    pub idle_timeout_secs: Option<u64>,
+    pub absolute_lifetime_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub enrollment_ttl_secs: Option<u64>,
+    pub ip_rate_per_minute: Option<u64>,
+    pub throttle_after_failures: Option<u64>,
+    pub throttle_base_ms: Option<u64>,
+    pub throttle_max_ms: Option<u64>,
+    pub lock_after_failures: Option<u64>,
+    pub break_glass_minutes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Argon2Section {
+    pub memory_kib: Option<u64>,
+    pub iterations: Option<u64>,
+    pub parallelism: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub level: Option<String>,
+}
+
+/// Every key the file and the environment accept, with its type. The environment variable of
+/// `section.key` is `CAREVAULT_SECTION_KEY`.
+const KEYS: &[(&str, Kind)] = &[
+    ("listen", Kind::Str),
+    ("data_dir", Kind::Str),
+    ("node_id", Kind::Str),
+    ("allow_plain_http", Kind::Bool),
+    ("body_limit_bytes", Kind::Int),
+    ("max_json_depth", Kind::Int),
+    ("max_bundle_entries", Kind::Int),
+    ("public_base_url", Kind::Str),
+    ("allowed_hosts", Kind::Str),
+    ("search.max_clauses", Kind::Int),
+    ("search.max_includes", Kind::Int),
+    ("audit.max_unsigned_secs", Kind::Int),
+    ("tls.cert_path", Kind::Str),
+    ("tls.key_path", Kind::Str),
+    ("session.idle_timeout_secs", Kind::Int),
+    ("session.absolute_lifetime_secs", Kind::Int),
+    ("auth.enrollment_ttl_secs", Kind::Int),
+    ("auth.ip_rate_per_minute", Kind::Int),
+    ("auth.throttle_after_failures", Kind::Int),
+    ("auth.throttle_base_ms", Kind::Int),
+    ("auth.throttle_max_ms", Kind::Int),
+    ("auth.lock_after_failures", Kind::Int),
+    ("auth.break_glass_minutes", Kind::Int),
+    ("argon2.memory_kib", Kind::Int),
+    ("argon2.iterations", Kind::Int),
+    ("argon2.parallelism", Kind::Int),
+    ("log.level", Kind::Str),
+    ("key.rewrap_batch_size", Kind::Int),
+    ("key.rewrap_pause_ms", Kind::Int),
+    ("key.passphrase_file", Kind::Str),
+    ("key.provider", Kind::Str),
+    ("key.pkcs11_module", Kind::Str),
+    ("key.pkcs11_token_label", Kind::Str),
+    ("key.pkcs11_pin_file", Kind::Str),
+    ("key.lock_memory", Kind::Str),
+    ("database.url", Kind::Str),
+    ("database.password_file", Kind::Str),
+    ("database.pool_size", Kind::Int),
+    ("http.handshake_timeout_secs", Kind::Int),
+    ("http.header_timeout_secs", Kind::Int),
+    ("http.idle_timeout_secs", Kind::Int),
+    ("http.body_timeout_secs", Kind::Int),
+    ("http.body_min_bytes_per_sec", Kind::Int),
+    ("http.max_connections", Kind::Int),
+    ("http.max_connections_per_ip", Kind::Int),
+    ("http.h2_max_concurrent_streams", Kind::Int),
+    ("http.h2_max_header_list_bytes", Kind::Int),
+    ("http.h2_max_pending_accept_reset_streams", Kind::Int),
+    ("http.h2_max_local_error_reset_streams", Kind::Int),
+];
+
+/// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &[
+    "CAREVAULT_CONFIG",
+    "CAREVAULT_CLI_CONFIG_DIR",
+    "CAREVAULT_LOG",
+    // Read by the test kit (which key provider test servers use), never by the server.
+    "CAREVAULT_TEST_KEY_PROVIDER",
+    // Read by `FileConfig::load` into `database_password`: the environment only, never a key
+    // of the file.
+    "CAREVAULT_DATABASE_PASSWORD",
+    // Read by the test kit (which backend the integration tests run on), not the server.
+    "CAREVAULT_TEST_BACKEND",
+    "CAREVAULT_TEST_POSTGRES_URL",
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+pub fn env_var_name(key: &str) -> String {
+    format!("CAREVAULT_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Every key (`section.key`) the file and the environment accept, in declaration order. The
+/// configuration table in `docs/configuration.md` is tested against this list.
+pub fn key_names() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().map(|(key, _)| *key)
+}
+
+impl FileConfig {
+    /// Read the file (if any), then apply `CAREVAULT_*` variables from `env` on top.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "--config",
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError::new("--config", format!("not valid TOML: {}", e.message()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        if let Some(url) = table
+            .get("database")
+            .and_then(|d| d.get("url"))
+            .and_then(|u| u.as_str())
+            && carevault_store::url_has_password(url)
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                "holds a password; secrets never go in the configuration file (it is copied, \
+                 versioned and read more widely than the database): put the password in the file \
+                 named by database.password_file or in CAREVAULT_DATABASE_PASSWORD, or give the \
+                 whole URL in CAREVAULT_DATABASE_URL",
+            ));
+        }
+        let mut database_password = None;
+        for (name, value) in env {
+            if name == "CAREVAULT_DATABASE_PASSWORD" {
+                database_password = Some(secrecy::SecretString::from(value));
+                continue;
+            }
+            if !name.starts_with("CAREVAULT_") || NON_CONFIG_ENV.contains(&name.as_str()) {
+                continue;
+            }
+            let Some((key, kind)) = KEYS.iter().find(|(k, _)| env_var_name(k) == name) else {
+                return Err(ConfigError::new(
+                    name,
+                    "unknown CareVault environment variable",
+                ));
+            };
+            let parsed = match kind {
+                Kind::Str => toml::Value::String(value),
+                Kind::Int => toml::Value::Integer(
+                    value
+                        .trim()
+                        .parse::<i64>()
+                        .map_err(|_| ConfigError::new(name.clone(), "expected a whole number"))?,
+                ),
+                Kind::Bool => toml::Value::Boolean(match value.trim() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(ConfigError::new(name, "expected true or false")),
+                }),
+            };
+            set_path(&mut table, key, parsed);
+        }
+        let mut file = toml::Value::Table(table)
+            .try_into::<FileConfig>()
+            .map_err(|e| {
+                // serde names the offending key in its message (e.g. "unknown field `lisen`").
+                ConfigError::new(
+                    "config",
+                    e.message()
+                        .lines()
+                        .next()
+                        .unwrap_or("invalid configuration")
+                        .to_owned(),
+                )
+            })?;
+        file.database_password = database_password;
+        Ok(file)
+    }
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+    }
+}
