@@ -195,11 +195,6 @@ impl Application {
                 }
             },
         );
-        let state = self.state.clone();
-        let shutdown = async move {
-            shutdown.await;
-            state.inner.readiness.shutting_down();
-        };
         let connection_metrics = self.state.inner.metrics.connections.clone();
         let app = crate::router(self.state);
         let served = crate::serve::serve(

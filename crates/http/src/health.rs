@@ -1,5 +1,5 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (this node can serve: the database
-//! answers, the audit trail takes events and is signed in time, not shutting down), for load
+//! answers, the audit trail takes events and is signed in time), for load
 //! balancers and orchestrators. Unauthenticated, a status word and nothing else, never PHI. A
 //! probe is not an audit event (a balancer probing every few seconds would fill the trail with
 //! them): probes are counted in `/metrics` instead, and rate-limited per client address. Which
@@ -22,9 +22,8 @@ use crate::tls::ClientAddr;
 /// Probes one client address may send a minute: a balancer probes every second or so.
 const PROBES_PER_MINUTE: u32 = 600;
 
-/// What readiness knows beyond the services: shutdown, the last answer, the probe limit.
+/// What readiness knows beyond the services: the last answer, the probe limit.
 pub struct Readiness {
-    shutting_down: AtomicBool,
     was_ready: AtomicBool,
     per_ip: IpRateLimit,
 }
@@ -32,18 +31,9 @@ pub struct Readiness {
 impl Default for Readiness {
     fn default() -> Self {
         Self {
-            shutting_down: AtomicBool::new(false),
             was_ready: AtomicBool::new(true),
             per_ip: IpRateLimit::new(PROBES_PER_MINUTE),
         }
-    }
-}
-
-impl Readiness {
-    /// From now on `/readyz` answers 503, so balancers stop sending new requests while
-    /// in-flight ones finish.
-    pub fn shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
     }
 }
 
@@ -121,9 +111,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// them before the server listens, and keeps them in memory.
 async fn failed_check(state: &AppState) -> Option<&'static str> {
     let services = &state.inner;
-    if services.readiness.shutting_down.load(Ordering::Relaxed) {
-        return Some("shutting_down");
-    }
     if services
         .store
         .audit_head(services.audit.node())
