@@ -482,7 +482,7 @@ pub async fn create(
     Ok(write_response(
         StatusCode::CREATED,
         &v,
-        &crate::paging::fhir_base(&state),
+        crate::paging::fhir_base(&state),
         prefer(&headers),
     ))
 }
@@ -514,7 +514,7 @@ pub async fn update(
     Ok(write_response(
         status,
         &v,
-        &crate::paging::fhir_base(&state),
+        crate::paging::fhir_base(&state),
         prefer(&headers),
     ))
 }

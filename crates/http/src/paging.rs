@@ -13,8 +13,8 @@ pub fn origin(state: &AppState) -> &str {
 }
 
 /// The FHIR base URL (`[base]` in the FHIR specification).
-pub fn fhir_base(state: &AppState) -> String {
-    format!("{}/fhir", origin(state))
+pub fn fhir_base(state: &AppState) -> &str {
+    state.inner.public_base.fhir_base()
 }
 
 /// `self` and (when there is a next page) `next` links: `url` with `params` (the request's own,

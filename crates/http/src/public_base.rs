@@ -10,15 +10,16 @@ use axum::http::header;
 
 use carevault_server::config::Config;
 
-/// The origin links are built from and the `host:port` authorities requests may address.
+/// The origin links are built from and the authorities requests may address.
 #[derive(Clone, Debug)]
 pub struct PublicBase {
     /// `scheme://host[:port][/path]`, without a trailing slash.
     origin: String,
-    /// Lowercase `host:port`, the port always written.
-    authorities: Vec<String>,
-    /// The port a `Host` without one means.
-    default_port: u16,
+    /// `origin` + `/fhir`: FHIR's `[base]`.
+    fhir_base: String,
+    /// Every accepted form, lowercase: `host:port`, and `host` alone where the port is the
+    /// scheme's default, so that a request is checked without allocating.
+    accepted: Vec<String>,
 }
 
 impl PublicBase {
@@ -44,15 +45,19 @@ impl PublicBase {
                 (format!("{scheme}://{bound}"), own, port)
             }
         };
-        let authorities = own
-            .iter()
-            .chain(&config.allowed_hosts)
-            .map(|a| normalize(a, default_port))
-            .collect();
+        let default_suffix = format!(":{default_port}");
+        let mut accepted = Vec::new();
+        for authority in own.iter().chain(&config.allowed_hosts) {
+            let with_port = normalize(authority, default_port);
+            if let Some(host) = with_port.strip_suffix(&default_suffix) {
+                accepted.push(host.to_owned());
+            }
+            accepted.push(with_port);
+        }
         Self {
+            fhir_base: format!("{origin}/fhir"),
             origin,
-            authorities,
-            default_port,
+            accepted,
         }
     }
 
@@ -61,10 +66,17 @@ impl PublicBase {
         &self.origin
     }
 
+    /// FHIR's `[base]`: the origin and `/fhir`.
+    pub fn fhir_base(&self) -> &str {
+        &self.fhir_base
+    }
+
     /// Whether `authority` (a `Host` header or an HTTP/2 `:authority`) names this server.
     pub fn admits(&self, authority: &str) -> bool {
-        let wanted = normalize(authority, self.default_port);
-        self.authorities.contains(&wanted)
+        let authority = authority.trim();
+        self.accepted
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(authority))
     }
 
     /// Whether every host name `req` addresses names this server: its `Host` header and, in
@@ -112,23 +124,33 @@ mod tests {
         Config::from_file(FileConfig::load(None, env).unwrap()).unwrap()
     }
 
+    /// `base` admits every one of `admitted` and none of `refused`.
+    fn assert_hosts(base: &PublicBase, admitted: &[&str], refused: &[&str]) {
+        for host in admitted {
+            assert!(base.admits(host), "{host} should be admitted");
+        }
+        for host in refused {
+            assert!(!base.admits(host), "{host} should be refused");
+        }
+    }
+
     #[test]
     fn without_a_public_url_the_bound_address_and_localhost_are_admitted() {
         let base = PublicBase::new(&config(&[]), "127.0.0.1:8443".parse().unwrap());
         assert_eq!(base.origin(), "https://127.0.0.1:8443");
-        for ok in ["127.0.0.1:8443", "LOCALHOST:8443", " localhost:8443"] {
-            assert!(base.admits(ok), "{ok}");
-        }
-        for refused in [
-            "evil.example:666",
-            "127.0.0.1",
-            "localhost",
-            "127.0.0.1:8444",
-            "127.0.0.1:8443.evil.example",
-            "",
-        ] {
-            assert!(!base.admits(refused), "{refused}");
-        }
+        assert_eq!(base.fhir_base(), "https://127.0.0.1:8443/fhir");
+        assert_hosts(
+            &base,
+            &["127.0.0.1:8443", "LOCALHOST:8443", " localhost:8443"],
+            &[
+                "evil.example:666",
+                "127.0.0.1",
+                "localhost",
+                "127.0.0.1:8444",
+                "127.0.0.1:8443.evil.example",
+                "",
+            ],
+        );
     }
 
     #[test]
@@ -141,23 +163,43 @@ mod tests {
             "127.0.0.1:8443".parse().unwrap(),
         );
         assert_eq!(base.origin(), "https://fhir.example.org");
-        for ok in [
-            "fhir.example.org",
-            "fhir.example.org:443",
-            "10.0.0.5:8443",
-            "[2001:db8::1]",
-            "[2001:db8::1]:443",
-        ] {
-            assert!(base.admits(ok), "{ok}");
-        }
-        for refused in [
-            "127.0.0.1:8443",
-            "fhir.example.org:8443",
-            "10.0.0.5",
-            "[2001:db8::2]",
-        ] {
-            assert!(!base.admits(refused), "{refused}");
-        }
+        assert_hosts(
+            &base,
+            &[
+                "fhir.example.org",
+                "fhir.example.org:443",
+                "10.0.0.5:8443",
+                "[2001:db8::1]",
+                "[2001:db8::1]:443",
+            ],
+            &[
+                "127.0.0.1:8443",
+                "fhir.example.org:8443",
+                "10.0.0.5",
+                "[2001:db8::2]",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_public_url_behind_a_proxy_keeps_its_path_and_port() {
+        let base = PublicBase::new(
+            &config(&[(
+                "CAREVAULT_PUBLIC_BASE_URL",
+                "https://proxy.example.org:9443/carevault/",
+            )]),
+            "127.0.0.1:8443".parse().unwrap(),
+        );
+        assert_eq!(base.origin(), "https://proxy.example.org:9443/carevault");
+        assert_eq!(
+            base.fhir_base(),
+            "https://proxy.example.org:9443/carevault/fhir"
+        );
+        assert_hosts(
+            &base,
+            &["proxy.example.org:9443"],
+            &["proxy.example.org", "proxy.example.org:443"],
+        );
     }
 
     #[test]
