@@ -255,3 +255,89 @@ fn plain_http_on_loopback_is_allowed_when_asked() {
     .unwrap();
     assert!(Config::from_file(file).unwrap().plain_http);
 }
+
+#[test]
+fn public_urls_hosts_limits_and_signing_lag_are_refused_outside_their_rules() {
+    let err = |pairs: &[(&str, &str)]| {
+        FileConfig::load(None, env(pairs))
+            .and_then(Config::from_file)
+            .unwrap_err()
+    };
+    for (pairs, key) in [
+        (
+            &[("CAREVAULT_LISTEN", "0.0.0.0:8443")][..],
+            "public_base_url",
+        ),
+        (
+            &[("CAREVAULT_PUBLIC_BASE_URL", "http://fhir.example.org")][..],
+            "public_base_url",
+        ),
+        (
+            &[("CAREVAULT_PUBLIC_BASE_URL", "https://fhir.example.org/?a=b")][..],
+            "public_base_url",
+        ),
+        (
+            &[("CAREVAULT_PUBLIC_BASE_URL", "https://user@fhir.example.org")][..],
+            "public_base_url",
+        ),
+        (
+            &[("CAREVAULT_PUBLIC_BASE_URL", "fhir.example.org")][..],
+            "public_base_url",
+        ),
+        (
+            &[("CAREVAULT_ALLOWED_HOSTS", "ok.example, bad.example/path")][..],
+            "allowed_hosts",
+        ),
+        (
+            &[("CAREVAULT_ALLOWED_HOSTS", "user@host")][..],
+            "allowed_hosts",
+        ),
+        (
+            &[("CAREVAULT_SEARCH_MAX_CLAUSES", "0")][..],
+            "search.max_clauses",
+        ),
+        (
+            &[("CAREVAULT_SEARCH_MAX_CLAUSES", "401")][..],
+            "search.max_clauses",
+        ),
+        (
+            &[("CAREVAULT_SEARCH_MAX_INCLUDES", "101")][..],
+            "search.max_includes",
+        ),
+        (
+            &[("CAREVAULT_AUDIT_MAX_UNSIGNED_SECS", "10")][..],
+            "audit.max_unsigned_secs",
+        ),
+    ] {
+        let e = err(pairs);
+        assert_eq!(e.key, key, "{pairs:?}: {e}");
+    }
+
+    let ok = |pairs: &[(&str, &str)]| {
+        Config::from_file(FileConfig::load(None, env(pairs)).unwrap()).unwrap()
+    };
+    // Every interface with a public URL; plain http only for a loopback development server.
+    let public = ok(&[
+        ("CAREVAULT_LISTEN", "0.0.0.0:8443"),
+        (
+            "CAREVAULT_PUBLIC_BASE_URL",
+            "https://fhir.example.org:8443/",
+        ),
+        ("CAREVAULT_ALLOWED_HOSTS", " LB.example , 10.0.0.5:8443 "),
+    ]);
+    let url = public.public_base_url.unwrap();
+    assert_eq!(url.origin(), "https://fhir.example.org:8443");
+    assert_eq!(url.authority(), "fhir.example.org:8443");
+    assert_eq!(public.allowed_hosts, ["lb.example", "10.0.0.5:8443"]);
+    let plain = ok(&[
+        ("CAREVAULT_ALLOW_PLAIN_HTTP", "true"),
+        ("CAREVAULT_PUBLIC_BASE_URL", "http://localhost:8080"),
+    ]);
+    assert_eq!(plain.public_base_url.unwrap().default_port(), 80);
+    assert_eq!(ok(&[]).audit_max_unsigned, Some(Duration::from_secs(120)));
+    assert_eq!(
+        ok(&[("CAREVAULT_AUDIT_MAX_UNSIGNED_SECS", "0")]).audit_max_unsigned,
+        None
+    );
+    assert_eq!(ok(&[]).search_limits.max_clauses, 50);
+}
