@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use carevault_server::config::HttpLimits;
+use carevault_server::identity::throttle::client_prefix;
 use carevault_server::metrics::{Cap, ConnectionMetrics, Timeout};
 
 use crate::body::ConnService;
@@ -394,7 +395,7 @@ impl Admission {
     /// Admit a connection from `ip`: its state, and the idle connection to close to make room
     /// (at the global cap); the cap that refuses it otherwise.
     fn admit(&self, ip: IpAddr) -> Result<(Arc<ConnState>, Option<Arc<ConnState>>), Cap> {
-        let ip = address_key(ip);
+        let ip = client_prefix(ip);
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if live.per_ip.get(&ip).is_some_and(|n| *n >= self.per_ip) {
             return Err(Cap::PerIp);
@@ -444,18 +445,6 @@ impl Live {
             }
         }
         Some(state)
-    }
-}
-
-/// The address the per-address cap counts: an IPv4 address (IPv4-mapped IPv6 included), or an
-/// IPv6 address's /64 (one client usually holds a whole /64).
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
-        },
     }
 }
 
@@ -624,10 +613,13 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(address_key(a), address_key(b));
-        assert_ne!(address_key(a), address_key(c));
+        assert_eq!(client_prefix(a), client_prefix(b));
+        assert_ne!(client_prefix(a), client_prefix(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(address_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_prefix(mapped),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::{FhirError, ResourceType};
 
 mod strings;
 
-use strings::check_strings;
 pub(crate) use strings::MSG_STRING_TOO_LONG;
+use strings::check_strings;
 
 /// At most this many issues are reported for one resource.
 pub const MAX_ISSUES: usize = 20;

@@ -17,8 +17,10 @@ use std::sync::Mutex;
 /// Above this many tracked keys, expired entries are swept.
 const SWEEP_ABOVE: usize = 50_000;
 
-/// The address a client is known by: an IPv4 address, or an IPv6 /64 (one host's privacy
-/// addresses rotate inside its /64, and a /64 is what one subscriber gets).
+/// The address a client is known by: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6
+/// /64 (one host's privacy addresses rotate inside its /64, and a /64 is what one subscriber
+/// gets). The login throttle, the known addresses, the per-address rate limits and the
+/// connection cap per address all count clients by it.
 pub fn client_prefix(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
@@ -288,7 +290,8 @@ impl KnownAddresses {
     }
 }
 
-/// A token bucket per client IP: `per_minute` requests a minute, bursts up to the same number.
+/// A token bucket per client address ([`client_prefix`]: an IPv6 client cannot step around it
+/// by rotating through its /64): `per_minute` requests a minute, bursts up to the same number.
 pub struct IpRateLimit {
     per_minute: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, i64)>>,
@@ -309,7 +312,9 @@ impl IpRateLimit {
             let full_after_us = 60_000_000;
             map.retain(|_, (_, last)| now_us - *last < full_after_us);
         }
-        let (tokens, last) = map.entry(ip).or_insert((self.per_minute, now_us));
+        let (tokens, last) = map
+            .entry(client_prefix(ip))
+            .or_insert((self.per_minute, now_us));
         let elapsed_min = (now_us - *last).max(0) as f64 / 60_000_000.0;
         *tokens = (*tokens + elapsed_min * self.per_minute).min(self.per_minute);
         *last = now_us;
@@ -483,5 +488,15 @@ mod tests {
         assert!(limit.check(ip, now).is_err());
         assert!(limit.check(ip, now + 30_000_000).is_ok());
         assert!(limit.check("127.0.0.2".parse().unwrap(), now).is_ok());
+        // An IPv6 client rotating through its /64 shares one bucket; another /64 has its own.
+        let one: IpAddr = "2001:db8:0:1::a".parse().unwrap();
+        assert!(limit.check(one, now).is_ok());
+        assert!(limit.check("2001:db8:0:1::b".parse().unwrap(), now).is_ok());
+        assert!(
+            limit
+                .check("2001:db8:0:1:ffff::c".parse().unwrap(), now)
+                .is_err()
+        );
+        assert!(limit.check("2001:db8:0:2::a".parse().unwrap(), now).is_ok());
     }
 }
