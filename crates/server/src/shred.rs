@@ -141,15 +141,14 @@ pub async fn shred(
         )
         .await?;
     audit.add_detail("reason_sealed", BASE64.encode(&sealed));
-    let mut ops = new_keys.ops();
-    ops.push(
-        keyring
-            .shred(compartment, &requester.id, &approval.approver_id)
-            .await?,
-    );
-    audit.commit_with(store, ops, 200).await?;
-    keyring.adopt(&new_keys);
-    Ok(())
+    let shred = keyring
+        .shred(compartment, &requester.id, &approval.approver_id)
+        .await?;
+    let written = audit
+        .commit_with(store, new_keys.before(vec![shred]), 200)
+        .await;
+    keyring.settle(&new_keys, &written);
+    Ok(written?)
 }
 
 fn reason_aad(keyring: &Keyring, compartment: &str) -> Vec<u8> {

@@ -72,15 +72,16 @@ impl Identity {
                     secret.as_ref(),
                 )
                 .await?;
-            let mut ops = new_keys.ops();
-            ops.push(WriteOp::SetEnrollmentPendingTotp {
+            let ops = new_keys.before(vec![WriteOp::SetEnrollmentPendingTotp {
                 token_hash: row.token_hash.clone(),
                 sealed,
-            });
-            match self.commit(audit, ops, 200).await {
+            }]);
+            let written = self.commit(audit, ops, 200).await;
+            self.keyring.settle(&new_keys, &written);
+            match written {
                 Ok(()) => break,
                 // Another enrollment made the key first: seal again under it.
-                Err(StoreError::StaleKey) if attempt < 3 => new_keys.clear(),
+                Err(StoreError::StaleKey) if attempt < 3 => {}
                 Err(_) => {
                     return Err(Error::BadRequest(
                         "enrollment token is invalid or expired".into(),
@@ -88,7 +89,6 @@ impl Identity {
                 }
             }
         }
-        self.keyring.adopt(&new_keys);
         let (totp_secret, otpauth_uri) = totp::provisioning(secret.as_ref(), &principal.username)?;
         Ok(EnrollStart {
             username: principal.username,

@@ -51,6 +51,14 @@ impl NewDataKeys {
             .collect()
     }
 
+    /// `ops` after the inserts of the new keys (the data sealed under them refers to them): the
+    /// write to commit, then to [`Keyring::settle`].
+    pub fn before(&self, ops: Vec<WriteOp>) -> Vec<WriteOp> {
+        let mut all = self.ops();
+        all.extend(ops);
+        all
+    }
+
     /// Drop the new keys: their write did not commit.
     pub fn clear(&self) {
         self.lock().clear();
@@ -141,6 +149,15 @@ impl Keyring {
             kek_version,
             created_at: self.clock.now_secs(),
         }))
+    }
+
+    /// After the write of [`NewDataKeys::before`]: learn its new keys if it committed, drop
+    /// them if it did not.
+    pub fn settle<T, E>(&self, new_keys: &NewDataKeys, written: &std::result::Result<T, E>) {
+        match written {
+            Ok(_) => self.adopt(new_keys),
+            Err(_) => new_keys.clear(),
+        }
     }
 
     /// Learn the keys of a write that committed (and forget them in `new_keys`).
@@ -244,8 +261,6 @@ impl Keyring {
         Ok((self.keys.insert(row.id, dek.cipher()), name))
     }
 
-    /// Forget which data key a compartment uses (it was rotated, perhaps by another node): the
-    /// next seal reads the live key from the database.
     /// Forget the compartments whose cached data key is one of `dek_ids` (a commit found one of
     /// them rotated), so that the next seal looks the live key up again.
     pub fn forget_data_keys(&self, dek_ids: &[u64]) {
@@ -255,6 +270,8 @@ impl Keyring {
             .retain(|_, id| !dek_ids.contains(id));
     }
 
+    /// Forget which data key a compartment uses (it was rotated, perhaps by another node): the
+    /// next seal reads the live key from the database.
     pub fn forget_compartment(&self, compartment: &str) {
         self.compartments
             .write()

@@ -45,11 +45,10 @@ impl Keyring {
             if new_keys.is_empty() {
                 return Ok(sealed);
             }
-            match self.store.write(new_keys.ops()).await {
-                Ok(()) => {
-                    self.adopt(&new_keys);
-                    return Ok(sealed);
-                }
+            let written = self.store.write(new_keys.before(Vec::new())).await;
+            self.settle(&new_keys, &written);
+            match written {
+                Ok(()) => return Ok(sealed),
                 // A concurrent write gave the compartment its key first, or the KEK version we
                 // wrapped under was retired meanwhile: seal again.
                 Err(StoreError::StaleKey) => {}

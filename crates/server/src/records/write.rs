@@ -229,13 +229,11 @@ impl Records {
                 Ok(())
             }
             None => {
-                let mut all = keys.ops();
-                all.extend(ops);
-                let committed = caller.audit.commit_with(&*self.store, all, status).await;
-                match committed {
-                    Ok(()) => self.keyring.adopt(keys),
-                    Err(_) => keys.clear(),
-                }
+                let committed = caller
+                    .audit
+                    .commit_with(&*self.store, keys.before(ops), status)
+                    .await;
+                self.keyring.settle(keys, &committed);
                 committed
             }
         }
@@ -244,9 +242,9 @@ impl Records {
     /// Commit everything a transaction collected, atomically; then its entries' events are
     /// written and its new patients' organizations known.
     pub async fn commit_tx(&self, tx: Tx) -> Result<TxCommit> {
-        // The new data keys first: the versions sealed under them refer to them.
-        let mut ops = tx.keys.ops();
-        ops.append(&mut tx.ops.lock().unwrap_or_else(|p| p.into_inner()));
+        let ops = tx.keys.before(std::mem::take(
+            &mut *tx.ops.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
         let sealed_under: Vec<u64> = ops
             .iter()
             .filter_map(|op| match op {
@@ -254,7 +252,9 @@ impl Records {
                 _ => None,
             })
             .collect();
-        match self.store.write(ops).await {
+        let written = self.store.write(ops).await;
+        self.keyring.settle(&tx.keys, &written);
+        match written {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 return Err(Error::Conflict(
@@ -269,7 +269,6 @@ impl Records {
             }
             Err(other) => return Err(other.into()),
         }
-        self.keyring.adopt(&tx.keys);
         for scope in tx.scopes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             scope.mark_written();
         }
