@@ -12,9 +12,11 @@ pub mod examples;
 mod hsm;
 mod server;
 pub mod totp;
+mod wait;
 
 pub use api::{Account, Api, Reply, TEST_PASSWORD};
 pub use database::{Backend, PgInstance, PgTls, TestDatabase, backend, postgres_admin_url, psql};
 pub use hsm::{SOFTHSM_MODULE, key_provider, softhsm_token};
 pub use server::{TestServer, copy_dir, files_under, output_text};
 pub use totp::Authenticator;
+pub use wait::wait_for;

@@ -533,6 +533,21 @@ impl TestServer {
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
+    /// The first log line holding `needle`, waiting for it: the server's output is read by
+    /// another thread, so a line logged before a response may arrive a moment after it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let mut line = None;
+        crate::wait_for(needle, Duration::from_secs(10), || {
+            line = self
+                .logs()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned);
+            line.is_some()
+        });
+        line.unwrap_or_default()
+    }
+
     /// Stop the server (SIGTERM, then wait).
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();

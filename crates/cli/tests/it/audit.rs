@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use carevault_testkit::{Api, TestServer, output_text};
+use carevault_testkit::{Api, TestServer, output_text, wait_for};
 use rusqlite::Connection;
 use serde_json::json;
 
@@ -170,6 +170,9 @@ fn audit_write_failure_fails_the_request_closed_and_recovers() {
     );
 }
 
+/// Generous: this bounds a hang, it does not measure anything.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The gauge `name` in a Prometheus text scrape.
 fn gauge(metrics: &str, name: &str) -> f64 {
     metrics
@@ -187,12 +190,10 @@ fn checkpoint_failures_are_logged_once_with_their_cause_measured_and_fail_readin
     // Checkpoints are refused; events are still written (and chained).
     srv.refuse_inserts("audit_checkpoint");
     // A checkpoint is due 10 s after the last; wait for the failure to be logged.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !srv.logs().contains("audit_checkpoint_failed") {
-        assert!(std::time::Instant::now() < deadline, "{}", srv.logs());
+    wait_for("a failed checkpoint to be logged", WITHIN, || {
         assert_eq!(auditor.api.get("/fhir/metadata").status, 200);
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+        srv.logs().contains("audit_checkpoint_failed")
+    });
     let metrics = auditor.api.get("/metrics").text();
     assert!(
         gauge(
@@ -222,20 +223,14 @@ fn checkpoint_failures_are_logged_once_with_their_cause_measured_and_fail_readin
     // Once the oldest unsigned event is older than audit.max_unsigned_secs, the node is not
     // ready; the log says why.
     assert_eq!(auditor.api.get("/readyz").status, 200);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while auditor.api.get("/readyz").status != 503 {
-        assert!(std::time::Instant::now() < deadline, "{}", srv.logs());
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let line = crate::health::wait_for_log(&srv, r#""event":"not_ready""#);
+    wait_for("/readyz to fail", WITHIN, || {
+        auditor.api.get("/readyz").status == 503
+    });
+    let line = srv.wait_for_log(r#""event":"not_ready""#);
     assert!(line.contains("audit_signing"), "{line}");
 
     srv.allow_inserts("audit_checkpoint");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !srv.logs().contains("audit_checkpoint_recovered") {
-        assert!(std::time::Instant::now() < deadline, "{}", srv.logs());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    srv.wait_for_log("audit_checkpoint_recovered");
     let metrics = auditor.api.get("/metrics").text();
     assert!(
         gauge(

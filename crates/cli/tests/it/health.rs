@@ -9,23 +9,6 @@ fn audit_events(srv: &TestServer) -> i64 {
     srv.query_i64("SELECT COUNT(*) FROM audit_event")
 }
 
-/// The first log line holding `needle`, waiting for it: the server's stderr is read by another
-/// thread, so a line logged before a response may arrive a moment after it.
-pub fn wait_for_log(srv: &TestServer, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(line) = srv.logs().lines().find(|l| l.contains(needle)) {
-            return line.to_owned();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {needle} in {}",
-            srv.logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn probes_answer_a_word_unaudited_and_readyz_fails_while_the_trail_refuses_events() {
     let srv = server();
@@ -58,13 +41,13 @@ fn probes_answer_a_word_unaudited_and_readyz_fails_while_the_trail_refuses_event
         200,
         "the process still answers"
     );
-    let line = wait_for_log(&srv, r#""event":"not_ready""#);
+    let line = srv.wait_for_log(r#""event":"not_ready""#);
     assert!(line.contains("audit_trail"), "{line}");
 
     srv.allow_inserts("audit_event");
     assert_eq!(anonymous.get("/fhir/metadata").status, 200);
     assert_eq!(anonymous.get("/readyz").status, 200);
-    wait_for_log(&srv, r#""event":"ready""#);
+    srv.wait_for_log(r#""event":"ready""#);
 }
 
 #[test]

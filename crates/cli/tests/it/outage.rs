@@ -6,26 +6,20 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use carevault_testkit::{PgInstance, TestDatabase, TestServer};
+use carevault_testkit::{PgInstance, TestDatabase, TestServer, wait_for};
 
 use crate::{bin, observation, patient};
+
+/// Generous: this bounds a hang, it does not measure anything.
+const WITHIN: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 struct Seen {
     acknowledged: Vec<String>,
     unavailable: usize,
     other: Vec<String>,
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    // Generous: this bounds a hang, it does not measure anything.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -92,15 +86,15 @@ fn a_database_outage_fails_requests_cleanly_and_the_node_recovers_by_itself() {
         .collect();
 
     let acked = || seen.lock().unwrap().acknowledged.len();
-    wait_for("writes before the outage", || acked() >= 10);
+    wait_for("writes before the outage", WITHIN, || acked() >= 10);
     pg.down();
-    wait_for("requests failing during the outage", || {
+    wait_for("requests failing during the outage", WITHIN, || {
         seen.lock().unwrap().unavailable >= 5
     });
     let during = acked();
     pg.up();
     // The same server process, never restarted, serves writes again.
-    wait_for("writes after the outage", || acked() >= during + 10);
+    wait_for("writes after the outage", WITHIN, || acked() >= during + 10);
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
