@@ -414,3 +414,52 @@ fn plain_http_on_loopback_is_served_under_the_same_limits() {
     let auditor = metrics_reader(&srv, &srv.admin());
     assert!(metric(&auditor, "carevault_http_timeouts_total{kind=\"idle\"}") >= 1);
 }
+
+#[test]
+fn http2_advertises_its_configured_stream_and_header_limits() {
+    let srv = TestServer::start_with(
+        bin(),
+        &[
+            ("CAREVAULT_HTTP_H2_MAX_CONCURRENT_STREAMS", "7"),
+            ("CAREVAULT_HTTP_H2_MAX_HEADER_LIST_BYTES", "12345"),
+        ],
+    );
+    let h2 = Client::new(&srv, b"h2");
+    let settings = runtime().block_on(async {
+        let mut tls = h2.tls_from(LOCAL).await.unwrap();
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        // The server's first frame is its SETTINGS: a 9-byte header, then 6 bytes a setting.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if got.len() >= 9 {
+                let len =
+                    usize::from(got[0]) << 16 | usize::from(got[1]) << 8 | usize::from(got[2]);
+                if got.len() >= 9 + len {
+                    assert_eq!(got[3], 4, "the first frame is SETTINGS");
+                    break got[9..9 + len].to_vec();
+                }
+            }
+            let n = tokio::time::timeout(MARGIN, tls.read(&mut chunk))
+                .await
+                .expect("the server sends its settings")
+                .unwrap();
+            assert!(n > 0, "closed before its settings");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    });
+    let advertised: Vec<(u16, u32)> = settings
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) and SETTINGS_MAX_HEADER_LIST_SIZE (0x6).
+    assert!(advertised.contains(&(3, 7)), "{advertised:?}");
+    assert!(advertised.contains(&(6, 12345)), "{advertised:?}");
+}
