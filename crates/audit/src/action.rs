@@ -89,7 +89,15 @@ audit_actions! {
     Read => "read",
     Vread => "vread",
     Update => "update",
+    /// `PUT [type]?criteria`.
+    ConditionalUpdate => "update-conditional",
+    /// `PATCH [type]/[id]` (JSON Patch).
+    Patch => "patch",
     Delete => "delete",
+    /// `DELETE [type]?criteria`.
+    ConditionalDelete => "delete-conditional",
+    /// `POST [type]/$validate`: nothing is stored.
+    Validate => "validate",
     HistoryType => "history-type",
     HistoryInstance => "history-instance",
     // The environment.
@@ -97,6 +105,8 @@ audit_actions! {
     // Requests that reached no handler.
     UnknownEndpoint => "unknown-endpoint",
     UnsupportedMethod => "unsupported-method",
+    /// A browser's CORS preflight (`OPTIONS`), answered before routing.
+    CorsPreflight => "cors-preflight",
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ mod compartment;
 mod depth;
 mod error;
 pub mod outcome;
+pub mod patch;
 mod schema;
 pub mod search;
 mod types;

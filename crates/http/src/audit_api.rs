@@ -111,8 +111,8 @@ fn to_audit_event(e: &StoredEvent) -> Option<Value> {
         "read" | "vread" | "history-instance" | "history-type" | "audit.read" | "auth.whoami" => {
             "R"
         }
-        "update" => "U",
-        "delete" => "D",
+        "update" | "update-conditional" | "patch" => "U",
+        "delete" | "delete-conditional" => "D",
         _ => "E",
     };
     let outcome = match r.status {

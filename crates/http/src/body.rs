@@ -104,6 +104,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, mut req: Request<Incoming>) -> Respond {
         let in_flight = InFlight::start(self.conn.clone());
         req.extensions_mut().insert(ConnectInfo(self.client));
+        crate::trim_trailing_slash(&mut req);
         let rule = self.body;
         let req = req.map(|body| DeadlineBody::new(body, rule));
         let mut router = self.router.clone();

@@ -18,6 +18,8 @@ pub enum ApiError {
     MethodNotAllowed,
     NotAcceptable,
     UnsupportedMediaType,
+    /// A PATCH whose body is not a JSON Patch document.
+    NotJsonPatch,
     PayloadTooLarge,
     /// The request body arrived too slowly (`http.body_timeout_secs`).
     RequestTimeout,
@@ -102,6 +104,11 @@ impl IntoResponse for ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "not-supported",
                 "the request body must be application/fhir+json or application/json (UTF-8)",
+            ),
+            ApiError::NotJsonPatch => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)",
             ),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -25,11 +25,11 @@ const MAX_HISTORY_COUNT: u32 = 1000;
 
 type Params = Query<HashMap<String, String>>;
 
-fn resource_type(s: &str) -> Result<ResourceType, ApiError> {
+pub(crate) fn resource_type(s: &str) -> Result<ResourceType, ApiError> {
     ResourceType::parse(s).map_err(|_| ApiError::NoSuchEndpoint)
 }
 
-fn resource_id(s: &str) -> Result<ResourceId, ApiError> {
+pub(crate) fn resource_id(s: &str) -> Result<ResourceId, ApiError> {
     ResourceId::parse(s)
         .map_err(|_| Error::BadRequest("the id is not a valid FHIR id".into()).into())
 }
@@ -71,6 +71,19 @@ fn negotiate(headers: &HeaderMap, params: &HashMap<String, String>) -> Result<()
     }
 }
 
+/// [`negotiate`] with the request's `_format`, when the query is read as a list of pairs.
+pub(crate) fn negotiate_pairs(
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<(), ApiError> {
+    let format: HashMap<String, String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "_format")
+        .cloned()
+        .collect();
+    negotiate(headers, &format)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Prefer {
     Minimal,
@@ -94,7 +107,7 @@ fn prefer(headers: &HeaderMap) -> Prefer {
 }
 
 /// `W/"3"` or `"3"` -> 3.
-fn parse_etag(v: &HeaderValue) -> Result<u32, ApiError> {
+pub(crate) fn parse_etag(v: &HeaderValue) -> Result<u32, ApiError> {
     let s = v.to_str().unwrap_or("").trim();
     let s = s.strip_prefix("W/").unwrap_or(s);
     s.trim_matches('"').parse::<u32>().map_err(|_| {
@@ -137,7 +150,33 @@ fn write_response(status: StatusCode, v: &Version, base: &str, pref: Prefer) -> 
     resp
 }
 
-async fn resource_body(
+/// The response to a write that stored `v`: 201 when it created the resource, else 200.
+pub(crate) fn saved_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    v: &Version,
+    created: bool,
+) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    write_response(status, v, crate::paging::fhir_base(state), prefer(headers))
+}
+
+/// The response to a delete: 204, with the deleted version's ETag when there was one.
+pub(crate) fn deleted_response(deleted: Option<u32>) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if let Some(version) = deleted
+        && let Ok(etag) = HeaderValue::from_str(&format!("W/\"{version}\""))
+    {
+        resp.headers_mut().insert(header::ETAG, etag);
+    }
+    resp
+}
+
+pub(crate) async fn resource_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
@@ -245,12 +284,7 @@ pub async fn everything(
         return Err(ApiError::NoSuchEndpoint);
     }
     let patient = resource_id(&id)?;
-    let format: HashMap<String, String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "_format")
-        .cloned()
-        .collect();
-    negotiate(&headers, &format)?;
+    negotiate_pairs(&headers, &pairs)?;
     let mut query = carevault_server::records::EverythingQuery {
         types: None,
         since_us: None,
@@ -363,12 +397,7 @@ async fn search(
     patient: Option<&ResourceId>,
     pairs: Vec<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let format: HashMap<String, String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "_format")
-        .cloned()
-        .collect();
-    negotiate(headers, &format)?;
+    negotiate_pairs(headers, &pairs)?;
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "_format").collect();
     let lenient = headers
         .get_all("prefer")
@@ -473,18 +502,42 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let rtype = resource_type(&rtype)?;
     negotiate(&headers, &params)?;
+    let criteria = if_none_exist(&headers, &audit)?;
     let resource = resource_body(&state, &headers, body).await?;
-    let v = state
-        .inner
-        .records
-        .create(Caller::new(&p, &audit), rtype, resource)
-        .await?;
-    Ok(write_response(
-        StatusCode::CREATED,
-        &v,
-        crate::paging::fhir_base(&state),
-        prefer(&headers),
-    ))
+    let (caller, records) = (Caller::new(&p, &audit), &state.inner.records);
+    let (v, created) = match criteria {
+        None => (records.create(caller, rtype, resource).await?, true),
+        Some(criteria) => {
+            records
+                .create_unless_exists(caller, rtype, &criteria, resource)
+                .await?
+        }
+    };
+    Ok(saved_response(&state, &headers, &v, created))
+}
+
+/// The search criteria of a conditional create's `If-None-Exist` (`identifier=sys|123`; a
+/// leading `?` or `Type?` is accepted too), kept in the audit event as digests like any query.
+fn if_none_exist(
+    headers: &HeaderMap,
+    audit: &AuditScope,
+) -> Result<Option<Vec<(String, String)>>, ApiError> {
+    let Some(value) = headers.get("if-none-exist") else {
+        return Ok(None);
+    };
+    let malformed = || {
+        ApiError::from(Error::BadRequest(
+            "If-None-Exist must be search parameters, such as identifier=system|value".into(),
+        ))
+    };
+    let value = value.to_str().map_err(|_| malformed())?;
+    let query = value.split_once('?').map_or(value, |(_, q)| q);
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|_| malformed())?;
+    for (k, v) in &pairs {
+        audit.add_query(k, v);
+    }
+    Ok(Some(pairs))
 }
 
 pub async fn update(
@@ -506,17 +559,7 @@ pub async fn update(
         .records
         .update(Caller::new(&p, &audit), rtype, &id, resource, if_match)
         .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(write_response(
-        status,
-        &v,
-        crate::paging::fhir_base(&state),
-        prefer(&headers),
-    ))
+    Ok(saved_response(&state, &headers, &v, created))
 }
 
 pub async fn read(
@@ -537,7 +580,11 @@ pub async fn read(
         .await?
     {
         Current::Present(v) => {
-            let mut resp = fhir_json(StatusCode::OK, v.json.clone());
+            let mut resp = if not_modified(&headers, &v) {
+                StatusCode::NOT_MODIFIED.into_response()
+            } else {
+                fhir_json(StatusCode::OK, v.json.clone())
+            };
             version_headers(&mut resp, &v);
             Ok(resp)
         }
@@ -549,6 +596,27 @@ pub async fn read(
             Ok(resp)
         }
     }
+}
+
+/// Conditional read (R4 3.1.0.2.1): `If-None-Match` naming the current version, or (without
+/// it, as RFC 9110 orders them) `If-Modified-Since` no earlier than the last update.
+fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
+    if let Some(tags) = headers.get(header::IF_NONE_MATCH) {
+        let tags = tags.to_str().unwrap_or("");
+        return tags.split(',').any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || {
+                let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                tag.trim_matches('"').parse::<u32>() == Ok(v.version)
+            }
+        });
+    }
+    headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(carevault_server::clock::parse_http_date)
+        // HTTP dates have whole seconds: a version from within the named second is not newer.
+        .is_some_and(|since| v.last_updated_us.div_euclid(1_000_000) * 1_000_000 <= since)
 }
 
 pub async fn vread(
@@ -588,13 +656,7 @@ pub async fn delete(
         .records
         .delete(Caller::new(&p, &audit), rtype, &id)
         .await?;
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    if let Some(version) = deleted
-        && let Ok(etag) = HeaderValue::from_str(&format!("W/\"{version}\""))
-    {
-        resp.headers_mut().insert(header::ETAG, etag);
-    }
-    Ok(resp)
+    Ok(deleted_response(deleted))
 }
 
 pub async fn history_type(
@@ -781,6 +843,7 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         "read",
         "vread",
         "update",
+        "patch",
         "delete",
         "history-instance",
         "history-type",
@@ -815,10 +878,10 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
-                "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalCreate": true,
+                "conditionalRead": "full-support",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
             })
         })
         .collect();
@@ -838,9 +901,13 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
                 "description": "Bearer session tokens from POST /auth/login (password and TOTP, both required)."
             },
             "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "operation": [{
                 "name": "everything",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+            }, {
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
             }],
         }],
     });

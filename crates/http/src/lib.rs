@@ -29,6 +29,8 @@ mod audit_api;
 mod auth;
 mod body;
 mod bundle;
+mod conditional;
+mod cors;
 pub mod error;
 mod fhir;
 pub mod health;
@@ -51,7 +53,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use carevault_audit::EventRecord;
 use serde::de::DeserializeOwned;
 
@@ -376,6 +378,27 @@ pub const ROUTE_TABLE: &[Route] = &[
         || post(fhir::create),
     ),
     route(
+        "/fhir/{rtype}",
+        Method::PUT,
+        AuditAction::ConditionalUpdate,
+        None,
+        || put(conditional::update_conditional),
+    ),
+    route(
+        "/fhir/{rtype}",
+        Method::DELETE,
+        AuditAction::ConditionalDelete,
+        None,
+        || delete(conditional::delete_conditional),
+    ),
+    route(
+        "/fhir/{rtype}/$validate",
+        Method::POST,
+        AuditAction::Validate,
+        None,
+        || post(conditional::validate),
+    ),
+    route(
         "/fhir/{rtype}/_search",
         Method::POST,
         AuditAction::SearchTypePost,
@@ -402,6 +425,13 @@ pub const ROUTE_TABLE: &[Route] = &[
         AuditAction::Update,
         None,
         || put(fhir::update),
+    ),
+    route(
+        "/fhir/{rtype}/{id}",
+        Method::PATCH,
+        AuditAction::Patch,
+        None,
+        || patch(conditional::patch),
     ),
     route(
         "/fhir/{rtype}/{id}",
@@ -439,6 +469,31 @@ pub const ROUTE_TABLE: &[Route] = &[
         || get(fhir::search_compartment),
     ),
 ];
+
+/// `POST /fhir/` and `GET /fhir/Patient/` are how some FHIR clients write `[base]` and
+/// `[base]/[type]` (fhir-kit-client posts Bundles to `[base]/`): the router sees the path
+/// without its trailing slashes. Runs before routing, on every request of a connection.
+pub(crate) fn trim_trailing_slash<B>(req: &mut axum::http::Request<B>) {
+    let path = req.uri().path();
+    if path.len() < 2 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = axum::http::uri::PathAndQuery::try_from(path_and_query) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
 
 /// The audit action of a request, from its method and route template.
 pub fn action_for(method: &Method, route: Option<&str>) -> AuditAction {
@@ -507,6 +562,16 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
             || "unknown".to_owned(),
             |ConnectInfo(ClientAddr(a))| a.ip().to_string(),
         );
+    let cors = cors::Cors::of(
+        &method,
+        req.headers(),
+        &state.inner.config.cors_allowed_origins,
+    );
+    let action = if cors.is_preflight() {
+        AuditAction::CorsPreflight
+    } else {
+        action_for(&method, matched.as_deref())
+    };
     let audit = state.inner.audit.clone();
     // Query values may be search terms about a patient: only their keyed digests are kept.
     let query = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
@@ -524,7 +589,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
             principal: "anonymous".into(),
             auth_method: "none".into(),
             client_ip,
-            action: action_for(&method, matched.as_deref()).as_str().to_owned(),
+            action: action.as_str().to_owned(),
             method: method.to_string(),
             route: route.clone(),
             query,
@@ -532,10 +597,12 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         },
     );
     req.extensions_mut().insert(scope.clone());
-    let mut resp = if state.inner.public_base.admits_request(&req) {
-        next.run(req).await
-    } else {
+    let mut resp = if !state.inner.public_base.admits_request(&req) {
         ApiError::MisdirectedRequest.into_response()
+    } else if cors.is_preflight() {
+        cors.preflight_response()
+    } else {
+        next.run(req).await
     };
 
     let mut status = resp.status();
@@ -569,6 +636,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         headers.insert("x-request-id", v);
     }
     security_headers(&state, headers);
+    cors.decorate(headers);
 
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     state
@@ -726,6 +794,28 @@ pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trailing_slashes_are_trimmed_before_routing_and_the_query_is_kept() {
+        for (sent, seen) in [
+            ("/fhir/", "/fhir"),
+            ("/fhir/?", "/fhir?"),
+            ("/fhir/Patient//?name=a%2Fb", "/fhir/Patient?name=a%2Fb"),
+            ("https://h.example/fhir/Patient/1/", "/fhir/Patient/1"),
+            ("/fhir/Patient/1", "/fhir/Patient/1"),
+            ("/", "/"),
+            ("//", "/"),
+        ] {
+            let mut req = axum::http::Request::builder().uri(sent).body(()).unwrap();
+            trim_trailing_slash(&mut req);
+            let uri = req.uri();
+            let got = match uri.query() {
+                Some(q) => format!("{}?{q}", uri.path()),
+                None => uri.path().to_owned(),
+            };
+            assert_eq!(got, seen, "{sent}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -747,7 +837,7 @@ mod tests {
             assert_eq!(action_for(&route.method, Some(route.path)), route.action);
         }
         assert_eq!(
-            action_for(&Method::PATCH, Some("/fhir/{rtype}/{id}")),
+            action_for(&Method::PATCH, Some("/fhir/{rtype}")),
             AuditAction::UnsupportedMethod
         );
         assert_eq!(action_for(&Method::GET, None), AuditAction::UnknownEndpoint);

@@ -5,14 +5,13 @@
 
 use std::collections::HashMap;
 
-use carevault_fhir::search::parse_query;
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
 
 use crate::audit::{AuditAction, AuditScope};
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::records::{Caller, Current, Records, Tx, TxCommit, Version};
+use crate::records::{Caller, Current, Records, Selected, Tx, TxCommit, Version};
 
 /// What one entry asks for.
 #[derive(Clone, Debug)]
@@ -244,22 +243,11 @@ fn parse_entry(entry: &Value) -> Result<(Request, Option<Value>, Option<String>)
     Ok((parsed, resource, full_url))
 }
 
-/// Ids of the current resources matching a conditional query (authorized for the caller).
-async fn matching(
-    records: &Records,
-    caller: Caller<'_>,
-    rtype: ResourceType,
-    query: &str,
-) -> Result<Vec<ResourceId>> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|_| {
-        Error::BadRequest("the conditional query is not a valid query string".into())
-    })?;
-    let mut parsed =
-        parse_query(rtype, &pairs, false).map_err(|e| Error::BadRequest(e.to_string()))?;
-    // Two matches are enough to tell "several".
-    parsed.count = 2;
-    let page = records.search(caller, rtype, &parsed).await?;
-    Ok(page.matches.into_iter().map(|v| v.id).collect())
+/// A conditional entry's query string (`ifNoneExist`, or the part of `request.url` after `?`)
+/// as search parameters.
+fn criteria(query: &str) -> Result<Vec<(String, String)>> {
+    serde_urlencoded::from_str(query)
+        .map_err(|_| Error::BadRequest("the conditional query is not a valid query string".into()))
 }
 
 /// One attempt at a transaction Bundle: its response, or None when it must be prepared again
@@ -377,16 +365,20 @@ impl CreateIds {
             };
             let scope = audit.child(AuditAction::SearchType, "GET", i);
             let caller = Caller::new(principal, &scope);
-            let found = match if_none_exist {
-                Some(q) => matching(records, caller, *rtype, q)
-                    .await
-                    .map_err(fail(i))?,
-                None => Vec::new(),
+            let selected = match if_none_exist {
+                Some(q) => {
+                    let criteria = criteria(q).map_err(fail(i))?;
+                    records
+                        .select(caller, *rtype, &criteria)
+                        .await
+                        .map_err(fail(i))?
+                }
+                None => Selected::None,
             };
-            let decided = match found.as_slice() {
-                [] => CreateAs::New(new_id().map_err(fail(i))?),
-                [one] => CreateAs::Existing(one.clone()),
-                _ => {
+            let decided = match selected {
+                Selected::None => CreateAs::New(new_id().map_err(fail(i))?),
+                Selected::One(existing) => CreateAs::Existing(existing.id),
+                Selected::Several => {
                     return Err(fail(i)(Error::PreconditionFailed(
                         "ifNoneExist matches more than one resource".into(),
                     )));
@@ -440,20 +432,7 @@ async fn transaction_write(
             created(v, if made { 201 } else { 200 })
         }
         Request::ConditionalUpdate { rtype, query } => {
-            let found = matching(records, caller, *rtype, query).await?;
-            match found.as_slice() {
-                [] => created(
-                    records
-                        .create_with_id(caller, *rtype, &new_id()?, body)
-                        .await?,
-                    201,
-                ),
-                [id] => created(
-                    update_matched(records, caller, *rtype, id, body).await?,
-                    200,
-                ),
-                _ => return Err(conditional_update_ambiguous()),
-            }
+            conditional_update(records, caller, *rtype, query, body).await?
         }
         Request::Delete { rtype, id } => {
             records.delete(caller, *rtype, id).await?;
@@ -466,44 +445,30 @@ async fn transaction_write(
     })
 }
 
-/// A conditional update that matched one resource: the body takes its id unless it names one.
-async fn update_matched(
+/// A conditional update: the one resource the query selects, or a new one.
+async fn conditional_update(
     records: &Records,
     caller: Caller<'_>,
     rtype: ResourceType,
-    id: &ResourceId,
-    mut body: Value,
-) -> Result<Version> {
-    if let Some(obj) = body.as_object_mut() {
-        obj.entry("id")
-            .or_insert_with(|| Value::String(id.as_str().to_owned()));
-    }
-    Ok(records.update(caller, rtype, id, body, None).await?.0)
+    query: &str,
+    body: Value,
+) -> Result<Outcome> {
+    let (v, made) = records
+        .update_selected(caller, rtype, &criteria(query)?, body, None)
+        .await?;
+    Ok(created(v, if made { 201 } else { 200 }))
 }
 
-fn conditional_update_ambiguous() -> Error {
-    Error::PreconditionFailed("the conditional update matches more than one resource".into())
-}
-
-/// A conditional delete: nothing matched is a success too.
+/// A conditional delete: nothing selected is a success too.
 async fn conditional_delete(
     records: &Records,
     caller: Caller<'_>,
     rtype: ResourceType,
     query: &str,
 ) -> Result<Outcome> {
-    let found = matching(records, caller, rtype, query).await?;
-    match found.as_slice() {
-        [] => {}
-        [id] => {
-            records.delete(caller, rtype, id).await?;
-        }
-        _ => {
-            return Err(Error::PreconditionFailed(
-                "the conditional delete matches more than one resource".into(),
-            ));
-        }
-    }
+    records
+        .delete_selected(caller, rtype, &criteria(query)?)
+        .await?;
     Ok(deleted())
 }
 
@@ -556,21 +521,21 @@ async fn batch_entry(
             rtype,
             if_none_exist,
         } => {
-            let found = match &if_none_exist {
-                Some(q) => matching(records, caller, rtype, q).await?,
-                None => Vec::new(),
-            };
-            match found.as_slice() {
-                [] => created(records.create(caller, rtype, body).await?, 201),
-                [id] => Outcome {
-                    status: 200,
-                    version: None,
-                    location: Some(format!("{rtype}/{id}")),
-                },
-                _ => {
-                    return Err(Error::PreconditionFailed(
-                        "ifNoneExist matches more than one resource".into(),
-                    ));
+            let criteria = if_none_exist.as_deref().map(criteria).transpose()?;
+            match criteria {
+                None => created(records.create(caller, rtype, body).await?, 201),
+                Some(criteria) => {
+                    match records
+                        .create_unless_exists(caller, rtype, &criteria, body)
+                        .await?
+                    {
+                        (v, true) => created(v, 201),
+                        (v, false) => Outcome {
+                            status: 200,
+                            version: None,
+                            location: Some(format!("{rtype}/{}", v.id)),
+                        },
+                    }
                 }
             }
         }
@@ -583,12 +548,7 @@ async fn batch_entry(
             created(v, if made { 201 } else { 200 })
         }
         Request::ConditionalUpdate { rtype, query } => {
-            let found = matching(records, caller, rtype, &query).await?;
-            match found.as_slice() {
-                [] => created(records.create(caller, rtype, body).await?, 201),
-                [id] => created(update_matched(records, caller, rtype, id, body).await?, 200),
-                _ => return Err(conditional_update_ambiguous()),
-            }
+            conditional_update(records, caller, rtype, &query, body).await?
         }
         Request::Delete { rtype, id } => {
             records.delete(caller, rtype, &id).await?;

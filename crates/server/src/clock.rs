@@ -70,6 +70,16 @@ pub fn http_date(us: i64) -> String {
     t.format(&format).unwrap_or_default()
 }
 
+/// Parse an HTTP-date (`If-Modified-Since`) in its one current form, [`http_date`]'s, into
+/// microseconds; None for anything else (RFC 9110 says to ignore a date that does not parse).
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let t = time::PrimitiveDateTime::parse(s.trim(), &format).ok()?;
+    t.assume_utc().unix_timestamp().checked_mul(1_000_000)
+}
+
 /// Parse a FHIR `instant`/`dateTime` with a time zone into microseconds (for `_since`).
 pub fn parse_instant(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
@@ -95,6 +105,11 @@ mod tests {
             Some(1_795_767_752_123_456)
         );
         assert_eq!(parse_instant("yesterday"), None);
+        assert_eq!(
+            parse_http_date("Fri, 27 Nov 2026 08:22:32 GMT"),
+            Some(1_795_767_752_000_000)
+        );
+        assert_eq!(parse_http_date("Friday, 27-Nov-26 08:22:32 GMT"), None);
     }
 
     #[test]

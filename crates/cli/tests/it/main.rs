@@ -10,6 +10,7 @@ mod bundle;
 mod canary;
 mod cli;
 mod compartments;
+mod conformance;
 mod connections;
 mod differential;
 mod e2e;

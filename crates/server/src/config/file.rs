@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub key: KeySection,
     pub database: DatabaseSection,
     pub http: HttpSection,
+    pub cors: CorsSection,
     /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
     #[serde(skip)]
     pub database_password: Option<secrecy::SecretString>,
@@ -94,6 +95,14 @@ pub struct SearchSection {
     pub max_clauses: Option<u64>,
     /// `_include` and `_revinclude` parameters one search may ask for.
     pub max_includes: Option<u64>,
+}
+
+/// Browser apps on other origins (CORS): off unless origins are listed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSection {
+    /// Exact origins (`https://app.example.org`), comma-separated.
+    pub allowed_origins: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +204,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("http.h2_max_header_list_bytes", Kind::Int),
     ("http.h2_max_pending_accept_reset_streams", Kind::Int),
     ("http.h2_max_local_error_reset_streams", Kind::Int),
+    ("cors.allowed_origins", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

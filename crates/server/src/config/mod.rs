@@ -17,7 +17,7 @@ pub use file::{
 use limits::{AuthLimits, argon2_params, bounded, max_unsigned, session_timeouts};
 pub use limits::{HttpLimits, SearchLimits};
 pub use public_url::PublicUrl;
-use public_url::{allowed_hosts, public_url};
+use public_url::{allowed_hosts, cors_origins, public_url};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +54,8 @@ pub struct Config {
     pub public_base_url: Option<PublicUrl>,
     /// `allowed_hosts`: lowercase `host[:port]` names requests may also address.
     pub allowed_hosts: Vec<String>,
+    /// `cors.allowed_origins`: origins whose browser apps may call the API (exact, lowercase).
+    pub cors_allowed_origins: Vec<String>,
     pub search_limits: SearchLimits,
     /// `/readyz` fails when the oldest unsigned audit event is older (`None`: never).
     pub audit_max_unsigned: Option<std::time::Duration>,
@@ -166,6 +168,7 @@ impl Config {
         let (listen, plain_http) = listen_address(file.listen, file.allow_plain_http)?;
         let public_base_url = public_url(file.public_base_url, listen, plain_http)?;
         let allowed_hosts = allowed_hosts(file.allowed_hosts)?;
+        let cors_allowed_origins = cors_origins(file.cors.allowed_origins)?;
         let data_dir = data_dir(file.data_dir)?;
         let node_id = node_id(file.node_id)?;
         let tls_cert = file
@@ -237,6 +240,7 @@ impl Config {
             max_bundle_entries: bundle_entries as usize,
             public_base_url,
             allowed_hosts,
+            cors_allowed_origins,
             search_limits,
             audit_max_unsigned,
             session_idle_secs,

@@ -104,3 +104,39 @@ pub(crate) fn allowed_hosts(value: Option<String>) -> Result<Vec<String>, Config
         })
         .collect()
 }
+
+/// `cors.allowed_origins`: exact origins (`scheme://host[:port]`, lowercase), comma-separated.
+/// A wildcard is refused: a browser app must be named to read PHI across origins.
+pub(crate) fn cors_origins(value: Option<String>) -> Result<Vec<String>, ConfigError> {
+    let Some(text) = value else {
+        return Ok(Vec::new());
+    };
+    let refused = || {
+        ConfigError::new(
+            "cors.allowed_origins",
+            "expected exact origins like https://app.example.org, comma-separated (no wildcard, no path)",
+        )
+    };
+    text.split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            let url = url::Url::parse(o).map_err(|_| refused())?;
+            // An origin is a scheme, host and port: anything more is not one.
+            let origin = url.origin();
+            if !origin.is_tuple()
+                || !matches!(url.scheme(), "https" | "http")
+                || url.path() != "/"
+                || o.ends_with('/')
+                || o.contains('*')
+                || url.query().is_some()
+                || url.fragment().is_some()
+                || !url.username().is_empty()
+                || url.password().is_some()
+            {
+                return Err(refused());
+            }
+            Ok(origin.ascii_serialization())
+        })
+        .collect()
+}

@@ -341,3 +341,46 @@ fn public_urls_hosts_limits_and_signing_lag_are_refused_outside_their_rules() {
     );
     assert_eq!(ok(&[]).search_limits.max_clauses, 50);
 }
+
+#[test]
+fn cors_origins_are_exact_origins_and_never_a_wildcard() {
+    let c = Config::from_file(FileConfig {
+        cors: super::file::CorsSection {
+            allowed_origins: Some("https://App.Example.org, http://localhost:3000".into()),
+        },
+        ..FileConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        c.cors_allowed_origins,
+        ["https://app.example.org", "http://localhost:3000"]
+    );
+    assert!(
+        Config::from_file(FileConfig::default())
+            .unwrap()
+            .cors_allowed_origins
+            .is_empty()
+    );
+    for bad in [
+        "*",
+        "null",
+        "https://*.example.org",
+        "https://app.example.org/",
+        "https://app.example.org/path",
+        "app.example.org",
+        "ftp://app.example.org",
+        "https://user@app.example.org",
+    ] {
+        let err = Config::from_file(FileConfig {
+            cors: super::file::CorsSection {
+                allowed_origins: Some(bad.into()),
+            },
+            ..FileConfig::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cors.allowed_origins"),
+            "{bad}: {err}"
+        );
+    }
+}

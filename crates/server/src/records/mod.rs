@@ -5,6 +5,7 @@
 
 mod access;
 mod compartments;
+mod conditional;
 mod read;
 mod sealing;
 mod search;
@@ -26,6 +27,7 @@ use crate::keyring::{Keyring, NewDataKeys};
 use crate::search::SearchIndex;
 
 pub use compartments::{EverythingPage, EverythingQuery};
+pub use conditional::Selected;
 pub use search::SearchPage;
 
 /// Who asks, the audit event of their request, and (inside a transaction Bundle) the

@@ -285,7 +285,7 @@ impl Records {
 
     /// Validate a client's resource and stamp what the server owns (id on create, `meta`
     /// version and time are set in `append`).
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         rtype: ResourceType,
         mut body: Value,

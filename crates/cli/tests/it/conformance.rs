@@ -1,0 +1,393 @@
+//! FHIR REST as standard clients use it (#19): Bundles posted to `[base]/`, conditional create,
+//! update, delete and read, JSON Patch and `$validate`, each authorized like its plain
+//! counterpart, each refusal changing nothing.
+
+use carevault_testkit::Api;
+use serde_json::{Value, json};
+
+use crate::bundle::{patient_entry, transaction};
+use crate::server;
+
+const MRN: &str = "urn:oid:1.2.36.146.595.217.0.1";
+
+fn mrn_patient(mrn: &str, family: &str, org: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": MRN, "value": mrn}],
+        "name": [{"family": family}],
+        "gender": "female",
+        "managingOrganization": {"reference": format!("Organization/{org}")}
+    })
+}
+
+fn criteria(mrn: &str) -> String {
+    format!("identifier={MRN}|{mrn}")
+}
+
+/// How many Patients with this MRN the caller can find.
+fn count(api: &Api, mrn: &str) -> u64 {
+    let r = api.get(&format!("/fhir/Patient?{}&_total=accurate", criteria(mrn)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["total"].as_u64().unwrap()
+}
+
+fn post_if_none_exist(api: &Api, body: &Value, mrn: &str) -> carevault_testkit::Reply {
+    let bytes = serde_json::to_vec(body).unwrap();
+    api.request(
+        "POST",
+        "/fhir/Patient",
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("If-None-Exist", &criteria(mrn)),
+        ],
+        Some(&bytes),
+    )
+}
+
+fn json_patch(
+    api: &Api,
+    path: &str,
+    ops: &Value,
+    extra: &[(&str, &str)],
+) -> carevault_testkit::Reply {
+    let bytes = serde_json::to_vec(ops).unwrap();
+    let mut headers = vec![("Content-Type", "application/json-patch+json")];
+    headers.extend_from_slice(extra);
+    api.request("PATCH", path, &headers, Some(&bytes))
+}
+
+#[test]
+fn standard_clients_interactions_work_and_refusals_change_nothing() {
+    let srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.conform", &["clinician"], Some("org-a"));
+    let other = srv.user(&admin, "dr.elsewhere", &["clinician"], Some("org-b"));
+    let api = &clin.api;
+
+    bundles_posted_to_the_base_with_a_trailing_slash(api);
+    let id = conditional_create(api);
+    conditional_read(api, &id);
+    conditional_update(api, &id);
+    patch(api, &other.api, &id);
+    validate(api, &srv);
+    conditional_delete(api, &other.api, &id);
+    capability_statement_says_so(api);
+}
+
+/// fhir-kit-client posts Bundles to `[base]/`, fhirpy to `[base]/?`.
+fn bundles_posted_to_the_base_with_a_trailing_slash(api: &Api) {
+    for (path, id) in [
+        ("/fhir/", "0e5c3f2a-1111-4000-8000-000000000001"),
+        ("/fhir/?", "0e5c3f2a-1111-4000-8000-000000000002"),
+    ] {
+        let r = api.post_fhir(path, &transaction(vec![patient_entry(id, "Slash")]));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["type"], "transaction-response");
+    }
+    let r = api.get("/fhir/Patient/?family=Slash");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["entry"].as_array().unwrap().len(), 2);
+}
+
+fn conditional_create(api: &Api) -> String {
+    let body = mrn_patient("C-1", "Conditional", "org-a");
+    let first = post_if_none_exist(api, &body, "C-1");
+    assert_eq!(first.status, 201, "{}", first.text());
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let again = post_if_none_exist(api, &body, "C-1");
+    assert_eq!(
+        again.status, 200,
+        "an existing match is returned, not created again"
+    );
+    assert_eq!(again.json()["id"], id.as_str());
+    assert_eq!(count(api, "C-1"), 1);
+
+    // Two resources match: 412, and nothing is created.
+    for _ in 0..2 {
+        assert_eq!(
+            api.post_fhir("/fhir/Patient", &mrn_patient("C-2", "Twin", "org-a"))
+                .status,
+            201
+        );
+    }
+    let r = post_if_none_exist(api, &mrn_patient("C-2", "Twin", "org-a"), "C-2");
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(count(api, "C-2"), 2);
+
+    // Criteria that are not search parameters of the type: 400 naming nothing from the value.
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let r = api.request(
+        "POST",
+        "/fhir/Patient",
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("If-None-Exist", "no-such-param=CANARY-7"),
+        ],
+        Some(&bytes),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!r.text().contains("CANARY-7"));
+    assert_eq!(count(api, "C-1"), 1);
+    id
+}
+
+fn conditional_read(api: &Api, id: &str) {
+    let path = format!("/fhir/Patient/{id}");
+    let read = api.get(&path);
+    let etag = read.header("etag").unwrap().to_owned();
+    let last_modified = read.header("last-modified").unwrap().to_owned();
+    let r = api.request("GET", &path, &[("If-None-Match", &etag)], None);
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = api.request("GET", &path, &[("If-None-Match", "W/\"99\"")], None);
+    assert_eq!(r.status, 200);
+    let r = api.request("GET", &path, &[("If-Modified-Since", &last_modified)], None);
+    assert_eq!(r.status, 304);
+    let r = api.request(
+        "GET",
+        &path,
+        &[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+}
+
+fn conditional_update(api: &Api, id: &str) {
+    let mut body = mrn_patient("C-1", "Updated", "org-a");
+    let r = api.put_fhir(&format!("/fhir/Patient?{}", criteria("C-1")), &body, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], id);
+    assert_eq!(r.json()["meta"]["versionId"], "2");
+
+    // The body's id must be the selected resource's.
+    body["id"] = json!("someone-else");
+    let r = api.put_fhir(&format!("/fhir/Patient?{}", criteria("C-1")), &body, &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // No match: created. Several: 412, nothing changed.
+    let r = api.put_fhir(
+        &format!("/fhir/Patient?{}", criteria("C-3")),
+        &mrn_patient("C-3", "New", "org-a"),
+        &[],
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = api.put_fhir(
+        &format!("/fhir/Patient?{}", criteria("C-2")),
+        &mrn_patient("C-2", "Twin", "org-a"),
+        &[],
+    );
+    assert_eq!(r.status, 412, "{}", r.text());
+    let r = api.put_fhir("/fhir/Patient", &mrn_patient("C-9", "None", "org-a"), &[]);
+    assert_eq!(r.status, 400, "criteria are required: {}", r.text());
+    assert_eq!(
+        api.get(&format!("/fhir/Patient/{id}")).json()["meta"]["versionId"],
+        "2"
+    );
+}
+
+fn patch(api: &Api, outsider: &Api, id: &str) {
+    let path = format!("/fhir/Patient/{id}");
+    let ops = json!([
+        {"op": "test", "path": "/gender", "value": "female"},
+        {"op": "replace", "path": "/gender", "value": "other"},
+        {"op": "add", "path": "/birthDate", "value": "1970-01-01"}
+    ]);
+    let r = json_patch(api, &path, &ops, &[("If-Match", "W/\"2\"")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let patched = r.json();
+    assert_eq!(patched["gender"], "other");
+    assert_eq!(patched["birthDate"], "1970-01-01");
+    assert_eq!(patched["meta"]["versionId"], "3");
+
+    // Refusals: a failed test, a stale If-Match, an invalid result, a wrong media type, a
+    // caller from another organization. Each leaves version 3.
+    let failed_test = json!([{"op": "test", "path": "/gender", "value": "CANARY-female"},
+        {"op": "remove", "path": "/name"}]);
+    let r = json_patch(api, &path, &failed_test, &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.diagnostics().contains("operation 0"), "{}", r.text());
+    assert!(!r.text().contains("CANARY"));
+    let r = json_patch(
+        api,
+        &path,
+        &json!([{"op": "remove", "path": "/name"}]),
+        &[("If-Match", "W/\"2\"")],
+    );
+    assert_eq!(r.status, 412, "{}", r.text());
+    let r = json_patch(
+        api,
+        &path,
+        &json!([{"op": "replace", "path": "/gender", "value": "banana"}]),
+        &[],
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = json_patch(
+        api,
+        &path,
+        &json!([{"op": "replace", "path": "/id", "value": "stolen"}]),
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let bytes = serde_json::to_vec(&json!([{"op": "remove", "path": "/name"}])).unwrap();
+    let r = api.request(
+        "PATCH",
+        &path,
+        &[("Content-Type", "application/fhir+json")],
+        Some(&bytes),
+    );
+    assert_eq!(r.status, 415, "{}", r.text());
+    let r = json_patch(
+        outsider,
+        &path,
+        &json!([{"op": "remove", "path": "/name"}]),
+        &[],
+    );
+    assert!(
+        r.status == 403 || r.status == 404,
+        "{}: {}",
+        r.status,
+        r.text()
+    );
+    let now = api.get(&path).json();
+    assert_eq!(now["meta"]["versionId"], "3");
+    assert_eq!(now["name"][0]["family"], "Updated");
+}
+
+fn validate(api: &Api, srv: &carevault_testkit::TestServer) {
+    let versions = || srv.query_i64("SELECT COUNT(*) FROM resource_version");
+    let before = versions();
+    let r = api.post_fhir(
+        "/fhir/Patient/$validate",
+        &mrn_patient("V-1", "Valid", "org-a"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["resourceType"], "OperationOutcome");
+    assert_eq!(r.json()["issue"][0]["severity"], "information");
+    let mut invalid = mrn_patient("V-2", "Invalid", "org-a");
+    invalid["gender"] = json!("banana");
+    let params = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": invalid}]});
+    let r = api.post_fhir("/fhir/Patient/$validate", &params);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["issue"][0]["severity"], "error", "{}", r.text());
+    assert_eq!(versions(), before, "$validate stores nothing");
+}
+
+fn conditional_delete(api: &Api, outsider: &Api, id: &str) {
+    // Another organization's clinician selects nothing (they cannot see the patient), so
+    // nothing is deleted, and the answer is the same as for criteria that match nobody.
+    let r = outsider.delete(&format!("/fhir/Patient?{}", criteria("C-1")));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(api.get(&format!("/fhir/Patient/{id}")).status, 200);
+    let r = api.delete(&format!("/fhir/Patient?{}", criteria("C-2")));
+    assert_eq!(r.status, 412, "several match: {}", r.text());
+    assert_eq!(count(api, "C-2"), 2);
+    let r = api.delete(&format!("/fhir/Patient?{}", criteria("C-1")));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(api.get(&format!("/fhir/Patient/{id}")).status, 410);
+}
+
+fn capability_statement_says_so(api: &Api) {
+    let cs = api.get("/fhir/metadata").json();
+    let patient = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap()
+        .clone();
+    assert_eq!(patient["conditionalCreate"], true);
+    assert_eq!(patient["conditionalUpdate"], true);
+    assert_eq!(patient["conditionalDelete"], "single");
+    assert_eq!(patient["conditionalRead"], "full-support");
+    assert!(
+        patient["interaction"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"code": "patch"}))
+    );
+    let ops: Vec<&str> = cs["rest"][0]["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert!(ops.contains(&"validate"), "{ops:?}");
+}
+
+#[test]
+fn browser_apps_on_allowed_origins_get_cors_and_others_do_not() {
+    const APP: &str = "https://app.example.org";
+    let srv = carevault_testkit::TestServer::start_with(
+        crate::bin(),
+        &[("CAREVAULT_CORS_ALLOWED_ORIGINS", APP)],
+    );
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.browser", &["clinician"], Some("org-a"));
+    let preflight = |origin: &str| {
+        srv.api().request(
+            "OPTIONS",
+            "/fhir/Patient",
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                (
+                    "Access-Control-Request-Headers",
+                    "authorization, content-type",
+                ),
+            ],
+            None,
+        )
+    };
+    let r = preflight(APP);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+    assert!(
+        r.header("access-control-allow-headers")
+            .unwrap()
+            .contains("Authorization")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), None);
+    let r = preflight("https://evil.example");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("access-control-allow-methods"), None);
+
+    let r = clin
+        .api
+        .request("GET", "/fhir/Patient", &[("Origin", APP)], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+    assert!(
+        r.header("access-control-expose-headers")
+            .unwrap()
+            .contains("ETag")
+    );
+    let r = clin.api.request(
+        "GET",
+        "/fhir/Patient",
+        &[("Origin", "https://evil.example")],
+        None,
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // The preflight is audited like any request, under its own action.
+    let preflights =
+        srv.query_i64("SELECT COUNT(*) FROM audit_event WHERE action = 'cors-preflight'");
+    assert_eq!(preflights, 2);
+}
+
+#[test]
+fn cors_is_off_by_default() {
+    let srv = server();
+    let r = srv.api().request(
+        "OPTIONS",
+        "/fhir/Patient",
+        &[
+            ("Origin", "https://app.example.org"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
