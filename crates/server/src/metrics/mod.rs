@@ -1,176 +1,103 @@
-//! Request and connection metrics in the Prometheus text format. Labels are route templates,
-//! methods, status codes and fixed names: never paths, ids, addresses or query values.
+//! Metrics in the Prometheus text format (0.0.4), written by hand: requests (a duration
+//! histogram by route template, method and status), connections, the process, the store.
+//! Identity, the keyring and the audit trail render their own families with [`family`] and
+//! [`single`].
+//!
+//! Labels are route templates, methods from a fixed list, status codes and fixed names: never
+//! paths, ids, names, queries or addresses.
+//!
+//! Why not the `prometheus-client` crate: it writes OpenMetrics only (a counter's `# TYPE` line
+//! without `_total`, a closing `# EOF`), which `promtool check metrics` (the classic text
+//! parser) flags, so every family here and in the keyring, identity and audit would have had to
+//! move to it at once; and its labelled families take a lock and hash a label set per request,
+//! where this takes a read lock and bumps atomics (see [`Histogram`]).
 
-use std::collections::BTreeMap;
+mod connections;
+mod process;
+
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
+
+pub use carevault_store::stats::{Histogram, HistogramSnapshot, LATENCY_BUCKETS, StoreStats};
+pub use connections::{Cap, ConnectionMetrics, Timeout};
+pub use process::process_text;
+
+/// Per route template: a histogram per (method, status).
+type ByRoute = HashMap<(&'static str, u16), Histogram>;
 
 pub struct Metrics {
     started: Instant,
-    requests: Mutex<BTreeMap<(String, String, u16), Counter>>,
+    requests: RwLock<HashMap<String, ByRoute>>,
     /// Shared with the listener, which counts connections without taking a lock.
     pub connections: Arc<ConnectionMetrics>,
-}
-
-/// Which cap refused a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cap {
-    /// `http.max_connections` (or the file-descriptor limit), with no idle connection to close.
-    Global,
-    /// `http.max_connections_per_ip`.
-    PerIp,
-}
-
-/// What a client was too slow at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Timeout {
-    Handshake,
-    Header,
-    Idle,
-    Body,
-}
-
-const TIMEOUTS: [(Timeout, &str); 4] = [
-    (Timeout::Handshake, "handshake"),
-    (Timeout::Header, "header"),
-    (Timeout::Idle, "idle"),
-    (Timeout::Body, "body"),
-];
-
-/// Connection counters: atomics, so the serving path takes no lock for them.
-#[derive(Debug, Default)]
-pub struct ConnectionMetrics {
-    open: AtomicU64,
-    refused: [AtomicU64; 2],
-    shed: AtomicU64,
-    timeouts: [AtomicU64; 4],
-    accept_paused: AtomicU64,
-}
-
-impl ConnectionMetrics {
-    pub fn opened(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    pub fn refused(&self, cap: Cap) {
-        self.refused[cap as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// An idle connection closed to make room for a new one.
-    pub fn shed(&self) {
-        self.shed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn timed_out(&self, kind: Timeout) {
-        self.timeouts[kind as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// An episode of `accept` failing for want of file descriptors began.
-    pub fn accept_paused(&self) {
-        self.accept_paused.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String) {
-        single(
-            out,
-            "carevault_http_connections_open",
-            "gauge",
-            "Client connections open (TLS handshakes included).",
-            self.open(),
-        );
-        family(
-            out,
-            "carevault_http_connections_refused_total",
-            "counter",
-            "Connections closed on accept, before the TLS handshake, by the cap that refused them.",
-        );
-        for (cap, name) in [(Cap::Global, "global"), (Cap::PerIp, "per_ip")] {
-            let n = self.refused[cap as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "carevault_http_connections_refused_total{{cap=\"{name}\"}} {n}"
-            );
-        }
-        single(
-            out,
-            "carevault_http_connections_shed_total",
-            "counter",
-            "Idle connections closed to make room (at the connection cap or out of descriptors).",
-            self.shed.load(Ordering::Relaxed),
-        );
-        family(
-            out,
-            "carevault_http_timeouts_total",
-            "counter",
-            "Connections (handshake, header, idle) and request bodies (body) cut for slowness.",
-        );
-        for (kind, name) in TIMEOUTS {
-            let n = self.timeouts[kind as usize].load(Ordering::Relaxed);
-            let _ = writeln!(out, "carevault_http_timeouts_total{{kind=\"{name}\"}} {n}");
-        }
-        single(
-            out,
-            "carevault_http_accept_paused_total",
-            "counter",
-            "Episodes of accept backing off for want of file descriptors.",
-            self.accept_paused.load(Ordering::Relaxed),
-        );
-    }
-}
-
-#[derive(Default, Clone, Copy)]
-struct Counter {
-    count: u64,
-    latency_us: u64,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
             started: Instant::now(),
-            requests: Mutex::new(BTreeMap::new()),
+            requests: RwLock::new(HashMap::new()),
             connections: Arc::default(),
         }
     }
 }
 
+/// The methods a label may name; anything else (a client may send any token) is `other`.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
 impl Metrics {
+    /// Count a request answered. `route` is a route template or a fixed name (`unmatched`),
+    /// never a path.
     pub fn record(&self, route: &str, method: &str, status: u16, latency_us: u64) {
-        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let c = map
-            .entry((route.to_owned(), method.to_owned(), status))
-            .or_default();
-        c.count += 1;
-        c.latency_us = c.latency_us.saturating_add(latency_us);
+        let method = method_label(method);
+        let seconds = latency_us as f64 / 1e6;
+        {
+            let map = self.requests.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = map.get(route).and_then(|r| r.get(&(method, status))) {
+                h.observe(seconds);
+                return;
+            }
+        }
+        let mut map = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(route.to_owned())
+            .or_default()
+            .entry((method, status))
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
     }
 
     pub fn render(&self) -> String {
-        let map = self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut requests: Vec<(String, &'static str, u16, HistogramSnapshot)> = {
+            let map = self.requests.read().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .flat_map(|(route, by)| {
+                    by.iter().map(move |((method, status), h)| {
+                        (route.clone(), *method, *status, h.snapshot())
+                    })
+                })
+                .collect()
+        };
+        requests.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
         let mut out = String::new();
-        family(
+        single(
             &mut out,
             "carevault_uptime_seconds",
             "gauge",
             "Seconds since the server started.",
-        );
-        let _ = writeln!(
-            out,
-            "carevault_uptime_seconds {}",
-            self.started.elapsed().as_secs()
+            self.started.elapsed().as_secs(),
         );
         single(
             &mut out,
@@ -185,35 +112,107 @@ impl Metrics {
             "counter",
             "Requests answered, by route template, method and status.",
         );
-        for ((route, method, status), c) in &map {
+        for (route, method, status, h) in &requests {
             let _ = writeln!(
                 out,
                 "carevault_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {}",
                 escape(route),
-                c.count
+                h.count()
             );
         }
         family(
             &mut out,
-            "carevault_request_duration_seconds_sum",
-            "counter",
-            "Total time spent answering, by route template and method.",
+            "carevault_request_duration_seconds",
+            "histogram",
+            "Time to answer a request (audit event durable included), by route template, method and status.",
         );
-        let mut by_route: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for ((route, method, _), c) in &map {
-            *by_route.entry((route, method)).or_default() += c.latency_us;
-        }
-        for ((route, method), us) in by_route {
-            let _ = writeln!(
-                out,
-                "carevault_request_duration_seconds_sum{{route=\"{}\",method=\"{method}\"}} {:.6}",
-                escape(route),
-                us as f64 / 1e6
+        for (route, method, status, h) in &requests {
+            let labels = format!(
+                "route=\"{}\",method=\"{method}\",status=\"{status}\"",
+                escape(route)
             );
+            histogram_samples(&mut out, "carevault_request_duration_seconds", &labels, h);
         }
         self.connections.render(&mut out);
         out
     }
+}
+
+/// Prometheus text for what the store reports of itself.
+pub fn store_text(stats: &StoreStats) -> String {
+    let mut out = String::new();
+    let backend = format!("backend=\"{}\"", stats.backend);
+    let labelled = |out: &mut String, name: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            family(out, name, "gauge", help);
+            let _ = writeln!(out, "{name}{{{backend}}} {v}");
+        }
+    };
+    labelled(
+        &mut out,
+        "carevault_store_database_size_bytes",
+        "Size of the database on disk (SQLite: the file; PostgreSQL: pg_database_size).",
+        stats.database_bytes.map(|b| b as f64),
+    );
+    labelled(
+        &mut out,
+        "carevault_store_wal_size_bytes",
+        "Size of SQLite's write-ahead log file.",
+        stats.wal_bytes.map(|b| b as f64),
+    );
+    labelled(
+        &mut out,
+        "carevault_store_wal_checkpoint_age_seconds",
+        "Seconds since a WAL checkpoint last succeeded (SQLite).",
+        stats.wal_checkpoint_age_seconds,
+    );
+    family(
+        &mut out,
+        "carevault_store_pool_connections",
+        "gauge",
+        "Database connections by state (SQLite: scan slots in use and idle reader connections).",
+    );
+    for (state, n) in [("in_use", stats.pool.in_use), ("idle", stats.pool.idle)] {
+        let _ = writeln!(
+            out,
+            "carevault_store_pool_connections{{{backend},state=\"{state}\"}} {n}"
+        );
+    }
+    labelled(
+        &mut out,
+        "carevault_store_pool_max_connections",
+        "The most connections (SQLite: concurrent scans) the pool allows.",
+        Some(stats.pool.max as f64),
+    );
+    for (name, help, h) in [
+        (
+            "carevault_store_commit_batch_size",
+            "Writes (requests' jobs) per group-commit transaction.",
+            &stats.batch_size,
+        ),
+        (
+            "carevault_store_commit_duration_seconds",
+            "Time a commit takes: apply, commit and sync (SQLite: per group commit; PostgreSQL: per write, retries included).",
+            &stats.commit_seconds,
+        ),
+    ] {
+        if let Some(h) = h {
+            family(&mut out, name, "histogram", help);
+            histogram_samples(&mut out, name, &backend, h);
+        }
+    }
+    out
+}
+
+/// The `_bucket`, `_sum` and `_count` lines of one histogram series.
+pub fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    for (bound, n) in h.bounds.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let count = h.count();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// The `# HELP` and `# TYPE` lines that open a metric family in the Prometheus text format.
@@ -239,15 +238,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_by_route() {
+    fn renders_a_duration_histogram_by_route_method_and_status() {
         let m = Metrics::default();
         m.record("/fhir/{rtype}/{id}", "GET", 200, 1500);
         m.record("/fhir/{rtype}/{id}", "GET", 200, 500);
         m.record("/fhir/{rtype}/{id}", "GET", 404, 100);
         let text = m.render();
-        assert!(text.contains("carevault_requests_total{route=\"/fhir/{rtype}/{id}\",method=\"GET\",status=\"200\"} 2"), "{text}");
+        let labels = "route=\"/fhir/{rtype}/{id}\",method=\"GET\",status=\"200\"";
+        for line in [
+            format!("carevault_requests_total{{{labels}}} 2\n"),
+            format!("carevault_request_duration_seconds_bucket{{{labels},le=\"0.0005\"}} 1\n"),
+            format!("carevault_request_duration_seconds_bucket{{{labels},le=\"0.001\"}} 1\n"),
+            format!("carevault_request_duration_seconds_bucket{{{labels},le=\"0.0025\"}} 2\n"),
+            format!("carevault_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 2\n"),
+            format!("carevault_request_duration_seconds_sum{{{labels}}} 0.002\n"),
+            format!("carevault_request_duration_seconds_count{{{labels}}} 2\n"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
         assert!(text.contains("status=\"404\"} 1"));
-        assert!(text.contains("carevault_request_duration_seconds_sum{route=\"/fhir/{rtype}/{id}\",method=\"GET\"} 0.002100"));
+        assert!(text.contains("# TYPE carevault_request_duration_seconds histogram\n"));
+    }
+
+    #[test]
+    fn a_method_a_client_made_up_is_not_a_label() {
+        let m = Metrics::default();
+        m.record("unmatched", "CANARYMETHOD", 405, 10);
+        let text = m.render();
+        assert!(!text.contains("CANARYMETHOD"), "{text}");
+        assert!(text.contains("method=\"other\",status=\"405\"} 1"));
     }
 
     #[test]
@@ -270,5 +289,35 @@ mod tests {
         assert!(text.contains("carevault_http_timeouts_total{kind=\"idle\"} 2\n"));
         assert!(text.contains("carevault_http_timeouts_total{kind=\"body\"} 1\n"));
         assert!(text.contains("carevault_http_timeouts_total{kind=\"header\"} 0\n"));
+    }
+
+    #[test]
+    fn renders_store_stats() {
+        let batch = Histogram::new(carevault_store::stats::BATCH_BUCKETS);
+        batch.observe(3.0);
+        let text = store_text(&StoreStats {
+            backend: "sqlite",
+            database_bytes: Some(4096),
+            wal_bytes: Some(0),
+            pool: carevault_store::stats::PoolUse {
+                in_use: 1,
+                idle: 3,
+                max: 8,
+            },
+            batch_size: Some(batch.snapshot()),
+            commit_seconds: None,
+            wal_checkpoint_age_seconds: None,
+        });
+        for line in [
+            "carevault_store_database_size_bytes{backend=\"sqlite\"} 4096\n",
+            "carevault_store_wal_size_bytes{backend=\"sqlite\"} 0\n",
+            "carevault_store_pool_connections{backend=\"sqlite\",state=\"in_use\"} 1\n",
+            "carevault_store_commit_batch_size_bucket{backend=\"sqlite\",le=\"2\"} 0\n",
+            "carevault_store_commit_batch_size_bucket{backend=\"sqlite\",le=\"4\"} 1\n",
+            "carevault_store_commit_batch_size_count{backend=\"sqlite\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("wal_checkpoint_age"), "{text}");
     }
 }
