@@ -19,6 +19,7 @@ mod import;
 mod keys;
 mod limits;
 mod login;
+mod monitoring;
 mod multinode;
 mod outage;
 mod pg_tls;
