@@ -202,11 +202,17 @@ pub async fn break_glass(
     ))
 }
 
-/// Prometheus text format: request counts by route and status class. Auditors and developers.
+/// Prometheus text format (docs/monitoring.md lists the families). Auditors, developers and
+/// keys with the `metrics` scope.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let mut text = state.inner.metrics.render();
-    text.push_str(&state.inner.keyring.metrics_text().await);
-    text.push_str(&state.inner.audit.metrics_text());
+    use carevault_server::metrics;
+    let services = &state.inner;
+    let mut text = services.metrics.render();
+    text.push_str(&metrics::process_text());
+    text.push_str(&metrics::store_text(&services.store.stats().await));
+    text.push_str(&services.identity.metrics_text().await);
+    text.push_str(&services.keyring.metrics_text().await);
+    text.push_str(&services.audit.metrics_text());
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

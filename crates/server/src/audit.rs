@@ -2,7 +2,7 @@
 //! chain in the same transaction as the data change it records, durable before the response
 //! is sent; periodic Ed25519-signed checkpoints; keyed digests for values that could be PHI.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ pub struct Audit {
     health: Mutex<CheckpointHealth>,
     /// Whether the latest event written on its own (not with a data change) failed.
     last_write_failed: AtomicBool,
+    /// Events this process made durable, since start.
+    events_written: AtomicU64,
 }
 
 /// How signing keeps up: for the metrics, the log, and readiness.
@@ -73,6 +75,7 @@ impl Audit {
             checkpointing: tokio::sync::Mutex::new(()),
             health: Mutex::new(CheckpointHealth::default()),
             last_write_failed: AtomicBool::new(false),
+            events_written: AtomicU64::new(0),
         })
     }
 
@@ -180,6 +183,13 @@ impl Audit {
             "counter",
             "Audit checkpoints that could not be written.",
             health.failures,
+        );
+        crate::metrics::single(
+            &mut out,
+            "carevault_audit_events_written_total",
+            "counter",
+            "Audit events this process made durable.",
+            self.events_written.load(Ordering::Relaxed),
         );
         out
     }
@@ -409,7 +419,12 @@ impl AuditScope {
     }
 
     pub fn mark_written(&self) {
-        self.inner.written.store(true, Ordering::SeqCst);
+        if !self.inner.written.swap(true, Ordering::SeqCst) {
+            self.inner
+                .audit
+                .events_written
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn is_written(&self) -> bool {

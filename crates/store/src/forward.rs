@@ -83,6 +83,13 @@ macro_rules! forward_store {
             async fn principals(&self) -> Result<Vec<$crate::PrincipalRow>, $crate::StoreError> {
                 <$backend>::principals(self).await
             }
+            async fn identity_counts(&self, created_after: i64, seen_after: i64)
+                -> Result<$crate::stats::IdentityCounts, $crate::StoreError> {
+                <$backend>::identity_counts(self, created_after, seen_after).await
+            }
+            async fn stats(&self) -> $crate::stats::StoreStats {
+                <$backend>::stats(self).await
+            }
             async fn credential(&self, principal_id: &str)
                 -> Result<Option<$crate::CredentialRow>, $crate::StoreError> {
                 <$backend>::credential(self, principal_id).await

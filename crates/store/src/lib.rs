@@ -28,6 +28,7 @@ mod migrate;
 mod postgres;
 mod rows;
 mod sqlite;
+pub mod stats;
 
 pub use migrate::{CopyProgress, TableCount, copy_sqlite_to_postgres};
 pub use postgres::{
@@ -558,6 +559,16 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(out)
     }
+    /// Accounts locked after failed logins, and sessions not revoked, created after
+    /// `created_after` and last seen after `seen_after` (unix seconds).
+    async fn identity_counts(
+        &self,
+        created_after: i64,
+        seen_after: i64,
+    ) -> Result<stats::IdentityCounts, StoreError>;
+    /// Sizes, pool use and commit figures, for the metrics. Never fails: what cannot be read
+    /// is left out.
+    async fn stats(&self) -> stats::StoreStats;
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError>;
     async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError>;
     /// The custom policies and the policy-set version they make.

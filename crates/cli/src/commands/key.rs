@@ -13,7 +13,8 @@ pub(crate) enum KeyCommand {
     /// Create a key; prints it once.
     Create {
         name: String,
-        /// SMART v2 scopes, e.g. system/Observation.rs (repeatable).
+        /// SMART v2 scopes, e.g. system/Observation.rs (repeatable), or `metrics` alone for a
+        /// key that reads /metrics and nothing else (a Prometheus scraper's).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         #[arg(long, default_value_t = 90)]

@@ -332,6 +332,7 @@ fn api_keys_grant_their_scopes_and_nothing_else() {
     bad_or_unauthorized_key_requests_are_refused(&w);
     revoked_expired_and_out_of_cidr_keys_answer_401(&w);
     a_clinicians_own_key_never_exceeds_their_rights(&w);
+    a_metrics_key_reads_metrics_and_nothing_else(&w);
 }
 
 /// Creates an API key; returns its secret.
@@ -515,6 +516,74 @@ fn a_clinicians_own_key_never_exceeds_their_rights(w: &World) {
     assert_eq!(
         mine.get(&format!("/fhir/Patient/{}", w.patient_a)).status,
         401
+    );
+}
+
+fn a_metrics_key_reads_metrics_and_nothing_else(w: &World) {
+    let scraper = create(
+        &w.admin.api,
+        "/admin/api-keys",
+        json!({"name": "prometheus", "scopes": ["metrics"], "expires_in_days": 90}),
+    );
+    let scraper = w.srv.api().with_token(&scraper);
+    let scraped = scraper.get("/metrics");
+    assert_eq!(scraped.status, 200, "{}", scraped.text());
+    assert!(scraped.text().contains("carevault_requests_total"));
+    let refused = [
+        ("/fhir/Patient", scraper.get("/fhir/Patient").status),
+        (
+            "/fhir/Patient/{id}",
+            scraper
+                .get(&format!("/fhir/Patient/{}", w.patient_a))
+                .status,
+        ),
+        (
+            "POST /fhir/Observation",
+            scraper
+                .post_fhir("/fhir/Observation", &observation(&w.patient_a, "m"))
+                .status,
+        ),
+        ("/admin/users", scraper.get("/admin/users").status),
+        ("/admin/api-keys", scraper.get("/admin/api-keys").status),
+        ("/admin/keys", scraper.get("/admin/keys").status),
+        ("/admin/policies", scraper.get("/admin/policies").status),
+        ("/audit/events", scraper.get("/audit/events").status),
+    ];
+    for (what, status) in refused {
+        assert_eq!(status, 403, "a metrics key on {what}");
+    }
+    // The scope stands alone, and FHIR keys (a clinician's own, a service key) do not read it.
+    let mixed = w.admin.api.post_json(
+        "/admin/api-keys",
+        &json!({"name": "greedy", "scopes": ["metrics", "system/*.r"]}),
+    );
+    assert_eq!(mixed.status, 400, "{}", mixed.text());
+    let clinician_key = create(
+        &w.clin_a.api,
+        "/auth/api-keys",
+        json!({"name": "clin-script", "scopes": ["user/*.rs"]}),
+    );
+    assert_eq!(
+        w.srv
+            .api()
+            .with_token(&clinician_key)
+            .get("/metrics")
+            .status,
+        403
+    );
+    // A clinician's own metrics key is no better: the clinician may not read the metrics.
+    let clinician_metrics = create(
+        &w.clin_a.api,
+        "/auth/api-keys",
+        json!({"name": "clin-metrics", "scopes": ["metrics"]}),
+    );
+    assert_eq!(
+        w.srv
+            .api()
+            .with_token(&clinician_metrics)
+            .get("/metrics")
+            .status,
+        403
     );
 }
 

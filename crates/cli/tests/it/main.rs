@@ -20,6 +20,7 @@ mod import;
 mod keys;
 mod limits;
 mod login;
+mod monitoring;
 mod multinode;
 mod outage;
 mod pg_tls;

@@ -114,8 +114,23 @@ impl Authz {
     /// Decide an administrative or monitoring action.
     pub fn system(&self, principal: &Principal, action: SystemAction) -> Decision {
         match &principal.kind {
-            // Keys carry FHIR scopes only: no administration through a key.
-            PrincipalKind::ApiKey { .. } => Decision::default(),
+            // No administration through a key: a key reaches at most the metrics, and only
+            // with the `metrics` scope (the policy `builtin.api-key.metrics` checks it).
+            PrincipalKind::ApiKey { .. } if action != SystemAction::MetricsRead => {
+                Decision::default()
+            }
+            PrincipalKind::ApiKey { owner, .. } => {
+                let decision = self.decide(principal, action.name(), None, false);
+                match owner {
+                    // A key minted by a user grants at most what the user may do.
+                    Some(owner) if decision.allowed => {
+                        let mut owner_decision = self.system(owner, action);
+                        owner_decision.policies.extend(decision.policies);
+                        owner_decision
+                    }
+                    _ => decision,
+                }
+            }
             PrincipalKind::User => self.decide(principal, action.name(), None, false),
         }
     }

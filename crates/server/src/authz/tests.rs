@@ -347,6 +347,48 @@ fn api_key_scopes() {
 }
 
 #[test]
+fn a_metrics_key_reads_the_metrics_and_nothing_else() {
+    let a = authz_with(&[]);
+    let scraper = key(&["metrics"]);
+    let d = a.system(&scraper, SystemAction::MetricsRead);
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["builtin.api-key.metrics"]);
+    for action in [
+        SystemAction::ManageUsers,
+        SystemAction::ManageKeys,
+        SystemAction::ManagePolicies,
+        SystemAction::AuditRead,
+        SystemAction::BreakGlass,
+    ] {
+        assert!(!a.system(&scraper, action).allowed, "{action:?}");
+    }
+    for action in [FhirAction::Read, FhirAction::Search, FhirAction::Create] {
+        assert!(!a.fhir(&scraper, action, &obs_in("org-z"), false).allowed);
+    }
+    // FHIR scopes do not reach the metrics.
+    assert!(
+        !a.system(&key(&["*.r", "*.s"]), SystemAction::MetricsRead)
+            .allowed
+    );
+    // A key a user mints for themselves reaches the metrics only if the user may read them.
+    let owned_by = |role| {
+        Principal::test_key(
+            "k3",
+            vec!["metrics".into()],
+            Some(Box::new(user(role, Some("org-a")))),
+        )
+    };
+    assert!(
+        !a.system(&owned_by(Role::Clinician), SystemAction::MetricsRead)
+            .allowed
+    );
+    assert!(
+        a.system(&owned_by(Role::Developer), SystemAction::MetricsRead)
+            .allowed
+    );
+}
+
+#[test]
 fn forbid_wins_and_invalid_policies_are_refused() {
     let a = authz_with(&[(
         "no-restricted",

@@ -1,4 +1,4 @@
-//! API key details: SMART App Launch v2 scopes and client CIDR ranges.
+//! API key details: SMART App Launch v2 scopes, the `metrics` scope, and client CIDR ranges.
 
 use std::net::IpAddr;
 
@@ -6,11 +6,24 @@ use carevault_fhir::ResourceType;
 
 use crate::error::{Error, Result};
 
+/// The scope of a key that reads `/metrics` and nothing else (a Prometheus scraper's).
+pub const METRICS_SCOPE: &str = "metrics";
+
 /// Parse SMART v2 scopes (`system/Observation.rs`, `user/*.cruds`) into the normalized form the
-/// policies check (`Observation.r`, `Observation.s`, `*.c`, ...).
+/// policies check (`Observation.r`, `Observation.s`, `*.c`, ...), or the lone scope `metrics`.
 pub fn parse_scopes(scopes: &[String]) -> Result<Vec<String>> {
     if scopes.is_empty() {
         return Err(Error::BadRequest("at least one scope is required".into()));
+    }
+    if scopes.iter().any(|s| s == METRICS_SCOPE) {
+        // A scraper's credential sits in a config file on the monitoring host: it must not
+        // also open patient data.
+        if scopes.iter().any(|s| s != METRICS_SCOPE) {
+            return Err(Error::BadRequest(
+                "the metrics scope stands alone: make a separate key for FHIR scopes".into(),
+            ));
+        }
+        return Ok(vec![METRICS_SCOPE.to_owned()]);
     }
     let mut out = Vec::new();
     for scope in scopes {
@@ -132,6 +145,9 @@ mod tests {
             assert!(s(&[bad]).is_err(), "{bad}");
         }
         assert!(s(&[]).is_err());
+        assert_eq!(s(&["metrics", "metrics"]).unwrap(), ["metrics"]);
+        assert!(s(&["metrics", "system/Observation.r"]).is_err());
+        assert!(s(&["system/*.r", "metrics"]).is_err());
     }
 
     #[test]

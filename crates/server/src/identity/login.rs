@@ -66,6 +66,21 @@ impl Identity {
         second_factor: &str,
         client_ip: Option<IpAddr>,
     ) -> Result<LoginGranted> {
+        let result = self
+            .attempt_login(audit, username, password, second_factor, client_ip)
+            .await;
+        self.login_outcomes.count(&result);
+        result
+    }
+
+    async fn attempt_login(
+        &self,
+        audit: &AuditScope,
+        username: &str,
+        password: &str,
+        second_factor: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<LoginGranted> {
         let account = username.to_ascii_lowercase();
         let known = self
             .known_addresses

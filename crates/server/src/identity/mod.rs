@@ -6,6 +6,7 @@ mod break_glass;
 mod enrollment;
 pub mod keys;
 mod login;
+mod metrics;
 pub mod password;
 mod principal;
 mod recovery;
@@ -62,6 +63,7 @@ pub struct Identity {
     /// None when other nodes share the database: a logout or a disabled account there must
     /// hold here from the next request on.
     sessions: Option<SessionCache>,
+    login_outcomes: metrics::LoginOutcomes,
 }
 
 impl Identity {
@@ -93,6 +95,7 @@ impl Identity {
             enrollment_ttl_secs: config.enrollment_ttl_secs,
             lock_after: config.lock_after_failures,
             sessions: (!config.database.is_shared()).then(SessionCache::default),
+            login_outcomes: metrics::LoginOutcomes::default(),
         })
     }
 

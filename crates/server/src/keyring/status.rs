@@ -123,6 +123,38 @@ impl Keyring {
             "Data keys not yet re-wrapped under the active key-encryption key.",
             status.rewrap_remaining,
         );
+        let rewrapped = if status.data_keys_total == 0 {
+            1.0
+        } else {
+            status
+                .data_keys_total
+                .saturating_sub(status.rewrap_remaining) as f64
+                / status.data_keys_total as f64
+        };
+        crate::metrics::single(
+            &mut out,
+            "carevault_kek_rewrap_progress_ratio",
+            "gauge",
+            "Share of data keys wrapped under the active key-encryption key (1 when done).",
+            rewrapped,
+        );
+        let active_created_us = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            state
+                .versions
+                .iter()
+                .find(|m| m.version == status.active_version)
+                .map(|m| m.created_at_us)
+        };
+        if let Some(created_us) = active_created_us {
+            crate::metrics::single(
+                &mut out,
+                "carevault_kek_active_age_seconds",
+                "gauge",
+                "Age of the active key-encryption key version (rotate before it grows too old).",
+                (self.clock.now_us() - created_us).max(0) / 1_000_000,
+            );
+        }
         crate::metrics::family(
             &mut out,
             "carevault_kek_data_keys",

@@ -282,6 +282,29 @@ impl PostgresStore {
             .collect())
     }
 
+    pub(super) async fn identity_counts(
+        &self,
+        created_after: i64,
+        seen_after: i64,
+    ) -> Result<crate::stats::IdentityCounts, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT (SELECT count(*) FROM principal WHERE locked),
+                        (SELECT count(*) FROM session
+                          WHERE NOT revoked AND created_at > $1 AND last_seen > $2)",
+                &[&created_after, &seen_after],
+            )
+            .await?;
+        let count = |i: usize| {
+            row.as_ref()
+                .map_or(0, |r| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0))
+        };
+        Ok(crate::stats::IdentityCounts {
+            locked_accounts: count(0),
+            active_sessions: count(1),
+        })
+    }
+
     pub(super) async fn credential(
         &self,
         principal_id: &str,

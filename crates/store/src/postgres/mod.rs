@@ -90,6 +90,8 @@ pub struct PostgresStore {
     target: Arc<str>,
     /// Data key ids reserved for new keys (see [`crate::ids`]).
     ids: Arc<crate::ids::IdPool>,
+    /// Seconds each write's transaction took, retries included.
+    commit_seconds: Arc<crate::stats::Histogram>,
 }
 
 impl PostgresStore {
@@ -153,7 +155,33 @@ impl PostgresStore {
             pool,
             target: redact_url(&url).into(),
             ids: Arc::new(crate::ids::IdPool::new(crate::ids::BLOCK)),
+            commit_seconds: Arc::new(crate::stats::Histogram::new(crate::stats::LATENCY_BUCKETS)),
         })
+    }
+
+    /// Pool use, the database's size and write latency (each write is its own transaction: no
+    /// batches, no WAL file of ours).
+    pub(super) async fn stats(&self) -> crate::stats::StoreStats {
+        let status = self.pool.status();
+        let database_bytes = self
+            .query_opt("SELECT pg_database_size(current_database())", &[])
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok());
+        crate::stats::StoreStats {
+            backend: "postgres",
+            database_bytes,
+            wal_bytes: None,
+            pool: crate::stats::PoolUse {
+                in_use: status.size.saturating_sub(status.available) as u64,
+                idle: status.available as u64,
+                max: status.max_size as u64,
+            },
+            batch_size: None,
+            commit_seconds: Some(self.commit_seconds.snapshot()),
+            wal_checkpoint_age_seconds: None,
+        }
     }
 
     /// The database this store talks to, without a password.

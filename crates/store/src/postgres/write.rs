@@ -17,10 +17,17 @@ use crate::{StoreError, WriteOp, audit_unavailable};
 
 impl PostgresStore {
     pub(super) async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let written = self.write_with_retries(&ops).await;
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
+        written
+    }
+
+    async fn write_with_retries(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_write(&ops).await {
+            match self.try_write(ops).await {
                 Ok(()) => return Ok(()),
                 Err(TxError::Pg(e)) if is_retryable(&e) && attempt < MAX_ATTEMPTS => {
                     // Lost a serialization race with another transaction: back off a little

@@ -274,6 +274,27 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn identity_counts(
+        &self,
+        created_after: i64,
+        seen_after: i64,
+    ) -> Result<crate::stats::IdentityCounts, StoreError> {
+        self.read(move |c| {
+            let (locked, active): (i64, i64) = c.query_row(
+                "SELECT (SELECT count(*) FROM principal WHERE locked),
+                        (SELECT count(*) FROM session
+                          WHERE NOT revoked AND created_at > ?1 AND last_seen > ?2)",
+                [created_after, seen_after],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(crate::stats::IdentityCounts {
+                locked_accounts: u64::try_from(locked).unwrap_or(0),
+                active_sessions: u64::try_from(active).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
     pub(super) async fn credential(
         &self,
         principal_id: &str,

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::rows::Columns;
 use crate::{PrincipalRow, SessionRow, StoreError};
-use write::{WAL_RESET_BYTES, WriteJob, checkpoint_loop, writer_loop};
+use write::{WAL_RESET_BYTES, WriteJob, WriterStats, checkpoint_loop, writer_loop};
 
 /// Migrations, in order (`migrations/sqlite/NNNN_*.sql`); `PRAGMA user_version` records how many
 /// ran.
@@ -129,6 +129,8 @@ struct Inner {
     ids: crate::ids::IdPool,
     /// Dropped with the store, which ends the checkpointer thread.
     _checkpointer: Option<std::sync::mpsc::Sender<()>>,
+    /// Shared with the writer and checkpointer threads.
+    stats: Arc<WriterStats>,
 }
 
 impl SqliteStore {
@@ -154,15 +156,18 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", wal_limit as i64)
             .map_err(map_err)?;
         let checkpointer = open_connection(path, Mode::ReadWrite)?;
+        let stats = Arc::new(WriterStats::default());
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let checkpointer_stats = stats.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpointer, &stop_rx))
+            .spawn(move || checkpoint_loop(&checkpointer, &stop_rx, &checkpointer_stats))
             .map_err(|e| StoreError::Backend(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, wal, wal_limit))
+            .spawn(move || writer_loop(conn, rx, wal, wal_limit, &writer_stats))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -173,6 +178,7 @@ impl SqliteStore {
                 writer: tx,
                 ids: crate::ids::IdPool::new(crate::ids::SQLITE_BLOCK),
                 _checkpointer: Some(stop_tx),
+                stats,
             }),
         })
     }
@@ -200,12 +206,45 @@ impl SqliteStore {
                 writer: tx,
                 ids: crate::ids::IdPool::new(crate::ids::SQLITE_BLOCK),
                 _checkpointer: None,
+                stats: Arc::default(),
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// File sizes, scan slots, group-commit figures and the WAL checkpoint's age.
+    pub(super) async fn stats(&self) -> crate::stats::StoreStats {
+        let size = |p: &Path| std::fs::metadata(p).ok().map(|m| m.len());
+        let mut wal = self.inner.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let stats = &self.inner.stats;
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u64;
+        let checkpoint = *stats
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        crate::stats::StoreStats {
+            backend: "sqlite",
+            database_bytes: size(&self.inner.path),
+            wal_bytes: size(Path::new(&wal)),
+            pool: crate::stats::PoolUse {
+                in_use: READ_SCANS.saturating_sub(self.inner.read_permits.available_permits())
+                    as u64,
+                idle,
+                max: READ_SCANS as u64,
+            },
+            batch_size: Some(stats.batch_size.snapshot()),
+            commit_seconds: Some(stats.commit_seconds.snapshot()),
+            wal_checkpoint_age_seconds: checkpoint.map(|t| t.elapsed().as_secs_f64()),
+        }
     }
 
     /// A point read (a few B-tree lookups, mostly on cached pages) on the calling thread.

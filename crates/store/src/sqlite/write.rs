@@ -15,7 +15,36 @@ use super::policy::apply_policy_op;
 use super::resources::apply_resource_op;
 use super::{SqliteStore, exec, map_err};
 use crate::dispatch::{Domain, misrouted};
+use crate::stats::{BATCH_BUCKETS, Histogram, LATENCY_BUCKETS};
 use crate::{StoreError, WriteOp};
+
+/// What the writer and the checkpointer record for the metrics.
+#[derive(Debug)]
+pub(super) struct WriterStats {
+    pub(super) batch_size: Histogram,
+    pub(super) commit_seconds: Histogram,
+    /// When a WAL checkpoint last succeeded (None before the first).
+    pub(super) last_checkpoint: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            batch_size: Histogram::new(BATCH_BUCKETS),
+            commit_seconds: Histogram::new(LATENCY_BUCKETS),
+            last_checkpoint: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl WriterStats {
+    fn checkpointed(&self) {
+        *self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+}
 
 /// Most operations one group-commit transaction takes before it commits.
 pub(super) const MAX_BATCH: usize = 512;
@@ -30,12 +59,19 @@ pub(super) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Copy committed WAL pages into the database file while the writer goes on (PASSIVE: never
 /// waits for readers or the writer), and a last full checkpoint when the store closes.
-pub(super) fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+pub(super) fn checkpoint_loop(
+    conn: &Connection,
+    stop: &std::sync::mpsc::Receiver<()>,
+    stats: &WriterStats,
+) {
     loop {
         match stop.recv_timeout(CHECKPOINT_INTERVAL) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(event = "wal_checkpoint_failed", error = %e, "WAL checkpoint failed");
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => stats.checkpointed(),
+                    Err(e) => {
+                        tracing::warn!(event = "wal_checkpoint_failed", error = %e, "WAL checkpoint failed");
+                    }
                 }
             }
             _ => {
@@ -64,6 +100,7 @@ pub(super) fn writer_loop(
     mut rx: mpsc::UnboundedReceiver<WriteJob>,
     wal: PathBuf,
     wal_limit: u64,
+    stats: &WriterStats,
 ) {
     let mut last_check = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
@@ -74,7 +111,12 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let results = commit_batch(&mut conn, &batch);
+        stats
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        stats.batch_size.observe(batch.len() as f64);
         for (job, result) in batch.into_iter().zip(results) {
             // A caller that went away (request cancelled) does not need its answer.
             let _ = job.reply.send(result);
