@@ -40,12 +40,7 @@ pub async fn create(
         .and_then(|v| v["environment_id"].as_str().map(str::to_owned))
         .ok_or_else(|| BackupError::Usage(format!("{ENVIRONMENT} is damaged")))?;
     // Staged beside the database, under the data directory's protection (0700).
-    let staging = tempfile::Builder::new()
-        .prefix(".backup-")
-        .tempdir_in(&config.data_dir)
-        .map_err(io(
-            "cannot create a staging directory in the data directory",
-        ))?;
+    let staging = crate::staging_dir(".backup-", Some(&config.data_dir))?;
     let stage = staging.path();
     let created_at = clock::fhir_instant(clock.now_us());
     // KEK files read before and after the snapshot: a version created during it (a rotation)
@@ -103,7 +98,7 @@ pub async fn create(
             Vec::new()
         },
         kek_versions,
-        audit_public_key: audit_public_key(config, stage, &backend, &facts, clock).await?,
+        audit_public_key: audit_public_key(config, stage, backend, &facts, clock).await?,
         database: facts,
         parts,
     };

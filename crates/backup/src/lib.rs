@@ -66,6 +66,27 @@ pub enum BackupError {
 
 pub type Result<T> = std::result::Result<T, BackupError>;
 
+/// A new staging directory under `parent` (the system's temporary directory when None), mode
+/// 0700 whatever the umask: it holds the database and key files.
+pub(crate) fn staging_dir(
+    prefix: &str,
+    parent: Option<&std::path::Path>,
+) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut builder = tempfile::Builder::new();
+    builder
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700));
+    let dir = match parent {
+        Some(p) => builder.tempdir_in(p),
+        None => builder.tempdir(),
+    }
+    .map_err(io("cannot create a staging directory"))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(io("cannot restrict the staging directory"))?;
+    Ok(dir)
+}
+
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
     let what = what.into();
     move |source| BackupError::Io { what, source }

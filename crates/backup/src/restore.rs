@@ -242,10 +242,7 @@ pub async fn verify(
     if let Some(pg) = &scratch_database {
         empty_database(&pg.options()).await?;
     }
-    let staging = tempfile::Builder::new()
-        .prefix("carevault-verify-")
-        .tempdir()
-        .map_err(io("cannot create a scratch directory"))?;
+    let staging = crate::staging_dir("carevault-verify-", None)?;
     let stage = staging.path();
     let manifest = unpack(file, dec, stage, |m| {
         if m.backend == "postgres" && scratch_database.is_none() {
@@ -302,13 +299,7 @@ pub async fn restore(
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(io(format!("cannot create {}", parent.display())))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".carevault-restore-")
-        .tempdir_in(&parent)
-        .map_err(io(format!(
-            "cannot create a staging directory in {}",
-            parent.display()
-        )))?;
+    let staging = crate::staging_dir(".carevault-restore-", Some(&parent))?;
     let stage = staging.path();
     let manifest = unpack(file, dec, stage, |m| {
         match (m.backend.as_str(), target.is_some()) {

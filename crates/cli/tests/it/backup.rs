@@ -73,6 +73,27 @@ fn create(srv: &TestServer, out: &Path, secret: &[&str]) {
     assert!(out.exists());
 }
 
+/// `backup restore FILE --identity KEY --data-dir DIR`.
+fn restore_args(file: &Path, key: &AgeKey, dir: &Path) -> Vec<String> {
+    ["backup", "restore"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(
+            [file, &key.file, dir]
+                .into_iter()
+                .zip(["", "--identity", "--data-dir"])
+                .flat_map(|(path, flag)| {
+                    let path = path.to_str().unwrap().to_owned();
+                    if flag.is_empty() {
+                        vec![path]
+                    } else {
+                        vec![flag.to_owned(), path]
+                    }
+                }),
+        )
+        .collect()
+}
+
 /// The manifest and where each part's bytes start in a decrypted backup.
 fn parts(plain: &[u8]) -> (serde_json::Value, Vec<(String, usize)>) {
     let len = u64::from_be_bytes(plain[MAGIC_LEN..MAGIC_LEN + 8].try_into().unwrap()) as usize;
@@ -192,17 +213,10 @@ fn a_backup_taken_under_load_restores_every_acknowledged_write_and_serves() {
         .iter()
         .map(|db| ("CAREVAULT_DATABASE_URL", db.url.as_str()))
         .collect();
+    let args = restore_args(&file, &key, &data);
     let restore = run(
         &srv,
-        &[
-            "backup",
-            "restore",
-            file.to_str().unwrap(),
-            "--identity",
-            key.file.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &db_env,
     );
     let text = output_text(&restore);
@@ -280,14 +294,8 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
         assert!(!out.status.success(), "accepted ({problem}): {text}");
         assert!(text.contains(problem), "expected {problem:?}: {text}");
         assert!(!target.exists(), "{problem}: the target was written");
-        if let Some(db) = &empty_db {
-            assert_eq!(
-                db.sql(
-                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'"
-                ),
-                "0"
-            );
-        }
+        let tables = "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'";
+        assert!(empty_db.as_ref().is_none_or(|db| db.sql(tables) == "0"));
     };
     let with = |k: &AgeKey| vec!["--identity".to_owned(), k.file.to_str().unwrap().to_owned()];
     let right = with(&key);
@@ -369,16 +377,12 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     // A target that is not empty is left as it was.
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("keep.txt"), "mine").unwrap();
-    let args = [
-        "backup",
-        "restore",
-        file.to_str().unwrap(),
-        "--identity",
-        key.file.to_str().unwrap(),
-        "--data-dir",
-        target.to_str().unwrap(),
-    ];
-    let out = run(&srv, &args, &db_env);
+    let args = restore_args(&file, &key, &target);
+    let out = run(
+        &srv,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &db_env,
+    );
     assert!(!out.status.success());
     assert!(
         output_text(&out).contains("is not empty"),
