@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand};
 
 use client::ConnectArgs;
 use commands::{
-    admin, audit, break_glass, config, import, key, migrate, patient, policy, seed, serve, session,
-    user, version,
+    admin, audit, backup, break_glass, config, import, key, migrate, patient, policy, seed, serve,
+    session, user, version,
 };
 use local::{ServerArgs, runtime};
 
@@ -145,6 +145,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Encrypted backups of the environment: create (online), verify, restore.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
     /// Print the version; with --deps, the exact dependency versions this binary was built from.
     Version(version::VersionArgs),
 }
@@ -201,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::User { command } => user::run(command),
         Command::Version(args) => version::run(&args),
         Command::Audit { command } => audit::run(command),
+        Command::Backup { command } => backup::run(command),
         Command::Migrate { command } => migrate::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Key { command } => key::run(command),

@@ -161,6 +161,24 @@ pub fn random_token(prefix: &str) -> Result<String, CryptoError> {
     Ok(out)
 }
 
+/// SHA-256 over data that arrives in pieces (a backup's parts, hashed as they stream).
+#[derive(Clone, Default)]
+pub struct Sha256Stream(Sha256);
+
+impl Sha256Stream {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish_hex(self) -> String {
+        self.0
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }

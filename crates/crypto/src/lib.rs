@@ -29,7 +29,8 @@ mod private_file;
 mod provider;
 
 pub use keys::{
-    Cipher, DataKey, DataKeyCache, hmac_sha256, random_bytes, random_token, sha256, sha256_hex,
+    Cipher, DataKey, DataKeyCache, Sha256Stream, hmac_sha256, random_bytes, random_token, sha256,
+    sha256_hex,
 };
 pub use pkcs11::{Pkcs11KeyProvider, Pkcs11Settings};
 pub use private_file::{write_private_atomic, write_private_new};

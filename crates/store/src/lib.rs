@@ -27,6 +27,7 @@ mod ids;
 mod migrate;
 mod postgres;
 mod rows;
+mod snapshot;
 mod sqlite;
 pub mod stats;
 
@@ -34,7 +35,8 @@ pub use migrate::{CopyProgress, TableCount, copy_sqlite_to_postgres};
 pub use postgres::{
     POSTGRES_SCHEMA_VERSION, PostgresOptions, PostgresStore, SslMode, redact_url, url_has_password,
 };
-pub use sqlite::SqliteStore;
+pub use snapshot::{AuditHead, CheckpointHead, SnapshotFacts, audit_trail};
+pub use sqlite::{SQLITE_SCHEMA_VERSION, SqliteStore, sqlite_facts, sqlite_snapshot};
 
 /// Why a store operation failed. Messages never contain row contents.
 #[derive(Debug, thiserror::Error)]

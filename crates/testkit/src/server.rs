@@ -159,6 +159,18 @@ impl TestServer {
         server
     }
 
+    /// Serve an existing data directory (a restored backup, say) that lives under `tmp`, with
+    /// `env` (e.g. the original server's key provider settings) and `database`.
+    pub fn start_existing(
+        bin: &Path,
+        env: &[(String, String)],
+        tmp: tempfile::TempDir,
+        data_dir: PathBuf,
+        database: Option<Arc<TestDatabase>>,
+    ) -> Self {
+        Self::spawn(bin, env, database, tmp, data_dir, false, None)
+    }
+
     /// Start the server again on the same data directory, database and address (after
     /// [`Self::stop`] or [`Self::kill`]), with the environment of the first start plus
     /// `extra_env`.

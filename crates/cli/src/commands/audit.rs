@@ -75,8 +75,6 @@ pub(crate) enum AuditCommand {
     },
 }
 
-const PAGE: u32 = 10_000;
-
 pub(crate) fn run(command: AuditCommand) -> Result<()> {
     match command {
         AuditCommand::Verify {
@@ -177,20 +175,7 @@ pub(crate) async fn read_trail(
                 })?,
         ),
     };
-    let mut events = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.audit_events(after.clone(), PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some((last.node.clone(), last.seq));
-        let full = page.len() == PAGE as usize;
-        events.extend(page);
-        if !full {
-            break;
-        }
-    }
-    let checkpoints = store.audit_checkpoints().await?;
-    Ok((events, checkpoints))
+    Ok(carevault_store::audit_trail(&*store).await?)
 }
 
 fn verify(

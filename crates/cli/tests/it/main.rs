@@ -6,6 +6,7 @@
 
 mod audit;
 mod authz;
+mod backup;
 mod bundle;
 mod canary;
 mod cli;

@@ -22,6 +22,7 @@ mod index;
 mod keys;
 mod policy;
 mod resources;
+mod snapshot;
 #[cfg(test)]
 pub(crate) mod tests;
 mod write;

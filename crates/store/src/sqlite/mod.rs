@@ -7,6 +7,7 @@ mod index;
 mod keys;
 mod policy;
 mod resources;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::rows::Columns;
 use crate::{PrincipalRow, SessionRow, StoreError};
+pub use snapshot::{sqlite_facts, sqlite_snapshot};
 use write::{WAL_RESET_BYTES, WriteJob, WriterStats, checkpoint_loop, writer_loop};
 
 /// Migrations, in order (`migrations/sqlite/NNNN_*.sql`); `PRAGMA user_version` records how many
