@@ -341,3 +341,18 @@ fn public_urls_hosts_limits_and_signing_lag_are_refused_outside_their_rules() {
     );
     assert_eq!(ok(&[]).search_limits.max_clauses, 50);
 }
+
+#[test]
+fn the_clients_variables_are_not_configuration_keys() {
+    // `carevault serve` in a shell where the client's variables are set still starts.
+    let file = FileConfig::load(
+        None,
+        env(&[
+            ("CAREVAULT_API_KEY_FILE", "/tmp/key"),
+            ("CAREVAULT_SERVER", "https://127.0.0.1:8443"),
+            ("CAREVAULT_CA_CERT", "/tmp/cert.pem"),
+            ("CAREVAULT_PROFILE", "work"),
+        ]),
+    );
+    assert!(file.is_ok(), "{file:?}");
+}
