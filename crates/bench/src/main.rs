@@ -58,8 +58,9 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The carevault binary to measure (build it with `cargo build --release`).
-    #[arg(long, default_value = "target/release/carevault")]
+    /// The carevault binary to measure (build it with `cargo build --profile profiling`: the
+    /// release build with symbols, for `perf`).
+    #[arg(long, default_value = "target/profiling/carevault")]
     bin: PathBuf,
     #[arg(long, default_value_t = 10_000)]
     patients: usize,
@@ -422,7 +423,7 @@ fn bench(args: &RunArgs) -> Result<()> {
     workloads::check(&args.workloads)?;
     let bin = std::fs::canonicalize(&args.bin).with_context(|| {
         format!(
-            "{} not found: build it with `cargo build --release -p carevault`",
+            "{} not found: build it with `cargo build --profile profiling -p carevault`",
             args.bin.display()
         )
     })?;

@@ -91,7 +91,10 @@ fn a_workload_list_that_cannot_run_is_refused_before_anything_is_seeded() {
         .unwrap();
     let printed = output_text(&out);
     assert!(!out.status.success(), "{printed}");
-    assert!(printed.contains("cargo build --release"), "{printed}");
+    assert!(
+        printed.contains("cargo build --profile profiling"),
+        "{printed}"
+    );
 }
 
 #[test]

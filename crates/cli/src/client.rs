@@ -1,32 +1,36 @@
 //! The CLI as an API client: HTTPS to a CareVault server, trusting the server's certificate
-//! file (the self-signed one from init) or the system's roots, and a session file (mode 0600)
-//! under the user's config directory.
+//! file (the self-signed one from init) or the system's roots, with the session a profile holds
+//! (see `profile`) or an API key; and errors that say what to do when the server cannot be
+//! reached.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ureq::tls::{RootCerts, TlsConfig};
+
+use crate::profile::{self, Target, TargetArgs};
 
 pub struct Client {
     agent: ureq::Agent,
     server: String,
+    ca_cert: Option<PathBuf>,
     token: Option<String>,
+    /// The token is a saved session's (which ends), not an API key.
+    session: bool,
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct SavedSession {
-    pub server: String,
-    pub ca_cert: Option<PathBuf>,
-    pub access_token: String,
-}
+/// A saved session the server no longer accepts (expired, revoked or logged out elsewhere).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "your session has ended (sessions expire after a while without use, and at the latest after \
+     their lifetime); log in again: `{0}`"
+)]
+pub struct SessionEnded(pub String);
 
 impl Client {
     pub fn new(server: &str, ca_cert: Option<&Path>) -> Result<Self> {
@@ -66,8 +70,65 @@ impl Client {
         Ok(Self {
             agent,
             server,
+            ca_cert: ca_cert.map(Path::to_path_buf),
             token: None,
+            session: false,
         })
+    }
+
+    /// A client of `target`, unauthenticated.
+    pub fn for_target(target: &Target) -> Result<Self> {
+        Self::new(&target.server, target.ca_cert.as_deref())
+    }
+
+    /// The certificate this client trusts for its server, if not the system's roots.
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// Check that the server answers over TLS with a certificate we trust, before asking the
+    /// person for anything.
+    pub fn check_reachable(&self) -> Result<()> {
+        self.agent
+            .get(&format!("{}/healthz", self.server))
+            .call()
+            .map(drop)
+            .map_err(|e| self.unreachable(&e))
+    }
+
+    /// Why the server could not be reached, and what to do about it.
+    fn unreachable(&self, e: &ureq::Error) -> anyhow::Error {
+        let server = &self.server;
+        // rustls's errors are matched by their text: the CLI does not link rustls itself.
+        let text = e.to_string();
+        let hint = if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+            "the server's certificate is not trusted: pass --ca-cert carevault-data/tls/cert.pem \
+             (the server's own, made at init) or set CAREVAULT_CA_CERT"
+                .to_owned()
+        } else if text.contains("NotValidForName") {
+            format!(
+                "the server's certificate is not made out to the host name in {server}; use the \
+                 name it was issued for (the self-signed one: 127.0.0.1 or localhost)"
+            )
+        } else if text.contains("Expired") {
+            "the server's certificate has expired".to_owned()
+        } else if matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
+            || matches!(e, ureq::Error::ConnectionFailed)
+        {
+            format!(
+                "nothing answers at {server}: is `carevault serve` running, and is the address \
+                 right (--server, CAREVAULT_SERVER)?"
+            )
+        } else if matches!(e, ureq::Error::HostNotFound) {
+            format!("the host name in {server} is not known; check --server")
+        } else if matches!(e, ureq::Error::Timeout(_)) {
+            format!("{server} did not answer in time")
+        } else if text.contains("InvalidContentType") || text.contains("CorruptMessage") {
+            format!("{server} does not speak TLS; if it serves plain HTTP on loopback, use http://")
+        } else {
+            format!("cannot reach {server}: {e}")
+        };
+        anyhow::anyhow!(hint)
     }
 
     /// A client that authenticates with an API key (`cvk_...`) instead of a saved session.
@@ -94,9 +155,7 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
-        let response = req
-            .send(body)
-            .with_context(|| format!("cannot reach {}", self.server))?;
+        let response = req.send(body).map_err(|e| self.unreachable(&e))?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
         let text = body
@@ -107,15 +166,18 @@ impl Client {
         Ok((status, text))
     }
 
+    /// A client with the selected profile's saved session.
     pub fn from_session() -> Result<Self> {
-        let path = session_path()?;
-        let text =
-            fs::read(&path).context("not logged in: run `carevault login --server URL` first")?;
-        let saved: SavedSession =
-            serde_json::from_slice(&text).context("the saved session is damaged; log in again")?;
+        let saved = profile::load_session()?;
         let mut client = Self::new(&saved.server, saved.ca_cert.as_deref())?;
         client.token = Some(saved.access_token);
+        client.session = true;
         Ok(client)
+    }
+
+    /// The bearer token this client sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// Send a JSON request; returns the status and the parsed body (Null when empty).
@@ -148,7 +210,7 @@ impl Client {
                 req.send(serde_json::to_vec(&body.cloned().unwrap_or(Value::Null))?.as_slice())
             }
         }
-        .with_context(|| format!("cannot reach {}", self.server))?;
+        .map_err(|e| self.unreachable(&e))?;
         let status = response.status().as_u16();
         let text = response.into_body().read_to_string().unwrap_or_default();
         let value = if text.trim().is_empty() {
@@ -164,6 +226,9 @@ impl Client {
         let (status, value) = self.call(method, path, body)?;
         if (200..300).contains(&status) {
             return Ok(value);
+        }
+        if status == 401 && self.session {
+            return Err(SessionEnded(profile::login_hint()).into());
         }
         let diagnostics = value["issue"][0]["diagnostics"]
             .as_str()
@@ -191,22 +256,22 @@ pub(crate) fn str_items<'a>(answer: &'a Value, key: &str) -> Vec<&'a str> {
 /// How an API command reaches the server: the saved session (`carevault login`), or an API key.
 #[derive(Args)]
 pub(crate) struct ConnectArgs {
-    /// Authenticate with the API key in this file instead of the saved session.
-    #[arg(long, env = "CAREVAULT_API_KEY_FILE", requires = "server")]
+    /// Authenticate with the API key in this file (what `carevault key create` printed, or the
+    /// key alone) instead of the saved session.
+    #[arg(long, env = "CAREVAULT_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
-    /// The server, with --api-key-file (e.g. https://127.0.0.1:8443).
-    #[arg(long)]
-    server: Option<String>,
-    /// The server's certificate (or its CA), with --api-key-file.
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 impl ConnectArgs {
     pub(crate) fn client(&self) -> Result<Client> {
-        match (&self.api_key_file, &self.server) {
-            (Some(key), Some(server)) => Client::with_api_key(server, self.ca_cert.as_deref(), key),
-            _ => Client::from_session(),
+        match &self.api_key_file {
+            Some(key) => {
+                let target = self.target.resolve()?;
+                Client::with_api_key(&target.server, target.ca_cert.as_deref(), key)
+            }
+            None => Client::from_session(),
         }
     }
 }
@@ -220,36 +285,4 @@ pub fn config_dir() -> Result<PathBuf> {
     }
     let home = std::env::var_os("HOME").context("HOME is not set; set CAREVAULT_CLI_CONFIG_DIR")?;
     Ok(PathBuf::from(home).join(".config").join("carevault"))
-}
-
-fn session_path() -> Result<PathBuf> {
-    Ok(config_dir()?.join("session.json"))
-}
-
-pub fn save_session(session: &SavedSession) -> Result<PathBuf> {
-    let dir = config_dir()?;
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-    let path = session_path()?;
-    let tmp = dir.join("session.json.tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(session)?)?;
-    f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    Ok(path)
-}
-
-pub fn forget_session() -> Result<()> {
-    let path = session_path()?;
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
 }

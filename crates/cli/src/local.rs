@@ -20,6 +20,23 @@ pub(crate) struct ServerArgs {
     data_dir: Option<PathBuf>,
 }
 
+impl ServerArgs {
+    /// The flags as the environment variables they stand for (they win over both).
+    pub(crate) fn overrides(&self) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        if let Some(listen) = &self.listen {
+            vars.push(("CAREVAULT_LISTEN".to_owned(), listen.clone()));
+        }
+        if let Some(dir) = &self.data_dir {
+            vars.push((
+                "CAREVAULT_DATA_DIR".to_owned(),
+                dir.to_string_lossy().into_owned(),
+            ));
+        }
+        vars
+    }
+}
+
 /// Threads of the runtime's blocking pool.
 const BLOCKING_THREADS: usize = 16;
 

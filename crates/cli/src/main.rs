@@ -5,6 +5,9 @@
 mod client;
 mod commands;
 mod local;
+mod output;
+mod profile;
+mod prompt;
 
 use std::path::PathBuf;
 
@@ -13,10 +16,12 @@ use clap::{Parser, Subcommand};
 
 use client::ConnectArgs;
 use commands::{
-    admin, audit, backup, break_glass, config, import, key, migrate, patient, policy, seed, serve,
+    admin, audit, backup, break_glass, config, enroll, import, key, migrate, patient, policy, seed,
+    serve,
     session, user, version,
 };
 use local::{ServerArgs, runtime};
+use profile::TargetArgs;
 
 /// mimalloc instead of the system allocator: glibc's malloc/free and their arena locks were
 /// 15-25% of the server's CPU under load (perf), from the JSON values and buffers each request
@@ -34,15 +39,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "CareVault: a FHIR R4 health-record server with security on by default"
 )]
 struct Cli {
+    /// Which saved server and session to use (`carevault login` saves one per profile).
+    #[arg(long, global = true, env = "CAREVAULT_PROFILE")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (initializes an empty data directory first).
+    /// Run the server (initializes an empty data directory first, printing the admin's
+    /// `carevault enroll` command). One server per data directory.
+    ///
+    /// Example: carevault serve --data-dir carevault-data --listen 127.0.0.1:8443
     Serve(ServerArgs),
     /// Initialize an environment in an empty data directory, without serving.
+    ///
+    /// Example: carevault init --data-dir carevault-data
     Init(ServerArgs),
     /// Local administration that needs the data directory.
     Admin {
@@ -61,7 +74,10 @@ enum Command {
     },
     /// Load FHIR NDJSON files and Bundles (a file or a directory) through the API: validated,
     /// authorized, encrypted, indexed and audited like any write. Resumable.
+    ///
+    /// Example: carevault import synthetic/ --batch 250
     Import {
+        /// An NDJSON file, a Bundle, or a directory of them.
         path: PathBuf,
         /// Resources per batch Bundle (NDJSON).
         #[arg(long, default_value_t = 250)]
@@ -76,37 +92,53 @@ enum Command {
         connect: ConnectArgs,
     },
     /// Generate a deterministic synthetic population as NDJSON files (for `import`).
+    ///
+    /// Example: carevault seed --patients 100 --out synthetic/
     Seed {
+        /// How many patients (each with about 50 resources).
         #[arg(long)]
         patients: usize,
+        /// Organizations the patients are spread over (org-1, org-2, ...).
         #[arg(long, default_value_t = 4)]
         organizations: usize,
+        /// The random seed: the same seed makes the same population.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Directory to write `<Type>.ndjson` files into.
         #[arg(long)]
         out: PathBuf,
     },
-    /// Log in to a server (password and TOTP code) and keep the session for later commands.
+    /// Log in to a server (password and authenticator code) and keep the session for later
+    /// commands; remembers the server and its certificate, so later commands need neither.
+    ///
+    /// Example: carevault login --server https://127.0.0.1:8443 --ca-cert carevault-data/tls/cert.pem --username admin
     Login {
-        /// The server's base URL, e.g. https://127.0.0.1:8443
-        #[arg(long)]
-        server: String,
-        /// A PEM certificate to trust for this server (the self-signed one from `init`).
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The account to log in as (asked for when not given).
         #[arg(long)]
         username: Option<String>,
     },
     /// End the saved session.
+    ///
+    /// Example: carevault logout
     Logout,
-    /// Enroll with a one-time enrollment token: set up TOTP and choose a password.
+    /// Print the bearer token the other commands send (the saved session's, or the API key of
+    /// --api-key-file), for scripts and curl.
+    ///
+    /// Example: carevault token --api-key-file first-steps.key
+    Token {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Enroll with a one-time enrollment token: choose a password, add the account to an
+    /// authenticator app (QR code or secret), confirm with a code.
+    ///
+    /// Example: carevault enroll --server https://127.0.0.1:8443 --ca-cert carevault-data/tls/cert.pem --token cve_...
     Enroll {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
-        /// The enrollment token an admin gave you.
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The enrollment token an admin gave you (`cve_...`).
         #[arg(long)]
         token: String,
     },
@@ -132,6 +164,8 @@ enum Command {
         command: patient::PatientCommand,
     },
     /// Emergency read access beyond your organizations (clinicians), loudly audited.
+    ///
+    /// Example: carevault break-glass --patient Patient/123 --reason "unconscious patient in the emergency room"
     BreakGlass {
         /// Why (at least 20 characters); recorded in the audit trail.
         #[arg(long)]
@@ -151,12 +185,29 @@ enum Command {
         command: backup::BackupCommand,
     },
     /// Print the version; with --deps, the exact dependency versions this binary was built from.
+    ///
+    /// Example: carevault version --deps
     Version(version::VersionArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = profile::select(cli.profile.clone()).and_then(|()| run(cli));
+    let result = match result {
+        // An ended session on a terminal: offer to log in again, then run the command again.
+        Err(e) if e.is::<client::SessionEnded>() => {
+            eprintln!("{e}");
+            match prompt::confirm("log in again now?") {
+                Ok(true) => {
+                    session::login(&TargetArgs::default(), None).and_then(|()| run(Cli::parse()))
+                }
+                Ok(false) => Err(anyhow::anyhow!("not logged in")),
+                Err(prompt_error) => Err(prompt_error),
+            }
+        }
+        other => other,
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -171,11 +222,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => runtime()?.block_on(serve::init(args)),
         Command::Admin { command } => admin::run(command),
         Command::Config { command } => config::run(command),
-        Command::Login {
-            server,
-            ca_cert,
-            username,
-        } => session::login(&server, ca_cert, username),
+        Command::Login { target, username } => session::login(&target, username),
         Command::Import {
             path,
             batch,
@@ -198,11 +245,8 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => seed::run(patients, organizations, seed, &out),
         Command::Logout => session::logout(),
-        Command::Enroll {
-            server,
-            ca_cert,
-            token,
-        } => session::enroll(&server, ca_cert.as_deref(), &token),
+        Command::Token { connect } => session::token(&connect),
+        Command::Enroll { target, token } => enroll::enroll(&target, &token),
         Command::User { command } => user::run(command),
         Command::Version(args) => version::run(&args),
         Command::Audit { command } => audit::run(command),
@@ -212,5 +256,58 @@ fn run(cli: Cli) -> Result<()> {
         Command::Key { command } => key::run(command),
         Command::Patient { command } => patient::run(command),
         Command::BreakGlass { reason, patient } => break_glass::run(reason, patient),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument without a description, and every command without an example, under `cmd`.
+    fn undocumented(cmd: &clap::Command, path: &str, found: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !matches!(id, "help" | "version") && arg.get_help().is_none() {
+                found.push(format!("{path} <{id}>: no description"));
+            }
+        }
+        let subcommands: Vec<&clap::Command> = cmd
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .collect();
+        if subcommands.is_empty() {
+            let about = cmd
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if !about.contains("Example: carevault ") {
+                found.push(format!("{path}: no example"));
+            }
+        }
+        for sub in subcommands {
+            undocumented(sub, &format!("{path} {}", sub.get_name()), found);
+        }
+    }
+
+    #[test]
+    fn every_argument_is_described_and_every_command_has_an_example() {
+        let mut found = Vec::new();
+        undocumented(&Cli::command(), "carevault", &mut found);
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+
+    #[test]
+    fn the_release_binary_is_stripped_and_profiling_keeps_line_tables() {
+        let manifest: toml::Table = include_str!("../../../Cargo.toml").parse().unwrap();
+        let profiles = &manifest["profile"];
+        assert_eq!(profiles["release"]["strip"].as_bool(), Some(true));
+        assert_eq!(profiles["release"]["debug"].as_bool(), Some(false));
+        assert_eq!(profiles["profiling"]["inherits"].as_str(), Some("release"));
+        assert_eq!(
+            profiles["profiling"]["debug"].as_str(),
+            Some("line-tables-only")
+        );
     }
 }

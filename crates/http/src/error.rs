@@ -141,7 +141,7 @@ fn core_response(e: Error) -> Response {
     let d = e.describe();
     let mut resp = fhir_json(status_code(d.status), e.outcome().to_string().into_bytes());
     match e {
-        Error::Unauthorized => {
+        Error::Unauthorized | Error::CodeAlreadyUsed => {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"CareVault\""),

@@ -36,6 +36,7 @@ mod fhir;
 pub mod health;
 mod keys;
 pub mod paging;
+mod pretty;
 pub mod public_base;
 mod serve;
 pub use fhir::capability_statement;
@@ -537,6 +538,7 @@ pub fn router(state: AppState) -> Router {
     app.fallback(|| async { ApiError::NoSuchEndpoint })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(pretty::pretty))
         .with_state(state.clone())
         // Probes are outside `observe`: counted, not audited.
         .merge(health::routes(state))

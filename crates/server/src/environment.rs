@@ -207,6 +207,31 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
     })
 }
 
+/// The exclusive lock a server holds on its data directory while it runs, so that a second
+/// server on the same directory (two writers of one audit chain) refuses to start. An advisory
+/// `flock` on the directory itself: no file to leave behind, and the kernel releases it when
+/// the process ends, however it ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _dir: fs::File,
+}
+
+impl DataDirLock {
+    /// Take the lock on `dir` (which must exist), or say which directory is in use.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let handle = fs::File::open(dir).map_err(|e| io("cannot open the data directory", &e))?;
+        match handle.try_lock() {
+            Ok(()) => Ok(Self { _dir: handle }),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Conflict(format!(
+                "another CareVault server is already running on the data directory {}; stop it \
+                 first, or give this one its own --data-dir",
+                dir.display()
+            ))),
+            Err(fs::TryLockError::Error(e)) => Err(io("cannot lock the data directory", &e)),
+        }
+    }
+}
+
 /// Open (and migrate) the configured database: SQLite in the data directory, or PostgreSQL.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(match &config.database {

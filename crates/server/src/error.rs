@@ -17,8 +17,15 @@ pub enum Error {
     Unprocessable(Vec<Issue>),
     #[error("authentication required")]
     Unauthorized,
+    /// The right password with a TOTP code already used (by enrollment or an earlier login).
+    #[error("authenticator code already used")]
+    CodeAlreadyUsed,
     #[error("forbidden")]
     Forbidden,
+    /// Refused for a reason the caller can fix in their own request (never one that tells
+    /// anything of other records).
+    #[error("forbidden: {0}")]
+    ForbiddenBecause(String),
     #[error("not found")]
     NotFound,
     /// The resource was deleted (at this version).
@@ -85,7 +92,13 @@ impl Error {
             Error::BadRequest(msg) => plain(400, "invalid", msg),
             Error::Unprocessable(_) => plain(422, "invalid", "the resource failed validation"),
             Error::Unauthorized => plain(401, "login", "authentication failed or required"),
+            Error::CodeAlreadyUsed => plain(
+                401,
+                "login",
+                "this code was already used; wait for the next one",
+            ),
             Error::Forbidden => plain(403, "forbidden", "you are not allowed to do this"),
+            Error::ForbiddenBecause(msg) => plain(403, "forbidden", msg),
             Error::NotFound => plain(404, "not-found", "not found"),
             Error::Gone => plain(410, "deleted", "the resource has been deleted"),
             Error::Conflict(msg) => plain(409, "conflict", msg),

@@ -76,6 +76,24 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// The code of the current step (never one handed out before). Unlike [`Self::fresh_code`]
+    /// (the oldest step the server still takes), it stays inside the server's window for at
+    /// least 30 seconds: a test can replay it a moment later and see it refused as used.
+    pub fn current_code(&mut self) -> String {
+        loop {
+            let now = now_secs();
+            let current = now / 30;
+            if now % 30 >= 28 || self.last_step.is_some_and(|last| last >= current) {
+                std::thread::sleep(Duration::from_millis(2500));
+                continue;
+            }
+            self.last_step = Some(current);
+            return hotp(&self.secret, current);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

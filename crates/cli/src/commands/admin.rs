@@ -10,10 +10,14 @@ use crate::local::{ServerArgs, load_config_for_keys, runtime};
 
 #[derive(Subcommand)]
 pub(crate) enum AdminCommand {
-    /// Issue a new enrollment token for an account (default `admin`) that has lost its credentials.
+    /// Issue a new enrollment token for an account (default `admin`) that has lost its
+    /// credentials; run on the server machine.
+    ///
+    /// Example: carevault admin recover --data-dir carevault-data --user admin
     Recover {
         #[command(flatten)]
         server: ServerArgs,
+        /// The account to recover.
         #[arg(long, default_value = "admin")]
         user: String,
     },

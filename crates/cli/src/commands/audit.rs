@@ -16,11 +16,14 @@ use clap::Subcommand;
 
 use crate::client::Client;
 use crate::local::{ServerArgs, load_config, load_config_for_keys, runtime};
+use crate::output::OutputArgs;
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Check the trail offline: hash chains, sequence, and signed checkpoints. Exit code 0
     /// only if everything holds.
+    ///
+    /// Example: carevault audit verify --data-dir carevault-data --public-key 3f1c...
     Verify {
         /// A database to read: a SQLite file or a postgres:// URL (default: the configured
         /// database). Every node's chain is checked.
@@ -36,6 +39,8 @@ pub(crate) enum AuditCommand {
         server: ServerArgs,
     },
     /// Write the trail as JSON Lines (events and checkpoints), to standard output by default.
+    ///
+    /// Example: carevault audit export --data-dir carevault-data --out trail.jsonl
     Export {
         /// Only events at or after this instant (the result no longer verifies alone).
         #[arg(long)]
@@ -43,35 +48,52 @@ pub(crate) enum AuditCommand {
         /// Only events before this instant (the result no longer verifies alone).
         #[arg(long)]
         until: Option<String>,
+        /// The file to write (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Print the key that verifies this environment's checkpoints (the last word of the output).
+    ///
+    /// Example: carevault audit public-key --data-dir carevault-data
     PublicKey(ServerArgs),
     /// The keyed digest under which the trail records VALUE (search values, attempted usernames).
+    ///
+    /// Example: carevault audit hash --data-dir carevault-data dr.grey
     Hash {
+        /// The value to digest, as it was sent.
         value: String,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Search the trail through the API (auditor; uses the saved session).
+    ///
+    /// Example: carevault audit search --patient Patient/123 --since 2026-12-01T00:00:00Z --output json
     Search {
+        /// Events of this principal (a username, or apikey:NAME).
         #[arg(long)]
         principal: Option<String>,
+        /// Events that touched this patient (`Patient/ID` or `ID`).
         #[arg(long)]
         patient: Option<String>,
+        /// Events of this action, e.g. read, search, create, login.
         #[arg(long)]
         action: Option<String>,
+        /// `success` or `failure`.
         #[arg(long)]
         outcome: Option<String>,
+        /// Events at or after this instant (e.g. 2026-12-01T00:00:00Z).
         #[arg(long)]
         since: Option<String>,
+        /// Events before this instant.
         #[arg(long)]
         until: Option<String>,
+        /// At most this many events.
         #[arg(long, default_value_t = 50)]
         count: u32,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -107,7 +129,9 @@ pub(crate) fn run(command: AuditCommand) -> Result<()> {
             since,
             until,
             count,
+            output,
         } => search(
+            output,
             &[
                 ("principal", principal),
                 ("patient", patient),
@@ -256,7 +280,7 @@ fn export(
     Ok(())
 }
 
-fn search(filters: &[(&str, Option<String>)], count: u32) -> Result<()> {
+fn search(output: OutputArgs, filters: &[(&str, Option<String>)], count: u32) -> Result<()> {
     let client = Client::from_session()?;
     let mut query = vec![format!("_count={count}")];
     for (k, v) in filters {
@@ -265,6 +289,9 @@ fn search(filters: &[(&str, Option<String>)], count: u32) -> Result<()> {
         }
     }
     let bundle = client.expect("GET", &format!("/audit/events?{}", query.join("&")), None)?;
+    if output.printed_json(&bundle)? {
+        return Ok(());
+    }
     println!(
         "{:<28} {:<14} {:<38} {:<20} {:<6} PATIENTS",
         "RECORDED", "EVENT", "PRINCIPAL", "ACTION", "STATUS"

@@ -7,16 +7,22 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::client::{Client, str_field, str_items};
+use crate::output::OutputArgs;
 
 #[derive(Subcommand)]
 pub(crate) enum KeyCommand {
-    /// Create a key; prints it once.
+    /// Create an API key; prints it once (a bearer token for scripts: `Authorization: Bearer
+    /// cvk_...`, or `--api-key-file` on CLI commands).
+    ///
+    /// Example: carevault key create first-steps --service --scope system/Patient.cru --expires-in-days 1 > first-steps.key
     Create {
+        /// The key's name (unique among your keys, or among service keys).
         name: String,
         /// SMART v2 scopes, e.g. system/Observation.rs (repeatable), or `metrics` alone for a
         /// key that reads /metrics and nothing else (a Prometheus scraper's).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Days until the key stops working.
         #[arg(long, default_value_t = 90)]
         expires_in_days: i64,
         /// Accept the key only from these networks (repeatable), e.g. 10.0.0.0/8.
@@ -26,35 +32,64 @@ pub(crate) enum KeyCommand {
         #[arg(long)]
         service: bool,
     },
+    /// List API keys: name, state, expiry, scopes.
+    ///
+    /// Example: carevault key list --service --output json
     List {
+        /// The service keys (admin) instead of your own.
         #[arg(long)]
         service: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
+    /// Revoke an API key at once.
+    ///
+    /// Example: carevault key revoke first-steps --service
     Revoke {
+        /// The key's name.
         name: String,
+        /// A service key (admin) instead of one of your own.
         #[arg(long)]
         service: bool,
     },
     /// Key-encryption key versions: state, creation time, data keys each still wraps, re-wrap
     /// progress.
+    ///
+    /// Example: carevault key status
     Status,
     /// Add a KEK version (used by every new wrap at once); data keys are re-wrapped in the
     /// background. With --wait, show progress until the re-wrap is done.
+    ///
+    /// Example: carevault key rotate --wait
     Rotate {
+        /// Show progress until the re-wrap is done.
         #[arg(long)]
         wait: bool,
     },
     /// Give every patient compartment a new data key: resource versions are re-sealed under
     /// the new keys in the background and the old keys dropped once nothing uses them. With
     /// --wait, show progress until it is done.
+    ///
+    /// Example: carevault key rotate-data --wait
     RotateData {
+        /// Show progress until the rotation is done.
         #[arg(long)]
         wait: bool,
     },
     /// Refuse decryption under KEK versions older than VERSION (once none is in use).
-    MinVersion { version: String },
+    ///
+    /// Example: carevault key min-version v2
+    MinVersion {
+        /// The oldest version still used for decryption: v1, v2, ...
+        version: String,
+    },
     /// Destroy a KEK version for good; refused while anything depends on it.
-    Destroy { version: String },
+    ///
+    /// Example: carevault key destroy v1
+    Destroy {
+        /// The version to destroy: v1, v2, ...
+        version: String,
+    },
 }
 
 pub(crate) fn run(command: KeyCommand) -> Result<()> {
@@ -86,8 +121,11 @@ pub(crate) fn run(command: KeyCommand) -> Result<()> {
                 str_field(&created, "expires_at")
             );
         }
-        KeyCommand::List { service } => {
+        KeyCommand::List { service, output } => {
             let listed = client.expect("GET", base(service), None)?;
+            if output.printed_json(&listed)? {
+                return Ok(());
+            }
             for k in listed["api_keys"].as_array().into_iter().flatten() {
                 let scopes = str_items(k, "scopes");
                 println!(

@@ -16,6 +16,8 @@ use crate::local::runtime;
 pub(crate) enum MigrateCommand {
     /// Copy a SQLite database (stop the server first) into PostgreSQL, with progress; run it
     /// again to resume an interrupted copy. Verifies row counts and the audit trail after.
+    ///
+    /// Example: carevault migrate sqlite-to-postgres --from carevault-data/carevault.db --to postgres://carevault@db.example/carevault --public-key 3f1c...
     SqliteToPostgres {
         /// The SQLite database (DATA_DIR/carevault.db).
         #[arg(long)]

@@ -10,10 +10,18 @@ use crate::client::{Client, str_field};
 pub(crate) enum PatientCommand {
     /// Approve another admin's crypto-shred of a patient: prints a one-time approval token
     /// (valid 15 minutes) to hand to them.
-    ApproveShred { patient: String },
+    ///
+    /// Example: carevault patient approve-shred Patient/123
+    ApproveShred {
+        /// The patient (`Patient/ID` or `ID`).
+        patient: String,
+    },
     /// Destroy a patient's data key: every version of every resource in their compartment
     /// becomes unreadable for good, backups included. Needs a second admin's approval token.
+    ///
+    /// Example: carevault patient shred Patient/123 --reason "erasure request 2026-117" --approval cva_...
     Shred {
+        /// The patient (`Patient/ID` or `ID`).
         patient: String,
         /// Why; audited (as a keyed digest and sealed, never in clear).
         #[arg(long)]

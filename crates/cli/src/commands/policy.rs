@@ -7,20 +7,38 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::client::{Client, str_field};
+use crate::output::OutputArgs;
 
 #[derive(Subcommand)]
 pub(crate) enum PolicyCommand {
     /// Add (or replace) a custom policy from a Cedar file; refused with Cedar's diagnostics if invalid.
+    ///
+    /// Example: carevault policy add night-shift night-shift.cedar
     Add {
+        /// The policy's name.
         name: String,
+        /// The Cedar file (test it first with `carevault policy test FILE`).
         file: PathBuf,
     },
-    List,
+    /// List the custom policies with their text.
+    ///
+    /// Example: carevault policy list --output json
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Remove a custom policy.
+    ///
+    /// Example: carevault policy rm night-shift
     Rm {
+        /// The policy's name (as `policy list` shows it).
         name: String,
     },
     /// Validate a Cedar file against the shipped schema and built-in policies, offline.
+    ///
+    /// Example: carevault policy test night-shift.cedar
     Test {
+        /// The Cedar file.
         file: PathBuf,
     },
 }
@@ -64,9 +82,12 @@ pub(crate) fn run(command: PolicyCommand) -> Result<()> {
             }
             bail!("the server refused the policy ({status}); nothing changed")
         }
-        PolicyCommand::List => {
+        PolicyCommand::List { output } => {
             let client = Client::from_session()?;
             let listed = client.expect("GET", "/admin/policies", None)?;
+            if output.printed_json(&listed)? {
+                return Ok(());
+            }
             println!("policy set version {}", listed["policy_set_version"]);
             for p in listed["policies"].as_array().into_iter().flatten() {
                 println!(

@@ -9,8 +9,9 @@ use carevault_server::{Config, SharedClock, SystemClock, environment};
 
 use crate::local::{ServerArgs, load_config_for_keys};
 
-/// What init prints, to the terminal only: never to the log.
-fn print_init_report(report: &environment::InitReport, config: &Config) {
+/// What init prints, on standard output only: never to the log. `url` is where clients reach
+/// the server.
+fn print_init_report(report: &environment::InitReport, config: &Config, url: &str) {
     println!(
         "initialized CareVault environment {}",
         report.environment_id
@@ -33,35 +34,57 @@ fn print_init_report(report: &environment::InitReport, config: &Config) {
         "(shown once; expires {}; `carevault admin recover` issues a new one)",
         report.admin.expires_at
     );
-    let scheme = if config.plain_http { "http" } else { "https" };
     let ca = if config.plain_http {
         String::new()
     } else {
         format!(" --ca-cert {}", config.tls_cert.display())
     };
     println!(
-        "enroll with: carevault enroll --server {scheme}://{}{ca} --token <TOKEN>",
-        config.listen
+        "enroll with: carevault enroll --server {url}{ca} --token {}",
+        report.admin.enrollment_token
     );
     println!();
+}
+
+/// The URL clients use: the configured public one, else the configured address.
+fn client_url(config: &Config, bound: Option<String>) -> String {
+    if let Some(public) = &config.public_base_url {
+        return public.origin().to_owned();
+    }
+    bound.unwrap_or_else(|| {
+        let scheme = if config.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", config.listen)
+    })
 }
 
 pub(crate) async fn init(args: ServerArgs) -> Result<()> {
     let config = load_config_for_keys(&args, true)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let report = environment::init(&config, clock).await?;
-    print_init_report(&report, &config);
+    print_init_report(&report, &config, &client_url(&config, None));
     Ok(())
 }
 
 pub(crate) async fn serve(args: ServerArgs) -> Result<()> {
     let config = load_config_for_keys(&args, true)?;
     let clock: SharedClock = Arc::new(SystemClock);
-    if !environment::is_initialized(&config) {
-        let report = environment::init(&config, clock.clone()).await?;
-        print_init_report(&report, &config);
-    }
+    let report = if environment::is_initialized(&config) {
+        None
+    } else {
+        Some(environment::init(&config, clock.clone()).await?)
+    };
+    // Held until the process ends: released by the kernel even on a crash.
+    let _lock = environment::DataDirLock::acquire(&config.data_dir)?;
+    let printed_config = config.clone();
     let app = Application::build(config, clock).await?;
+    if let Some(report) = &report {
+        // After binding: the enroll command names the port actually listened on.
+        print_init_report(
+            report,
+            &printed_config,
+            &client_url(&printed_config, Some(app.url())),
+        );
+    }
     println!("environment {}", app.environment_id());
     if let Some(fp) = app.tls_fingerprint() {
         println!("TLS certificate SHA-256 fingerprint: {fp}");

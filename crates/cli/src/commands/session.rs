@@ -1,100 +1,98 @@
-//! `carevault login`, `logout` and `enroll`: getting, keeping and ending a session.
+//! `carevault login`, `logout` and `token`: getting, keeping, showing and ending a session.
 
-use std::io::{BufRead, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::client::{self, Client, SavedSession, str_field};
+use crate::client::{Client, ConnectArgs};
+use crate::profile::{self, SavedSession, TargetArgs};
+use crate::prompt;
 
-pub(crate) fn login(
-    server: &str,
-    ca_cert: Option<PathBuf>,
-    username: Option<String>,
-) -> Result<()> {
-    let client = Client::new(server, ca_cert.as_deref())?;
+/// What the server says when the right password comes with a code already used.
+pub(crate) const CODE_ALREADY_USED: &str = "this code was already used; wait for the next one";
+
+/// Codes one `login` asks for when the last one was already used.
+const CODE_ATTEMPTS: usize = 3;
+
+pub(crate) fn login(target: &TargetArgs, username: Option<String>) -> Result<()> {
+    let target = target.resolve()?;
+    let client = Client::for_target(&target)?;
+    // A wrong URL or an untrusted certificate is reported before anything is typed.
+    client.check_reachable()?;
     let username = match username {
         Some(u) => u,
-        None => read_line("username: ")?,
+        None => prompt::line("username: ")?,
     };
-    let password = read_secret("password: ")?;
-    let code = read_line("authenticator code (or recovery code): ")?;
-    let granted = client.expect(
-        "POST",
-        "/auth/login",
-        Some(&json!({"username": username, "password": password.as_str(), "totp_code": code})),
-    )?;
-    let token = granted["access_token"]
-        .as_str()
-        .context("the server's answer has no access_token")?
-        .to_owned();
-    let ca_cert = ca_cert.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-    let path = client::save_session(&SavedSession {
-        server: server.trim_end_matches('/').to_owned(),
-        ca_cert,
+    let password = prompt::secret("password: ")?;
+    let token = login_with_code(&client, &username, &password)?;
+    profile::save_profile(&target)?;
+    let path = profile::save_session(&SavedSession {
+        server: target.server.clone(),
+        ca_cert: target.ca_cert.clone(),
         access_token: token,
     })?;
     println!(
-        "logged in as {username}; session saved to {}",
+        "logged in as {username} on {} (profile {}); session saved to {}",
+        target.server,
+        profile::name(),
         path.display()
     );
+    println!("later commands use this server and session; `carevault token` prints it for curl");
     Ok(())
 }
 
-pub(crate) fn enroll(server: &str, ca_cert: Option<&Path>, token: &str) -> Result<()> {
-    let client = Client::new(server, ca_cert)?;
-    let started = client.expect(
-        "POST",
-        "/auth/enroll/start",
-        Some(&json!({"enrollment_token": token})),
-    )?;
-    let uri = started["otpauth_uri"]
-        .as_str()
-        .context("no otpauth_uri in the answer")?;
-    let secret = str_field(&started, "totp_secret");
-    let username = str_field(&started, "username");
-    if std::io::stdout().is_terminal()
-        && let Ok(code) = qrcode::QrCode::new(uri.as_bytes())
-    {
-        let image = code
-            .render::<qrcode::render::unicode::Dense1x2>()
-            .dark_color(qrcode::render::unicode::Dense1x2::Light)
-            .light_color(qrcode::render::unicode::Dense1x2::Dark)
-            .build();
-        println!("{image}");
-    }
-    println!("account: {username}");
-    println!("add this to your authenticator app (scan the QR code or enter the secret):");
-    println!("otpauth URI: {uri}");
-    println!("secret: {secret}");
-    let password = read_secret("choose a password (12+ characters): ")?;
-    if std::io::stdin().is_terminal() {
-        let again = read_secret("repeat the password: ")?;
-        if again.as_str() != password.as_str() {
-            bail!("the passwords differ; nothing was changed, run enroll again");
+/// Ask for the code and log in; a code already used is asked for again (on a terminal).
+fn login_with_code(
+    client: &Client,
+    username: &str,
+    password: &Zeroizing<String>,
+) -> Result<String> {
+    for attempt in 1..=CODE_ATTEMPTS {
+        let code = prompt::line("authenticator code (or recovery code): ")?;
+        let (status, answer) = client.call(
+            "POST",
+            "/auth/login",
+            Some(&json!({"username": username, "password": password.as_str(), "totp_code": code})),
+        )?;
+        let diagnostics = answer["issue"][0]["diagnostics"].as_str().unwrap_or("");
+        match status {
+            200 => {
+                return answer["access_token"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("the server's answer has no access_token");
+            }
+            401 if diagnostics == CODE_ALREADY_USED
+                && prompt::interactive()
+                && attempt < CODE_ATTEMPTS =>
+            {
+                eprintln!("{CODE_ALREADY_USED} (codes change every 30 seconds)");
+            }
+            401 if diagnostics == CODE_ALREADY_USED => bail!("{CODE_ALREADY_USED}"),
+            401 => bail!(
+                "login failed: the username, password or code is wrong (or the account is \
+                 disabled or locked; an admin can check with `carevault user list`)"
+            ),
+            429 => bail!("too many attempts; wait a minute before trying again"),
+            _ => bail!(
+                "the server answered {status}: {}",
+                if diagnostics.is_empty() {
+                    "no details"
+                } else {
+                    diagnostics
+                }
+            ),
         }
     }
-    let code = read_line("current authenticator code: ")?;
-    let finished = client.expect(
-        "POST",
-        "/auth/enroll/finish",
-        Some(&json!({"enrollment_token": token, "password": password.as_str(), "totp_code": code})),
-    )?;
-    println!(
-        "enrolled. Recovery codes (each works once instead of an authenticator code; store them safely):"
-    );
-    for code in finished["recovery_codes"].as_array().into_iter().flatten() {
-        println!("  {}", code.as_str().unwrap_or_default());
-    }
-    Ok(())
+    bail!("{CODE_ALREADY_USED}")
 }
 
 pub(crate) fn logout() -> Result<()> {
     let client = Client::from_session()?;
     let (status, _) = client.call("POST", "/auth/logout", None)?;
-    client::forget_session()?;
+    profile::forget_session()?;
     if status == 204 {
         println!("logged out");
     } else {
@@ -103,28 +101,18 @@ pub(crate) fn logout() -> Result<()> {
     Ok(())
 }
 
-/// Read a secret: hidden prompt on a terminal, one line of standard input otherwise (scripts).
-fn read_secret(prompt: &str) -> Result<Zeroizing<String>> {
-    if std::io::stdin().is_terminal() {
-        Ok(Zeroizing::new(rpassword::prompt_password(prompt)?))
-    } else {
-        read_line_stdin()
+/// Print the bearer token (the session's or an API key), for scripts and curl.
+pub(crate) fn token(connect: &ConnectArgs) -> Result<()> {
+    let client = connect.client()?;
+    // A token the server no longer accepts is no use to a script: say so now.
+    client.expect("GET", "/auth/whoami", None)?;
+    let token = client.token().context("no token to print")?;
+    if std::io::stdout().is_terminal() {
+        eprintln!(
+            "warning: this token acts as you until the session ends; keep it out of shared \
+             terminals and shell history. In scripts: TOKEN=$(carevault token)"
+        );
     }
-}
-
-fn read_line(prompt: &str) -> Result<String> {
-    if std::io::stdin().is_terminal() {
-        eprint!("{prompt}");
-    }
-    Ok(read_line_stdin()?.trim().to_owned())
-}
-
-fn read_line_stdin() -> Result<Zeroizing<String>> {
-    let mut line = Zeroizing::new(String::new());
-    let n = std::io::stdin().lock().read_line(&mut line)?;
-    if n == 0 {
-        bail!("unexpected end of input");
-    }
-    let trimmed = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
-    Ok(trimmed)
+    println!("{token}");
+    Ok(())
 }

@@ -164,8 +164,8 @@ fn cli_enrolls_logs_in_and_manages_users() {
     let ca = srv.ca_pem();
     let ca = ca.to_str().unwrap();
 
-    // `enroll` prints the secret, then reads the password and code from stdin (not a terminal
-    // here): answer it like a person with an authenticator app would.
+    // `enroll` reads the password, prints the secret, then reads the code from stdin (not a
+    // terminal here): answer it like a person with an authenticator app would.
     let mut child = Command::new(bin())
         .args([
             "enroll",
@@ -183,6 +183,7 @@ fn cli_enrolls_logs_in_and_manages_users() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{TEST_PASSWORD}").unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut printed = String::new();
     let secret = loop {
@@ -200,8 +201,8 @@ fn cli_enrolls_logs_in_and_manages_users() {
         printed.contains("otpauth://totp/CareVault:admin?"),
         "{printed}"
     );
-    let mut auth = Authenticator::new(&secret);
-    writeln!(stdin, "{TEST_PASSWORD}\n{}", auth.fresh_code()).unwrap();
+    let mut auth = Authenticator::new(&secret.replace(' ', ""));
+    writeln!(stdin, "{}", auth.fresh_code()).unwrap();
     drop(stdin);
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
@@ -250,6 +251,14 @@ fn cli_enrolls_logs_in_and_manages_users() {
     );
     assert!(add.status.success(), "{}", output_text(&add));
     assert!(output_text(&add).contains("enrollment token for dr.cli: cve_"));
+    assert!(
+        output_text(&add).contains(&format!(
+            "dr.cli enrolls with: carevault enroll --server {} --ca-cert ",
+            srv.base
+        )),
+        "{}",
+        output_text(&add)
+    );
     let list = carevault(&["user", "list"], &env, "");
     assert!(
         output_text(&list).contains("dr.cli") && output_text(&list).contains("clinician"),

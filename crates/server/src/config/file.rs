@@ -154,7 +154,7 @@ pub struct LogSection {
 
 /// Every key the file and the environment accept, with its type. The environment variable of
 /// `section.key` is `CAREVAULT_SECTION_KEY`.
-const KEYS: &[(&str, Kind)] = &[
+pub(super) const KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("data_dir", Kind::Str),
     ("node_id", Kind::Str),
@@ -212,6 +212,12 @@ const NON_CONFIG_ENV: &[&str] = &[
     "CAREVAULT_CONFIG",
     "CAREVAULT_CLI_CONFIG_DIR",
     "CAREVAULT_LOG",
+    // Read by the command-line client (`--api-key-file`, `--server`, `--ca-cert`, `--profile`),
+    // which may run in the same shell as `serve`.
+    "CAREVAULT_API_KEY_FILE",
+    "CAREVAULT_SERVER",
+    "CAREVAULT_CA_CERT",
+    "CAREVAULT_PROFILE",
     // Read by the test kit (which key provider test servers use), never by the server.
     "CAREVAULT_TEST_KEY_PROVIDER",
     // Read by `FileConfig::load` into `database_password`: the environment only, never a key
@@ -223,7 +229,7 @@ const NON_CONFIG_ENV: &[&str] = &[
 ];
 
 #[derive(Clone, Copy, Debug)]
-enum Kind {
+pub(super) enum Kind {
     Str,
     Int,
     Bool,
@@ -240,89 +246,278 @@ pub fn key_names() -> impl Iterator<Item = &'static str> {
 }
 
 impl FileConfig {
-    /// Read the file (if any), then apply `CAREVAULT_*` variables from `env` on top.
+    /// Read the file (if any), then apply `CAREVAULT_*` variables from `env` on top. Fails on
+    /// the first problem; `config::check` reports them all.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::new(
-                        "--config",
-                        format!("cannot read {}: {}", path.display(), e.kind()),
-                    )
-                })?;
-                text.parse::<toml::Table>().map_err(|e| {
-                    ConfigError::new("--config", format!("not valid TOML: {}", e.message()))
-                })?
-            }
-            None => toml::Table::new(),
-        };
-        if let Some(url) = table
-            .get("database")
-            .and_then(|d| d.get("url"))
-            .and_then(|u| u.as_str())
-            && carevault_store::url_has_password(url)
-        {
-            return Err(ConfigError::new(
-                "database.url",
-                "holds a password; secrets never go in the configuration file (it is copied, \
-                 versioned and read more widely than the database): put the password in the file \
-                 named by database.password_file or in CAREVAULT_DATABASE_PASSWORD, or give the \
-                 whole URL in CAREVAULT_DATABASE_URL",
-            ));
+        let (mut table, _) = read_table(path)?;
+        if let Some(problem) = password_in_url(&table) {
+            return Err(problem);
         }
-        let mut database_password = None;
-        for (name, value) in env {
-            if name == "CAREVAULT_DATABASE_PASSWORD" {
-                database_password = Some(secrecy::SecretString::from(value));
-                continue;
-            }
-            if !name.starts_with("CAREVAULT_") || NON_CONFIG_ENV.contains(&name.as_str()) {
-                continue;
-            }
-            let Some((key, kind)) = KEYS.iter().find(|(k, _)| env_var_name(k) == name) else {
-                return Err(ConfigError::new(
-                    name,
-                    "unknown CareVault environment variable",
-                ));
-            };
-            let parsed = match kind {
-                Kind::Str => toml::Value::String(value),
-                Kind::Int => toml::Value::Integer(
-                    value
-                        .trim()
-                        .parse::<i64>()
-                        .map_err(|_| ConfigError::new(name.clone(), "expected a whole number"))?,
-                ),
-                Kind::Bool => toml::Value::Boolean(match value.trim() {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    _ => return Err(ConfigError::new(name, "expected true or false")),
-                }),
-            };
-            set_path(&mut table, key, parsed);
+        if let Some(problem) = take_mistyped(&mut table).into_iter().next() {
+            return Err(problem);
         }
-        let mut file = toml::Value::Table(table)
-            .try_into::<FileConfig>()
-            .map_err(|e| {
-                // serde names the offending key in its message (e.g. "unknown field `lisen`").
-                ConfigError::new(
-                    "config",
-                    e.message()
-                        .lines()
-                        .next()
-                        .unwrap_or("invalid configuration")
-                        .to_owned(),
-                )
-            })?;
-        file.database_password = database_password;
+        let env = apply_env(&mut table, env);
+        if let Some(problem) = env.problems.into_iter().next() {
+            return Err(problem);
+        }
+        let mut file = from_table(&table)?;
+        file.database_password = env.database_password;
         Ok(file)
     }
 }
 
-fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+/// The file as a TOML table (empty without a file), and its text (for line numbers).
+pub(super) fn read_table(path: Option<&Path>) -> Result<(toml::Table, String), ConfigError> {
+    let Some(path) = path else {
+        return Ok((toml::Table::new(), String::new()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "--config",
+            format!("cannot read {}: {}", path.display(), e.kind()),
+        )
+    })?;
+    let table = text.parse::<toml::Table>().map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| format!(" at line {}", line_at(&text, span.start)))
+            .unwrap_or_default();
+        ConfigError::new("--config", format!("not valid TOML{at}: {}", e.message()))
+    })?;
+    Ok((table, text))
+}
+
+/// The 1-based line of byte `offset` in `text`.
+pub(super) fn line_at(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// A password in the file's `database.url` (refused: secrets never go in the file).
+pub(super) fn password_in_url(table: &toml::Table) -> Option<ConfigError> {
+    let url = table.get("database")?.get("url")?.as_str()?;
+    carevault_store::url_has_password(url).then(|| {
+        ConfigError::new(
+            "database.url",
+            "holds a password; secrets never go in the configuration file (it is copied, \
+             versioned and read more widely than the database): put the password in the file \
+             named by database.password_file or in CAREVAULT_DATABASE_PASSWORD, or give the \
+             whole URL in CAREVAULT_DATABASE_URL",
+        )
+    })
+}
+
+/// Remove from `table` every unknown key and every value of the wrong type, returning one
+/// problem for each, named by its key (serde's own messages, such as "invalid type: string,
+/// expected u64", do not say which key).
+pub(super) fn take_mistyped(table: &mut toml::Table) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    take_mistyped_in(table, "", &mut problems);
+    problems
+}
+
+fn take_mistyped_in(table: &mut toml::Table, section: &str, problems: &mut Vec<ConfigError>) {
+    let names: Vec<String> = table.keys().cloned().collect();
+    for name in names {
+        let key = if section.is_empty() {
+            name.clone()
+        } else {
+            format!("{section}.{name}")
+        };
+        let Some(value) = table.get_mut(&name) else {
+            continue;
+        };
+        let keep = match KEYS.iter().find(|(k, _)| *k == key) {
+            Some((_, kind)) => match kind.mismatch(value) {
+                None => true,
+                Some(problem) => {
+                    problems.push(ConfigError::new(key, problem));
+                    false
+                }
+            },
+            None if section.is_empty() && is_section(&key) => match value {
+                toml::Value::Table(inner) => {
+                    take_mistyped_in(inner, &key, problems);
+                    true
+                }
+                _ => {
+                    problems.push(ConfigError::new(
+                        key.clone(),
+                        format!("expected a section ([{key}]) of keys"),
+                    ));
+                    false
+                }
+            },
+            None => {
+                problems.push(ConfigError::new(key.clone(), unknown_key(section)));
+                false
+            }
+        };
+        if !keep {
+            table.remove(&name);
+        }
+    }
+}
+
+/// True when some key lives in section `name`.
+fn is_section(name: &str) -> bool {
+    KEYS.iter()
+        .any(|(k, _)| k.split_once('.').is_some_and(|(s, _)| s == name))
+}
+
+fn unknown_key(section: &str) -> String {
+    if section.is_empty() {
+        return "unknown key (docs/configuration.md lists every key)".to_owned();
+    }
+    let known: Vec<&str> = KEYS
+        .iter()
+        .filter_map(|(k, _)| k.split_once('.'))
+        .filter(|(s, _)| *s == section)
+        .map(|(_, k)| k)
+        .collect();
+    format!(
+        "unknown key; the keys of [{section}] are {}",
+        known.join(", ")
+    )
+}
+
+/// What the environment brought: its keys applied to the table, and its problems.
+pub(super) struct EnvApplied {
+    pub(super) database_password: Option<secrecy::SecretString>,
+    /// (key, environment variable) for every key the environment set.
+    pub(super) keys: Vec<(&'static str, String)>,
+    /// Named by the environment variable.
+    pub(super) problems: Vec<ConfigError>,
+}
+
+/// Apply the `CAREVAULT_*` variables of `env` to `table` (they win over the file).
+pub(super) fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> EnvApplied {
+    let mut applied = EnvApplied {
+        database_password: None,
+        keys: Vec::new(),
+        problems: Vec::new(),
+    };
+    for (name, value) in env {
+        if name == "CAREVAULT_DATABASE_PASSWORD" {
+            applied.database_password = Some(secrecy::SecretString::from(value));
+            continue;
+        }
+        if !name.starts_with("CAREVAULT_") || NON_CONFIG_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        let Some((key, kind)) = KEYS.iter().find(|(k, _)| env_var_name(k) == name) else {
+            applied.problems.push(ConfigError::new(
+                name,
+                "unknown CareVault environment variable",
+            ));
+            continue;
+        };
+        match kind.parse_env(value) {
+            Ok(parsed) => {
+                set_path(table, key, parsed);
+                applied.keys.push((key, name));
+            }
+            Err(problem) => applied.problems.push(ConfigError::new(name, problem)),
+        }
+    }
+    applied
+}
+
+/// The table as a [`FileConfig`] (its keys known and typed: see [`take_mistyped`]).
+pub(super) fn from_table(table: &toml::Table) -> Result<FileConfig, ConfigError> {
+    toml::Value::Table(table.clone())
+        .try_into::<FileConfig>()
+        .map_err(|e| {
+            // serde names an unknown key in its message (e.g. "unknown field `lisen`").
+            ConfigError::new(
+                "config",
+                e.message()
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid configuration")
+                    .to_owned(),
+            )
+        })
+}
+
+impl Kind {
+    /// What is wrong with `value` for a key of this kind, if anything.
+    fn mismatch(self, value: &toml::Value) -> Option<String> {
+        let ok = match self {
+            Self::Str => value.is_str(),
+            Self::Int => value.as_integer().is_some_and(|i| i >= 0),
+            Self::Bool => value.is_bool(),
+        };
+        (!ok).then(|| format!("expected {}, found {}", self.expected(), describe(value)))
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Self::Str => "a string (in quotes)",
+            Self::Int => "a whole number, 0 or more (u64)",
+            Self::Bool => "true or false",
+        }
+    }
+
+    fn parse_env(self, value: String) -> Result<toml::Value, &'static str> {
+        Ok(match self {
+            Self::Str => toml::Value::String(value),
+            Self::Int => toml::Value::Integer(
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|v| i64::try_from(v).ok())
+                    .ok_or("expected a whole number")?,
+            ),
+            Self::Bool => toml::Value::Boolean(match value.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err("expected true or false"),
+            }),
+        })
+    }
+}
+
+/// A value's type, never the value (it may be a secret typed in the wrong place).
+fn describe(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(i) if *i < 0 => "a negative number",
+        toml::Value::Integer(_) => "a whole number",
+        toml::Value::Float(_) => "a decimal number",
+        toml::Value::Boolean(_) => "true/false",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a section",
+    }
+}
+
+/// Remove `key` (`section.key`) from `table`; true when it was there.
+pub(super) fn remove_path(table: &mut toml::Table, key: &str) -> bool {
+    match key.split_once('.') {
+        Some((section, rest)) => table
+            .get_mut(section)
+            .and_then(toml::Value::as_table_mut)
+            .is_some_and(|inner| remove_path(inner, rest)),
+        None => table.remove(key).is_some(),
+    }
+}
+
+/// The value of `key` (`section.key`) in `table`.
+pub(super) fn get_path<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    match key.split_once('.') {
+        Some((section, rest)) => get_path(table.get(section)?.as_table()?, rest),
+        None => table.get(key),
+    }
+}
+
+pub(super) fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
     match key.split_once('.') {
         Some((section, rest)) => {
             let entry = table

@@ -4,12 +4,14 @@
 //!
 //! Secrets are never values in the file, only paths to files holding them.
 
+mod check;
 mod file;
 mod limits;
 mod public_url;
 #[cfg(test)]
 mod tests;
 
+pub use check::{Checked, Problem, check};
 pub use file::{
     Argon2Section, AuditSection, AuthSection, DatabaseSection, FileConfig, HttpSection, KeySection,
     LogSection, SearchSection, SessionSection, TlsSection, env_var_name, key_names,

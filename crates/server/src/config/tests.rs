@@ -384,3 +384,18 @@ fn cors_origins_are_exact_origins_and_never_a_wildcard() {
         );
     }
 }
+
+#[test]
+fn the_clients_variables_are_not_configuration_keys() {
+    // `carevault serve` in a shell where the client's variables are set still starts.
+    let file = FileConfig::load(
+        None,
+        env(&[
+            ("CAREVAULT_API_KEY_FILE", "/tmp/key"),
+            ("CAREVAULT_SERVER", "https://127.0.0.1:8443"),
+            ("CAREVAULT_CA_CERT", "/tmp/cert.pem"),
+            ("CAREVAULT_PROFILE", "work"),
+        ]),
+    );
+    assert!(file.is_ok(), "{file:?}");
+}

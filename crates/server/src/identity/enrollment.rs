@@ -59,7 +59,17 @@ impl Identity {
     pub async fn enroll_start(&self, audit: &AuditScope, token: &str) -> Result<EnrollStart> {
         let (row, principal) = self.valid_enrollment(token).await?;
         audit.set_principal(&principal.id, &role_names(&principal), "enrollment-token");
-        let secret = Zeroizing::new(totp::generate_secret()?);
+        // Starting again (a person who ran `enroll` twice) hands out the same secret: the one
+        // already scanned into their authenticator keeps working.
+        let secret = match row.pending_totp_sealed.as_deref() {
+            Some(sealed) if !sealed.is_empty() => {
+                Zeroizing::new(self.keyring.open(&totp_aad(&principal.id), sealed).await?)
+            }
+            _ => {
+                let fresh = Zeroizing::new(totp::generate_secret()?);
+                Zeroizing::new(fresh.to_vec())
+            }
+        };
         // The first enrollment makes the secrets' data key: it commits with this write or not.
         let new_keys = NewDataKeys::default();
         for attempt in 1.. {

@@ -20,6 +20,15 @@ pub struct LoginGranted {
     pub expires_in: i64,
 }
 
+/// What a second factor is worth.
+enum Factor {
+    /// The write that consumes it, and the authentication method it makes.
+    Valid(WriteOp, &'static str),
+    /// A TOTP code already used.
+    Replayed,
+    Invalid,
+}
+
 impl Identity {
     pub(super) async fn hash_password(&self, password: &str) -> Result<String> {
         let password = Zeroizing::new(password.to_owned());
@@ -102,9 +111,17 @@ impl Identity {
             .map_or(self.dummy_hash.as_str(), |c| c.password_hash.as_str());
         let password_ok = password.len() <= 1024 && self.verify_password(password, phc).await?;
 
+        let mut replayed = false;
         let factor = match (&principal, &credential) {
             (Some(p), Some(c)) if password_ok && !p.disabled && (!p.locked || known) => {
-                self.second_factor(p, c, second_factor).await?
+                match self.second_factor(p, c, second_factor).await? {
+                    Factor::Valid(op, method) => Some((op, method)),
+                    Factor::Replayed => {
+                        replayed = true;
+                        None
+                    }
+                    Factor::Invalid => None,
+                }
             }
             _ => None,
         };
@@ -136,7 +153,13 @@ impl Identity {
             )
             .await?;
         }
-        Err(Error::Unauthorized)
+        // Only with the right password: a person who typed the code enrollment or their last
+        // login used learns to wait for the next one; a guesser learns nothing.
+        Err(if replayed {
+            Error::CodeAlreadyUsed
+        } else {
+            Error::Unauthorized
+        })
     }
 
     /// The write that consumes the second factor (a TOTP step or a recovery code), if the
@@ -146,7 +169,7 @@ impl Identity {
         p: &PrincipalRow,
         c: &CredentialRow,
         code: &str,
-    ) -> Result<Option<(WriteOp, &'static str)>> {
+    ) -> Result<Factor> {
         let now = self.clock.now_secs();
         if code.len() == 6 {
             let secret = Zeroizing::new(
@@ -154,30 +177,33 @@ impl Identity {
                     .open(&totp_aad(&p.id), &c.totp_secret_sealed)
                     .await?,
             );
-            let step = totp::verify(&secret, &p.username, code, now, c.totp_last_step)?;
             // Committed with the session: of two concurrent logins with one code, one wins.
-            return Ok(step.map(|step| {
-                (
-                    WriteOp::AdvanceTotpStep {
-                        principal_id: p.id.clone(),
-                        step,
-                    },
-                    "password+totp",
-                )
-            }));
+            return Ok(
+                match totp::check(&secret, &p.username, code, now, c.totp_last_step)? {
+                    totp::Checked::Fresh(step) => Factor::Valid(
+                        WriteOp::AdvanceTotpStep {
+                            principal_id: p.id.clone(),
+                            step,
+                        },
+                        "password+totp",
+                    ),
+                    totp::Checked::Replayed => Factor::Replayed,
+                    totp::Checked::Invalid => Factor::Invalid,
+                },
+            );
         }
         let normalized = normalize_recovery_code(code);
         let hash = carevault_crypto::sha256_hex(normalized.as_bytes());
         if normalized.is_empty() || !c.recovery_code_hashes.contains(&hash) {
-            return Ok(None);
+            return Ok(Factor::Invalid);
         }
-        Ok(Some((
+        Ok(Factor::Valid(
             WriteOp::ConsumeRecoveryCode {
                 principal_id: p.id.clone(),
                 code_hash: hash,
             },
             "password+recovery-code",
-        )))
+        ))
     }
 
     async fn open_session(

@@ -36,6 +36,17 @@ pub fn provisioning(secret: &[u8], account: &str) -> Result<(String, String)> {
     Ok((totp.secret().to_base32(), uri))
 }
 
+/// What a code is worth at a moment, given the last step the account used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// Valid for this step, later than the last one used.
+    Fresh(i64),
+    /// Valid in the window, but only for a step already used (e.g. by enrollment or a login a
+    /// moment ago): the person has the right authenticator and must wait for its next code.
+    Replayed,
+    Invalid,
+}
+
 /// If `code` is valid at `now_secs` (±1 step) for a step later than `last_step`, the step it
 /// matched. Codes from `last_step` or earlier are replays and are refused.
 pub fn verify(
@@ -45,26 +56,43 @@ pub fn verify(
     now_secs: i64,
     last_step: i64,
 ) -> Result<Option<i64>> {
+    Ok(match check(secret, account, code, now_secs, last_step)? {
+        Checked::Fresh(step) => Some(step),
+        Checked::Replayed | Checked::Invalid => None,
+    })
+}
+
+/// [`verify`], telling a replayed code from a wrong one.
+pub fn check(
+    secret: &[u8],
+    account: &str,
+    code: &str,
+    now_secs: i64,
+    last_step: i64,
+) -> Result<Checked> {
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(None);
+        return Ok(Checked::Invalid);
     }
     let totp = build(secret, account)?;
     let now = u64::try_from(now_secs).unwrap_or(0);
     let current = now / STEP_SECS;
     // Check every step in the window (not just the first match) so that a replayed code for an
     // old step cannot shadow a fresh one.
-    let mut matched = None;
+    let mut checked = Checked::Invalid;
     for step in current.saturating_sub(1)..=current + 1 {
         let step_i = i64::try_from(step).unwrap_or(i64::MAX);
-        if step_i > last_step
-            && totp
-                .check(code, step * STEP_SECS)
-                .is_some_and(|c| c == step)
+        if totp
+            .check(code, step * STEP_SECS)
+            .is_some_and(|c| c == step)
         {
-            matched = Some(step_i);
+            if step_i > last_step {
+                checked = Checked::Fresh(step_i);
+            } else if checked == Checked::Invalid {
+                checked = Checked::Replayed;
+            }
         }
     }
-    Ok(matched)
+    Ok(checked)
 }
 
 /// The current step at `now_secs`.
@@ -114,6 +142,20 @@ mod tests {
             verify(secret, "a", "081804", t + 90, 0).unwrap(),
             None,
             "three steps late is not"
+        );
+        assert_eq!(
+            check(secret, "a", "081804", t, step).unwrap(),
+            Checked::Replayed,
+            "a used code is told apart from a wrong one"
+        );
+        assert_eq!(
+            check(secret, "a", "081805", t, step).unwrap(),
+            Checked::Invalid
+        );
+        assert_eq!(
+            check(secret, "a", "081804", t + 90, step).unwrap(),
+            Checked::Invalid,
+            "outside the window, a used code is just wrong"
         );
         assert_eq!(verify(secret, "a", "08180", t, 0).unwrap(), None);
         assert_eq!(verify(secret, "a", "abcdef", t, 0).unwrap(), None);

@@ -110,10 +110,13 @@ impl Records {
                 id,
                 &compartment,
                 security,
-                patient_organization,
+                patient_organization.clone(),
             )
             .await?;
-        self.authorize(caller, action, &attrs, false).await?;
+        match self.authorize(caller, action, &attrs, false).await {
+            Err(Error::Forbidden) => Err(patient_refusal(caller.principal, patient_organization)),
+            other => other,
+        }?;
         Ok(compartment)
     }
 
@@ -187,6 +190,25 @@ impl Records {
             .break_glass_grants(&caller.principal.id, self.clock.now_secs())
             .await?;
         Ok(grant_covering(&grants, Some(compartment)).map(|g| g.reason.clone()))
+    }
+}
+
+/// Why a Patient the caller writes is refused, when its `managingOrganization` is the reason:
+/// a member of an organization writes the Patients their organization manages. It tells only
+/// what the body says and the caller's own organization, nothing of any stored record.
+fn patient_refusal(principal: &Principal, written: Option<Option<String>>) -> Error {
+    let Some(own) = &principal.organization else {
+        return Error::Forbidden;
+    };
+    match written {
+        Some(None) => Error::ForbiddenBecause(format!(
+            "set the Patient's managingOrganization to {{\"reference\": \"Organization/{own}\"}}: \
+             you may write the Patients your organization manages"
+        )),
+        Some(Some(org)) if org != *own => Error::ForbiddenBecause(format!(
+            "the Patient's managingOrganization must be your organization, Organization/{own}"
+        )),
+        _ => Error::Forbidden,
     }
 }
 
