@@ -17,8 +17,7 @@ use clap::{Parser, Subcommand};
 use client::ConnectArgs;
 use commands::{
     admin, audit, backup, break_glass, config, enroll, import, key, migrate, patient, policy, seed,
-    serve,
-    session, user, version,
+    serve, session, user, version,
 };
 use local::{ServerArgs, runtime};
 use profile::TargetArgs;

@@ -17,6 +17,8 @@ use crate::local::{ServerArgs, load_config_for_keys, runtime};
 pub(crate) enum BackupCommand {
     /// Back up the environment (online: the server may keep serving) into one age-encrypted
     /// file: database snapshot, KEK files as stored, keyring state, manifest.
+    ///
+    /// Example: carevault backup create --out /backups/carevault-2026-12-05.age --recipient age1...
     Create {
         /// The backup file to create (must not exist; written to a temporary file and renamed
         /// when complete).
@@ -36,7 +38,10 @@ pub(crate) enum BackupCommand {
     },
     /// Decrypt a backup, check every hash, restore it into a scratch environment, open every
     /// resource version with the restored keys, verify the audit trail, compare the counts.
+    ///
+    /// Example: carevault backup verify /backups/carevault-2026-12-05.age --identity ~/backup-key.txt
     Verify {
+        /// The backup file to check.
         file: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
@@ -49,7 +54,10 @@ pub(crate) enum BackupCommand {
     /// Restore a backup as a new node: into --data-dir (empty or absent) and, with
     /// database.url, into that (empty) PostgreSQL database. Checked whole before it is moved
     /// into place.
+    ///
+    /// Example: carevault backup restore /backups/carevault-2026-12-05.age --identity ~/backup-key.txt --data-dir /srv/carevault-restored
     Restore {
+        /// The backup file to restore.
         file: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
