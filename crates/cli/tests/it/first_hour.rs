@@ -348,3 +348,63 @@ fn errors_say_what_to_do() {
         read.text()
     );
 }
+
+#[test]
+fn the_cli_says_when_nothing_answers_and_when_a_session_has_ended() {
+    let srv = server();
+    let cfg = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env("CAREVAULT_CLI_CONFIG_DIR", cfg.path())
+            .env_remove("CAREVAULT_CA_CERT")
+            .env_remove("CAREVAULT_SERVER")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A port nothing listens on: said before any prompt.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let ca = srv.ca_pem();
+    let nowhere = format!("https://127.0.0.1:{port}");
+    let out = cli(&[
+        "login",
+        "--username",
+        "admin",
+        "--server",
+        &nowhere,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+    ]);
+    let text = output_text(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains(&format!("nothing answers at {nowhere}")),
+        "{text}"
+    );
+
+    // A saved session the server has ended (logged out elsewhere) is named as such, with the
+    // command that logs in again, not as a wrong password.
+    let mut admin = srv.admin();
+    let token = srv.login(&admin.username, &mut admin.auth);
+    let logout = srv
+        .api()
+        .with_token(&token)
+        .request("POST", "/auth/logout", &[], None);
+    assert!(logout.status < 300, "{}", logout.text());
+    let session = serde_json::json!({"server": srv.base, "ca_cert": ca, "access_token": token});
+    std::fs::write(cfg.path().join("session.json"), session.to_string()).unwrap();
+    let out = cli(&["user", "list"]);
+    let text = output_text(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("your session has ended") && text.contains("carevault login"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&token),
+        "the token is never printed in an error"
+    );
+}

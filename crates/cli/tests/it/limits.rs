@@ -46,6 +46,15 @@ fn with_host(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    if status == 0 {
+        // No HTTP answer at all: say what curl said (a transport failure is not a refusal).
+        let said = format!(
+            "curl {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return (status, headers, said);
+    }
     (status, headers, body.to_owned())
 }
 
