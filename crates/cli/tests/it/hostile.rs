@@ -262,6 +262,11 @@ fn bad_queries_methods_and_routes(api: &Api, id: &str) {
         "unsupported method",
     );
     assert_outcome(
+        &api.request("PATCH", &format!("/fhir/Patient/{id}"), &[], None),
+        415,
+        "a PATCH without a JSON Patch body",
+    );
+    assert_outcome(
         &api.get("/fhir/Patient?_count=many"),
         400,
         "bad search control",
