@@ -23,7 +23,9 @@ use crate::{StoreError, WriteOp};
 pub(super) struct WriterStats {
     pub(super) batch_size: Histogram,
     pub(super) commit_seconds: Histogram,
-    /// When a WAL checkpoint last succeeded (None before the first).
+    /// When a WAL checkpoint last succeeded, or (before the first) when the store opened: the
+    /// age is then how long the WAL has gone unchecked, and the metric exists from the start
+    /// (a scrape that came before the first checkpoint used to find no such series).
     pub(super) last_checkpoint: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
@@ -32,7 +34,7 @@ impl Default for WriterStats {
         Self {
             batch_size: Histogram::new(BATCH_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
-            last_checkpoint: std::sync::Mutex::new(None),
+            last_checkpoint: std::sync::Mutex::new(Some(std::time::Instant::now())),
         }
     }
 }
