@@ -36,8 +36,25 @@ pub(crate) fn resource_id(s: &str) -> Result<ResourceId, ApiError> {
 
 /// 406 unless the client accepts FHIR JSON (by `_format` or `Accept`).
 fn negotiate(headers: &HeaderMap, params: &HashMap<String, String>) -> Result<(), ApiError> {
-    if let Some(format) = params.get("_format") {
-        return match format.as_str() {
+    negotiate_format(headers, params.get("_format").map(String::as_str))
+}
+
+/// [`negotiate`] with the request's `_format`, when the query is read as a list of pairs.
+pub(crate) fn negotiate_pairs(
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<(), ApiError> {
+    let format = pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "_format")
+        .map(|(_, v)| v.as_str());
+    negotiate_format(headers, format)
+}
+
+fn negotiate_format(headers: &HeaderMap, format: Option<&str>) -> Result<(), ApiError> {
+    if let Some(format) = format {
+        return match format {
             "json" | "application/json" | "application/fhir+json" | "application/json+fhir" => {
                 Ok(())
             }
@@ -69,19 +86,6 @@ fn negotiate(headers: &HeaderMap, params: &HashMap<String, String>) -> Result<()
     } else {
         Err(ApiError::NotAcceptable)
     }
-}
-
-/// [`negotiate`] with the request's `_format`, when the query is read as a list of pairs.
-pub(crate) fn negotiate_pairs(
-    headers: &HeaderMap,
-    pairs: &[(String, String)],
-) -> Result<(), ApiError> {
-    let format: HashMap<String, String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "_format")
-        .cloned()
-        .collect();
-    negotiate(headers, &format)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use carevault_fhir::search::{self, Total};
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
 
+use super::write::UPDATE_RETRIES;
 use super::{Caller, Current, Records, Version};
 use crate::authz::FhirAction;
 use crate::error::{Error, Result};
@@ -21,9 +22,6 @@ pub enum Selected {
     One(Version),
     Several,
 }
-
-/// How often a patch without `If-Match` is read and applied again after losing a race.
-const PATCH_RETRIES: usize = 8;
 
 impl Records {
     /// The resource of `rtype` that `criteria` (search parameters) select for a conditional
@@ -158,7 +156,9 @@ impl Records {
         max_bytes: usize,
     ) -> Result<Version> {
         let ops = parse_patch(patch).map_err(|e| Error::BadRequest(e.to_string()))?;
-        for _ in 0..PATCH_RETRIES {
+        // Without `If-Match`, a patch that lost a race is read and applied again, as often as an
+        // update retries.
+        for _ in 0..UPDATE_RETRIES {
             let current = match self.read(caller, rtype, id).await? {
                 Current::Present(v) => v,
                 Current::Deleted { .. } => return Err(Error::Gone),

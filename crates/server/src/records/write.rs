@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::keyring::NewDataKeys;
 
 /// How often an update without `If-Match` retries after losing a race.
-const UPDATE_RETRIES: usize = 8;
+pub(super) const UPDATE_RETRIES: usize = 8;
 
 impl Records {
     /// Create with an id the server chose beforehand (a transaction assigns ids first so that
