@@ -4,12 +4,13 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Uri, header};
+use axum::http::{Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// The largest answer re-indented; a larger one is sent as it is.
-const LIMIT: usize = 256 * 1024 * 1024;
+/// The largest answer re-indented; a larger one (or one of unknown length) is sent as it is,
+/// compact: indenting means holding the answer twice in memory.
+const LIMIT: u64 = 16 * 1024 * 1024;
 
 pub(crate) async fn pretty(mut req: Request, next: Next) -> Response {
     let Some((wanted, uri)) = without_pretty(req.uri()) else {
@@ -24,23 +25,24 @@ pub(crate) async fn pretty(mut req: Request, next: Next) -> Response {
         .is_some_and(|v| {
             v.starts_with("application/fhir+json") || v.starts_with("application/json")
         });
-    if !wanted || !is_json {
+    let small = axum::body::HttpBody::size_hint(resp.body())
+        .upper()
+        .is_some_and(|n| n <= LIMIT);
+    if !wanted || !is_json || !small {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, LIMIT).await else {
+    // Only a body that fails while it is read (it is known to be within the limit) ends here.
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return crate::error::outcome_response(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "exception",
             "the answer could not be read to indent it; ask again without _pretty",
         );
     };
-    let indented = reindent(&bytes);
+    // The new body has its own (exact) length.
     parts.headers.remove(header::CONTENT_LENGTH);
-    if let Ok(len) = HeaderValue::from_str(&indented.len().to_string()) {
-        parts.headers.insert(header::CONTENT_LENGTH, len);
-    }
-    Response::from_parts(parts, Body::from(indented))
+    Response::from_parts(parts, Body::from(reindent(&bytes)))
 }
 
 /// Whether `_pretty=true` was asked for, and the URI without `_pretty`; None without it.
@@ -128,6 +130,51 @@ fn reindent(json: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A router answering `body` as FHIR JSON at `/`, behind the `_pretty` layer.
+    async fn answer(body: Vec<u8>, query: &str) -> Vec<u8> {
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(move || async move {
+                    crate::error::fhir_json(axum::http::StatusCode::OK, body)
+                }),
+            )
+            .layer(axum::middleware::from_fn(pretty));
+        let req = Request::builder()
+            .uri(format!("/?{query}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), axum::http::StatusCode::OK);
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn small_answers_are_indented_and_large_ones_pass_through_compact() {
+        assert_eq!(
+            answer(br#"{"a":1}"#.to_vec(), "_pretty=true").await,
+            b"{\n  \"a\": 1\n}\n"
+        );
+        assert_eq!(
+            answer(br#"{"a":1}"#.to_vec(), "_pretty=false").await,
+            br#"{"a":1}"#
+        );
+        // Over the limit: sent as it is, not refused (it used to answer 500).
+        let mut big = br#"{"a":""#.to_vec();
+        big.resize(LIMIT as usize + 1, b'x');
+        big.extend_from_slice(br#""}"#);
+        let got = answer(big.clone(), "_pretty=true").await;
+        assert!(
+            got == big,
+            "the large answer came back changed ({} bytes)",
+            got.len()
+        );
+    }
 
     #[test]
     fn reindents_in_order_and_leaves_strings_alone() {
