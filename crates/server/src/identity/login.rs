@@ -61,7 +61,9 @@ impl Identity {
     }
 
     /// Password and second factor (a TOTP code, or once each, a recovery code). Every failure
-    /// is the same `Unauthorized` after the same Argon2 work, whatever was wrong.
+    /// is the same `Unauthorized` after the same Argon2 work, whatever was wrong, except one: the
+    /// right password with a TOTP code already used is `CodeAlreadyUsed` (telling it reveals
+    /// nothing to someone without the password).
     ///
     /// A failure slot is taken before the password is verified (see
     /// [`super::throttle::LoginThrottle::reserve`]): concurrent attempts get no further than

@@ -16,7 +16,8 @@ impl LoginOutcomes {
     pub(super) fn count(&self, result: &Result<LoginGranted>) {
         let i = match result {
             Ok(_) => 0,
-            Err(Error::Unauthorized) => 1,
+            // A replayed code is a failed login like any other, told apart only to its user.
+            Err(Error::Unauthorized | Error::CodeAlreadyUsed) => 1,
             Err(Error::TooManyRequests { .. }) => 2,
             Err(_) => 3,
         };
