@@ -279,6 +279,11 @@ fn decrypt<R: BufRead>(
             BackupError::Damaged("the age header is damaged".into())
         }
         age::DecryptError::Io(e) => damaged(&e),
+        age::DecryptError::ExcessiveWork { .. } => BackupError::Damaged(
+            "the passphrase's work factor is far above what CareVault writes; not a CareVault backup?"
+                .into(),
+        ),
+        // No identity or passphrase opens the file key (or its MAC fails): the wrong secret.
         _ => BackupError::WrongKey,
     })
 }

@@ -62,7 +62,8 @@ pub async fn create(
     let (kek_versions, _) = kek_versions(&keyring_json);
     fs::write(stage.join(ENVIRONMENT), &env_json).map_err(io("cannot stage environment.json"))?;
     fs::create_dir(stage.join("keys")).map_err(io("cannot stage the keys"))?;
-    fs::write(stage.join(KEYRING), &keyring_json).map_err(io("cannot stage the keyring"))?;
+    carevault_crypto::write_private_new(&stage.join(KEYRING), &keyring_json)
+        .map_err(io("cannot stage the keyring"))?;
     let mut names = vec![
         if backend == "postgres" {
             DATABASE_PG
@@ -75,7 +76,8 @@ pub async fn create(
     ];
     for (name, bytes) in &keks {
         let part = format!("keys/{name}");
-        fs::write(stage.join(&part), bytes).map_err(io("cannot stage a key file"))?;
+        carevault_crypto::write_private_new(&stage.join(&part), bytes)
+            .map_err(io("cannot stage a key file"))?;
         names.push(part);
     }
     let mut parts = Vec::new();

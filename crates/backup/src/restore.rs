@@ -33,6 +33,25 @@ pub struct RestoreOptions {
     pub live_data_dir: Option<PathBuf>,
 }
 
+/// `url` without its password, and the password (percent-decoded). A URL that does not parse
+/// is returned as it is (the tool then says what is wrong with it).
+fn without_password(url: &str) -> (String, Option<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_owned(), None);
+    };
+    let Some(password) = parsed.password().map(|p| {
+        percent_encoding::percent_decode_str(p)
+            .decode_utf8_lossy()
+            .into_owned()
+    }) else {
+        return (url.to_owned(), None);
+    };
+    if parsed.set_password(None).is_err() {
+        return (url.to_owned(), None);
+    }
+    (parsed.to_string(), Some(password))
+}
+
 /// Run `pg_dump`/`pg_restore` on the database of `options` (password through `PGPASSWORD`).
 pub(crate) async fn pg_tool(
     program: &str,
@@ -41,8 +60,11 @@ pub(crate) async fn pg_tool(
 ) -> Result<()> {
     let mut cmd = tokio::process::Command::new(program);
     args(&mut cmd);
-    cmd.arg("--dbname").arg(&options.url);
-    if let Some(pw) = &options.password {
+    // A password never goes on a command line (any local user can read it in /proc): it is
+    // taken out of the URL and given through the environment.
+    let (url, url_password) = without_password(&options.url);
+    cmd.arg("--dbname").arg(url);
+    if let Some(pw) = options.password.clone().or(url_password) {
         cmd.env("PGPASSWORD", pw);
     }
     let out = cmd.output().await.map_err(|e| {
@@ -391,6 +413,21 @@ fn merge_shreds(keyring: &Path, live: &[serde_json::Value]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_password_is_taken_out_of_the_url_for_the_command_line() {
+        let (url, pw) = super::without_password(
+            "postgres://carevault:s%40cret-CANARY@db.example:5432/cv?sslmode=verify-full",
+        );
+        assert_eq!(
+            url,
+            "postgres://carevault@db.example:5432/cv?sslmode=verify-full"
+        );
+        assert_eq!(pw.as_deref(), Some("s@cret-CANARY"));
+        let (url, pw) = super::without_password("postgres://carevault@db.example/cv");
+        assert_eq!(url, "postgres://carevault@db.example/cv");
+        assert_eq!(pw, None);
+    }
     use super::*;
 
     #[test]
