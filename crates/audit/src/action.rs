@@ -102,6 +102,10 @@ audit_actions! {
     HistoryInstance => "history-instance",
     // The environment.
     EnvironmentInit => "environment.init",
+    /// The server renewed its generated TLS certificate (close to expiry).
+    TlsCertificateRenewed => "environment.tls.renewed",
+    /// The server loaded a changed TLS certificate and key without a restart.
+    TlsCertificateReloaded => "environment.tls.reloaded",
     // Requests that reached no handler.
     UnknownEndpoint => "unknown-endpoint",
     UnsupportedMethod => "unsupported-method",

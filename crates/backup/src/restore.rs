@@ -354,6 +354,7 @@ pub async fn restore(
     load_database(stage, &manifest, target.as_ref()).await?;
     let mut staged = config.clone();
     staged.data_dir = stage.to_path_buf();
+    let now_secs = clock.now_secs();
     let report = open_and_check(&staged, manifest, clock).await?;
     let stage = staging.keep();
     if dir.exists() {
@@ -364,7 +365,7 @@ pub async fn restore(
         dir.display()
     )))?;
     if !config.plain_http && !config.tls_cert.exists() {
-        carevault_server::certificate::generate_self_signed(config)?;
+        carevault_server::certificate::generate_self_signed(config, now_secs)?;
     }
     Ok(report)
 }

@@ -29,6 +29,8 @@ pub struct Application {
     local_addr: SocketAddr,
     state: AppState,
     tls_fingerprint: Option<String>,
+    /// The served certificate, its reloader's handle and what the reloader needs.
+    tls_reload: Option<(Arc<crate::tls::ServedCertificate>, Config)>,
     environment_id: String,
     audit: Arc<Audit>,
     keyring: Arc<carevault_server::keyring::Keyring>,
@@ -85,12 +87,17 @@ impl Application {
         let local_addr = tcp
             .local_addr()
             .map_err(|e| Error::Unavailable(format!("listener address: {}", e.kind())))?;
-        let (tls, tls_fingerprint) = if config.plain_http {
+        let (tls, tls_reload) = if config.plain_http {
             (None, None)
         } else {
-            let (server_config, fingerprint) = crate::tls::server_config(&config)?;
-            (Some(TlsAcceptor::from(server_config)), Some(fingerprint))
+            crate::tls::renew_at_start(&config, &audit, &clock).await;
+            let (server_config, served) = crate::tls::server_config(&config)?;
+            (
+                Some(TlsAcceptor::from(server_config)),
+                Some((served, config.clone())),
+            )
         };
+        let tls_fingerprint = tls_reload.as_ref().map(|(served, _)| served.fingerprint());
         let http_limits = config.http;
         let capability = crate::capability_statement(clock.now_us());
         let rewrap_batch = config.rewrap_batch_size;
@@ -117,6 +124,7 @@ impl Application {
             local_addr,
             state,
             tls_fingerprint,
+            tls_reload,
             environment_id: env.id,
             audit,
             keyring: env.keyring,
@@ -195,6 +203,9 @@ impl Application {
                 }
             },
         );
+        let tls_reloader = self.tls_reload.map(|(served, config)| {
+            served.spawn_reloader(config, self.audit.clone(), self.state.inner.clock.clone())
+        });
         let connection_metrics = self.state.inner.metrics.connections.clone();
         let app = crate::router(self.state);
         let served = crate::serve::serve(
@@ -209,6 +220,9 @@ impl Application {
         checkpointer.abort();
         rewrapper.abort();
         data_rotator.abort();
+        if let Some(reloader) = tls_reloader {
+            reloader.abort();
+        }
         if let Err(e) = self.audit.checkpoint(true, None).await {
             tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");
         }

@@ -109,7 +109,10 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     let tls_fingerprint = if config.plain_http || config.tls_cert.exists() {
         None
     } else {
-        Some(crate::certificate::generate_self_signed(config)?)
+        Some(crate::certificate::generate_self_signed(
+            config,
+            clock.now_secs(),
+        )?)
     };
 
     let keyring = Arc::new(

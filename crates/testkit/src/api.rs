@@ -114,6 +114,22 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Reply {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} failed at the transport level: {e}"))
+    }
+
+    /// `GET`, or the transport error (a refused connection, a failed TLS handshake).
+    pub fn try_get(&self, path: &str) -> Result<Reply, String> {
+        self.try_request("GET", path, &[], None)
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply, String> {
         let url = format!("{}{}", self.base, path);
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
@@ -132,10 +148,7 @@ impl Api {
                 Err(e) => panic!("bad test request: {e}"),
             },
         };
-        let response = match result {
-            Ok(r) => r,
-            Err(e) => panic!("{method} {path} failed at the transport level: {e}"),
-        };
+        let response = result.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -144,11 +157,11 @@ impl Api {
             .collect();
         let mut body = Vec::new();
         let _ = response.into_body().into_reader().read_to_end(&mut body);
-        Reply {
+        Ok(Reply {
             status,
             headers,
             body,
-        }
+        })
     }
 
     pub fn get(&self, path: &str) -> Reply {

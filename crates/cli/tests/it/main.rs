@@ -13,6 +13,7 @@ mod cli;
 mod compartments;
 mod conformance;
 mod connections;
+mod deploy;
 mod differential;
 mod e2e;
 mod first_hour;
@@ -30,6 +31,7 @@ mod pty;
 mod refusals;
 mod search;
 mod tamper;
+mod tls;
 
 use std::path::Path;
 

@@ -14,10 +14,10 @@ use carevault_testkit::{PgInstance, PgTls, TestServer, psql};
 use crate::{bin, patient};
 
 /// A CA (its certificate, PEM) and a server certificate it issued, with the server's key.
-struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
+    pub(crate) server_cert_pem: String,
+    pub(crate) server_key_pem: String,
 }
 
 fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
@@ -33,7 +33,7 @@ fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     let ca = ca("CareVault test database CA");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params =
