@@ -14,6 +14,7 @@ mod compartments;
 mod conformance;
 mod connections;
 mod differential;
+mod doctor;
 mod e2e;
 mod first_hour;
 mod health;
