@@ -190,9 +190,10 @@ enum Command {
     ///
     /// Example: carevault doctor --data-dir carevault-data --output sarif
     Doctor(doctor::DoctorArgs),
-    /// Print the version; with --deps, the exact dependency versions this binary was built from.
+    /// Print the version; with --deps, the exact dependency versions this binary was built from;
+    /// with --check, the advisories of a RustSec database that apply to them.
     ///
-    /// Example: carevault version --deps
+    /// Example: carevault version --check --advisory-db /srv/advisory-db
     Version(version::VersionArgs),
 }
 

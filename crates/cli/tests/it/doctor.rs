@@ -96,7 +96,8 @@ fn a_fresh_environment_passes_and_its_json_and_sarif_validate() {
     for id in [
         "files.data_dir",
         "files.keys",
-        "tls.certificate",
+        // (tls.certificate warns until generated certificates are valid at most 397 days.)
+        "tls.key",
         "keys.kek_age",
         "policies.breadth",
         "audit.chain",
@@ -137,7 +138,7 @@ fn broken_files_keys_policies_and_audit_fail_their_checks_and_fix_repairs_the_mo
     };
     // Loose modes.
     set_mode(data, 0o755);
-    set_mode(&data.join("keys").join("kek-v1.key"), 0o644);
+    set_mode(&data.join("keys").join("keyring.json"), 0o644);
     set_mode(&data.join("tls").join("key.pem"), 0o640);
     // A policy that permits everyone everything it names, without a condition.
     let broad = admin.api.post_json(
@@ -162,7 +163,7 @@ fn broken_files_keys_policies_and_audit_fail_their_checks_and_fix_repairs_the_mo
     assert!(stderr.contains("repaired files.data_dir"), "{stderr}");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(data), 0o700);
-    assert_eq!(mode(&data.join("keys").join("kek-v1.key")), 0o600);
+    assert_eq!(mode(&data.join("keys").join("keyring.json")), 0o600);
     assert_eq!(mode(&data.join("tls").join("key.pem")), 0o600);
     for id in [
         "files.data_dir",
@@ -276,4 +277,95 @@ fn an_expired_certificate_a_production_tier_and_bad_input_fail_with_their_fix() 
             .any(|l| l.starts_with("fail") && l.contains("files.data_dir") && l.contains("fix:")),
         "{text}"
     );
+}
+
+/// One advisory database file: `crates/NAME/ID.md`.
+fn advisory(db: &Path, id: &str, package: &str, versions: &str) {
+    let dir = db.join("crates").join(package);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{id}.md")),
+        format!(
+            "```toml\n[advisory]\nid = \"{id}\"\npackage = \"{package}\"\ndate = \"2026-01-01\"\n\n[versions]\n{versions}\n```\n\n# Test advisory {id}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn version_check_lists_the_advisories_that_apply_to_compiled_in_versions() {
+    // serde_json's version as compiled in, from the binary's own list.
+    let deps = std::process::Command::new(bin())
+        .args(["version", "--deps"])
+        .output()
+        .unwrap();
+    let deps = String::from_utf8(deps.stdout).unwrap();
+    let serde_json_version = deps
+        .lines()
+        .find_map(|l| l.strip_prefix("serde_json "))
+        .unwrap()
+        .to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path();
+    // Applies: patched only in a version far ahead.
+    advisory(
+        db,
+        "RUSTSEC-2099-0001",
+        "serde_json",
+        "patched = [\">= 999.0.0\"]",
+    );
+    // Does not apply: the compiled-in version is patched.
+    advisory(
+        db,
+        "RUSTSEC-2099-0002",
+        "serde_json",
+        &format!("patched = [\">= {serde_json_version}\"]"),
+    );
+    // Does not apply: the compiled-in version is in the unaffected range.
+    advisory(
+        db,
+        "RUSTSEC-2099-0003",
+        "serde_json",
+        "patched = [\">= 999.0.0\"]\nunaffected = [\"< 999.0.0\"]",
+    );
+    // A crate that is not compiled in.
+    advisory(
+        db,
+        "RUSTSEC-2099-0004",
+        "not-a-carevault-dependency",
+        "patched = []",
+    );
+
+    let out = std::process::Command::new(bin())
+        .args(["version", "--check", "--advisory-db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a vulnerability applies: {}",
+        output_text(&out)
+    );
+    assert!(
+        text.contains(&format!(
+            "RUSTSEC-2099-0001 serde_json {serde_json_version}"
+        )),
+        "{text}"
+    );
+    for id in [
+        "RUSTSEC-2099-0002",
+        "RUSTSEC-2099-0003",
+        "RUSTSEC-2099-0004",
+    ] {
+        assert!(!text.contains(id), "{id}: {text}");
+    }
+    assert!(text.contains("1 advisories apply"), "{text}");
+
+    // Without the one that applies: success.
+    std::fs::remove_file(db.join("crates/serde_json/RUSTSEC-2099-0001.md")).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["version", "--check", "--advisory-db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
 }

@@ -13,6 +13,7 @@ use super::{
 use crate::audit::Audit;
 use crate::config::{Config, Database};
 use crate::environment::Environment;
+use crate::keyring::Keyring;
 
 const DAY_SECS: i64 = 86_400;
 /// API keys living longer than this are reported.
@@ -31,7 +32,7 @@ pub async fn run(
     now_us: i64,
 ) -> Vec<Finding> {
     let now = now_us.div_euclid(1_000_000);
-    let mut out = keys(config, env, now).await;
+    let mut out = keys(config, &env.keyring, now).await;
     out.extend(accounts(config, &*env.store, now).await);
     out.extend(api_keys(&*env.store, now).await);
     out.push(policies(&*env.store).await);
@@ -41,8 +42,8 @@ pub async fn run(
     out
 }
 
-async fn keys(config: &Config, env: &Environment, now: i64) -> Vec<Finding> {
-    let status = match env.keyring.status().await {
+async fn keys(config: &Config, keyring: &Keyring, now: i64) -> Vec<Finding> {
+    let status = match keyring.status().await {
         Ok(s) => s,
         Err(e) => {
             let found = format!(
@@ -438,14 +439,22 @@ fn sslmode(url: &str) -> &str {
         .unwrap_or("disable")
 }
 
-fn host_is_loopback(url: &str) -> bool {
+pub(crate) fn host_is_loopback(url: &str) -> bool {
     let Ok(parsed) = url::Url::parse(url) else {
         return false;
     };
     match parsed.host() {
         // No host: a Unix socket.
         None => true,
-        Some(url::Host::Domain(name)) => name == "localhost",
+        // A `postgres://` URL's host is opaque to the url crate: an address comes as a name.
+        Some(url::Host::Domain(name)) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
     }

@@ -15,6 +15,7 @@
 pub mod data;
 pub mod fix;
 pub mod local;
+pub mod periodic;
 pub mod report;
 #[cfg(test)]
 mod tests;

@@ -55,3 +55,18 @@ fn a_report_sorts_by_catalogue_and_counts() {
     assert_eq!(sarif["runs"][0]["results"][2]["level"], "error");
     assert_eq!(sarif["runs"][0]["results"][0]["kind"], "pass");
 }
+
+#[test]
+fn loopback_database_hosts_are_recognized() {
+    assert!(data::host_is_loopback(
+        "postgres://postgres@127.0.0.1:5432/test"
+    ));
+    assert!(data::host_is_loopback(
+        "postgres://u@localhost/db?sslmode=disable"
+    ));
+    assert!(data::host_is_loopback("postgres://u@[::1]:5432/db"));
+    assert!(!data::host_is_loopback(
+        "postgres://u@db.example.org:5432/db"
+    ));
+    assert!(!data::host_is_loopback("postgres://u@10.0.0.5/db"));
+}
