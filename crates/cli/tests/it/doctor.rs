@@ -195,6 +195,25 @@ fn broken_files_keys_policies_and_audit_fail_their_checks_and_fix_repairs_the_mo
     // The login events were rewritten behind the chain's back: the trail does not verify.
     assert_eq!(status_of(&out, "audit.chain"), "fail");
     assert_eq!(status_of(&out, "accounts.inactive"), "warn");
+
+    // --fix --yes disables the inactive account, audited as a disable.
+    let fixed = doctor(&srv, &["--fix", "--yes", "--offline"], &[]);
+    assert_no_crash(&fixed);
+    let stderr = String::from_utf8_lossy(&fixed.stderr);
+    assert!(
+        stderr.contains("repaired accounts.inactive: disabled admin"),
+        "{stderr}"
+    );
+    assert_eq!(
+        srv.query_i64(
+            "SELECT COUNT(*) FROM principal WHERE username = 'admin' AND disabled = true"
+        ),
+        1
+    );
+    assert_eq!(
+        srv.query_i64("SELECT COUNT(*) FROM audit_event WHERE action = 'admin.user.disable'"),
+        1
+    );
 }
 
 #[test]
