@@ -47,6 +47,8 @@ audit_actions! {
     UserReset => "admin.user.reset",
     /// An account recovered on the server machine with the CLI.
     UserRecover => "admin.recover",
+    /// A repair by `carevault doctor --fix` (a file mode tightened, a certificate renewed).
+    PostureRepair => "admin.posture.repair",
     // Policies.
     PolicyList => "admin.policy.list",
     PolicyPut => "admin.policy.put",

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 
 use client::ConnectArgs;
 use commands::{
-    admin, audit, backup, break_glass, config, enroll, import, key, migrate, patient, policy, seed,
-    serve, session, user, version,
+    admin, audit, backup, break_glass, config, doctor, enroll, import, key, migrate, patient,
+    policy, seed, serve, session, user, version,
 };
 use local::{ServerArgs, runtime};
 use profile::TargetArgs;
@@ -183,9 +183,17 @@ enum Command {
         #[command(subcommand)]
         command: backup::BackupCommand,
     },
-    /// Print the version; with --deps, the exact dependency versions this binary was built from.
+    /// Check the deployment's security posture (configuration, files, keys, accounts, policies,
+    /// audit trail, database, the server): one line per check with its fix, the checklist item
+    /// and the HIPAA section it evidences; non-zero exit status on any failed check. `--fix`
+    /// repairs what is safe, audited.
     ///
-    /// Example: carevault version --deps
+    /// Example: carevault doctor --data-dir carevault-data --output sarif
+    Doctor(doctor::DoctorArgs),
+    /// Print the version; with --deps, the exact dependency versions this binary was built from;
+    /// with --check, the advisories of a RustSec database that apply to them.
+    ///
+    /// Example: carevault version --check --advisory-db /srv/advisory-db
     Version(version::VersionArgs),
 }
 
@@ -248,6 +256,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Enroll { target, token } => enroll::enroll(&target, &token),
         Command::User { command } => user::run(command),
         Command::Version(args) => version::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Audit { command } => audit::run(command),
         Command::Backup { command } => backup::run(command),
         Command::Migrate { command } => migrate::run(command),

@@ -36,6 +36,8 @@ pub struct Application {
     keyring: Arc<carevault_server::keyring::Keyring>,
     rewrap_batch: u32,
     rewrap_pause: std::time::Duration,
+    /// What the periodic posture run needs (it runs from `run_until_stopped`).
+    posture: (Config, Arc<dyn carevault_store::Store>, SharedClock),
 }
 
 impl Application {
@@ -103,6 +105,7 @@ impl Application {
         let rewrap_batch = config.rewrap_batch_size;
         let rewrap_pause = std::time::Duration::from_millis(config.rewrap_pause_ms);
         let public_base = crate::public_base::PublicBase::new(&config, local_addr);
+        let posture = (config.clone(), env.store.clone(), clock.clone());
         let state = AppState::new(Services {
             config,
             public_base,
@@ -116,6 +119,7 @@ impl Application {
             keyring: env.keyring.clone(),
             clock,
             capability,
+            posture: Arc::default(),
         });
         Ok(Self {
             listener: tcp,
@@ -130,6 +134,7 @@ impl Application {
             keyring: env.keyring,
             rewrap_batch,
             rewrap_pause,
+            posture,
         })
     }
 
@@ -206,6 +211,18 @@ impl Application {
         let tls_reloader = self.tls_reload.map(|(served, config)| {
             served.spawn_reloader(config, self.audit.clone(), self.state.inner.clock.clone())
         });
+        let (posture_config, store, clock) = self.posture;
+        let posture_runs = carevault_server::posture::periodic::spawn(
+            self.state.inner.posture.clone(),
+            posture_config,
+            environment::Environment {
+                id: self.environment_id.clone(),
+                store,
+                keyring: self.keyring.clone(),
+            },
+            self.audit.clone(),
+            clock,
+        );
         let connection_metrics = self.state.inner.metrics.connections.clone();
         let app = crate::router(self.state);
         let served = crate::serve::serve(
@@ -222,6 +239,9 @@ impl Application {
         data_rotator.abort();
         if let Some(reloader) = tls_reloader {
             reloader.abort();
+        }
+        if let Some(runs) = posture_runs {
+            runs.abort();
         }
         if let Err(e) = self.audit.checkpoint(true, None).await {
             tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");

@@ -89,6 +89,8 @@ pub struct Services {
     pub clock: SharedClock,
     /// The CapabilityStatement, rendered once.
     pub capability: Vec<u8>,
+    /// The server's periodic posture runs (their metrics).
+    pub posture: Arc<carevault_server::posture::periodic::PostureRuns>,
 }
 
 impl Services {

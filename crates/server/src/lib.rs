@@ -21,6 +21,7 @@ pub mod keyring;
 pub mod memory;
 pub mod metrics;
 pub mod paging;
+pub mod posture;
 
 pub mod records;
 pub mod search;

@@ -96,7 +96,8 @@ pub fn protect_process(mode: LockMode) -> Result<LockOutcome, LockRequired> {
     Ok(*OUTCOME.get_or_init(|| result))
 }
 
-fn lock_all() -> Result<(), String> {
+/// Whether this process could lock its memory (without locking it): `Err` says why not.
+pub fn lock_possible() -> Result<(), String> {
     let limit = getrlimit(Resource::Memlock).current;
     if limit.is_some() && !has_ipc_lock_capability() {
         return Err(format!(
@@ -104,6 +105,11 @@ fn lock_all() -> Result<(), String> {
             limit.unwrap_or_default()
         ));
     }
+    Ok(())
+}
+
+fn lock_all() -> Result<(), String> {
+    lock_possible()?;
     mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
         .map_err(|e| format!("mlockall failed: {e}"))
 }

@@ -2,10 +2,12 @@
 //! here.
 
 pub(crate) mod admin;
+pub(crate) mod advisories;
 pub(crate) mod audit;
 pub(crate) mod backup;
 pub(crate) mod break_glass;
 pub(crate) mod config;
+pub(crate) mod doctor;
 pub(crate) mod enroll;
 pub(crate) mod import;
 pub(crate) mod key;

@@ -42,6 +42,13 @@ pub struct VersionArgs {
     /// `text`, or `cyclonedx` for a CycloneDX 1.5 JSON SBOM (always includes the dependencies).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Check the compiled-in dependency versions against the advisory database of
+    /// --advisory-db; non-zero exit status when a vulnerability applies.
+    #[arg(long, requires = "advisory_db")]
+    check: bool,
+    /// A RustSec advisory database directory (the one `cargo deny` reads).
+    #[arg(long)]
+    advisory_db: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +58,9 @@ pub enum Format {
 }
 
 pub fn run(args: &VersionArgs) -> Result<()> {
+    if args.check {
+        return check(args.advisory_db.as_deref());
+    }
     let out = match args.format {
         Format::Text => text(args.deps),
         Format::Cyclonedx => {
@@ -65,6 +75,49 @@ pub fn run(args: &VersionArgs) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to standard output"),
     }
+}
+
+/// `version --check`: the advisories that apply to this build, one line each.
+fn check(db: Option<&std::path::Path>) -> Result<()> {
+    let Some(db) = db else {
+        anyhow::bail!("--check needs --advisory-db DIR (a RustSec advisory database)");
+    };
+    let packages: Vec<(&str, &str)> = PACKAGES[1..]
+        .iter()
+        .filter(|p| is_crates_io(p))
+        .map(|p| (p.name, p.version))
+        .collect();
+    let found = super::advisories::check(db, &packages)?;
+    let mut out = String::new();
+    for a in &found {
+        let patched = if a.patched.is_empty() {
+            "no patched version".to_owned()
+        } else {
+            format!("patched: {}", a.patched.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{} {} {} ({}): {} [{patched}]",
+            a.id, a.package, a.version, a.kind, a.title
+        );
+    }
+    let vulnerable = found.iter().filter(|a| a.kind == "vulnerability").count();
+    let _ = writeln!(
+        out,
+        "{} advisories apply to {} {} ({vulnerable} vulnerabilities) among {} packages checked",
+        found.len(),
+        root().name,
+        root().version,
+        packages.len()
+    );
+    std::io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .context("cannot write to standard output")?;
+    if vulnerable > 0 {
+        anyhow::bail!("{vulnerable} known vulnerabilities in this build: update it");
+    }
+    Ok(())
 }
 
 fn root() -> &'static Package {

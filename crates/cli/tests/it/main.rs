@@ -15,6 +15,7 @@ mod conformance;
 mod connections;
 mod deploy;
 mod differential;
+mod doctor;
 mod e2e;
 mod first_hour;
 mod health;

@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     pub http: HttpSection,
     pub cors: CorsSection,
+    pub posture: PostureSection,
     /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
     #[serde(skip)]
     pub database_password: Option<secrecy::SecretString>,
@@ -86,6 +87,20 @@ pub struct KeySection {
     /// `auto` (default), `required` or `off`: lock the process's memory so unsealed keys never
     /// reach swap (see `memory`).
     pub lock_memory: Option<String>,
+}
+
+/// The posture check (`carevault doctor` and the server's periodic run).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostureSection {
+    /// `development` (default), `staging` or `production`.
+    pub tier: Option<String>,
+    /// A KEK version older than this many days should be rotated.
+    pub kek_rotation_days: Option<u64>,
+    /// Accounts with no login for this many days are reported (and disabled by `--fix`).
+    pub inactive_days: Option<u64>,
+    /// Hours between the server's posture runs (0: never).
+    pub interval_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +220,10 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("http.h2_max_pending_accept_reset_streams", Kind::Int),
     ("http.h2_max_local_error_reset_streams", Kind::Int),
     ("cors.allowed_origins", Kind::Str),
+    ("posture.tier", Kind::Str),
+    ("posture.kek_rotation_days", Kind::Int),
+    ("posture.inactive_days", Kind::Int),
+    ("posture.interval_hours", Kind::Int),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

@@ -14,7 +14,7 @@ mod tests;
 pub use check::{Checked, Problem, check};
 pub use file::{
     Argon2Section, AuditSection, AuthSection, DatabaseSection, FileConfig, HttpSection, KeySection,
-    LogSection, SearchSection, SessionSection, TlsSection, env_var_name, key_names,
+    LogSection, PostureSection, SearchSection, SessionSection, TlsSection, env_var_name, key_names,
 };
 use limits::{AuthLimits, argon2_params, bounded, max_unsigned, session_timeouts};
 pub use limits::{HttpLimits, SearchLimits};
@@ -83,6 +83,63 @@ pub struct Config {
     pub database: Database,
     /// Connection limits and timeouts.
     pub http: HttpLimits,
+    /// The posture check's settings (`posture.*`).
+    pub posture: PostureSettings,
+}
+
+/// How strict a deployment must be: `posture.tier`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tier {
+    #[default]
+    Development,
+    Staging,
+    Production,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        }
+    }
+}
+
+/// `posture.*`, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostureSettings {
+    pub tier: Tier,
+    pub kek_rotation_days: u64,
+    pub inactive_days: u64,
+    /// Hours between the server's posture runs; 0: never.
+    pub interval_hours: u64,
+}
+
+fn posture(section: &PostureSection) -> Result<PostureSettings, ConfigError> {
+    let tier = match section.tier.as_deref() {
+        None | Some("development") => Tier::Development,
+        Some("staging") => Tier::Staging,
+        Some("production") => Tier::Production,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "posture.tier",
+                "expected \"development\", \"staging\" or \"production\"",
+            ));
+        }
+    };
+    Ok(PostureSettings {
+        tier,
+        kek_rotation_days: bounded(
+            "posture.kek_rotation_days",
+            section.kek_rotation_days,
+            365,
+            1,
+            3650,
+        )?,
+        inactive_days: bounded("posture.inactive_days", section.inactive_days, 90, 1, 3650)?,
+        interval_hours: bounded("posture.interval_hours", section.interval_hours, 24, 0, 720)?,
+    })
 }
 
 /// Which database the environment lives in.
@@ -228,6 +285,7 @@ impl Config {
         let key_passphrase_file = passphrase_file(key.passphrase_file)?;
         let key_lock_memory = lock_memory(key.lock_memory.as_deref())?;
         let http = HttpLimits::from_section(&file.http)?;
+        let posture = posture(&file.posture)?;
 
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
@@ -263,6 +321,7 @@ impl Config {
             key_lock_memory,
             database,
             http,
+            posture,
         })
     }
 

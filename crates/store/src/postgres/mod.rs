@@ -190,6 +190,19 @@ impl PostgresStore {
         &self.target
     }
 
+    /// The rights of the role this store connects as: (superuser, createrole, createdb), for
+    /// the posture check (a server needs none of them).
+    pub async fn role_rights(&self) -> Result<(bool, bool, bool), StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Backend("the current role is not in pg_roles".into()))?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+
     /// A pooled connection, for tools that work on the schema directly (copying an
     /// environment in).
     pub(crate) async fn client_for_tools(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -1,0 +1,428 @@
+//! Checks of the machine and files: modes and owners, the process's user, memory locking and
+//! core dumps, TLS on, the certificate's validity and key, the KEKs' protection.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use x509_cert::Certificate;
+use x509_cert::der::asn1::{ObjectIdentifier, UintRef};
+use x509_cert::der::{Decode, Reader, SliceReader};
+
+use super::{
+    FILES_CONFIG, FILES_DATA_DIR, FILES_KEYS, FILES_TLS_KEY, Finding, KEYS_PROTECTION,
+    PROCESS_MEMORY, PROCESS_ROOT, TLS_CERTIFICATE, TLS_KEY, TLS_PLAIN_HTTP,
+};
+use crate::config::{Config, KeyProviderConfig, Tier};
+use crate::memory::LockMode;
+
+/// A generated certificate within this many days of its end should be renewed.
+pub const RENEW_WITHIN_DAYS: i64 = crate::certificate::RENEW_BEFORE_DAYS;
+/// The longest validity browsers and scanners accept (CA/Browser Forum: 398 days).
+pub const MAX_VALIDITY_DAYS: i64 = 398;
+/// The common name of the certificate `init` generates.
+pub const GENERATED_CN: &str = "CareVault self-signed";
+
+const DAY_SECS: i64 = 86_400;
+
+/// The local checks. `config_file`: the configuration file, when one was given.
+pub fn run(config: &Config, config_file: Option<&Path>, now_us: i64) -> Vec<Finding> {
+    let tier = config.posture.tier;
+    let mut out = vec![data_dir(config)];
+    out.push(keys_dir(config));
+    if !config.plain_http {
+        out.push(tls_key_file(config));
+    }
+    out.push(config_file_mode(config_file));
+    out.push(root(config));
+    out.push(memory(config));
+    out.push(keys_protection(config));
+    if config.plain_http {
+        out.push(TLS_PLAIN_HTTP.fail_in(
+            tier,
+            format!("plain HTTP on {}", config.listen),
+            "remove allow_plain_http (TLS is on by default)",
+        ));
+    } else {
+        out.push(TLS_PLAIN_HTTP.pass(format!("TLS on {}", config.listen)));
+        out.extend(certificate(config, now_us));
+    }
+    out
+}
+
+/// Group and other bits that a private path must not have.
+const PRIVATE: u32 = 0o077;
+
+fn tighten_hint(path: &Path, mode: u32) -> String {
+    format!(
+        "chmod {:o} {} (carevault doctor --fix does it)",
+        mode & !PRIVATE & 0o7777,
+        path.display()
+    )
+}
+
+fn data_dir(config: &Config) -> Finding {
+    let dir = &config.data_dir;
+    match fs::metadata(dir) {
+        Err(e) => FILES_DATA_DIR.fail(
+            format!("{} cannot be read ({})", dir.display(), e.kind()),
+            format!(
+                "create it with `carevault init --data-dir {}`, or fix data_dir",
+                dir.display()
+            ),
+        ),
+        Ok(meta) if !meta.is_dir() => FILES_DATA_DIR.fail(
+            format!("{} is not a directory", dir.display()),
+            "point data_dir at the environment's directory",
+        ),
+        Ok(meta) if meta.mode() & PRIVATE != 0 => FILES_DATA_DIR.fail(
+            format!(
+                "{} is mode {:o}: other users can reach it",
+                dir.display(),
+                meta.mode() & 0o7777
+            ),
+            tighten_hint(dir, meta.mode()),
+        ),
+        Ok(meta) => FILES_DATA_DIR.pass(format!(
+            "{} is mode {:o}, owner uid {}",
+            dir.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        )),
+    }
+}
+
+/// Paths under `dir` (and `dir` itself) with group or other bits, or another owner than `owner`.
+fn loose_paths(dir: &Path, owner: u32) -> (Vec<String>, Vec<String>) {
+    let mut loose = Vec::new();
+    let mut foreign = Vec::new();
+    let mut check = |path: &Path, meta: &fs::Metadata| {
+        if meta.mode() & PRIVATE != 0 {
+            loose.push(format!("{} ({:o})", path.display(), meta.mode() & 0o7777));
+        }
+        if meta.uid() != owner {
+            foreign.push(format!("{} (uid {})", path.display(), meta.uid()));
+        }
+    };
+    if let Ok(meta) = fs::metadata(dir) {
+        check(dir, &meta);
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if let Ok(meta) = entry.metadata() {
+                check(&entry.path(), &meta);
+            }
+        }
+    }
+    (loose, foreign)
+}
+
+fn data_dir_owner(config: &Config) -> Option<u32> {
+    fs::metadata(&config.data_dir).ok().map(|m| m.uid())
+}
+
+fn keys_dir(config: &Config) -> Finding {
+    let dir = config.keys_dir();
+    if !dir.is_dir() {
+        return FILES_KEYS.fail(
+            format!("{} is missing", dir.display()),
+            "restore the key directory from the environment's backup",
+        );
+    }
+    let owner = data_dir_owner(config).unwrap_or(u32::MAX);
+    let (loose, foreign) = loose_paths(&dir, owner);
+    if !loose.is_empty() {
+        return FILES_KEYS.fail(
+            format!("other users can reach: {}", loose.join(", ")),
+            format!(
+                "chmod 700 {0} and chmod 600 the files in it (carevault doctor --fix does it)",
+                dir.display()
+            ),
+        );
+    }
+    if !foreign.is_empty() {
+        return FILES_KEYS.warn(
+            format!(
+                "owned by another user than the data directory: {}",
+                foreign.join(", ")
+            ),
+            "chown them to the user the server runs as",
+        );
+    }
+    FILES_KEYS.pass(format!("{} and its files are private", dir.display()))
+}
+
+fn tls_key_file(config: &Config) -> Finding {
+    let path = &config.tls_key;
+    match fs::metadata(path) {
+        Err(e) => FILES_TLS_KEY.fail(
+            format!("{} cannot be read ({})", path.display(), e.kind()),
+            "set tls.key_path to the certificate's private key, or remove tls.* to use the generated one",
+        ),
+        Ok(meta) if meta.mode() & PRIVATE != 0 => FILES_TLS_KEY.fail(
+            format!("{} is mode {:o}", path.display(), meta.mode() & 0o7777),
+            tighten_hint(path, meta.mode()),
+        ),
+        Ok(meta) if Some(meta.uid()) != data_dir_owner(config) => FILES_TLS_KEY.warn(
+            format!("{} is owned by uid {}, not the data directory's owner", path.display(), meta.uid()),
+            "chown it to the user the server runs as",
+        ),
+        Ok(meta) => FILES_TLS_KEY.pass(format!(
+            "{} is mode {:o}",
+            path.display(),
+            meta.mode() & 0o7777
+        )),
+    }
+}
+
+fn config_file_mode(file: Option<&Path>) -> Finding {
+    let Some(path) = file else {
+        return FILES_CONFIG.pass("no configuration file (defaults and environment variables)");
+    };
+    match fs::metadata(path) {
+        Err(e) => FILES_CONFIG.fail(
+            format!("{} cannot be read ({})", path.display(), e.kind()),
+            "point --config at the configuration file",
+        ),
+        Ok(meta) if meta.mode() & 0o022 != 0 => FILES_CONFIG.fail(
+            format!(
+                "{} is mode {:o}: other users can change the configuration",
+                path.display(),
+                meta.mode() & 0o7777
+            ),
+            format!(
+                "chmod go-w {} (carevault doctor --fix does it)",
+                path.display()
+            ),
+        ),
+        Ok(meta) => FILES_CONFIG.pass(format!(
+            "{} is mode {:o}",
+            path.display(),
+            meta.mode() & 0o7777
+        )),
+    }
+}
+
+/// The server runs as the data directory's owner (it made it, and refuses one others can reach).
+fn root(config: &Config) -> Finding {
+    let euid = rustix::process::geteuid().as_raw();
+    let owner = data_dir_owner(config);
+    if owner == Some(0) || (owner.is_none() && euid == 0) {
+        return PROCESS_ROOT.fail_in(
+            config.posture.tier,
+            "the data directory is owned by root, so the server runs as root",
+            "run the server as a dedicated user (chown -R carevault: the data directory; the \
+             systemd unit in deploy/ does this)",
+        );
+    }
+    PROCESS_ROOT.pass(format!(
+        "the data directory is owned by uid {}",
+        owner.unwrap_or(euid)
+    ))
+}
+
+fn memory(config: &Config) -> Finding {
+    let tier = config.posture.tier;
+    if config.key_lock_memory == LockMode::Off {
+        return PROCESS_MEMORY.fail_in(
+            tier,
+            "key.lock_memory is off: unsealed keys may reach swap",
+            "set key.lock_memory = \"required\" (or \"auto\") and grant CAP_IPC_LOCK",
+        );
+    }
+    if let Err(reason) = crate::memory::lock_possible() {
+        return PROCESS_MEMORY.fail_in(
+            tier,
+            format!("memory cannot be locked here: {reason}"),
+            "grant CAP_IPC_LOCK or LimitMEMLOCK=infinity (systemd), or use encrypted swap",
+        );
+    }
+    // The server marks itself non-dumpable; with fs.suid_dumpable = 2 the kernel still writes
+    // such a process's core (readable by root), keys included.
+    let suid_dumpable = fs::read_to_string("/proc/sys/fs/suid_dumpable")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if suid_dumpable != 0 {
+        return PROCESS_MEMORY.warn(
+            format!("fs.suid_dumpable is {suid_dumpable}: the kernel may dump the server's memory"),
+            "sysctl -w fs.suid_dumpable=0 (and in /etc/sysctl.d)",
+        );
+    }
+    PROCESS_MEMORY.pass(format!(
+        "memory can be locked (key.lock_memory = {:?}); core dumps off",
+        config.key_lock_memory
+    ))
+}
+
+fn keys_protection(config: &Config) -> Finding {
+    match (&config.key_provider, &config.key_passphrase_file) {
+        (KeyProviderConfig::Pkcs11 { .. }, _) => {
+            KEYS_PROTECTION.pass("KEKs held in an HSM (pkcs11)")
+        }
+        (KeyProviderConfig::File, Some(_)) => {
+            KEYS_PROTECTION.pass("KEK files sealed under a passphrase")
+        }
+        (KeyProviderConfig::File, None) if config.posture.tier == Tier::Production => {
+            KEYS_PROTECTION.fail(
+                "production tier with plain KEK files (no passphrase, no HSM)",
+                "set key.provider = \"pkcs11\", or key.passphrase_file (docs/keys.md)",
+            )
+        }
+        (KeyProviderConfig::File, None) => KEYS_PROTECTION.pass(format!(
+            "plain KEK files ({} tier; production needs a passphrase or an HSM)",
+            config.posture.tier.as_str()
+        )),
+    }
+}
+
+/// What the certificate file says: validity and key.
+pub struct CertFacts {
+    pub not_before: i64,
+    pub not_after: i64,
+    pub generated: bool,
+    /// `RSA 2048`, `ECDSA P-256`, `Ed25519`, ...
+    pub key: String,
+    /// False when the key is too weak.
+    pub key_ok: bool,
+}
+
+/// Parse the first certificate of a PEM file.
+pub fn cert_facts(pem: &[u8]) -> Result<CertFacts, String> {
+    let der = first_pem_certificate(pem).ok_or("no PEM certificate in the file")?;
+    let cert = Certificate::from_der(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let tbs = &cert.tbs_certificate;
+    let secs = |t: x509_cert::time::Time| {
+        i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+    };
+    let subject = tbs.subject.to_string();
+    let (key, key_ok) = key_kind(&tbs.subject_public_key_info);
+    Ok(CertFacts {
+        not_before: secs(tbs.validity.not_before),
+        not_after: secs(tbs.validity.not_after),
+        generated: subject.contains(GENERATED_CN) && tbs.subject == tbs.issuer,
+        key,
+        key_ok,
+    })
+}
+
+/// The DER bytes of the first `CERTIFICATE` block of a PEM file.
+fn first_pem_certificate(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let (_, rest) = text.split_once("-----BEGIN CERTIFICATE-----")?;
+    let (body, _) = rest.split_once("-----END CERTIFICATE-----")?;
+    let b64: String = body.split_whitespace().collect();
+    data_encoding::BASE64.decode(b64.as_bytes()).ok()
+}
+
+const RSA: &str = "1.2.840.113549.1.1.1";
+const EC: &str = "1.2.840.10045.2.1";
+const ED25519: &str = "1.3.101.112";
+
+fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> (String, bool) {
+    let oid = spki.algorithm.oid.to_string();
+    match oid.as_str() {
+        RSA => match rsa_bits(spki.subject_public_key.raw_bytes()) {
+            Some(bits) => (format!("RSA {bits}"), bits >= 2048),
+            None => ("RSA (unreadable modulus)".to_owned(), false),
+        },
+        EC => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                .map(|o| o.to_string());
+            match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => ("ECDSA P-256".to_owned(), true),
+                Some("1.3.132.0.34") => ("ECDSA P-384".to_owned(), true),
+                Some("1.3.132.0.35") => ("ECDSA P-521".to_owned(), true),
+                other => (format!("ECDSA on curve {}", other.unwrap_or("?")), false),
+            }
+        }
+        ED25519 => ("Ed25519".to_owned(), true),
+        other => (format!("key algorithm {other}"), false),
+    }
+}
+
+/// The modulus size of a DER RSAPublicKey (SEQUENCE { modulus, exponent }).
+fn rsa_bits(der: &[u8]) -> Option<usize> {
+    let mut reader = SliceReader::new(der).ok()?;
+    let modulus = reader
+        .sequence(|r| {
+            let n = UintRef::decode(r)?;
+            let _e = UintRef::decode(r)?;
+            Ok(n.as_bytes().to_vec())
+        })
+        .ok()?;
+    let first = *modulus.first()?;
+    Some(modulus.len() * 8 - first.leading_zeros() as usize)
+}
+
+fn certificate(config: &Config, now_us: i64) -> Vec<Finding> {
+    let path = &config.tls_cert;
+    let facts = match fs::read(path) {
+        Err(e) => {
+            return vec![TLS_CERTIFICATE.fail(
+                format!("{} cannot be read ({})", path.display(), e.kind()),
+                "set tls.cert_path to the certificate (PEM)",
+            )];
+        }
+        Ok(pem) => match cert_facts(&pem) {
+            Ok(f) => f,
+            Err(e) => {
+                return vec![TLS_CERTIFICATE.fail(
+                    format!("{}: {e}", path.display()),
+                    "replace it with a PEM certificate",
+                )];
+            }
+        },
+    };
+    let now = now_us.div_euclid(1_000_000);
+    let days_left = (facts.not_after - now).div_euclid(DAY_SECS);
+    let lifetime = (facts.not_after - facts.not_before).div_euclid(DAY_SECS);
+    let renew = if facts.generated {
+        "carevault doctor --fix renews the generated certificate"
+    } else {
+        "install a renewed certificate from your CA"
+    };
+    let validity = if facts.not_after <= now {
+        TLS_CERTIFICATE.fail(
+            format!("{} expired {} days ago", path.display(), -days_left),
+            renew,
+        )
+    } else if facts.not_before > now {
+        TLS_CERTIFICATE.fail(
+            format!("{} is not valid yet", path.display()),
+            "check the machine's clock, or the certificate",
+        )
+    } else if days_left < RENEW_WITHIN_DAYS {
+        TLS_CERTIFICATE.warn(
+            format!("{} expires in {days_left} days", path.display()),
+            renew,
+        )
+    } else if lifetime > MAX_VALIDITY_DAYS {
+        TLS_CERTIFICATE.warn(
+            format!(
+                "{} is valid for {lifetime} days (scanners and browsers accept at most {MAX_VALIDITY_DAYS})",
+                path.display()
+            ),
+            renew,
+        )
+    } else {
+        TLS_CERTIFICATE.pass(format!(
+            "{} valid for {days_left} more days{}",
+            path.display(),
+            if facts.generated { " (generated)" } else { "" }
+        ))
+    };
+    let key = if facts.key_ok {
+        TLS_KEY.pass(facts.key)
+    } else {
+        TLS_KEY.fail(
+            format!("{} key", facts.key),
+            "use ECDSA P-256/P-384, Ed25519 or RSA of at least 2048 bits",
+        )
+    };
+    vec![validity, key]
+}
