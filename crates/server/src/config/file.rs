@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     pub http: HttpSection,
     pub cors: CorsSection,
+    pub backup: BackupSection,
     /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
     #[serde(skip)]
     pub database_password: Option<secrecy::SecretString>,
@@ -103,6 +104,22 @@ pub struct SearchSection {
 pub struct CorsSection {
     /// Exact origins (`https://app.example.org`), comma-separated.
     pub allowed_origins: Option<String>,
+}
+
+/// Scheduled backups (off unless `schedule` is set); see `config::backup`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// The directory scheduled backups are written to.
+    pub dir: Option<PathBuf>,
+    /// How often: `6h`, `30m`, `1d`.
+    pub schedule: Option<String>,
+    /// Which backups are kept: `28 daily + 12 monthly`.
+    pub keep: Option<String>,
+    /// age recipients (`age1...`, comma-separated) who can open the backups.
+    pub recipients: Option<String>,
+    /// Or a file whose first line is the passphrase the backups are encrypted under.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +222,11 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("http.h2_max_pending_accept_reset_streams", Kind::Int),
     ("http.h2_max_local_error_reset_streams", Kind::Int),
     ("cors.allowed_origins", Kind::Str),
+    ("backup.schedule", Kind::Str),
+    ("backup.dir", Kind::Str),
+    ("backup.keep", Kind::Str),
+    ("backup.recipients", Kind::Str),
+    ("backup.passphrase_file", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.
