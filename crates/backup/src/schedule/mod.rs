@@ -12,15 +12,19 @@
 //! when the schedule starts and never count as backups.
 
 mod retention;
+mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carevault_server::SharedClock;
 use carevault_server::config::{BackupSchedule, Config, Database};
+use carevault_server::metrics::BackupStats;
 use carevault_store::PostgresStore;
 
 pub use retention::retained;
+pub use status::{Failure, STATUS_FILE, Status, Success, read_status};
 
 use crate::{BackupError, Encryption, Result, io};
 
@@ -104,10 +108,15 @@ impl Drop for ScheduleTask {
 /// Check `config`'s `[backup]` keys in full (the recipients, the passphrase file, the
 /// directory), prepare the directory and start the schedule; None when no schedule is set. An
 /// error names the key at fault.
-pub async fn start(config: &Config, clock: SharedClock) -> Result<Option<ScheduleTask>> {
+pub async fn start(
+    config: &Config,
+    clock: SharedClock,
+    stats: Arc<BackupStats>,
+) -> Result<Option<ScheduleTask>> {
     let Some(plan) = config.backup.clone() else {
         return Ok(None);
     };
+    stats.set_schedule(plan.every);
     let key = if plan.recipients.is_empty() {
         "backup.passphrase_file"
     } else {
@@ -124,6 +133,13 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Option<Schedul
             "removed backups left incomplete by an interruption"
         );
     }
+    if let Some(last) = read_status(&plan.dir).last_success {
+        stats.restore_success(
+            last.at_us,
+            Duration::from_secs_f64(last.duration_secs.max(0.0)),
+            last.size,
+        );
+    }
     let claims = match &config.database {
         Database::Postgres(pg) => {
             let mut options = pg.options();
@@ -138,6 +154,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Option<Schedul
         enc,
         clock,
         claims,
+        stats,
     };
     Ok(Some(ScheduleTask(tokio::spawn(scheduler.run()))))
 }
@@ -175,6 +192,7 @@ struct Scheduler {
     clock: SharedClock,
     /// PostgreSQL: where the nodes claim each period.
     claims: Option<PostgresStore>,
+    stats: Arc<BackupStats>,
 }
 
 impl Scheduler {
@@ -204,7 +222,7 @@ impl Scheduler {
                 Ok(Some(wait)) => wait,
                 Err(e) => {
                     tracing::warn!(event = "backup_schedule_failed", error = %e, "cannot tell whether a backup is due");
-                    backup_failed(&e);
+                    self.failed(self.clock.now_us(), &e);
                     RETRY
                 }
             };
@@ -235,7 +253,8 @@ impl Scheduler {
     /// Take one backup and prune; failures are logged and alerted, never fatal.
     async fn take(&self) {
         let started = Instant::now();
-        let out = self.plan.dir.join(backup_name(self.clock.now_us()));
+        let at_us = self.clock.now_us();
+        let out = self.plan.dir.join(backup_name(at_us));
         match crate::create(&self.config, &out, &self.enc, self.clock.clone()).await {
             Ok(report) => {
                 tracing::info!(
@@ -245,6 +264,16 @@ impl Scheduler {
                     seconds = started.elapsed().as_secs_f64(),
                     "scheduled backup written"
                 );
+                self.stats
+                    .record_success(at_us, started.elapsed(), report.size);
+                self.note(|s| {
+                    s.last_success = Some(Success {
+                        at_us,
+                        file: backup_name(at_us),
+                        size: report.size,
+                        duration_secs: started.elapsed().as_secs_f64(),
+                    });
+                });
                 match prune(&self.plan.dir, &self.plan.keep) {
                     Ok(deleted) if !deleted.is_empty() => {
                         tracing::info!(event = "backups_pruned", files = deleted.len());
@@ -252,18 +281,114 @@ impl Scheduler {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(event = "backup_prune_failed", error = %e);
-                        backup_failed(&e);
+                        self.failed(at_us, &e);
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(event = "backup_failed", error = %e, "scheduled backup failed");
-                backup_failed(&e);
+                self.failed(at_us, &e);
                 // Not again at once: on SQLite the newest backup is still old.
                 tokio::time::sleep(RETRY).await;
             }
         }
     }
+}
+
+impl Scheduler {
+    /// Count, record and alert a failure.
+    fn failed(&self, at_us: i64, error: &BackupError) {
+        self.stats.record_failure();
+        self.note(|s| {
+            s.failures += 1;
+            s.last_failure = Some(Failure {
+                at_us,
+                error: error.to_string(),
+            });
+        });
+        backup_failed(error);
+    }
+
+    /// Update the status file beside the backups (a failure to is logged, not fatal).
+    fn note(&self, change: impl FnOnce(&mut Status)) {
+        let mut status = read_status(&self.plan.dir);
+        change(&mut status);
+        if let Err(e) = status::write_status(&self.plan.dir, &status) {
+            tracing::warn!(event = "backup_status_write_failed", error = %e);
+        }
+    }
+}
+
+/// What `carevault backup status` shows (also its `--output json`), from the configuration,
+/// the status file and the backups in the directory.
+pub fn status_report(
+    config: &Config,
+    clock: &dyn carevault_server::Clock,
+) -> Result<serde_json::Value> {
+    use carevault_server::clock::fhir_instant;
+    let Some(plan) = &config.backup else {
+        return Err(BackupError::Usage(
+            "scheduled backups are off: set backup.schedule and backup.dir (see docs/backups.md)"
+                .into(),
+        ));
+    };
+    let status = read_status(&plan.dir);
+    let backups = list_backups(&plan.dir).unwrap_or_default();
+    let every_us = i64::try_from(plan.every.as_micros()).unwrap_or(i64::MAX);
+    let newest = backups.last().map(|(t, _)| *t);
+    let next = newest.map_or(clock.now_us(), |t| {
+        t.saturating_add(every_us).max(clock.now_us())
+    });
+    Ok(serde_json::json!({
+        "schedule": humanize(plan.every),
+        "dir": plan.dir.display().to_string(),
+        "keep": keep_text(&plan.keep),
+        "last_success": status.last_success.as_ref().map(|l| serde_json::json!({
+            "at": fhir_instant(l.at_us),
+            "file": l.file,
+            "size": l.size,
+            "duration_secs": l.duration_secs,
+        })),
+        "last_failure": status.last_failure.as_ref().map(|f| serde_json::json!({
+            "at": fhir_instant(f.at_us),
+            "error": f.error,
+        })),
+        "failures": status.failures,
+        "next_run": fhir_instant(next),
+        "backups": backups.len(),
+        "newest": backups.last().and_then(|(_, p)| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
+        "last_verify": serde_json::Value::Null,
+    }))
+}
+
+fn humanize(every: Duration) -> String {
+    let s = every.as_secs();
+    if s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else {
+        format!("{}m", s / 60)
+    }
+}
+
+fn keep_text(keep: &carevault_server::config::Keep) -> String {
+    use carevault_server::config::Period;
+    keep.terms
+        .iter()
+        .map(|(n, p)| {
+            let p = match p {
+                Period::Last => "last",
+                Period::Hourly => "hourly",
+                Period::Daily => "daily",
+                Period::Weekly => "weekly",
+                Period::Monthly => "monthly",
+                Period::Yearly => "yearly",
+            };
+            format!("{n} {p}")
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// The one place a scheduled backup's failure is reported beyond the log. The alert API

@@ -80,7 +80,8 @@ pub(crate) async fn serve(args: ServerArgs) -> Result<()> {
     let app = Application::build(config, clock.clone()).await?;
     // After the database is migrated, before serving: a bad `[backup]` key stops the start,
     // naming it. The first backup is taken in the background.
-    let backups = carevault_backup::schedule::start(&backup_config, clock).await?;
+    let backups =
+        carevault_backup::schedule::start(&backup_config, clock, app.backup_stats()).await?;
     if let Some(report) = &report {
         // After binding: the enroll command names the port actually listened on.
         print_init_report(

@@ -48,20 +48,23 @@ fn serve_takes_a_scheduled_backup_that_verifies_while_it_serves() {
         .api
         .post_fhir("/fhir/Patient", &patient("Sched", "Ada"));
     assert_eq!(created.status, 201, "{}", created.text());
+    // The status file is written last (after the file's rename, the log line and the metrics).
+    let status_file = dir.join(".carevault-backup-status.json");
     wait_for(
         "the first scheduled backup",
         Duration::from_secs(120),
-        || !backups(&dir).is_empty(),
+        || std::fs::read_to_string(&status_file).is_ok_and(|s| s.contains("\"last_success\": {")),
     );
     let files = backups(&dir);
     assert_eq!(files.len(), 1, "{files:?}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "backup directory open to others: {mode:o}");
-    assert!(
-        srv.logs().contains("backup_created"),
-        "no backup_created log line: {}",
-        srv.logs()
+    // The log is read by another thread: wait for the line rather than race it.
+    wait_for(
+        "the backup_created log line",
+        Duration::from_secs(30),
+        || srv.logs().contains("backup_created"),
     );
 
     let scratch = srv.database.as_ref().map(|_| TestDatabase::create());
@@ -77,6 +80,46 @@ fn serve_takes_a_scheduled_backup_that_verifies_while_it_serves() {
     }
     let verified = srv.command(bin()).args(&args).output().unwrap();
     assert!(verified.status.success(), "{}", output_text(&verified));
+
+    // `backup status` and /metrics tell the same story.
+    let status = srv
+        .command(bin())
+        .args(["backup", "status", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", output_text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let file_name = files[0].file_name().unwrap().to_str().unwrap();
+    assert_eq!(status["last_success"]["file"], file_name, "{status}");
+    assert_eq!(
+        status["last_success"]["size"].as_u64().unwrap(),
+        std::fs::metadata(&files[0]).unwrap().len()
+    );
+    assert_eq!(status["backups"], 1);
+    assert_eq!(status["failures"], 0);
+    assert_eq!(status["schedule"], "1h");
+    let key_reply = admin.api.post_json(
+        "/admin/api-keys",
+        &serde_json::json!({"name": "prom", "scopes": ["metrics"], "expires_in_days": 1}),
+    );
+    assert_eq!(key_reply.status, 201, "{}", key_reply.text());
+    let token = key_reply.json()["key"].as_str().unwrap().to_owned();
+    let metrics = srv.api().with_token(&token).get("/metrics").text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("carevault_backup_last_success_timestamp_seconds") > 1.7e9);
+    assert_eq!(
+        value("carevault_backup_size_bytes") as u64,
+        std::fs::metadata(&files[0]).unwrap().len()
+    );
+    assert_eq!(value("carevault_backup_schedule_seconds"), 3600.0);
+    assert_eq!(value("carevault_backup_failures_total"), 0.0);
 
     // Nothing left half-written beside it.
     let names: Vec<String> = std::fs::read_dir(&dir)
