@@ -19,6 +19,7 @@ mod archive;
 mod create;
 mod manifest;
 mod restore;
+pub mod schedule;
 
 pub use archive::{Decryption, Encryption};
 pub use create::{CreateReport, create};

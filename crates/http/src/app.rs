@@ -151,6 +151,11 @@ impl Application {
         self.tls_fingerprint.as_deref()
     }
 
+    /// The figures the backup schedule reports in `/metrics`.
+    pub fn backup_stats(&self) -> std::sync::Arc<carevault_server::metrics::BackupStats> {
+        self.state.inner.metrics.backup.clone()
+    }
+
     pub fn environment_id(&self) -> &str {
         &self.environment_id
     }

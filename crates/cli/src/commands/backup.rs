@@ -12,6 +12,7 @@ use carevault_server::{SharedClock, SystemClock};
 use clap::{Args, Subcommand};
 
 use crate::local::{ServerArgs, load_config_for_keys, runtime};
+use crate::output::OutputArgs;
 
 #[derive(Subcommand)]
 pub(crate) enum BackupCommand {
@@ -65,6 +66,16 @@ pub(crate) enum BackupCommand {
         /// to the restore, so shreds made after the backup are not undone.
         #[arg(long)]
         live_data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Scheduled backups (`backup.schedule`): the last success (time, duration, size, file),
+    /// the last failure, the next run, the backups kept, and the last verification.
+    ///
+    /// Example: carevault backup status --config /etc/carevault/carevault.toml --output json
+    Status {
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -154,6 +165,14 @@ pub(crate) fn run(command: BackupCommand) -> Result<()> {
             println!("backup verified");
             Ok(())
         }
+        BackupCommand::Status { output, server } => {
+            let config = load_config_for_keys(&server, false)?;
+            let status = carevault_backup::schedule::status_report(&config, &*clock)?;
+            if !output.printed_json(&status)? {
+                print_status(&status);
+            }
+            Ok(())
+        }
         BackupCommand::Restore {
             file,
             secret,
@@ -202,4 +221,31 @@ fn print_report(report: &VerifyReport, started: Instant) {
         "audit trail verified ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
+}
+
+fn print_status(s: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| "-".to_owned(), str::to_owned);
+    println!(
+        "schedule: every {} into {} (keep {})",
+        text(&s["schedule"]),
+        text(&s["dir"]),
+        text(&s["keep"])
+    );
+    match s["last_success"].as_object() {
+        Some(l) => println!(
+            "last success: {} ({}, {} bytes, {:.1} s)",
+            text(&l["at"]),
+            text(&l["file"]),
+            l["size"].as_u64().unwrap_or(0),
+            l["duration_secs"].as_f64().unwrap_or(0.0)
+        ),
+        None => println!("last success: none"),
+    }
+    if let Some(f) = s["last_failure"].as_object() {
+        println!("last failure: {}: {}", text(&f["at"]), text(&f["error"]));
+    }
+    println!("failures: {}", s["failures"].as_u64().unwrap_or(0));
+    println!("next run: {}", text(&s["next_run"]));
+    println!("backups kept: {}", s["backups"].as_u64().unwrap_or(0));
+    println!("last verification: {}", text(&s["last_verify"]));
 }

@@ -76,7 +76,12 @@ pub(crate) async fn serve(args: ServerArgs) -> Result<()> {
     // Held until the process ends: released by the kernel even on a crash.
     let _lock = environment::DataDirLock::acquire(&config.data_dir)?;
     let printed_config = config.clone();
-    let app = Application::build(config, clock).await?;
+    let backup_config = config.clone();
+    let app = Application::build(config, clock.clone()).await?;
+    // After the database is migrated, before serving: a bad `[backup]` key stops the start,
+    // naming it. The first backup is taken in the background.
+    let backups =
+        carevault_backup::schedule::start(&backup_config, clock, app.backup_stats()).await?;
     if let Some(report) = &report {
         // After binding: the enroll command names the port actually listened on.
         print_init_report(
@@ -95,6 +100,7 @@ pub(crate) async fn serve(args: ServerArgs) -> Result<()> {
     app.run_until_stopped(shutdown_signal())
         .await
         .context("server failed")?;
+    drop(backups);
     tracing::info!(target: "carevault", event = "server_stopped");
     Ok(())
 }

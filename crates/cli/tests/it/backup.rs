@@ -17,20 +17,20 @@ use crate::{bin, observation, patient, server};
 const CANARY: &str = "CANARYBACKUPFAMILY8KQ3";
 const MAGIC_LEN: usize = "CAREVAULT-BACKUP\n".len();
 
-struct AgeKey {
+pub(crate) struct AgeKey {
     identity: age::x25519::Identity,
-    file: PathBuf,
+    pub(crate) file: PathBuf,
 }
 
 impl AgeKey {
-    fn new(dir: &Path, name: &str) -> Self {
+    pub(crate) fn new(dir: &Path, name: &str) -> Self {
         let identity = age::x25519::Identity::generate();
         let file = dir.join(name);
         std::fs::write(&file, identity.to_string().expose_secret()).unwrap();
         Self { identity, file }
     }
 
-    fn recipient(&self) -> String {
+    pub(crate) fn recipient(&self) -> String {
         self.identity.to_public().to_string()
     }
 

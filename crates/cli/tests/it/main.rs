@@ -7,6 +7,7 @@
 mod audit;
 mod authz;
 mod backup;
+mod backup_schedule;
 mod bundle;
 mod canary;
 mod cli;

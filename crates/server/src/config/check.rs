@@ -199,6 +199,13 @@ fn path_problems(config: &Config, table: &toml::Table) -> Vec<ConfigError> {
     if let Some(path) = configured("database.password_file") {
         secrets.push(("database.password_file", Path::new(path)));
     }
+    if let Some(path) = config
+        .backup
+        .as_ref()
+        .and_then(|b| b.passphrase_file.as_deref())
+    {
+        secrets.push(("backup.passphrase_file", path));
+    }
     for (key, path) in secrets {
         if let Some(problem) = missing(path).or_else(|| mode_problem(path, 0o600)) {
             found.push(ConfigError::new(key, problem));

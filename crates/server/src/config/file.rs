@@ -36,6 +36,7 @@ pub struct FileConfig {
     pub http: HttpSection,
     pub cors: CorsSection,
     pub posture: PostureSection,
+    pub backup: BackupSection,
     /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
     #[serde(skip)]
     pub database_password: Option<secrecy::SecretString>,
@@ -118,6 +119,22 @@ pub struct SearchSection {
 pub struct CorsSection {
     /// Exact origins (`https://app.example.org`), comma-separated.
     pub allowed_origins: Option<String>,
+}
+
+/// Scheduled backups (off unless `schedule` is set); see `config::backup`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// The directory scheduled backups are written to.
+    pub dir: Option<PathBuf>,
+    /// How often: `6h`, `30m`, `1d`.
+    pub schedule: Option<String>,
+    /// Which backups are kept: `28 daily + 12 monthly`.
+    pub keep: Option<String>,
+    /// age recipients (`age1...`, comma-separated) who can open the backups.
+    pub recipients: Option<String>,
+    /// Or a file whose first line is the passphrase the backups are encrypted under.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +241,11 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("posture.kek_rotation_days", Kind::Int),
     ("posture.inactive_days", Kind::Int),
     ("posture.interval_hours", Kind::Int),
+    ("backup.schedule", Kind::Str),
+    ("backup.dir", Kind::Str),
+    ("backup.keep", Kind::Str),
+    ("backup.recipients", Kind::Str),
+    ("backup.passphrase_file", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

@@ -4,6 +4,7 @@
 //!
 //! Secrets are never values in the file, only paths to files holding them.
 
+mod backup;
 mod check;
 mod file;
 mod limits;
@@ -11,10 +12,12 @@ mod public_url;
 #[cfg(test)]
 mod tests;
 
+pub use backup::{BackupSchedule, DEFAULT_KEEP, Keep, Period, parse_interval};
 pub use check::{Checked, Problem, check};
 pub use file::{
-    Argon2Section, AuditSection, AuthSection, DatabaseSection, FileConfig, HttpSection, KeySection,
-    LogSection, PostureSection, SearchSection, SessionSection, TlsSection, env_var_name, key_names,
+    Argon2Section, AuditSection, AuthSection, BackupSection, DatabaseSection, FileConfig,
+    HttpSection, KeySection, LogSection, PostureSection, SearchSection, SessionSection, TlsSection,
+    env_var_name, key_names,
 };
 use limits::{AuthLimits, argon2_params, bounded, max_unsigned, session_timeouts};
 pub use limits::{HttpLimits, SearchLimits};
@@ -83,6 +86,8 @@ pub struct Config {
     pub database: Database,
     /// Connection limits and timeouts.
     pub http: HttpLimits,
+    /// Scheduled backups (`[backup]`); None: off.
+    pub backup: Option<BackupSchedule>,
     /// The posture check's settings (`posture.*`).
     pub posture: PostureSettings,
 }
@@ -286,6 +291,7 @@ impl Config {
         let key_lock_memory = lock_memory(key.lock_memory.as_deref())?;
         let http = HttpLimits::from_section(&file.http)?;
         let posture = posture(&file.posture)?;
+        let backup = backup::backup_schedule(file.backup)?;
 
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
@@ -322,6 +328,7 @@ impl Config {
             database,
             http,
             posture,
+            backup,
         })
     }
 

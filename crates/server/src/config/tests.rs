@@ -399,3 +399,49 @@ fn the_clients_variables_are_not_configuration_keys() {
     );
     assert!(file.is_ok(), "{file:?}");
 }
+
+#[test]
+fn backup_keys_are_checked_naming_the_key() {
+    let load =
+        |pairs: &[(&str, &str)]| Config::from_file(FileConfig::load(None, env(pairs)).unwrap());
+    let base = [
+        ("CAREVAULT_BACKUP_SCHEDULE", "6h"),
+        ("CAREVAULT_BACKUP_DIR", "/var/backups/carevault"),
+        (
+            "CAREVAULT_BACKUP_RECIPIENTS",
+            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+        ),
+    ];
+    let c = load(&base).unwrap();
+    let b = c.backup.unwrap();
+    assert_eq!(b.every, Duration::from_secs(6 * 3600));
+    assert_eq!(b.keep, Keep::parse(DEFAULT_KEEP).unwrap());
+    assert!(load(&[]).unwrap().backup.is_none());
+    for (change, key) in [
+        (("CAREVAULT_BACKUP_SCHEDULE", "6 hours"), "backup.schedule"),
+        (("CAREVAULT_BACKUP_SCHEDULE", "10s"), "backup.schedule"),
+        (("CAREVAULT_BACKUP_DIR", ""), "backup.dir"),
+        (("CAREVAULT_BACKUP_KEEP", "28 days"), "backup.keep"),
+        (
+            ("CAREVAULT_BACKUP_RECIPIENTS", "ssh-ed25519 AAAA"),
+            "backup.recipients",
+        ),
+        (("CAREVAULT_BACKUP_RECIPIENTS", ""), "backup.recipients"),
+        (
+            ("CAREVAULT_BACKUP_PASSPHRASE_FILE", "/etc/pass"),
+            "backup.passphrase_file",
+        ),
+    ] {
+        let mut pairs: Vec<(&str, &str)> = base
+            .iter()
+            .filter(|(k, _)| *k != change.0)
+            .copied()
+            .collect();
+        pairs.push(change);
+        let e = load(&pairs).unwrap_err();
+        assert_eq!(e.key, key, "{change:?}: {e}");
+    }
+    // Without a schedule, the other keys are a mistake, not silently ignored.
+    let e = load(&[("CAREVAULT_BACKUP_KEEP", "3 last")]).unwrap_err();
+    assert_eq!(e.key, "backup.keep");
+}

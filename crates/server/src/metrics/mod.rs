@@ -12,6 +12,7 @@
 //! move to it at once; and its labelled families take a lock and hash a label set per request,
 //! where this takes a read lock and bumps atomics (see [`Histogram`]).
 
+mod backup;
 mod connections;
 mod process;
 
@@ -20,6 +21,7 @@ use std::fmt::Write;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+pub use backup::BackupStats;
 pub use carevault_store::stats::{Histogram, HistogramSnapshot, LATENCY_BUCKETS, StoreStats};
 pub use connections::{Cap, ConnectionMetrics, Timeout};
 pub use process::process_text;
@@ -32,6 +34,8 @@ pub struct Metrics {
     requests: RwLock<HashMap<String, ByRoute>>,
     /// Shared with the listener, which counts connections without taking a lock.
     pub connections: Arc<ConnectionMetrics>,
+    /// Shared with the backup schedule (`carevault_backup_*`).
+    pub backup: Arc<BackupStats>,
 }
 
 impl Default for Metrics {
@@ -40,6 +44,7 @@ impl Default for Metrics {
             started: Instant::now(),
             requests: RwLock::new(HashMap::new()),
             connections: Arc::default(),
+            backup: Arc::default(),
         }
     }
 }

@@ -60,6 +60,31 @@ impl PostgresStore {
         Ok((facts?, dumped))
     }
 
+    /// Claim the scheduled backup due at `now_us` when the last claim is `every_us` or more
+    /// old: of several nodes asking at once, exactly one wins (a compare-and-set on a row of
+    /// `meta`, no advisory lock: see the module doc of `postgres`). A node that claims and then
+    /// fails loses that period's backup; the next claim is due `every_us` later.
+    pub async fn claim_backup_slot(&self, now_us: i64, every_us: i64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('backup_claimed_us', '0') ON CONFLICT (key) DO NOTHING",
+                &[],
+            )
+            .await
+            .map_err(|e| map_err(&e))?;
+        let claimed = client
+            .execute(
+                // CASE: the cast only ever sees this row's value (AND has no evaluation order).
+                "UPDATE meta SET value = $1 WHERE key = 'backup_claimed_us' \
+                 AND CASE WHEN key = 'backup_claimed_us' THEN value::BIGINT <= $2 ELSE FALSE END",
+                &[&now_us.to_string(), &now_us.saturating_sub(every_us)],
+            )
+            .await
+            .map_err(|e| map_err(&e))?;
+        Ok(claimed == 1)
+    }
+
     /// The facts of this database as it is now (a restored copy).
     pub async fn facts(&self) -> Result<SnapshotFacts, StoreError> {
         let client = self.client().await?;

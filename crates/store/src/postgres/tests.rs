@@ -338,3 +338,23 @@ async fn migrations_run_once_and_a_newer_schema_is_refused() {
         Err(StoreError::TooNew { found: 99, .. })
     ));
 }
+
+#[tokio::test]
+async fn of_nodes_claiming_a_backup_period_at_once_exactly_one_wins() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.bare_store().await, db.bare_store().await);
+    let hour = 3_600_000_000_i64;
+    let start = 1_796_503_200_000_000_i64;
+    for period in 0..10 {
+        let now = start + period * hour;
+        let (ra, rb) = tokio::join!(
+            a.claim_backup_slot(now, hour),
+            b.claim_backup_slot(now, hour)
+        );
+        let wins = [ra.unwrap(), rb.unwrap()].iter().filter(|w| **w).count();
+        assert_eq!(wins, 1, "period {period}");
+        // Later in the same period: nobody.
+        assert!(!a.claim_backup_slot(now + hour / 2, hour).await.unwrap());
+        assert!(!b.claim_backup_slot(now + hour - 1, hour).await.unwrap());
+    }
+}

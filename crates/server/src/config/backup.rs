@@ -1,0 +1,214 @@
+//! The `[backup]` keys: scheduled backups the server takes itself (off unless
+//! `backup.schedule` is set), where they go, who can open them and which are kept.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ConfigError;
+use super::file::BackupSection;
+
+/// Scheduled backups: every `every`, into `dir`, encrypted to `recipients` or the passphrase
+/// in `passphrase_file`, pruned by `keep`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupSchedule {
+    pub dir: PathBuf,
+    pub every: Duration,
+    pub keep: Keep,
+    /// age X25519 recipients (`age1...`, public keys: not secrets). Checked in full when the
+    /// server starts (the backup crate parses them).
+    pub recipients: Vec<String>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// A retention rule such as `28 daily + 12 monthly`: for each term, the newest backup of each
+/// of the N most recent periods (days, months, ...) that hold one is kept. The newest backup
+/// is always kept; every other backup is deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keep {
+    pub terms: Vec<(u32, Period)>,
+}
+
+/// The period of a retention term; `Last` counts backups, not periods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Last,
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+pub const DEFAULT_KEEP: &str = "28 daily + 12 monthly";
+
+impl Keep {
+    /// Parse `N period [+ N period ...]` (periods: last, hourly, daily, weekly, monthly,
+    /// yearly; each at most once; N from 1 to 10000).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let expected = "expected terms like \"28 daily + 12 monthly\" (N last, hourly, daily, \
+                        weekly, monthly or yearly, joined by +)";
+        let mut terms: Vec<(u32, Period)> = Vec::new();
+        for term in text.split('+') {
+            let mut words = term.split_whitespace();
+            let (Some(n), Some(period), None) = (words.next(), words.next(), words.next()) else {
+                return Err(expected.to_owned());
+            };
+            let n = n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| format!("{expected}; N is 1 to 10000"))?;
+            let period = match period {
+                "last" => Period::Last,
+                "hourly" => Period::Hourly,
+                "daily" => Period::Daily,
+                "weekly" => Period::Weekly,
+                "monthly" => Period::Monthly,
+                "yearly" => Period::Yearly,
+                _ => return Err(expected.to_owned()),
+            };
+            if terms.iter().any(|(_, p)| *p == period) {
+                return Err(format!("{expected}; each period at most once"));
+            }
+            terms.push((n, period));
+        }
+        Ok(Self { terms })
+    }
+}
+
+/// `6h`, `30m`, `1d`: minutes, hours or days; from 1 minute to 31 days.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let expected = "expected an interval like \"6h\" (m, h or d), from 1m to 31d";
+    let text = text.trim();
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| expected.to_owned())?;
+    let secs = match unit {
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .filter(|s| (60..=31 * 86_400).contains(s))
+    .ok_or_else(|| expected.to_owned())?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// The `[backup]` section: None unless `backup.schedule` is set; the other keys then need it.
+pub(super) fn backup_schedule(
+    section: BackupSection,
+) -> Result<Option<BackupSchedule>, ConfigError> {
+    let Some(schedule) = section.schedule else {
+        let stray = [
+            ("backup.dir", section.dir.is_some()),
+            ("backup.keep", section.keep.is_some()),
+            ("backup.recipients", section.recipients.is_some()),
+            ("backup.passphrase_file", section.passphrase_file.is_some()),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                *key,
+                "only applies with backup.schedule (scheduled backups are off without it)",
+            ));
+        }
+        return Ok(None);
+    };
+    let every = parse_interval(&schedule).map_err(|e| ConfigError::new("backup.schedule", e))?;
+    let dir = section
+        .dir
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| {
+            ConfigError::new(
+                "backup.dir",
+                "required with backup.schedule: the directory scheduled backups are written to",
+            )
+        })?;
+    let keep = Keep::parse(section.keep.as_deref().unwrap_or(DEFAULT_KEEP))
+        .map_err(|e| ConfigError::new("backup.keep", e))?;
+    let recipients: Vec<String> = section
+        .recipients
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = recipients.iter().find(|r| !r.starts_with("age1")) {
+        return Err(ConfigError::new(
+            "backup.recipients",
+            format!(
+                "not an age X25519 recipient (age1...): {}",
+                bad.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    let passphrase_file = section
+        .passphrase_file
+        .filter(|p| !p.as_os_str().is_empty());
+    match (recipients.is_empty(), &passphrase_file) {
+        (true, None) => Err(ConfigError::new(
+            "backup.recipients",
+            "required with backup.schedule (or backup.passphrase_file): who can open the backups",
+        )),
+        (false, Some(_)) => Err(ConfigError::new(
+            "backup.passphrase_file",
+            "age encrypts to recipients or to a passphrase, not both; set one of backup.recipients and backup.passphrase_file",
+        )),
+        _ => Ok(Some(BackupSchedule {
+            dir,
+            every,
+            keep,
+            recipients,
+            passphrase_file,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_parse_within_bounds() {
+        assert_eq!(parse_interval("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_interval("31d"), Ok(Duration::from_secs(31 * 86_400)));
+        for bad in [
+            "",
+            "h",
+            "6",
+            "0m",
+            "32d",
+            "6 hours",
+            "-1h",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_interval(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn keep_rules_parse_and_refuse_nonsense() {
+        assert_eq!(
+            Keep::parse("28 daily + 12 monthly").unwrap().terms,
+            vec![(28, Period::Daily), (12, Period::Monthly)]
+        );
+        assert_eq!(
+            Keep::parse("3 last+1 yearly").unwrap().terms,
+            vec![(3, Period::Last), (1, Period::Yearly)]
+        );
+        for bad in [
+            "",
+            "daily",
+            "28",
+            "28 days",
+            "0 daily",
+            "2 daily + 3 daily",
+            "28 daily 12 monthly",
+            "28 daily +",
+        ] {
+            assert!(Keep::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
