@@ -96,7 +96,13 @@ impl Application {
         let rewrap_batch = config.rewrap_batch_size;
         let rewrap_pause = std::time::Duration::from_millis(config.rewrap_pause_ms);
         let public_base = crate::public_base::PublicBase::new(&config, local_addr);
+        let detection = Arc::new(carevault_server::detection::Detection::new(
+            config.detection.clone(),
+            audit.clone(),
+            clock.clone(),
+        ));
         let state = AppState::new(Services {
+            detection,
             config,
             public_base,
             readiness: crate::health::Readiness::default(),
@@ -163,6 +169,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let checkpointer = self.audit.spawn_checkpointer();
+        // Alerts are written to the audit trail off the request path.
+        let alert_writer = self.state.inner.detection.alerts.spawn_writer();
         // Re-wraps data keys under the active KEK: at start (resuming an interrupted re-wrap)
         // and after every rotation. Its completion is an audit event.
         let audit = self.audit.clone();
@@ -209,6 +217,9 @@ impl Application {
         checkpointer.abort();
         rewrapper.abort();
         data_rotator.abort();
+        if let Some(writer) = alert_writer {
+            writer.abort();
+        }
         if let Err(e) = self.audit.checkpoint(true, None).await {
             tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");
         }

@@ -2,6 +2,7 @@
 //! here.
 
 pub(crate) mod admin;
+pub(crate) mod alerts;
 pub(crate) mod audit;
 pub(crate) mod backup;
 pub(crate) mod break_glass;

@@ -13,6 +13,7 @@ mod cli;
 mod compartments;
 mod conformance;
 mod connections;
+mod detection;
 mod differential;
 mod e2e;
 mod first_hour;
@@ -37,6 +38,19 @@ use carevault_testkit::TestServer;
 
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_carevault"))
+}
+
+/// Percent-encode a query value (every byte but the unreserved ones).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 pub fn server() -> TestServer {

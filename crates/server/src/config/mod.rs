@@ -5,6 +5,7 @@
 //! Secrets are never values in the file, only paths to files holding them.
 
 mod check;
+mod detection;
 mod file;
 mod limits;
 mod public_url;
@@ -12,9 +13,11 @@ mod public_url;
 mod tests;
 
 pub use check::{Checked, Problem, check};
+pub use detection::DetectionConfig;
 pub use file::{
-    Argon2Section, AuditSection, AuthSection, DatabaseSection, FileConfig, HttpSection, KeySection,
-    LogSection, SearchSection, SessionSection, TlsSection, env_var_name, key_names,
+    Argon2Section, AuditSection, AuthSection, DatabaseSection, DetectionSection, FileConfig,
+    HttpSection, KeySection, LogSection, SearchSection, SessionSection, TlsSection, env_var_name,
+    key_names,
 };
 use limits::{AuthLimits, argon2_params, bounded, max_unsigned, session_timeouts};
 pub use limits::{HttpLimits, SearchLimits};
@@ -83,6 +86,8 @@ pub struct Config {
     pub database: Database,
     /// Connection limits and timeouts.
     pub http: HttpLimits,
+    /// Attack detection and its thresholds.
+    pub detection: DetectionConfig,
 }
 
 /// Which database the environment lives in.
@@ -228,6 +233,7 @@ impl Config {
         let key_passphrase_file = passphrase_file(key.passphrase_file)?;
         let key_lock_memory = lock_memory(key.lock_memory.as_deref())?;
         let http = HttpLimits::from_section(&file.http)?;
+        let detection = DetectionConfig::from_section(&file.detection)?;
 
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
@@ -263,6 +269,7 @@ impl Config {
             key_lock_memory,
             database,
             http,
+            detection,
         })
     }
 
