@@ -77,6 +77,14 @@ audit_actions! {
     // Monitoring and the trail itself.
     MetricsRead => "metrics.read",
     AuditRead => "audit.read",
+    /// A security alert raised by detection (written by the alert queue, not a request).
+    SecurityAlert => "security.alert",
+    /// `GET /alerts`.
+    AlertList => "alerts.list",
+    /// `GET /alerts/{id}`.
+    AlertRead => "alerts.read",
+    /// `POST /alerts/{id}/ack`: its event is the acknowledgement.
+    AlertAck => "alerts.ack",
     // FHIR interactions.
     Capabilities => "capabilities",
     Transaction => "transaction",

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 
 use client::ConnectArgs;
 use commands::{
-    admin, audit, backup, break_glass, config, doctor, enroll, import, key, migrate, patient,
-    policy, seed, serve, session, user, version,
+    admin, alerts, audit, backup, break_glass, config, doctor, enroll, import, key, migrate,
+    patient, policy, seed, serve, session, user, version,
 };
 use local::{ServerArgs, runtime};
 use profile::TargetArgs;
@@ -178,6 +178,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Security alerts raised by attack detection: list, show, acknowledge (auditor).
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
+    },
     /// Encrypted backups of the environment: create (online), verify, restore.
     Backup {
         #[command(subcommand)]
@@ -258,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Version(args) => version::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Audit { command } => audit::run(command),
+        Command::Alerts { command } => alerts::run(command),
         Command::Backup { command } => backup::run(command),
         Command::Migrate { command } => migrate::run(command),
         Command::Policy { command } => policy::run(command),

@@ -215,6 +215,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     text.push_str(&services.audit.metrics_text());
     text.push_str(&services.posture.metrics_text());
     text.push_str(&services.metrics.backup.text());
+    text.push_str(&services.detection.alerts.metrics_text());
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -106,7 +106,13 @@ impl Application {
         let rewrap_pause = std::time::Duration::from_millis(config.rewrap_pause_ms);
         let public_base = crate::public_base::PublicBase::new(&config, local_addr);
         let posture = (config.clone(), env.store.clone(), clock.clone());
+        let detection = Arc::new(carevault_server::detection::Detection::new(
+            config.detection.clone(),
+            audit.clone(),
+            clock.clone(),
+        ));
         let state = AppState::new(Services {
+            detection,
             config,
             public_base,
             readiness: crate::health::Readiness::default(),
@@ -152,6 +158,11 @@ impl Application {
     }
 
     /// The figures the backup schedule reports in `/metrics`.
+    /// Where other parts of the server raise alerts (scheduled backups).
+    pub fn alerts(&self) -> std::sync::Arc<carevault_server::detection::Alerts> {
+        self.state.inner.detection.alerts.clone()
+    }
+
     pub fn backup_stats(&self) -> std::sync::Arc<carevault_server::metrics::BackupStats> {
         self.state.inner.metrics.backup.clone()
     }
@@ -181,6 +192,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let checkpointer = self.audit.spawn_checkpointer();
+        // Alerts are written to the audit trail off the request path.
+        let alert_writer = self.state.inner.detection.alerts.spawn_writer();
         // Re-wraps data keys under the active KEK: at start (resuming an interrupted re-wrap)
         // and after every rotation. Its completion is an audit event.
         let audit = self.audit.clone();
@@ -226,6 +239,7 @@ impl Application {
                 keyring: self.keyring.clone(),
             },
             self.audit.clone(),
+            self.state.inner.detection.alerts.clone(),
             clock,
         );
         let connection_metrics = self.state.inner.metrics.connections.clone();
@@ -247,6 +261,9 @@ impl Application {
         }
         if let Some(runs) = posture_runs {
             runs.abort();
+        }
+        if let Some(writer) = alert_writer {
+            writer.abort();
         }
         if let Err(e) = self.audit.checkpoint(true, None).await {
             tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");

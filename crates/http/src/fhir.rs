@@ -374,6 +374,7 @@ pub async fn search_post(
         return Err(ApiError::UnsupportedMediaType);
     }
     let bytes = read_body(&state, &headers, body).await?;
+    crate::inspect_body(&state, &bytes);
     let body_pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).map_err(|_| {
         Error::BadRequest("the form body is not valid application/x-www-form-urlencoded".into())
     })?;

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod alerts_api;
 mod app;
 mod audit_api;
 mod auth;
@@ -83,6 +84,8 @@ pub struct Services {
     pub records: Records,
     pub authz: Arc<carevault_server::authz::Authz>,
     pub metrics: carevault_server::metrics::Metrics,
+    /// Attack detection on every request, and the alerts it raises.
+    pub detection: Arc<carevault_server::detection::Detection>,
     pub audit: Arc<Audit>,
     pub store: Arc<dyn carevault_store::Store>,
     pub keyring: Arc<carevault_server::keyring::Keyring>,
@@ -357,6 +360,27 @@ pub const ROUTE_TABLE: &[Route] = &[
         || get(audit_api::events),
     ),
     route(
+        "/alerts",
+        Method::GET,
+        AuditAction::AlertList,
+        Some(SystemAction::AuditRead),
+        || get(alerts_api::list),
+    ),
+    route(
+        "/alerts/{id}",
+        Method::GET,
+        AuditAction::AlertRead,
+        Some(SystemAction::AuditRead),
+        || get(alerts_api::show),
+    ),
+    route(
+        "/alerts/{id}/ack",
+        Method::POST,
+        AuditAction::AlertAck,
+        Some(SystemAction::AuditRead),
+        || post(alerts_api::ack),
+    ),
+    route(
         "/fhir/metadata",
         Method::GET,
         AuditAction::Capabilities,
@@ -546,6 +570,21 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes(state))
 }
 
+tokio::task_local! {
+    /// A probe found in a JSON body the handler parsed, for `observe` to raise once the
+    /// principal is known.
+    static BODY_FINDING: std::cell::RefCell<Option<carevault_server::detection::Finding>>;
+}
+
+/// Inspect a request body for injection probes (before anything of it is digested or stored).
+pub(crate) fn inspect_body(state: &AppState, bytes: &[u8]) {
+    if let Some(finding) = state.inner.detection.inspect_body(bytes) {
+        let _ = BODY_FINDING.try_with(|slot| {
+            slot.borrow_mut().get_or_insert(finding);
+        });
+    }
+}
+
 /// Request id, audit event, security headers, OperationOutcome for every error, one PHI-free
 /// log line.
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -576,6 +615,11 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     } else {
         action_for(&method, matched.as_deref())
     };
+    // Detection sees the raw path and query before their values are digested.
+    let finding = state
+        .inner
+        .detection
+        .inspect_request(req.uri().path(), req.uri().query());
     let audit = state.inner.audit.clone();
     // Query values may be search terms about a patient: only their keyed digests are kept.
     let query = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
@@ -601,12 +645,17 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         },
     );
     req.extensions_mut().insert(scope.clone());
-    let mut resp = if !state.inner.public_base.admits_request(&req) {
-        ApiError::MisdirectedRequest.into_response()
+    let (mut resp, body_finding) = if !state.inner.public_base.admits_request(&req) {
+        (ApiError::MisdirectedRequest.into_response(), None)
     } else if cors.is_preflight() {
-        cors.preflight_response()
+        (cors.preflight_response(), None)
     } else {
-        next.run(req).await
+        BODY_FINDING
+            .scope(std::cell::RefCell::new(None), async {
+                let resp = next.run(req).await;
+                (resp, BODY_FINDING.with(|slot| slot.borrow_mut().take()))
+            })
+            .await
     };
 
     let mut status = resp.status();
@@ -635,6 +684,14 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         resp = ApiError::from(e).into_response();
         status = resp.status();
     }
+    detect(
+        &state,
+        &scope,
+        &resp,
+        action,
+        status,
+        finding.or(body_finding),
+    );
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);
@@ -667,6 +724,44 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         latency_us,
     );
     resp
+}
+
+/// Hand the answered request to detection (the principal and patients from its audit event).
+fn detect(
+    state: &AppState,
+    scope: &AuditScope,
+    resp: &Response,
+    action: AuditAction,
+    status: StatusCode,
+    finding: Option<carevault_server::detection::Finding>,
+) {
+    let detection = &state.inner.detection;
+    if !detection.enabled() {
+        return;
+    }
+    let integrity_failure = resp
+        .extensions()
+        .get::<ErrorDetail>()
+        .is_some_and(|d| d.kind == "integrity_failure");
+    scope.read(|r| {
+        let account_digest = r
+            .detail
+            .iter()
+            .find(|(k, _)| k == "username_digest")
+            .map(|(_, v)| v.as_str());
+        detection.observe(
+            &carevault_server::detection::RequestFacts {
+                principal: &r.principal,
+                client_ip: &r.client_ip,
+                action,
+                status: status.as_u16(),
+                patients: &r.patients,
+                account_digest,
+                integrity_failure,
+            },
+            finding,
+        );
+    });
 }
 
 /// The headers every response carries: no sniffing, no framing, no caching, HSTS over TLS.
@@ -765,6 +860,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, ApiError> {
     use carevault_server::Error;
+    inspect_body(state, bytes);
     carevault_fhir::check_depth(bytes, state.inner.config.max_json_depth)
         .map_err(|_| Error::BadRequest("the JSON is nested too deeply".into()))?;
     if std::str::from_utf8(bytes).is_err() {
@@ -851,6 +947,7 @@ mod tests {
     fn every_administrative_route_requires_a_permission_before_its_handler() {
         for route in ROUTE_TABLE {
             let administrative = route.path.starts_with("/admin/")
+                || route.path.starts_with("/alerts")
                 || route.path == "/metrics"
                 || route.path.starts_with("/audit/");
             assert_eq!(

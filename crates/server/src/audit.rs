@@ -320,6 +320,11 @@ impl AuditScope {
         f(&mut record)
     }
 
+    /// Read the event as filled in so far (detection looks at the principal and patients).
+    pub fn read<R>(&self, f: impl FnOnce(&EventRecord) -> R) -> R {
+        self.with(|r| f(r))
+    }
+
     pub fn set_principal(&self, id: &str, roles: &[&str], auth_method: &str) {
         self.with(|r| {
             r.principal = id.to_owned();

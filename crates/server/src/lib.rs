@@ -13,6 +13,7 @@ pub mod clock;
 pub mod compartment;
 pub mod compartment_upgrade;
 pub mod config;
+pub mod detection;
 pub mod environment;
 mod error;
 mod filing;

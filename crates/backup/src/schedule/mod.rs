@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use carevault_server::SharedClock;
 use carevault_server::config::{BackupSchedule, Config, Database};
+use carevault_server::detection::{AlertInput, Alerts, Rule};
 use carevault_server::metrics::BackupStats;
 use carevault_store::PostgresStore;
 
@@ -112,6 +113,7 @@ pub async fn start(
     config: &Config,
     clock: SharedClock,
     stats: Arc<BackupStats>,
+    alerts: Arc<Alerts>,
 ) -> Result<Option<ScheduleTask>> {
     let Some(plan) = config.backup.clone() else {
         return Ok(None);
@@ -155,6 +157,7 @@ pub async fn start(
         clock,
         claims,
         stats,
+        alerts,
     };
     Ok(Some(ScheduleTask(tokio::spawn(scheduler.run()))))
 }
@@ -193,6 +196,7 @@ struct Scheduler {
     /// PostgreSQL: where the nodes claim each period.
     claims: Option<PostgresStore>,
     stats: Arc<BackupStats>,
+    alerts: Arc<Alerts>,
 }
 
 impl Scheduler {
@@ -306,7 +310,7 @@ impl Scheduler {
                 error: error.to_string(),
             });
         });
-        backup_failed(error);
+        backup_failed(&self.alerts, error);
     }
 
     /// Update the status file beside the backups (a failure to is logged, not fatal).
@@ -391,10 +395,12 @@ fn keep_text(keep: &carevault_server::config::Keep) -> String {
         .join(" + ")
 }
 
-/// The one place a scheduled backup's failure is reported beyond the log. The alert API
-/// (issue on monitoring) is wired here by main; until then the log line above is the signal.
-fn backup_failed(error: &BackupError) {
+/// A scheduled backup's failure beyond the log: an `operational.backup-failed` alert (in the
+/// audit trail, `GET /alerts`, `carevault_alerts_total`), de-duplicated like every alert. The
+/// error's text stays in the log and the status file; the alert carries no text.
+fn backup_failed(alerts: &Alerts, error: &BackupError) {
     let _ = error;
+    alerts.raise(AlertInput::new(Rule::BackupFailed, "system", "local", 1));
 }
 
 #[cfg(test)]

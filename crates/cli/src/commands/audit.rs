@@ -328,7 +328,7 @@ fn search(output: OutputArgs, filters: &[(&str, Option<String>)], count: u32) ->
     Ok(())
 }
 
-fn encode(v: &str) -> String {
+pub(crate) fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

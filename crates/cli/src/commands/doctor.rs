@@ -227,4 +227,3 @@ async fn repair(args: &DoctorArgs, config: &Config, clock: &SharedClock) -> Resu
     }
     Ok(())
 }
-

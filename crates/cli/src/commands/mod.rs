@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod advisories;
+pub(crate) mod alerts;
 pub(crate) mod audit;
 pub(crate) mod backup;
 pub(crate) mod break_glass;

@@ -81,7 +81,8 @@ pub(crate) async fn serve(args: ServerArgs) -> Result<()> {
     // After the database is migrated, before serving: a bad `[backup]` key stops the start,
     // naming it. The first backup is taken in the background.
     let backups =
-        carevault_backup::schedule::start(&backup_config, clock, app.backup_stats()).await?;
+        carevault_backup::schedule::start(&backup_config, clock, app.backup_stats(), app.alerts())
+            .await?;
     if let Some(report) = &report {
         // After binding: the enroll command names the port actually listened on.
         print_init_report(

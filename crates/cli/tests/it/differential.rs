@@ -327,14 +327,14 @@ fn patient_queries(
         }
         let wanted = fold(&prefix);
         queries.push((
-            format!("Patient?family={}", urlencode(&prefix)),
+            format!("Patient?family={}", crate::urlencode(&prefix)),
             all(&|p| fold(&p.family).starts_with(&wanted)),
         ));
     }
     for _ in 0..20 {
         let family = *rng.pick(FAMILIES);
         queries.push((
-            format!("Patient?family:exact={}", urlencode(family)),
+            format!("Patient?family:exact={}", crate::urlencode(family)),
             all(&|p| p.family == family),
         ));
     }
@@ -363,7 +363,7 @@ fn patient_queries(
             mrn.clone()
         };
         queries.push((
-            format!("Patient?identifier={}", urlencode(&q)),
+            format!("Patient?identifier={}", crate::urlencode(&q)),
             all(&|p| p.mrn == mrn),
         ));
     }
@@ -480,18 +480,6 @@ fn ask_the_server_and_compare(api: &Api, queries: Vec<(String, Vec<String>)>) {
         );
         assert_eq!(total, Some(expected.len() as u64), "{query}: total");
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The generator and evaluator's own date arithmetic is right (so a mismatch means the server).

@@ -15,6 +15,7 @@ mod compartments;
 mod conformance;
 mod connections;
 mod deploy;
+mod detection;
 mod differential;
 mod doctor;
 mod e2e;
@@ -41,6 +42,19 @@ use carevault_testkit::TestServer;
 
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_carevault"))
+}
+
+/// Percent-encode a query value (every byte but the unreserved ones).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 pub fn server() -> TestServer {

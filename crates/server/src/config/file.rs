@@ -37,6 +37,7 @@ pub struct FileConfig {
     pub cors: CorsSection,
     pub posture: PostureSection,
     pub backup: BackupSection,
+    pub detection: DetectionSection,
     /// `CAREVAULT_DATABASE_PASSWORD`: taken from the environment only, never from the file.
     #[serde(skip)]
     pub database_password: Option<secrecy::SecretString>,
@@ -170,6 +171,21 @@ pub struct AuthSection {
     pub break_glass_minutes: Option<u64>,
 }
 
+/// Attack detection: on/off, windows and thresholds (see `DetectionConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionSection {
+    pub enabled: Option<bool>,
+    pub window_secs: Option<u64>,
+    pub dedup_secs: Option<u64>,
+    pub failed_logins_per_account: Option<u64>,
+    pub stuffing_accounts_per_ip: Option<u64>,
+    pub failed_enrollments_per_ip: Option<u64>,
+    pub distinct_patients_per_window: Option<u64>,
+    pub searches_per_window: Option<u64>,
+    pub not_found_per_window: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Argon2Section {
@@ -246,6 +262,15 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("backup.keep", Kind::Str),
     ("backup.recipients", Kind::Str),
     ("backup.passphrase_file", Kind::Str),
+    ("detection.enabled", Kind::Bool),
+    ("detection.window_secs", Kind::Int),
+    ("detection.dedup_secs", Kind::Int),
+    ("detection.failed_logins_per_account", Kind::Int),
+    ("detection.stuffing_accounts_per_ip", Kind::Int),
+    ("detection.failed_enrollments_per_ip", Kind::Int),
+    ("detection.distinct_patients_per_window", Kind::Int),
+    ("detection.searches_per_window", Kind::Int),
+    ("detection.not_found_per_window", Kind::Int),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

@@ -6,6 +6,7 @@
 
 mod backup;
 mod check;
+mod detection;
 mod file;
 mod limits;
 mod public_url;
@@ -14,10 +15,11 @@ mod tests;
 
 pub use backup::{BackupSchedule, DEFAULT_KEEP, Keep, Period, parse_interval};
 pub use check::{Checked, Problem, check};
+pub use detection::DetectionConfig;
 pub use file::{
-    Argon2Section, AuditSection, AuthSection, BackupSection, DatabaseSection, FileConfig,
-    HttpSection, KeySection, LogSection, PostureSection, SearchSection, SessionSection, TlsSection,
-    env_var_name, key_names,
+    Argon2Section, AuditSection, AuthSection, BackupSection, DatabaseSection, DetectionSection,
+    FileConfig, HttpSection, KeySection, LogSection, PostureSection, SearchSection, SessionSection,
+    TlsSection, env_var_name, key_names,
 };
 use limits::{AuthLimits, argon2_params, bounded, max_unsigned, session_timeouts};
 pub use limits::{HttpLimits, SearchLimits};
@@ -86,6 +88,8 @@ pub struct Config {
     pub database: Database,
     /// Connection limits and timeouts.
     pub http: HttpLimits,
+    /// Attack detection and its thresholds.
+    pub detection: DetectionConfig,
     /// Scheduled backups (`[backup]`); None: off.
     pub backup: Option<BackupSchedule>,
     /// The posture check's settings (`posture.*`).
@@ -292,6 +296,7 @@ impl Config {
         let http = HttpLimits::from_section(&file.http)?;
         let posture = posture(&file.posture)?;
         let backup = backup::backup_schedule(file.backup)?;
+        let detection = DetectionConfig::from_section(&file.detection)?;
 
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
@@ -329,6 +334,7 @@ impl Config {
             http,
             posture,
             backup,
+            detection,
         })
     }
 

@@ -11,6 +11,7 @@ use super::{Report, Status};
 use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::detection::{AlertInput, Alerts, Rule};
 use crate::environment::Environment;
 
 /// The first run waits this long after start, so that start-up is not slowed.
@@ -79,6 +80,7 @@ pub fn spawn(
     config: Config,
     env: Environment,
     audit: Arc<Audit>,
+    alerts: Arc<Alerts>,
     clock: SharedClock,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let hours = config.posture.interval_hours;
@@ -105,16 +107,23 @@ pub fn spawn(
                 fail = failed.len()
             );
             if !failed.is_empty() {
-                raise_alert(&failed);
+                raise_alert(&alerts, &failed);
             }
         }
     }))
 }
 
-/// The call site for the alert API (being built in parallel): a posture run with failed checks
-/// raises one alert naming them (check ids only: never paths' contents, names or secrets).
-/// Until the alert API lands, it is a warning in the log.
-pub fn raise_alert(failed_checks: &[&str]) {
+/// A posture run with failed checks raises one alert (`operational.posture-failed`, counting
+/// them; de-duplicated like every alert) and logs the check ids (never paths' contents, names
+/// or secrets).
+pub fn raise_alert(alerts: &Alerts, failed_checks: &[&str]) {
+    let count = u64::try_from(failed_checks.len()).unwrap_or(u64::MAX);
+    alerts.raise(AlertInput::new(
+        Rule::PostureFailed,
+        "system",
+        "local",
+        count,
+    ));
     tracing::warn!(
         event = "posture_checks_failed",
         checks = %failed_checks.join(","),

@@ -1,0 +1,81 @@
+//! `[detection]`: whether attack detection runs, and every rule's threshold.
+
+use super::ConfigError;
+use super::file::DetectionSection;
+use super::limits::bounded;
+
+/// The detection rules' windows and thresholds (see `docs/monitoring.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetectionConfig {
+    pub enabled: bool,
+    /// The window every counting rule counts in.
+    pub window_secs: u64,
+    /// An alert of the same rule and principal is not raised again within this time.
+    pub dedup_secs: u64,
+    pub failed_logins_per_account: u64,
+    pub stuffing_accounts_per_ip: u64,
+    pub failed_enrollments_per_ip: u64,
+    pub distinct_patients_per_window: u64,
+    pub searches_per_window: u64,
+    pub not_found_per_window: u64,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        // The defaults of an empty section always validate.
+        Self::from_section(&DetectionSection::default())
+            .unwrap_or_else(|e| unreachable!("default detection configuration is invalid: {e}"))
+    }
+}
+
+impl DetectionConfig {
+    pub(super) fn from_section(s: &DetectionSection) -> Result<Self, ConfigError> {
+        Ok(Self {
+            enabled: s.enabled.unwrap_or(true),
+            window_secs: bounded("detection.window_secs", s.window_secs, 300, 1, 86_400)?,
+            dedup_secs: bounded("detection.dedup_secs", s.dedup_secs, 900, 1, 604_800)?,
+            failed_logins_per_account: bounded(
+                "detection.failed_logins_per_account",
+                s.failed_logins_per_account,
+                10,
+                2,
+                1_000_000,
+            )?,
+            stuffing_accounts_per_ip: bounded(
+                "detection.stuffing_accounts_per_ip",
+                s.stuffing_accounts_per_ip,
+                10,
+                2,
+                1_000_000,
+            )?,
+            failed_enrollments_per_ip: bounded(
+                "detection.failed_enrollments_per_ip",
+                s.failed_enrollments_per_ip,
+                10,
+                2,
+                1_000_000,
+            )?,
+            distinct_patients_per_window: bounded(
+                "detection.distinct_patients_per_window",
+                s.distinct_patients_per_window,
+                200,
+                2,
+                100_000,
+            )?,
+            searches_per_window: bounded(
+                "detection.searches_per_window",
+                s.searches_per_window,
+                3_000,
+                2,
+                10_000_000,
+            )?,
+            not_found_per_window: bounded(
+                "detection.not_found_per_window",
+                s.not_found_per_window,
+                50,
+                2,
+                10_000_000,
+            )?,
+        })
+    }
+}

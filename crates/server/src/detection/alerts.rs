@@ -1,0 +1,317 @@
+//! Alerts: raised by the detection rules (and by any other part of the server through
+//! [`Alerts::raise`]), de-duplicated per rule and principal within a window, counted in
+//! `carevault_alerts_total{rule,severity}`, and made durable as events of the audit trail
+//! (action `security.alert`), written by a background task from a bounded queue so that raising
+//! never waits for the store.
+//!
+//! Durable by being audit events: the trail is already written on both backends, survives
+//! restarts, is hash-chained (an alert cannot be removed without breaking the chain) and is what
+//! the auditor reads. An acknowledgement is the audit event of the `POST /alerts/{id}/ack`
+//! request (action `alerts.ack`, detail `alert_id`). An alert carries a rule id, a severity, the
+//! principal, the source address, counts and a keyed digest of the matched value: never the
+//! value itself.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use carevault_audit::{AuditAction, EventRecord, StoredEvent};
+use carevault_store::{AuditQuery, Store};
+use tokio::sync::mpsc;
+
+use super::rules::{Rule, Severity};
+use super::window::Windows;
+use crate::audit::{Audit, AuditScope};
+use crate::clock::SharedClock;
+
+/// Alerts waiting to be written; beyond it new ones are dropped (and counted).
+pub const QUEUE_CAPACITY: usize = 1024;
+/// (rule, principal) pairs remembered for de-duplication.
+const DEDUP_CAPACITY: usize = 10_000;
+
+/// What a raiser says about an alert.
+#[derive(Clone, Debug)]
+pub struct AlertInput {
+    pub rule: Rule,
+    pub severity: Severity,
+    /// The principal's id (`anonymous` before authentication).
+    pub principal: String,
+    pub source_ip: String,
+    /// How many events made the rule fire (attempts, patients, answers).
+    pub count: u64,
+    /// A keyed digest ([`Audit::digest`]) of the matched value, never the value.
+    pub digest: Option<String>,
+}
+
+impl AlertInput {
+    /// An alert of `rule` at its default severity.
+    pub fn new(rule: Rule, principal: &str, source_ip: &str, count: u64) -> Self {
+        Self {
+            rule,
+            severity: rule.severity(),
+            principal: principal.to_owned(),
+            source_ip: source_ip.to_owned(),
+            count,
+            digest: None,
+        }
+    }
+}
+
+/// An alert as read back from the trail.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Alert {
+    pub id: String,
+    pub rule: String,
+    pub severity: String,
+    pub principal: String,
+    pub source_ip: String,
+    pub count: u64,
+    pub digest: Option<String>,
+    pub time_us: i64,
+    pub node: String,
+    pub seq: u64,
+    /// The principal who acknowledged it, if anyone did.
+    pub acknowledged_by: Option<String>,
+}
+
+pub struct Alerts {
+    audit: Arc<Audit>,
+    clock: SharedClock,
+    dedup: Windows,
+    raised: Vec<AtomicU64>,
+    suppressed: Vec<AtomicU64>,
+    dropped: AtomicU64,
+    queue: mpsc::Sender<EventRecord>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<EventRecord>>>,
+}
+
+impl Alerts {
+    pub fn new(audit: Arc<Audit>, clock: SharedClock, dedup_secs: u64) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let per_rule = || (0..Rule::ALL.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            audit,
+            clock,
+            dedup: Windows::new(
+                i64::try_from(dedup_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+                DEDUP_CAPACITY,
+            ),
+            raised: (0..Rule::ALL.len() * Severity::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            suppressed: per_rule(),
+            dropped: AtomicU64::new(0),
+            queue,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// A keyed digest of a matched value, for [`AlertInput::digest`].
+    pub fn digest(&self, value: &str) -> String {
+        self.audit.digest(value)
+    }
+
+    /// Raise an alert: `false` when it repeats one of the same rule and principal within the
+    /// de-duplication window (counted, not raised again) or the queue is full. Never waits.
+    pub fn raise(&self, input: AlertInput) -> bool {
+        let key = self.dedup.hash((input.rule.id(), input.principal.as_str()));
+        if self.dedup.count(key, self.clock.now_us(), 1).is_none() {
+            if let Some(n) = self.suppressed.get(input.rule.index()) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            return false;
+        }
+        let severity_index = Severity::ALL
+            .iter()
+            .position(|s| *s == input.severity)
+            .unwrap_or(0);
+        if let Some(n) = self
+            .raised
+            .get(input.rule.index() * Severity::ALL.len() + severity_index)
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        tracing::warn!(
+            event = "security_alert",
+            alert_id = %id,
+            rule = input.rule.id(),
+            severity = input.severity.as_str(),
+            principal = %input.principal,
+            source_ip = %input.source_ip,
+            count = input.count,
+            "security alert"
+        );
+        let mut detail = vec![
+            ("alert_id".to_owned(), id.clone()),
+            ("rule".to_owned(), input.rule.id().to_owned()),
+            ("severity".to_owned(), input.severity.as_str().to_owned()),
+            ("count".to_owned(), input.count.to_string()),
+        ];
+        if let Some(d) = input.digest {
+            detail.push(("digest".to_owned(), d));
+        }
+        let record = EventRecord {
+            request_id: id,
+            principal: input.principal,
+            auth_method: "none".into(),
+            client_ip: input.source_ip,
+            action: AuditAction::SecurityAlert.as_str().to_owned(),
+            method: "ALERT".into(),
+            route: "detection".into(),
+            detail,
+            ..EventRecord::default()
+        };
+        if self.queue.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Write queued alerts to the audit trail until the server stops. Call once.
+    pub fn spawn_writer(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let mut receiver = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        let audit = self.audit.clone();
+        Some(tokio::spawn(async move {
+            while let Some(record) = receiver.recv().await {
+                let scope = AuditScope::new(audit.clone(), record);
+                // The trail retries nothing itself; a failed write is logged and the alert
+                // stays in the log line above and the metric.
+                if let Err(e) = scope.finish(200).await {
+                    tracing::error!(event = "alert_write_failed", detail = %e, "alert not written to the audit trail");
+                }
+            }
+        }))
+    }
+
+    /// Alerts, newest first, with their acknowledgements.
+    pub async fn list(&self, store: &dyn Store, limit: u32) -> crate::Result<Vec<Alert>> {
+        let events = store
+            .audit_search(AuditQuery {
+                action: Some(AuditAction::SecurityAlert.as_str().to_owned()),
+                limit,
+                ..AuditQuery::default()
+            })
+            .await?;
+        let acks = store
+            .audit_search(AuditQuery {
+                action: Some(AuditAction::AlertAck.as_str().to_owned()),
+                outcome: Some("success".to_owned()),
+                limit: 10_000,
+                ..AuditQuery::default()
+            })
+            .await?;
+        let acked: Vec<(String, String)> = acks
+            .iter()
+            .filter_map(|e| {
+                let r: EventRecord = serde_json::from_slice(&e.body).ok()?;
+                let id = detail(&r, "alert_id")?.to_owned();
+                Some((id, r.principal))
+            })
+            .collect();
+        Ok(events
+            .iter()
+            .filter_map(|e| {
+                let mut alert = Alert::from_event(e)?;
+                alert.acknowledged_by = acked
+                    .iter()
+                    .find(|(id, _)| *id == alert.id)
+                    .map(|(_, who)| who.clone());
+                Some(alert)
+            })
+            .collect())
+    }
+
+    /// One alert by id.
+    pub async fn find(&self, store: &dyn Store, id: &str) -> crate::Result<Option<Alert>> {
+        Ok(self
+            .list(store, 10_000)
+            .await?
+            .into_iter()
+            .find(|a| a.id == id))
+    }
+
+    /// `carevault_alerts_total{rule,severity}`, `carevault_alerts_suppressed_total{rule}`,
+    /// `carevault_alerts_dropped_total`: labels from the fixed rule and severity sets only.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        crate::metrics::family(
+            &mut out,
+            "carevault_alerts_total",
+            "counter",
+            "Security alerts raised (after de-duplication), by rule and severity.",
+        );
+        for (ri, rule) in Rule::ALL.iter().enumerate() {
+            for (si, severity) in Severity::ALL.iter().enumerate() {
+                let n = self
+                    .raised
+                    .get(ri * Severity::ALL.len() + si)
+                    .map_or(0, |n| n.load(Ordering::Relaxed));
+                if n > 0 || *severity == rule.severity() {
+                    let _ = writeln!(
+                        out,
+                        "carevault_alerts_total{{rule=\"{}\",severity=\"{}\"}} {n}",
+                        rule.id(),
+                        severity.as_str()
+                    );
+                }
+            }
+        }
+        crate::metrics::family(
+            &mut out,
+            "carevault_alerts_suppressed_total",
+            "counter",
+            "Detections not raised again because the same rule and principal alerted within the de-duplication window.",
+        );
+        for (ri, rule) in Rule::ALL.iter().enumerate() {
+            let n = self
+                .suppressed
+                .get(ri)
+                .map_or(0, |n| n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "carevault_alerts_suppressed_total{{rule=\"{}\"}} {n}",
+                rule.id()
+            );
+        }
+        crate::metrics::single(
+            &mut out,
+            "carevault_alerts_dropped_total",
+            "counter",
+            "Alerts dropped because the queue to the audit trail was full.",
+            self.dropped.load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
+fn detail<'a>(r: &'a EventRecord, key: &str) -> Option<&'a str> {
+    r.detail
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+impl Alert {
+    fn from_event(e: &StoredEvent) -> Option<Self> {
+        let r: EventRecord = serde_json::from_slice(&e.body).ok()?;
+        Some(Self {
+            id: detail(&r, "alert_id")?.to_owned(),
+            rule: detail(&r, "rule")?.to_owned(),
+            severity: detail(&r, "severity")?.to_owned(),
+            count: detail(&r, "count")?.parse().ok()?,
+            digest: detail(&r, "digest").map(str::to_owned),
+            principal: r.principal,
+            source_ip: r.client_ip,
+            time_us: e.time_us,
+            node: e.node.clone(),
+            seq: e.seq,
+            acknowledged_by: None,
+        })
+    }
+}

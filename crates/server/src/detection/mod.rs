@@ -1,0 +1,268 @@
+//! Attack detection on the server's own traffic, in process, on every request, and the alerts
+//! it raises.
+//!
+//! The HTTP layer calls [`Detection::inspect_request`] with the raw path and query before
+//! anything is digested for the audit trail, [`Detection::inspect_body`] on each JSON body it
+//! parses, and [`Detection::observe`] once the response is known (principal, status, patients
+//! touched). Rules and their thresholds: `docs/monitoring.md`. Every counter is bounded
+//! ([`window::Windows`]); alerts are de-duplicated per rule and principal ([`Alerts`]).
+//!
+//! Other parts of the server raise alerts of their own through [`Alerts::raise`]:
+//!
+//! ```no_run
+//! # fn demo(detection: &carevault_server::detection::Detection) {
+//! use carevault_server::detection::{AlertInput, Rule};
+//! detection.alerts.raise(AlertInput::new(Rule::BackupFailed, "system", "local", 1));
+//! # }
+//! ```
+
+mod alerts;
+pub mod injection;
+mod rules;
+pub mod window;
+
+use std::sync::Arc;
+
+pub use alerts::{Alert, AlertInput, Alerts, QUEUE_CAPACITY};
+use carevault_audit::AuditAction;
+pub use rules::{Rule, Severity};
+use window::Windows;
+
+use crate::audit::Audit;
+use crate::clock::SharedClock;
+use crate::config::DetectionConfig;
+
+/// Keys (principals, addresses) each rule tracks at most.
+const TRACKED_KEYS: usize = 50_000;
+
+/// A probe found in a request, waiting for the principal to be known.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub rule: Rule,
+    /// Keyed digest of the value that matched.
+    pub digest: String,
+}
+
+/// What the HTTP layer knows once a request is answered.
+pub struct RequestFacts<'a> {
+    pub principal: &'a str,
+    pub client_ip: &'a str,
+    pub action: AuditAction,
+    pub status: u16,
+    /// Patient compartments the request touched (`Patient/123`).
+    pub patients: &'a [String],
+    /// The keyed digest of the username a login attempt named.
+    pub account_digest: Option<&'a str>,
+    /// The answer was an integrity failure (a ciphertext that failed to open).
+    pub integrity_failure: bool,
+}
+
+pub struct Detection {
+    config: DetectionConfig,
+    clock: SharedClock,
+    pub alerts: Arc<Alerts>,
+    failed_logins: Windows,
+    stuffing: Windows,
+    enrollments: Windows,
+    patients: Windows,
+    searches: Windows,
+    not_found: Windows,
+}
+
+impl Detection {
+    pub fn new(config: DetectionConfig, audit: Arc<Audit>, clock: SharedClock) -> Self {
+        let window =
+            i64::try_from(config.window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let windows = || Windows::new(window, TRACKED_KEYS);
+        Self {
+            alerts: Arc::new(Alerts::new(audit, clock.clone(), config.dedup_secs)),
+            config,
+            clock,
+            failed_logins: windows(),
+            stuffing: windows(),
+            enrollments: windows(),
+            patients: windows(),
+            searches: windows(),
+            not_found: windows(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// Injection probes in the path and the query's names and values (percent-decoded).
+    pub fn inspect_request(&self, path: &str, query: Option<&str>) -> Option<Finding> {
+        if !self.config.enabled {
+            return None;
+        }
+        // A path is mostly `/`, letters and digits: scanned only when it has something else.
+        let unusual = |b: &u8| {
+            matches!(
+                b,
+                b'.' | b'%' | b'\'' | b'"' | b'<' | b';' | b'(' | b'\\' | b':' | b'@' | b'#'
+            )
+        };
+        if path.as_bytes().iter().any(unusual)
+            && let Some(probe) = injection::scan(path.as_bytes())
+        {
+            return Some(self.finding(probe, path));
+        }
+        let query = query?;
+        if !injection::has_trigger(query.as_bytes()) {
+            return None;
+        }
+        // The raw query has a trigger byte: look at each decoded name and value.
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            for part in [name, value] {
+                if let Some(probe) = injection::scan(part.as_bytes()) {
+                    return Some(self.finding(probe, &part));
+                }
+            }
+        }
+        None
+    }
+
+    /// Injection probes in a JSON body.
+    pub fn inspect_body(&self, body: &[u8]) -> Option<Finding> {
+        if !self.config.enabled {
+            return None;
+        }
+        let probe = injection::scan(body)?;
+        Some(Finding {
+            rule: rule_of(probe),
+            digest: self
+                .alerts
+                .digest(&String::from_utf8_lossy(body.get(..4096).unwrap_or(body))),
+        })
+    }
+
+    fn finding(&self, probe: injection::Probe, value: &str) -> Finding {
+        Finding {
+            rule: rule_of(probe),
+            digest: self.alerts.digest(value),
+        }
+    }
+
+    /// Count what a request did, raise the alerts it crosses, and the alert of a probe found
+    /// in it. Cheap when nothing applies: a counter map is locked only for the requests its
+    /// rule counts.
+    pub fn observe(&self, facts: &RequestFacts<'_>, finding: Option<Finding>) {
+        if !self.config.enabled {
+            return;
+        }
+        let now = self.clock.now_us();
+        let c = &self.config;
+        let raise = |rule: Rule, count: u64| {
+            self.alerts.raise(AlertInput::new(
+                rule,
+                facts.principal,
+                facts.client_ip,
+                count,
+            ));
+        };
+        if let Some(f) = finding {
+            let mut input = AlertInput::new(f.rule, facts.principal, facts.client_ip, 1);
+            input.digest = Some(f.digest);
+            self.alerts.raise(input);
+        }
+        let failed = (400..500).contains(&facts.status);
+        match facts.action {
+            AuditAction::Login if failed => {
+                let ip = self.stuffing.hash(facts.client_ip);
+                if let Some(account) = facts.account_digest {
+                    let key = self.failed_logins.hash(account);
+                    if let Some(n) = self
+                        .failed_logins
+                        .count(key, now, c.failed_logins_per_account)
+                    {
+                        raise(Rule::FailedLogins, n);
+                    }
+                    let item = self.stuffing.hash(account);
+                    if let Some(n) =
+                        self.stuffing
+                            .distinct(ip, item, now, c.stuffing_accounts_per_ip)
+                    {
+                        raise(Rule::CredentialStuffing, n);
+                    }
+                }
+            }
+            AuditAction::EnrollStart | AuditAction::EnrollFinish if failed => {
+                let key = self.enrollments.hash(facts.client_ip);
+                if let Some(n) = self
+                    .enrollments
+                    .count(key, now, c.failed_enrollments_per_ip)
+                {
+                    raise(Rule::EnrollmentGuessing, n);
+                }
+            }
+            AuditAction::BreakGlass if facts.status < 300 => raise(Rule::BreakGlass, 1),
+            AuditAction::KekDestroy if facts.status < 300 => raise(Rule::KeyDestroyed, 1),
+            AuditAction::SearchType
+            | AuditAction::SearchTypePost
+            | AuditAction::SearchCompartment
+            | AuditAction::Everything => {
+                let key = self.searches.hash(facts.principal);
+                if let Some(n) = self.searches.count(key, now, c.searches_per_window) {
+                    raise(Rule::SearchStorm, n);
+                }
+            }
+            _ => {}
+        }
+        if matches!(facts.status, 403 | 404) {
+            let who = if facts.principal == "anonymous" {
+                facts.client_ip
+            } else {
+                facts.principal
+            };
+            let key = self.not_found.hash(who);
+            if let Some(n) = self.not_found.count(key, now, c.not_found_per_window) {
+                raise(Rule::Enumeration, n);
+            }
+        }
+        if !facts.patients.is_empty() && reads(facts.action) {
+            let key = self.patients.hash(facts.principal);
+            for p in facts.patients {
+                let item = self.patients.hash(p);
+                if let Some(n) =
+                    self.patients
+                        .distinct(key, item, now, c.distinct_patients_per_window)
+                {
+                    raise(Rule::BulkPatients, n);
+                }
+            }
+        }
+        if facts.integrity_failure {
+            raise(Rule::IntegrityFailure, 1);
+        }
+    }
+}
+
+/// Interactions that read patients' records (writes touch patients too, but are not bulk reads).
+fn reads(action: AuditAction) -> bool {
+    matches!(
+        action,
+        AuditAction::Read
+            | AuditAction::Vread
+            | AuditAction::SearchType
+            | AuditAction::SearchTypePost
+            | AuditAction::SearchCompartment
+            | AuditAction::Everything
+            | AuditAction::HistoryType
+            | AuditAction::HistoryInstance
+            | AuditAction::Batch
+            | AuditAction::Transaction
+    )
+}
+
+fn rule_of(probe: injection::Probe) -> Rule {
+    match probe {
+        injection::Probe::Sql => Rule::SqlInjection,
+        injection::Probe::Script => Rule::ScriptInjection,
+        injection::Probe::PathTraversal => Rule::PathTraversal,
+        injection::Probe::Ssrf => Rule::Ssrf,
+    }
+}
+
+#[cfg(test)]
+mod tests;
