@@ -31,6 +31,8 @@ pub struct Application {
     tls_fingerprint: Option<String>,
     /// The served certificate, its reloader's handle and what the reloader needs.
     tls_reload: Option<(Arc<crate::tls::ServedCertificate>, Config)>,
+    /// Delivers alerts to `detection.webhook_url`, when set.
+    alert_deliverer: Option<carevault_server::detection::webhook::Deliverer>,
     environment_id: String,
     audit: Arc<Audit>,
     keyring: Arc<carevault_server::keyring::Keyring>,
@@ -111,6 +113,16 @@ impl Application {
             audit.clone(),
             clock.clone(),
         ));
+        // A webhook secret or CA file that cannot be used stops the start, naming its key.
+        let alert_deliverer = match &config.detection.webhook {
+            Some(target) => {
+                let (webhook, deliverer) =
+                    carevault_server::detection::webhook::Webhook::open(target, clock.clone())?;
+                detection.alerts.set_webhook(webhook);
+                Some(deliverer)
+            }
+            None => None,
+        };
         let state = AppState::new(Services {
             detection,
             config,
@@ -135,6 +147,7 @@ impl Application {
             state,
             tls_fingerprint,
             tls_reload,
+            alert_deliverer,
             environment_id: env.id,
             audit,
             keyring: env.keyring,
@@ -194,6 +207,7 @@ impl Application {
         let checkpointer = self.audit.spawn_checkpointer();
         // Alerts are written to the audit trail off the request path.
         let alert_writer = self.state.inner.detection.alerts.spawn_writer();
+        let alert_delivery = self.alert_deliverer.map(|d| d.spawn());
         // Re-wraps data keys under the active KEK: at start (resuming an interrupted re-wrap)
         // and after every rotation. Its completion is an audit event.
         let audit = self.audit.clone();
@@ -261,6 +275,9 @@ impl Application {
         }
         if let Some(runs) = posture_runs {
             runs.abort();
+        }
+        if let Some(delivery) = alert_delivery {
+            delivery.abort();
         }
         if let Some(writer) = alert_writer {
             writer.abort();

@@ -35,6 +35,7 @@ mod refusals;
 mod search;
 mod tamper;
 mod tls;
+mod webhook;
 
 use std::path::Path;
 

@@ -187,6 +187,9 @@ fn path_problems(config: &Config, table: &toml::Table) -> Vec<ConfigError> {
     if let Some(path) = &config.key_passphrase_file {
         secrets.push(("key.passphrase_file", path));
     }
+    if let Some(webhook) = &config.detection.webhook {
+        secrets.push(("detection.webhook_secret_file", &webhook.secret_file));
+    }
     if let KeyProviderConfig::Pkcs11 {
         module, pin_file, ..
     } = &config.key_provider

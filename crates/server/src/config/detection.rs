@@ -3,6 +3,7 @@
 use super::ConfigError;
 use super::file::DetectionSection;
 use super::limits::bounded;
+use crate::detection::webhook::WebhookTarget;
 
 /// The detection rules' windows and thresholds (see `docs/monitoring.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub struct DetectionConfig {
     pub distinct_patients_per_window: u64,
     pub searches_per_window: u64,
     pub not_found_per_window: u64,
+    /// Where alerts are delivered besides the trail; None: nowhere.
+    pub webhook: Option<WebhookTarget>,
 }
 
 impl Default for DetectionConfig {
@@ -75,6 +78,11 @@ impl DetectionConfig {
                 50,
                 2,
                 10_000_000,
+            )?,
+            webhook: WebhookTarget::from_keys(
+                s.webhook_url.as_deref(),
+                s.webhook_secret_file.as_deref(),
+                s.webhook_ca_file.as_deref(),
             )?,
         })
     }

@@ -184,6 +184,9 @@ pub struct DetectionSection {
     pub distinct_patients_per_window: Option<u64>,
     pub searches_per_window: Option<u64>,
     pub not_found_per_window: Option<u64>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +274,9 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("detection.distinct_patients_per_window", Kind::Int),
     ("detection.searches_per_window", Kind::Int),
     ("detection.not_found_per_window", Kind::Int),
+    ("detection.webhook_url", Kind::Str),
+    ("detection.webhook_secret_file", Kind::Str),
+    ("detection.webhook_ca_file", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

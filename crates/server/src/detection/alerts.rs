@@ -83,6 +83,8 @@ pub struct Alerts {
     dropped: AtomicU64,
     queue: mpsc::Sender<EventRecord>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<EventRecord>>>,
+    /// Set at start when `detection.webhook_url` is.
+    webhook: std::sync::OnceLock<super::webhook::Webhook>,
 }
 
 impl Alerts {
@@ -103,7 +105,13 @@ impl Alerts {
             dropped: AtomicU64::new(0),
             queue,
             receiver: std::sync::Mutex::new(Some(receiver)),
+            webhook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Deliver every alert raised from now on to this webhook too (once, at start).
+    pub fn set_webhook(&self, webhook: super::webhook::Webhook) {
+        let _ = self.webhook.set(webhook);
     }
 
     /// A keyed digest of a matched value, for [`AlertInput::digest`].
@@ -142,6 +150,9 @@ impl Alerts {
             count = input.count,
             "security alert"
         );
+        if let Some(webhook) = self.webhook.get() {
+            webhook.offer(webhook_body(&id, &input, self.clock.now_us()));
+        }
         let mut detail = vec![
             ("alert_id".to_owned(), id.clone()),
             ("rule".to_owned(), input.rule.id().to_owned()),
@@ -286,8 +297,26 @@ impl Alerts {
             "Alerts dropped because the queue to the audit trail was full.",
             self.dropped.load(Ordering::Relaxed),
         );
+        if let Some(webhook) = self.webhook.get() {
+            webhook.stats.metrics_text(&mut out);
+        }
         out
     }
+}
+
+/// What the webhook receives: the alert's fields, never a payload (the digest stands for it).
+fn webhook_body(id: &str, input: &AlertInput, now_us: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "rule": input.rule.id(),
+        "severity": input.severity.as_str(),
+        "principal": input.principal,
+        "source_ip": input.source_ip,
+        "count": input.count,
+        "digest": input.digest,
+        "time": crate::clock::fhir_instant(now_us),
+    }))
+    .unwrap_or_default()
 }
 
 fn detail<'a>(r: &'a EventRecord, key: &str) -> Option<&'a str> {

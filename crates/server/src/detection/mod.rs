@@ -19,6 +19,7 @@
 mod alerts;
 pub mod injection;
 mod rules;
+pub mod webhook;
 pub mod window;
 
 use std::sync::Arc;
