@@ -33,6 +33,8 @@ pub struct Application {
     tls_reload: Option<(Arc<crate::tls::ServedCertificate>, Config)>,
     /// Delivers alerts to `detection.webhook_url`, when set.
     alert_deliverer: Option<carevault_server::detection::webhook::Deliverer>,
+    /// Delivers alerts to `detection.syslog_address`, when set.
+    syslog_deliverer: Option<carevault_server::detection::syslog::SyslogDeliverer>,
     environment_id: String,
     audit: Arc<Audit>,
     keyring: Arc<carevault_server::keyring::Keyring>,
@@ -123,6 +125,15 @@ impl Application {
             }
             None => None,
         };
+        let syslog_deliverer = match &config.detection.syslog {
+            Some(target) => {
+                let (syslog, deliverer) =
+                    carevault_server::detection::syslog::Syslog::open(target, &config.node_id)?;
+                detection.alerts.set_syslog(syslog);
+                Some(deliverer)
+            }
+            None => None,
+        };
         let state = AppState::new(Services {
             detection,
             config,
@@ -148,6 +159,7 @@ impl Application {
             tls_fingerprint,
             tls_reload,
             alert_deliverer,
+            syslog_deliverer,
             environment_id: env.id,
             audit,
             keyring: env.keyring,
@@ -208,6 +220,7 @@ impl Application {
         // Alerts are written to the audit trail off the request path.
         let alert_writer = self.state.inner.detection.alerts.spawn_writer();
         let alert_delivery = self.alert_deliverer.map(|d| d.spawn());
+        let syslog_delivery = self.syslog_deliverer.map(|d| d.spawn());
         // Re-wraps data keys under the active KEK: at start (resuming an interrupted re-wrap)
         // and after every rotation. Its completion is an audit event.
         let audit = self.audit.clone();
@@ -276,7 +289,7 @@ impl Application {
         if let Some(runs) = posture_runs {
             runs.abort();
         }
-        if let Some(delivery) = alert_delivery {
+        for delivery in [alert_delivery, syslog_delivery].into_iter().flatten() {
             delivery.abort();
         }
         if let Some(writer) = alert_writer {

@@ -21,17 +21,12 @@ const SECRET: &str = "webhook-secret-for-the-test-only-7c1e";
 /// One delivery as the receiver saw it: the signature header and the body.
 type Delivery = (String, Vec<u8>);
 
-/// An HTTPS receiver answering 503 to the first `fail_first` deliveries, then 200.
-fn receiver(
-    cert_pem: &str,
-    key_pem: &str,
-    fail_first: usize,
-) -> (SocketAddr, Arc<Mutex<Vec<Delivery>>>) {
+fn server_tls(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .map(|c| c.unwrap())
         .collect();
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let config = Arc::new(
+    Arc::new(
         rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -40,38 +35,85 @@ fn receiver(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap(),
-    );
+    )
+}
+
+type TlsConn = rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>;
+
+/// A TLS listener on a port of its own; `serve` handles each connection in turn.
+fn tls_listener(
+    cert_pem: &str,
+    key_pem: &str,
+    mut serve: impl FnMut(&mut TlsConn) + Send + 'static,
+) -> SocketAddr {
+    let config = server_tls(cert_pem, key_pem);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let seen = got.clone();
     std::thread::spawn(move || {
         for tcp in listener.incoming() {
             let Ok(tcp) = tcp else { continue };
-            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let Some(delivery) = read_request(&mut tls) else {
-                continue;
-            };
-            let n = {
-                let mut seen = seen.lock().unwrap();
-                seen.push(delivery);
-                seen.len()
-            };
-            let status = if n <= fail_first {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            };
-            let _ = tls.write_all(
-                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            );
-            let _ = tls.flush();
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
+            serve(&mut rustls::StreamOwned::new(conn, tcp));
         }
+    });
+    addr
+}
+
+/// A syslog-over-TLS listener: every octet-counted message it receives.
+fn syslog_listener(cert_pem: &str, key_pem: &str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let addr = tls_listener(cert_pem, key_pem, move |tls| {
+        // MSG-LEN SP SYSLOG-MSG, repeated, until the sender closes.
+        loop {
+            let mut len = String::new();
+            let mut byte = [0u8; 1];
+            while tls.read_exact(&mut byte).is_ok() && byte[0] != b' ' {
+                len.push(char::from(byte[0]));
+            }
+            let Ok(n) = len.parse::<usize>() else { break };
+            let mut message = vec![0u8; n];
+            if tls.read_exact(&mut message).is_err() {
+                break;
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&message).into_owned());
+        }
+    });
+    (addr, got)
+}
+
+/// An HTTPS receiver answering 503 to the first `fail_first` deliveries, then 200.
+fn receiver(
+    cert_pem: &str,
+    key_pem: &str,
+    fail_first: usize,
+) -> (SocketAddr, Arc<Mutex<Vec<Delivery>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let addr = tls_listener(cert_pem, key_pem, move |tls| {
+        let Some(delivery) = read_request(tls) else {
+            return;
+        };
+        let n = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(delivery);
+            seen.len()
+        };
+        let status = if n <= fail_first {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
+        let _ = tls.write_all(
+            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        let _ = tls.flush();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
     });
     (addr, got)
 }
@@ -126,9 +168,12 @@ fn signature_verifies(signature: &str, body: &[u8]) -> bool {
 }
 
 #[test]
-fn an_alert_reaches_the_webhook_signed_and_is_retried_after_a_503() {
+fn an_alert_reaches_the_webhook_signed_and_retried_and_syslog_as_rfc5424() {
     let operator = pki();
     let (addr, got) = receiver(&operator.server_cert_pem, &operator.server_key_pem, 1);
+    let (syslog_addr, syslog) =
+        syslog_listener(&operator.server_cert_pem, &operator.server_key_pem);
+    let syslog_address = format!("127.0.0.1:{}", syslog_addr.port());
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("webhook-secret");
     let ca = dir.path().join("webhook-ca.pem");
@@ -147,6 +192,11 @@ fn an_alert_reaches_the_webhook_signed_and_is_retried_after_a_503() {
                 secret.to_str().unwrap(),
             ),
             ("CAREVAULT_DETECTION_WEBHOOK_CA_FILE", ca.to_str().unwrap()),
+            (
+                "CAREVAULT_DETECTION_SYSLOG_ADDRESS",
+                syslog_address.as_str(),
+            ),
+            ("CAREVAULT_DETECTION_SYSLOG_CA_FILE", ca.to_str().unwrap()),
         ],
     );
 
@@ -174,6 +224,23 @@ fn an_alert_reaches_the_webhook_signed_and_is_retried_after_a_503() {
     assert!(alert["digest"].as_str().is_some_and(|d| !d.is_empty()));
     let text = String::from_utf8_lossy(first_body);
     assert!(!text.contains(CANARY), "{text}");
+
+    wait_for("the syslog message", Duration::from_secs(30), || {
+        !syslog.lock().unwrap().is_empty()
+    });
+    let message = syslog.lock().unwrap()[0].clone();
+    // authpriv (10) * 8 + err (3): a high-severity alert.
+    assert!(message.starts_with("<83>1 "), "{message}");
+    assert!(
+        message.contains(&format!("id=\"{}\"", alert["id"].as_str().unwrap())),
+        "{message}"
+    );
+    assert!(message.contains("rule=\"injection.sql\""), "{message}");
+    assert!(
+        message.ends_with("security alert injection.sql"),
+        "{message}"
+    );
+    assert!(!message.contains(CANARY), "{message}");
 
     wait_for("the 503 in the log", Duration::from_secs(10), || {
         srv.logs().contains("alert_webhook_failed")

@@ -3,6 +3,7 @@
 use super::ConfigError;
 use super::file::DetectionSection;
 use super::limits::bounded;
+use crate::detection::syslog::SyslogTarget;
 use crate::detection::webhook::WebhookTarget;
 
 /// The detection rules' windows and thresholds (see `docs/monitoring.md`).
@@ -21,6 +22,8 @@ pub struct DetectionConfig {
     pub not_found_per_window: u64,
     /// Where alerts are delivered besides the trail; None: nowhere.
     pub webhook: Option<WebhookTarget>,
+    /// The syslog collector alerts are delivered to; None: none.
+    pub syslog: Option<SyslogTarget>,
 }
 
 impl Default for DetectionConfig {
@@ -83,6 +86,10 @@ impl DetectionConfig {
                 s.webhook_url.as_deref(),
                 s.webhook_secret_file.as_deref(),
                 s.webhook_ca_file.as_deref(),
+            )?,
+            syslog: SyslogTarget::from_keys(
+                s.syslog_address.as_deref(),
+                s.syslog_ca_file.as_deref(),
             )?,
         })
     }

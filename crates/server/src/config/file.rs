@@ -187,6 +187,8 @@ pub struct DetectionSection {
     pub webhook_url: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
     pub webhook_ca_file: Option<PathBuf>,
+    pub syslog_address: Option<String>,
+    pub syslog_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +279,8 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("detection.webhook_url", Kind::Str),
     ("detection.webhook_secret_file", Kind::Str),
     ("detection.webhook_ca_file", Kind::Str),
+    ("detection.syslog_address", Kind::Str),
+    ("detection.syslog_ca_file", Kind::Str),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

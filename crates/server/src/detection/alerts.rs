@@ -85,6 +85,8 @@ pub struct Alerts {
     receiver: std::sync::Mutex<Option<mpsc::Receiver<EventRecord>>>,
     /// Set at start when `detection.webhook_url` is.
     webhook: std::sync::OnceLock<super::webhook::Webhook>,
+    /// Set at start when `detection.syslog_address` is.
+    syslog: std::sync::OnceLock<super::syslog::Syslog>,
 }
 
 impl Alerts {
@@ -106,7 +108,13 @@ impl Alerts {
             queue,
             receiver: std::sync::Mutex::new(Some(receiver)),
             webhook: std::sync::OnceLock::new(),
+            syslog: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Deliver every alert raised from now on to this syslog collector too (once, at start).
+    pub fn set_syslog(&self, syslog: super::syslog::Syslog) {
+        let _ = self.syslog.set(syslog);
     }
 
     /// Deliver every alert raised from now on to this webhook too (once, at start).
@@ -152,6 +160,13 @@ impl Alerts {
         );
         if let Some(webhook) = self.webhook.get() {
             webhook.offer(webhook_body(&id, &input, self.clock.now_us()));
+        }
+        if let Some(syslog) = self.syslog.get() {
+            syslog.offer(
+                &id,
+                &input,
+                &crate::clock::fhir_instant(self.clock.now_us()),
+            );
         }
         let mut detail = vec![
             ("alert_id".to_owned(), id.clone()),
@@ -297,8 +312,14 @@ impl Alerts {
             "Alerts dropped because the queue to the audit trail was full.",
             self.dropped.load(Ordering::Relaxed),
         );
+        if self.webhook.get().is_some() || self.syslog.get().is_some() {
+            super::webhook::deliveries_family(&mut out);
+        }
         if let Some(webhook) = self.webhook.get() {
-            webhook.stats.metrics_text(&mut out);
+            webhook.stats.metrics_text("webhook", &mut out);
+        }
+        if let Some(syslog) = self.syslog.get() {
+            syslog.stats.metrics_text("syslog", &mut out);
         }
         out
     }

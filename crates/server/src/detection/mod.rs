@@ -19,6 +19,7 @@
 mod alerts;
 pub mod injection;
 mod rules;
+pub mod syslog;
 pub mod webhook;
 pub mod window;
 

@@ -82,7 +82,7 @@ impl WebhookTarget {
     }
 }
 
-/// Delivery counters (`carevault_alert_deliveries_total{outcome}`).
+/// Delivery counters of one target (`carevault_alert_deliveries_total{target,outcome}`).
 #[derive(Default)]
 pub struct DeliveryStats {
     delivered: AtomicU64,
@@ -91,15 +91,36 @@ pub struct DeliveryStats {
     dropped: AtomicU64,
 }
 
+/// The metric family's header, written once before every target's lines.
+pub fn deliveries_family(out: &mut String) {
+    crate::metrics::family(
+        out,
+        "carevault_alert_deliveries_total",
+        "counter",
+        "Alert deliveries by target (webhook, syslog): delivered, retried (attempts after a failure), dead_letter (given up after every attempt), dropped (queue full).",
+    );
+}
+
 impl DeliveryStats {
-    pub fn metrics_text(&self, out: &mut String) {
+    pub(crate) fn record_delivery(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_retry(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_dead_letter(&self) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This target's lines (`target` is a fixed name: `webhook` or `syslog`).
+    pub fn metrics_text(&self, target: &str, out: &mut String) {
         use std::fmt::Write;
-        crate::metrics::family(
-            out,
-            "carevault_alert_deliveries_total",
-            "counter",
-            "Alert webhook deliveries: delivered, retried (attempts after a failure), dead_letter (given up after every attempt), dropped (queue full).",
-        );
         for (outcome, n) in [
             ("delivered", &self.delivered),
             ("retried", &self.retried),
@@ -108,7 +129,7 @@ impl DeliveryStats {
         ] {
             let _ = writeln!(
                 out,
-                "carevault_alert_deliveries_total{{outcome=\"{outcome}\"}} {}",
+                "carevault_alert_deliveries_total{{target=\"{target}\",outcome=\"{outcome}\"}} {}",
                 n.load(Ordering::Relaxed)
             );
         }
@@ -168,7 +189,7 @@ impl Webhook {
     /// Queue one alert's JSON body; never waits (a full queue drops it, counted).
     pub fn offer(&self, body: Vec<u8>) {
         if self.queue.try_send(body).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.record_drop();
         }
     }
 }
@@ -188,7 +209,7 @@ impl Deliverer {
         let mut pause = FIRST_PAUSE;
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                self.stats.record_retry();
                 tokio::time::sleep(pause).await;
                 pause = pause.saturating_mul(2);
             }
@@ -209,7 +230,7 @@ impl Deliverer {
             .await;
             match outcome {
                 Ok(Ok(status)) if (200..300).contains(&status) => {
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_delivery();
                     return;
                 }
                 Ok(Ok(status)) => {
@@ -221,7 +242,7 @@ impl Deliverer {
                 Err(e) => tracing::error!(event = "alert_webhook_failed", attempt, error = %e),
             }
         }
-        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_dead_letter();
         tracing::error!(
             event = "alert_webhook_dead_letter",
             attempts = ATTEMPTS,
