@@ -79,6 +79,8 @@ audit_actions! {
     AuditRead => "audit.read",
     /// A security alert raised by detection (written by the alert queue, not a request).
     SecurityAlert => "security.alert",
+    /// An automatic response to an alert (an address blocked), written by the alert queue.
+    SecurityResponse => "security.response",
     /// `GET /alerts`.
     AlertList => "alerts.list",
     /// `GET /alerts/{id}`.

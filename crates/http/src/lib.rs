@@ -605,6 +605,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
             || "unknown".to_owned(),
             |ConnectInfo(ClientAddr(a))| a.ip().to_string(),
         );
+    let blocked_for = state.inner.detection.blocked_for(&client_ip);
     let cors = cors::Cors::of(
         &method,
         req.headers(),
@@ -647,6 +648,13 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     req.extensions_mut().insert(scope.clone());
     let (mut resp, body_finding) = if !state.inner.public_base.admits_request(&req) {
         (ApiError::MisdirectedRequest.into_response(), None)
+    } else if let Some(retry_after_secs) = blocked_for {
+        // An automatic response (detection.block_stuffing_minutes): refused before any handler.
+        (
+            ApiError::from(carevault_server::Error::TooManyRequests { retry_after_secs })
+                .into_response(),
+            None,
+        )
     } else if cors.is_preflight() {
         (cors.preflight_response(), None)
     } else {

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod alert_actions;
 mod audit;
 mod authz;
 mod backup;
@@ -35,7 +36,6 @@ mod refusals;
 mod search;
 mod tamper;
 mod tls;
-mod webhook;
 
 use std::path::Path;
 

@@ -24,6 +24,8 @@ pub struct DetectionConfig {
     pub webhook: Option<WebhookTarget>,
     /// The syslog collector alerts are delivered to; None: none.
     pub syslog: Option<SyslogTarget>,
+    /// Minutes an address is refused after credential stuffing from it; 0: no automatic block.
+    pub block_stuffing_minutes: u64,
 }
 
 impl Default for DetectionConfig {
@@ -86,6 +88,13 @@ impl DetectionConfig {
                 s.webhook_url.as_deref(),
                 s.webhook_secret_file.as_deref(),
                 s.webhook_ca_file.as_deref(),
+            )?,
+            block_stuffing_minutes: bounded(
+                "detection.block_stuffing_minutes",
+                s.block_stuffing_minutes,
+                0,
+                0,
+                1440,
             )?,
             syslog: SyslogTarget::from_keys(
                 s.syslog_address.as_deref(),

@@ -189,6 +189,7 @@ pub struct DetectionSection {
     pub webhook_ca_file: Option<PathBuf>,
     pub syslog_address: Option<String>,
     pub syslog_ca_file: Option<PathBuf>,
+    pub block_stuffing_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +282,7 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("detection.webhook_ca_file", Kind::Str),
     ("detection.syslog_address", Kind::Str),
     ("detection.syslog_ca_file", Kind::Str),
+    ("detection.block_stuffing_minutes", Kind::Int),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

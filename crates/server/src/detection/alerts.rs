@@ -195,6 +195,28 @@ impl Alerts {
         true
     }
 
+    /// Record an automatic response in the audit trail (through the alert queue, never waiting).
+    pub fn record_response(&self, rule: Rule, response: &str, client_ip: &str, minutes: u64) {
+        let record = EventRecord {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            principal: "system".into(),
+            auth_method: "none".into(),
+            client_ip: client_ip.to_owned(),
+            action: AuditAction::SecurityResponse.as_str().to_owned(),
+            method: "RESPONSE".into(),
+            route: "detection".into(),
+            detail: vec![
+                ("rule".to_owned(), rule.id().to_owned()),
+                ("response".to_owned(), response.to_owned()),
+                ("minutes".to_owned(), minutes.to_string()),
+            ],
+            ..EventRecord::default()
+        };
+        if self.queue.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Write queued alerts to the audit trail until the server stops. Call once.
     pub fn spawn_writer(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let mut receiver = self

@@ -18,6 +18,7 @@
 
 mod alerts;
 pub mod injection;
+pub mod response;
 mod rules;
 pub mod syslog;
 pub mod webhook;
@@ -69,6 +70,8 @@ pub struct Detection {
     patients: Windows,
     searches: Windows,
     not_found: Windows,
+    /// Addresses refused after credential stuffing (`detection.block_stuffing_minutes`).
+    blocked: response::Blocklist,
 }
 
 impl Detection {
@@ -86,6 +89,40 @@ impl Detection {
             patients: windows(),
             searches: windows(),
             not_found: windows(),
+            blocked: response::Blocklist::default(),
+        }
+    }
+
+    /// Seconds a request from `client_ip` is still refused for, after an automatic block.
+    pub fn blocked_for(&self, client_ip: &str) -> Option<u64> {
+        if self.config.block_stuffing_minutes == 0 {
+            return None;
+        }
+        self.blocked.blocked_for(client_ip, self.clock.now_us())
+    }
+
+    /// The automatic response to credential stuffing, when configured: block the address.
+    fn respond_to_stuffing(&self, client_ip: &str, now_us: i64) {
+        let minutes = self.config.block_stuffing_minutes;
+        if minutes == 0 {
+            return;
+        }
+        let until = now_us
+            .saturating_add(i64::try_from(minutes.saturating_mul(60_000_000)).unwrap_or(i64::MAX));
+        if self.blocked.block(client_ip, until, now_us) {
+            tracing::warn!(
+                event = "security_response",
+                rule = Rule::CredentialStuffing.id(),
+                response = "block-address",
+                client_ip,
+                minutes
+            );
+            self.alerts.record_response(
+                Rule::CredentialStuffing,
+                "block-address",
+                client_ip,
+                minutes,
+            );
         }
     }
 
@@ -186,6 +223,7 @@ impl Detection {
                             .distinct(ip, item, now, c.stuffing_accounts_per_ip)
                     {
                         raise(Rule::CredentialStuffing, n);
+                        self.respond_to_stuffing(facts.client_ip, now);
                     }
                 }
             }

@@ -274,3 +274,41 @@ fn a_webhook_secret_readable_by_others_stops_the_start_naming_the_key() {
     assert!(text.contains("detection.webhook_secret_file"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
 }
+
+#[test]
+fn with_blocking_configured_a_stuffing_address_is_refused_and_others_are_not() {
+    use std::net::{IpAddr, Ipv4Addr};
+    let srv = TestServer::start_with(
+        bin(),
+        &[
+            ("CAREVAULT_DETECTION_BLOCK_STUFFING_MINUTES", "5"),
+            ("CAREVAULT_DETECTION_STUFFING_ACCOUNTS_PER_IP", "3"),
+        ],
+    );
+    let attacker = srv
+        .api()
+        .from_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)));
+    let bystander = srv
+        .api()
+        .from_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12)));
+    assert_eq!(attacker.get("/fhir/metadata").status, 200);
+    for i in 0..3 {
+        let r = attacker.post_json(
+            "/auth/login",
+            &serde_json::json!({"username": format!("{CANARY}user{i}"), "password": "wrong", "totp_code": "123456"}),
+        );
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    // The third account crossed the threshold: the address is refused from the next request on,
+    // whatever it asks for, and told when to come back.
+    let refused = attacker.get("/fhir/metadata");
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((240..=301).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.json()["resourceType"], "OperationOutcome");
+    assert_eq!(bystander.get("/fhir/metadata").status, 200);
+    wait_for("the response in the log", Duration::from_secs(10), || {
+        srv.logs().contains("\"response\":\"block-address\"")
+    });
+    assert!(!srv.output().contains(CANARY));
+}
