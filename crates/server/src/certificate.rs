@@ -10,7 +10,8 @@
 
 use std::path::Path;
 
-use x509_cert::der::Decode;
+use x509_cert::der::asn1::{ObjectIdentifier, UintRef};
+use x509_cert::der::{Decode, Reader, SliceReader};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -34,6 +35,10 @@ pub struct CertificateInfo {
     pub not_after_secs: i64,
     /// Made by CareVault (self-signed with CareVault's common name), so CareVault may renew it.
     pub generated: bool,
+    /// `RSA 2048`, `ECDSA P-256`, `Ed25519`, ...
+    pub key: String,
+    /// False when the key is too weak (RSA under 2048 bits, an unknown curve or algorithm).
+    pub key_ok: bool,
 }
 
 impl CertificateInfo {
@@ -109,11 +114,14 @@ pub fn inspect(path: &Path) -> Result<CertificateInfo> {
         .map_err(|_| Error::Unavailable("tls.cert_path: validity out of range".into()))?;
     let generated = tbs.subject == tbs.issuer
         && tbs.subject.to_string() == format!("CN={GENERATED_COMMON_NAME}");
+    let (key, key_ok) = key_kind(&tbs.subject_public_key_info);
     Ok(CertificateInfo {
         fingerprint: fingerprint(&der),
         not_before_secs,
         not_after_secs,
         generated,
+        key,
+        key_ok,
     })
 }
 
@@ -149,6 +157,50 @@ fn sign(config: &Config, key: &rcgen::KeyPair, now_secs: i64) -> Result<rcgen::C
     params
         .self_signed(key)
         .map_err(|e| Error::Internal(format!("tls cert: {e}")))
+}
+
+const RSA: &str = "1.2.840.113549.1.1.1";
+const EC: &str = "1.2.840.10045.2.1";
+const ED25519: &str = "1.3.101.112";
+
+fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> (String, bool) {
+    let oid = spki.algorithm.oid.to_string();
+    match oid.as_str() {
+        RSA => match rsa_bits(spki.subject_public_key.raw_bytes()) {
+            Some(bits) => (format!("RSA {bits}"), bits >= 2048),
+            None => ("RSA (unreadable modulus)".to_owned(), false),
+        },
+        EC => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                .map(|o| o.to_string());
+            match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => ("ECDSA P-256".to_owned(), true),
+                Some("1.3.132.0.34") => ("ECDSA P-384".to_owned(), true),
+                Some("1.3.132.0.35") => ("ECDSA P-521".to_owned(), true),
+                other => (format!("ECDSA on curve {}", other.unwrap_or("?")), false),
+            }
+        }
+        ED25519 => ("Ed25519".to_owned(), true),
+        other => (format!("key algorithm {other}"), false),
+    }
+}
+
+/// The modulus size of a DER RSAPublicKey (SEQUENCE { modulus, exponent }).
+fn rsa_bits(der: &[u8]) -> Option<usize> {
+    let mut reader = SliceReader::new(der).ok()?;
+    let modulus = reader
+        .sequence(|r| {
+            let n = UintRef::decode(r)?;
+            let _e = UintRef::decode(r)?;
+            Ok(n.as_bytes().to_vec())
+        })
+        .ok()?;
+    let first = *modulus.first()?;
+    Some(modulus.len() * 8 - first.leading_zeros() as usize)
 }
 
 fn first_certificate_der(pem: &[u8]) -> Option<Vec<u8>> {

@@ -5,10 +5,6 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use x509_cert::Certificate;
-use x509_cert::der::asn1::{ObjectIdentifier, UintRef};
-use x509_cert::der::{Decode, Reader, SliceReader};
-
 use super::{
     FILES_CONFIG, FILES_DATA_DIR, FILES_KEYS, FILES_TLS_KEY, Finding, KEYS_PROTECTION,
     PROCESS_MEMORY, PROCESS_ROOT, TLS_CERTIFICATE, TLS_KEY, TLS_PLAIN_HTTP,
@@ -20,8 +16,6 @@ use crate::memory::LockMode;
 pub const RENEW_WITHIN_DAYS: i64 = crate::certificate::RENEW_BEFORE_DAYS;
 /// The longest validity browsers and scanners accept (CA/Browser Forum: 398 days).
 pub const MAX_VALIDITY_DAYS: i64 = 398;
-/// The common name of the certificate `init` generates.
-pub const GENERATED_CN: &str = "CareVault self-signed";
 
 const DAY_SECS: i64 = 86_400;
 
@@ -276,122 +270,31 @@ fn keys_protection(config: &Config) -> Finding {
     }
 }
 
-/// What the certificate file says: validity and key.
-pub struct CertFacts {
-    pub not_before: i64,
-    pub not_after: i64,
-    pub generated: bool,
-    /// `RSA 2048`, `ECDSA P-256`, `Ed25519`, ...
-    pub key: String,
-    /// False when the key is too weak.
-    pub key_ok: bool,
-}
-
-/// Parse the first certificate of a PEM file.
-pub fn cert_facts(pem: &[u8]) -> Result<CertFacts, String> {
-    let der = first_pem_certificate(pem).ok_or("no PEM certificate in the file")?;
-    let cert = Certificate::from_der(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let tbs = &cert.tbs_certificate;
-    let secs = |t: x509_cert::time::Time| {
-        i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
-    };
-    let subject = tbs.subject.to_string();
-    let (key, key_ok) = key_kind(&tbs.subject_public_key_info);
-    Ok(CertFacts {
-        not_before: secs(tbs.validity.not_before),
-        not_after: secs(tbs.validity.not_after),
-        generated: subject.contains(GENERATED_CN) && tbs.subject == tbs.issuer,
-        key,
-        key_ok,
-    })
-}
-
-/// The DER bytes of the first `CERTIFICATE` block of a PEM file.
-fn first_pem_certificate(pem: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let (_, rest) = text.split_once("-----BEGIN CERTIFICATE-----")?;
-    let (body, _) = rest.split_once("-----END CERTIFICATE-----")?;
-    let b64: String = body.split_whitespace().collect();
-    data_encoding::BASE64.decode(b64.as_bytes()).ok()
-}
-
-const RSA: &str = "1.2.840.113549.1.1.1";
-const EC: &str = "1.2.840.10045.2.1";
-const ED25519: &str = "1.3.101.112";
-
-fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> (String, bool) {
-    let oid = spki.algorithm.oid.to_string();
-    match oid.as_str() {
-        RSA => match rsa_bits(spki.subject_public_key.raw_bytes()) {
-            Some(bits) => (format!("RSA {bits}"), bits >= 2048),
-            None => ("RSA (unreadable modulus)".to_owned(), false),
-        },
-        EC => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
-                .map(|o| o.to_string());
-            match curve.as_deref() {
-                Some("1.2.840.10045.3.1.7") => ("ECDSA P-256".to_owned(), true),
-                Some("1.3.132.0.34") => ("ECDSA P-384".to_owned(), true),
-                Some("1.3.132.0.35") => ("ECDSA P-521".to_owned(), true),
-                other => (format!("ECDSA on curve {}", other.unwrap_or("?")), false),
-            }
-        }
-        ED25519 => ("Ed25519".to_owned(), true),
-        other => (format!("key algorithm {other}"), false),
-    }
-}
-
-/// The modulus size of a DER RSAPublicKey (SEQUENCE { modulus, exponent }).
-fn rsa_bits(der: &[u8]) -> Option<usize> {
-    let mut reader = SliceReader::new(der).ok()?;
-    let modulus = reader
-        .sequence(|r| {
-            let n = UintRef::decode(r)?;
-            let _e = UintRef::decode(r)?;
-            Ok(n.as_bytes().to_vec())
-        })
-        .ok()?;
-    let first = *modulus.first()?;
-    Some(modulus.len() * 8 - first.leading_zeros() as usize)
-}
-
 fn certificate(config: &Config, now_us: i64) -> Vec<Finding> {
     let path = &config.tls_cert;
-    let facts = match fs::read(path) {
+    let facts = match crate::certificate::inspect(path) {
+        Ok(f) => f,
         Err(e) => {
             return vec![TLS_CERTIFICATE.fail(
-                format!("{} cannot be read ({})", path.display(), e.kind()),
-                "set tls.cert_path to the certificate (PEM)",
+                format!("{}: {e}", path.display()),
+                "set tls.cert_path to a readable PEM certificate",
             )];
         }
-        Ok(pem) => match cert_facts(&pem) {
-            Ok(f) => f,
-            Err(e) => {
-                return vec![TLS_CERTIFICATE.fail(
-                    format!("{}: {e}", path.display()),
-                    "replace it with a PEM certificate",
-                )];
-            }
-        },
     };
     let now = now_us.div_euclid(1_000_000);
-    let days_left = (facts.not_after - now).div_euclid(DAY_SECS);
-    let lifetime = (facts.not_after - facts.not_before).div_euclid(DAY_SECS);
+    let days_left = (facts.not_after_secs - now).div_euclid(DAY_SECS);
+    let lifetime = (facts.not_after_secs - facts.not_before_secs).div_euclid(DAY_SECS);
     let renew = if facts.generated {
         "carevault doctor --fix renews the generated certificate"
     } else {
         "install a renewed certificate from your CA"
     };
-    let validity = if facts.not_after <= now {
+    let validity = if facts.not_after_secs <= now {
         TLS_CERTIFICATE.fail(
             format!("{} expired {} days ago", path.display(), -days_left),
             renew,
         )
-    } else if facts.not_before > now {
+    } else if facts.not_before_secs > now {
         TLS_CERTIFICATE.fail(
             format!("{} is not valid yet", path.display()),
             "check the machine's clock, or the certificate",
