@@ -18,10 +18,9 @@ use tokio_rustls::client::TlsStream;
 
 use super::alerts::AlertInput;
 use super::rules::Severity;
-use super::webhook::{ATTEMPTS, DeliveryStats, QUEUE_CAPACITY};
+use super::webhook::{ATTEMPTS, DeliveryStats, delivery_queue};
 use crate::config::ConfigError;
 
-const FIRST_PAUSE: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection unused this long is reopened before the next message: a collector may have
 /// closed it meanwhile, and a write to a closed TCP connection still "succeeds" locally.
@@ -120,8 +119,7 @@ impl Syslog {
         .map_err(|e| crate::Error::Internal(format!("tls versions: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let stats = Arc::new(DeliveryStats::default());
+        let (queue, receiver, stats) = delivery_queue();
         Ok((
             Self {
                 queue,
@@ -164,13 +162,8 @@ impl SyslogDeliverer {
     }
 
     async fn deliver(&self, connection: &mut Option<TlsStream<TcpStream>>, frame: &[u8]) {
-        let mut pause = FIRST_PAUSE;
         for attempt in 1..=ATTEMPTS {
-            if attempt > 1 {
-                self.stats.record_retry();
-                tokio::time::sleep(pause).await;
-                pause = pause.saturating_mul(2);
-            }
+            self.stats.pause_before(attempt).await;
             if connection.is_none() {
                 match self.connect().await {
                     Ok(c) => *connection = Some(c),

@@ -106,8 +106,13 @@ impl DeliveryStats {
         self.delivered.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_retry(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
+    /// Before attempt `attempt` (from 1): nothing for the first, else count a retry and wait,
+    /// the pause doubling from [`FIRST_PAUSE`].
+    pub(crate) async fn pause_before(&self, attempt: u32) {
+        if attempt > 1 {
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(FIRST_PAUSE.saturating_mul(1 << (attempt - 2).min(16))).await;
+        }
     }
 
     pub(crate) fn record_dead_letter(&self) {
@@ -134,6 +139,16 @@ impl DeliveryStats {
             );
         }
     }
+}
+
+/// A delivery target's bounded queue and its counters.
+pub(crate) fn delivery_queue() -> (
+    mpsc::Sender<Vec<u8>>,
+    mpsc::Receiver<Vec<u8>>,
+    Arc<DeliveryStats>,
+) {
+    let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+    (queue, receiver, Arc::new(DeliveryStats::default()))
 }
 
 /// The sending half: where raised alerts are queued.
@@ -168,8 +183,7 @@ impl Webhook {
             .max_redirects(0)
             .build()
             .new_agent();
-        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let stats = Arc::new(DeliveryStats::default());
+        let (queue, receiver, stats) = delivery_queue();
         Ok((
             Self {
                 queue,
@@ -206,13 +220,8 @@ impl Deliverer {
 
     async fn deliver(&self, body: Vec<u8>) {
         let body = Arc::new(body);
-        let mut pause = FIRST_PAUSE;
         for attempt in 1..=ATTEMPTS {
-            if attempt > 1 {
-                self.stats.record_retry();
-                tokio::time::sleep(pause).await;
-                pause = pause.saturating_mul(2);
-            }
+            self.stats.pause_before(attempt).await;
             let signature = signature(&self.secret, self.clock.now_secs(), &body);
             let agent = self.agent.clone();
             let url = self.url.clone();
