@@ -388,3 +388,46 @@ fn version_check_lists_the_advisories_that_apply_to_compiled_in_versions() {
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
 }
+
+#[test]
+fn fix_renews_an_overlong_generated_certificate_with_its_own_key() {
+    let srv = server();
+    let tls = srv.ca_pem().parent().unwrap().to_path_buf();
+    // A generated certificate as versions before the 397-day limit made them: same key, CareVault's
+    // common name, rcgen's default validity (1975 to 4096).
+    let key_pem = std::fs::read_to_string(tls.join("key.pem")).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "CareVault self-signed");
+    std::fs::write(
+        tls.join("cert.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+
+    let before = doctor(&srv, &["--output", "json", "--offline"], &[]);
+    let (status, found) = findings(&before)["tls.certificate"].clone();
+    assert_eq!(status, "warn", "{found}");
+
+    let fixed = doctor(&srv, &["--fix", "--yes", "--offline"], &[]);
+    assert_no_crash(&fixed);
+    assert!(
+        output_text(&fixed).contains("repaired tls.certificate"),
+        "{}",
+        output_text(&fixed)
+    );
+    let info = carevault_server::certificate::inspect(&tls.join("cert.pem")).unwrap();
+    assert!(info.generated);
+    assert_eq!(
+        info.validity_days(),
+        carevault_server::certificate::VALIDITY_DAYS
+    );
+    assert_eq!(
+        std::fs::read_to_string(tls.join("key.pem")).unwrap(),
+        key_pem
+    );
+    let after = doctor(&srv, &["--output", "json", "--offline"], &[]);
+    assert_eq!(findings(&after)["tls.certificate"].0, "pass");
+}
