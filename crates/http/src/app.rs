@@ -219,6 +219,25 @@ impl Application {
         let checkpointer = self.audit.spawn_checkpointer();
         // Alerts are written to the audit trail off the request path.
         let alert_writer = self.state.inner.detection.alerts.spawn_writer();
+        // Revokes API keys after bulk access (`detection.revoke_key_on_bulk`).
+        let responder = self
+            .state
+            .inner
+            .detection
+            .take_revocations()
+            .map(|mut keys| {
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    while let Some(name) = keys.recv().await {
+                        carevault_server::detection::response::revoke_api_key(
+                            &state.inner.identity,
+                            state.inner.audit.clone(),
+                            &name,
+                        )
+                        .await;
+                    }
+                })
+            });
         let alert_delivery = self.alert_deliverer.map(|d| d.spawn());
         let syslog_delivery = self.syslog_deliverer.map(|d| d.spawn());
         // Re-wraps data keys under the active KEK: at start (resuming an interrupted re-wrap)
@@ -292,8 +311,13 @@ impl Application {
         for delivery in [alert_delivery, syslog_delivery].into_iter().flatten() {
             delivery.abort();
         }
+        if let Some(responder) = responder {
+            responder.abort();
+        }
+        // After the last request: its alerts are written before the final checkpoint signs
+        // the trail.
         if let Some(writer) = alert_writer {
-            writer.abort();
+            writer.finish(std::time::Duration::from_secs(5)).await;
         }
         if let Err(e) = self.audit.checkpoint(true, None).await {
             tracing::error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed");

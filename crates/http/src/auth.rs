@@ -38,7 +38,11 @@ impl FromRequestParts<AppState> for Authenticated {
             .extensions
             .get::<ConnectInfo<ClientAddr>>()
             .map(|ConnectInfo(ClientAddr(addr))| addr.ip());
-        let principal = state.inner.identity.authenticate(token, client_ip).await?;
+        let principal = state
+            .inner
+            .identity
+            .authenticate(token, client_ip, parts.extensions.get::<AuditScope>())
+            .await?;
         if state.inner.config.database.is_shared() {
             state.inner.authz.refresh().await?;
         }

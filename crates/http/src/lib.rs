@@ -752,11 +752,12 @@ fn detect(
         .get::<ErrorDetail>()
         .is_some_and(|d| d.kind == "integrity_failure");
     scope.read(|r| {
-        let account_digest = r
-            .detail
-            .iter()
-            .find(|(k, _)| k == "username_digest")
-            .map(|(_, v)| v.as_str());
+        let detail = |key: &str| {
+            r.detail
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
         detection.observe(
             &carevault_server::detection::RequestFacts {
                 principal: &r.principal,
@@ -764,7 +765,10 @@ fn detect(
                 action,
                 status: status.as_u16(),
                 patients: &r.patients,
-                account_digest,
+                account_digest: detail("username_digest"),
+                target_principal: detail("target_principal"),
+                second_factor_failed: detail("second_factor") == Some("invalid"),
+                key_outside_cidrs: detail("refused") == Some("outside-cidrs"),
                 integrity_failure,
             },
             finding,

@@ -2,12 +2,14 @@
 //! fixture list) in query values and a JSON body, credential stuffing across 50 accounts, a
 //! clinician paging through every patient of their organization, 404 enumeration and
 //! break-glass each raise their alert, readable by the auditor, acknowledged, still there after a
-//! restart; no alert, log line or metric holds a canary value from the payloads.
+//! restart; no alert, log line or metric holds a canary value from the payloads. TOTP guessing
+//! with the right password, an API key used from outside its CIDRs, and the automatic revocation
+//! of a key that read too many patients.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use carevault_testkit::{Api, TestServer, wait_for};
+use carevault_testkit::{Api, TEST_PASSWORD, TestServer, wait_for};
 use serde_json::{Value, json};
 
 use crate::{bin, patient};
@@ -241,4 +243,99 @@ fn attacks_raise_alerts_benign_traffic_does_not_and_no_payload_leaks() {
     assert!(!text.contains(CANARY), "an alert holds the canary");
     assert!(!metrics.contains(CANARY), "a metric holds the canary");
     assert!(!srv.logs().contains(CANARY), "a log line holds the canary");
+}
+
+#[test]
+fn totp_guessing_a_key_outside_its_cidrs_and_a_bulk_reading_key_that_is_revoked() {
+    let srv = TestServer::start_with(
+        bin(),
+        &[
+            ("CAREVAULT_DETECTION_REVOKE_KEY_ON_BULK", "true"),
+            ("CAREVAULT_DETECTION_DISTINCT_PATIENTS_PER_WINDOW", "5"),
+            ("CAREVAULT_AUTH_IP_RATE_PER_MINUTE", "1000"),
+        ],
+    );
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.guessed", &["clinician"], Some("org-a"));
+    let auditor = srv.user(&admin, "aud.tor", &["auditor"], None).api;
+
+    // Someone with dr.guessed's password tries codes: none is one the authenticator would show.
+    #[allow(clippy::disallowed_methods)] // the wall clock, as the server's
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let valid: Vec<String> = (now / 30 - 2..=now / 30 + 2)
+        .map(|step| carevault_testkit::totp::hotp(&clin.auth.secret, step))
+        .collect();
+    let wrong = ["000000", "111111", "222222", "333333", "444444", "555555"]
+        .into_iter()
+        .find(|c| !valid.iter().any(|v| v == c))
+        .unwrap();
+    for _ in 0..3 {
+        let r = srv.api().post_json(
+            "/auth/login",
+            &json!({"username": "dr.guessed", "password": TEST_PASSWORD, "totp_code": wrong}),
+        );
+        assert_eq!(r.status, 401, "{}", r.text());
+        // The caller is not told which factor failed.
+        assert_eq!(
+            r.json()["issue"][0]["diagnostics"],
+            "authentication failed or required"
+        );
+    }
+    // The alert names the account (its principal id), not `anonymous`.
+    let guessing = wait_for_rule(&auditor, "credential.totp-guessing");
+    let named = ext(&guessing, "principal");
+    assert!(!named.is_empty() && named != "anonymous", "{guessing}");
+
+    // An API key limited to 10.0.0.0/8, presented from 127.0.0.1.
+    let key = |name: &str, cidrs: Value| {
+        let r = admin.api.post_json(
+            "/admin/api-keys",
+            &json!({"name": name, "scopes": ["system/Patient.rs"], "expires_in_days": 30, "allowed_cidrs": cidrs}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        srv.api().with_token(r.json()["key"].as_str().unwrap())
+    };
+    let fenced = key("etl-fenced", json!(["10.0.0.0/8"]));
+    assert_eq!(fenced.get("/fhir/Patient?_count=1").status, 401);
+    let outside = wait_for_rule(&auditor, "access.outside-cidrs");
+    assert_eq!(ext(&outside, "principal"), "apikey:etl-fenced");
+
+    // A key that reads more distinct patients than the threshold is revoked.
+    let bulk = key("etl-bulk", Value::Null);
+    let ids: Vec<String> = (0..6)
+        .map(|i| {
+            let r = clin
+                .api
+                .post_fhir("/fhir/Patient", &patient(&format!("Bulk-{i}"), "Ann"));
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for id in &ids[..5] {
+        assert_eq!(bulk.get(&format!("/fhir/Patient/{id}")).status, 200);
+    }
+    wait_for_rule(&auditor, "bulk.distinct-patients");
+    wait_for("the key's revocation", Duration::from_secs(20), || {
+        bulk.get(&format!("/fhir/Patient/{}", ids[5])).status == 401
+    });
+    let keys = admin.api.get("/admin/api-keys").json();
+    let state = keys["api_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["name"] == "etl-bulk")
+        .map(|k| k["state"].clone());
+    assert_eq!(state, Some(json!("revoked")), "{keys}");
+    let responses = auditor
+        .get("/audit/events?action=security.response&_count=10")
+        .text();
+    assert!(responses.contains("revoke-api-key"), "{responses}");
+    // The other keys and the users are untouched.
+    assert_eq!(
+        clin.api.get(&format!("/fhir/Patient/{}", ids[5])).status,
+        200
+    );
 }

@@ -26,6 +26,15 @@ pub struct DetectionConfig {
     pub syslog: Option<SyslogTarget>,
     /// Minutes an address is refused after credential stuffing from it; 0: no automatic block.
     pub block_stuffing_minutes: u64,
+    /// Logins with the right password and a wrong second factor for one account in a window.
+    pub failed_totp_per_account: u64,
+    /// Requests a principal must have made before its hours of activity count as learned;
+    /// 0: the unusual-hours rule is off.
+    pub unusual_hours_min_requests: u64,
+    /// Days a principal's activity is watched before an unusual hour can alert.
+    pub unusual_hours_learning_days: u64,
+    /// Revoke an API key that `bulk.distinct-patients` fired for (an automatic response).
+    pub revoke_key_on_bulk: bool,
 }
 
 impl Default for DetectionConfig {
@@ -96,6 +105,28 @@ impl DetectionConfig {
                 0,
                 1440,
             )?,
+            failed_totp_per_account: bounded(
+                "detection.failed_totp_per_account",
+                s.failed_totp_per_account,
+                3,
+                2,
+                1_000_000,
+            )?,
+            unusual_hours_min_requests: bounded(
+                "detection.unusual_hours_min_requests",
+                s.unusual_hours_min_requests,
+                500,
+                0,
+                1_000_000_000,
+            )?,
+            unusual_hours_learning_days: bounded(
+                "detection.unusual_hours_learning_days",
+                s.unusual_hours_learning_days,
+                14,
+                1,
+                365,
+            )?,
+            revoke_key_on_bulk: s.revoke_key_on_bulk.unwrap_or(false),
             syslog: SyslogTarget::from_keys(
                 s.syslog_address.as_deref(),
                 s.syslog_ca_file.as_deref(),

@@ -190,6 +190,10 @@ pub struct DetectionSection {
     pub syslog_address: Option<String>,
     pub syslog_ca_file: Option<PathBuf>,
     pub block_stuffing_minutes: Option<u64>,
+    pub failed_totp_per_account: Option<u64>,
+    pub unusual_hours_min_requests: Option<u64>,
+    pub unusual_hours_learning_days: Option<u64>,
+    pub revoke_key_on_bulk: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +287,10 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("detection.syslog_address", Kind::Str),
     ("detection.syslog_ca_file", Kind::Str),
     ("detection.block_stuffing_minutes", Kind::Int),
+    ("detection.failed_totp_per_account", Kind::Int),
+    ("detection.unusual_hours_min_requests", Kind::Int),
+    ("detection.unusual_hours_learning_days", Kind::Int),
+    ("detection.revoke_key_on_bulk", Kind::Bool),
 ];
 
 /// Environment variables with the `CAREVAULT_` prefix that are not configuration keys.

@@ -29,6 +29,32 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// (rule, principal) pairs remembered for de-duplication.
 const DEDUP_CAPACITY: usize = 10_000;
 
+/// The task that writes queued alerts to the audit trail.
+pub struct AlertWriter {
+    task: tokio::task::JoinHandle<()>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl AlertWriter {
+    /// Write what is queued, then stop; gives up after `within` (a store that does not answer).
+    pub async fn finish(self, within: std::time::Duration) {
+        self.stop.notify_one();
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(within, self.task).await.is_err() {
+            abort.abort();
+            tracing::error!(
+                event = "alert_write_failed",
+                "alerts still queued at shutdown were not written to the audit trail"
+            );
+        }
+    }
+
+    /// Stop at once (tests).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
 /// What a raiser says about an alert.
 #[derive(Clone, Debug)]
 pub struct AlertInput {
@@ -127,10 +153,18 @@ impl Alerts {
         self.audit.digest(value)
     }
 
-    /// Raise an alert: `false` when it repeats one of the same rule and principal within the
-    /// de-duplication window (counted, not raised again) or the queue is full. Never waits.
+    /// Raise an alert: `false` when it repeats one of the same rule and principal (and address,
+    /// for `anonymous`) within the de-duplication window (counted, not raised again) or the queue is full. Never waits.
     pub fn raise(&self, input: AlertInput) -> bool {
-        let key = self.dedup.hash((input.rule.id(), input.principal.as_str()));
+        // Before authentication every caller is `anonymous`: its alerts are told apart by
+        // address, so one attacker's alert does not hide another's.
+        let key = if input.principal == "anonymous" {
+            self.dedup
+                .hash((input.rule.id(), "anonymous", input.source_ip.as_str()))
+        } else {
+            self.dedup
+                .hash((input.rule.id(), input.principal.as_str(), ""))
+        };
         if self.dedup.count(key, self.clock.now_us(), 1).is_none() {
             if let Some(n) = self.suppressed.get(input.rule.index()) {
                 n.fetch_add(1, Ordering::Relaxed);
@@ -217,24 +251,42 @@ impl Alerts {
         }
     }
 
-    /// Write queued alerts to the audit trail until the server stops. Call once.
-    pub fn spawn_writer(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+    /// Write queued alerts to the audit trail until [`AlertWriter::finish`]. Call once.
+    pub fn spawn_writer(self: &Arc<Self>) -> Option<AlertWriter> {
         let mut receiver = self
             .receiver
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()?;
         let audit = self.audit.clone();
-        Some(tokio::spawn(async move {
-            while let Some(record) = receiver.recv().await {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let write = |record| {
                 let scope = AuditScope::new(audit.clone(), record);
-                // The trail retries nothing itself; a failed write is logged and the alert
-                // stays in the log line above and the metric.
-                if let Err(e) = scope.finish(200).await {
-                    tracing::error!(event = "alert_write_failed", detail = %e, "alert not written to the audit trail");
+                async move {
+                    // The trail retries nothing itself; a failed write is logged and the
+                    // alert stays in the log line `raise` wrote and the metric.
+                    if let Err(e) = scope.finish(200).await {
+                        tracing::error!(event = "alert_write_failed", detail = %e, "alert not written to the audit trail");
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    record = receiver.recv() => match record {
+                        Some(record) => write(record).await,
+                        None => return,
+                    },
+                    () = stopped.notified() => break,
                 }
             }
-        }))
+            // Stopping: what was raised before the stop still reaches the trail.
+            while let Ok(record) = receiver.try_recv() {
+                write(record).await;
+            }
+        });
+        Some(AlertWriter { task, stop })
     }
 
     /// Alerts, newest first, with their acknowledgements.

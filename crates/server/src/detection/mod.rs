@@ -17,6 +17,7 @@
 //! ```
 
 mod alerts;
+mod hours;
 pub mod injection;
 pub mod response;
 mod rules;
@@ -26,7 +27,7 @@ pub mod window;
 
 use std::sync::Arc;
 
-pub use alerts::{Alert, AlertInput, Alerts, QUEUE_CAPACITY};
+pub use alerts::{Alert, AlertInput, AlertWriter, Alerts, QUEUE_CAPACITY};
 use carevault_audit::AuditAction;
 pub use rules::{Rule, Severity};
 use window::Windows;
@@ -56,6 +57,12 @@ pub struct RequestFacts<'a> {
     pub patients: &'a [String],
     /// The keyed digest of the username a login attempt named.
     pub account_digest: Option<&'a str>,
+    /// The principal a refused login or API key named (`target_principal` in the audit event).
+    pub target_principal: Option<&'a str>,
+    /// A failed login had the right password and a wrong second factor.
+    pub second_factor_failed: bool,
+    /// An API key was refused because the request came from outside its `allowed_cidrs`.
+    pub key_outside_cidrs: bool,
     /// The answer was an integrity failure (a ciphertext that failed to open).
     pub integrity_failure: bool,
 }
@@ -70,6 +77,11 @@ pub struct Detection {
     patients: Windows,
     searches: Windows,
     not_found: Windows,
+    totp_failures: Windows,
+    hours: hours::HourBaselines,
+    /// API keys to revoke after bulk access (`detection.revoke_key_on_bulk`), taken by
+    /// [`Detection::take_revocations`].
+    revocations: response::Revocations,
     /// Addresses refused after credential stuffing (`detection.block_stuffing_minutes`).
     blocked: response::Blocklist,
 }
@@ -89,6 +101,9 @@ impl Detection {
             patients: windows(),
             searches: windows(),
             not_found: windows(),
+            totp_failures: windows(),
+            hours: hours::HourBaselines::new(TRACKED_KEYS),
+            revocations: response::Revocations::default(),
             blocked: response::Blocklist::default(),
         }
     }
@@ -192,14 +207,11 @@ impl Detection {
         }
         let now = self.clock.now_us();
         let c = &self.config;
-        let raise = |rule: Rule, count: u64| {
-            self.alerts.raise(AlertInput::new(
-                rule,
-                facts.principal,
-                facts.client_ip,
-                count,
-            ));
+        let raise_for = |rule: Rule, principal: &str, count: u64| {
+            self.alerts
+                .raise(AlertInput::new(rule, principal, facts.client_ip, count));
         };
+        let raise = |rule: Rule, count: u64| raise_for(rule, facts.principal, count);
         if let Some(f) = finding {
             let mut input = AlertInput::new(f.rule, facts.principal, facts.client_ip, 1);
             input.digest = Some(f.digest);
@@ -209,13 +221,25 @@ impl Detection {
         match facts.action {
             AuditAction::Login if failed => {
                 let ip = self.stuffing.hash(facts.client_ip);
+                // Alerts about one account name it (when it exists), so that the
+                // de-duplication per principal keeps two accounts' alerts apart.
+                let target = facts.target_principal.unwrap_or(facts.principal);
                 if let Some(account) = facts.account_digest {
                     let key = self.failed_logins.hash(account);
                     if let Some(n) = self
                         .failed_logins
                         .count(key, now, c.failed_logins_per_account)
                     {
-                        raise(Rule::FailedLogins, n);
+                        raise_for(Rule::FailedLogins, target, n);
+                    }
+                    if facts.second_factor_failed
+                        && let Some(n) = self.totp_failures.count(
+                            self.totp_failures.hash(account),
+                            now,
+                            c.failed_totp_per_account,
+                        )
+                    {
+                        raise_for(Rule::TotpGuessing, target, n);
                     }
                     let item = self.stuffing.hash(account);
                     if let Some(n) =
@@ -269,12 +293,38 @@ impl Detection {
                         .distinct(key, item, now, c.distinct_patients_per_window)
                 {
                     raise(Rule::BulkPatients, n);
+                    if c.revoke_key_on_bulk {
+                        self.revocations.request(facts.principal);
+                    }
                 }
             }
         }
         if facts.integrity_failure {
             raise(Rule::IntegrityFailure, 1);
         }
+        if facts.key_outside_cidrs
+            && let Some(key) = facts.target_principal
+        {
+            raise_for(Rule::KeyOutsideCidrs, key, 1);
+        }
+        if c.unusual_hours_min_requests > 0
+            && !matches!(facts.principal, "anonymous" | "system" | "local")
+            && let Some(n) = self.hours.observe(
+                facts.principal,
+                now,
+                c.unusual_hours_min_requests,
+                i64::try_from(c.unusual_hours_learning_days.saturating_mul(86_400_000_000))
+                    .unwrap_or(i64::MAX),
+            )
+        {
+            raise(Rule::UnusualHours, n);
+        }
+    }
+
+    /// The API keys bulk access should revoke, once: the server's responder task takes them
+    /// (see [`response::revoke_api_key`]).
+    pub fn take_revocations(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        self.revocations.take()
     }
 }
 

@@ -1,11 +1,27 @@
-//! Automatic responses, off by default: an address that credential stuffing was detected from is
-//! refused (429 with `Retry-After`) for `detection.block_stuffing_minutes`. Each block is an
-//! audit event (`security.response`, details `rule`, `response`, `minutes`) written by the alert
-//! queue. The list is bounded; when it is full the block that ends soonest makes room.
+//! Automatic responses, off by default, each an audit event (`security.response`, details
+//! `rule` and `response`):
+//! - an address that credential stuffing was detected from is refused (429 with `Retry-After`)
+//!   for `detection.block_stuffing_minutes` (detail `minutes`; the event is written by the alert
+//!   queue). The list is bounded; when it is full the block that ends soonest makes room.
+//! - an API key that `bulk.distinct-patients` fired for is revoked when
+//!   `detection.revoke_key_on_bulk` is on: revoked rather than paused, because a key that read
+//!   more patients than its job needs must be assumed leaked; its owner mints a new one after the
+//!   alert is reviewed. The revocation and its event commit together.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use carevault_audit::AuditAction;
+use tokio::sync::mpsc;
+
+use super::Rule;
+use crate::audit::{Audit, AuditScope};
+use crate::identity::Identity;
+
+/// Revocations waiting for the responder; more are dropped (the alert stands either way).
+const REVOCATION_QUEUE: usize = 64;
 
 /// Addresses blocked at once, at most.
 const MAX_BLOCKED: usize = 10_000;
@@ -54,6 +70,63 @@ impl Blocklist {
                 None
             }
             None => None,
+        }
+    }
+}
+
+/// API keys (`apikey:NAME` principals) waiting to be revoked.
+pub struct Revocations {
+    queue: mpsc::Sender<String>,
+    receiver: Mutex<Option<mpsc::Receiver<String>>>,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        let (queue, receiver) = mpsc::channel(REVOCATION_QUEUE);
+        Self {
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
+}
+
+impl Revocations {
+    /// Ask for `principal` to be revoked if it is an API key (users are not: an account is
+    /// disabled by a person, after a look at the alert). Never waits.
+    pub fn request(&self, principal: &str) {
+        if let Some(name) = principal.strip_prefix("apikey:") {
+            let _ = self.queue.try_send(name.to_owned());
+        }
+    }
+
+    pub fn take(&self) -> Option<mpsc::Receiver<String>> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+/// Revoke API key `name` as the automatic response to bulk access, audited as
+/// `security.response` by `system`.
+pub async fn revoke_api_key(identity: &Identity, audit: Arc<Audit>, name: &str) {
+    let scope = AuditScope::local(audit, AuditAction::SecurityResponse);
+    scope.set_principal("system", &[], "none");
+    scope.add_detail("rule", Rule::BulkPatients.id().to_owned());
+    scope.add_detail("response", "revoke-api-key".to_owned());
+    match identity.revoke_api_key(&scope, None, name).await {
+        Ok(()) => tracing::warn!(
+            event = "security_response",
+            rule = Rule::BulkPatients.id(),
+            response = "revoke-api-key",
+            key = name,
+            "API key revoked after bulk access"
+        ),
+        Err(e) => {
+            tracing::error!(event = "security_response_failed", response = "revoke-api-key", key = name, error = %e);
+            if let Err(e) = scope.finish(e.status()).await {
+                tracing::error!(event = "audit_write_failed", error = %e);
+            }
         }
     }
 }

@@ -70,6 +70,9 @@ rules! {
     CredentialStuffing => ("credential.stuffing", High),
     /// Many failed enrollment attempts from one address (token guessing).
     EnrollmentGuessing => ("credential.enrollment-guessing", High),
+    /// The right password with wrong second-factor codes, again and again, for one account:
+    /// someone who knows the password is guessing the code.
+    TotpGuessing => ("credential.totp-guessing", High),
     /// One principal reading more distinct patients than the threshold in a window.
     BulkPatients => ("bulk.distinct-patients", High),
     /// One principal running more searches (`$everything` included) than the threshold.
@@ -78,6 +81,10 @@ rules! {
     Enumeration => ("enumeration.not-found", Medium),
     /// Emergency (break-glass) access was granted.
     BreakGlass => ("access.break-glass", High),
+    /// An API key presented from an address outside its `allowed_cidrs`: a leaked key.
+    KeyOutsideCidrs => ("access.outside-cidrs", High),
+    /// A principal active at an hour of the day it is not usually active at (learned baseline).
+    UnusualHours => ("access.unusual-hours", Low),
     /// A KEK version was destroyed.
     KeyDestroyed => ("integrity.key-destroyed", Critical),
     /// A stored ciphertext failed to open, or the audit trail failed verification.

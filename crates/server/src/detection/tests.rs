@@ -4,7 +4,7 @@ use carevault_crypto::FileKeyProvider;
 use carevault_store::{SqliteStore, Store};
 
 use super::*;
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock};
 use crate::keyring::Keyring;
 
 struct Fixture {
@@ -47,6 +47,9 @@ fn facts<'a>(principal: &'a str, action: AuditAction, status: u16) -> RequestFac
         status,
         patients: &[],
         account_digest: None,
+        target_principal: None,
+        second_factor_failed: false,
+        key_outside_cidrs: false,
         integrity_failure: false,
     }
 }
@@ -227,4 +230,163 @@ async fn the_queue_is_bounded_and_drops_are_counted() {
             .metrics_text()
             .contains("carevault_alerts_dropped_total 10\n")
     );
+}
+
+#[tokio::test]
+async fn totp_guessing_needs_the_right_password_and_names_the_account() {
+    let config = DetectionConfig::default();
+    let f = fixture(config.clone()).await;
+    let d = &f.detection;
+    // Wrong passwords alone are not TOTP guessing.
+    for _ in 0..config.failed_totp_per_account {
+        let mut fa = facts("anonymous", AuditAction::Login, 401);
+        fa.account_digest = Some("acct-a");
+        d.observe(&fa, None);
+    }
+    assert_eq!(raised(d, Rule::TotpGuessing), 0);
+    for _ in 0..config.failed_totp_per_account {
+        let mut fa = facts("anonymous", AuditAction::Login, 401);
+        fa.account_digest = Some("acct-a");
+        fa.target_principal = Some("user-a");
+        fa.second_factor_failed = true;
+        d.observe(&fa, None);
+    }
+    assert_eq!(raised(d, Rule::TotpGuessing), 1);
+    // A second account's guessing is its own alert (de-duplicated per account, not per
+    // `anonymous`).
+    for _ in 0..config.failed_totp_per_account {
+        let mut fa = facts("anonymous", AuditAction::Login, 401);
+        fa.account_digest = Some("acct-b");
+        fa.target_principal = Some("user-b");
+        fa.second_factor_failed = true;
+        d.observe(&fa, None);
+    }
+    assert_eq!(raised(d, Rule::TotpGuessing), 2);
+    let writer = d.alerts.spawn_writer().unwrap();
+    let alerts = wait_for_alerts(&f, 2).await;
+    let mut principals: Vec<_> = alerts.iter().map(|a| a.principal.as_str()).collect();
+    principals.sort_unstable();
+    assert_eq!(principals, ["user-a", "user-b"]);
+    writer.abort();
+}
+
+#[tokio::test]
+async fn anonymous_alerts_from_two_addresses_are_not_merged() {
+    let f = fixture(DetectionConfig::default()).await;
+    let probe = || {
+        f.detection
+            .inspect_request("/fhir/Patient", Some("_id=1%27%20OR%201%3D1--"))
+    };
+    let mut fa = facts("anonymous", AuditAction::SearchType, 401);
+    f.detection.observe(&fa, probe());
+    f.detection.observe(&fa, probe());
+    fa.client_ip = "198.51.100.9";
+    f.detection.observe(&fa, probe());
+    assert_eq!(raised(&f.detection, Rule::SqlInjection), 2);
+}
+
+#[tokio::test]
+async fn an_api_key_from_outside_its_cidrs_alerts_under_the_key() {
+    let f = fixture(DetectionConfig::default()).await;
+    let mut fa = facts("anonymous", AuditAction::SearchType, 401);
+    fa.target_principal = Some("apikey:etl");
+    d_observe_twice(&f.detection, &fa);
+    assert_eq!(
+        raised(&f.detection, Rule::KeyOutsideCidrs),
+        0,
+        "not refused for CIDRs"
+    );
+    fa.key_outside_cidrs = true;
+    d_observe_twice(&f.detection, &fa);
+    assert_eq!(raised(&f.detection, Rule::KeyOutsideCidrs), 1);
+    let writer = f.detection.alerts.spawn_writer().unwrap();
+    let alerts = wait_for_alerts(&f, 1).await;
+    assert_eq!(alerts[0].rule, "access.outside-cidrs");
+    assert_eq!(alerts[0].principal, "apikey:etl");
+    writer.abort();
+}
+
+fn d_observe_twice(d: &Detection, fa: &RequestFacts<'_>) {
+    d.observe(fa, None);
+    d.observe(fa, None);
+}
+
+#[tokio::test]
+async fn unusual_hours_alert_only_once_the_baseline_is_learned() {
+    let config = DetectionConfig {
+        unusual_hours_min_requests: 100,
+        unusual_hours_learning_days: 2,
+        ..DetectionConfig::default()
+    };
+    let f = fixture(config).await;
+    let d = &f.detection;
+    // The fixture's clock starts at 1_800_000_000 s: 08:00 UTC on a day of 2027.
+    let start = f.clock.now_secs();
+    assert_eq!(start.rem_euclid(86_400), 8 * 3600);
+    // Three days of 08:00-11:59 work, 20 requests an hour.
+    for _day in 0..3 {
+        for _ in 0..4 * 20 {
+            d.observe(&facts("dr-night", AuditAction::Read, 200), None);
+            f.clock.advance_secs(180);
+        }
+        f.clock.advance_secs(86_400 - 4 * 3600);
+    }
+    assert_eq!(raised(d, Rule::UnusualHours), 0, "usual hours");
+    // 02:00 UTC.
+    f.clock.advance_secs(18 * 3600);
+    d.observe(&facts("dr-night", AuditAction::Read, 200), None);
+    assert_eq!(raised(d, Rule::UnusualHours), 1);
+    // Anonymous callers have no baseline.
+    d.observe(&facts("anonymous", AuditAction::Read, 401), None);
+    assert_eq!(raised(d, Rule::UnusualHours), 1);
+
+    let off = fixture(DetectionConfig {
+        unusual_hours_min_requests: 0,
+        ..DetectionConfig::default()
+    })
+    .await;
+    assert!(off.detection.hours.is_empty());
+    off.detection
+        .observe(&facts("dr-night", AuditAction::Read, 200), None);
+    assert!(off.detection.hours.is_empty(), "0 turns the rule off");
+}
+
+#[tokio::test]
+async fn bulk_access_by_an_api_key_asks_for_its_revocation_when_configured() {
+    for (revoke, principal, expected) in [
+        (true, "apikey:etl", Some("etl")),
+        (true, "user-7", None),
+        (false, "apikey:etl", None),
+    ] {
+        let config = DetectionConfig {
+            revoke_key_on_bulk: revoke,
+            distinct_patients_per_window: 3,
+            ..DetectionConfig::default()
+        };
+        let f = fixture(config).await;
+        for i in 0..3 {
+            let p = vec![format!("Patient/{i}")];
+            let mut fa = facts(principal, AuditAction::Read, 200);
+            fa.patients = &p;
+            f.detection.observe(&fa, None);
+        }
+        assert_eq!(raised(&f.detection, Rule::BulkPatients), 1);
+        let mut keys = f.detection.take_revocations().unwrap();
+        assert_eq!(
+            keys.try_recv().ok().as_deref(),
+            expected,
+            "{revoke} {principal}"
+        );
+        assert!(f.detection.take_revocations().is_none(), "taken once");
+    }
+}
+
+#[tokio::test]
+async fn a_posture_run_whose_audit_check_failed_raises_an_integrity_alert() {
+    let f = fixture(DetectionConfig::default()).await;
+    crate::posture::periodic::raise_alert(&f.detection.alerts, &["files.modes"]);
+    assert_eq!(raised(&f.detection, Rule::PostureFailed), 1);
+    assert_eq!(raised(&f.detection, Rule::IntegrityFailure), 0);
+    crate::posture::periodic::raise_alert(&f.detection.alerts, &["audit.chain"]);
+    assert_eq!(raised(&f.detection, Rule::IntegrityFailure), 1);
 }

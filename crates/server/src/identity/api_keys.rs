@@ -42,6 +42,7 @@ impl Identity {
         &self,
         key: &str,
         client_ip: Option<IpAddr>,
+        audit: Option<&AuditScope>,
     ) -> Result<Principal> {
         if key.len() != API_KEY_PREFIX.len() + 43 {
             return Err(Error::Unauthorized);
@@ -62,6 +63,12 @@ impl Identity {
                     .any(|c| c.contains(ip))
             });
             if !inside {
+                // The caller learns nothing; the auditor and detection (`access.outside-cidrs`)
+                // learn which key was presented from where.
+                if let Some(audit) = audit {
+                    audit.add_detail("target_principal", format!("apikey:{}", row.name));
+                    audit.add_detail("refused", "outside-cidrs".to_owned());
+                }
                 return Err(Error::Unauthorized);
             }
         }

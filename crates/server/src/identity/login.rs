@@ -122,7 +122,12 @@ impl Identity {
                         replayed = true;
                         None
                     }
-                    Factor::Invalid => None,
+                    Factor::Invalid => {
+                        // For the auditor and detection only (`credential.totp-guessing`): the
+                        // caller is told nothing about which factor failed.
+                        audit.add_detail("second_factor", "invalid".to_owned());
+                        None
+                    }
                 }
             }
             _ => None,

@@ -22,10 +22,16 @@ fn touch_every_secs(idle_secs: i64) -> i64 {
 }
 
 impl Identity {
-    /// Resolve a bearer token (a session token or an API key) to its principal.
-    pub async fn authenticate(&self, token: &str, client_ip: Option<IpAddr>) -> Result<Principal> {
+    /// Resolve a bearer token (a session token or an API key) to its principal. A refusal the
+    /// auditor should know more of (an API key from outside its CIDRs) is told to `audit`.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        client_ip: Option<IpAddr>,
+        audit: Option<&AuditScope>,
+    ) -> Result<Principal> {
         if token.starts_with(API_KEY_PREFIX) {
-            self.authenticate_key(token, client_ip).await
+            self.authenticate_key(token, client_ip, audit).await
         } else {
             self.authenticate_session(token).await
         }
@@ -221,7 +227,7 @@ mod tests {
 
     async fn refused(f: &Fixture, token: &str) -> bool {
         matches!(
-            f.identity.authenticate(token, None).await,
+            f.identity.authenticate(token, None, None).await,
             Err(Error::Unauthorized)
         )
     }
@@ -242,7 +248,7 @@ mod tests {
         // Activity keeps the session alive past the idle timeout...
         for _ in 0..4 {
             f.clock.advance_secs(800);
-            assert!(f.identity.authenticate(&token, None).await.is_ok());
+            assert!(f.identity.authenticate(&token, None, None).await.is_ok());
         }
         // ...but not past the absolute lifetime (3,200 s used, 3,600 s allowed).
         f.clock.advance_secs(400);
@@ -251,7 +257,7 @@ mod tests {
         // A fresh session left idle expires.
         let token = session(&f, &secret).await;
         f.clock.advance_secs(899);
-        assert!(f.identity.authenticate(&token, None).await.is_ok());
+        assert!(f.identity.authenticate(&token, None, None).await.is_ok());
         f.clock.advance_secs(900);
         assert!(refused(&f, &token).await);
     }
@@ -265,7 +271,7 @@ mod tests {
         for i in 0..30 {
             f.clock.advance_secs(2);
             assert!(
-                f.identity.authenticate(&token, None).await.is_ok(),
+                f.identity.authenticate(&token, None, None).await.is_ok(),
                 "refused after {} s in use",
                 2 * (i + 1)
             );

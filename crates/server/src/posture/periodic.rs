@@ -114,9 +114,19 @@ pub fn spawn(
 }
 
 /// A posture run with failed checks raises one alert (`operational.posture-failed`, counting
-/// them; de-duplicated like every alert) and logs the check ids (never paths' contents, names
+/// them; de-duplicated like every alert), and `integrity.failure` too when the audit trail failed
+/// verification, and logs the check ids (never paths' contents, names
 /// or secrets).
 pub fn raise_alert(alerts: &Alerts, failed_checks: &[&str]) {
+    // A trail that no longer verifies is an integrity incident, not only a posture finding.
+    if failed_checks.contains(&super::AUDIT_CHAIN.id) {
+        alerts.raise(AlertInput::new(
+            Rule::IntegrityFailure,
+            "system",
+            "local",
+            1,
+        ));
+    }
     let count = u64::try_from(failed_checks.len()).unwrap_or(u64::MAX);
     alerts.raise(AlertInput::new(
         Rule::PostureFailed,
