@@ -243,6 +243,10 @@ struct Accounts {
     port: u16,
     loaded: bool,
     import: Option<Value>,
+    /// A key of scope `metrics`, to read the alerts the run raised (absent in work directories
+    /// made by older harnesses).
+    #[serde(default)]
+    metrics_key: Option<String>,
 }
 
 /// Enroll the admin, make the import key and one clinician per organization.
@@ -269,6 +273,13 @@ fn make_accounts(
         &work.join("import.key"),
         key.json()["key"].as_str().unwrap_or_default(),
     )?;
+    let metrics = admin.post_json(
+        "/admin/api-keys",
+        &json!({"name": "bench-metrics", "scopes": ["metrics"], "expires_in_days": 90}),
+    );
+    if metrics.status != 201 {
+        bail!("cannot create the metrics key: {}", metrics.text());
+    }
     let mut clinicians = Vec::new();
     for o in 1..=organizations {
         let name = format!("clinician-{o}");
@@ -291,6 +302,7 @@ fn make_accounts(
         port: server.addr()?.port(),
         loaded: false,
         import: None,
+        metrics_key: metrics.json()["key"].as_str().map(str::to_owned),
     })
 }
 
@@ -472,9 +484,13 @@ fn bench(args: &RunArgs) -> Result<()> {
     let tls = load::tls_connector(&ca)?;
     let mut results = Vec::new();
     let mut server = Some(server);
+    // Read before CareVault stops: which detection rules the workloads' traffic made fire.
+    let metrics_api = accounts.metrics_key.as_ref().map(|k| api.with_token(k));
+    let mut alerts = None;
     for name in &args.workloads {
         let (pid, addr, baseline_server) = if workloads::is_baseline(name) {
             if let Some(s) = server.take() {
+                alerts = metrics_api.as_ref().map(alerts_raised);
                 s.stop()?;
             }
             let db = work.join("baseline.db");
@@ -517,6 +533,7 @@ fn bench(args: &RunArgs) -> Result<()> {
         }
     }
     if let Some(s) = server.take() {
+        alerts = metrics_api.as_ref().map(alerts_raised);
         s.stop()?;
     }
 
@@ -537,6 +554,17 @@ fn bench(args: &RunArgs) -> Result<()> {
     if let Some(ratio) = ratio {
         println!("read by id, CareVault / baseline throughput: {ratio:.2}");
     }
+    let detection = std::env::var("CAREVAULT_DETECTION_ENABLED").map_or(true, |v| v != "false");
+    match &alerts {
+        Some(a) => println!(
+            "detection {}; alerts the run raised: {a}",
+            on_off(detection)
+        ),
+        None => println!(
+            "detection {}; alerts not read (a work directory made by an older harness has no metrics key)",
+            on_off(detection)
+        ),
+    }
     let report = json!({
         "backend": if args.database_url.is_some() { "postgresql" } else { "sqlite" },
         "patients": args.patients,
@@ -547,6 +575,8 @@ fn bench(args: &RunArgs) -> Result<()> {
         "startup_ms": {"listening": listening_ms, "first_answer": startup.as_secs_f64() * 1000.0},
         "workloads": results.iter().map(Row::json).collect::<Vec<_>>(),
         "read_vs_baseline": ratio,
+        "detection": detection,
+        "alerts_raised": alerts,
     });
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
@@ -554,6 +584,35 @@ fn bench(args: &RunArgs) -> Result<()> {
         std::fs::write(path, &text)?;
     }
     Ok(())
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// `{rule: count}` of the alerts raised so far, from `carevault_alerts_total` (Null when
+/// `/metrics` cannot be read).
+fn alerts_raised(metrics: &Api) -> Value {
+    let reply = metrics.get("/metrics");
+    if reply.status != 200 {
+        return Value::Null;
+    }
+    let mut raised = serde_json::Map::new();
+    for line in reply.text().lines() {
+        let Some(rest) = line.strip_prefix("carevault_alerts_total{rule=\"") else {
+            continue;
+        };
+        let (rule, _) = rest.split_once('"').unwrap_or_default();
+        let count: u64 = line
+            .rsplit_once(' ')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0);
+        if count > 0 {
+            let total = raised.get(rule).and_then(Value::as_u64).unwrap_or(0) + count;
+            raised.insert(rule.to_owned(), json!(total));
+        }
+    }
+    Value::Object(raised)
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
