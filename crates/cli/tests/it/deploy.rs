@@ -152,7 +152,13 @@ fn the_container_image_is_non_root_from_scratch_with_a_healthz_health_check() {
     );
     assert!(env[1].contains("CAREVAULT_LISTEN=0.0.0.0:8443"), "{env:?}");
     let collect = std::fs::read_to_string(deploy_file("container/collect.sh")).unwrap();
-    assert!(collect.contains("chmod 700 \"$root/var/lib/carevault\""));
+    // The data directory: the service user's, mode 0700 (the server refuses one others can reach).
+    assert!(collect.lines().any(|l| l == "chmod 700 /data-dir"));
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l == "COPY --from=collect --chown=10001:10001 /data-dir /var/lib/carevault")
+    );
     assert!(collect.contains("carevault:x:10001:10001:"));
 }
 
