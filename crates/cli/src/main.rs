@@ -195,6 +195,12 @@ enum Command {
     ///
     /// Example: carevault doctor --data-dir carevault-data --output sarif
     Doctor(doctor::DoctorArgs),
+    /// Ask the local server's /healthz over TLS (the configured listener and certificate, as
+    /// `serve` reads them); exit status 0 when it answers. For a container's HEALTHCHECK, where
+    /// there is no curl.
+    ///
+    /// Example: carevault healthz --data-dir /var/lib/carevault --listen 0.0.0.0:8443
+    Healthz(ServerArgs),
     /// Print the version; with --deps, the exact dependency versions this binary was built from;
     /// with --check, the advisories of a RustSec database that apply to them.
     ///
@@ -262,6 +268,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::User { command } => user::run(command),
         Command::Version(args) => version::run(&args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Healthz(args) => doctor::healthz(&args),
         Command::Audit { command } => audit::run(command),
         Command::Alerts { command } => alerts::run(command),
         Command::Backup { command } => backup::run(command),

@@ -161,6 +161,20 @@ async fn open(
 
 /// Whether the server answers `/healthz` over TLS with its certificate.
 fn reachable(config: &Config) -> Finding {
+    let (url, answer) = probe(config);
+    match answer {
+        Ok(()) => SERVER_REACHABLE.pass(format!("{url}/healthz answers")),
+        Err(e) => SERVER_REACHABLE.fail(
+            format!("{url}: {e}"),
+            "start the server (carevault serve, or its systemd unit), or pass --offline \
+             to check the files alone",
+        ),
+    }
+}
+
+/// Ask the configured listener's `/healthz` (on loopback when it listens on every address),
+/// trusting the configured certificate; returns the URL asked and the answer.
+fn probe(config: &Config) -> (String, Result<()>) {
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -170,14 +184,27 @@ fn reachable(config: &Config) -> Finding {
     } else {
         (format!("https://{addr}"), Some(config.tls_cert.as_path()))
     };
-    match crate::client::Client::new(&url, ca).and_then(|c| c.check_reachable()) {
-        Ok(()) => SERVER_REACHABLE.pass(format!("{url}/healthz answers")),
-        Err(e) => SERVER_REACHABLE.fail(
-            format!("{url}: {e}"),
-            "start the server (carevault serve, or its systemd unit), or pass --offline \
-             to check the files alone",
-        ),
-    }
+    let answer = crate::client::Client::new(&url, ca).and_then(|c| c.check_reachable());
+    (url, answer)
+}
+
+/// `carevault healthz`: the probe of `server.reachable` alone, for a container's or a load
+/// balancer's health check where no curl is at hand. Writes nothing, so it runs on a read-only
+/// root file system.
+pub(crate) fn healthz(args: &ServerArgs) -> Result<()> {
+    let env_vars = std::env::vars().chain(args.overrides());
+    let checked = carevault_server::config::check(args.config.as_deref(), env_vars);
+    let Some(config) = checked.config else {
+        let problems: Vec<String> = checked.problems.iter().map(ToString::to_string).collect();
+        bail!(
+            "the configuration does not validate: {}",
+            problems.join("; ")
+        );
+    };
+    let (url, answer) = probe(&config);
+    answer?;
+    println!("{url}/healthz answers");
+    Ok(())
 }
 
 /// `--fix`: tighten modes, renew a stale generated certificate, disable inactive accounts

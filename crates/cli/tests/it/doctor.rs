@@ -70,9 +70,25 @@ fn report_schema() -> jsonschema::Validator {
     jsonschema::validator_for(&schema).unwrap()
 }
 
+/// The OASIS SARIF 2.1.0 schema (draft-04; `vendor/sarif/README.md` says where it comes from).
+fn sarif_schema() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(include_str!(
+        "../../../../vendor/sarif/sarif-schema-2.1.0.json"
+    ))
+    .unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn schema_errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
 #[test]
 fn a_fresh_environment_passes_and_its_json_and_sarif_validate() {
-    let srv = server();
+    let mut srv = server();
     let text = doctor(&srv, &[], &[]);
     assert!(text.status.success(), "{}", output_text(&text));
     let out = String::from_utf8_lossy(&text.stdout);
@@ -83,10 +99,7 @@ fn a_fresh_environment_passes_and_its_json_and_sarif_validate() {
     assert!(json_out.status.success(), "{}", output_text(&json_out));
     let report: Value = serde_json::from_slice(&json_out.stdout).unwrap();
     let validator = report_schema();
-    let errors: Vec<String> = validator
-        .iter_errors(&report)
-        .map(|e| e.to_string())
-        .collect();
+    let errors = schema_errors(&validator, &report);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(report["summary"]["fail"], 0, "{report:#}");
     // The schema refuses what the command must never print.
@@ -108,6 +121,19 @@ fn a_fresh_environment_passes_and_its_json_and_sarif_validate() {
 
     let sarif_out = doctor(&srv, &["--output", "sarif"], &[]);
     let sarif: Value = serde_json::from_slice(&sarif_out.stdout).unwrap();
+    let sarif_validator = sarif_schema();
+    let errors = schema_errors(&sarif_validator, &sarif);
+    assert!(errors.is_empty(), "{errors:?}");
+    // The schema refuses what a SARIF consumer would reject.
+    let mut broken = sarif.clone();
+    broken["runs"][0]["results"][0]["level"] = json!("fatal");
+    assert!(!sarif_validator.is_valid(&broken));
+    let mut broken = sarif.clone();
+    broken["runs"][0]["tool"]["driver"]
+        .as_object_mut()
+        .unwrap()
+        .remove("name");
+    assert!(!sarif_validator.is_valid(&broken));
     assert_eq!(sarif["version"], "2.1.0");
     let run = &sarif["runs"][0];
     let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
@@ -126,6 +152,37 @@ fn a_fresh_environment_passes_and_its_json_and_sarif_validate() {
         );
         assert!(!r["message"]["text"].as_str().unwrap().is_empty());
     }
+
+    // process.memory looks at the running server (found by the lock it holds on the data
+    // directory), not at the doctor's own process.
+    let server_pid = format!("running server (pid {})", srv.pid());
+    let (status, found) = findings(&json_out)["process.memory"].clone();
+    assert!(found.contains(&server_pid), "{found}");
+    assert_ne!(status, "fail", "{found}");
+    if srv.is_postgres() {
+        // The test suite's role is the superuser `postgres`: a deployment's broken fixture.
+        let (status, found) = findings(&json_out)["database.role"].clone();
+        assert_eq!(status, "warn", "{found}");
+        assert!(found.contains("SUPERUSER"), "{found}");
+    }
+    // A server whose memory is not locked fails the check although the doctor's own
+    // configuration (and process) would lock (development tier: a warning).
+    srv.stop();
+    srv.restart(&[("CAREVAULT_KEY_LOCK_MEMORY", "off")]);
+    let out = doctor(
+        &srv,
+        &["--output", "json", "--offline"],
+        &[("CAREVAULT_KEY_LOCK_MEMORY", "auto")],
+    );
+    let (status, found) = findings(&out)["process.memory"].clone();
+    assert_eq!(status, "warn", "{found}");
+    assert!(
+        found.contains(&format!(
+            "running server (pid {}) has no memory locked",
+            srv.pid()
+        )),
+        "{found}"
+    );
 }
 
 #[test]
@@ -257,6 +314,33 @@ fn an_expired_certificate_a_production_tier_and_bad_input_fail_with_their_fix() 
     let (status, found) = findings(&out)["tls.certificate"].clone();
     assert_eq!(status, "fail");
     assert!(found.contains("expired"), "{found}");
+
+    // A weak key: RSA 1024 (made by openssl: rcgen makes no RSA keys).
+    let (weak_cert, weak_key) = (srv.data_dir.join("weak.pem"), srv.data_dir.join("weak.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-days", "30",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&weak_key)
+        .arg("-out")
+        .arg(&weak_cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", output_text(&made));
+    let out = doctor(
+        &srv,
+        &["--output", "json", "--offline"],
+        &[
+            ("CAREVAULT_TLS_CERT_PATH", weak_cert.to_str().unwrap()),
+            ("CAREVAULT_TLS_KEY_PATH", weak_key.to_str().unwrap()),
+        ],
+    );
+    assert_no_crash(&out);
+    let (status, found) = findings(&out)["tls.key"].clone();
+    assert_eq!(status, "fail", "{found}");
+    assert_eq!(found, "RSA 1024 key");
+    assert_eq!(findings(&out)["tls.certificate"].0, "pass");
 
     // A configuration with errors.
     let out = doctor(

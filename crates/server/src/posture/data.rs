@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use carevault_store::{AuditQuery, PrincipalRow, Store};
+use carevault_store::{ApiKeyRow, AuditQuery, PolicyRow, PrincipalRow, Store};
 
 use super::{
     ACCOUNTS_ADMINS, ACCOUNTS_INACTIVE, API_KEYS_CIDRS, API_KEYS_EXPIRY, AUDIT_CHAIN,
@@ -11,9 +11,9 @@ use super::{
     KEYS_VERSIONS, POLICIES_BREADTH,
 };
 use crate::audit::Audit;
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, Tier};
 use crate::environment::Environment;
-use crate::keyring::Keyring;
+use crate::keyring::{KeyStatus, Keyring};
 
 const DAY_SECS: i64 = 86_400;
 /// API keys living longer than this are reported.
@@ -60,6 +60,11 @@ async fn keys(config: &Config, keyring: &Keyring, now: i64) -> Vec<Finding> {
         }
     };
     let rotation_days = i64::try_from(config.posture.kek_rotation_days).unwrap_or(i64::MAX);
+    kek_findings(&status, rotation_days, now)
+}
+
+/// `keys.kek_age` and `keys.versions` from the keyring's status at `now` (unix seconds).
+pub fn kek_findings(status: &KeyStatus, rotation_days: i64, now: i64) -> Vec<Finding> {
     let active = status
         .versions
         .iter()
@@ -216,12 +221,17 @@ async fn accounts(config: &Config, store: &dyn Store, now: i64) -> Vec<Finding> 
             "check the database",
         ),
     };
+    vec![inactive, admins_finding(&principals)]
+}
+
+/// `accounts.admins` from the accounts.
+pub fn admins_finding(principals: &[PrincipalRow]) -> Finding {
     let admins: Vec<&str> = principals
         .iter()
         .filter(|p| !p.disabled && p.roles.iter().any(|r| r == "admin"))
         .map(|p| p.username.as_str())
         .collect();
-    let admin_finding = match admins.len() {
+    match admins.len() {
         0 => ACCOUNTS_ADMINS.fail(
             "no enabled administrator",
             "carevault admin recover --user admin (on the server machine)",
@@ -235,8 +245,7 @@ async fn accounts(config: &Config, store: &dyn Store, now: i64) -> Vec<Finding> 
             format!("keep admin rights to at most {MAX_ADMINS} people: carevault user disable the rest"),
         ),
         n => ACCOUNTS_ADMINS.pass(format!("{n} administrators: {}", admins.join(", "))),
-    };
-    vec![inactive, admin_finding]
+    }
 }
 
 async fn api_keys(store: &dyn Store, now: i64) -> Vec<Finding> {
@@ -250,6 +259,12 @@ async fn api_keys(store: &dyn Store, now: i64) -> Vec<Finding> {
             ];
         }
     };
+    api_key_findings(&keys, now)
+}
+
+/// `api_keys.expiry` and `api_keys.cidrs` from the API keys at `now` (unix seconds); revoked and
+/// expired keys are left out.
+pub fn api_key_findings(keys: &[ApiKeyRow], now: i64) -> Vec<Finding> {
     let live: Vec<_> = keys
         .iter()
         .filter(|k| !k.revoked && k.expires_at > now)
@@ -302,9 +317,14 @@ async fn policies(store: &dyn Store) -> Finding {
             );
         }
     };
+    policies_finding(&rows)
+}
+
+/// `policies.breadth` from the custom policy files.
+pub fn policies_finding(rows: &[PolicyRow]) -> Finding {
     let mut invalid = Vec::new();
     let mut broad = Vec::new();
-    for row in &rows {
+    for row in rows {
         if crate::authz::check_policy_text(&row.text).is_err() {
             invalid.push(row.name.clone());
         } else if policy_permits_broadly(&row.text) {
@@ -393,8 +413,12 @@ async fn audit_trail(
         events.len(),
         report.nodes.len()
     ));
-    let mine = report.nodes.iter().find(|n| n.node == config.node_id);
-    let last_cp = checkpoints
+    let unsigned = report
+        .nodes
+        .iter()
+        .find(|n| n.node == config.node_id)
+        .map(|n| n.unsigned_tail);
+    let last_checkpoint_us = checkpoints
         .iter()
         .filter(|c| c.node == config.node_id)
         .map(|c| c.time_us)
@@ -402,31 +426,44 @@ async fn audit_trail(
     let limit_secs = config
         .audit_max_unsigned
         .map_or(3600, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let checkpoint = match (mine, last_cp) {
-        (None, _) => AUDIT_CHECKPOINT.pass(format!("no events yet on node {}", config.node_id)),
-        (Some(n), _) if n.unsigned_tail == 0 => AUDIT_CHECKPOINT.pass(format!(
-            "every event of node {} is covered by a signed checkpoint",
-            n.node
+    let checkpoint = checkpoint_finding(
+        &config.node_id,
+        unsigned,
+        last_checkpoint_us,
+        limit_secs,
+        now_us,
+    );
+    vec![chain, checkpoint]
+}
+
+/// `audit.checkpoint` for `node`: `unsigned` is how many of its events (None: it has none) no
+/// signed checkpoint covers yet; they fail once the last checkpoint is older than `limit_secs`.
+pub fn checkpoint_finding(
+    node: &str,
+    unsigned: Option<u64>,
+    last_checkpoint_us: Option<i64>,
+    limit_secs: i64,
+    now_us: i64,
+) -> Finding {
+    match unsigned {
+        None => AUDIT_CHECKPOINT.pass(format!("no events yet on node {node}")),
+        Some(0) => AUDIT_CHECKPOINT.pass(format!(
+            "every event of node {node} is covered by a signed checkpoint"
         )),
-        (Some(n), last) => {
-            let age = (now_us - last.unwrap_or(0)).div_euclid(1_000_000);
+        Some(n) => {
+            let age = (now_us - last_checkpoint_us.unwrap_or(0)).div_euclid(1_000_000);
             if age > limit_secs {
                 AUDIT_CHECKPOINT.fail(
                     format!(
-                        "{} events of node {} unsigned; the last checkpoint is {age} s old",
-                        n.unsigned_tail, n.node
+                        "{n} events of node {node} unsigned; the last checkpoint is {age} s old"
                     ),
                     "start the server (it signs every 10 s) and check its log for checkpoint failures",
                 )
             } else {
-                AUDIT_CHECKPOINT.pass(format!(
-                    "the last checkpoint of node {} is {age} s old",
-                    n.node
-                ))
+                AUDIT_CHECKPOINT.pass(format!("the last checkpoint of node {node} is {age} s old"))
             }
         }
-    };
-    vec![chain, checkpoint]
+    }
 }
 
 /// `sslmode` from a PostgreSQL URL's query (libpq's default here is `disable`).
@@ -467,22 +504,7 @@ async fn database(config: &Config) -> Vec<Finding> {
             DATABASE_ROLE.pass("SQLite: no database roles"),
         ];
     };
-    let tier = config.posture.tier;
-    let mode = sslmode(&pg.url);
-    let tls = match mode {
-        "verify-full" => DATABASE_TLS.pass("sslmode=verify-full"),
-        "require" => DATABASE_TLS.fail_in(
-            tier,
-            "sslmode=require: encrypted, but the server's certificate is not checked",
-            "use sslmode=verify-full&sslrootcert=CA.pem (docs/postgresql.md)",
-        ),
-        _ if host_is_loopback(&pg.url) => DATABASE_TLS
-            .pass("sslmode=disable to a loopback address (traffic stays on the machine)"),
-        _ => DATABASE_TLS.fail(
-            format!("sslmode={mode} to another machine: database traffic in clear"),
-            "use sslmode=verify-full&sslrootcert=CA.pem (docs/postgresql.md)",
-        ),
-    };
+    let tls = database_tls_finding(&pg.url, config.posture.tier);
     let role = match carevault_store::PostgresStore::connect_existing(&pg.options()).await {
         Err(e) => DATABASE_ROLE.fail(
             format!("cannot connect to the database: {e}"),
@@ -493,31 +515,54 @@ async fn database(config: &Config) -> Vec<Finding> {
                 format!("the role's rights cannot be read: {e}"),
                 "check the database",
             ),
-            Ok((superuser, createrole, createdb)) => {
-                let rights: Vec<&str> = [
-                    (superuser, "SUPERUSER"),
-                    (createrole, "CREATEROLE"),
-                    (createdb, "CREATEDB"),
-                ]
-                .iter()
-                .filter(|(has, _)| *has)
-                .map(|(_, name)| *name)
-                .collect();
-                if rights.is_empty() {
-                    DATABASE_ROLE.pass("the role has no administrative rights")
-                } else {
-                    DATABASE_ROLE.warn(
-                        format!("the role has {}", rights.join(", ")),
-                        "connect as a role that owns only CareVault's schema: ALTER ROLE name NOSUPERUSER NOCREATEROLE NOCREATEDB",
-                    )
-                }
-            }
+            Ok((superuser, createrole, createdb)) => role_finding(superuser, createrole, createdb),
         },
     };
     vec![tls, role]
 }
 
-fn backup(backups: Option<&Path>, now: i64) -> Finding {
+/// `database.tls` from the PostgreSQL URL (`sslmode` and the host).
+pub fn database_tls_finding(url: &str, tier: Tier) -> Finding {
+    let mode = sslmode(url);
+    match mode {
+        "verify-full" => DATABASE_TLS.pass("sslmode=verify-full"),
+        "require" => DATABASE_TLS.fail_in(
+            tier,
+            "sslmode=require: encrypted, but the server's certificate is not checked",
+            "use sslmode=verify-full&sslrootcert=CA.pem (docs/postgresql.md)",
+        ),
+        _ if host_is_loopback(url) => DATABASE_TLS
+            .pass("sslmode=disable to a loopback address (traffic stays on the machine)"),
+        _ => DATABASE_TLS.fail(
+            format!("sslmode={mode} to another machine: database traffic in clear"),
+            "use sslmode=verify-full&sslrootcert=CA.pem (docs/postgresql.md)",
+        ),
+    }
+}
+
+/// `database.role` from the role's attributes.
+pub fn role_finding(superuser: bool, createrole: bool, createdb: bool) -> Finding {
+    let rights: Vec<&str> = [
+        (superuser, "SUPERUSER"),
+        (createrole, "CREATEROLE"),
+        (createdb, "CREATEDB"),
+    ]
+    .iter()
+    .filter(|(has, _)| *has)
+    .map(|(_, name)| *name)
+    .collect();
+    if rights.is_empty() {
+        DATABASE_ROLE.pass("the role has no administrative rights")
+    } else {
+        DATABASE_ROLE.warn(
+            format!("the role has {}", rights.join(", ")),
+            "connect as a role that owns only CareVault's schema: ALTER ROLE name NOSUPERUSER NOCREATEROLE NOCREATEDB",
+        )
+    }
+}
+
+/// `backup.freshness`: the newest file in `backups` at `now` (unix seconds).
+pub fn backup(backups: Option<&Path>, now: i64) -> Finding {
     let Some(dir) = backups else {
         return BACKUP_FRESHNESS.warn(
             "no backup location given, so no backup was found",

@@ -31,17 +31,24 @@ pub fn run(config: &Config, config_file: Option<&Path>, now_us: i64) -> Vec<Find
     out.push(root(config));
     out.push(memory(config));
     out.push(keys_protection(config));
-    if config.plain_http {
-        out.push(TLS_PLAIN_HTTP.fail_in(
-            tier,
-            format!("plain HTTP on {}", config.listen),
-            "remove allow_plain_http (TLS is on by default)",
-        ));
-    } else {
-        out.push(TLS_PLAIN_HTTP.pass(format!("TLS on {}", config.listen)));
+    out.push(plain_http_finding(tier, config.plain_http, config.listen));
+    if !config.plain_http {
         out.extend(certificate(config, now_us));
     }
     out
+}
+
+/// `tls.plain_http`.
+pub fn plain_http_finding(tier: Tier, plain_http: bool, listen: std::net::SocketAddr) -> Finding {
+    if plain_http {
+        TLS_PLAIN_HTTP.fail_in(
+            tier,
+            format!("plain HTTP on {listen}"),
+            "remove allow_plain_http (TLS is on by default)",
+        )
+    } else {
+        TLS_PLAIN_HTTP.pass(format!("TLS on {listen}"))
+    }
 }
 
 /// Group and other bits that a private path must not have.
@@ -169,7 +176,8 @@ fn tls_key_file(config: &Config) -> Finding {
     }
 }
 
-fn config_file_mode(file: Option<&Path>) -> Finding {
+/// `files.config`: the configuration file, when one was given, must not be writable by others.
+pub fn config_file_mode(file: Option<&Path>) -> Finding {
     let Some(path) = file else {
         return FILES_CONFIG.pass("no configuration file (defaults and environment variables)");
     };
@@ -199,11 +207,19 @@ fn config_file_mode(file: Option<&Path>) -> Finding {
 
 /// The server runs as the data directory's owner (it made it, and refuses one others can reach).
 fn root(config: &Config) -> Finding {
-    let euid = rustix::process::geteuid().as_raw();
-    let owner = data_dir_owner(config);
+    root_finding(
+        config.posture.tier,
+        data_dir_owner(config),
+        rustix::process::geteuid().as_raw(),
+    )
+}
+
+/// `process.root` from the data directory's owner (None: it cannot be read) and this
+/// process's effective uid.
+pub fn root_finding(tier: Tier, owner: Option<u32>, euid: u32) -> Finding {
     if owner == Some(0) || (owner.is_none() && euid == 0) {
         return PROCESS_ROOT.fail_in(
-            config.posture.tier,
+            tier,
             "the data directory is owned by root, so the server runs as root",
             "run the server as a dedicated user (chown -R carevault: the data directory; the \
              systemd unit in deploy/ does this)",
@@ -215,37 +231,110 @@ fn root(config: &Config) -> Finding {
     ))
 }
 
+/// Where `process.memory` looked: the running server's process, or (none runs here) what a
+/// server started by this user would get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemoryView {
+    Server(super::process::ServerProcess),
+    /// No server holds the data directory on this machine: this process's own limits stand in.
+    NotRunning {
+        lock_possible: Result<(), String>,
+    },
+}
+
+impl MemoryView {
+    fn of(config: &Config) -> Self {
+        match super::process::server_holding(&config.data_dir) {
+            Some(server) => Self::Server(server),
+            None => Self::NotRunning {
+                lock_possible: crate::memory::lock_possible(),
+            },
+        }
+    }
+}
+
 fn memory(config: &Config) -> Finding {
-    let tier = config.posture.tier;
-    if config.key_lock_memory == LockMode::Off {
-        return PROCESS_MEMORY.fail_in(
-            tier,
-            "key.lock_memory is off: unsealed keys may reach swap",
-            "set key.lock_memory = \"required\" (or \"auto\") and grant CAP_IPC_LOCK",
-        );
-    }
-    if let Err(reason) = crate::memory::lock_possible() {
-        return PROCESS_MEMORY.fail_in(
-            tier,
-            format!("memory cannot be locked here: {reason}"),
-            "grant CAP_IPC_LOCK or LimitMEMLOCK=infinity (systemd), or use encrypted swap",
-        );
-    }
     // The server marks itself non-dumpable; with fs.suid_dumpable = 2 the kernel still writes
     // such a process's core (readable by root), keys included.
     let suid_dumpable = fs::read_to_string("/proc/sys/fs/suid_dumpable")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
+    memory_finding(
+        config.posture.tier,
+        config.key_lock_memory,
+        &MemoryView::of(config),
+        suid_dumpable,
+    )
+}
+
+/// `process.memory`: the running server's locked memory and core-dump limit (or, with no server
+/// running, whether one started here could lock its memory), against `key.lock_memory` and the
+/// kernel's `fs.suid_dumpable`.
+pub fn memory_finding(
+    tier: Tier,
+    mode: LockMode,
+    view: &MemoryView,
+    suid_dumpable: u32,
+) -> Finding {
+    const LOCK_FIX: &str = "set key.lock_memory = \"required\", grant CAP_IPC_LOCK or \
+                            LimitMEMLOCK=infinity (systemd; the unit in deploy/ does), and restart \
+                            the server; or use encrypted swap";
+    let (who, core_off) = match view {
+        MemoryView::Server(p) => (
+            format!("the running server (pid {})", p.pid),
+            p.core_limit == Some(0),
+        ),
+        MemoryView::NotRunning { .. } => (
+            "no server runs on this data directory here, so this checked what one started by \
+             this user would get:"
+                .to_owned(),
+            false,
+        ),
+    };
+    if mode == LockMode::Off {
+        return PROCESS_MEMORY.fail_in(
+            tier,
+            "key.lock_memory is off: unsealed keys may reach swap",
+            LOCK_FIX,
+        );
+    }
+    let locked = match view {
+        MemoryView::Server(p) if p.locked_kib == 0 => {
+            return PROCESS_MEMORY.fail_in(
+                tier,
+                format!("{who} has no memory locked: unsealed keys may reach swap"),
+                LOCK_FIX,
+            );
+        }
+        MemoryView::Server(p) => format!("{who} has {} KiB locked", p.locked_kib),
+        MemoryView::NotRunning {
+            lock_possible: Err(reason),
+        } => {
+            return PROCESS_MEMORY.fail_in(
+                tier,
+                format!("{who} memory cannot be locked ({reason})"),
+                LOCK_FIX,
+            );
+        }
+        MemoryView::NotRunning {
+            lock_possible: Ok(()),
+        } => format!("{who} memory can be locked"),
+    };
+    if core_off {
+        return PROCESS_MEMORY.pass(format!("{locked}; core dumps off (RLIMIT_CORE 0)"));
+    }
     if suid_dumpable != 0 {
         return PROCESS_MEMORY.warn(
-            format!("fs.suid_dumpable is {suid_dumpable}: the kernel may dump the server's memory"),
-            "sysctl -w fs.suid_dumpable=0 (and in /etc/sysctl.d)",
+            format!(
+                "{locked}; fs.suid_dumpable is {suid_dumpable}: the kernel may dump the server's \
+                 memory despite its non-dumpable flag"
+            ),
+            "sysctl -w fs.suid_dumpable=0 (and in /etc/sysctl.d), or LimitCORE=0 (systemd)",
         );
     }
     PROCESS_MEMORY.pass(format!(
-        "memory can be locked (key.lock_memory = {:?}); core dumps off",
-        config.key_lock_memory
+        "{locked}; core dumps off (non-dumpable, fs.suid_dumpable = 0)"
     ))
 }
 
@@ -281,7 +370,16 @@ fn certificate(config: &Config, now_us: i64) -> Vec<Finding> {
             )];
         }
     };
-    let now = now_us.div_euclid(1_000_000);
+    certificate_findings(path, &facts, now_us.div_euclid(1_000_000))
+}
+
+/// `tls.certificate` and `tls.key` from what the certificate at `path` says, at `now` (unix
+/// seconds).
+pub fn certificate_findings(
+    path: &Path,
+    facts: &crate::certificate::CertificateInfo,
+    now: i64,
+) -> Vec<Finding> {
     let days_left = (facts.not_after_secs - now).div_euclid(DAY_SECS);
     let lifetime = (facts.not_after_secs - facts.not_before_secs).div_euclid(DAY_SECS);
     let renew = if facts.generated {
@@ -320,7 +418,7 @@ fn certificate(config: &Config, now_us: i64) -> Vec<Finding> {
         ))
     };
     let key = if facts.key_ok {
-        TLS_KEY.pass(facts.key)
+        TLS_KEY.pass(facts.key.clone())
     } else {
         TLS_KEY.fail(
             format!("{} key", facts.key),

@@ -4,6 +4,7 @@
 //!
 //! - [`local`]: the configuration, files and their modes, the process (root, memory locking,
 //!   core dumps), the TLS certificate and key.
+//! - [`process`]: the running server's process as `/proc` shows it (for `process.memory`).
 //! - [`data`]: what the environment's database and keyring say (KEK versions, accounts, API
 //!   keys, custom policies, the audit trail, PostgreSQL's TLS and role).
 //! - [`fix`]: the safe repairs of `doctor --fix` (modes tightened, never widened; a stale generated
@@ -16,6 +17,7 @@ pub mod data;
 pub mod fix;
 pub mod local;
 pub mod periodic;
+pub mod process;
 pub mod report;
 #[cfg(test)]
 mod tests;

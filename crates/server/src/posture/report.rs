@@ -1,5 +1,5 @@
 //! The report's forms: text (one line per check), JSON (`vendor/posture/report.schema.json`)
-//! and SARIF 2.1.0 (for CI dashboards; `vendor/sarif/`).
+//! and SARIF 2.1.0 (for CI dashboards; it validates against the OASIS schema in `vendor/sarif/`).
 
 use std::fmt::Write as _;
 
@@ -85,7 +85,7 @@ pub fn sarif(report: &Report) -> Value {
         })
         .collect();
     json!({
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "$schema": "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json",
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {
