@@ -36,6 +36,8 @@ pub struct Attempt {
     pub target: &'static str,
     /// 1 to [`ATTEMPTS`].
     pub attempt: u32,
+    /// How long the attempt took (the copy and the target's pruning).
+    pub elapsed: Duration,
     pub result: Result<()>,
 }
 
@@ -65,11 +67,13 @@ impl Offsite {
                 if attempt > 1 {
                     std::thread::sleep(FIRST_PAUSE.saturating_mul(1 << (attempt - 2)));
                 }
+                let started = std::time::Instant::now();
                 let result = target.copy(file, keep);
                 let ok = result.is_ok();
                 report(Attempt {
                     target: target.label(),
                     attempt,
+                    elapsed: started.elapsed(),
                     result,
                 });
                 if ok {

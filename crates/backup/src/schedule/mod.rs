@@ -340,7 +340,6 @@ impl Scheduler {
         });
         let name = backup_name(at_us);
         while let Some(a) = rx.recv().await {
-            let started = Instant::now();
             match &a.result {
                 Ok(()) => {
                     tracing::info!(event = "backup_offsite_copied", to = a.target, attempt = a.attempt, file = %name);
@@ -351,7 +350,7 @@ impl Scheduler {
                                 at_us,
                                 file: name.clone(),
                                 size,
-                                duration_secs: started.elapsed().as_secs_f64(),
+                                duration_secs: a.elapsed.as_secs_f64(),
                                 sha256: None,
                             });
                     });

@@ -243,6 +243,12 @@ fn offsite_targets(section: &BackupSection) -> Result<Vec<OffsiteTarget>, Config
                 "expected an absolute directory path",
             ));
         }
+        if section.dir.as_ref() == Some(dir) {
+            return Err(ConfigError::new(
+                "backup.offsite_dir",
+                "is backup.dir itself; name a directory on other storage",
+            ));
+        }
         out.push(OffsiteTarget::Dir(dir.clone()));
     }
     let Some(endpoint) = &section.s3_endpoint else {
@@ -327,6 +333,70 @@ fn s3_endpoint(text: &str) -> Result<url::Url, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn section(change: impl FnOnce(&mut BackupSection)) -> Result<BackupSchedule, ConfigError> {
+        let mut s = BackupSection {
+            schedule: Some("6h".into()),
+            dir: Some("/var/backups/carevault".into()),
+            recipients: Some(
+                "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into(),
+            ),
+            ..BackupSection::default()
+        };
+        change(&mut s);
+        backup_schedule(s).map(|b| b.unwrap())
+    }
+
+    #[test]
+    fn offsite_and_verify_keys_are_checked_naming_the_key() {
+        let b = section(|s| {
+            s.verify_schedule = Some("7d".into());
+            s.offsite_dir = Some("/mnt/nas/carevault".into());
+            s.s3_endpoint = Some("http://127.0.0.1:9000".into());
+            s.s3_bucket = Some("clinic-backups".into());
+        })
+        .unwrap();
+        assert_eq!(b.verify_every, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(b.offsite.len(), 2);
+        let OffsiteTarget::S3(s3) = &b.offsite[1] else {
+            panic!("{b:?}");
+        };
+        assert_eq!((s3.region.as_str(), s3.prefix.as_str()), ("us-east-1", ""));
+        assert_eq!(section(|_| {}).unwrap().offsite, vec![]);
+        type Change = fn(&mut BackupSection);
+        let cases: [(Change, &str); 8] = [
+            (
+                |s| s.verify_schedule = Some("weekly".into()),
+                "backup.verify_schedule",
+            ),
+            (|s| s.offsite_dir = Some("nas".into()), "backup.offsite_dir"),
+            (|s| s.offsite_dir = s.dir.clone(), "backup.offsite_dir"),
+            (|s| s.s3_prefix = Some("x/".into()), "backup.s3_prefix"),
+            (
+                |s| s.s3_endpoint = Some("http://s3.example.org".into()),
+                "backup.s3_endpoint",
+            ),
+            (
+                |s| s.s3_endpoint = Some("ftp://127.0.0.1".into()),
+                "backup.s3_endpoint",
+            ),
+            (
+                |s| s.s3_endpoint = Some("https://s3.example.org".into()),
+                "backup.s3_bucket",
+            ),
+            (
+                |s| {
+                    s.s3_endpoint = Some("https://s3.example.org".into());
+                    s.s3_bucket = Some("Not_A_Bucket".into());
+                },
+                "backup.s3_bucket",
+            ),
+        ];
+        for (change, key) in cases {
+            let e = section(change).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
 
     #[test]
     fn intervals_parse_within_bounds() {
