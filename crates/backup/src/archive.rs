@@ -133,14 +133,34 @@ impl Decryption {
     }
 }
 
+/// A writer that hashes what passes through it (the finished file's SHA-256, recorded so
+/// that the file can be checked later without the secret that opens it).
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256Stream,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Write the backup of `manifest`'s parts (files under `staging`) to `out`, which must not
-/// exist: a temporary file beside it, synced, then renamed. Returns the file's size.
+/// exist: a temporary file beside it, synced, then renamed. Returns the file's size and
+/// SHA-256 (hex).
 pub(crate) fn write(
     out: &Path,
     manifest: &Manifest,
     staging: &Path,
     enc: &Encryption,
-) -> Result<u64> {
+) -> Result<(u64, String)> {
     if out.exists() {
         return Err(BackupError::Target(format!(
             "{} already exists; choose a new file name",
@@ -161,8 +181,11 @@ pub(crate) fn write(
         .tempfile_in(dir)
         .map_err(io(format!("cannot create a file in {}", dir.display())))?;
     let failed = io(format!("cannot write {}", out.display()));
-    let result = (|| -> std::io::Result<()> {
-        let sink = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let result = (|| -> std::io::Result<String> {
+        let sink = Hashing {
+            inner: BufWriter::with_capacity(1 << 20, tmp.as_file()),
+            hash: Sha256Stream::default(),
+        };
         let mut w = enc
             .encryptor()
             .map_err(|e| std::io::Error::other(e.to_string()))?
@@ -180,10 +203,11 @@ pub(crate) fn write(
         }
         let mut sink = w.finish()?;
         sink.flush()?;
-        drop(sink);
-        tmp.as_file().sync_all()
+        let sha256 = sink.hash.finish_hex();
+        tmp.as_file().sync_all()?;
+        Ok(sha256)
     })();
-    result.map_err(failed)?;
+    let sha256 = result.map_err(failed)?;
     let size = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     tmp.persist_noclobber(out).map_err(|e| BackupError::Io {
         what: format!("cannot create {}", out.display()),
@@ -192,7 +216,7 @@ pub(crate) fn write(
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(format!("cannot sync {}", dir.display())))?;
-    Ok(size)
+    Ok((size, sha256))
 }
 
 fn damaged(e: &std::io::Error) -> BackupError {
@@ -396,7 +420,8 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let out = dir.path().join("b.cvbackup");
         let enc = Encryption::Recipients(vec![id.to_public()]);
-        write(&out, &manifest, &src, &enc).unwrap();
+        let (size, sha256) = write(&out, &manifest, &src, &enc).unwrap();
+        assert_eq!(hash_file(&out).unwrap(), (size, sha256));
         // Only the final file is left: no partial file beside it.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
         assert!(matches!(

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use carevault_server::audit::Audit;
 use carevault_server::config::{Config, Database, KeyProviderConfig};
-use carevault_server::keyring::Keyring;
+use carevault_server::environment::EnvironmentFile;
+use carevault_server::keyring::{Keyring, KeyringFile};
 use carevault_server::{SharedClock, clock};
 use carevault_store::{PostgresStore, SnapshotFacts, SqliteStore, Store};
 
@@ -18,6 +19,8 @@ use crate::{BackupError, Result, io};
 pub struct CreateReport {
     pub path: PathBuf,
     pub size: u64,
+    /// The finished file's SHA-256 (hex).
+    pub sha256: String,
     pub manifest: Manifest,
 }
 
@@ -35,10 +38,9 @@ pub async fn create(
             config.data_dir.display()
         ))
     })?;
-    let environment_id = serde_json::from_slice::<serde_json::Value>(&env_json)
-        .ok()
-        .and_then(|v| v["environment_id"].as_str().map(str::to_owned))
-        .ok_or_else(|| BackupError::Usage(format!("{ENVIRONMENT} is damaged")))?;
+    let environment_id = serde_json::from_slice::<EnvironmentFile>(&env_json)
+        .map_err(|_| BackupError::Usage(format!("{ENVIRONMENT} is damaged")))?
+        .environment_id;
     // Staged beside the database, under the data directory's protection (0700).
     let staging = crate::staging_dir(".backup-", Some(&config.data_dir))?;
     let stage = staging.path();
@@ -59,7 +61,9 @@ pub async fn create(
     // in its list (a shred records itself before it deletes).
     let keyring_json = fs::read(config.keys_dir().join("keyring.json"))
         .map_err(io("cannot read keys/keyring.json"))?;
-    let (kek_versions, _) = kek_versions(&keyring_json);
+    let keyring: KeyringFile = serde_json::from_slice(&keyring_json)
+        .map_err(|_| BackupError::Usage("keys/keyring.json is damaged".into()))?;
+    let kek_versions = kek_versions(&keyring);
     fs::write(stage.join(ENVIRONMENT), &env_json).map_err(io("cannot stage environment.json"))?;
     fs::create_dir(stage.join("keys")).map_err(io("cannot stage the keys"))?;
     carevault_crypto::write_private_new(&stage.join(KEYRING), &keyring_json)
@@ -105,10 +109,11 @@ pub async fn create(
         parts,
     };
     let out_enc = out.to_path_buf();
-    let size = write(&out_enc, &manifest, stage, enc)?;
+    let (size, sha256) = write(&out_enc, &manifest, stage, enc)?;
     Ok(CreateReport {
         path: out_enc,
         size,
+        sha256,
         manifest,
     })
 }
@@ -167,22 +172,15 @@ fn kek_files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(out)
 }
 
-/// The KEK versions the keyring state names (not destroyed, at or above the minimum), and the
-/// shred list's length.
-pub(crate) fn kek_versions(keyring_json: &[u8]) -> (Vec<u32>, usize) {
-    let v: serde_json::Value = serde_json::from_slice(keyring_json).unwrap_or_default();
-    let min = v["min_decrypt_version"].as_u64().unwrap_or(1);
-    let versions = v["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["destroyed_at_us"].is_null())
-        .filter_map(|m| m["version"].as_u64())
-        .filter(|n| *n >= min)
-        .filter_map(|n| u32::try_from(n).ok())
-        .collect();
-    let shreds = v["shredded"].as_array().map_or(0, Vec::len);
-    (versions, shreds)
+/// The KEK versions the keyring state names (not destroyed, at or above the minimum).
+fn kek_versions(keyring: &KeyringFile) -> Vec<u32> {
+    keyring
+        .versions
+        .iter()
+        .filter(|m| m.destroyed_at_us.is_none())
+        .map(|m| m.version)
+        .filter(|n| *n >= keyring.min_decrypt_version.max(1))
+        .collect()
 }
 
 /// The key that verifies the snapshot's checkpoints, from its own audit signing key (opened

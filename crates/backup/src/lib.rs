@@ -18,6 +18,7 @@
 mod archive;
 mod create;
 mod manifest;
+pub mod offsite;
 mod restore;
 pub mod schedule;
 

@@ -6,9 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use carevault_server::SharedClock;
 use carevault_server::audit::Audit;
 use carevault_server::config::{Config, Database, PostgresConfig};
-use carevault_server::{SharedClock, environment};
+use carevault_server::environment::{self, EnvironmentFile};
+use carevault_server::keyring::{KeyringFile, ShredRecord};
 use carevault_store::{
     POSTGRES_SCHEMA_VERSION, PostgresOptions, PostgresStore, SQLITE_SCHEMA_VERSION, SnapshotFacts,
     redact_url,
@@ -153,6 +155,13 @@ fn unpack(
     })
 }
 
+/// Decrypt `file` and check its manifest and every part against its hash, without restoring
+/// it (the staging copy is discarded).
+pub(crate) fn check_archive(file: &Path, dec: &Decryption) -> Result<Manifest> {
+    let staging = crate::staging_dir("carevault-verify-", None)?;
+    unpack(file, dec, staging.path(), |_| Ok(()))
+}
+
 /// Put the database part in place: SQLite becomes `carevault.db` (facts compared); PostgreSQL
 /// is loaded into `target` (an empty database) with `pg_restore`, then compared.
 async fn load_database(
@@ -189,17 +198,56 @@ async fn load_database(
     }
 }
 
-/// An empty PostgreSQL database, or a clear refusal naming what it holds.
+/// An empty PostgreSQL database (no table, view or sequence in any schema), or a clear
+/// refusal naming what it holds.
 async fn empty_database(options: &PostgresOptions) -> Result<()> {
     let store = PostgresStore::connect_unmigrated(options)?;
-    let tables = store.table_count().await?;
-    if tables > 0 {
+    let relations = store.relation_count().await?;
+    if relations > 0 {
         return Err(BackupError::Target(format!(
-            "the database {} is not empty ({tables} tables); restore onto a new, empty database",
+            "the database {} is not empty ({relations} tables, views or sequences); restore onto a new, empty database",
             redact_url(&options.url)
         )));
     }
     Ok(())
+}
+
+/// Load the database into `target` and check the whole environment; on PostgreSQL, a failure
+/// after `pg_restore` committed drops what it created (the database was empty before), so a
+/// failed restore or verification leaves the database as empty as it found it.
+async fn load_and_check(
+    config: &Config,
+    stage: &Path,
+    manifest: Manifest,
+    target: Option<&PostgresOptions>,
+    clock: SharedClock,
+) -> Result<VerifyReport> {
+    let result = async {
+        load_database(stage, &manifest, target).await?;
+        let mut staged = config.clone();
+        staged.data_dir = stage.to_path_buf();
+        open_and_check(&staged, manifest, clock).await
+    }
+    .await;
+    let Some(options) = target else {
+        return result;
+    };
+    match result {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            let undone = match PostgresStore::connect_unmigrated(options) {
+                Ok(store) => store.drop_restored_relations().await,
+                Err(err) => Err(err),
+            };
+            match undone {
+                Ok(()) => Err(e),
+                Err(_) => Err(BackupError::Target(format!(
+                    "{e}; and what the restore wrote to {} could not be dropped: drop and create that database before trying again",
+                    redact_url(&options.url)
+                ))),
+            }
+        }
+    }
 }
 
 /// Open the staged environment with its restored keys and check it whole.
@@ -281,8 +329,14 @@ pub async fn verify(
         _ => Database::Sqlite,
     };
     let target = postgres(&scratch);
-    load_database(stage, &manifest, target.as_ref()).await?;
-    open_and_check(&scratch, manifest, clock).await
+    let report = load_and_check(&scratch, stage, manifest, target.as_ref(), clock).await?;
+    // The scratch database is scratch: emptied again, ready for the next verification.
+    if let Some(options) = &target {
+        PostgresStore::connect_unmigrated(options)?
+            .drop_restored_relations()
+            .await?;
+    }
+    Ok(report)
 }
 
 /// Restore `file` as a new node: into `config.data_dir` (which must be empty or absent) and,
@@ -351,11 +405,8 @@ pub async fn restore(
     if let Some((_, _, shreds)) = &live {
         merge_shreds(&stage.join(KEYRING), shreds)?;
     }
-    load_database(stage, &manifest, target.as_ref()).await?;
-    let mut staged = config.clone();
-    staged.data_dir = stage.to_path_buf();
     let now_secs = clock.now_secs();
-    let report = open_and_check(&staged, manifest, clock).await?;
+    let report = load_and_check(config, stage, manifest, target.as_ref(), clock).await?;
     let stage = staging.keep();
     if dir.exists() {
         fs::remove_dir(dir).map_err(io(format!("cannot replace {}", dir.display())))?;
@@ -371,39 +422,31 @@ pub async fn restore(
 }
 
 /// The live environment's data directory: its id and shred list.
-fn live_state(dir: &Path) -> Result<(PathBuf, String, Vec<serde_json::Value>)> {
-    let read = |name: &str| -> Result<serde_json::Value> {
+fn live_state(dir: &Path) -> Result<(PathBuf, String, Vec<ShredRecord>)> {
+    fn read<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T> {
         let path = dir.join(name);
         let bytes = fs::read(&path).map_err(io(format!("cannot read {}", path.display())))?;
         serde_json::from_slice(&bytes)
             .map_err(|_| BackupError::Usage(format!("{} is damaged", path.display())))
-    };
-    let id = read(ENVIRONMENT)?["environment_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let shreds = read(KEYRING)?["shredded"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok((dir.to_path_buf(), id, shreds))
+    }
+    let env: EnvironmentFile = read(dir, ENVIRONMENT)?;
+    let keyring: KeyringFile = read(dir, KEYRING)?;
+    Ok((dir.to_path_buf(), env.environment_id, keyring.shredded))
 }
 
 /// Add the live environment's shreds to the restored keyring state (each compartment once);
 /// the first open applies them before anything can read the data.
-fn merge_shreds(keyring: &Path, live: &[serde_json::Value]) -> Result<()> {
+fn merge_shreds(keyring: &Path, live: &[ShredRecord]) -> Result<()> {
     let bytes = fs::read(keyring).map_err(io("cannot read the restored keyring"))?;
-    let mut state: serde_json::Value = serde_json::from_slice(&bytes)
+    let mut state: KeyringFile = serde_json::from_slice(&bytes)
         .map_err(|_| BackupError::Damaged("keys/keyring.json is not readable".into()))?;
-    let list = state["shredded"]
-        .as_array_mut()
-        .ok_or_else(|| BackupError::Damaged("keys/keyring.json has no shred list".into()))?;
     for s in live {
-        if !list
+        if !state
+            .shredded
             .iter()
-            .any(|have| have["compartment"] == s["compartment"])
+            .any(|have| have.compartment == s.compartment)
         {
-            list.push(s.clone());
+            state.shredded.push(s.clone());
         }
     }
     let bytes = serde_json::to_vec_pretty(&state)
@@ -438,16 +481,21 @@ mod tests {
     fn live_shreds_are_added_once_and_the_rest_of_the_state_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
+        let shred = |c: &str, id: u64| {
+            serde_json::json!({"compartment": c, "data_key_id": id, "at_us": 5,
+                "requested_by": "admin", "approved_by": "admin2"})
+        };
         let restored = serde_json::json!({
             "versions": [{"version": 1, "created_at_us": 1, "destroyed_at_us": null}],
             "min_decrypt_version": 1,
-            "shredded": [{"compartment": "Patient/a", "data_key_id": 3}]
+            "shredded": [shred("Patient/a", 3)]
         });
         std::fs::write(&path, serde_json::to_vec(&restored).unwrap()).unwrap();
-        let live = vec![
-            serde_json::json!({"compartment": "Patient/a", "data_key_id": 3}),
-            serde_json::json!({"compartment": "Patient/b", "data_key_id": 9}),
-        ];
+        let live: Vec<ShredRecord> = serde_json::from_value(serde_json::json!([
+            shred("Patient/a", 3),
+            shred("Patient/b", 9)
+        ]))
+        .unwrap();
         merge_shreds(&path, &live).unwrap();
         let merged: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

@@ -31,10 +31,11 @@ use crate::keyring::Keyring;
 const ENVIRONMENT_FILE: &str = "environment.json";
 pub const BOOTSTRAP_ADMIN: &str = "admin";
 
+/// `environment.json`. Public so that the backups read it through this one type.
 #[derive(Debug, Serialize, Deserialize)]
-struct EnvironmentFile {
-    environment_id: String,
-    created_at: String,
+pub struct EnvironmentFile {
+    pub environment_id: String,
+    pub created_at: String,
 }
 
 /// An opened environment: what every service of the server shares.

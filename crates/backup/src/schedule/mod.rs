@@ -10,9 +10,14 @@
 //! A backup is written to a hidden `.carevault-....partial` file and renamed when complete, so a
 //! crash or a full disk leaves no file that looks like a backup; such leftovers are removed
 //! when the schedule starts and never count as backups.
+//!
+//! After a backup: off-site copies (`crate::offsite`). Between backups, when
+//! `backup.verify_schedule` is set: a verification of the newest backup (`verify`). One task
+//! does all three in turn, so they never compete for the disk or the status file.
 
 mod retention;
 mod status;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,8 +30,9 @@ use carevault_server::metrics::BackupStats;
 use carevault_store::PostgresStore;
 
 pub use retention::retained;
-pub use status::{Failure, STATUS_FILE, Status, Success, read_status};
+pub use status::{Failure, OffsiteStatus, STATUS_FILE, Status, Success, Verification, read_status};
 
+use crate::offsite::{Attempt, Offsite};
 use crate::{BackupError, Encryption, Result, io};
 
 const PREFIX: &str = "carevault-";
@@ -82,7 +88,7 @@ pub fn prune(dir: &Path, keep: &carevault_server::config::Keep) -> Result<Vec<Pa
 }
 
 /// Remove what a crash mid-backup left in `dir` (`.carevault-*.partial`); how many.
-fn remove_partials(dir: &Path) -> Result<usize> {
+pub(crate) fn remove_partials(dir: &Path) -> Result<usize> {
     let what = format!("cannot read the backup directory {}", dir.display());
     let mut n = 0;
     for entry in std::fs::read_dir(dir).map_err(io(what.clone()))? {
@@ -126,6 +132,7 @@ pub async fn start(
     };
     let enc = Encryption::from_args(&plan.recipients, None, plan.passphrase_file.as_deref())
         .map_err(|e| BackupError::Usage(format!("configuration error in `{key}`: {e}")))?;
+    let offsite = Offsite::open(&plan.offsite, |name| std::env::var(name).ok())?;
     prepare_dir(&plan.dir)?;
     let removed = remove_partials(&plan.dir)?;
     if removed > 0 {
@@ -153,7 +160,8 @@ pub async fn start(
     let scheduler = Scheduler {
         config: config.clone(),
         plan,
-        enc,
+        enc: Arc::new(enc),
+        offsite: Arc::new(offsite),
         clock,
         claims,
         stats,
@@ -191,7 +199,8 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 struct Scheduler {
     config: Config,
     plan: BackupSchedule,
-    enc: Encryption,
+    enc: Arc<Encryption>,
+    offsite: Arc<Offsite>,
     clock: SharedClock,
     /// PostgreSQL: where the nodes claim each period.
     claims: Option<PostgresStore>,
@@ -218,7 +227,7 @@ impl Scheduler {
                     "scheduled backups on"
                 );
             }
-            let wait = match due {
+            let mut wait = match due {
                 Ok(None) => {
                     self.take().await;
                     continue;
@@ -230,6 +239,14 @@ impl Scheduler {
                     RETRY
                 }
             };
+            match self.verify_due() {
+                Some(w) if w.is_zero() => {
+                    self.verify_newest().await;
+                    continue;
+                }
+                Some(w) => wait = wait.min(w),
+                None => {}
+            }
             tokio::time::sleep(wait.min(MAX_SLEEP)).await;
         }
     }
@@ -276,6 +293,7 @@ impl Scheduler {
                         file: backup_name(at_us),
                         size: report.size,
                         duration_secs: started.elapsed().as_secs_f64(),
+                        sha256: Some(report.sha256.clone()),
                     });
                 });
                 match prune(&self.plan.dir, &self.plan.keep) {
@@ -288,6 +306,7 @@ impl Scheduler {
                         self.failed(at_us, &e);
                     }
                 }
+                self.copy_offsite(&out, at_us, report.size).await;
             }
             Err(e) => {
                 tracing::error!(event = "backup_failed", error = %e, "scheduled backup failed");
@@ -300,6 +319,134 @@ impl Scheduler {
 }
 
 impl Scheduler {
+    /// Copy the backup `file` (written at `at_us`, `size` bytes) to every off-site target, in
+    /// the blocking pool; each attempt is logged and counted, a target whose every attempt
+    /// failed is recorded and alerted. The local file stays in any case.
+    async fn copy_offsite(&self, file: &Path, at_us: i64, size: u64) {
+        use carevault_server::metrics::OffsiteOutcome;
+        if self.offsite.is_empty() {
+            return;
+        }
+        let (offsite, keep, path) = (
+            self.offsite.clone(),
+            self.plan.keep.clone(),
+            file.to_path_buf(),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Attempt>();
+        let copying = tokio::task::spawn_blocking(move || {
+            offsite.copy(&path, &keep, |a| {
+                let _ = tx.send(a);
+            });
+        });
+        let name = backup_name(at_us);
+        while let Some(a) = rx.recv().await {
+            match &a.result {
+                Ok(()) => {
+                    tracing::info!(event = "backup_offsite_copied", to = a.target, attempt = a.attempt, file = %name);
+                    self.stats.record_offsite(a.target, OffsiteOutcome::Copied);
+                    self.note(|s| {
+                        s.offsite.entry(a.target.to_owned()).or_default().last_copy =
+                            Some(Success {
+                                at_us,
+                                file: name.clone(),
+                                size,
+                                duration_secs: a.elapsed.as_secs_f64(),
+                                sha256: None,
+                            });
+                    });
+                }
+                Err(e) if a.attempt < crate::offsite::ATTEMPTS => {
+                    tracing::warn!(event = "backup_offsite_retry", to = a.target, attempt = a.attempt, error = %e);
+                    self.stats.record_offsite(a.target, OffsiteOutcome::Retried);
+                }
+                Err(e) => {
+                    tracing::error!(event = "backup_offsite_failed", to = a.target, attempts = a.attempt, error = %e, "off-site copy failed; the local backup is kept");
+                    self.stats.record_offsite(a.target, OffsiteOutcome::Failed);
+                    self.note(|s| {
+                        let t = s.offsite.entry(a.target.to_owned()).or_default();
+                        t.failures += 1;
+                        t.last_failure = Some(Failure {
+                            at_us,
+                            error: e.to_string(),
+                        });
+                    });
+                    self.alerts
+                        .raise(AlertInput::new(Rule::OffsiteFailed, "system", "local", 1));
+                }
+            }
+        }
+        let _ = copying.await;
+    }
+
+    /// None when scheduled verification is off or there is nothing to verify; else how long
+    /// until the newest backup is due for verification (zero: now).
+    fn verify_due(&self) -> Option<Duration> {
+        let every = self.plan.verify_every?;
+        list_backups(&self.plan.dir).ok()?.last()?;
+        let now = self.clock.now_us();
+        let every_us = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
+        let due_at = read_status(&self.plan.dir)
+            .last_verify
+            .map_or(now, |v| v.at_us.saturating_add(every_us));
+        Some(Duration::from_micros(
+            u64::try_from(due_at.saturating_sub(now)).unwrap_or(0),
+        ))
+    }
+
+    /// Verify the newest backup of the directory as far as this server can
+    /// ([`verify::verify_file`]); record, count, and alert a failure.
+    async fn verify_newest(&self) {
+        let Some((_, file)) = list_backups(&self.plan.dir)
+            .ok()
+            .and_then(|b| b.last().cloned())
+        else {
+            return;
+        };
+        let at_us = self.clock.now_us();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sha256 = read_status(&self.plan.dir)
+            .last_success
+            .filter(|l| l.file == name)
+            .and_then(|l| l.sha256);
+        let level = verify::level(&self.config, &self.enc);
+        let result = verify::verify_file(
+            &self.config,
+            &self.enc,
+            &file,
+            sha256.as_deref(),
+            self.clock.clone(),
+        )
+        .await;
+        match &result {
+            Ok(_) => {
+                tracing::info!(event = "backup_verified", file = %name, level = level.as_str());
+                self.stats.record_verify_success(at_us);
+            }
+            Err(e) => {
+                tracing::error!(event = "backup_verify_failed", file = %name, level = level.as_str(), error = %e, "scheduled verification of the newest backup failed");
+                self.stats.record_verify_failure(at_us);
+                self.alerts.raise(AlertInput::new(
+                    Rule::BackupVerifyFailed,
+                    "system",
+                    "local",
+                    1,
+                ));
+            }
+        }
+        self.note(|s| {
+            s.last_verify = Some(Verification {
+                at_us,
+                file: name,
+                level: level.as_str().to_owned(),
+                passed: result.is_ok(),
+                error: result.as_ref().err().map(ToString::to_string),
+            });
+        });
+    }
+
     /// Count, record and alert a failure.
     fn failed(&self, at_us: i64, error: &BackupError) {
         self.stats.record_failure();
@@ -361,7 +508,29 @@ pub fn status_report(
         "next_run": fhir_instant(next),
         "backups": backups.len(),
         "newest": backups.last().and_then(|(_, p)| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
-        "last_verify": serde_json::Value::Null,
+        "verify_schedule": plan.verify_every.map(humanize),
+        "last_verify": status.last_verify.as_ref().map(|v| serde_json::json!({
+            "at": fhir_instant(v.at_us),
+            "file": v.file,
+            "level": v.level,
+            "passed": v.passed,
+            "error": v.error,
+        })),
+        "offsite": plan.offsite.iter().map(|t| {
+            let s = status.offsite.get(t.label()).cloned().unwrap_or_default();
+            serde_json::json!({
+                "target": t.label(),
+                "last_copy": s.last_copy.as_ref().map(|c| serde_json::json!({
+                    "at": fhir_instant(c.at_us),
+                    "file": c.file,
+                })),
+                "last_failure": s.last_failure.as_ref().map(|f| serde_json::json!({
+                    "at": fhir_instant(f.at_us),
+                    "error": f.error,
+                })),
+                "failures": s.failures,
+            })
+        }).collect::<Vec<_>>(),
     }))
 }
 

@@ -247,5 +247,38 @@ fn print_status(s: &serde_json::Value) {
     println!("failures: {}", s["failures"].as_u64().unwrap_or(0));
     println!("next run: {}", text(&s["next_run"]));
     println!("backups kept: {}", s["backups"].as_u64().unwrap_or(0));
-    println!("last verification: {}", text(&s["last_verify"]));
+    for t in s["offsite"].as_array().into_iter().flatten() {
+        let copy = t["last_copy"].as_object().map_or_else(
+            || "none".to_owned(),
+            |c| format!("{} ({})", text(&c["at"]), text(&c["file"])),
+        );
+        println!(
+            "off-site {}: last copy {copy}, {} failed",
+            text(&t["target"]),
+            t["failures"].as_u64().unwrap_or(0)
+        );
+        if let Some(f) = t["last_failure"].as_object() {
+            println!("  last failure: {}: {}", text(&f["at"]), text(&f["error"]));
+        }
+    }
+    match s["last_verify"].as_object() {
+        Some(v) => println!(
+            "last verification: {} of {} ({}): {}",
+            text(&v["at"]),
+            text(&v["file"]),
+            text(&v["level"]),
+            if v["passed"].as_bool() == Some(true) {
+                "passed".to_owned()
+            } else {
+                format!("FAILED: {}", text(&v["error"]))
+            }
+        ),
+        None if s["verify_schedule"].is_null() => {
+            println!("last verification: none (backup.verify_schedule is not set)");
+        }
+        None => println!(
+            "last verification: none yet (every {})",
+            text(&s["verify_schedule"])
+        ),
+    }
 }

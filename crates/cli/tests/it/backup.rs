@@ -353,24 +353,23 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     }
 
     // A newer schema, and another environment's live directory.
-    let mut newer = manifest.clone();
-    newer["database"]["schema_version"] = serde_json::json!(9999);
-    let json = serde_json::to_vec(&newer).unwrap();
-    let mut bytes = plain[..MAGIC_LEN].to_vec();
-    bytes.extend_from_slice(&(json.len() as u64).to_be_bytes());
-    bytes.extend_from_slice(&json);
-    bytes.extend_from_slice(&plain[offsets[0].1..]);
     let newer_file = tmp.path().join("newer.cvbackup");
-    key.encrypt(&bytes, &newer_file);
+    with_manifest(&key, &plain, &newer_file, |m| {
+        m["database"]["schema_version"] = serde_json::json!(9999);
+    });
     refused(&newer_file, &right, &[], "newer CareVault (schema 9999");
     let other = tmp.path().join("other-env");
     std::fs::create_dir_all(other.join("keys")).unwrap();
     std::fs::write(
         other.join("environment.json"),
-        r#"{"environment_id":"env-someone-else"}"#,
+        r#"{"environment_id":"env-someone-else","created_at":"2026-01-01T00:00:00Z"}"#,
     )
     .unwrap();
-    std::fs::write(other.join("keys/keyring.json"), r#"{"shredded":[]}"#).unwrap();
+    std::fs::write(
+        other.join("keys/keyring.json"),
+        r#"{"versions":[],"min_decrypt_version":1,"shredded":[]}"#,
+    )
+    .unwrap();
     refused(
         &file,
         &right,
@@ -424,4 +423,93 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     }
     let ok = run(&srv, &args, &[]);
     assert!(ok.status.success(), "{}", output_text(&ok));
+}
+
+/// `plain` (a decrypted backup) with its manifest changed by `change`, re-encrypted to `key`.
+fn with_manifest(
+    key: &AgeKey,
+    plain: &[u8],
+    out: &Path,
+    change: impl FnOnce(&mut serde_json::Value),
+) {
+    let (mut manifest, offsets) = parts(plain);
+    change(&mut manifest);
+    let json = serde_json::to_vec(&manifest).unwrap();
+    let mut bytes = plain[..MAGIC_LEN].to_vec();
+    bytes.extend_from_slice(&(json.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(&json);
+    bytes.extend_from_slice(&plain[offsets[0].1..]);
+    key.encrypt(&bytes, out);
+}
+
+#[test]
+fn a_failed_postgresql_restore_leaves_the_target_database_empty() {
+    let srv = server();
+    if !srv.is_postgres() {
+        return; // A SQLite restore is staged beside the target and renamed only when checked.
+    }
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.undo", &["clinician"], Some("org-a"));
+    assert_eq!(
+        clin.api
+            .post_fhir("/fhir/Patient", &patient("Undo", "Una"))
+            .status,
+        201
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let key = AgeKey::new(tmp.path(), "backup.agekey");
+    let file = tmp.path().join("good.cvbackup");
+    create(&srv, &file, &["--recipient", &key.recipient()]);
+    // Every part matches its hash, but the manifest claims one resource version more than the
+    // dump holds: found only after pg_restore has committed.
+    let altered = tmp.path().join("count.cvbackup");
+    with_manifest(&key, &key.decrypt(&file), &altered, |m| {
+        let n = m["database"]["versions"].as_u64().unwrap();
+        m["database"]["versions"] = serde_json::json!(n + 1);
+    });
+    let relations = "SELECT COUNT(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg_toast%' AND c.relkind IN ('r', 'v', 'm', 'S')";
+    let target = TestDatabase::create();
+    let data = tmp.path().join("restored");
+    let args = restore_args(&altered, &key, &data);
+    let out = run(
+        &srv,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("CAREVAULT_DATABASE_URL", target.url.as_str())],
+    );
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("differs from the manifest"), "{text}");
+    assert_eq!(
+        target.sql(relations).trim(),
+        "0",
+        "the failed restore left tables"
+    );
+    assert!(!data.exists());
+
+    // The same database then takes the good backup.
+    let args = restore_args(&file, &key, &data);
+    let out = run(
+        &srv,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("CAREVAULT_DATABASE_URL", target.url.as_str())],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // A database with a table of its own, in another schema, is not a target: refused, kept.
+    let occupied = TestDatabase::create();
+    occupied.sql("CREATE SCHEMA theirs; CREATE TABLE theirs.keep (x int); INSERT INTO theirs.keep VALUES (7)");
+    let data2 = tmp.path().join("restored2");
+    let args = restore_args(&file, &key, &data2);
+    let out = run(
+        &srv,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("CAREVAULT_DATABASE_URL", occupied.url.as_str())],
+    );
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("is not empty"), "{text}");
+    assert_eq!(occupied.sql("SELECT x FROM theirs.keep").trim(), "7");
+    assert_eq!(occupied.sql(relations).trim(), "1");
 }

@@ -9,7 +9,7 @@ use carevault_testkit::{TestDatabase, TestServer, output_text, wait_for};
 use crate::backup::AgeKey;
 use crate::{bin, patient};
 
-fn backups(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn backups(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();

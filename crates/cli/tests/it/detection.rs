@@ -18,7 +18,7 @@ const PROBES: &str = include_str!("fixtures/injection-probes.txt");
 const CANARY: &str = "QZXCANARY4417";
 
 /// The alerts the auditor reads: (rule, principal, DetectedIssue).
-fn alerts(auditor: &Api) -> Vec<(String, String, Value)> {
+pub(crate) fn alerts(auditor: &Api) -> Vec<(String, String, Value)> {
     let reply = auditor.get("/alerts?_count=1000");
     assert_eq!(reply.status, 200, "{}", reply.text());
     reply.json()["entry"]

@@ -8,6 +8,7 @@ mod alert_actions;
 mod audit;
 mod authz;
 mod backup;
+mod backup_offsite;
 mod backup_schedule;
 mod bundle;
 mod canary;

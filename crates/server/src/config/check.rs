@@ -209,6 +209,13 @@ fn path_problems(config: &Config, table: &toml::Table) -> Vec<ConfigError> {
     {
         secrets.push(("backup.passphrase_file", path));
     }
+    for target in config.backup.iter().flat_map(|b| &b.offsite) {
+        if let crate::config::OffsiteTarget::S3(s3) = target
+            && let Some(path) = &s3.credentials_file
+        {
+            secrets.push(("backup.s3_credentials_file", path));
+        }
+    }
     for (key, path) in secrets {
         if let Some(problem) = missing(path).or_else(|| mode_problem(path, 0o600)) {
             found.push(ConfigError::new(key, problem));

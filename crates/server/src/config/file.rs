@@ -136,6 +136,20 @@ pub struct BackupSection {
     pub recipients: Option<String>,
     /// Or a file whose first line is the passphrase the backups are encrypted under.
     pub passphrase_file: Option<PathBuf>,
+    /// How often the newest backup is verified in the background: `7d`.
+    pub verify_schedule: Option<String>,
+    /// An off-site directory (a mounted NAS, say) each scheduled backup is copied to.
+    pub offsite_dir: Option<PathBuf>,
+    /// An S3-compatible object store each scheduled backup is copied to: its endpoint URL,
+    pub s3_endpoint: Option<String>,
+    /// bucket,
+    pub s3_bucket: Option<String>,
+    /// region (`us-east-1` unless set),
+    pub s3_region: Option<String>,
+    /// key prefix (`carevault/`),
+    pub s3_prefix: Option<String>,
+    /// and the file (mode 0600) holding the access key id and secret; never the keys themselves.
+    pub s3_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +286,13 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("backup.keep", Kind::Str),
     ("backup.recipients", Kind::Str),
     ("backup.passphrase_file", Kind::Str),
+    ("backup.verify_schedule", Kind::Str),
+    ("backup.offsite_dir", Kind::Str),
+    ("backup.s3_endpoint", Kind::Str),
+    ("backup.s3_bucket", Kind::Str),
+    ("backup.s3_region", Kind::Str),
+    ("backup.s3_prefix", Kind::Str),
+    ("backup.s3_credentials_file", Kind::Str),
     ("detection.enabled", Kind::Bool),
     ("detection.window_secs", Kind::Int),
     ("detection.dedup_secs", Kind::Int),
@@ -339,7 +360,7 @@ impl FileConfig {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let (mut table, _) = read_table(path)?;
-        if let Some(problem) = password_in_url(&table) {
+        if let Some(problem) = password_in_url(&table).or_else(|| s3_secret_in_file(&table)) {
             return Err(problem);
         }
         if let Some(problem) = take_mistyped(&mut table).into_iter().next() {
@@ -393,6 +414,33 @@ pub(super) fn password_in_url(table: &toml::Table) -> Option<ConfigError> {
              whole URL in CAREVAULT_DATABASE_URL",
         )
     })
+}
+
+/// An S3 secret in the file's `[backup]` section (refused, naming where it belongs): an access
+/// key under a key of its own, or user information in `backup.s3_endpoint`. The value is never
+/// echoed.
+pub(super) fn s3_secret_in_file(table: &toml::Table) -> Option<ConfigError> {
+    let backup = table.get("backup")?.as_table()?;
+    let secret_key = backup.keys().find(|k| {
+        let k = k.to_ascii_lowercase();
+        k.contains("secret") || k.contains("access_key") || k.contains("session_token")
+    });
+    let endpoint_user = backup
+        .get("s3_endpoint")
+        .and_then(|v| v.as_str())
+        .and_then(|u| url::Url::parse(u).ok())
+        .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
+    let key = match (secret_key, endpoint_user) {
+        (Some(k), _) => format!("backup.{k}"),
+        (None, true) => "backup.s3_endpoint".to_owned(),
+        (None, false) => return None,
+    };
+    Some(ConfigError::new(
+        key,
+        "holds an S3 credential; secrets never go in the configuration file: put the access key \
+         id and secret in the file named by backup.s3_credentials_file (mode 0600) or in \
+         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    ))
 }
 
 /// Remove from `table` every unknown key and every value of the wrong type, returning one

@@ -13,7 +13,9 @@ mod public_url;
 #[cfg(test)]
 mod tests;
 
-pub use backup::{BackupSchedule, DEFAULT_KEEP, Keep, Period, parse_interval};
+pub use backup::{
+    BackupSchedule, DEFAULT_KEEP, Keep, OffsiteTarget, Period, S3Target, parse_interval,
+};
 pub use check::{Checked, Problem, check};
 pub use detection::DetectionConfig;
 pub use file::{

@@ -445,3 +445,18 @@ fn backup_keys_are_checked_naming_the_key() {
     let e = load(&[("CAREVAULT_BACKUP_KEEP", "3 last")]).unwrap_err();
     assert_eq!(e.key, "backup.keep");
 }
+
+#[test]
+fn an_s3_secret_in_the_file_is_refused_without_echoing_it() {
+    for text in [
+        "[backup]\ns3_secret_access_key = \"CANARY-S3-SECRET\"\n",
+        "[backup]\naws_access_key_id = \"CANARY-S3-SECRET\"\n",
+    ] {
+        let table: toml::Table = text.parse().unwrap();
+        let e = super::file::s3_secret_in_file(&table).unwrap();
+        assert!(e.key.starts_with("backup."), "{e}");
+        assert!(!e.to_string().contains("CANARY"), "{e}");
+    }
+    let table: toml::Table = "[backup]\ns3_bucket = \"b\"\n".parse().unwrap();
+    assert!(super::file::s3_secret_in_file(&table).is_none());
+}

@@ -93,6 +93,10 @@ rules! {
     BackupFailed => ("operational.backup-failed", High),
     /// The server's periodic posture run found failed checks (`carevault doctor` names them).
     PostureFailed => ("operational.posture-failed", Medium),
+    /// A scheduled backup could not be copied to an off-site target (after retries).
+    OffsiteFailed => ("operational.offsite-failed", High),
+    /// The scheduled verification of the newest backup failed.
+    BackupVerifyFailed => ("operational.backup-verify-failed", High),
 }
 
 impl Rule {

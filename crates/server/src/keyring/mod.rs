@@ -28,11 +28,11 @@ use carevault_crypto::{DataKeyCache, KeyProvider};
 use carevault_store::Store;
 
 use crate::clock::SharedClock;
-use state::KeyringFile;
 
 pub use data_keys::NewDataKeys;
 pub use data_rotation::ROTATED_COMPARTMENT_PREFIX;
 pub use shred::ShredRecord;
+pub use state::{KekVersionMeta, KeyringFile};
 pub use status::{DataRotationStatus, KekVersionStatus, KeyStatus};
 
 pub const ENVIRONMENT_COMPARTMENT: &str = crate::compartment::ENVIRONMENT;

@@ -11,22 +11,23 @@ use crate::error::{Error, Result};
 
 const STATE_FILE: &str = "keyring.json";
 
-/// `keys/keyring.json`.
+/// `keys/keyring.json`. Public so that the backups read and merge it through this one type
+/// (a change of the file is a change of this struct, which they see at compile time).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct KeyringFile {
-    pub(super) versions: Vec<KekVersionMeta>,
+pub struct KeyringFile {
+    pub versions: Vec<KekVersionMeta>,
     /// Unwrapping under an older KEK version is refused.
-    pub(super) min_decrypt_version: u32,
-    pub(super) shredded: Vec<ShredRecord>,
+    pub min_decrypt_version: u32,
+    pub shredded: Vec<ShredRecord>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct KekVersionMeta {
-    pub(super) version: u32,
-    pub(super) created_at_us: i64,
-    pub(super) destroyed_at_us: Option<i64>,
+pub struct KekVersionMeta {
+    pub version: u32,
+    pub created_at_us: i64,
+    pub destroyed_at_us: Option<i64>,
 }
 
 impl Keyring {

@@ -21,7 +21,7 @@ use std::fmt::Write;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-pub use backup::BackupStats;
+pub use backup::{BackupStats, OFFSITE_TARGETS, OffsiteOutcome};
 pub use carevault_store::stats::{Histogram, HistogramSnapshot, LATENCY_BUCKETS, StoreStats};
 pub use connections::{Cap, ConnectionMetrics, Timeout};
 pub use process::process_text;

@@ -10,6 +10,12 @@ use crate::snapshot::{
     SnapshotFacts, hex,
 };
 
+/// The relations (`pg_class c`) that live in a schema of the user's, not PostgreSQL's.
+const USER_RELATIONS: &str = "JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+     AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')";
+
 impl PostgresStore {
     /// Connect without migrating or checking the schema (a restore's target, which must be
     /// empty).
@@ -17,17 +23,38 @@ impl PostgresStore {
         Self::open(options)
     }
 
-    /// Tables in the connection's schema (0: an empty database a restore may fill).
-    pub async fn table_count(&self) -> Result<i64, StoreError> {
+    /// Relations (tables, views, sequences, foreign tables) in any schema but PostgreSQL's
+    /// own: a restore writes only to a database where this is 0, so that undoing a failed
+    /// restore ([`Self::drop_restored_relations`]) drops nothing that was there before.
+    pub async fn relation_count(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()",
-                &[],
-            )
-            .await
-            .map_err(|e| map_err(&e))?;
+        let sql = format!("SELECT COUNT(*) FROM pg_class c {USER_RELATIONS}");
+        let row = client.query_one(&sql, &[]).await.map_err(|e| map_err(&e))?;
         Ok(row.get(0))
+    }
+
+    /// Drop every relation outside PostgreSQL's own schemas, in one transaction: undoes a
+    /// restore that failed its checks on a database that held none
+    /// ([`Self::relation_count`] was 0 before it).
+    pub async fn drop_restored_relations(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "DO $$ DECLARE r record; BEGIN
+               FOR r IN SELECT n.nspname AS s, c.relname AS t, c.relkind AS k
+                        FROM pg_class c {USER_RELATIONS} AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                        ORDER BY c.relkind DESC LOOP
+                 EXECUTE format(CASE r.k WHEN 'v' THEN 'DROP VIEW IF EXISTS %I.%I CASCADE'
+                                         WHEN 'm' THEN 'DROP MATERIALIZED VIEW IF EXISTS %I.%I CASCADE'
+                                         WHEN 'f' THEN 'DROP FOREIGN TABLE IF EXISTS %I.%I CASCADE'
+                                         ELSE 'DROP TABLE IF EXISTS %I.%I CASCADE' END, r.s, r.t);
+               END LOOP;
+               FOR r IN SELECT n.nspname AS s, c.relname AS t FROM pg_class c {USER_RELATIONS}
+                        AND c.relkind = 'S' LOOP
+                 EXECUTE format('DROP SEQUENCE IF EXISTS %I.%I CASCADE', r.s, r.t);
+               END LOOP;
+             END $$"
+        );
+        client.batch_execute(&sql).await.map_err(|e| map_err(&e))
     }
 
     /// Open one read-only `REPEATABLE READ` transaction, read its facts, and run `dump` with
