@@ -79,6 +79,8 @@ pub struct Detection {
     not_found: Windows,
     totp_failures: Windows,
     hours: hours::HourBaselines,
+    /// `detection.unusual_hours_learning_days` in µs, computed once.
+    hours_learning_us: i64,
     /// API keys to revoke after bulk access (`detection.revoke_key_on_bulk`), taken by
     /// [`Detection::take_revocations`].
     revocations: response::Revocations,
@@ -91,6 +93,12 @@ impl Detection {
         let window =
             i64::try_from(config.window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         let windows = || Windows::new(window, TRACKED_KEYS);
+        let hours_learning_us = i64::try_from(
+            config
+                .unusual_hours_learning_days
+                .saturating_mul(86_400_000_000),
+        )
+        .unwrap_or(i64::MAX);
         Self {
             alerts: Arc::new(Alerts::new(audit, clock.clone(), config.dedup_secs)),
             config,
@@ -103,6 +111,7 @@ impl Detection {
             not_found: windows(),
             totp_failures: windows(),
             hours: hours::HourBaselines::new(TRACKED_KEYS),
+            hours_learning_us,
             revocations: response::Revocations::default(),
             blocked: response::Blocklist::default(),
         }
@@ -313,8 +322,7 @@ impl Detection {
                 facts.principal,
                 now,
                 c.unusual_hours_min_requests,
-                i64::try_from(c.unusual_hours_learning_days.saturating_mul(86_400_000_000))
-                    .unwrap_or(i64::MAX),
+                self.hours_learning_us,
             )
         {
             raise(Rule::UnusualHours, n);

@@ -232,35 +232,32 @@ async fn the_queue_is_bounded_and_drops_are_counted() {
     );
 }
 
+/// `n` failed logins naming `account`; `target` and `second_factor_failed` as the login
+/// reports them.
+fn failed_logins(d: &Detection, n: u64, account: &str, target: Option<&str>, totp_wrong: bool) {
+    for _ in 0..n {
+        let mut fa = facts("anonymous", AuditAction::Login, 401);
+        fa.account_digest = Some(account);
+        fa.target_principal = target;
+        fa.second_factor_failed = totp_wrong;
+        d.observe(&fa, None);
+    }
+}
+
 #[tokio::test]
 async fn totp_guessing_needs_the_right_password_and_names_the_account() {
     let config = DetectionConfig::default();
     let f = fixture(config.clone()).await;
     let d = &f.detection;
+    let n = config.failed_totp_per_account;
     // Wrong passwords alone are not TOTP guessing.
-    for _ in 0..config.failed_totp_per_account {
-        let mut fa = facts("anonymous", AuditAction::Login, 401);
-        fa.account_digest = Some("acct-a");
-        d.observe(&fa, None);
-    }
+    failed_logins(d, n, "acct-a", None, false);
     assert_eq!(raised(d, Rule::TotpGuessing), 0);
-    for _ in 0..config.failed_totp_per_account {
-        let mut fa = facts("anonymous", AuditAction::Login, 401);
-        fa.account_digest = Some("acct-a");
-        fa.target_principal = Some("user-a");
-        fa.second_factor_failed = true;
-        d.observe(&fa, None);
-    }
+    failed_logins(d, n, "acct-a", Some("user-a"), true);
     assert_eq!(raised(d, Rule::TotpGuessing), 1);
     // A second account's guessing is its own alert (de-duplicated per account, not per
     // `anonymous`).
-    for _ in 0..config.failed_totp_per_account {
-        let mut fa = facts("anonymous", AuditAction::Login, 401);
-        fa.account_digest = Some("acct-b");
-        fa.target_principal = Some("user-b");
-        fa.second_factor_failed = true;
-        d.observe(&fa, None);
-    }
+    failed_logins(d, n, "acct-b", Some("user-b"), true);
     assert_eq!(raised(d, Rule::TotpGuessing), 2);
     let writer = d.alerts.spawn_writer().unwrap();
     let alerts = wait_for_alerts(&f, 2).await;
