@@ -9,9 +9,9 @@
 //! [`HALVE_AT`], every hour's count is halved. The baseline lives in memory, so after a restart
 //! it is learned again before it alerts (a restart can cost alerts, never cause false ones).
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::Mutex;
+
+use super::window::PreHashedMap;
 
 const HOUR_US: i64 = 3_600_000_000;
 /// Requests at which a baseline's counts are halved.
@@ -28,22 +28,23 @@ struct Baseline {
 
 pub struct HourBaselines {
     capacity: usize,
+    #[cfg(test)]
     hasher: std::collections::hash_map::RandomState,
-    baselines: Mutex<HashMap<u64, Baseline>>,
+    baselines: Mutex<PreHashedMap<Baseline>>,
 }
 
 impl HourBaselines {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            #[cfg(test)]
             hasher: Default::default(),
-            baselines: Mutex::new(HashMap::new()),
+            baselines: Mutex::new(PreHashedMap::default()),
         }
     }
 
-    /// Count a request of `principal` at `now_us`. `Some(requests)` when the principal's
-    /// baseline is learned (watched `learning_us`, at least `min_requests` requests) and this
-    /// hour with its neighbours held only `requests` of them, under 0.5%.
+    /// `observe_key` with the principal hashed here (for tests).
+    #[cfg(test)]
     pub fn observe(
         &self,
         principal: &str,
@@ -51,7 +52,21 @@ impl HourBaselines {
         min_requests: u64,
         learning_us: i64,
     ) -> Option<u64> {
-        let key = self.hasher.hash_one(principal);
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, principal);
+        self.observe_key(key, now_us, min_requests, learning_us)
+    }
+
+    /// Count a request of the principal whose keyed hash is `key` at `now_us` (the map does
+    /// not hash its keys again). `Some(requests)` when the principal's baseline is learned
+    /// (watched `learning_us`, at least `min_requests` requests) and this hour with its
+    /// neighbours held only `requests` of them, under 0.5%.
+    pub fn observe_key(
+        &self,
+        key: u64,
+        now_us: i64,
+        min_requests: u64,
+        learning_us: i64,
+    ) -> Option<u64> {
         let hour = usize::try_from(now_us.div_euclid(HOUR_US).rem_euclid(24)).unwrap_or(0);
         let mut baselines = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
         if !baselines.contains_key(&key) && baselines.len() >= self.capacity {

@@ -4,14 +4,18 @@
 //!
 //! Cheap first: a value without any of a few trigger bytes (quote, `<`, `;`, `(`, `.`, `:`,
 //! `%`, `\`, `/`, `#`, `-`, `=`, `@`) is clean after one pass over its bytes, with no allocation;
-//! only a value that has one is lowered once and searched for a fixed set of needles (`memchr`'s
-//! substring search). No regular expressions.
+//! only a value that has one is searched for a fixed set of needles in one pass (an Aho-Corasick
+//! automaton, ASCII case-insensitive), then lowered once for the few SQL shapes that need
+//! parsing (`UNION SELECT`, stacked queries, tautologies). No regular expressions.
 //!
 //! Why not a detector crate: `libinjection` (FFI) fails to build offline, and its pure-Rust port
 //! `libinjectionrs` 0.1.1 covers SQL and XSS only (no traversal or SSRF) and is a first release;
 //! the needles here are tested against the project's sqlmap-style fixture list and benign FHIR
 //! values (`tests` below and `crates/cli/tests/it/fixtures/injection-probes.txt`).
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
 use memchr::memmem;
 
 /// What a probe looked like.
@@ -111,26 +115,71 @@ pub fn scan(value: &[u8]) -> Option<Probe> {
     if !has_trigger(value) {
         return None;
     }
+    if let Some(probe) = needle_probe(value) {
+        return Some(probe);
+    }
     let lower = value.to_ascii_lowercase();
-    let has = |needle: &str| memmem::find(&lower, needle.as_bytes()).is_some();
-    if TRAVERSAL_NEEDLES.iter().any(|n| has(n)) {
-        return Some(Probe::PathTraversal);
-    }
-    if SCRIPT_NEEDLES.iter().any(|n| has(n)) {
-        return Some(Probe::Script);
-    }
-    if SQL_NEEDLES.iter().any(|n| has(n))
-        || union_select(&lower)
-        || stacked_query(&lower)
-        || tautology(&lower)
-        || quote_comment(&lower)
-    {
+    if union_select(&lower) || stacked_query(&lower) || tautology(&lower) || quote_comment(&lower) {
         return Some(Probe::Sql);
     }
     if ssrf(&lower) {
         return Some(Probe::Ssrf);
     }
     None
+}
+
+/// Every fixed needle in one automaton, ASCII case-insensitive, each with the probe it means:
+/// one pass over the value instead of one per needle, and no lowered copy when a needle hits.
+static NEEDLES: LazyLock<Option<(AhoCorasick, Vec<Probe>)>> = LazyLock::new(|| {
+    let kinds: Vec<(&str, Probe)> = TRAVERSAL_NEEDLES
+        .iter()
+        .map(|n| (*n, Probe::PathTraversal))
+        .chain(SCRIPT_NEEDLES.iter().map(|n| (*n, Probe::Script)))
+        .chain(SQL_NEEDLES.iter().map(|n| (*n, Probe::Sql)))
+        .collect();
+    let automaton = AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(kinds.iter().map(|(n, _)| n))
+        .ok()?;
+    Some((automaton, kinds.into_iter().map(|(_, p)| p).collect()))
+});
+
+/// The probe a fixed needle in `value` means; where several match, traversal before script
+/// before SQL (the order in which `scan` reports them).
+fn needle_probe(value: &[u8]) -> Option<Probe> {
+    let rank = |p: Probe| match p {
+        Probe::PathTraversal => 0,
+        Probe::Script => 1,
+        Probe::Sql | Probe::Ssrf => 2,
+    };
+    let Some((automaton, kinds)) = NEEDLES.as_ref() else {
+        // The automaton is built from constants and cannot fail; should it, search one by one.
+        return needle_probe_one_by_one(value);
+    };
+    let mut found: Option<Probe> = None;
+    for m in automaton.find_overlapping_iter(value) {
+        let probe = kinds[m.pattern().as_usize()];
+        if probe == Probe::PathTraversal {
+            return Some(probe);
+        }
+        if found.is_none_or(|f| rank(probe) < rank(f)) {
+            found = Some(probe);
+        }
+    }
+    found
+}
+
+/// [`needle_probe`] one needle at a time over a lowered copy.
+fn needle_probe_one_by_one(value: &[u8]) -> Option<Probe> {
+    let lower = value.to_ascii_lowercase();
+    let has = |needle: &&str| memmem::find(&lower, needle.as_bytes()).is_some();
+    [
+        (TRAVERSAL_NEEDLES, Probe::PathTraversal),
+        (SCRIPT_NEEDLES, Probe::Script),
+        (SQL_NEEDLES, Probe::Sql),
+    ]
+    .into_iter()
+    .find_map(|(needles, probe)| needles.iter().any(has).then_some(probe))
 }
 
 fn is_word(b: u8) -> bool {
@@ -344,6 +393,32 @@ mod tests {
         assert_eq!(scan(b"https://user@10.0.0.5:8080/x"), Some(Probe::Ssrf));
         assert_eq!(scan(b"http://172.20.1.1/"), Some(Probe::Ssrf));
         assert_eq!(scan(b"xyzhttp://127.0.0.1/"), Some(Probe::Ssrf));
+    }
+
+    #[test]
+    fn the_automaton_finds_what_one_by_one_search_finds() {
+        assert!(NEEDLES.is_some(), "the needle automaton builds");
+        let mixed = [
+            "<SCRIPT>../etc",
+            "x<script>pg_sleep(5)",
+            "PG_SLEEP(5)",
+            "InFoRmAtIoN_ScHeMa",
+            "..%2F..%2Fetc",
+            "javascript:alert(1) UNION",
+            "pain and swelling",
+            "",
+        ];
+        let fixtures = PROBES.lines().filter(|l| !l.starts_with('#'));
+        for v in fixtures.chain(mixed) {
+            assert_eq!(
+                needle_probe(v.as_bytes()),
+                needle_probe_one_by_one(v.as_bytes()),
+                "{v}"
+            );
+        }
+        assert_eq!(needle_probe(b"<SCRIPT>../etc"), Some(Probe::PathTraversal));
+        assert_eq!(needle_probe(b"x<script>pg_sleep(5)"), Some(Probe::Script));
+        assert_eq!(needle_probe(b"PG_SLEEP(5)"), Some(Probe::Sql));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod syslog;
 pub mod webhook;
 pub mod window;
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 pub use alerts::{Alert, AlertInput, AlertWriter, Alerts, QUEUE_CAPACITY};
@@ -70,6 +71,8 @@ pub struct RequestFacts<'a> {
 pub struct Detection {
     config: DetectionConfig,
     clock: SharedClock,
+    /// One keyed hash for every rule's keys and items, so a request's principal is hashed once.
+    keys: std::collections::hash_map::RandomState,
     pub alerts: Arc<Alerts>,
     failed_logins: Windows,
     stuffing: Windows,
@@ -103,6 +106,7 @@ impl Detection {
             alerts: Arc::new(Alerts::new(audit, clock.clone(), config.dedup_secs)),
             config,
             clock,
+            keys: Default::default(),
             failed_logins: windows(),
             stuffing: windows(),
             enrollments: windows(),
@@ -216,6 +220,7 @@ impl Detection {
         }
         let now = self.clock.now_us();
         let c = &self.config;
+        let principal = self.key(facts.principal);
         let raise_for = |rule: Rule, principal: &str, count: u64| {
             self.alerts
                 .raise(AlertInput::new(rule, principal, facts.client_ip, count));
@@ -229,12 +234,12 @@ impl Detection {
         let failed = (400..500).contains(&facts.status);
         match facts.action {
             AuditAction::Login if failed => {
-                let ip = self.stuffing.hash(facts.client_ip);
+                let ip = self.key(facts.client_ip);
                 // Alerts about one account name it (when it exists), so that the
                 // de-duplication per principal keeps two accounts' alerts apart.
                 let target = facts.target_principal.unwrap_or(facts.principal);
                 if let Some(account) = facts.account_digest {
-                    let key = self.failed_logins.hash(account);
+                    let key = self.key(account);
                     if let Some(n) = self
                         .failed_logins
                         .count(key, now, c.failed_logins_per_account)
@@ -242,15 +247,13 @@ impl Detection {
                         raise_for(Rule::FailedLogins, target, n);
                     }
                     if facts.second_factor_failed
-                        && let Some(n) = self.totp_failures.count(
-                            self.totp_failures.hash(account),
-                            now,
-                            c.failed_totp_per_account,
-                        )
+                        && let Some(n) =
+                            self.totp_failures
+                                .count(key, now, c.failed_totp_per_account)
                     {
                         raise_for(Rule::TotpGuessing, target, n);
                     }
-                    let item = self.stuffing.hash(account);
+                    let item = key;
                     if let Some(n) =
                         self.stuffing
                             .distinct(ip, item, now, c.stuffing_accounts_per_ip)
@@ -261,7 +264,7 @@ impl Detection {
                 }
             }
             AuditAction::EnrollStart | AuditAction::EnrollFinish if failed => {
-                let key = self.enrollments.hash(facts.client_ip);
+                let key = self.key(facts.client_ip);
                 if let Some(n) = self
                     .enrollments
                     .count(key, now, c.failed_enrollments_per_ip)
@@ -275,7 +278,7 @@ impl Detection {
             | AuditAction::SearchTypePost
             | AuditAction::SearchCompartment
             | AuditAction::Everything => {
-                let key = self.searches.hash(facts.principal);
+                let key = principal;
                 if let Some(n) = self.searches.count(key, now, c.searches_per_window) {
                     raise(Rule::SearchStorm, n);
                 }
@@ -288,23 +291,20 @@ impl Detection {
             } else {
                 facts.principal
             };
-            let key = self.not_found.hash(who);
+            let key = self.key(who);
             if let Some(n) = self.not_found.count(key, now, c.not_found_per_window) {
                 raise(Rule::Enumeration, n);
             }
         }
         if !facts.patients.is_empty() && reads(facts.action) {
-            let key = self.patients.hash(facts.principal);
-            for p in facts.patients {
-                let item = self.patients.hash(p);
-                if let Some(n) =
-                    self.patients
-                        .distinct(key, item, now, c.distinct_patients_per_window)
-                {
-                    raise(Rule::BulkPatients, n);
-                    if c.revoke_key_on_bulk {
-                        self.revocations.request(facts.principal);
-                    }
+            let items: Vec<u64> = facts.patients.iter().map(|p| self.key(p)).collect();
+            if let Some(n) =
+                self.patients
+                    .distinct_all(principal, &items, now, c.distinct_patients_per_window)
+            {
+                raise(Rule::BulkPatients, n);
+                if c.revoke_key_on_bulk {
+                    self.revocations.request(facts.principal);
                 }
             }
         }
@@ -318,8 +318,8 @@ impl Detection {
         }
         if c.unusual_hours_min_requests > 0
             && !matches!(facts.principal, "anonymous" | "system" | "local")
-            && let Some(n) = self.hours.observe(
-                facts.principal,
+            && let Some(n) = self.hours.observe_key(
+                principal,
                 now,
                 c.unusual_hours_min_requests,
                 self.hours_learning_us,
@@ -327,6 +327,10 @@ impl Detection {
         {
             raise(Rule::UnusualHours, n);
         }
+    }
+
+    fn key(&self, value: &str) -> u64 {
+        self.keys.hash_one(value)
     }
 
     /// The API keys bulk access should revoke, once: the server's responder task takes them

@@ -4,9 +4,33 @@
 //! and a new key that still finds no room is not tracked (counted in `untracked`).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The maps' keys are already keyed SipHash values (the key is random per process, so a client
+/// cannot aim at one bucket): hashing them again would only cost time on every request.
+#[derive(Default)]
+pub struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by values of a keyed hash.
+pub type PreHashedMap<V> = HashMap<u64, V, BuildHasherDefault<PreHashed>>;
 
 #[derive(Default)]
 struct Slot {
@@ -21,7 +45,7 @@ pub struct Windows {
     window_us: i64,
     capacity: usize,
     hasher: std::collections::hash_map::RandomState,
-    slots: Mutex<HashMap<u64, Slot>>,
+    slots: Mutex<PreHashedMap<Slot>>,
     untracked: AtomicU64,
 }
 
@@ -31,7 +55,7 @@ impl Windows {
             window_us: window_us.max(1),
             capacity: capacity.max(1),
             hasher: Default::default(),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(PreHashedMap::default()),
             untracked: AtomicU64::new(0),
         }
     }
@@ -52,10 +76,26 @@ impl Windows {
     /// Count one `item` for `key`; `Some(distinct)` the first time in a window the number of
     /// distinct items reaches `threshold`. At most `threshold` item hashes are kept.
     pub fn distinct(&self, key: u64, item: u64, now_us: i64, threshold: u64) -> Option<u64> {
+        self.distinct_all(key, &[item], now_us, threshold)
+    }
+
+    /// [`Windows::distinct`] for several items of one request, under one lock.
+    pub fn distinct_all(
+        &self,
+        key: u64,
+        items: &[u64],
+        now_us: i64,
+        threshold: u64,
+    ) -> Option<u64> {
         let cap = usize::try_from(threshold).unwrap_or(usize::MAX);
         self.update(key, now_us, threshold, |slot| {
-            if slot.distinct.len() < cap && !slot.distinct.contains(&item) {
-                slot.distinct.push(item);
+            for item in items {
+                if slot.distinct.len() >= cap {
+                    break;
+                }
+                if !slot.distinct.contains(item) {
+                    slot.distinct.push(*item);
+                }
             }
             slot.distinct.len() as u64
         })
