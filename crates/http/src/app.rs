@@ -85,6 +85,7 @@ impl Application {
             Arc::new(SearchIndex::open(&env.keyring).await?),
             clock.clone(),
             config.search_limits,
+            env.keyring.secret("deidentify").await?,
         );
 
         let tcp = TcpListener::bind(config.listen).await.map_err(|e| {

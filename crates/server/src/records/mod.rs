@@ -6,6 +6,7 @@
 mod access;
 mod compartments;
 mod conditional;
+mod deid;
 mod read;
 mod sealing;
 mod search;
@@ -133,6 +134,9 @@ pub struct Records {
     index: Arc<SearchIndex>,
     clock: SharedClock,
     search_limits: SearchLimits,
+    /// The environment's de-identification secret (keyring secret `deidentify`): keys the
+    /// pseudonyms of what developers read.
+    deid_secret: zeroize::Zeroizing<[u8; 32]>,
 }
 
 impl Records {
@@ -144,6 +148,7 @@ impl Records {
         index: Arc<SearchIndex>,
         clock: SharedClock,
         search_limits: SearchLimits,
+        deid_secret: zeroize::Zeroizing<[u8; 32]>,
     ) -> Self {
         Self {
             store,
@@ -153,6 +158,7 @@ impl Records {
             index,
             clock,
             search_limits,
+            deid_secret,
         }
     }
 }
