@@ -56,17 +56,17 @@ struct Canaries {
 }
 
 impl Canaries {
-    fn collect(&mut self, value: &Value, identifying: bool, key: &str) {
+    fn collect(&mut self, value: &Value, identifying: bool) {
         match value {
             Value::Object(map) => {
                 for (k, v) in map {
                     let ident = identifying
                         || IDENTIFYING.contains(&k.as_str())
                         || ["id", "fullUrl", "reference"].contains(&k.as_str());
-                    self.collect(v, ident, k);
+                    self.collect(v, ident);
                 }
             }
-            Value::Array(items) => items.iter().for_each(|v| self.collect(v, identifying, key)),
+            Value::Array(items) => items.iter().for_each(|v| self.collect(v, identifying)),
             Value::String(s) if identifying => {
                 let s = s.trim_start_matches("urn:uuid:");
                 self.values.insert(s.to_owned());
@@ -165,7 +165,7 @@ fn deidentify_and_check(inputs: &[Value]) -> usize {
     let validator = Validator::new().unwrap();
     let mut canaries = Canaries::default();
     for input in inputs {
-        canaries.collect(input, false, "");
+        canaries.collect(input, false);
     }
     canaries.settle();
     assert!(

@@ -138,11 +138,15 @@ impl Records {
     }
 
     fn cursor_key(&self) -> Result<DataKey> {
-        DataKey::from_bytes(&hmac_sha256(
-            self.deid_secret.as_slice(),
-            b"carevault-deid-cursor-key",
-        ))
-        .map_err(|_| Error::Internal("cursor key".into()))
+        DataKey::from_bytes(&hmac_sha256(self.secret()?, b"carevault-deid-cursor-key"))
+            .map_err(|_| Error::Internal("cursor key".into()))
+    }
+
+    /// The de-identification secret; without one, a developer's read fails (never unkeyed).
+    fn secret(&self) -> Result<&[u8; 32]> {
+        self.deid_secret
+            .as_deref()
+            .ok_or_else(|| Error::Internal("no de-identification secret".into()))
     }
 
     /// The transform under the environment's secret, ages counted to the current year.
@@ -151,7 +155,8 @@ impl Records {
             .get(..4)
             .and_then(|y| y.parse().ok())
             .ok_or_else(|| Error::Internal("clock year".into()))?;
-        Deidentifier::new(&self.deid_secret, DeidOptions::safe_harbor(year))
+        let secret = self.secret()?;
+        Deidentifier::new(secret, DeidOptions::safe_harbor(year))
             .map_err(|e| Error::Internal(format!("de-identification: {e}")))
     }
 }

@@ -135,8 +135,8 @@ pub struct Records {
     clock: SharedClock,
     search_limits: SearchLimits,
     /// The environment's de-identification secret (keyring secret `deidentify`): keys the
-    /// pseudonyms of what developers read.
-    deid_secret: zeroize::Zeroizing<[u8; 32]>,
+    /// pseudonyms of what developers read. Without it, their reads fail closed.
+    deid_secret: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 impl Records {
@@ -148,7 +148,6 @@ impl Records {
         index: Arc<SearchIndex>,
         clock: SharedClock,
         search_limits: SearchLimits,
-        deid_secret: zeroize::Zeroizing<[u8; 32]>,
     ) -> Self {
         Self {
             store,
@@ -158,7 +157,14 @@ impl Records {
             index,
             clock,
             search_limits,
-            deid_secret,
+            deid_secret: None,
         }
+    }
+
+    /// The secret that keys developers' de-identified view (see `records::deid`).
+    #[must_use]
+    pub fn with_deidentification_secret(mut self, secret: zeroize::Zeroizing<[u8; 32]>) -> Self {
+        self.deid_secret = Some(secret);
+        self
     }
 }
