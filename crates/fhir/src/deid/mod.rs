@@ -58,13 +58,13 @@
 //! | `date`, `dateTime` | the year only (`1984`); or shifted, see [`DateHandling`] |
 //! | `instant` (must stay a full timestamp) | `YYYY-01-01T00:00:00Z`; or shifted |
 //! | `birthDate` 90 or more years before `reference_year` | the year `reference_year - 90` |
-//! | `Age` over 89 years | 90 |
+//! | `Age` over 89 years | `>= 90` |
 //! | `time`, `string`, `markdown`, `xhtml`, `base64Binary`, `oid`, `uuid`, `url` | removed |
 //! | `uri`, `canonical` | removed, except `Coding.system`, `Quantity.system`, `Extension.url`, `Meta.profile` |
 //! | `id` | a resource's `id`: pseudonym; `Meta.versionId` kept; element ids removed |
 //! | `HumanName`, `ContactPoint` (phone, fax, email, url), `Identifier` (MRN, SSN, any), `Attachment` (photos, documents), `Annotation` (`note`), `Narrative` (`text`), `Signature`, `Device.udiCarrier` | removed |
 //! | `Address` | `state`, `country`, `use`, `type`, `period` kept; `postalCode` (US) to three digits, `000` for the restricted prefixes (`vendor/deid/`); all else removed |
-//! | `Coding` | `system`, `code`, `version`... codes only: `display` (free text) removed |
+//! | `Coding` | `system`, `code`, `userSelected`: `display` (free text) and `version` (a string) removed |
 //! | `CodeableConcept` | its codings; `text` removed |
 //! | `Quantity` | `value`, `comparator`, `system`, `code`; `unit` only where it equals `code` |
 //! | `Reference` | `reference` pseudonymized (`Type/id`, an absolute URL's id, `urn:uuid:`), `type` kept; `display`, `identifier`, contained (`#x`) and conditional references removed |
