@@ -15,6 +15,8 @@
 //!   CompartmentDefinition (vendored beside the schema, with the SearchParameter definitions its
 //!   parameters come from).
 //! * [`outcome`]: building `OperationOutcome` responses.
+//! * [`deid`]: de-identification by the HIPAA Safe Harbor method (names, addresses, dates,
+//!   identifiers, free text...), ids and references replaced by keyed pseudonyms.
 //!
 //! No error or issue produced by this crate echoes client input.
 //!
@@ -55,6 +57,7 @@
 
 pub mod bundle;
 mod compartment;
+pub mod deid;
 mod depth;
 mod error;
 pub mod outcome;

@@ -85,7 +85,8 @@ impl Application {
             Arc::new(SearchIndex::open(&env.keyring).await?),
             clock.clone(),
             config.search_limits,
-        );
+        )
+        .with_deidentification_secret(env.keyring.secret("deidentify").await?);
 
         let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
             Error::Unavailable(format!("cannot listen on {}: {}", config.listen, e.kind()))

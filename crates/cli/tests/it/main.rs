@@ -16,6 +16,7 @@ mod cli;
 mod compartments;
 mod conformance;
 mod connections;
+mod deid;
 mod deploy;
 mod detection;
 mod differential;

@@ -32,7 +32,7 @@ pub(super) struct Range {
     pub(super) hi: i64,
 }
 
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -42,7 +42,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -73,6 +73,17 @@ fn digits_at(bytes: &[u8], at: usize, n: usize) -> Option<i64> {
     slice.iter().try_fold(0i64, |acc, b| {
         b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
     })
+}
+
+impl Range {
+    /// Whether the range is one whole calendar year (UTC), as a `YYYY` value parses.
+    pub(crate) fn is_whole_year(&self) -> bool {
+        if self.lo.rem_euclid(US_PER_DAY) != 0 {
+            return false;
+        }
+        let (year, month, day) = civil_from_days(day_of(self.lo));
+        month == 1 && day == 1 && self.hi == days_from_civil(year + 1, 1, 1) * US_PER_DAY
+    }
 }
 
 fn day_range(first_day: i64, end_day: i64) -> Range {

@@ -82,7 +82,7 @@
 // through this module (no import cycle).
 mod candidates;
 mod controls;
-mod date;
+pub(crate) mod date;
 mod extract;
 mod index;
 mod matching;

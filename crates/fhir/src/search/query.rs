@@ -199,3 +199,34 @@ impl fmt::Debug for SearchError {
 pub(super) fn invalid(param: &'static str, reason: &'static str) -> SearchError {
     SearchError::Invalid { param, reason }
 }
+
+impl Clause {
+    /// Whether this clause could single a person out of de-identified data (see
+    /// [`crate::deid::search_refusal`]): a string parameter (names, addresses, free text), a
+    /// token on an identifier, phone or email or with `:text`, or a date finer than a year.
+    #[must_use]
+    pub fn could_identify(&self) -> bool {
+        use super::params::{Kind, ParamType};
+        match self.param.ptype {
+            ParamType::String => true,
+            ParamType::Token => {
+                self.modifier.as_deref() == Some("text")
+                    || self.param.paths.iter().any(|p| {
+                        matches!(
+                            p.kind,
+                            Kind::Identifier
+                                | Kind::Email
+                                | Kind::Phone
+                                | Kind::HumanName
+                                | Kind::Str
+                        )
+                    })
+            }
+            ParamType::Date => self.values.iter().any(|v| match &v.0 {
+                Sv::Date { range, .. } => !range.is_whole_year(),
+                _ => false,
+            }),
+            ParamType::Reference | ParamType::Quantity => false,
+        }
+    }
+}

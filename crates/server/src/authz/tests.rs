@@ -256,7 +256,25 @@ fn built_in_roles() {
     );
     let d = a.fhir(&clin, FhirAction::Read, &patient_in("org-a"), false);
     assert_eq!(d.policies, ["builtin.clinician.own-organization"]);
-    for role in [Role::Admin, Role::Auditor, Role::Developer, Role::Service] {
+    // A developer reads (de-identified by the records service) and never writes.
+    let dev = user(Role::Developer, None);
+    for action in [
+        FhirAction::Read,
+        FhirAction::Vread,
+        FhirAction::Search,
+        FhirAction::History,
+    ] {
+        let d = a.fhir(&dev, action, &patient_in("org-a"), false);
+        assert!(d.allowed, "developer {action:?}");
+        assert_eq!(d.policies, ["builtin.developer.deidentified-read"]);
+    }
+    for action in [FhirAction::Create, FhirAction::Update, FhirAction::Delete] {
+        assert!(
+            !a.fhir(&dev, action, &practitioner, false).allowed,
+            "developer {action:?}"
+        );
+    }
+    for role in [Role::Admin, Role::Auditor, Role::Service] {
         let p = user(role, Some("org-a"));
         assert!(
             !a.fhir(&p, FhirAction::Read, &patient_in("org-a"), false)
@@ -400,6 +418,19 @@ fn forbid_wins_and_invalid_policies_are_refused() {
     let d = a.fhir(&clin, FhirAction::Read, &restricted, false);
     assert!(!d.allowed);
     assert_eq!(d.policies, ["custom.no-restricted"]);
+    // A custom policy cannot let a developer write: the built-in forbid wins.
+    let lenient = authz_with(&[(
+        "developers-write",
+        r#"permit (principal in CareVault::Role::"developer", action, resource);"#,
+    )]);
+    let d = lenient.fhir(
+        &user(Role::Developer, None),
+        FhirAction::Create,
+        &patient_in("org-a"),
+        false,
+    );
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["builtin.developer.no-writes"]);
     assert!(
         a.fhir(&clin, FhirAction::Read, &patient_in("org-a"), false)
             .allowed

@@ -97,6 +97,13 @@ impl Principal {
         self.roles.contains(&role)
     }
 
+    /// Whether FHIR data reaches this principal only de-identified: a developer, or an API key
+    /// a developer minted.
+    pub fn sees_deidentified(&self) -> bool {
+        self.has_role(Role::Developer)
+            || matches!(&self.kind, PrincipalKind::ApiKey { owner: Some(owner), .. } if owner.sees_deidentified())
+    }
+
     pub fn auth_method(&self) -> &'static str {
         match self.kind {
             PrincipalKind::User => "session",

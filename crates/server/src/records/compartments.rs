@@ -102,7 +102,9 @@ impl Records {
         {
             return Err(Error::NotFound);
         }
-        let after = query.page.as_deref().map(decode_cursor).transpose()?;
+        self.note_deidentified(caller);
+        let page = self.opened_cursor(caller, query.page.as_deref())?;
+        let after = page.as_deref().map(decode_cursor).transpose()?;
         let after =
             after.map(|(keys, id)| (keys.into_iter().next().flatten().unwrap_or_default(), id));
         let mut entries = Vec::new();
@@ -140,7 +142,10 @@ impl Records {
         for v in &entries {
             caller.audit.add_patient(&v.compartment);
         }
-        Ok(EverythingPage { entries, next })
+        Ok(EverythingPage {
+            entries: self.released_all(caller, entries)?,
+            next: self.sealed_cursor(caller, next)?,
+        })
     }
 
     /// The compartment a resource about to be written is sealed under (see

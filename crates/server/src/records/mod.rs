@@ -6,6 +6,7 @@
 mod access;
 mod compartments;
 mod conditional;
+mod deid;
 mod read;
 mod sealing;
 mod search;
@@ -133,6 +134,9 @@ pub struct Records {
     index: Arc<SearchIndex>,
     clock: SharedClock,
     search_limits: SearchLimits,
+    /// The environment's de-identification secret (keyring secret `deidentify`): keys the
+    /// pseudonyms of what developers read. Without it, their reads fail closed.
+    deid_secret: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 impl Records {
@@ -153,6 +157,14 @@ impl Records {
             index,
             clock,
             search_limits,
+            deid_secret: None,
         }
+    }
+
+    /// The secret that keys developers' de-identified view (see `records::deid`).
+    #[must_use]
+    pub fn with_deidentification_secret(mut self, secret: zeroize::Zeroizing<[u8; 32]>) -> Self {
+        self.deid_secret = Some(secret);
+        self
     }
 }

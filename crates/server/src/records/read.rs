@@ -35,7 +35,7 @@ impl Records {
                 last_updated_us: v.last_updated_us,
             });
         }
-        Ok(Current::Present(v))
+        Ok(Current::Present(self.released(caller, v)?))
     }
 
     pub async fn vread(
@@ -60,7 +60,7 @@ impl Records {
         if v.deleted {
             return Err(Error::Gone);
         }
-        Ok(v)
+        self.released(caller, v)
     }
 
     /// Versions newest first: of one resource, or of one type. A type's history holds only
@@ -115,7 +115,7 @@ impl Records {
                 caller.audit.add_patient(&version.compartment);
                 out.push(HistoryItem {
                     seq: entry.seq,
-                    version,
+                    version: self.released(caller, version)?,
                 });
                 if out.len() == limit as usize {
                     return Ok(out);

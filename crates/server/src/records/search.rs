@@ -63,9 +63,11 @@ impl Records {
         {
             return Err(Error::Forbidden);
         }
+        self.check_deidentified_search(caller, query)?;
         self.check_search_limits(query)?;
         let mut ids = self.candidate_ids(rtype, query, within).await?;
-        let after = query.page.as_deref().map(decode_cursor).transpose()?;
+        let page = self.opened_cursor(caller, query.page.as_deref())?;
+        let after = page.as_deref().map(decode_cursor).transpose()?;
         // In the default order (by id) and without a total, candidates are opened in id order
         // and only until the page is full: a broad search (a common name prefix, a type with no
         // filter) costs a page's worth of decryption and authorization, not the whole bucket's.
@@ -161,10 +163,10 @@ impl Records {
             caller.audit.add_patient(&v.compartment);
         }
         Ok(SearchPage {
-            matches,
-            included,
+            matches: self.released_all(caller, matches)?,
+            included: self.released_all(caller, included)?,
             total,
-            next,
+            next: self.sealed_cursor(caller, next)?,
         })
     }
 
