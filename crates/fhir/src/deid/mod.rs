@@ -102,9 +102,8 @@ mod tests;
 #[cfg(test)]
 mod tests_carebundle;
 
-use hmac::{Hmac, KeyInit, Mac};
+use carevault_crypto::hmac_sha256;
 use serde_json::Value;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::{ResourceId, ResourceType};
@@ -274,11 +273,7 @@ impl Deidentifier {
     }
 
     fn mac(&self, label: &[u8], message: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.key.as_slice())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        mac.update(label);
-        mac.update(message.as_bytes());
-        mac.finalize().into_bytes().into()
+        hmac_sha256(self.key.as_slice(), &[label, message.as_bytes()].concat())
     }
 }
 
