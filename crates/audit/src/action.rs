@@ -97,6 +97,18 @@ audit_actions! {
     SearchTypePost => "search-type-post",
     SearchCompartment => "search-compartment",
     Everything => "everything",
+    /// `GET [base]/$export` (and `Patient/`, `Group/{id}/`): a bulk export started.
+    ExportStart => "export.start",
+    /// A bulk export's status polled (`GET /export/{job}`).
+    ExportStatus => "export.status",
+    /// A bulk export cancelled or its files deleted (`DELETE /export/{job}`).
+    ExportCancel => "export.cancel",
+    /// One of a bulk export's files downloaded.
+    ExportDownload => "export.download",
+    /// A bulk export finished in the background: names every patient it holds.
+    ExportComplete => "export.complete",
+    /// A bulk export failed or was interrupted in the background.
+    ExportFailed => "export.failed",
     Create => "create",
     Read => "read",
     Vread => "vread",

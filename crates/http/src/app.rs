@@ -77,7 +77,7 @@ impl Application {
                 .await?
                 .with_shared_database(config.database.is_shared()),
         );
-        let records = Records::new(
+        let records = Arc::new(Records::new(
             env.store.clone(),
             env.keyring.clone(),
             validator,
@@ -85,7 +85,17 @@ impl Application {
             Arc::new(SearchIndex::open(&env.keyring).await?),
             clock.clone(),
             config.search_limits,
-        );
+        ));
+        let exports = Arc::new(carevault_server::export::Exports::new(
+            records.clone(),
+            env.store.clone(),
+            env.keyring.clone(),
+            audit.clone(),
+            clock.clone(),
+            config.export,
+            &config.data_dir,
+            &config.node_id,
+        ));
 
         let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
             Error::Unavailable(format!("cannot listen on {}: {}", config.listen, e.kind()))
@@ -141,6 +151,7 @@ impl Application {
             readiness: crate::health::Readiness::default(),
             identity,
             records,
+            exports,
             authz: authz.clone(),
             metrics: carevault_server::metrics::Metrics::default(),
             audit: audit.clone(),
@@ -194,6 +205,11 @@ impl Application {
 
     pub fn environment_id(&self) -> &str {
         &self.environment_id
+    }
+
+    /// The environment's tier, fixed at init.
+    pub fn environment_tier(&self) -> carevault_server::config::Tier {
+        self.audit.tier()
     }
 
     pub fn url(&self) -> String {
@@ -281,6 +297,7 @@ impl Application {
             posture_config,
             environment::Environment {
                 id: self.environment_id.clone(),
+                tier: self.audit.tier(),
                 store,
                 keyring: self.keyring.clone(),
             },
@@ -288,6 +305,17 @@ impl Application {
             self.state.inner.detection.alerts.clone(),
             clock,
         );
+        // Bulk exports a restart interrupted begin again; expired ones are deleted.
+        if let Err(e) = self
+            .state
+            .inner
+            .exports
+            .resume(&self.state.inner.identity)
+            .await
+        {
+            tracing::error!(event = "export_resume_failed", error = %e);
+        }
+        let export_sweeper = self.state.inner.exports.spawn_sweeper();
         let connection_metrics = self.state.inner.metrics.connections.clone();
         let app = crate::router(self.state);
         let served = crate::serve::serve(
@@ -300,6 +328,7 @@ impl Application {
         )
         .await;
         checkpointer.abort();
+        export_sweeper.abort();
         rewrapper.abort();
         data_rotator.abort();
         if let Some(reloader) = tls_reloader {

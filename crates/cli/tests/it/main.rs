@@ -21,6 +21,7 @@ mod detection;
 mod differential;
 mod doctor;
 mod e2e;
+mod export;
 mod first_hour;
 mod health;
 mod hostile;
@@ -36,6 +37,7 @@ mod pty;
 mod refusals;
 mod search;
 mod tamper;
+mod tiers;
 mod tls;
 
 use std::path::Path;
