@@ -97,8 +97,12 @@ audit_actions! {
     SearchTypePost => "search-type-post",
     SearchCompartment => "search-compartment",
     Everything => "everything",
-    /// `GET [base]/$export` (and `Patient/`, `Group/{id}/`): a bulk export started.
+    /// `GET [base]/$export`: a system-level bulk export started.
     ExportStart => "export.start",
+    /// `GET [base]/Patient/$export`: a Patient-level bulk export started.
+    ExportStartPatient => "export.start.patient",
+    /// `GET [base]/Group/{id}/$export`: a Group-level bulk export started.
+    ExportStartGroup => "export.start.group",
     /// A bulk export's status polled (`GET /export/{job}`).
     ExportStatus => "export.status",
     /// A bulk export cancelled or its files deleted (`DELETE /export/{job}`).

@@ -501,14 +501,14 @@ pub const ROUTE_TABLE: &[Route] = &[
     route(
         "/fhir/{rtype}/$export",
         Method::GET,
-        AuditAction::ExportStart,
+        AuditAction::ExportStartPatient,
         None,
         || get(export::kick_off_type),
     ),
     route(
         "/fhir/{rtype}/{id}/$export",
         Method::GET,
-        AuditAction::ExportStart,
+        AuditAction::ExportStartGroup,
         None,
         || get(export::kick_off_group),
     ),
