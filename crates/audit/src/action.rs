@@ -97,6 +97,22 @@ audit_actions! {
     SearchTypePost => "search-type-post",
     SearchCompartment => "search-compartment",
     Everything => "everything",
+    /// `GET [base]/$export`: a system-level bulk export started.
+    ExportStart => "export.start",
+    /// `GET [base]/Patient/$export`: a Patient-level bulk export started.
+    ExportStartPatient => "export.start.patient",
+    /// `GET [base]/Group/{id}/$export`: a Group-level bulk export started.
+    ExportStartGroup => "export.start.group",
+    /// A bulk export's status polled (`GET /export/{job}`).
+    ExportStatus => "export.status",
+    /// A bulk export cancelled or its files deleted (`DELETE /export/{job}`).
+    ExportCancel => "export.cancel",
+    /// One of a bulk export's files downloaded.
+    ExportDownload => "export.download",
+    /// A bulk export finished in the background: names every patient it holds.
+    ExportComplete => "export.complete",
+    /// A bulk export failed or was interrupted in the background.
+    ExportFailed => "export.failed",
     Create => "create",
     Read => "read",
     Vread => "vread",

@@ -73,6 +73,10 @@ pub struct EventRecord {
     pub query: Vec<(String, String)>,
     /// Other details, as (key, value) pairs; values are digests where they could carry PHI.
     pub detail: Vec<(String, String)>,
+    /// The environment's tier (`production`, `staging`, `development`). Absent from events
+    /// written before tiers existed, whose encoding is therefore unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_tier: Option<String>,
 }
 
 impl EventRecord {

@@ -166,6 +166,95 @@ impl Client {
         Ok((status, text))
     }
 
+    /// The full URL of `path_or_url`: a path on this server, or an absolute URL that must be on
+    /// this server (the token is never sent anywhere else).
+    fn url_on_server(&self, path_or_url: &str) -> Result<String> {
+        if path_or_url.starts_with('/') {
+            return Ok(format!("{}{}", self.server, path_or_url));
+        }
+        let on_server = path_or_url
+            .strip_prefix(&self.server)
+            .is_some_and(|rest| rest.starts_with('/'));
+        if !on_server {
+            bail!("the server pointed at a URL on another server; refusing to send it the token");
+        }
+        Ok(path_or_url.to_owned())
+    }
+
+    /// GET with extra headers (a path or a URL on this server); the status, the headers the
+    /// caller names (lowercase, in order) and the body as text.
+    pub fn get_with_headers(
+        &self,
+        path_or_url: &str,
+        headers: &[(&str, &str)],
+        wanted: &[&str],
+    ) -> Result<(u16, Vec<Option<String>>, String)> {
+        let mut req = self.agent.get(&self.url_on_server(path_or_url)?);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = req.call().map_err(|e| self.unreachable(&e))?;
+        let status = response.status().as_u16();
+        let found = wanted
+            .iter()
+            .map(|h| {
+                response
+                    .headers()
+                    .get(*h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .collect();
+        let text = response
+            .into_body()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        Ok((status, found, text))
+    }
+
+    /// GET a URL on this server into a new file (mode 0600), streaming; the status (the file is
+    /// removed unless it is 200).
+    pub fn download(&self, url: &str, to: &Path) -> Result<u16> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut req = self.agent.get(&self.url_on_server(url)?);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let response = req.call().map_err(|e| self.unreachable(&e))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Ok(status);
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)
+            .with_context(|| format!("cannot create {}", to.display()))?;
+        let copied = std::io::copy(&mut response.into_body().into_reader(), &mut file)
+            .and_then(|_| file.sync_all());
+        if let Err(e) = copied {
+            let _ = fs::remove_file(to);
+            bail!("the download of {} failed: {e}", to.display());
+        }
+        Ok(status)
+    }
+
+    /// DELETE a URL on this server; the status.
+    pub fn delete_url(&self, url: &str) -> Result<u16> {
+        let mut req = self.agent.delete(&self.url_on_server(url)?);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let response = req.call().map_err(|e| self.unreachable(&e))?;
+        Ok(response.status().as_u16())
+    }
+
     /// A client with the selected profile's saved session.
     pub fn from_session() -> Result<Self> {
         let saved = profile::load_session()?;

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 
 use client::ConnectArgs;
 use commands::{
-    admin, alerts, audit, backup, break_glass, config, doctor, enroll, import, key, migrate,
-    patient, policy, seed, serve, session, user, version,
+    admin, alerts, audit, backup, break_glass, config, doctor, enroll, export, import, key,
+    migrate, patient, policy, seed, serve, session, user, version,
 };
 use local::{ServerArgs, runtime};
 use profile::TargetArgs;
@@ -76,7 +76,9 @@ enum Command {
     ///
     /// Example: carevault import synthetic/ --batch 250
     Import {
-        /// An NDJSON file, a Bundle, or a directory of them.
+        /// An NDJSON file, a Bundle, a directory of them, or a bulk export (`carevault export`'s
+        /// directory or its manifest.json: the files the manifest lists, checked against its
+        /// counts).
         path: PathBuf,
         /// Resources per batch Bundle (NDJSON).
         #[arg(long, default_value_t = 250)]
@@ -87,6 +89,36 @@ enum Command {
         /// Forget an earlier, interrupted import of the same path and start over.
         #[arg(long)]
         restart: bool,
+        /// For a bulk export: the source environment's audit public key (as `init` printed
+        /// it); the export's manifest must be signed with it.
+        #[arg(long)]
+        source_public_key: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Bulk-export what you may read (FHIR Bulk Data `$export`, asynchronous) into a new
+    /// directory: one `<Type>.ndjson` file per type and the server's `manifest.json`; `import`
+    /// loads such a directory into another server.
+    ///
+    /// Example: carevault export exported/ --type Patient,Observation --since 2024-01-01T00:00:00Z
+    Export {
+        /// A new or empty directory to write the files into.
+        dir: PathBuf,
+        /// Only these resource types (comma-separated, or repeated).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only resources changed at or after this FHIR instant.
+        #[arg(long)]
+        since: Option<String>,
+        /// Ask for a HIPAA Safe Harbor de-identified export (`_deidentify=safe-harbor`).
+        #[arg(long)]
+        deidentify: bool,
+        /// Only the data of this Group's member patients.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only the data in patients' compartments (`Patient/$export`).
+        #[arg(long)]
+        patients: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -246,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             concurrency,
             restart,
+            source_public_key,
             connect,
         } => import::run(
             connect.client()?,
@@ -254,6 +287,26 @@ fn run(cli: Cli) -> Result<()> {
                 batch,
                 concurrency,
                 restart,
+                source_key: source_public_key,
+            },
+        ),
+        Command::Export {
+            dir,
+            types,
+            since,
+            deidentify,
+            group,
+            patients,
+            connect,
+        } => export::run(
+            &connect.client()?,
+            &dir,
+            &export::Options {
+                types,
+                since,
+                deidentify,
+                group,
+                patients,
             },
         ),
         Command::Seed {

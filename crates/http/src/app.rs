@@ -77,16 +77,28 @@ impl Application {
                 .await?
                 .with_shared_database(config.database.is_shared()),
         );
-        let records = Records::new(
+        let records = Arc::new(
+            Records::new(
+                env.store.clone(),
+                env.keyring.clone(),
+                validator,
+                authz.clone(),
+                Arc::new(SearchIndex::open(&env.keyring).await?),
+                clock.clone(),
+                config.search_limits,
+            )
+            .with_deidentification_secret(env.keyring.secret("deidentify").await?),
+        );
+        let exports = Arc::new(carevault_server::export::Exports::new(
+            records.clone(),
             env.store.clone(),
             env.keyring.clone(),
-            validator,
-            authz.clone(),
-            Arc::new(SearchIndex::open(&env.keyring).await?),
+            audit.clone(),
             clock.clone(),
-            config.search_limits,
-        )
-        .with_deidentification_secret(env.keyring.secret("deidentify").await?);
+            config.export,
+            &config.data_dir,
+            &config.node_id,
+        ));
 
         let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
             Error::Unavailable(format!("cannot listen on {}: {}", config.listen, e.kind()))
@@ -142,6 +154,7 @@ impl Application {
             readiness: crate::health::Readiness::default(),
             identity,
             records,
+            exports,
             authz: authz.clone(),
             metrics: carevault_server::metrics::Metrics::default(),
             audit: audit.clone(),
@@ -195,6 +208,11 @@ impl Application {
 
     pub fn environment_id(&self) -> &str {
         &self.environment_id
+    }
+
+    /// The environment's tier, fixed at init.
+    pub fn environment_tier(&self) -> carevault_server::config::Tier {
+        self.audit.tier()
     }
 
     pub fn url(&self) -> String {
@@ -282,6 +300,7 @@ impl Application {
             posture_config,
             environment::Environment {
                 id: self.environment_id.clone(),
+                tier: self.audit.tier(),
                 store,
                 keyring: self.keyring.clone(),
             },
@@ -289,6 +308,17 @@ impl Application {
             self.state.inner.detection.alerts.clone(),
             clock,
         );
+        // Bulk exports a restart interrupted begin again; expired ones are deleted.
+        if let Err(e) = self
+            .state
+            .inner
+            .exports
+            .resume(&self.state.inner.identity)
+            .await
+        {
+            tracing::error!(event = "export_resume_failed", error = %e);
+        }
+        let export_sweeper = self.state.inner.exports.spawn_sweeper();
         let connection_metrics = self.state.inner.metrics.connections.clone();
         let app = crate::router(self.state);
         let served = crate::serve::serve(
@@ -301,6 +331,7 @@ impl Application {
         )
         .await;
         checkpointer.abort();
+        export_sweeper.abort();
         rewrapper.abort();
         data_rotator.abort();
         if let Some(reloader) = tls_reloader {

@@ -219,13 +219,14 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn whoami(Authenticated(p): Authenticated) -> Response {
+pub async fn whoami(State(state): State<AppState>, Authenticated(p): Authenticated) -> Response {
     json_response(
         StatusCode::OK,
         &serde_json::json!({
             "username": p.username,
             "roles": p.roles,
             "organization": p.organization,
+            "environment_tier": state.inner.audit.tier().as_str(),
         }),
     )
 }

@@ -33,6 +33,7 @@ mod bundle;
 mod conditional;
 mod cors;
 pub mod error;
+mod export;
 mod fhir;
 pub mod health;
 mod keys;
@@ -81,7 +82,9 @@ pub struct Services {
     /// `/readyz`'s own state (shutdown, probe limits).
     pub readiness: health::Readiness,
     pub identity: Identity,
-    pub records: Records,
+    pub records: Arc<Records>,
+    /// Bulk `$export` jobs.
+    pub exports: Arc<carevault_server::export::Exports>,
     pub authz: Arc<carevault_server::authz::Authz>,
     pub metrics: carevault_server::metrics::Metrics,
     /// Attack detection on every request, and the alerts it raises.
@@ -487,6 +490,48 @@ pub const ROUTE_TABLE: &[Route] = &[
         AuditAction::Everything,
         None,
         || get(fhir::everything),
+    ),
+    route(
+        "/fhir/$export",
+        Method::GET,
+        AuditAction::ExportStart,
+        None,
+        || get(export::kick_off_system),
+    ),
+    route(
+        "/fhir/{rtype}/$export",
+        Method::GET,
+        AuditAction::ExportStartPatient,
+        None,
+        || get(export::kick_off_type),
+    ),
+    route(
+        "/fhir/{rtype}/{id}/$export",
+        Method::GET,
+        AuditAction::ExportStartGroup,
+        None,
+        || get(export::kick_off_group),
+    ),
+    route(
+        "/export/{job}",
+        Method::GET,
+        AuditAction::ExportStatus,
+        None,
+        || get(export::status),
+    ),
+    route(
+        "/export/{job}",
+        Method::DELETE,
+        AuditAction::ExportCancel,
+        None,
+        || delete(export::cancel),
+    ),
+    route(
+        "/export/{job}/{file}",
+        Method::GET,
+        AuditAction::ExportDownload,
+        None,
+        || get(export::download),
     ),
     route(
         "/fhir/{rtype}/{id}/{ctype}",

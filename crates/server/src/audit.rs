@@ -34,6 +34,8 @@ pub struct Audit {
     last_write_failed: AtomicBool,
     /// Events this process made durable, since start.
     events_written: AtomicU64,
+    /// The environment's tier, stamped on every event.
+    tier: crate::config::Tier,
 }
 
 /// How signing keeps up: for the metrics, the log, and readiness.
@@ -66,6 +68,7 @@ impl Audit {
     ) -> Result<Self> {
         let seed = keyring.secret("audit-signing").await?;
         let hmac_key = keyring.secret("audit-hmac").await?;
+        let tier = crate::environment::stored_tier(&*store).await?;
         Ok(Self {
             store,
             node: node.to_owned(),
@@ -76,7 +79,21 @@ impl Audit {
             health: Mutex::new(CheckpointHealth::default()),
             last_write_failed: AtomicBool::new(false),
             events_written: AtomicU64::new(0),
+            tier,
         })
+    }
+
+    /// The environment's tier (as stored at init).
+    pub fn tier(&self) -> crate::config::Tier {
+        self.tier
+    }
+
+    /// Sign `message` with the environment's audit signing key (Ed25519; the key `public_key`
+    /// names): what a bulk export's manifest carries so an importer can check where it came
+    /// from.
+    pub fn sign(&self, message: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        hex::encode(self.signing.sign(message).to_bytes())
     }
 
     pub fn node(&self) -> &str {
@@ -99,6 +116,8 @@ impl Audit {
 
     /// The store operation that appends `record` (status and outcome already set).
     pub fn op(&self, record: &EventRecord) -> WriteOp {
+        let mut record = record.clone();
+        record.environment_tier = Some(self.tier.as_str().to_owned());
         WriteOp::AppendAudit(NewAuditEvent {
             node: self.node.clone(),
             time_us: self.clock.now_us(),
@@ -170,6 +189,16 @@ impl Audit {
     pub fn metrics_text(&self) -> String {
         let health = self.checkpoint_health();
         let mut out = String::new();
+        crate::metrics::family(
+            &mut out,
+            "carevault_environment_info",
+            "gauge",
+            "The environment's tier (fixed at init), as a label; always 1.",
+        );
+        out.push_str(&format!(
+            "carevault_environment_info{{tier=\"{}\"}} 1\n",
+            self.tier.as_str()
+        ));
         crate::metrics::single(
             &mut out,
             "carevault_audit_oldest_unsigned_event_age_seconds",
@@ -356,6 +385,21 @@ impl AuditScope {
             for patient in crate::compartment::patients(compartment) {
                 if !r.patients.iter().any(|p| p == patient) {
                     r.patients.push(patient.to_owned());
+                }
+            }
+            r.patient_count = r.patients.len() as u32;
+        });
+    }
+
+    /// Record the patients of many compartments at once (a bulk export's), each once.
+    pub fn add_patients<'c>(&self, compartments: impl IntoIterator<Item = &'c str>) {
+        self.with(|r| {
+            let mut known: std::collections::HashSet<String> = r.patients.iter().cloned().collect();
+            for compartment in compartments {
+                for patient in crate::compartment::patients(compartment) {
+                    if known.insert(patient.to_owned()) {
+                        r.patients.push(patient.to_owned());
+                    }
                 }
             }
             r.patient_count = r.patients.len() as u32;

@@ -23,12 +23,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, AuditAction, AuditScope};
 use crate::clock::SharedClock;
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, KeyProviderConfig, Tier};
 use crate::error::{Error, Result};
 use crate::identity::{Identity, NewUser};
 use crate::keyring::Keyring;
 
 const ENVIRONMENT_FILE: &str = "environment.json";
+/// The database's record of the environment's tier (absent: made before tiers, development).
+const TIER_META: &str = "environment_tier";
 pub const BOOTSTRAP_ADMIN: &str = "admin";
 
 /// `environment.json`. Public so that the backups read it through this one type.
@@ -36,11 +38,16 @@ pub const BOOTSTRAP_ADMIN: &str = "admin";
 pub struct EnvironmentFile {
     pub environment_id: String,
     pub created_at: String,
+    /// For the operator's eye: the database's record is the one that counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 /// An opened environment: what every service of the server shares.
 pub struct Environment {
     pub id: String,
+    /// Fixed at init.
+    pub tier: Tier,
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
 }
@@ -48,6 +55,7 @@ pub struct Environment {
 /// What `init` did, for the operator's terminal (never the log).
 pub struct InitReport {
     pub environment_id: String,
+    pub tier: Tier,
     pub tls_fingerprint: Option<String>,
     pub admin: NewUser,
     /// Verifies the audit trail's checkpoints (`carevault audit verify --public-key`).
@@ -79,6 +87,8 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
             dir.display()
         )));
     }
+    let tier = config.environment_tier.unwrap_or_default();
+    check_tier(config, tier)?;
     fs::create_dir_all(dir).map_err(|e| io("cannot create the data directory", &e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| io("cannot restrict the data directory", &e))?;
@@ -101,10 +111,16 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     }
     let provider = config.key_provider(true)?;
     store
-        .write(vec![WriteOp::SetMeta {
-            key: "environment_id".into(),
-            value: environment_id.clone(),
-        }])
+        .write(vec![
+            WriteOp::SetMeta {
+                key: "environment_id".into(),
+                value: environment_id.clone(),
+            },
+            WriteOp::SetMeta {
+                key: TIER_META.into(),
+                value: tier.as_str().into(),
+            },
+        ])
         .await?;
 
     let tls_fingerprint = if config.plain_http || config.tls_cert.exists() {
@@ -146,6 +162,7 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     let file = EnvironmentFile {
         environment_id: environment_id.clone(),
         created_at: crate::clock::fhir_instant(clock.now_us()),
+        tier: Some(tier.as_str().to_owned()),
     };
     write_private(
         &dir.join(ENVIRONMENT_FILE),
@@ -153,6 +170,7 @@ pub async fn init(config: &Config, clock: SharedClock) -> Result<InitReport> {
     )?;
     Ok(InitReport {
         environment_id,
+        tier,
         tls_fingerprint,
         admin,
         audit_public_key: audit.public_key(),
@@ -187,6 +205,19 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
             ));
         }
     }
+    let tier = stored_tier(&*store).await?;
+    if let Some(asked) = config.environment_tier
+        && asked != tier
+    {
+        return Err(Error::Conflict(format!(
+            "environment.tier is fixed when an environment is made: this one is {}, not {}; \
+             remove the setting or set it to {}",
+            tier.as_str(),
+            asked.as_str(),
+            tier.as_str()
+        )));
+    }
+    check_tier(config, tier)?;
     let keyring = Arc::new(
         Keyring::new(file.environment_id.clone(), provider, store.clone(), clock)
             .with_state_dir(&config.keys_dir())?,
@@ -206,9 +237,40 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
     crate::compartment_upgrade::run(&*store, &keyring).await?;
     Ok(Environment {
         id: file.environment_id,
+        tier,
         store,
         keyring,
     })
+}
+
+/// The tier the environment was made with (development for one made before tiers existed).
+pub async fn stored_tier(store: &dyn Store) -> Result<Tier> {
+    match store.meta(TIER_META).await? {
+        None => Ok(Tier::Development),
+        Some(t) => Tier::parse(&t)
+            .ok_or_else(|| Error::Integrity("the stored environment tier is unknown".into())),
+    }
+}
+
+/// What a production environment refuses: plain HTTP, and KEK files not sealed under a
+/// passphrase.
+pub fn check_tier(config: &Config, tier: Tier) -> Result<()> {
+    if tier != Tier::Production {
+        return Ok(());
+    }
+    if config.plain_http {
+        return Err(Error::Conflict(
+            "a production environment refuses allow_plain_http: serve TLS".into(),
+        ));
+    }
+    if config.key_provider == KeyProviderConfig::File && config.key_passphrase_file.is_none() {
+        return Err(Error::Conflict(
+            "a production environment refuses the file key provider without a passphrase: set \
+             key.passphrase_file, or use key.provider = \"pkcs11\""
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The exclusive lock a server holds on its data directory while it runs, so that a second

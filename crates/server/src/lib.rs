@@ -16,6 +16,7 @@ pub mod config;
 pub mod detection;
 pub mod environment;
 mod error;
+pub mod export;
 mod filing;
 pub mod identity;
 pub mod keyring;

@@ -48,6 +48,7 @@ contract_tests!(
     rewrap_is_conditional_and_shred_removes_only_its_compartment,
     a_new_data_key_commits_with_its_data_or_not_at_all,
     reserved_data_key_ids_are_never_handed_out_twice,
+    export_jobs_are_kept_replaced_and_deleted,
 );
 
 pub(crate) fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
@@ -875,4 +876,52 @@ pub(crate) async fn reserved_data_key_ids_are_never_handed_out_twice(
             .map(|k| k.id),
         Some(id)
     );
+}
+
+/// A bulk export job's row: inserted, its body replaced (never its owner or creation time),
+/// listed oldest first, deleted (twice is no error).
+async fn export_jobs_are_kept_replaced_and_deleted(store: &dyn Store, other: &dyn Store) {
+    let job = |id: &str, principal: &str, created_us: i64, body: &str| crate::ExportJobRow {
+        id: id.into(),
+        principal_id: principal.into(),
+        created_us,
+        body: body.into(),
+    };
+    assert!(store.export_job("j1").await.unwrap().is_none());
+    store
+        .write(vec![
+            WriteOp::PutExportJob(job("j2", "p2", 20, "{}")),
+            WriteOp::PutExportJob(job("j1", "p1", 10, "{\"state\":\"running\"}")),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![WriteOp::PutExportJob(job(
+            "j1",
+            "someone-else",
+            99,
+            "{\"state\":\"complete\"}",
+        ))])
+        .await
+        .unwrap();
+    assert_eq!(
+        other.export_job("j1").await.unwrap(),
+        Some(job("j1", "p1", 10, "{\"state\":\"complete\"}"))
+    );
+    let ids: Vec<String> = other
+        .export_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, ["j1", "j2"]);
+    for _ in 0..2 {
+        store
+            .write(vec![WriteOp::DeleteExportJob { id: "j1".into() }])
+            .await
+            .unwrap();
+    }
+    assert!(other.export_job("j1").await.unwrap().is_none());
+    assert_eq!(other.export_jobs().await.unwrap().len(), 1);
 }

@@ -23,6 +23,8 @@ pub(crate) enum Domain {
     Audit,
     /// Compartment organizations, policies, break-glass grants (`policy.rs`).
     Policy,
+    /// Bulk export jobs (`export.rs`).
+    Export,
 }
 
 impl WriteOp {
@@ -62,6 +64,7 @@ impl WriteOp {
             | WriteOp::PutPolicy { .. }
             | WriteOp::DeletePolicy { .. }
             | WriteOp::InsertBreakGlass(_) => Domain::Policy,
+            WriteOp::PutExportJob(_) | WriteOp::DeleteExportJob { .. } => Domain::Export,
         }
     }
 }

@@ -154,6 +154,13 @@ macro_rules! forward_store {
                 -> Result<Vec<carevault_audit::StoredEvent>, $crate::StoreError> {
                 <$backend>::audit_search(self, query).await
             }
+            async fn export_job(&self, id: &str)
+                -> Result<Option<$crate::ExportJobRow>, $crate::StoreError> {
+                <$backend>::export_job(self, id).await
+            }
+            async fn export_jobs(&self) -> Result<Vec<$crate::ExportJobRow>, $crate::StoreError> {
+                <$backend>::export_jobs(self).await
+            }
             $($overrides)*
         }
     };

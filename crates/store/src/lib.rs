@@ -367,6 +367,12 @@ pub enum WriteOp {
         at: i64,
     },
     InsertBreakGlass(BreakGlassRow),
+    /// Insert or replace a bulk export job (`$export`): its state survives a restart.
+    PutExportJob(ExportJobRow),
+    /// Forget a bulk export job (cancelled or expired); absent is not an error.
+    DeleteExportJob {
+        id: String,
+    },
     /// Replace a resource's blind-index entries (none for a deleted resource).
     ReplaceSearchIndex {
         rtype: String,
@@ -408,6 +414,18 @@ pub struct BreakGlassRow {
     pub patient: Option<String>,
     pub reason: String,
     pub created_at: i64,
+}
+
+/// A bulk export job (`$export`). The store keeps its state as an opaque JSON `body` (the
+/// server's own record of request, progress and output files) beside the columns it is found
+/// by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportJobRow {
+    pub id: String,
+    /// Who started it: the only principal its status and files are served to.
+    pub principal_id: String,
+    pub created_us: i64,
+    pub body: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -611,6 +629,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: AuditQuery,
     ) -> Result<Vec<carevault_audit::StoredEvent>, StoreError>;
+
+    /// One bulk export job.
+    async fn export_job(&self, id: &str) -> Result<Option<ExportJobRow>, StoreError>;
+    /// Every bulk export job, oldest first (resumed at start, swept when expired).
+    async fn export_jobs(&self) -> Result<Vec<ExportJobRow>, StoreError>;
 }
 
 #[cfg(test)]
@@ -632,15 +655,15 @@ mod tests {
     /// edited, renumbered or dropped (a new one is appended).
     #[test]
     fn shipped_migrations_are_unchanged() {
-        assert_eq!(crate::sqlite::MIGRATIONS.len(), 10);
+        assert_eq!(crate::sqlite::MIGRATIONS.len(), 11);
         assert_eq!(
             fingerprint(crate::sqlite::MIGRATIONS),
-            0x49e7_f819_a23e_6d2c
+            0x987a_7f0a_9fa6_91c7
         );
-        assert_eq!(crate::postgres::MIGRATIONS.len(), 5);
+        assert_eq!(crate::postgres::MIGRATIONS.len(), 6);
         assert_eq!(
             fingerprint(crate::postgres::MIGRATIONS),
-            0x5698_bfb6_2e04_27b2
+            0xee1b_1787_dc2b_a7de
         );
     }
 }

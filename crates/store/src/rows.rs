@@ -129,3 +129,14 @@ pub(crate) fn checkpoint_row<R: Columns>(r: &R) -> Result<Checkpoint, R::Error> 
         signature: r.bytes(6)?,
     })
 }
+
+pub(crate) const EXPORT_JOB_COLUMNS: &str = "id, principal_id, created_us, body";
+
+pub(crate) fn export_job_row<R: Columns>(r: &R) -> Result<crate::ExportJobRow, R::Error> {
+    Ok(crate::ExportJobRow {
+        id: r.text(0)?,
+        principal_id: r.text(1)?,
+        created_us: r.int(2)?,
+        body: r.text(3)?,
+    })
+}

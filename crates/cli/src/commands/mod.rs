@@ -10,6 +10,7 @@ pub(crate) mod break_glass;
 pub(crate) mod config;
 pub(crate) mod doctor;
 pub(crate) mod enroll;
+pub(crate) mod export;
 pub(crate) mod import;
 pub(crate) mod key;
 pub(crate) mod migrate;

@@ -13,8 +13,9 @@ use crate::local::{ServerArgs, load_config_for_keys};
 /// the server.
 fn print_init_report(report: &environment::InitReport, config: &Config, url: &str) {
     println!(
-        "initialized CareVault environment {}",
-        report.environment_id
+        "initialized CareVault environment {} (tier {})",
+        report.environment_id,
+        report.tier.as_str()
     );
     println!("data directory: {}", config.data_dir.display());
     if let Some(fp) = &report.tls_fingerprint {
@@ -91,7 +92,11 @@ pub(crate) async fn serve(args: ServerArgs) -> Result<()> {
             &client_url(&printed_config, Some(app.url())),
         );
     }
-    println!("environment {}", app.environment_id());
+    println!(
+        "environment {} (tier {})",
+        app.environment_id(),
+        app.environment_tier().as_str()
+    );
     if let Some(fp) = app.tls_fingerprint() {
         println!("TLS certificate SHA-256 fingerprint: {fp}");
     }

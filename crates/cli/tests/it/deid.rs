@@ -106,6 +106,53 @@ fn developers_read_everything_de_identified_and_never_write() {
     identifying_searches_are_refused(&w);
     a_developer_never_writes(&w);
     the_trail_says_the_reads_were_de_identified(&w);
+    exports_asked_de_identified_and_every_developers_export_are(&w);
+}
+
+/// A `$export` asked with `_deidentify=safe-harbor`, and a developer's asked without it: no
+/// canary and no real id in any file, references resolve to the exported pseudonyms, and two
+/// exports do not share pseudonyms (each has its own secret).
+fn exports_asked_de_identified_and_every_developers_export_are(w: &World) {
+    use crate::export::{downloaded, manifest, started};
+    let exported = |api: &Api, path: &str| {
+        let status = started(api, path);
+        let m = manifest(api, &status);
+        let files = downloaded(api, &m);
+        let text: String = files
+            .iter()
+            .flat_map(|(_, lines)| lines.iter().map(Value::to_string))
+            .collect();
+        assert_clean(path, &text, &[&w.pid, &w.oid]);
+        files
+    };
+    let ids = |files: &[(String, Vec<Value>)], rtype: &str| -> Vec<String> {
+        files
+            .iter()
+            .filter(|(t, _)| t == rtype)
+            .flat_map(|(_, lines)| lines.iter())
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let asked = exported(
+        &w.clin.api,
+        "/fhir/$export?_type=Patient,Observation&_deidentify=safe-harbor",
+    );
+    let patients = ids(&asked, "Patient");
+    assert_eq!(patients.len(), 1, "{asked:?}");
+    assert_eq!(ids(&asked, "Observation").len(), 2);
+    for (_, lines) in asked.iter().filter(|(t, _)| t == "Observation") {
+        for o in lines {
+            assert_eq!(
+                o["subject"]["reference"],
+                format!("Patient/{}", patients[0]),
+                "the graph holds inside the export"
+            );
+        }
+    }
+    let by_developer = exported(&w.dev.api, "/fhir/$export?_type=Patient");
+    let again = ids(&by_developer, "Patient");
+    assert_eq!(again.len(), 1);
+    assert_ne!(again, patients, "each export has its own pseudonyms");
 }
 
 fn a_clinician_still_sees_everything(w: &World) {

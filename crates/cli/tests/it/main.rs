@@ -22,6 +22,7 @@ mod detection;
 mod differential;
 mod doctor;
 mod e2e;
+mod export;
 mod first_hour;
 mod health;
 mod hostile;
@@ -37,6 +38,7 @@ mod pty;
 mod refusals;
 mod search;
 mod tamper;
+mod tiers;
 mod tls;
 
 use std::path::Path;

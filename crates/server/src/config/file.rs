@@ -25,6 +25,8 @@ pub struct FileConfig {
     /// Other host names (`host[:port]`, comma-separated) requests may address.
     pub allowed_hosts: Option<String>,
     pub search: SearchSection,
+    pub environment: EnvironmentSection,
+    pub export: ExportSection,
     pub audit: AuditSection,
     pub tls: TlsSection,
     pub session: SessionSection,
@@ -112,6 +114,27 @@ pub struct SearchSection {
     pub max_clauses: Option<u64>,
     /// `_include` and `_revinclude` parameters one search may ask for.
     pub max_includes: Option<u64>,
+}
+
+/// The environment: its tier, fixed at init.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvironmentSection {
+    /// `production`, `staging` or `development`.
+    pub tier: Option<String>,
+}
+
+/// Bulk `$export`: how long finished files are kept, and how large one export may be.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// Seconds a finished export's files are kept before they are deleted.
+    pub expiry_secs: Option<u64>,
+    /// Most resources one export may hold (refused at the start when the candidates exceed it).
+    pub max_resources: Option<u64>,
+    /// Most bytes (NDJSON, before sealing) one export may write; an export that grows past it
+    /// fails.
+    pub max_bytes: Option<u64>,
 }
 
 /// Browser apps on other origins (CORS): off unless origins are listed.
@@ -238,6 +261,10 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("allowed_hosts", Kind::Str),
     ("search.max_clauses", Kind::Int),
     ("search.max_includes", Kind::Int),
+    ("environment.tier", Kind::Str),
+    ("export.expiry_secs", Kind::Int),
+    ("export.max_resources", Kind::Int),
+    ("export.max_bytes", Kind::Int),
     ("audit.max_unsigned_secs", Kind::Int),
     ("tls.cert_path", Kind::Str),
     ("tls.key_path", Kind::Str),

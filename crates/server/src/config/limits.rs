@@ -132,6 +132,49 @@ impl SearchLimits {
     }
 }
 
+/// Bounds on bulk `$export` (`export.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportLimits {
+    /// Seconds a finished export's files (and its status) are kept.
+    pub expiry_secs: i64,
+    /// Most resources one export may hold.
+    pub max_resources: u64,
+    /// Most NDJSON bytes one export may write.
+    pub max_bytes: u64,
+}
+
+impl ExportLimits {
+    pub(super) fn from_section(export: &super::file::ExportSection) -> Result<Self, ConfigError> {
+        let expiry = bounded(
+            "export.expiry_secs",
+            export.expiry_secs,
+            3600,
+            60,
+            7 * 86_400,
+        )?;
+        let max_resources = bounded(
+            "export.max_resources",
+            export.max_resources,
+            5_000_000,
+            1,
+            1_000_000_000,
+        )?;
+        let max_bytes = bounded(
+            "export.max_bytes",
+            export.max_bytes,
+            8 * 1024 * 1024 * 1024,
+            1024,
+            1024 * 1024 * 1024 * 1024,
+        )?;
+        // The bounds keep the expiry inside i64.
+        Ok(Self {
+            expiry_secs: expiry as i64,
+            max_resources,
+            max_bytes,
+        })
+    }
+}
+
 /// A whole number key: `default` when unset, refused outside `min..=max`.
 pub(super) fn bounded(
     key: &str,

@@ -24,7 +24,7 @@ pub use file::{
     TlsSection, env_var_name, key_names,
 };
 use limits::{AuthLimits, argon2_params, bounded, max_unsigned, session_timeouts};
-pub use limits::{HttpLimits, SearchLimits};
+pub use limits::{ExportLimits, HttpLimits, SearchLimits};
 pub use public_url::PublicUrl;
 use public_url::{allowed_hosts, cors_origins, public_url};
 use std::net::SocketAddr;
@@ -66,6 +66,8 @@ pub struct Config {
     /// `cors.allowed_origins`: origins whose browser apps may call the API (exact, lowercase).
     pub cors_allowed_origins: Vec<String>,
     pub search_limits: SearchLimits,
+    /// Bulk `$export` limits and expiry (`export.*`).
+    pub export: ExportLimits,
     /// `/readyz` fails when the oldest unsigned audit event is older (`None`: never).
     pub audit_max_unsigned: Option<std::time::Duration>,
     pub session_idle_secs: i64,
@@ -96,9 +98,14 @@ pub struct Config {
     pub backup: Option<BackupSchedule>,
     /// The posture check's settings (`posture.*`).
     pub posture: PostureSettings,
+    /// `environment.tier`: the tier `init` gives a new environment (development when unset);
+    /// for an existing one it must match the tier it was made with.
+    pub environment_tier: Option<Tier>,
 }
 
-/// How strict a deployment must be: `posture.tier`.
+/// What a deployment is: `environment.tier`, fixed when the environment is made (production
+/// refuses plain HTTP and an unsealed key file; data leaves production for the other tiers only
+/// de-identified), and `posture.tier`, how strict the posture check is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Tier {
     #[default]
@@ -115,6 +122,24 @@ impl Tier {
             Self::Production => "production",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "development" => Some(Self::Development),
+            "staging" => Some(Self::Staging),
+            "production" => Some(Self::Production),
+            _ => None,
+        }
+    }
+}
+
+const TIER_EXPECTED: &str = "expected \"development\", \"staging\" or \"production\"";
+
+/// A tier key's value (None when unset).
+fn tier_key(key: &str, value: Option<&str>) -> Result<Option<Tier>, ConfigError> {
+    value
+        .map(|v| Tier::parse(v).ok_or_else(|| ConfigError::new(key, TIER_EXPECTED)))
+        .transpose()
 }
 
 /// `posture.*`, validated.
@@ -128,17 +153,7 @@ pub struct PostureSettings {
 }
 
 fn posture(section: &PostureSection) -> Result<PostureSettings, ConfigError> {
-    let tier = match section.tier.as_deref() {
-        None | Some("development") => Tier::Development,
-        Some("staging") => Tier::Staging,
-        Some("production") => Tier::Production,
-        Some(_) => {
-            return Err(ConfigError::new(
-                "posture.tier",
-                "expected \"development\", \"staging\" or \"production\"",
-            ));
-        }
-    };
+    let tier = tier_key("posture.tier", section.tier.as_deref())?.unwrap_or_default();
     Ok(PostureSettings {
         tier,
         kek_rotation_days: bounded(
@@ -266,6 +281,7 @@ impl Config {
             100_000,
         )?;
         let search_limits = SearchLimits::from_section(&file.search)?;
+        let export = ExportLimits::from_section(&file.export)?;
         let audit_max_unsigned = max_unsigned(file.audit.max_unsigned_secs)?;
         let (session_idle_secs, session_lifetime_secs) = session_timeouts(&file.session)?;
         let auth = AuthLimits::from_section(&file.auth)?;
@@ -299,6 +315,7 @@ impl Config {
         let posture = posture(&file.posture)?;
         let backup = backup::backup_schedule(file.backup)?;
         let detection = DetectionConfig::from_section(&file.detection)?;
+        let environment_tier = tier_key("environment.tier", file.environment.tier.as_deref())?;
 
         // The bounds above keep every value inside the narrower types below.
         Ok(Self {
@@ -315,6 +332,7 @@ impl Config {
             allowed_hosts,
             cors_allowed_origins,
             search_limits,
+            export,
             audit_max_unsigned,
             session_idle_secs,
             session_lifetime_secs,
@@ -337,6 +355,7 @@ impl Config {
             posture,
             backup,
             detection,
+            environment_tier,
         })
     }
 

@@ -93,6 +93,27 @@ impl Identity {
         })
     }
 
+    /// A user as they are now, by id, for work that outlives the request that started it (a
+    /// bulk export resumed after a restart): None when the user is gone or disabled. Roles and
+    /// organization are read afresh, so the work continues with the user's current rights.
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<Principal>> {
+        let Some(p) = self.store.principal_by_id(id).await? else {
+            return Ok(None);
+        };
+        if p.disabled {
+            return Ok(None);
+        }
+        let roles = p.roles.iter().filter_map(|r| Role::parse(r).ok()).collect();
+        Ok(Some(Principal {
+            id: p.id,
+            username: p.username,
+            roles,
+            organization: p.organization,
+            kind: PrincipalKind::User,
+            session_hash: None,
+        }))
+    }
+
     pub async fn logout(&self, audit: &AuditScope, principal: &Principal) -> Result<()> {
         self.commit(
             audit,

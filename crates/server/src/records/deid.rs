@@ -151,11 +151,15 @@ impl Records {
 
     /// The transform under the environment's secret, ages counted to the current year.
     fn deidentifier(&self) -> Result<Deidentifier> {
+        self.deidentifier_under(self.secret()?)
+    }
+
+    /// The transform under `secret` (an export's own), ages counted to the current year.
+    pub fn deidentifier_under(&self, secret: &[u8; 32]) -> Result<Deidentifier> {
         let year = crate::clock::fhir_instant(self.clock.now_us())
             .get(..4)
             .and_then(|y| y.parse().ok())
             .ok_or_else(|| Error::Internal("clock year".into()))?;
-        let secret = self.secret()?;
         Deidentifier::new(secret, DeidOptions::safe_harbor(year))
             .map_err(|e| Error::Internal(format!("de-identification: {e}")))
     }

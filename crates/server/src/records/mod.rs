@@ -29,7 +29,7 @@ use crate::search::SearchIndex;
 
 pub use compartments::{EverythingPage, EverythingQuery};
 pub use conditional::Selected;
-pub use search::SearchPage;
+pub use search::{BulkRead, SearchPage};
 
 /// Who asks, the audit event of their request, and (inside a transaction Bundle) the
 /// transaction that collects the writes instead of committing each one.

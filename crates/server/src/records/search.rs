@@ -33,6 +33,29 @@ struct SearchKnows {
     organizations: HashMap<String, Option<String>>,
 }
 
+/// A bulk read of one type in progress (see [`Records::bulk_read`]).
+pub struct BulkRead {
+    rtype: ResourceType,
+    query: Query,
+    /// Every candidate id, sorted; those before `next` were opened.
+    ids: Vec<String>,
+    next: usize,
+    read: BTreeSet<&'static str>,
+    known: SearchKnows,
+}
+
+impl BulkRead {
+    /// How many candidates the blind index gave (an upper bound of what the read returns).
+    pub fn candidates(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// How many candidates were opened so far.
+    pub fn opened(&self) -> usize {
+        self.next
+    }
+}
+
 /// Most blind-index tokens one search may look up (a date range expands to one per calendar
 /// bucket): well inside SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement.
 const MAX_LOOKUP_TOKENS: usize = 20_000;
@@ -86,17 +109,7 @@ impl Records {
         // Only the members the clauses and sort keys read are built: a candidate's other
         // members (text, components, extensions) are skipped, not allocated.
         let read = search::elements_read(rtype, &query.clauses, &query.sort);
-        let mut known = SearchKnows {
-            // The caller's active break-glass grants, read once per search, not per chunk.
-            grants: if may_break_glass(caller.principal) {
-                self.store
-                    .break_glass_grants(&caller.principal.id, self.clock.now_secs())
-                    .await?
-            } else {
-                Vec::new()
-            },
-            organizations: HashMap::new(),
-        };
+        let mut known = self.search_knows(caller).await?;
         // A Patient's compartment is its own id, so when no policy reads labels the policies can
         // decide a candidate before its row is fetched and opened: three in four candidates of a
         // name search at a multi-organization site are other organizations' patients.
@@ -168,6 +181,85 @@ impl Records {
             total,
             next: self.sealed_cursor(caller, next)?,
         })
+    }
+
+    /// What a search reads once: the caller's active break-glass grants (once per search, not
+    /// per chunk of candidates).
+    async fn search_knows(&self, caller: Caller<'_>) -> Result<SearchKnows> {
+        Ok(SearchKnows {
+            grants: if may_break_glass(caller.principal) {
+                self.store
+                    .break_glass_grants(&caller.principal.id, self.clock.now_secs())
+                    .await?
+            } else {
+                Vec::new()
+            },
+            organizations: HashMap::new(),
+        })
+    }
+
+    /// Whether `principal` may search resources of `rtype` at all (a bulk export asks before
+    /// it starts, to answer 403 instead of an empty file).
+    pub fn may_search_type(
+        &self,
+        principal: &crate::identity::Principal,
+        rtype: ResourceType,
+    ) -> bool {
+        self.authz.fhir_type(principal, FhirAction::Search, rtype)
+    }
+
+    /// Starts a bulk read of one type (`$export`): the search's candidates are listed once
+    /// (ids only), then [`Records::bulk_next`] opens, checks and authorizes them a window at a
+    /// time, exactly as a search does, so memory holds one window of resources, not the result.
+    /// 403 when the caller may not search the type.
+    pub async fn bulk_read(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        query: Query,
+    ) -> Result<BulkRead> {
+        if !self.may_search_type(caller.principal, rtype) {
+            return Err(Error::Forbidden);
+        }
+        self.check_search_limits(&query)?;
+        let mut ids = self.candidate_ids(rtype, &query, None).await?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(BulkRead {
+            rtype,
+            read: search::elements_read(rtype, &query.clauses, &query.sort),
+            query,
+            ids,
+            next: 0,
+            known: self.search_knows(caller).await?,
+        })
+    }
+
+    /// The next window of a bulk read: up to `window` candidates opened, and those that match
+    /// every clause and the caller may read returned (in id order; possibly none). None once
+    /// every candidate was opened. The caller audits the patients of what it keeps.
+    pub async fn bulk_next(
+        &self,
+        caller: Caller<'_>,
+        bulk: &mut BulkRead,
+        window: usize,
+    ) -> Result<Option<Vec<Version>>> {
+        let Some(rest) = bulk.ids.get(bulk.next..).filter(|r| !r.is_empty()) else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = rest.iter().take(window.max(1)).cloned().collect();
+        bulk.next += ids.len();
+        let found = self
+            .matching(
+                caller,
+                bulk.rtype,
+                &bulk.query,
+                &bulk.read,
+                &mut bulk.known,
+                ids,
+            )
+            .await?;
+        Ok(Some(found.into_iter().map(|(_, v)| v).collect()))
     }
 
     /// Refuses a search that combines more parameters or includes than configured (400, naming

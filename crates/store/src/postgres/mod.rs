@@ -17,6 +17,7 @@
 
 mod audit;
 mod connect;
+mod export;
 mod identity;
 mod index;
 mod keys;
@@ -74,6 +75,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/migrations/postgres/0005_data_key_live_digest.sql"
+    )),
+    // Bulk export jobs, so that an export outlives a restart.
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/postgres/0006_export_job.sql"
     )),
 ];
 
@@ -380,7 +386,7 @@ pub(super) async fn exec(
 
 /// A row of [`crate::rows`] from a PostgreSQL row, whose reads cannot fail (a column of another
 /// type panics in the driver, as it always did).
-fn infallible<T>(read: Result<T, Infallible>) -> T {
+pub(super) fn infallible<T>(read: Result<T, Infallible>) -> T {
     let Ok(value) = read;
     value
 }

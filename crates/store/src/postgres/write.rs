@@ -6,6 +6,7 @@ use std::time::Duration;
 use deadpool_postgres::Transaction;
 
 use super::audit::{append_audit, apply_audit_op};
+use super::export::apply_export_op;
 use super::identity::{apply_access_op, apply_account_op};
 use super::index::apply_index_op;
 use super::keys::{apply_key_op, apply_shred_op};
@@ -74,6 +75,7 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
         Domain::Access => apply_access_op(tx, op).await,
         Domain::Audit => apply_audit_op(tx, op).await,
         Domain::Policy => apply_policy_op(tx, op).await,
+        Domain::Export => apply_export_op(tx, op).await,
     }
 }
 

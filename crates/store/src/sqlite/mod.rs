@@ -2,6 +2,7 @@
 //! commit, and a small pool of read connections used from blocking tasks.
 
 mod audit;
+mod export;
 mod identity;
 mod index;
 mod keys;
@@ -95,6 +96,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/migrations/sqlite/0010_audit_patient_by_event.sql"
+    )),
+    // Bulk export jobs, so that an export outlives a restart.
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0011_export_job.sql"
     )),
 ];
 

@@ -8,6 +8,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::apply_audit_op;
+use super::export::apply_export_op;
 use super::identity::{apply_access_op, apply_account_op};
 use super::index::apply_index_op;
 use super::keys::{apply_key_op, apply_shred_op};
@@ -259,6 +260,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
         Domain::Access => apply_access_op(conn, op),
         Domain::Audit => apply_audit_op(conn, op),
         Domain::Policy => apply_policy_op(conn, op),
+        Domain::Export => apply_export_op(conn, op),
     }
 }
 

@@ -1,5 +1,5 @@
 //! `carevault import FILE|DIR`: loads FHIR R4 Bulk Data NDJSON files and transaction/batch
-//! Bundles through the server's API, so every resource takes the same path as any other write:
+//! Bundles (or a bulk `$export`'s files, by its completion manifest) through the server's API, so every resource takes the same path as any other write:
 //! validation, authorization, encryption, indexing and audit.
 //!
 //! NDJSON lines are sent in batch Bundles of `--batch` entries (`PUT Type/id`, keeping the
@@ -17,6 +17,7 @@
 
 mod journal;
 mod progress;
+mod provenance;
 mod send;
 mod source;
 
@@ -37,6 +38,8 @@ pub(crate) struct Options {
     pub batch: usize,
     pub concurrency: usize,
     pub restart: bool,
+    /// The audit public key a bulk export must be signed with (`--source-public-key`).
+    pub source_key: Option<String>,
 }
 
 pub(crate) fn run(client: Client, path: &Path, options: &Options) -> Result<()> {
@@ -45,6 +48,9 @@ pub(crate) fn run(client: Client, path: &Path, options: &Options) -> Result<()> 
     }
     if options.concurrency == 0 || options.concurrency > 64 {
         bail!("--concurrency must be between 1 and 64");
+    }
+    if let Some(manifest) = provenance::manifest_at(path)? {
+        provenance::check(&client, &manifest, options.source_key.as_deref())?;
     }
     let sources = discover(path)?;
     if sources.is_empty() {

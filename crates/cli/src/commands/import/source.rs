@@ -54,9 +54,90 @@ struct Head {
     id: Option<String>,
 }
 
-/// The files to import, with their type, phase and size.
+/// The NDJSON files a bulk `$export` completion manifest lists (`output[].url`), found by
+/// their file names beside it (as `carevault export` writes them), with the count each should
+/// hold; None when `path` is not such a manifest.
+/// One output file a bulk export's manifest lists.
+struct ManifestOutput {
+    path: PathBuf,
+    count: u64,
+    sha256: Option<String>,
+}
+
+fn manifest_outputs(path: &Path) -> Result<Option<Vec<ManifestOutput>>> {
+    let text = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Ok(value) = serde_json::from_slice::<Value>(&text) else {
+        return Ok(None);
+    };
+    if value.get("resourceType").is_some() || !value["output"].is_array() {
+        return Ok(None);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut outputs = Vec::new();
+    for output in value["output"].as_array().into_iter().flatten() {
+        let name = output["url"]
+            .as_str()
+            .and_then(|u| u.rsplit('/').next())
+            .filter(|n| {
+                n.ends_with(".ndjson")
+                    && !n.starts_with('.')
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            })
+            .context("the manifest lists an output whose URL names no .ndjson file")?;
+        let count = output["count"]
+            .as_u64()
+            .context("the manifest lists an output without a count")?;
+        let sha256 = output["extension"]["sha256"].as_str().map(str::to_owned);
+        outputs.push(ManifestOutput {
+            path: dir.join(name),
+            count,
+            sha256,
+        });
+    }
+    Ok(Some(outputs))
+}
+
+/// The files to import, with their type, phase and size: a file, a directory of NDJSON files
+/// and Bundles, or a bulk export (its `manifest.json`, or a directory holding one): then the
+/// files the manifest lists, each checked against its count.
 pub(super) fn discover(path: &Path) -> Result<Vec<Source>> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let manifest = if meta.is_dir() {
+        let candidate = path.join("manifest.json");
+        if candidate.is_file() {
+            manifest_outputs(&candidate)?
+        } else {
+            None
+        }
+    } else if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        manifest_outputs(path)?
+    } else {
+        None
+    };
+    if let Some(outputs) = manifest {
+        let files: Vec<PathBuf> = outputs.iter().map(|o| o.path.clone()).collect();
+        let sources = sources_of(files)?;
+        for (source, output) in sources.iter().zip(&outputs) {
+            let count = output.count;
+            if source.resources as u64 != count {
+                bail!(
+                    "{} holds {} resources where the export's manifest says {count}",
+                    source.name,
+                    source.resources
+                );
+            }
+            if let Some(expected) = &output.sha256
+                && file_sha256(&source.path)? != *expected
+            {
+                bail!(
+                    "{} is not the file the export's manifest names (its SHA-256 differs)",
+                    source.name
+                );
+            }
+        }
+        return Ok(sources);
+    }
     let mut files = Vec::new();
     if meta.is_dir() {
         for entry in
@@ -72,6 +153,27 @@ pub(super) fn discover(path: &Path) -> Result<Vec<Source>> {
     } else {
         files.push(path.to_path_buf());
     }
+    sources_of(files)
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file =
+        fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut digest = carevault_crypto::Sha256Stream::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            return Ok(digest.finish_hex());
+        }
+        digest.update(buf.get(..n).unwrap_or_default());
+    }
+}
+
+fn sources_of(files: Vec<PathBuf>) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     for p in files {
         let name = p

@@ -1,0 +1,247 @@
+//! What a bulk export asks for: the kick-off request's parameters (HL7 Bulk Data Access IG v2),
+//! parsed once and checked before anything starts.
+
+use carevault_fhir::search::Query;
+use carevault_fhir::{ResourceId, ResourceType};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::parse_instant;
+use crate::error::{Error, Result};
+
+/// The NDJSON output format and the aliases the IG asks servers to accept for it.
+pub const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
+
+/// The value of `_deidentify` that asks for a HIPAA Safe Harbor de-identified export.
+pub const DEIDENTIFY_SAFE_HARBOR: &str = "safe-harbor";
+
+/// Which resources an export draws from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Level {
+    /// `GET [base]/$export`: every resource the caller may read.
+    System,
+    /// `GET [base]/Patient/$export`: the resources of every patient compartment.
+    Patient,
+    /// `GET [base]/Group/{id}/$export`: the resources of the group's member patients.
+    Group { id: String },
+}
+
+impl Level {
+    pub fn group(id: &ResourceId) -> Self {
+        Self::Group {
+            id: id.as_str().to_owned(),
+        }
+    }
+}
+
+/// A kick-off request's parameters.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub level: Level,
+    /// `_type`: only these types (None: every type the caller may read).
+    pub types: Option<Vec<ResourceType>>,
+    /// `_since`: only resources last updated at or after this time (microseconds).
+    pub since_us: Option<i64>,
+    /// `_typeFilter`: a search (as its query string) each resource of that type must match.
+    pub type_filters: Vec<(ResourceType, String)>,
+    /// `_deidentify=safe-harbor`: every resource is de-identified (`carevault_fhir::deid`)
+    /// before it is written, under a pseudonym secret of the export's own.
+    pub deidentify: bool,
+    /// The kick-off request as the client wrote it (path and query), for the manifest.
+    pub request: String,
+}
+
+impl ExportOptions {
+    /// Parse the kick-off parameters. Unknown parameters, formats, types and values answer 400
+    /// (with a message that never echoes the value).
+    pub fn parse(level: Level, pairs: &[(String, String)], request: String) -> Result<Self> {
+        let mut options = Self {
+            level,
+            types: None,
+            since_us: None,
+            type_filters: Vec::new(),
+            deidentify: false,
+            request,
+        };
+        for (name, value) in pairs {
+            match name.as_str() {
+                "_outputFormat" => {
+                    if !OUTPUT_FORMATS.contains(&value.as_str()) {
+                        return Err(Error::BadRequest(
+                            "_outputFormat must be application/fhir+ndjson".into(),
+                        ));
+                    }
+                }
+                "_type" => {
+                    let types = value
+                        .split(',')
+                        .map(|t| ResourceType::parse(t.trim()))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(|_| {
+                            Error::BadRequest("_type names an unknown resource type".into())
+                        })?;
+                    let all = options.types.get_or_insert_with(Vec::new);
+                    for t in types {
+                        if !all.contains(&t) {
+                            all.push(t);
+                        }
+                    }
+                }
+                "_since" => {
+                    options.since_us = Some(parse_instant(value).ok_or_else(|| {
+                        Error::BadRequest("_since must be a FHIR instant".into())
+                    })?);
+                }
+                "_typeFilter" => {
+                    let (rtype, query) = parse_type_filter(value)?;
+                    if options.type_filters.iter().any(|(t, _)| *t == rtype) {
+                        return Err(Error::BadRequest(
+                            "one _typeFilter per resource type is supported".into(),
+                        ));
+                    }
+                    options.type_filters.push((rtype, query));
+                }
+                "_deidentify" => {
+                    if value != DEIDENTIFY_SAFE_HARBOR {
+                        return Err(Error::BadRequest("_deidentify must be safe-harbor".into()));
+                    }
+                    options.deidentify = true;
+                }
+                _ => {
+                    return Err(Error::BadRequest(
+                        "$export takes _outputFormat, _type, _since, _typeFilter and \
+                         _deidentify only"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if let Some(types) = &options.types
+            && options.type_filters.iter().any(|(t, _)| !types.contains(t))
+        {
+            return Err(Error::BadRequest(
+                "a _typeFilter must name one of the types in _type".into(),
+            ));
+        }
+        Ok(options)
+    }
+
+    /// The search a type's resources must match: its `_typeFilter`, or none.
+    pub fn query_for(&self, rtype: ResourceType) -> Result<Query> {
+        let pairs = self
+            .type_filters
+            .iter()
+            .find(|(t, _)| *t == rtype)
+            .map(|(_, q)| filter_pairs(q))
+            .transpose()?
+            .unwrap_or_default();
+        carevault_fhir::search::parse_query(rtype, &pairs, false)
+            .map_err(|e| Error::BadRequest(format!("_typeFilter: {e}")))
+    }
+}
+
+/// `Observation?code=...`: the type and the query string, checked to parse as a search of it.
+fn parse_type_filter(value: &str) -> Result<(ResourceType, String)> {
+    let bad = || Error::BadRequest("_typeFilter must be [type]?[search parameters]".into());
+    let (rtype, query) = value.split_once('?').ok_or_else(bad)?;
+    let rtype = ResourceType::parse(rtype).map_err(|_| bad())?;
+    let pairs = filter_pairs(query)?;
+    if pairs
+        .iter()
+        .any(|(k, _)| k.starts_with('_') && k != "_id" && k != "_lastUpdated")
+    {
+        return Err(Error::BadRequest(
+            "_typeFilter takes search parameters, not result parameters".into(),
+        ));
+    }
+    carevault_fhir::search::parse_query(rtype, &pairs, false)
+        .map_err(|e| Error::BadRequest(format!("_typeFilter: {e}")))?;
+    Ok((rtype, query.to_owned()))
+}
+
+fn filter_pairs(query: &str) -> Result<Vec<(String, String)>> {
+    serde_urlencoded::from_str(query)
+        .map_err(|_| Error::BadRequest("_typeFilter is not a query string".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn parse(list: &[(&str, &str)]) -> Result<ExportOptions> {
+        ExportOptions::parse(Level::System, &pairs(list), "/fhir/$export".into())
+    }
+
+    #[test]
+    fn the_ig_parameters_parse() {
+        let o = parse(&[
+            ("_outputFormat", "ndjson"),
+            ("_type", "Patient,Observation"),
+            ("_type", "Patient"),
+            ("_since", "2024-01-02T03:04:05Z"),
+            ("_typeFilter", "Observation?status=final"),
+        ])
+        .unwrap();
+        assert_eq!(
+            o.types.unwrap(),
+            [
+                ResourceType::PATIENT,
+                ResourceType::parse("Observation").unwrap()
+            ]
+        );
+        assert_eq!(o.since_us, Some(1_704_164_645_000_000));
+        assert_eq!(o.type_filters.len(), 1);
+        assert!(!o.deidentify);
+        for format in OUTPUT_FORMATS {
+            assert!(parse(&[("_outputFormat", format)]).is_ok());
+        }
+        assert!(parse(&[("_deidentify", "safe-harbor")]).unwrap().deidentify);
+    }
+
+    #[test]
+    fn bad_parameters_answer_400_without_echoing_them() {
+        for bad in [
+            &[("_outputFormat", "text/csv")][..],
+            &[("_type", "Secret-Canary")],
+            &[("_since", "yesterday")],
+            &[("_typeFilter", "Observation")],
+            &[("_typeFilter", "Nope?x=1")],
+            &[("_typeFilter", "Observation?no-such-param=Secret-Canary")],
+            &[("_typeFilter", "Observation?_sort=date")],
+            &[("_deidentify", "expert")],
+            &[("_elements", "id")],
+            &[
+                ("_type", "Patient"),
+                ("_typeFilter", "Observation?status=final"),
+            ],
+            &[
+                ("_typeFilter", "Observation?status=final"),
+                ("_typeFilter", "Observation?status=amended"),
+            ],
+        ] {
+            match parse(bad) {
+                Err(Error::BadRequest(msg)) => assert!(!msg.contains("Secret-Canary"), "{msg}"),
+                other => panic!("{bad:?}: {:?}", other.map(|o| o.types)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_type_filter_becomes_the_query_of_its_type_only() {
+        let o = parse(&[("_typeFilter", "Observation?status=final&code=1234-5")]).unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        assert_eq!(o.query_for(obs).unwrap().clauses.len(), 2);
+        assert!(
+            o.query_for(ResourceType::PATIENT)
+                .unwrap()
+                .clauses
+                .is_empty()
+        );
+    }
+}
