@@ -211,4 +211,26 @@ fn production_data_reaches_a_development_environment_only_de_identified() {
     );
     let api = dev.api().with_token(key.json()["key"].as_str().unwrap());
     assert_eq!(api.get("/fhir/Patient?_summary=count").json()["total"], 0);
+
+    // The same data exported de-identified is accepted, and arrives without its identifiers.
+    let deidentified = tmp.path().join("prod-export-deid");
+    let exported = crate::export::cli(
+        &prod,
+        &key_file,
+        &tmp.path().join("cli4"),
+        &["export", "--deidentify", deidentified.to_str().unwrap()],
+    );
+    assert!(exported.status.success(), "{}", output_text(&exported));
+    let imported = crate::export::cli(
+        &dev,
+        &import_key,
+        &tmp.path().join("cli5"),
+        &["import", deidentified.to_str().unwrap()],
+    );
+    assert!(imported.status.success(), "{}", output_text(&imported));
+    assert_eq!(api.get("/fhir/Patient?_summary=count").json()["total"], 1);
+    let everything = api.get("/fhir/Patient").text() + &api.get("/fhir/Observation").text();
+    for identifying in ["Production", "prod note", p.as_str()] {
+        assert!(!everything.contains(identifying), "{identifying} arrived");
+    }
 }
