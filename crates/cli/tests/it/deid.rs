@@ -149,6 +149,15 @@ fn exports_asked_de_identified_and_every_developers_export_are(w: &World) {
             );
         }
     }
+    // A developer's `_typeFilter` on an identifying value is refused like the search itself.
+    let oracle = w.dev.api.request(
+        "GET",
+        "/fhir/$export?_type=Patient&_typeFilter=Patient%3Ffamily%3DZqcanaryfamily",
+        &[("Prefer", "respond-async")],
+        None,
+    );
+    assert_eq!(oracle.status, 403, "{}", oracle.text());
+    assert_clean("refused export", &oracle.text(), &[]);
     let by_developer = exported(&w.dev.api, "/fhir/$export?_type=Patient");
     let again = ids(&by_developer, "Patient");
     assert_eq!(again.len(), 1);

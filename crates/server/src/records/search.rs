@@ -221,6 +221,9 @@ impl Records {
         if !self.may_search_type(caller.principal, rtype) {
             return Err(Error::Forbidden);
         }
+        // A developer's `_typeFilter` is a search like any other: one on identifying values
+        // would make the export's counts an oracle.
+        self.check_deidentified_search(caller, &query)?;
         self.check_search_limits(&query)?;
         let mut ids = self.candidate_ids(rtype, &query, None).await?;
         ids.sort_unstable();
