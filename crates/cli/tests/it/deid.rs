@@ -113,7 +113,7 @@ fn developers_read_everything_de_identified_and_never_write() {
 /// canary and no real id in any file, references resolve to the exported pseudonyms, and two
 /// exports do not share pseudonyms (each has its own secret).
 fn exports_asked_de_identified_and_every_developers_export_are(w: &World) {
-    use crate::export::{downloaded, manifest, started};
+    use crate::export::{downloaded, ids_of as ids, manifest, started};
     let exported = |api: &Api, path: &str| {
         let status = started(api, path);
         let m = manifest(api, &status);
@@ -124,14 +124,6 @@ fn exports_asked_de_identified_and_every_developers_export_are(w: &World) {
             .collect();
         assert_clean(path, &text, &[&w.pid, &w.oid]);
         files
-    };
-    let ids = |files: &[(String, Vec<Value>)], rtype: &str| -> Vec<String> {
-        files
-            .iter()
-            .filter(|(t, _)| t == rtype)
-            .flat_map(|(_, lines)| lines.iter())
-            .map(|r| r["id"].as_str().unwrap().to_owned())
-            .collect()
     };
     let asked = exported(
         &w.clin.api,
@@ -144,7 +136,7 @@ fn exports_asked_de_identified_and_every_developers_export_are(w: &World) {
         for o in lines {
             assert_eq!(
                 o["subject"]["reference"],
-                format!("Patient/{}", patients[0]),
+                format!("Patient/{}", patients.first().unwrap()),
                 "the graph holds inside the export"
             );
         }

@@ -88,7 +88,7 @@ pub(crate) fn downloaded(api: &Api, manifest: &Value) -> Vec<(String, Vec<Value>
         .collect()
 }
 
-fn ids_of(files: &[(String, Vec<Value>)], rtype: &str) -> BTreeSet<String> {
+pub(crate) fn ids_of(files: &[(String, Vec<Value>)], rtype: &str) -> BTreeSet<String> {
     files
         .iter()
         .filter(|(t, _)| t == rtype)

