@@ -226,9 +226,7 @@ impl Exports {
         // linked through their pseudonyms.
         let deidentify = options.deidentify || caller.principal.sees_deidentified();
         let deid_secret = if deidentify {
-            caller
-                .audit
-                .add_detail("deidentified", "safe-harbor".to_owned());
+            crate::records::mark_deidentified(caller.audit);
             let secret = carevault_crypto::random_bytes::<32>()
                 .map_err(|_| Error::Internal("no randomness for the export's secret".into()))?;
             Some(hex::encode(secret))

@@ -19,6 +19,7 @@ use carevault_fhir::search::Query;
 use serde_json::Value;
 
 use super::{Caller, Records, Version};
+use crate::audit::AuditScope;
 use crate::error::{Error, Result};
 
 /// The audit detail of a de-identified read.
@@ -27,17 +28,20 @@ const AUDIT_VALUE: &str = "safe-harbor";
 /// Associated data of a sealed paging cursor.
 const CURSOR_AAD: &[u8] = b"carevault-deid-cursor";
 
+/// Marks an audit event as one whose answer was de-identified (once): a developer's read, or a
+/// de-identified export.
+pub(crate) fn mark_deidentified(audit: &AuditScope) {
+    let marked = audit.read(|r| r.detail.iter().any(|(k, _)| k == AUDIT_KEY));
+    if !marked {
+        audit.add_detail(AUDIT_KEY, AUDIT_VALUE.to_owned());
+    }
+}
+
 impl Records {
     /// Marks the audit event of a read by a principal who sees de-identified data (once).
     pub(super) fn note_deidentified(&self, caller: Caller<'_>) {
-        if !caller.principal.sees_deidentified() {
-            return;
-        }
-        let marked = caller
-            .audit
-            .read(|r| r.detail.iter().any(|(k, _)| k == AUDIT_KEY));
-        if !marked {
-            caller.audit.add_detail(AUDIT_KEY, AUDIT_VALUE.to_owned());
+        if caller.principal.sees_deidentified() {
+            mark_deidentified(caller.audit);
         }
     }
 
