@@ -29,12 +29,13 @@
 mod action;
 mod verify;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+pub use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use action::AuditAction;
-pub use verify::{Breach, NodeReport, Report, verify};
+pub use verify::{Breach, NodeReport, Report, TrailVerifier, verify};
 
 /// The hash that precedes a node's first event.
 pub const GENESIS: [u8; 32] = [0u8; 32];

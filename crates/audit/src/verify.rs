@@ -1,7 +1,7 @@
 //! The offline verifier: recomputes every chain and checks every checkpoint, stopping at the
 //! first breach and naming it precisely.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use ed25519_dalek::VerifyingKey;
 
@@ -64,7 +64,11 @@ pub enum Breach {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeReport {
     pub node: String,
+    /// The node's last event (its chain's length).
     pub events: u64,
+    /// The first event whose hash was recomputed (1 unless verification started after a
+    /// checkpoint).
+    pub first_verified: u64,
     pub checkpoints: u64,
     /// The last event covered by a valid signature.
     pub signed_up_to: u64,
@@ -83,38 +87,143 @@ pub fn verify(
     checkpoints: &[Checkpoint],
     key: &VerifyingKey,
 ) -> Result<Report, Breach> {
-    let mut by_node: BTreeMap<&str, Vec<&StoredEvent>> = BTreeMap::new();
+    // The whole trail is in memory already: look ahead over all of it, so an event moved
+    // anywhere is named as a reorder rather than a gap.
+    let mut verifier = TrailVerifier::new(checkpoints, *key).with_lookahead(usize::MAX);
     for e in events {
-        by_node.entry(e.node.as_str()).or_default().push(e);
+        verifier.push(e.clone())?;
     }
-    let mut cps_by_node: BTreeMap<&str, Vec<&Checkpoint>> = BTreeMap::new();
-    for c in checkpoints {
-        by_node.entry(c.node.as_str()).or_default();
-        cps_by_node.entry(c.node.as_str()).or_default().push(c);
-    }
-    let mut nodes = Vec::new();
-    for (node, events) in by_node {
-        let mut cps = cps_by_node.remove(node).unwrap_or_default();
-        cps.sort_by_key(|c| c.last_seq);
-        nodes.push(verify_node(node, &events, &cps, key)?);
-    }
-    Ok(Report { nodes })
+    verifier.finish()
 }
 
-fn verify_node(
-    node: &str,
-    events: &[&StoredEvent],
-    cps: &[&Checkpoint],
-    key: &VerifyingKey,
-) -> Result<NodeReport, Breach> {
-    let present: HashSet<u64> = events.iter().map(|e| e.seq).collect();
-    // heads[i] = the recomputed hash after event i+1.
-    let mut heads: Vec<[u8; 32]> = Vec::with_capacity(events.len());
-    let mut prev = GENESIS;
-    for (i, e) in events.iter().enumerate() {
-        let expected = i as u64 + 1;
+/// A verifier fed one event at a time, in storage order: it holds per node its chain's head,
+/// the recomputed heads where its checkpoints end, and a short lookahead (to tell a moved event
+/// from a missing one), so a trail of any length verifies in constant memory.
+pub struct TrailVerifier {
+    key: VerifyingKey,
+    lookahead: usize,
+    nodes: BTreeMap<String, NodeState>,
+}
+
+struct NodeState {
+    /// Sorted by `last_seq`.
+    checkpoints: Vec<Checkpoint>,
+    /// The recomputed chain head at each checkpoint's `last_seq` (filled as events pass).
+    heads: HashMap<u64, [u8; 32]>,
+    /// The head after event `next - 1`.
+    prev: [u8; 32],
+    next: u64,
+    /// The first event this verification recomputes (1 unless it starts after a checkpoint).
+    first: u64,
+    pending: VecDeque<StoredEvent>,
+}
+
+impl TrailVerifier {
+    /// Verify whole trails: every node's chain from its first event.
+    pub fn new(checkpoints: &[Checkpoint], key: VerifyingKey) -> Self {
+        let mut nodes: BTreeMap<String, NodeState> = BTreeMap::new();
+        for c in checkpoints {
+            nodes
+                .entry(c.node.clone())
+                .or_insert_with(NodeState::new)
+                .checkpoints
+                .push(c.clone());
+        }
+        for state in nodes.values_mut() {
+            state.checkpoints.sort_by_key(|c| c.last_seq);
+        }
+        Self {
+            key,
+            lookahead: REORDER_SEARCH,
+            nodes,
+        }
+    }
+
+    /// How many events of a node are held back to tell a moved event from a missing one.
+    pub fn with_lookahead(mut self, events: usize) -> Self {
+        self.lookahead = events.max(REORDER_SEARCH);
+        self
+    }
+
+    /// Verify only what follows each node's last checkpoint made before `time_us`: the
+    /// checkpoints themselves are all checked (signatures and chain), and that checkpoint's
+    /// signed head stands in for the events before it. Returns, per node with checkpoints, the
+    /// sequence number after which its events are to be pushed (0: all of them).
+    pub fn start_after_checkpoint_before(&mut self, time_us: i64) -> Vec<(String, u64)> {
+        let mut starts = Vec::new();
+        for (node, state) in &mut self.nodes {
+            let start = state
+                .checkpoints
+                .iter()
+                .rfind(|c| c.time_us < time_us)
+                .map(|c| (c.last_seq, c.head_hash));
+            if let Some((last_seq, head)) = start {
+                state.prev = head;
+                state.next = last_seq + 1;
+                state.first = last_seq + 1;
+            }
+            starts.push((node.clone(), state.first - 1));
+        }
+        starts
+    }
+
+    /// Where each node with checkpoints starts (the sequence its first pushed event follows).
+    pub fn starts(&self) -> Vec<(String, u64)> {
+        self.nodes
+            .iter()
+            .map(|(node, state)| (node.clone(), state.first - 1))
+            .collect()
+    }
+
+    /// The next event in storage order.
+    pub fn push(&mut self, event: StoredEvent) -> Result<(), Breach> {
+        let lookahead = self.lookahead;
+        let state = self
+            .nodes
+            .entry(event.node.clone())
+            .or_insert_with(NodeState::new);
+        state.pending.push_back(event);
+        while state.pending.len() > lookahead {
+            state.step()?;
+        }
+        Ok(())
+    }
+
+    /// Everything pushed: check the rest of each chain and every checkpoint.
+    pub fn finish(mut self) -> Result<Report, Breach> {
+        let mut nodes = Vec::new();
+        for (node, state) in &mut self.nodes {
+            while !state.pending.is_empty() {
+                state.step()?;
+            }
+            nodes.push(state.check_checkpoints(node, &self.key)?);
+        }
+        Ok(Report { nodes })
+    }
+}
+
+impl NodeState {
+    fn new() -> Self {
+        Self {
+            checkpoints: Vec::new(),
+            heads: HashMap::new(),
+            prev: GENESIS,
+            next: 1,
+            first: 1,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Recompute the chain over the first pending event, the rest being its lookahead.
+    fn step(&mut self) -> Result<(), Breach> {
+        let Some(e) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let node = e.node.as_str();
+        let expected = self.next;
         if e.seq != expected {
-            let breach = if e.seq > expected && !present.contains(&expected) {
+            let present = self.pending.iter().any(|o| o.seq == expected);
+            let breach = if e.seq > expected && !present {
                 Breach::Gap {
                     node: node.to_owned(),
                     missing: expected,
@@ -129,18 +238,14 @@ fn verify_node(
             };
             return Err(breach);
         }
+        let prev = self.prev;
         let hash = chain_hash(&prev, node, e.seq, e.time_us, &e.body);
         if hash != e.hash {
             // Rows whose contents were swapped: the event that belongs here sits further on.
-            let belongs_here = |other: &&&StoredEvent| {
+            let belongs_here = |other: &&StoredEvent| {
                 chain_hash(&prev, node, e.seq, other.time_us, &other.body) == other.hash
             };
-            if let Some(moved) = events
-                .iter()
-                .skip(i + 1)
-                .take(REORDER_SEARCH)
-                .find(belongs_here)
-            {
+            if let Some(moved) = self.pending.iter().take(REORDER_SEARCH).find(belongs_here) {
                 return Err(Breach::Reorder {
                     node: node.to_owned(),
                     expected: e.seq,
@@ -152,68 +257,78 @@ fn verify_node(
                 seq: e.seq,
             });
         }
-        heads.push(hash);
-        prev = hash;
+        if self
+            .checkpoints
+            .binary_search_by_key(&e.seq, |c| c.last_seq)
+            .is_ok()
+        {
+            self.heads.insert(e.seq, hash);
+        }
+        self.prev = hash;
+        self.next += 1;
+        Ok(())
     }
-    let trail_ends_at = events.len() as u64;
 
-    let mut prev_cp: Option<&Checkpoint> = None;
-    let mut signed_up_to = 0;
-    for cp in cps {
-        let range =
-            |b: fn(String, u64, u64) -> Breach| b(node.to_owned(), cp.first_seq, cp.last_seq);
-        if !cp.verify_signature(key) {
-            return Err(range(|node, first_seq, last_seq| Breach::BadSignature {
-                node,
-                first_seq,
-                last_seq,
-            }));
-        }
-        let follows = match prev_cp {
-            Some(p) => {
-                cp.prev_signature.as_deref() == Some(p.signature.as_slice())
-                    && cp.first_seq == p.last_seq + 1
+    fn check_checkpoints(&self, node: &str, key: &VerifyingKey) -> Result<NodeReport, Breach> {
+        let trail_ends_at = self.next - 1;
+        let mut prev_cp: Option<&Checkpoint> = None;
+        let mut signed_up_to = 0;
+        for cp in &self.checkpoints {
+            let range =
+                |b: fn(String, u64, u64) -> Breach| b(node.to_owned(), cp.first_seq, cp.last_seq);
+            if !cp.verify_signature(key) {
+                return Err(range(|node, first_seq, last_seq| Breach::BadSignature {
+                    node,
+                    first_seq,
+                    last_seq,
+                }));
             }
-            None => cp.prev_signature.is_none() && cp.first_seq == 1,
-        };
-        if !follows || cp.last_seq < cp.first_seq {
-            return Err(range(|node, first_seq, last_seq| {
-                Breach::BrokenCheckpointChain {
-                    node,
-                    first_seq,
-                    last_seq,
+            let follows = match prev_cp {
+                Some(p) => {
+                    cp.prev_signature.as_deref() == Some(p.signature.as_slice())
+                        && cp.first_seq == p.last_seq + 1
                 }
-            }));
+                None => cp.prev_signature.is_none() && cp.first_seq == 1,
+            };
+            if !follows || cp.last_seq < cp.first_seq {
+                return Err(range(|node, first_seq, last_seq| {
+                    Breach::BrokenCheckpointChain {
+                        node,
+                        first_seq,
+                        last_seq,
+                    }
+                }));
+            }
+            if cp.last_seq > trail_ends_at {
+                return Err(Breach::Truncated {
+                    node: node.to_owned(),
+                    signed_up_to: cp.last_seq,
+                    trail_ends_at,
+                });
+            }
+            // A checkpoint before where this verification started is vouched for by its
+            // signature and the signed chain of checkpoints after it.
+            if cp.last_seq >= self.first && self.heads.get(&cp.last_seq) != Some(&cp.head_hash) {
+                return Err(range(|node, first_seq, last_seq| {
+                    Breach::CheckpointMismatch {
+                        node,
+                        first_seq,
+                        last_seq,
+                    }
+                }));
+            }
+            signed_up_to = cp.last_seq;
+            prev_cp = Some(cp);
         }
-        if cp.last_seq > trail_ends_at {
-            return Err(Breach::Truncated {
-                node: node.to_owned(),
-                signed_up_to: cp.last_seq,
-                trail_ends_at,
-            });
-        }
-        let head = usize::try_from(cp.last_seq - 1)
-            .ok()
-            .and_then(|i| heads.get(i));
-        if head != Some(&cp.head_hash) {
-            return Err(range(|node, first_seq, last_seq| {
-                Breach::CheckpointMismatch {
-                    node,
-                    first_seq,
-                    last_seq,
-                }
-            }));
-        }
-        signed_up_to = cp.last_seq;
-        prev_cp = Some(cp);
+        Ok(NodeReport {
+            node: node.to_owned(),
+            events: trail_ends_at,
+            first_verified: self.first,
+            checkpoints: self.checkpoints.len() as u64,
+            signed_up_to,
+            unsigned_tail: trail_ends_at - signed_up_to,
+        })
     }
-    Ok(NodeReport {
-        node: node.to_owned(),
-        events: trail_ends_at,
-        checkpoints: cps.len() as u64,
-        signed_up_to,
-        unsigned_tail: trail_ends_at - signed_up_to,
-    })
 }
 
 #[cfg(test)]
@@ -268,6 +383,93 @@ mod tests {
 
     fn check(events: &[StoredEvent], cps: &[Checkpoint]) -> Result<Report, Breach> {
         verify(events, cps, &key().verifying_key())
+    }
+
+    /// The same trail fed one event at a time through the constant-memory verifier.
+    fn stream(events: &[StoredEvent], cps: &[Checkpoint]) -> Result<Report, Breach> {
+        let mut v = TrailVerifier::new(cps, key().verifying_key());
+        for e in events {
+            v.push(e.clone())?;
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn streaming_gives_the_whole_trail_verdict() {
+        let (events, cps) = trail("a", 300, 40);
+        assert_eq!(stream(&events, &cps), check(&events, &cps));
+        assert_eq!(stream(&events, &cps).unwrap().nodes[0].signed_up_to, 280);
+        let tampered: Vec<Vec<StoredEvent>> = vec![
+            {
+                let mut e = events.clone();
+                e[150].body = b"{}".to_vec();
+                e
+            },
+            {
+                let mut e = events.clone();
+                e.remove(200);
+                e
+            },
+            {
+                let mut e = events.clone();
+                e.swap(10, 11);
+                e
+            },
+            {
+                let mut e = events.clone();
+                let (a, b) = (e[20].clone(), e[21].clone());
+                (e[20].body, e[20].hash, e[20].time_us) = (b.body, b.hash, b.time_us);
+                (e[21].body, e[21].hash, e[21].time_us) = (a.body, a.hash, a.time_us);
+                e
+            },
+            events[..250].to_vec(),
+        ];
+        for t in &tampered {
+            let verdict = stream(t, &cps);
+            assert!(verdict.is_err(), "{verdict:?}");
+            assert_eq!(verdict, check(t, &cps));
+        }
+    }
+
+    #[test]
+    fn a_recent_verification_starts_at_the_signed_head_and_still_sees_later_edits() {
+        let (mut events, cps) = trail("a", 95, 10);
+        // Checkpoints are signed at time_us = their last seq: start after the one ending at 60.
+        let recent = |events: &[StoredEvent]| {
+            let mut v = TrailVerifier::new(&cps, key().verifying_key());
+            let starts = v.start_after_checkpoint_before(61);
+            assert_eq!(starts, vec![("a".to_owned(), 60)]);
+            for e in events.iter().filter(|e| e.seq > 60) {
+                v.push(e.clone())?;
+            }
+            v.finish()
+        };
+        let report = recent(&events).unwrap();
+        assert_eq!(report.nodes[0].first_verified, 61);
+        assert_eq!(report.nodes[0].events, 95);
+        assert_eq!(report.nodes[0].signed_up_to, 90);
+        // An edit before the start is the full verification's to find, not this one's.
+        events[5].body = b"{}".to_vec();
+        assert!(recent(&events).is_ok());
+        assert!(check(&events, &cps).is_err());
+        // One after it is found.
+        events[70].body = b"{}".to_vec();
+        assert_eq!(
+            recent(&events),
+            Err(Breach::Altered {
+                node: "a".into(),
+                seq: 71
+            })
+        );
+        // So is a forged checkpoint anywhere in the chain, and a cut tail.
+        let mut forged = cps.clone();
+        forged[2].head_hash = [7; 32];
+        let mut v = TrailVerifier::new(&forged, key().verifying_key());
+        v.start_after_checkpoint_before(61);
+        assert!(matches!(v.finish(), Err(Breach::BadSignature { .. })));
+        let mut v = TrailVerifier::new(&cps, key().verifying_key());
+        v.start_after_checkpoint_before(61);
+        assert!(matches!(v.finish(), Err(Breach::Truncated { .. })));
     }
 
     #[test]

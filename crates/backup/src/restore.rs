@@ -288,11 +288,12 @@ async fn open_and_check(
             "{failed} resource versions do not open with the restored keys"
         )));
     }
-    let (events, checkpoints) = carevault_store::audit_trail(&*env.store).await?;
     let key = carevault_audit::parse_public_key(&manifest.audit_public_key)
         .map_err(|_| BackupError::Damaged("the manifest's audit public key is invalid".into()))?;
-    let report = carevault_audit::verify(&events, &checkpoints, &key)
-        .map_err(|b| BackupError::Check(format!("the audit trail is broken: {b}")))?;
+    let report =
+        carevault_store::verify_audit_trail(&*env.store, key, carevault_store::TrailScope::Whole)
+            .await?
+            .map_err(|b| BackupError::Check(format!("the audit trail is broken: {b}")))?;
     Ok(VerifyReport {
         manifest,
         versions_opened: opened,

@@ -49,6 +49,7 @@ contract_tests!(
     a_new_data_key_commits_with_its_data_or_not_at_all,
     reserved_data_key_ids_are_never_handed_out_twice,
     export_jobs_are_kept_replaced_and_deleted,
+    the_audit_trail_verifies_a_page_at_a_time_whole_or_recent,
 );
 
 pub(crate) fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
@@ -924,4 +925,64 @@ async fn export_jobs_are_kept_replaced_and_deleted(store: &dyn Store, other: &dy
     }
     assert!(other.export_job("j1").await.unwrap().is_none());
     assert_eq!(other.export_jobs().await.unwrap().len(), 1);
+}
+
+/// Two nodes' chains, with checkpoints signed at times 100 and 200 (n1) and 150 (n2), verified
+/// a few events per query: whole, and from the last checkpoint before an instant.
+pub(crate) async fn the_audit_trail_verifies_a_page_at_a_time_whole_or_recent(
+    store: &dyn Store,
+    _: &dyn Store,
+) {
+    use crate::trail::{TrailScope, verify_in_pages};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let mut signed: std::collections::HashMap<&str, (u64, Vec<u8>)> = Default::default();
+    let mut sign = async |node: &'static str, time_us: i64| {
+        let (seq, hash) = store.audit_head(node).await.unwrap().0.unwrap();
+        let (first, prev) = match signed.get(node) {
+            Some((last, sig)) => (last + 1, Some(sig.clone())),
+            None => (1, None),
+        };
+        let cp = carevault_audit::Checkpoint::sign(&key, node, first, seq, hash, time_us, prev);
+        signed.insert(node, (seq, cp.signature.clone()));
+        store
+            .write(vec![WriteOp::InsertCheckpoint(cp)])
+            .await
+            .unwrap();
+    };
+    let append = async |node: &str, range: std::ops::RangeInclusive<u32>| {
+        store
+            .write(range.map(|n| audit(node, n)).collect())
+            .await
+            .unwrap();
+    };
+    append("n1", 1..=10).await;
+    sign("n1", 100).await;
+    append("n2", 1..=12).await;
+    sign("n2", 150).await;
+    append("n1", 11..=20).await;
+    sign("n1", 200).await;
+    append("n1", 21..=30).await;
+
+    let verify = async |scope| {
+        verify_in_pages(store, key.verifying_key(), scope, 7)
+            .await
+            .unwrap()
+            .unwrap()
+            .nodes
+            .into_iter()
+            .map(|n| (n.node, n.first_verified, n.events, n.signed_up_to))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        verify(TrailScope::Whole).await,
+        [("n1".into(), 1, 30, 20), ("n2".into(), 1, 12, 12)]
+    );
+    assert_eq!(
+        verify(TrailScope::Since(150)).await,
+        [("n1".into(), 11, 30, 20), ("n2".into(), 1, 12, 12)]
+    );
+    assert_eq!(
+        verify(TrailScope::Since(201)).await,
+        [("n1".into(), 21, 30, 20), ("n2".into(), 13, 12, 12)]
+    );
 }

@@ -30,13 +30,15 @@ mod rows;
 mod snapshot;
 mod sqlite;
 pub mod stats;
+mod trail;
 
 pub use migrate::{CopyProgress, TableCount, copy_sqlite_to_postgres};
 pub use postgres::{
     POSTGRES_SCHEMA_VERSION, PostgresOptions, PostgresStore, SslMode, redact_url, url_has_password,
 };
-pub use snapshot::{AuditHead, CheckpointHead, SnapshotFacts, audit_trail};
+pub use snapshot::{AuditHead, CheckpointHead, SnapshotFacts};
 pub use sqlite::{SQLITE_SCHEMA_VERSION, SqliteStore, sqlite_facts, sqlite_snapshot};
+pub use trail::{TrailScope, verify_audit_trail};
 
 /// Why a store operation failed. Messages never contain row contents.
 #[derive(Debug, thiserror::Error)]

@@ -61,30 +61,3 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         s
     })
 }
-
-/// Every audit event (chain order, all nodes) and checkpoint of a store, read in pages.
-pub async fn audit_trail(
-    store: &dyn crate::Store,
-) -> Result<
-    (
-        Vec<carevault_audit::StoredEvent>,
-        Vec<carevault_audit::Checkpoint>,
-    ),
-    crate::StoreError,
-> {
-    const PAGE: u32 = 10_000;
-    let mut events = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.audit_events(after.clone(), PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some((last.node.clone(), last.seq));
-        let full = page.len() == PAGE as usize;
-        events.extend(page);
-        if !full {
-            break;
-        }
-    }
-    let checkpoints = store.audit_checkpoints().await?;
-    Ok((events, checkpoints))
-}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use carevault_audit::{Checkpoint, ExportLine, StoredEvent, parse_export, parse_public_key};
+use carevault_audit::{ExportLine, parse_export, parse_public_key};
 use carevault_server::audit::Audit;
 use carevault_server::config::Database;
 use carevault_server::{SharedClock, SystemClock, environment};
@@ -177,11 +177,12 @@ fn trail_source(db: Option<PathBuf>, server: &ServerArgs) -> Result<TrailSource>
     })
 }
 
-/// Every event (chain order, all nodes) and checkpoint of a database, read-only.
-pub(crate) async fn read_trail(
-    source: &TrailSource,
-) -> Result<(Vec<StoredEvent>, Vec<Checkpoint>)> {
-    let store: Box<dyn Store> = match source {
+/// Events `audit export` reads per query.
+const EXPORT_PAGE: u32 = 10_000;
+
+/// Open a database's trail read-only.
+async fn open_trail(source: &TrailSource) -> Result<Box<dyn Store>> {
+    Ok(match source {
         TrailSource::Sqlite(path) => {
             if !path.exists() {
                 bail!("{} does not exist", path.display());
@@ -198,8 +199,19 @@ pub(crate) async fn read_trail(
                     format!("cannot open {}", carevault_store::redact_url(&options.url))
                 })?,
         ),
-    };
-    Ok(carevault_store::audit_trail(&*store).await?)
+    })
+}
+
+/// Verify a database's whole trail a page at a time (memory stays flat however long it is).
+pub(crate) async fn verify_trail(
+    source: &TrailSource,
+    key: carevault_audit::VerifyingKey,
+) -> Result<std::result::Result<carevault_audit::Report, carevault_audit::Breach>> {
+    let store = open_trail(source).await?;
+    Ok(
+        carevault_store::verify_audit_trail(&*store, key, carevault_store::TrailScope::Whole)
+            .await?,
+    )
 }
 
 fn verify(
@@ -209,15 +221,16 @@ fn verify(
     server: &ServerArgs,
 ) -> Result<()> {
     let key = parse_public_key(public_key)?;
-    let (events, checkpoints) = match export {
+    let verdict = match export {
         Some(file) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            parse_export(&text)?
+            let (events, checkpoints) = parse_export(&text)?;
+            carevault_audit::verify(&events, &checkpoints, &key)
         }
-        None => runtime()?.block_on(read_trail(&trail_source(db, server)?))?,
+        None => runtime()?.block_on(verify_trail(&trail_source(db, server)?, key))?,
     };
-    match carevault_audit::verify(&events, &checkpoints, &key) {
+    match verdict {
         Ok(report) => {
             for n in &report.nodes {
                 println!(
@@ -247,7 +260,6 @@ fn export(
     };
     let (since, until) = (parse(since, "since")?, parse(until, "until")?);
     let source = trail_source(None, server)?;
-    let (events, checkpoints) = runtime()?.block_on(read_trail(&source))?;
     let mut sink: Box<dyn Write> = match &out {
         Some(file) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(file)
@@ -255,25 +267,39 @@ fn export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let mut written = 0u64;
-    for e in &events {
-        if since.is_some_and(|s| e.time_us < s) || until.is_some_and(|u| e.time_us >= u) {
-            continue;
+    // A page at a time: the trail can be far larger than memory.
+    let (written, checkpoints) = runtime()?.block_on(async {
+        let store = open_trail(&source).await?;
+        let mut written = 0u64;
+        let mut after = None;
+        loop {
+            let page = store.audit_events(after.take(), EXPORT_PAGE).await?;
+            let full = page.len() == EXPORT_PAGE as usize;
+            for e in &page {
+                if since.is_some_and(|s| e.time_us < s) || until.is_some_and(|u| e.time_us >= u) {
+                    continue;
+                }
+                let line = ExportLine::event(e).context("an event's stored body is not JSON")?;
+                serde_json::to_writer(&mut sink, &line)?;
+                sink.write_all(b"\n")?;
+                written += 1;
+            }
+            match page.last() {
+                Some(last) if full => after = Some((last.node.clone(), last.seq)),
+                _ => break,
+            }
         }
-        let line = ExportLine::event(e).context("an event's stored body is not JSON")?;
-        serde_json::to_writer(&mut sink, &line)?;
-        sink.write_all(b"\n")?;
-        written += 1;
-    }
-    for c in &checkpoints {
-        serde_json::to_writer(&mut sink, &ExportLine::checkpoint(c))?;
-        sink.write_all(b"\n")?;
-    }
+        let checkpoints = store.audit_checkpoints().await?;
+        for c in &checkpoints {
+            serde_json::to_writer(&mut sink, &ExportLine::checkpoint(c))?;
+            sink.write_all(b"\n")?;
+        }
+        anyhow::Ok((written, checkpoints.len()))
+    })?;
     sink.flush()?;
     if let Some(file) = out {
         eprintln!(
-            "wrote {written} events and {} checkpoints to {}",
-            checkpoints.len(),
+            "wrote {written} events and {checkpoints} checkpoints to {}",
             file.display()
         );
     }

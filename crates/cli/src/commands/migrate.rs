@@ -9,7 +9,7 @@ use carevault_audit::parse_public_key;
 use carevault_store::{PostgresOptions, PostgresStore, copy_sqlite_to_postgres, redact_url};
 use clap::Subcommand;
 
-use crate::commands::audit::{TrailSource, read_trail};
+use crate::commands::audit::{TrailSource, verify_trail};
 use crate::local::runtime;
 
 #[derive(Subcommand)]
@@ -78,8 +78,7 @@ fn sqlite_to_postgres(from: &Path, to: &str, public_key: &str) -> Result<()> {
                 mismatched.join(", ")
             );
         }
-        let (events, checkpoints) = read_trail(&TrailSource::Postgres(options.clone())).await?;
-        match carevault_audit::verify(&events, &checkpoints, &key) {
+        match verify_trail(&TrailSource::Postgres(options.clone()), key).await? {
             Ok(report) => {
                 for n in &report.nodes {
                     println!(
