@@ -113,6 +113,14 @@ enum Command {
         /// Ask for a HIPAA Safe Harbor de-identified export (`_deidentify=safe-harbor`).
         #[arg(long)]
         deidentify: bool,
+        /// De-identify with each patient's dates shifted by an offset of their own instead of
+        /// cut to the year (`_deidentify=shifted-dates`; Expert Determination, not Safe Harbor).
+        #[arg(long, requires = "deidentify")]
+        shift_dates: bool,
+        /// Pseudonyms shared by every de-identified export of yours under this label, so they
+        /// can be joined (`_deidentifyLink`).
+        #[arg(long, requires = "deidentify")]
+        link: Option<String>,
         /// Only the data of this Group's member patients.
         #[arg(long)]
         group: Option<String>,
@@ -295,6 +303,8 @@ fn run(cli: Cli) -> Result<()> {
             types,
             since,
             deidentify,
+            shift_dates,
+            link,
             group,
             patients,
             connect,
@@ -305,6 +315,8 @@ fn run(cli: Cli) -> Result<()> {
                 types,
                 since,
                 deidentify,
+                shift_dates,
+                link,
                 group,
                 patients,
             },

@@ -156,7 +156,7 @@ pub async fn status(
 /// The completion manifest (IG v2): output files with absolute URLs, no errors (a job with an
 /// error fails as a whole).
 fn manifest(origin: &str, job: &str, done: &Completed) -> serde_json::Value {
-    serde_json::json!({
+    let mut manifest = serde_json::json!({
         "transactionTime": fhir_instant(done.transaction_time_us),
         "request": done.request,
         "requiresAccessToken": true,
@@ -173,7 +173,12 @@ fn manifest(origin: &str, job: &str, done: &Completed) -> serde_json::Value {
             "publicKey": done.provenance.public_key,
             "signature": done.provenance.signature,
         },
-    })
+    });
+    // Only when shifted, so a Safe Harbor export's manifest reads as before.
+    if done.provenance.dates_shifted {
+        manifest["extension"]["dates"] = "shifted".into();
+    }
+    manifest
 }
 
 /// `DELETE /export/{job}`: cancel a running export, or delete a finished one's files (202).

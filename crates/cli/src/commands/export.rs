@@ -19,6 +19,10 @@ pub(crate) struct Options {
     pub types: Vec<String>,
     pub since: Option<String>,
     pub deidentify: bool,
+    /// De-identified with shifted dates rather than years.
+    pub shift_dates: bool,
+    /// The label of linked de-identified exports.
+    pub link: Option<String>,
     /// Only the data of this Group's member patients.
     pub group: Option<String>,
     /// Only the data in patients' compartments (`Patient/$export`).
@@ -123,7 +127,15 @@ fn kick_off_path(options: &Options) -> Result<String> {
         query.push(("_since", since.clone()));
     }
     if options.deidentify {
-        query.push(("_deidentify", "safe-harbor".to_owned()));
+        let method = if options.shift_dates {
+            "shifted-dates"
+        } else {
+            "safe-harbor"
+        };
+        query.push(("_deidentify", method.to_owned()));
+    }
+    if let Some(label) = &options.link {
+        query.push(("_deidentifyLink", label.clone()));
     }
     let query: Vec<String> = query
         .iter()
@@ -230,6 +242,8 @@ mod tests {
             types: vec!["Patient".into(), "Observation".into()],
             since: Some("2024-01-01T00:00:00Z".into()),
             deidentify: true,
+            shift_dates: false,
+            link: None,
             group: None,
             patients: false,
         };
@@ -237,6 +251,18 @@ mod tests {
             kick_off_path(&o).unwrap(),
             "/fhir/$export?_outputFormat=application%2Ffhir%2Bndjson&_type=Patient%2CObservation\
              &_since=2024%2D01%2D01T00%3A00%3A00Z&_deidentify=safe%2Dharbor"
+        );
+        let linked = Options {
+            shift_dates: true,
+            link: Some("study-7".into()),
+            types: Vec::new(),
+            since: None,
+            ..o
+        };
+        assert_eq!(
+            kick_off_path(&linked).unwrap(),
+            "/fhir/$export?_outputFormat=application%2Ffhir%2Bndjson\
+             &_deidentify=shifted%2Ddates&_deidentifyLink=study%2D7"
         );
     }
 }

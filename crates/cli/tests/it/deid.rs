@@ -107,24 +107,15 @@ fn developers_read_everything_de_identified_and_never_write() {
     a_developer_never_writes(&w);
     the_trail_says_the_reads_were_de_identified(&w);
     exports_asked_de_identified_and_every_developers_export_are(&w);
+    linked_and_date_shifted_exports(&w);
 }
 
 /// A `$export` asked with `_deidentify=safe-harbor`, and a developer's asked without it: no
 /// canary and no real id in any file, references resolve to the exported pseudonyms, and two
 /// exports do not share pseudonyms (each has its own secret).
 fn exports_asked_de_identified_and_every_developers_export_are(w: &World) {
-    use crate::export::{downloaded, ids_of as ids, manifest, started};
-    let exported = |api: &Api, path: &str| {
-        let status = started(api, path);
-        let m = manifest(api, &status);
-        let files = downloaded(api, &m);
-        let text: String = files
-            .iter()
-            .flat_map(|(_, lines)| lines.iter().map(Value::to_string))
-            .collect();
-        assert_clean(path, &text, &[&w.pid, &w.oid]);
-        files
-    };
+    use crate::export::ids_of as ids;
+    let exported = |api: &Api, path: &str| exported(w, api, path).1;
     let asked = exported(
         &w.clin.api,
         "/fhir/$export?_type=Patient,Observation&_deidentify=safe-harbor",
@@ -347,4 +338,85 @@ fn the_trail_says_the_reads_were_de_identified(w: &World) {
         }
     }
     assert!(developer_reads >= 5, "{developer_reads}");
+}
+
+/// Runs an export to completion; its manifest and files, checked free of canaries and real ids.
+fn exported(w: &World, api: &Api, path: &str) -> (Value, Vec<(String, Vec<Value>)>) {
+    use crate::export::{downloaded, manifest, started};
+    let status = started(api, path);
+    let m = manifest(api, &status);
+    let files = downloaded(api, &m);
+    let text: String = files
+        .iter()
+        .flat_map(|(_, lines)| lines.iter().map(Value::to_string))
+        .collect();
+    assert_clean(path, &text, &[&w.pid, &w.oid]);
+    (m, files)
+}
+
+/// Exports under one `_deidentifyLink` label share pseudonyms (another label, or another
+/// principal's same label, do not); `shifted-dates` keeps dates' precision, moved, says so in
+/// the signed manifest, and is not offered to developers.
+fn linked_and_date_shifted_exports(w: &World) {
+    use crate::export::ids_of as ids;
+    let patients = |api: &Api, query: &str| {
+        let (_, files) = exported(w, api, &format!("/fhir/$export?_type=Patient&{query}"));
+        ids(&files, "Patient")
+    };
+    let linked = "_deidentify=safe-harbor&_deidentifyLink=study-7";
+    let first = patients(&w.clin.api, linked);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        patients(&w.clin.api, linked),
+        first,
+        "one label, one pseudonym"
+    );
+    let other_label = "_deidentify=safe-harbor&_deidentifyLink=study-8";
+    assert_ne!(patients(&w.clin.api, other_label), first);
+    assert_ne!(
+        patients(&w.dev.api, linked),
+        first,
+        "labels are the caller's own"
+    );
+    assert_ne!(patients(&w.clin.api, "_deidentify=safe-harbor"), first);
+
+    let (m, files) = exported(
+        w,
+        &w.clin.api,
+        "/fhir/$export?_type=Patient,Observation&_deidentify=shifted-dates",
+    );
+    assert_eq!(m["extension"]["deidentified"], true);
+    assert_eq!(m["extension"]["dates"], "shifted");
+    let of = |rtype: &str| {
+        files
+            .iter()
+            .filter(|(t, _)| t == rtype)
+            .flat_map(|(_, lines)| lines.iter())
+            .collect::<Vec<_>>()
+    };
+    let birth = of("Patient")[0]["birthDate"].as_str().unwrap().to_owned();
+    assert_eq!(birth.len(), 10, "a full date, moved: {birth}");
+    assert_ne!(birth, "1984-07-12");
+    for o in of("Observation") {
+        let when = o["effectiveDateTime"].as_str().unwrap();
+        assert!(when.len() > 10 && !when.starts_with("2024-07-12"), "{when}");
+    }
+    let (safe_harbor, _) = exported(
+        w,
+        &w.clin.api,
+        "/fhir/$export?_type=Patient&_deidentify=safe-harbor",
+    );
+    assert!(safe_harbor["extension"].get("dates").is_none());
+
+    let refused = |api: &Api, query: &str| {
+        let r = api.request(
+            "GET",
+            &format!("/fhir/$export?_type=Patient&{query}"),
+            &[("Prefer", "respond-async")],
+            None,
+        );
+        r.status
+    };
+    assert_eq!(refused(&w.clin.api, "_deidentifyLink=study-7"), 400);
+    assert_eq!(refused(&w.dev.api, "_deidentify=shifted-dates"), 403);
 }

@@ -80,6 +80,9 @@ struct JobBody {
     /// The export's own pseudonym secret (hex): present exactly when the export is
     /// de-identified; at rest only inside the sealed job record.
     deid_secret: Option<String>,
+    /// De-identified with each patient's dates shifted rather than cut to the year.
+    #[serde(default)]
+    shift_dates: bool,
     transaction_time_us: i64,
     state: JobState,
     outputs: Vec<Output>,
@@ -137,6 +140,8 @@ pub struct Completed {
 pub struct Provenance {
     pub tier: String,
     pub deidentified: bool,
+    /// De-identified with dates shifted per patient (Expert Determination, not Safe Harbor).
+    pub dates_shifted: bool,
     /// The environment's audit public key (hex), as `init` printed it.
     pub public_key: String,
     pub signature: String,
@@ -151,17 +156,21 @@ pub struct SignedOutput<'a> {
     pub sha256: &'a str,
 }
 
-/// The text a manifest's signature covers: the origin's tier, whether it was de-identified,
-/// the transaction time and every output file (type, name, count, SHA-256), in order.
+/// The text a manifest's signature covers: the origin's tier, whether it was de-identified
+/// (and, when so, with shifted dates), the transaction time and every output file (type, name,
+/// count, SHA-256), in order.
 pub fn manifest_statement(
     tier: &str,
     deidentified: bool,
+    dates_shifted: bool,
     transaction_time: &str,
     outputs: &[SignedOutput<'_>],
 ) -> String {
-    let mut s = format!(
-        "carevault-export-manifest-v1\ntier={tier}\ndeidentified={deidentified}\ntransactionTime={transaction_time}\n"
-    );
+    let mut s = format!("carevault-export-manifest-v1\ntier={tier}\ndeidentified={deidentified}\n");
+    if dates_shifted {
+        s.push_str("dates=shifted\n");
+    }
+    s.push_str(&format!("transactionTime={transaction_time}\n"));
     for o in outputs {
         s.push_str(&format!(
             "output={}\t{}\t{}\t{}\n",
@@ -222,16 +231,44 @@ impl Exports {
         options: ExportOptions,
     ) -> Result<String> {
         // A principal who reads de-identified data (a developer) exports it de-identified too,
-        // asked or not; each export has its own pseudonym secret, so two exports cannot be
-        // linked through their pseudonyms.
+        // asked or not. Each export has its own pseudonym secret, so two exports cannot be
+        // linked through their pseudonyms, unless the caller names a link label.
         let deidentify = options.deidentify || caller.principal.sees_deidentified();
-        let deid_secret = if deidentify {
-            crate::records::mark_deidentified(caller.audit);
-            let secret = carevault_crypto::random_bytes::<32>()
-                .map_err(|_| Error::Internal("no randomness for the export's secret".into()))?;
-            Some(hex::encode(secret))
-        } else {
-            None
+        if options.shift_dates && caller.principal.sees_deidentified() {
+            // Shifted dates are an expert's call, not Safe Harbor: not for developers.
+            return Err(Error::ForbiddenBecause(
+                "your exports are Safe Harbor de-identified: shifted-dates is not offered".into(),
+            ));
+        }
+        let deid_secret = match (deidentify, &options.link) {
+            (false, Some(_)) => {
+                return Err(Error::BadRequest(
+                    "_deidentifyLink applies to de-identified exports: add _deidentify=safe-harbor"
+                        .into(),
+                ));
+            }
+            (false, None) => None,
+            (true, link) => {
+                let method = if options.shift_dates {
+                    options::DEIDENTIFY_SHIFTED_DATES
+                } else {
+                    options::DEIDENTIFY_SAFE_HARBOR
+                };
+                crate::records::mark_deidentified_as(caller.audit, method);
+                let secret = match link {
+                    Some(label) => {
+                        caller
+                            .audit
+                            .add_detail("deidentified_link", "yes".to_owned());
+                        self.records
+                            .export_link_secret(&caller.principal.id, label)?
+                    }
+                    None => carevault_crypto::random_bytes::<32>().map_err(|_| {
+                        Error::Internal("no randomness for the export's secret".into())
+                    })?,
+                };
+                Some(hex::encode(secret))
+            }
         };
         let types = self.types_for(caller.principal, &options)?;
         let members = match &options.level {
@@ -266,6 +303,7 @@ impl Exports {
                 .collect(),
             members,
             deid_secret,
+            shift_dates: deidentify && options.shift_dates,
             transaction_time_us: self.clock.now_us(),
             state: JobState::Running,
             outputs: Vec::new(),
@@ -353,6 +391,7 @@ impl Exports {
                 let statement = manifest_statement(
                     &tier,
                     body.deid_secret.is_some(),
+                    body.shift_dates,
                     &crate::clock::fhir_instant(body.transaction_time_us),
                     &body
                         .outputs
@@ -371,6 +410,7 @@ impl Exports {
                     provenance: Provenance {
                         tier,
                         deidentified: body.deid_secret.is_some(),
+                        dates_shifted: body.shift_dates,
                         public_key: self.audit.public_key(),
                         signature: self.audit.sign(statement.as_bytes()),
                     },
@@ -609,6 +649,7 @@ mod tests {
             manifest_statement(
                 tier,
                 deid,
+                false,
                 "2026-01-01T00:00:00.000000Z",
                 &[SignedOutput {
                     count,
@@ -630,6 +671,13 @@ mod tests {
             statement("development", false, 3),
             statement("production", true, 3),
             statement("production", false, 4),
+            manifest_statement(
+                "production",
+                false,
+                true,
+                "2026-01-01T00:00:00.000000Z",
+                &outputs,
+            ),
         ] {
             assert!(!verify_manifest(&changed, &public, &signature));
         }

@@ -13,6 +13,11 @@ pub const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/nd
 
 /// The value of `_deidentify` that asks for a HIPAA Safe Harbor de-identified export.
 pub const DEIDENTIFY_SAFE_HARBOR: &str = "safe-harbor";
+/// The value of `_deidentify` that asks for Safe Harbor with each patient's dates shifted by an
+/// offset of their own instead of cut to the year (Expert Determination, not Safe Harbor).
+pub const DEIDENTIFY_SHIFTED_DATES: &str = "shifted-dates";
+/// The longest `_deidentifyLink` label.
+const LINK_MAX: usize = 64;
 
 /// Which resources an export draws from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,9 +49,15 @@ pub struct ExportOptions {
     pub since_us: Option<i64>,
     /// `_typeFilter`: a search (as its query string) each resource of that type must match.
     pub type_filters: Vec<(ResourceType, String)>,
-    /// `_deidentify=safe-harbor`: every resource is de-identified (`carevault_fhir::deid`)
-    /// before it is written, under a pseudonym secret of the export's own.
+    /// `_deidentify=safe-harbor` (or `shifted-dates`): every resource is de-identified
+    /// (`carevault_fhir::deid`) before it is written, under a pseudonym secret of the export's
+    /// own (or of its link).
     pub deidentify: bool,
+    /// `_deidentify=shifted-dates`: dates moved by a per-patient offset, not cut to the year.
+    pub shift_dates: bool,
+    /// `_deidentifyLink=label`: pseudonyms under a secret of the caller's and this label's, the
+    /// same in every export of theirs that names it (so those exports can be joined).
+    pub link: Option<String>,
     /// The kick-off request as the client wrote it (path and query), for the manifest.
     pub request: String,
 }
@@ -61,6 +72,8 @@ impl ExportOptions {
             since_us: None,
             type_filters: Vec::new(),
             deidentify: false,
+            shift_dates: false,
+            link: None,
             request,
         };
         for (name, value) in pairs {
@@ -102,15 +115,34 @@ impl ExportOptions {
                     options.type_filters.push((rtype, query));
                 }
                 "_deidentify" => {
-                    if value != DEIDENTIFY_SAFE_HARBOR {
-                        return Err(Error::BadRequest("_deidentify must be safe-harbor".into()));
-                    }
+                    options.shift_dates = match value.as_str() {
+                        DEIDENTIFY_SAFE_HARBOR => false,
+                        DEIDENTIFY_SHIFTED_DATES => true,
+                        _ => {
+                            return Err(Error::BadRequest(
+                                "_deidentify must be safe-harbor or shifted-dates".into(),
+                            ));
+                        }
+                    };
                     options.deidentify = true;
+                }
+                "_deidentifyLink" => {
+                    let label_ok = !value.is_empty()
+                        && value.len() <= LINK_MAX
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                    if !label_ok {
+                        return Err(Error::BadRequest(
+                            "_deidentifyLink must be 1-64 letters, digits, '.', '_' or '-'".into(),
+                        ));
+                    }
+                    options.link = Some(value.clone());
                 }
                 _ => {
                     return Err(Error::BadRequest(
-                        "$export takes _outputFormat, _type, _since, _typeFilter and \
-                         _deidentify only"
+                        "$export takes _outputFormat, _type, _since, _typeFilter, _deidentify \
+                         and _deidentifyLink only"
                             .into(),
                     ));
                 }
@@ -202,6 +234,18 @@ mod tests {
             assert!(parse(&[("_outputFormat", format)]).is_ok());
         }
         assert!(parse(&[("_deidentify", "safe-harbor")]).unwrap().deidentify);
+        let shifted = parse(&[
+            ("_deidentify", "shifted-dates"),
+            ("_deidentifyLink", "study-7.a_b"),
+        ])
+        .unwrap();
+        assert!(shifted.deidentify && shifted.shift_dates);
+        assert_eq!(shifted.link.as_deref(), Some("study-7.a_b"));
+        assert!(
+            !parse(&[("_deidentify", "safe-harbor")])
+                .unwrap()
+                .shift_dates
+        );
     }
 
     #[test]
@@ -215,6 +259,9 @@ mod tests {
             &[("_typeFilter", "Observation?no-such-param=Secret-Canary")],
             &[("_typeFilter", "Observation?_sort=date")],
             &[("_deidentify", "expert")],
+            &[("_deidentifyLink", "")],
+            &[("_deidentifyLink", "Secret-Canary/../x")],
+            &[("_deidentifyLink", &"Secret-Canary".repeat(6))],
             &[("_elements", "id")],
             &[
                 ("_type", "Patient"),

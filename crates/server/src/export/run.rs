@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use carevault_audit::EventRecord;
 use carevault_fhir::ResourceType;
+use carevault_fhir::deid::DateHandling;
 use carevault_store::WriteOp;
 
 use super::files::SealedWriter;
@@ -18,6 +19,10 @@ use crate::audit::{AuditAction, AuditScope};
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::records::{Caller, Version};
+
+/// The most days a shifted-dates export moves a patient's dates, earlier or later: under a year,
+/// so a shifted date never lands on its own day and month.
+const SHIFT_MAX_DAYS: u16 = 364;
 
 /// What a finished run wrote.
 struct Written {
@@ -153,7 +158,14 @@ impl Exports {
                     .ok()
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| Error::Integrity("export secret is malformed".into()))?;
-                Some(self.records.deidentifier_under(&secret)?)
+                let dates = if body.shift_dates {
+                    DateHandling::Shift {
+                        max_days: SHIFT_MAX_DAYS,
+                    }
+                } else {
+                    DateHandling::YearOnly
+                };
+                Some(self.records.deidentifier_under(&secret, dates)?)
             }
             None => None,
         };
@@ -287,6 +299,8 @@ impl JobBody {
                 .map(|(t, q)| Ok((parse(t)?, q.clone())))
                 .collect::<Result<_>>()?,
             deidentify: self.deid_secret.is_some(),
+            shift_dates: self.shift_dates,
+            link: None,
             request: self.request.clone(),
         })
     }

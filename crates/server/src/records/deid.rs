@@ -14,7 +14,9 @@
 
 use carevault_crypto::{DataKey, envelope, hmac_sha256};
 use carevault_fhir::ResourceId;
-use carevault_fhir::deid::{DeidOptions, Deidentifier, search_refusal, year_start_us};
+use carevault_fhir::deid::{
+    DateHandling, DeidOptions, Deidentifier, search_refusal, year_start_us,
+};
 use carevault_fhir::search::Query;
 use serde_json::Value;
 
@@ -27,13 +29,20 @@ const AUDIT_KEY: &str = "deidentified";
 const AUDIT_VALUE: &str = "safe-harbor";
 /// Associated data of a sealed paging cursor.
 const CURSOR_AAD: &[u8] = b"carevault-deid-cursor";
+/// Domain separation of linked exports' secrets from the environment's de-identification secret.
+const LINK_LABEL: &[u8] = b"carevault-export-link\0";
 
 /// Marks an audit event as one whose answer was de-identified (once): a developer's read, or a
 /// de-identified export.
 pub(crate) fn mark_deidentified(audit: &AuditScope) {
+    mark_deidentified_as(audit, AUDIT_VALUE);
+}
+
+/// [`mark_deidentified`], naming how (`safe-harbor`, `shifted-dates`).
+pub(crate) fn mark_deidentified_as(audit: &AuditScope, method: &str) {
     let marked = audit.read(|r| r.detail.iter().any(|(k, _)| k == AUDIT_KEY));
     if !marked {
-        audit.add_detail(AUDIT_KEY, AUDIT_VALUE.to_owned());
+        audit.add_detail(AUDIT_KEY, method.to_owned());
     }
 }
 
@@ -155,16 +164,31 @@ impl Records {
 
     /// The transform under the environment's secret, ages counted to the current year.
     fn deidentifier(&self) -> Result<Deidentifier> {
-        self.deidentifier_under(self.secret()?)
+        self.deidentifier_under(self.secret()?, DateHandling::YearOnly)
     }
 
     /// The transform under `secret` (an export's own), ages counted to the current year.
-    pub fn deidentifier_under(&self, secret: &[u8; 32]) -> Result<Deidentifier> {
+    pub fn deidentifier_under(
+        &self,
+        secret: &[u8; 32],
+        dates: DateHandling,
+    ) -> Result<Deidentifier> {
         let year = crate::clock::fhir_instant(self.clock.now_us())
             .get(..4)
             .and_then(|y| y.parse().ok())
             .ok_or_else(|| Error::Internal("clock year".into()))?;
-        Deidentifier::new(secret, DeidOptions::safe_harbor(year))
+        Deidentifier::new(secret, DeidOptions::safe_harbor(year).with_dates(dates))
             .map_err(|e| Error::Internal(format!("de-identification: {e}")))
+    }
+
+    /// The pseudonym secret of the linked exports of `principal` (an id) under `label`: derived
+    /// from the environment's de-identification secret, so the same principal and label give the
+    /// same pseudonyms in every export, and no other principal's label reaches them.
+    pub fn export_link_secret(&self, principal: &str, label: &str) -> Result<[u8; 32]> {
+        let mut message = LINK_LABEL.to_vec();
+        message.extend_from_slice(&(principal.len() as u64).to_be_bytes());
+        message.extend_from_slice(principal.as_bytes());
+        message.extend_from_slice(label.as_bytes());
+        Ok(hmac_sha256(self.secret()?, &message))
     }
 }

@@ -29,7 +29,7 @@ use crate::search::SearchIndex;
 
 pub use compartments::{EverythingPage, EverythingQuery};
 pub use conditional::Selected;
-pub(crate) use deid::mark_deidentified;
+pub(crate) use deid::mark_deidentified_as;
 pub use search::{BulkRead, SearchPage};
 
 /// Who asks, the audit event of their request, and (inside a transaction Bundle) the

@@ -84,9 +84,12 @@ fn check_for(target: &str, manifest: &Value, source_key: Option<&str>) -> Result
             )
         })
         .collect();
+    // Absent on a Safe Harbor export; the signature covers it either way.
+    let dates_shifted = ext["dates"].as_str() == Some("shifted");
     let statement = manifest_statement(
         tier,
         deidentified,
+        dates_shifted,
         manifest["transactionTime"].as_str().unwrap_or_default(),
         &outputs
             .iter()
@@ -110,6 +113,13 @@ fn check_for(target: &str, manifest: &Value, source_key: Option<&str>) -> Result
              (carevault export --deidentify)"
         );
     }
+    if target != "production" && tier == "production" && dates_shifted {
+        bail!(
+            "this export comes from a production environment with shifted dates, which is not \
+             Safe Harbor de-identification: a {target} environment takes production data only \
+             as a Safe Harbor export (carevault export --deidentify, without --shift-dates)"
+        );
+    }
     Ok(())
 }
 
@@ -118,11 +128,16 @@ mod tests {
     use super::*;
 
     fn signed(tier: &str, deidentified: bool) -> Value {
+        signed_with_dates(tier, deidentified, false)
+    }
+
+    fn signed_with_dates(tier: &str, deidentified: bool, dates_shifted: bool) -> Value {
         use ed25519_dalek::Signer;
         let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
         let statement = manifest_statement(
             tier,
             deidentified,
+            dates_shifted,
             "2026-01-01T00:00:00.000000Z",
             &[SignedOutput {
                 rtype: "Patient",
@@ -131,8 +146,7 @@ mod tests {
                 sha256: "aa",
             }],
         );
-        serde_json::json!({
-            "transactionTime": "2026-01-01T00:00:00.000000Z",
+        let mut manifest = serde_json::json!({
             "output": [{"type": "Patient", "url": "https://h/export/j/Patient.ndjson", "count": 2,
                         "extension": {"sha256": "aa"}}],
             "extension": {
@@ -141,7 +155,12 @@ mod tests {
                 "publicKey": hex::encode(key.verifying_key().to_bytes()),
                 "signature": hex::encode(key.sign(statement.as_bytes()).to_bytes()),
             }
-        })
+        });
+        manifest["transactionTime"] = "2026-01-01T00:00:00.000000Z".into();
+        if dates_shifted {
+            manifest["extension"]["dates"] = "shifted".into();
+        }
+        manifest
     }
 
     #[test]
@@ -163,6 +182,24 @@ mod tests {
             unsigned.as_object_mut().unwrap().remove("extension");
             assert!(check_for(target, &unsigned, None).is_err());
         }
+        // Shifted dates are not Safe Harbor: refused from production, and the claim cannot be
+        // dropped from the manifest without breaking its signature.
+        let shifted = signed_with_dates("production", true, true);
+        let err = check_for("development", &shifted, None).unwrap_err();
+        assert!(err.to_string().contains("shifted dates"), "{err}");
+        let mut hidden = shifted.clone();
+        hidden["extension"].as_object_mut().unwrap().remove("dates");
+        let err = check_for("development", &hidden, None).unwrap_err();
+        assert!(err.to_string().contains("does not verify"), "{err}");
+        assert!(check_for("production", &shifted, None).is_ok());
+        assert!(
+            check_for(
+                "development",
+                &signed_with_dates("staging", true, true),
+                None
+            )
+            .is_ok()
+        );
         // Production takes its own data; a pinned source key must match.
         assert!(check_for("production", &signed("production", false), None).is_ok());
         let pinned = "00".repeat(32);
