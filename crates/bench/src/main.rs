@@ -10,6 +10,7 @@
 #![allow(clippy::print_stdout)] // a command-line tool: its report is its output
 
 mod baseline;
+mod export;
 mod load;
 mod proc_stats;
 mod workloads;
@@ -99,6 +100,10 @@ struct RunArgs {
     import_concurrency: usize,
     #[arg(long, default_value_t = 250)]
     import_batch: usize,
+    /// Also time a bulk `$export` of everything, plain and de-identified (after start-up,
+    /// before the workloads).
+    #[arg(long)]
+    export: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -247,6 +252,10 @@ struct Accounts {
     /// made by older harnesses).
     #[serde(default)]
     metrics_key: Option<String>,
+    /// A key of scope `system/*.rs` (reads every organization), for `--export` (absent in work
+    /// directories made by older harnesses).
+    #[serde(default)]
+    export_key: Option<String>,
 }
 
 /// Enroll the admin, make the import key and one clinician per organization.
@@ -280,6 +289,13 @@ fn make_accounts(
     if metrics.status != 201 {
         bail!("cannot create the metrics key: {}", metrics.text());
     }
+    let export = admin.post_json(
+        "/admin/api-keys",
+        &json!({"name": "bench-export", "scopes": ["system/*.rs"], "expires_in_days": 90}),
+    );
+    if export.status != 201 {
+        bail!("cannot create the export key: {}", export.text());
+    }
     let mut clinicians = Vec::new();
     for o in 1..=organizations {
         let name = format!("clinician-{o}");
@@ -303,6 +319,7 @@ fn make_accounts(
         loaded: false,
         import: None,
         metrics_key: metrics.json()["key"].as_str().map(str::to_owned),
+        export_key: export.json()["key"].as_str().map(str::to_owned),
     })
 }
 
@@ -482,6 +499,11 @@ fn bench(args: &RunArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let tls = load::tls_connector(&ca)?;
+    let exports = if args.export {
+        export::plain_and_deidentified(&api, accounts.export_key.as_deref(), server.pid())?
+    } else {
+        Vec::new()
+    };
     let mut results = Vec::new();
     let mut server = Some(server);
     // Read before CareVault stops: which detection rules the workloads' traffic made fire.
@@ -537,14 +559,8 @@ fn bench(args: &RunArgs) -> Result<()> {
         s.stop()?;
     }
 
-    println!();
-    println!(
-        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12}",
-        "workload", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "peak MiB", "CPU s/1k req"
-    );
-    for r in &results {
-        println!("{}", r.line());
-    }
+    Row::print_table(&results);
+    export::print_table(&exports);
     let read = results.iter().find(|r| r.name == "read");
     let base = results.iter().find(|r| r.name == "baseline-read");
     let ratio = match (read, base) {
@@ -574,6 +590,7 @@ fn bench(args: &RunArgs) -> Result<()> {
         "import": accounts.import,
         "startup_ms": {"listening": listening_ms, "first_answer": startup.as_secs_f64() * 1000.0},
         "workloads": results.iter().map(Row::json).collect::<Vec<_>>(),
+        "exports": exports.iter().map(export::ExportRow::json).collect::<Vec<_>>(),
         "read_vs_baseline": ratio,
         "detection": detection,
         "alerts_raised": alerts,
@@ -642,6 +659,18 @@ struct Row {
 }
 
 impl Row {
+    /// The workloads' table, in the run's summary.
+    fn print_table(rows: &[Row]) {
+        println!();
+        println!(
+            "{:<16} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12}",
+            "workload", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "peak MiB", "CPU s/1k req"
+        );
+        for r in rows {
+            println!("{}", r.line());
+        }
+    }
+
     fn new(
         name: &str,
         o: &Outcome,

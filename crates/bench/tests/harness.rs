@@ -182,12 +182,20 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
     assert!((ratio - read / baseline).abs() < 1e-9, "{report}");
 
     // A later run on the same work directory reuses the data and the accounts; `everything`
-    // (not in the default list) answers each clinician's patients whole.
+    // (not in the default list) answers each clinician's patients whole; `--export` exports
+    // every seeded resource, plain and de-identified.
     let again = bench(
         &work,
         &[
             &TINY[..],
-            &["--connections", "2", "--workloads", "read,everything"],
+            &[
+                "--connections",
+                "2",
+                "--workloads",
+                "read,everything",
+                "--export",
+            ],
+            &["--json", report_file.to_str().unwrap()],
         ]
         .concat(),
     );
@@ -195,4 +203,18 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
     assert!(again.status.success(), "{printed}");
     assert!(!printed.contains("importing"), "{printed}");
     assert_eq!(printed.matches("\"errors\": 0").count(), 2, "{printed}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
+    let exports = report["exports"].as_array().unwrap();
+    let names: Vec<&str> = exports
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["export", "export-deid"]);
+    // Everything: the seeded resources and those the first run's writes added.
+    assert_eq!(exports[0]["resources"], exports[1]["resources"]);
+    for e in exports {
+        assert!(number(e, "/resources") as usize > seeded, "{e}");
+        assert!(number(e, "/resources_per_s") > 0.0, "{e}");
+        assert!(number(e, "/server_peak_rss_mib") > 1.0, "{e}");
+    }
 }

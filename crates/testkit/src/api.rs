@@ -164,6 +164,31 @@ impl Api {
         })
     }
 
+    /// `GET` a body too large to hold, counting its lines and bytes as it streams in: the
+    /// status, the number of newline-terminated lines and the bytes.
+    pub fn get_counting_lines(&self, path: &str) -> Result<(u16, u64, u64), String> {
+        let url = format!("{}{}", self.base, path);
+        let mut builder = ureq::http::Request::builder().method("GET").uri(&url);
+        if let Some(t) = &self.token {
+            builder = builder.header("Authorization", format!("Bearer {t}"));
+        }
+        let request = builder.body(()).map_err(|e| e.to_string())?;
+        let response = self.agent.run(request).map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let mut reader = response.into_body().into_reader();
+        let (mut lines, mut bytes) = (0u64, 0u64);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+        }
+        Ok((status, lines, bytes))
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         self.request("GET", path, &[], None)
     }
