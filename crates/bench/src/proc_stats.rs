@@ -11,14 +11,7 @@ pub struct Sample {
 }
 
 pub fn sample(pid: u32) -> Result<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("cannot read the server's /proc status")?;
-    let peak_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let peak_kib = status_kib(pid, "VmHWM:")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -39,15 +32,19 @@ pub fn sample(pid: u32) -> Result<Sample> {
 
 /// VmRSS: the resident set size now, in MiB.
 pub fn rss_mib(pid: u32) -> Result<f64> {
+    Ok(status_kib(pid, "VmRSS:")? / 1024.0)
+}
+
+/// One `field:` of /proc/PID/status, in KiB (0 when absent).
+fn status_kib(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .context("cannot read the server's /proc status")?;
-    let kib: f64 = status
+    Ok(status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    Ok(kib / 1024.0)
+        .unwrap_or(0.0))
 }
 
 fn clock_ticks_per_second() -> f64 {
