@@ -21,6 +21,10 @@ use carevault_server::records::Records;
 use carevault_server::search::SearchIndex;
 use carevault_server::{Error, Result};
 
+#[cfg(test)]
+#[path = "app_restart_tests.rs"]
+mod restart_tests;
+
 pub struct Application {
     listener: TcpListener,
     /// None for plain HTTP.

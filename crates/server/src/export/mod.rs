@@ -517,8 +517,9 @@ impl Exports {
         Ok(())
     }
 
-    /// At start: jobs of this node that a restart interrupted begin again (a user's, with the
-    /// user's current rights), or fail when their principal cannot be resolved; expired jobs go.
+    /// At start: jobs of this node that a restart interrupted begin again with their
+    /// principal's current rights (a user's, or an API key's), or fail when that principal is
+    /// gone (a disabled user, a revoked or expired key); expired jobs go.
     pub async fn resume(self: &Arc<Self>, identity: &Identity) -> Result<()> {
         for row in self.store.export_jobs().await? {
             let Ok(body) = self.open_body(&row).await else {
@@ -532,7 +533,11 @@ impl Exports {
             if body.state != JobState::Running || body.node != self.node {
                 continue;
             }
-            match identity.user_by_id(&row.principal_id).await? {
+            let principal = match identity.user_by_id(&row.principal_id).await? {
+                Some(user) => Some(user),
+                None => identity.api_key_principal(&row.principal_id).await?,
+            };
+            match principal {
                 Some(principal) => {
                     tracing::info!(
                         event = "export_job_restarted",

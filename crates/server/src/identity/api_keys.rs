@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use carevault_store::WriteOp;
+use carevault_store::{ApiKeyRow, WriteOp};
 use serde::Serialize;
 
 use super::{API_KEY_PREFIX, Identity, MAX_KEY_DAYS, Principal, PrincipalKind, Role, keys};
@@ -52,7 +52,7 @@ impl Identity {
             .api_key_by_hash(&carevault_crypto::sha256_hex(key.as_bytes()))
             .await?
             .ok_or(Error::Unauthorized)?;
-        if row.revoked || row.expires_at <= self.clock.now_secs() {
+        if !self.key_is_live(&row) {
             return Err(Error::Unauthorized);
         }
         if !row.allowed_cidrs.is_empty() {
@@ -72,6 +72,43 @@ impl Identity {
                 return Err(Error::Unauthorized);
             }
         }
+        self.key_principal(row).await
+    }
+
+    /// The principal of API key `id` (`apikey:<name>`), for work a key started that outlives
+    /// its request (an export resumed after a restart): None once the key is revoked or
+    /// expired, or its owner disabled or locked. Its CIDRs are not checked: no client is
+    /// connected.
+    pub async fn api_key_principal(&self, id: &str) -> Result<Option<Principal>> {
+        let Some(name) = id.strip_prefix("apikey:") else {
+            return Ok(None);
+        };
+        let Some(row) = self
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.name == name)
+        else {
+            return Ok(None);
+        };
+        if !self.key_is_live(&row) {
+            return Ok(None);
+        }
+        match self.key_principal(row).await {
+            Ok(p) => Ok(Some(p)),
+            Err(Error::Unauthorized) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Neither revoked nor expired.
+    fn key_is_live(&self, row: &ApiKeyRow) -> bool {
+        !row.revoked && row.expires_at > self.clock.now_secs()
+    }
+
+    /// A valid key's principal: a service (its scopes), or its owner's sub-account.
+    async fn key_principal(&self, row: ApiKeyRow) -> Result<Principal> {
         let (roles, organization, owner) = match &row.owner_id {
             Some(owner_id) => {
                 let owner = self
