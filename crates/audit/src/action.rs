@@ -103,6 +103,13 @@ audit_actions! {
     ExportStartPatient => "export.start.patient",
     /// `GET [base]/Group/{id}/$export`: a Group-level bulk export started.
     ExportStartGroup => "export.start.group",
+    /// `POST [base]/$export` (parameters in the query or a `Parameters` body): a system-level
+    /// bulk export started.
+    ExportStartPost => "export.start.post",
+    /// `POST [base]/Patient/$export`: a Patient-level bulk export started.
+    ExportStartPatientPost => "export.start.patient.post",
+    /// `POST [base]/Group/{id}/$export`: a Group-level bulk export started.
+    ExportStartGroupPost => "export.start.group.post",
     /// A bulk export's status polled (`GET /export/{job}`).
     ExportStatus => "export.status",
     /// A bulk export cancelled or its files deleted (`DELETE /export/{job}`).

@@ -1,5 +1,5 @@
 //! Bulk `$export` (HL7 FHIR Bulk Data Access IG v2): the kick-off at the system, Patient and
-//! Group levels, the status URL (poll, cancel) and the output files. Handlers extract, call the
+//! Group levels (GET, or POST with a `Parameters` body), the status URL (poll, cancel) and the output files. Handlers extract, call the
 //! core's export service (`carevault_server::export`) and shape its answer.
 
 use axum::Extension;
@@ -12,7 +12,7 @@ use carevault_server::Error;
 use carevault_server::audit::AuditScope;
 use carevault_server::clock::fhir_instant;
 use carevault_server::export::{
-    Completed, ExportOptions, JobStatus, Level, OutputReader, RETRY_AFTER_SECS,
+    Completed, ExportOptions, JobStatus, Level, OutputReader, RETRY_AFTER_SECS, parameter_pairs,
 };
 use carevault_server::records::Caller;
 
@@ -53,11 +53,9 @@ pub async fn kick_off_type(
     Query(pairs): Pairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if resource_type(&rtype)? != ResourceType::PATIENT {
-        return Err(ApiError::NoSuchEndpoint);
-    }
+    let level = patient_level(&rtype)?;
     let caller = Caller::new(&p, &audit);
-    kick_off(&state, caller, Level::Patient, &uri, &pairs, &headers).await
+    kick_off(&state, caller, level, &uri, &pairs, &headers).await
 }
 
 /// `GET /fhir/Group/{id}/$export`: the resources of the group's member patients.
@@ -70,10 +68,7 @@ pub async fn kick_off_group(
     Query(pairs): Pairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if rtype != "Group" {
-        return Err(ApiError::NoSuchEndpoint);
-    }
-    let level = Level::group(&resource_id(&id)?);
+    let level = group_level(&rtype, &id)?;
     kick_off(
         &state,
         Caller::new(&p, &audit),
@@ -83,6 +78,91 @@ pub async fn kick_off_group(
         &headers,
     )
     .await
+}
+
+/// `POST /fhir/$export`: the same kick-off, with its parameters in the query, in a
+/// `Parameters` body (the IG v2 permits a POST kick-off that supplies them so), or both; a
+/// parameter given in both counts as repeated.
+pub async fn kick_off_system_post(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = Caller::new(&p, &audit);
+    kick_off_post(&state, caller, Level::System, &uri, &headers, body).await
+}
+
+/// `POST /fhir/Patient/$export`, as [`kick_off_system_post`].
+pub async fn kick_off_type_post(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path(rtype): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let level = patient_level(&rtype)?;
+    let caller = Caller::new(&p, &audit);
+    kick_off_post(&state, caller, level, &uri, &headers, body).await
+}
+
+/// `POST /fhir/Group/{id}/$export`, as [`kick_off_system_post`].
+pub async fn kick_off_group_post(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Path((rtype, id)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let level = group_level(&rtype, &id)?;
+    let caller = Caller::new(&p, &audit);
+    kick_off_post(&state, caller, level, &uri, &headers, body).await
+}
+
+/// A POST kick-off: the query's parameters, then those of the body (none, or a JSON
+/// `Parameters` resource whose entries become parameters as a query's would, and are audited
+/// as such).
+async fn kick_off_post(
+    state: &AppState,
+    caller: Caller<'_>,
+    level: Level,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Query(mut pairs): Pairs = Query::try_from_uri(uri)
+        .map_err(|_| Error::BadRequest("the query string could not be read".into()))?;
+    let bytes = crate::read_body(state, headers, body).await?;
+    if !bytes.is_empty() {
+        crate::require_json_body(headers)?;
+        let parameters: serde_json::Value = crate::parse_json(state, &bytes)?;
+        let from_body = parameter_pairs(&parameters)?;
+        for (name, value) in &from_body {
+            caller.audit.add_query(name, value);
+        }
+        pairs.extend(from_body);
+    }
+    kick_off(state, caller, level, uri, &pairs, headers).await
+}
+
+fn patient_level(rtype: &str) -> Result<Level, ApiError> {
+    if resource_type(rtype)? != ResourceType::PATIENT {
+        return Err(ApiError::NoSuchEndpoint);
+    }
+    Ok(Level::Patient)
+}
+
+fn group_level(rtype: &str, id: &str) -> Result<Level, ApiError> {
+    if rtype != "Group" {
+        return Err(ApiError::NoSuchEndpoint);
+    }
+    Ok(Level::group(&resource_id(id)?))
 }
 
 async fn kick_off(

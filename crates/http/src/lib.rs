@@ -513,6 +513,27 @@ pub const ROUTE_TABLE: &[Route] = &[
         || get(export::kick_off_group),
     ),
     route(
+        "/fhir/$export",
+        Method::POST,
+        AuditAction::ExportStartPost,
+        None,
+        || post(export::kick_off_system_post),
+    ),
+    route(
+        "/fhir/{rtype}/$export",
+        Method::POST,
+        AuditAction::ExportStartPatientPost,
+        None,
+        || post(export::kick_off_type_post),
+    ),
+    route(
+        "/fhir/{rtype}/{id}/$export",
+        Method::POST,
+        AuditAction::ExportStartGroupPost,
+        None,
+        || post(export::kick_off_group_post),
+    ),
+    route(
         "/export/{job}",
         Method::GET,
         AuditAction::ExportStatus,

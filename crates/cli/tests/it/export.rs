@@ -497,3 +497,127 @@ fn carevault_export_writes_the_files_and_manifest_that_import_loads_into_a_fresh
     assert!(String::from_utf8_lossy(&refused.stderr).contains("the export's manifest says 5"));
     assert_eq!(contents(&third_api, "Patient").len(), 0);
 }
+
+/// A POST kick-off (the IG v2 permits it): parameters in the query with no body (as
+/// `@medplum/core`'s `bulkExport` sends them), in a `Parameters` body, or both; the same
+/// checks and refusals as a GET, and its own audit action.
+#[test]
+fn a_post_kick_off_takes_its_parameters_from_the_query_or_a_parameters_body() {
+    let srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.export.post", &["clinician"], Some("org-a"));
+    let auditor = srv.user(&admin, "ann.export.post", &["auditor"], None);
+    let api = &clin.api;
+    let canary = "Canary-Post-Family-5c1e";
+    let p1 = create(api, &patient(canary, "Ann"));
+    let o1 = create(api, &observation(&p1, "post note"));
+    let group = create(
+        api,
+        &json!({"resourceType": "Group", "type": "person", "actual": true,
+                "member": [{"entity": {"reference": format!("Patient/{p1}")}}]}),
+    );
+    let post = |path: &str, headers: &[(&str, &str)], body: Option<&[u8]>| {
+        api.request("POST", path, headers, body)
+    };
+    let status_of = |r: &Reply| {
+        assert_eq!(r.status, 202, "{}", r.text());
+        let location = r.header("content-location").expect("Content-Location");
+        location[location.find("/export/").unwrap()..].to_owned()
+    };
+
+    // No body, parameters in the query.
+    let r = post("/fhir/$export?_type=Patient", ASYNC, None);
+    let done = manifest(api, &status_of(&r));
+    assert!(
+        done["request"]
+            .as_str()
+            .unwrap()
+            .ends_with("/fhir/$export?_type=Patient")
+    );
+    let files = downloaded(api, &done);
+    assert_eq!(ids_of(&files, "Patient"), set(&[&p1]));
+    assert!(ids_of(&files, "Observation").is_empty());
+
+    // A Parameters body: its `_type` and `_deidentify` apply as a query's would.
+    let parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Observation"},
+        {"name": "_type", "valueString": "Patient"},
+        {"name": "_outputFormat", "valueString": "application/fhir+ndjson"},
+        {"name": "_deidentify", "valueCode": "safe-harbor"},
+    ]})
+    .to_string();
+    let fhir_json = [
+        ASYNC[0],
+        ASYNC[1],
+        ("Content-Type", "application/fhir+json"),
+    ];
+    let r = post("/fhir/$export", &fhir_json, Some(parameters.as_bytes()));
+    let done = manifest(api, &status_of(&r));
+    assert_eq!(done["extension"]["deidentified"], true);
+    let files = downloaded(api, &done);
+    assert_eq!(ids_of(&files, "Patient").len(), 1);
+    assert_eq!(ids_of(&files, "Observation").len(), 1);
+    let text: String = files
+        .iter()
+        .flat_map(|(_, lines)| lines.iter().map(Value::to_string))
+        .collect();
+    for identifying in [canary, p1.as_str(), o1.as_str()] {
+        assert!(!text.contains(identifying), "{identifying} was exported");
+    }
+
+    // Query and body together: a parameter in both counts as repeated.
+    let only_obs = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Observation"}]})
+    .to_string();
+    let r = post(
+        "/fhir/Patient/$export?_type=Patient",
+        &fhir_json,
+        Some(only_obs.as_bytes()),
+    );
+    let files = downloaded(api, &manifest(api, &status_of(&r)));
+    assert_eq!(ids_of(&files, "Patient"), set(&[&p1]));
+    assert_eq!(ids_of(&files, "Observation"), set(&[&o1]));
+    let r = post(&format!("/fhir/Group/{group}/$export"), ASYNC, None);
+    let files = downloaded(api, &manifest(api, &status_of(&r)));
+    assert_eq!(ids_of(&files, "Patient"), set(&[&p1]));
+
+    // The refusals of a GET, and those of a body that is not a Parameters resource of strings.
+    let no_async = post("/fhir/$export", &[], None);
+    assert_eq!(no_async.status, 400, "{}", no_async.text());
+    assert!(no_async.diagnostics().contains("respond-async"));
+    assert_eq!(post("/fhir/Observation/$export", ASYNC, None).status, 404);
+    assert_eq!(post("/fhir/$export?_elements=id", ASYNC, None).status, 400);
+    let text_plain = [ASYNC[0], ASYNC[1], ("Content-Type", "text/plain")];
+    assert_eq!(
+        post("/fhir/$export", &text_plain, Some(b"_type=Patient")).status,
+        415
+    );
+    for bad in [
+        json!({"resourceType": "Patient", "name": [{"family": canary}]}),
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": format!("Patient/{canary}")}}]}),
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "_type", "valueString": canary}]}),
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": canary, "valueString": "Patient"}]}),
+    ] {
+        let r = post(
+            "/fhir/$export",
+            &fhir_json,
+            Some(bad.to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert!(!r.text().contains(canary), "the refusal echoes its input");
+    }
+    let r = post("/fhir/$export", &fhir_json, Some(b"{not json"));
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Audited as its own action.
+    let started = auditor.api.get("/audit/events?action=export.start.post");
+    assert_eq!(started.status, 200, "{}", started.text());
+    assert!(
+        started.json()["entry"].as_array().map_or(0, Vec::len) >= 2,
+        "{}",
+        started.text()
+    );
+}

@@ -10,6 +10,7 @@ mod authz;
 mod backup;
 mod backup_offsite;
 mod backup_schedule;
+mod bulk_client;
 mod bundle;
 mod canary;
 mod cli;

@@ -29,7 +29,7 @@ fn init(data: &Path, env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn passphrase_file(dir: &Path) -> String {
+pub(crate) fn passphrase_file(dir: &Path) -> String {
     let file = dir.join("kek-passphrase");
     std::fs::write(&file, "a long enough test passphrase for the KEK files\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -32,7 +32,7 @@ use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
 use crate::records::{Caller, Current, Records};
 
 pub use files::OutputReader;
-pub use options::{DEIDENTIFY_SAFE_HARBOR, ExportOptions, Level, OUTPUT_FORMATS};
+pub use options::{DEIDENTIFY_SAFE_HARBOR, ExportOptions, Level, OUTPUT_FORMATS, parameter_pairs};
 
 /// Exports that run at once on one node; more wait their turn.
 const CONCURRENT_JOBS: usize = 2;

@@ -172,6 +172,58 @@ impl ExportOptions {
     }
 }
 
+/// A POST kick-off's `Parameters` body (the IG v2 permits a POST kick-off "that supplies
+/// parameters using the FHIR Parameters Resource") as the name and value pairs a GET's query
+/// would carry, for [`ExportOptions::parse`]. Only primitive values are taken (`valueString`,
+/// `valueCode`, `valueInstant`): the parameters CareVault supports are all strings or instants,
+/// and anything else (the IG's `patient` reference, a `part`, a `resource`) answers 400.
+pub fn parameter_pairs(body: &serde_json::Value) -> Result<Vec<(String, String)>> {
+    let shape = || {
+        Error::BadRequest(
+            "a POST $export takes a Parameters resource whose entries have a name and a \
+             valueString, valueCode or valueInstant"
+                .into(),
+        )
+    };
+    let Some(object) = body.as_object() else {
+        return Err(shape());
+    };
+    if object.get("resourceType").and_then(|t| t.as_str()) != Some("Parameters") {
+        return Err(shape());
+    }
+    if object
+        .keys()
+        .any(|k| !matches!(k.as_str(), "resourceType" | "id" | "meta" | "parameter"))
+    {
+        return Err(shape());
+    }
+    let entries = match object.get("parameter") {
+        None => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(entries)) => entries,
+        Some(_) => return Err(shape()),
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.as_object().ok_or_else(shape)?;
+            let name = entry
+                .get("name")
+                .and_then(|n| n.as_str())
+                .ok_or_else(shape)?;
+            let mut values = entry.iter().filter(|(k, _)| k.as_str() != "name");
+            let value = match (values.next(), values.next()) {
+                (Some((kind, serde_json::Value::String(v))), None)
+                    if matches!(kind.as_str(), "valueString" | "valueCode" | "valueInstant") =>
+                {
+                    v
+                }
+                _ => return Err(shape()),
+            };
+            Ok((name.to_owned(), value.clone()))
+        })
+        .collect()
+}
+
 /// `Observation?code=...`: the type and the query string, checked to parse as a search of it.
 fn parse_type_filter(value: &str) -> Result<(ResourceType, String)> {
     let bad = || Error::BadRequest("_typeFilter must be [type]?[search parameters]".into());
@@ -275,6 +327,55 @@ mod tests {
             match parse(bad) {
                 Err(Error::BadRequest(msg)) => assert!(!msg.contains("Secret-Canary"), "{msg}"),
                 other => panic!("{bad:?}: {:?}", other.map(|o| o.types)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_parameters_body_becomes_the_pairs_of_a_query() {
+        let body = serde_json::json!({"resourceType": "Parameters", "parameter": [
+            {"name": "_type", "valueString": "Patient,Observation"},
+            {"name": "_since", "valueInstant": "2024-01-02T03:04:05Z"},
+            {"name": "_outputFormat", "valueString": "application/fhir+ndjson"},
+            {"name": "_deidentify", "valueCode": "safe-harbor"},
+        ]});
+        let got = parameter_pairs(&body).unwrap();
+        assert_eq!(
+            got,
+            pairs(&[
+                ("_type", "Patient,Observation"),
+                ("_since", "2024-01-02T03:04:05Z"),
+                ("_outputFormat", "application/fhir+ndjson"),
+                ("_deidentify", "safe-harbor"),
+            ])
+        );
+        let o = ExportOptions::parse(Level::System, &got, "/fhir/$export".into()).unwrap();
+        assert_eq!(o.types.unwrap().len(), 2);
+        assert!(o.deidentify);
+        let empty = serde_json::json!({"resourceType": "Parameters"});
+        assert!(parameter_pairs(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_parameters_body_of_another_shape_answers_400_without_echoing_it() {
+        for bad in [
+            serde_json::json!({"resourceType": "Patient", "name": [{"family": "Secret-Canary"}]}),
+            serde_json::json!(["Secret-Canary"]),
+            serde_json::json!({"resourceType": "Parameters", "parameter": {"name": "_type"}}),
+            serde_json::json!({"resourceType": "Parameters", "extra": "Secret-Canary"}),
+            serde_json::json!({"resourceType": "Parameters", "parameter": [{"name": "_type"}]}),
+            serde_json::json!({"resourceType": "Parameters", "parameter": [
+                {"name": "patient", "valueReference": {"reference": "Patient/Secret-Canary"}}]}),
+            serde_json::json!({"resourceType": "Parameters", "parameter": [
+                {"name": "_type", "valueString": "Patient", "valueCode": "Patient"}]}),
+            serde_json::json!({"resourceType": "Parameters", "parameter": [
+                {"valueString": "Secret-Canary"}]}),
+            serde_json::json!({"resourceType": "Parameters", "parameter": [
+                {"name": "_type", "valueInteger": 1}]}),
+        ] {
+            match parameter_pairs(&bad) {
+                Err(Error::BadRequest(msg)) => assert!(!msg.contains("Secret-Canary"), "{msg}"),
+                other => panic!("{bad}: {other:?}"),
             }
         }
     }
