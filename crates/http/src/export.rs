@@ -1,6 +1,7 @@
 //! Bulk `$export` (HL7 FHIR Bulk Data Access IG v2): the kick-off at the system, Patient and
-//! Group levels (GET, or POST with a `Parameters` body), the status URL (poll, cancel) and the output files. Handlers extract, call the
-//! core's export service (`carevault_server::export`) and shape its answer.
+//! Group levels (GET, or POST with a `Parameters` body), the status URL (poll, cancel) and the
+//! output files. Handlers extract, call the core's export service (`carevault_server::export`)
+//! and shape its answer.
 
 use axum::Extension;
 use axum::body::Body;
