@@ -256,6 +256,10 @@ struct Accounts {
     /// directories made by older harnesses).
     #[serde(default)]
     export_key: Option<String>,
+    /// The last TOTP step each clinician used, so the next run never replays a code (the server
+    /// refuses replays and counts them as failed logins).
+    #[serde(default)]
+    totp_steps: std::collections::BTreeMap<String, u64>,
 }
 
 /// Enroll the admin, make the import key and one clinician per organization.
@@ -320,6 +324,7 @@ fn make_accounts(
         import: None,
         metrics_key: metrics.json()["key"].as_str().map(str::to_owned),
         export_key: export.json()["key"].as_str().map(str::to_owned),
+        totp_steps: std::collections::BTreeMap::new(),
     })
 }
 
@@ -358,6 +363,24 @@ fn login(api: &Api, username: &str, auth: &mut Authenticator) -> Result<String> 
         }
     }
     bail!("cannot log in as {username}")
+}
+
+/// A session per clinician; the TOTP steps they used are saved in the work directory's accounts
+/// file for the next run.
+fn log_in_clinicians(api: &Api, work: &Path, accounts: &mut Accounts) -> Result<Vec<String>> {
+    let mut tokens = Vec::new();
+    for (name, secret) in &accounts.clinicians {
+        let mut auth = Authenticator::after_step(secret, accounts.totp_steps.get(name).copied());
+        tokens.push(login(api, name, &mut auth)?);
+        if let Some(step) = auth.last_step() {
+            accounts.totp_steps.insert(name.clone(), step);
+        }
+    }
+    std::fs::write(
+        work.join("accounts.json"),
+        serde_json::to_vec_pretty(accounts)?,
+    )?;
+    Ok(tokens)
 }
 
 /// Seed, start, make the accounts and import, once per work directory: a later run finds the
@@ -470,7 +493,7 @@ fn bench(args: &RunArgs) -> Result<()> {
     let data_dir = work.join("data");
     let seed_dir = work.join(format!("seed-{}-{}", args.patients, args.seed));
     let ca = data_dir.join("tls").join("cert.pem");
-    let accounts = load_once(args, &bin, &work)?;
+    let mut accounts = load_once(args, &bin, &work)?;
 
     // Start-up with the data loaded: spawn to "listening on", then to the first answer.
     let started = Instant::now();
@@ -488,11 +511,7 @@ fn bench(args: &RunArgs) -> Result<()> {
         startup.as_secs_f64() * 1000.0
     );
 
-    let mut tokens = Vec::new();
-    for (name, secret) in &accounts.clinicians {
-        let mut auth = Authenticator::new(secret);
-        tokens.push(login(&api, name, &mut auth)?);
-    }
+    let tokens = log_in_clinicians(&api, &work, &mut accounts)?;
     let population = Arc::new(Population::load(&seed_dir, tokens)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads)

@@ -53,6 +53,20 @@ impl Authenticator {
         }
     }
 
+    /// One that never hands out step `last_step` or an earlier one: the account's codes were
+    /// used up to there (by an earlier process), and the server refuses replays.
+    pub fn after_step(secret_b32: &str, last_step: Option<u64>) -> Self {
+        Self {
+            secret: decode_base32(secret_b32),
+            last_step,
+        }
+    }
+
+    /// The last step handed out.
+    pub fn last_step(&self) -> Option<u64> {
+        self.last_step
+    }
+
     pub fn fresh_code(&mut self) -> String {
         loop {
             let now = now_secs();
