@@ -71,6 +71,52 @@ fn prometheus_scrapes_carevault_with_a_metrics_key() {
 }
 
 /// Reads, searches, a miss, an unknown path and failed logins, each carrying the canary.
+/// The server's own posture run, end to end: a TLS key left readable by others fails a check,
+/// and the run (here a second after start, `posture.first_run_secs`) counts the failure in
+/// `/metrics` and raises the `operational.posture-failed` alert.
+#[test]
+fn the_servers_own_posture_run_reports_a_failed_check_in_metrics_and_as_an_alert() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut srv = server();
+    let admin = srv.admin();
+    let created = admin.api.post_json(
+        "/admin/api-keys",
+        &json!({"name": "prometheus", "scopes": ["metrics"], "expires_in_days": 90}),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let metrics = srv
+        .api()
+        .with_token(created.json()["key"].as_str().unwrap());
+    // The default first run is a minute away: nothing yet.
+    assert!(
+        !metrics
+            .get("/metrics")
+            .text()
+            .contains("carevault_posture_checks")
+    );
+    srv.kill();
+    let tls_key = srv.data_dir.join("tls/key.pem");
+    std::fs::set_permissions(&tls_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    srv.restart(&[("CAREVAULT_POSTURE_FIRST_RUN_SECS", "1")]);
+    let mut text = String::new();
+    wait_for("the first posture run", Duration::from_secs(60), || {
+        text = metrics.get("/metrics").text();
+        text.contains("carevault_posture_checks{status=\"fail\"}")
+    });
+    assert!(
+        sample(&text, "carevault_posture_checks{status=\"fail\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(sample(&text, "carevault_posture_last_run_timestamp_seconds") > 0.0);
+    wait_for("the posture alert", Duration::from_secs(30), || {
+        text = metrics.get("/metrics").text();
+        text.lines().any(|l| {
+            l.starts_with("carevault_alerts_total{rule=\"operational.posture-failed\"")
+                && !l.ends_with(" 0")
+        })
+    });
+}
+
 fn traffic_with_canaries(srv: &TestServer, admin: &Account) {
     let clin = srv.user(admin, "dr.metrics", &["clinician"], Some("org-a"));
     let created = clin

@@ -105,6 +105,8 @@ pub struct PostureSection {
     pub inactive_days: Option<u64>,
     /// Hours between the server's posture runs (0: never).
     pub interval_hours: Option<u64>,
+    /// Seconds after start before the server's first posture run.
+    pub first_run_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,6 +310,7 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("posture.kek_rotation_days", Kind::Int),
     ("posture.inactive_days", Kind::Int),
     ("posture.interval_hours", Kind::Int),
+    ("posture.first_run_secs", Kind::Int),
     ("backup.schedule", Kind::Str),
     ("backup.dir", Kind::Str),
     ("backup.keep", Kind::Str),

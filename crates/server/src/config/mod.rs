@@ -150,6 +150,8 @@ pub struct PostureSettings {
     pub inactive_days: u64,
     /// Hours between the server's posture runs; 0: never.
     pub interval_hours: u64,
+    /// Seconds after start before the first run (start-up is not slowed by it).
+    pub first_run_secs: u64,
 }
 
 fn posture(section: &PostureSection) -> Result<PostureSettings, ConfigError> {
@@ -165,6 +167,13 @@ fn posture(section: &PostureSection) -> Result<PostureSettings, ConfigError> {
         )?,
         inactive_days: bounded("posture.inactive_days", section.inactive_days, 90, 1, 3650)?,
         interval_hours: bounded("posture.interval_hours", section.interval_hours, 24, 0, 720)?,
+        first_run_secs: bounded(
+            "posture.first_run_secs",
+            section.first_run_secs,
+            60,
+            1,
+            86_400,
+        )?,
     })
 }
 

@@ -1,5 +1,5 @@
-//! The server's own posture run: every `posture.interval_hours` (first one a minute after
-//! start), the local and database checks run in the server process; the counts by status and
+//! The server's own posture run: every `posture.interval_hours` (the first one
+//! `posture.first_run_secs` after start, a minute by default), the local and database checks run in the server process; the counts by status and
 //! the time of the last run are metrics (`carevault_posture_checks{status}`,
 //! `carevault_posture_last_run_timestamp_seconds`), and a run with failures is logged and
 //! handed to [`raise_alert`], the one place the alert API (being built) will be called from.
@@ -13,9 +13,6 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::detection::{AlertInput, Alerts, Rule};
 use crate::environment::Environment;
-
-/// The first run waits this long after start, so that start-up is not slowed.
-const FIRST_RUN_AFTER: Duration = Duration::from_secs(60);
 
 /// The last run's counts, for the metrics.
 #[derive(Default)]
@@ -88,7 +85,7 @@ pub fn spawn(
         return None;
     }
     Some(tokio::spawn(async move {
-        tokio::time::sleep(FIRST_RUN_AFTER).await;
+        tokio::time::sleep(Duration::from_secs(config.posture.first_run_secs)).await;
         let mut every = tokio::time::interval(Duration::from_secs(hours * 3600));
         loop {
             every.tick().await;
