@@ -167,14 +167,6 @@ impl TrailVerifier {
         starts
     }
 
-    /// Where each node with checkpoints starts (the sequence its first pushed event follows).
-    pub fn starts(&self) -> Vec<(String, u64)> {
-        self.nodes
-            .iter()
-            .map(|(node, state)| (node.clone(), state.first - 1))
-            .collect()
-    }
-
     /// The next event in storage order.
     pub fn push(&mut self, event: StoredEvent) -> Result<(), Breach> {
         let lookahead = self.lookahead;
