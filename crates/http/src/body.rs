@@ -187,14 +187,53 @@ impl HttpBody for Tracked {
 pin_project! {
     /// A request body under [`BodyRule`]: once its deadline passes, reading it fails with
     /// [`BodyTimedOut`]. A body that is never read costs nothing; an empty one has no timer.
+    ///
+    /// A body dropped unread (an answer given before the body mattered: 401, 415, 421, 429) is
+    /// read to its end in the background, up to [`DRAIN_LIMIT_BYTES`] and within its deadline.
+    /// Otherwise, once the answer is sent, HTTP/2 resets the stream and HTTP/1.1 closes the
+    /// connection, and a client still uploading (curl) reports a stream error or a broken pipe
+    /// instead of the answer.
     pub(crate) struct DeadlineBody {
-        #[pin]
-        inner: Incoming,
+        // `Option` so that the drop can hand it to the drain; `Incoming` is `Unpin`.
+        inner: Option<Incoming>,
         #[pin]
         timer: Timer,
         rule: BodyRule,
         started: Instant,
         received: u64,
+        // Cleared once the body has been read to its end.
+        drain_unread: bool,
+    }
+
+    impl PinnedDrop for DeadlineBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let Some(inner) = this.inner.take() else { return };
+            if !*this.drain_unread || inner.is_end_stream() {
+                return;
+            }
+            let deadline = this.rule.deadline(*this.started, *this.received);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(tokio::time::timeout_at(deadline, drain(inner)));
+            }
+        }
+    }
+}
+
+/// How much of an unread request body [`DeadlineBody`] reads and discards after an early
+/// answer: any ordinary FHIR request fits. A client sending more gets its stream reset, as it
+/// would without the drain; its answer has been sent by then.
+const DRAIN_LIMIT_BYTES: usize = 1 << 20;
+
+/// Reads `body` to its end or to [`DRAIN_LIMIT_BYTES`], discarding it.
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, Bytes::len);
+        if seen > DRAIN_LIMIT_BYTES {
+            return;
+        }
     }
 }
 
@@ -217,11 +256,12 @@ impl DeadlineBody {
             }
         };
         Self {
-            inner,
+            inner: Some(inner),
             timer,
             rule,
             started,
             received: 0,
+            drain_unread: true,
         }
     }
 }
@@ -246,7 +286,10 @@ impl HttpBody for DeadlineBody {
                 sleep.as_mut().reset(due);
             }
         }
-        match ready!(this.inner.poll_frame(cx)) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *this.received += data.len() as u64;
@@ -256,17 +299,21 @@ impl HttpBody for DeadlineBody {
             Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
             None => {
                 this.timer.set(Timer::Off);
+                // Read to its end: nothing is left to drain.
+                *this.drain_unread = false;
                 Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

@@ -2,7 +2,8 @@
 //! absolute URL, searches are bounded before they reach the database, and FHIR's string rules
 //! hold. Each refusal answers a clear 4xx and the server keeps serving.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use carevault_testkit::{Api, TestServer};
 use serde_json::json;
@@ -10,13 +11,26 @@ use serde_json::json;
 use crate::{patient, server};
 
 /// A request through curl with `host` as the `Host` header (HTTP/1.1) or `:authority`
-/// (HTTP/2): the status, the headers (lowercase names) and the body.
+/// (HTTP/2): the status, the headers (lowercase names) and the body. A POST sends a Patient.
 fn with_host(
+    srv: &TestServer,
+    api: &Api,
+    request: (&str, &str),
+    host: &str,
+    http2: bool,
+) -> (u16, Vec<(String, String)>, String) {
+    let body = patient("Host", "Header").to_string();
+    with_host_and_body(srv, api, request, host, http2, &body)
+}
+
+/// [`with_host`] with `body` as a POST's body.
+fn with_host_and_body(
     srv: &TestServer,
     api: &Api,
     (method, path): (&str, &str),
     host: &str,
     http2: bool,
+    body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-i", "-X", method, "--cacert"])
@@ -27,13 +41,33 @@ fn with_host(
         cmd.arg("-H").arg(format!("Authorization: Bearer {token}"));
     }
     if method == "POST" {
-        cmd.args(["-H", "Content-Type: application/fhir+json", "--data-binary"])
-            .arg(patient("Host", "Header").to_string());
+        cmd.args([
+            "-H",
+            "Content-Type: application/fhir+json",
+            "--data-binary",
+            "@-",
+        ]);
     }
-    let out = cmd
+    let mut child = cmd
         .arg(format!("{}{path}", api.base))
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("curl is needed for this test: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let body = if method == "POST" {
+        body.to_owned()
+    } else {
+        String::new()
+    };
+    // Written from a thread: curl reads its body as it sends, and a body larger than a pipe
+    // would otherwise block this one.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(body.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -58,6 +92,14 @@ fn with_host(
     (status, headers, body.to_owned())
 }
 
+/// A Patient larger than HTTP/2's initial flow-control window (64 KiB), smaller than the body
+/// limit.
+fn large_patient() -> String {
+    let mut large = patient("Large", "Upload");
+    large["text"] = json!({"status": "generated", "div": "x".repeat(300_000)});
+    large.to_string()
+}
+
 #[test]
 fn a_foreign_host_never_reaches_a_location_or_a_link() {
     let mut srv = server();
@@ -77,6 +119,17 @@ fn a_foreign_host_never_reaches_a_location_or_a_link() {
             );
             assert!(!headers.iter().any(|(k, _)| k == "location"));
         }
+        // A body larger than HTTP/2's initial flow-control window: the client is still
+        // uploading when the 421 is sent, and gets the answer rather than a stream reset.
+        let (status, _, body) = with_host_and_body(
+            &srv,
+            &clin.api,
+            ("POST", "/fhir/Patient"),
+            "evil.example:666",
+            http2,
+            &large_patient(),
+        );
+        assert_eq!(status, 421, "a large body (h2: {http2}): {body}");
         let (status, _, _) = with_host(
             &srv,
             &srv.api(),
@@ -90,6 +143,16 @@ fn a_foreign_host_never_reaches_a_location_or_a_link() {
 
     // The bound address, and localhost on a loopback listener, are this server.
     let port = srv.base.rsplit(':').next().unwrap().to_owned();
+    // Any early answer, not only 421: an unauthenticated upload over HTTP/2 gets its 401.
+    let (status, _, body) = with_host_and_body(
+        &srv,
+        &srv.api(),
+        ("POST", "/fhir/Patient"),
+        &format!("localhost:{port}"),
+        true,
+        &large_patient(),
+    );
+    assert_eq!(status, 401, "{body}");
     let (status, headers, _) = with_host(
         &srv,
         &clin.api,
