@@ -41,6 +41,7 @@ pub mod paging;
 mod pretty;
 pub mod public_base;
 mod serve;
+mod stapling;
 pub use fhir::capability_statement;
 pub mod tls;
 

@@ -1,6 +1,7 @@
 //! TLS: the rustls server configuration (TLS 1.2 and 1.3 only, the server's cipher-suite order)
 //! and its certificate, which is reloaded without a restart: on SIGHUP, when the certificate or
-//! key file changes, and after the daily renewal of a generated certificate. Handshakes run in
+//! key file changes, and after the daily renewal of a generated certificate. A certificate that
+//! names an OCSP responder is served with its status stapled (`crate::stapling`). Handshakes run in
 //! each connection's own task under a timeout (see `serve`), so one slow client cannot stall the
 //! accept loop.
 
@@ -48,12 +49,16 @@ pub struct ServedCertificate {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: RwLock<Loaded>,
+    /// Signalled after each successful reload (the stapler asks about the new certificate).
+    reloaded: tokio::sync::Notify,
 }
 
 struct Loaded {
     key: Arc<CertifiedKey>,
     fingerprint: String,
     stamp: FileStamp,
+    /// The stapled OCSP response's `nextUpdate`, when one is stapled and says.
+    staple_until: Option<i64>,
 }
 
 /// What tells a changed file from an unchanged one without reading it: modification time and
@@ -100,7 +105,53 @@ impl ServedCertificate {
             cert_path: config.tls_cert.clone(),
             key_path: config.tls_key.clone(),
             current: RwLock::new(loaded),
+            reloaded: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The chain being served and its fingerprint.
+    pub(crate) fn chain(&self) -> (Vec<CertificateDer<'static>>, String) {
+        let loaded = self.read();
+        (loaded.key.cert.clone(), loaded.fingerprint.clone())
+    }
+
+    /// Serve `staple` (an OCSP response, valid until `until`) with the certificate whose
+    /// fingerprint is `fingerprint`, or no staple when None. A certificate reloaded since the
+    /// response was fetched keeps its own.
+    pub(crate) fn staple(&self, fingerprint: &str, staple: Option<(Vec<u8>, Option<i64>)>) {
+        let mut loaded = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if loaded.fingerprint != fingerprint {
+            return;
+        }
+        let mut key = CertifiedKey::clone(&loaded.key);
+        (key.ocsp, loaded.staple_until) = match staple {
+            Some((der, until)) => (Some(der), until),
+            None => (None, None),
+        };
+        loaded.key = Arc::new(key);
+    }
+
+    /// Stop stapling a response that is past its `nextUpdate` (a client would reject it).
+    pub(crate) fn drop_stale_staple(&self, now_secs: i64) -> bool {
+        let stale = {
+            let loaded = self.read();
+            loaded.key.ocsp.is_some() && loaded.staple_until.is_some_and(|t| now_secs >= t)
+        };
+        if stale {
+            let fingerprint = self.read().fingerprint.clone();
+            self.staple(&fingerprint, None);
+        }
+        stale
+    }
+
+    /// The OCSP response being stapled, if any.
+    pub fn stapled(&self) -> Option<Vec<u8>> {
+        self.read().key.ocsp.clone()
+    }
+
+    /// Completes after the next successful reload.
+    pub(crate) async fn reloaded(&self) {
+        self.reloaded.notified().await;
     }
 
     /// The SHA-256 fingerprint of the certificate being served.
@@ -122,45 +173,63 @@ impl ServedCertificate {
     /// new fingerprint. On failure (a half-copied file, a key that does not match) the old
     /// certificate stays in service.
     pub fn reload(&self) -> Result<String> {
-        let loaded = load(&self.cert_path, &self.key_path)?;
+        let mut loaded = load(&self.cert_path, &self.key_path)?;
         let fp = loaded.fingerprint.clone();
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        {
+            let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+            // The same certificate again (SIGHUP with nothing changed, a key file touched):
+            // its staple still answers for it.
+            if current.fingerprint == fp {
+                let mut key = CertifiedKey::clone(&loaded.key);
+                key.ocsp.clone_from(&current.key.ocsp);
+                loaded.key = Arc::new(key);
+                loaded.staple_until = current.staple_until;
+            }
+            *current = loaded;
+        }
+        self.reloaded.notify_one();
         Ok(fp)
     }
 
-    /// Watch for SIGHUP, for changed files and for a generated certificate's renewal, until the
-    /// task is aborted.
+    /// Watch for SIGHUP, for changed files and for a generated certificate's renewal, and keep
+    /// an OCSP response stapled when the certificate names a responder, until the task is
+    /// aborted.
     pub fn spawn_reloader(
         self: Arc<Self>,
         config: Config,
         audit: Arc<Audit>,
         clock: SharedClock,
     ) -> tokio::task::JoinHandle<()> {
+        let stapler = crate::stapling::keep_stapled(self.clone(), clock.clone());
         tokio::spawn(async move {
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let mut files = tokio::time::interval(FILE_CHECK_INTERVAL);
-            let mut renewal = tokio::time::interval(RENEWAL_CHECK_INTERVAL);
-            // Both intervals fire at once; start has just renewed and loaded.
-            files.tick().await;
-            renewal.tick().await;
-            loop {
-                let cause = tokio::select! {
-                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "sighup",
-                    _ = files.tick() => {
-                        if !self.changed_on_disk() { continue; }
-                        "file-change"
-                    }
-                    _ = renewal.tick() => {
-                        match renew_generated(&config, &audit, &clock).await {
-                            Some(_) => "renewal",
-                            None => continue,
-                        }
-                    }
-                };
-                self.reload_and_record(cause, &audit).await;
-            }
+            tokio::join!(self.watch(config, audit, clock), stapler);
         })
+    }
+
+    async fn watch(&self, config: Config, audit: Arc<Audit>, clock: SharedClock) {
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut files = tokio::time::interval(FILE_CHECK_INTERVAL);
+        let mut renewal = tokio::time::interval(RENEWAL_CHECK_INTERVAL);
+        // Both intervals fire at once; start has just renewed and loaded.
+        files.tick().await;
+        renewal.tick().await;
+        loop {
+            let cause = tokio::select! {
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "sighup",
+                _ = files.tick() => {
+                    if !self.changed_on_disk() { continue; }
+                    "file-change"
+                }
+                _ = renewal.tick() => {
+                    match renew_generated(&config, &audit, &clock).await {
+                        Some(_) => "renewal",
+                        None => continue,
+                    }
+                }
+            };
+            self.reload_and_record(cause, &audit).await;
+        }
     }
 
     async fn reload_and_record(&self, cause: &'static str, audit: &Arc<Audit>) {
@@ -255,6 +324,7 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded> {
         key: Arc::new(certified),
         fingerprint: fp,
         stamp,
+        staple_until: None,
     })
 }
 

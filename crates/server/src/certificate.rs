@@ -10,6 +10,8 @@
 
 use std::path::Path;
 
+pub mod ocsp;
+
 use x509_cert::der::asn1::{ObjectIdentifier, UintRef};
 use x509_cert::der::{Decode, Reader, SliceReader};
 

@@ -38,6 +38,7 @@ mod pg_tls;
 mod pty;
 mod refusals;
 mod search;
+mod stapling;
 mod tamper;
 mod tiers;
 mod tls;
