@@ -133,6 +133,8 @@ audit_actions! {
     ConditionalDelete => "delete-conditional",
     /// `POST [type]/$validate`: nothing is stored.
     Validate => "validate",
+    /// `GET [base]/_history`: every type's history the caller may read.
+    HistorySystem => "history-system",
     HistoryType => "history-type",
     HistoryInstance => "history-instance",
     // The environment.

@@ -108,9 +108,8 @@ fn to_audit_event(e: &StoredEvent) -> Option<Value> {
     };
     let crud = match r.action.as_str() {
         "create" => "C",
-        "read" | "vread" | "history-instance" | "history-type" | "audit.read" | "auth.whoami" => {
-            "R"
-        }
+        "read" | "vread" | "history-instance" | "history-type" | "history-system"
+        | "audit.read" | "auth.whoami" => "R",
         "update" | "update-conditional" | "patch" => "U",
         "delete" | "delete-conditional" => "D",
         _ => "E",

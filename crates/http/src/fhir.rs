@@ -678,7 +678,26 @@ pub async fn history_type(
         Caller::new(&p, &audit),
         &headers,
         &params,
-        rtype,
+        Some(rtype),
+        None,
+    )
+    .await
+}
+
+/// `GET [base]/_history`: every type's history the caller may read, newest first.
+pub async fn history_system(
+    State(state): State<AppState>,
+    Extension(audit): Extension<AuditScope>,
+    Authenticated(p): Authenticated,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    history(
+        &state,
+        Caller::new(&p, &audit),
+        &headers,
+        &params,
+        None,
         None,
     )
     .await
@@ -699,7 +718,7 @@ pub async fn history_instance(
         Caller::new(&p, &audit),
         &headers,
         &params,
-        rtype,
+        Some(rtype),
         Some(id),
     )
     .await
@@ -710,7 +729,7 @@ async fn history(
     caller: Caller<'_>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-    rtype: ResourceType,
+    rtype: Option<ResourceType>,
     id: Option<ResourceId>,
 ) -> Result<Response, ApiError> {
     negotiate(headers, params)?;
@@ -761,9 +780,10 @@ async fn history(
     items.truncate(count as usize);
 
     let base = crate::paging::fhir_base(state);
-    let self_path = match &id {
-        Some(id) => format!("{base}/{rtype}/{id}/_history"),
-        None => format!("{base}/{rtype}/_history"),
+    let self_path = match (rtype, &id) {
+        (Some(rtype), Some(id)) => format!("{base}/{rtype}/{id}/_history"),
+        (Some(rtype), None) => format!("{base}/{rtype}/_history"),
+        (None, _) => format!("{base}/_history"),
     };
     // The links carry the count in force and `_since`, as the client sent it.
     let mut own = vec![("_count".to_owned(), count.to_string())];
@@ -789,9 +809,9 @@ async fn history(
             "PUT"
         };
         let url = if method == "POST" {
-            rtype.to_string()
+            v.rtype.to_string()
         } else {
-            format!("{rtype}/{}", v.id)
+            format!("{}/{}", v.rtype, v.id)
         };
         let status = if v.deleted {
             "204 No Content"
@@ -802,7 +822,7 @@ async fn history(
         };
         entries.push(
             &HistoryEntry {
-                full_url: format!("{base}/{rtype}/{}", v.id),
+                full_url: format!("{base}/{}/{}", v.rtype, v.id),
                 request: EntryRequest { method, url },
                 response: EntryResponse {
                     status,
@@ -906,7 +926,7 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
                 "description": "Bearer session tokens from POST /auth/login (password and TOTP, both required)."
             },
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             "operation": [{
                 "name": "everything",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"

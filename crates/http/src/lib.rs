@@ -437,6 +437,13 @@ pub const ROUTE_TABLE: &[Route] = &[
         || post(fhir::search_post),
     ),
     route(
+        "/fhir/_history",
+        Method::GET,
+        AuditAction::HistorySystem,
+        None,
+        || get(fhir::history_system),
+    ),
+    route(
         "/fhir/{rtype}/_history",
         Method::GET,
         AuditAction::HistoryType,

@@ -201,6 +201,25 @@ fn a_foreign_patient_looks_missing_in_reads_history_and_searches(w: &World) {
         ids.contains(&own.as_str()) && !ids.contains(&foreign.as_str()),
         "{ids:?}"
     );
+    // So does the whole system's history, across every type.
+    let system = w.clin_a.api.get("/fhir/_history");
+    assert_eq!(system.status, 200, "{}", system.text());
+    let ids: Vec<String> = system.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.iter().any(|u| u.ends_with(&format!("/Patient/{own}"))),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.iter()
+            .any(|u| u.ends_with(&format!("/Patient/{foreign}"))
+                || u.ends_with(&format!("/Observation/{}", w.obs_b))),
+        "{ids:?}"
+    );
 
     // Searches hold only what the caller may read.
     assert_eq!(search_ids(&w.clin_a.api, "/fhir/Patient"), [own.as_str()]);
@@ -351,6 +370,20 @@ fn a_service_key_reads_its_scope_and_nothing_else(w: &World) {
         200
     );
     assert_eq!(key.get("/fhir/Observation/_history").status, 200);
+    // The system's history holds only the types of the key's scope.
+    let system = key.get("/fhir/_history?_count=50");
+    assert_eq!(system.status, 200, "{}", system.text());
+    let types: Vec<String> = system.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["url"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!types.is_empty());
+    assert!(
+        types.iter().all(|u| u.starts_with("Observation")),
+        "{types:?}"
+    );
     let searched = key.get("/fhir/Observation?code=8867-4");
     assert_eq!(searched.status, 200, "{}", searched.text());
     assert_eq!(

@@ -153,6 +153,13 @@ fn every_compartment_parameter_keeps_a_patients_resources_in_their_organization(
         let counted = own.get(&format!("/fhir/{t}?_id={id}&_summary=count"));
         assert_eq!(counted.json()["total"], 1, "{expression}");
     }
+    let system_history = entries(&other.get("/fhir/_history?_count=100"));
+    for (t, id, expression) in &made {
+        assert!(
+            !system_history.contains(&(t.clone(), id.clone())),
+            "{expression}: in the other organization's system history"
+        );
+    }
     for t in &types {
         let history = entries(&other.get(&format!("/fhir/{t}/_history")));
         assert!(history.is_empty(), "{t}: {history:?}");

@@ -1,6 +1,6 @@
 //! FHIR REST as standard clients use it (#19): Bundles posted to `[base]/`, conditional create,
-//! update, delete and read, JSON Patch and `$validate`, each authorized like its plain
-//! counterpart, each refusal changing nothing.
+//! update, delete and read, JSON Patch, `$validate` and the system's history, each authorized
+//! like its plain counterpart, each refusal changing nothing.
 
 use carevault_testkit::Api;
 use serde_json::{Value, json};
@@ -72,6 +72,58 @@ fn standard_clients_interactions_work_and_refusals_change_nothing() {
     validate(api, &srv);
     conditional_delete(api, &other.api, &id);
     capability_statement_says_so(api);
+    system_history(api);
+}
+
+/// `GET [base]/_history`: every type, newest first, paged by its `next` link.
+fn system_history(api: &Api) {
+    let made = api.post_fhir(
+        "/fhir/Observation",
+        &json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "history"}}),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    let obs = made.json()["id"].as_str().unwrap().to_owned();
+    let first = api.get("/fhir/_history?_count=1");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    assert_eq!(first["type"], "history");
+    let entries = first["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["request"]["method"], "POST");
+    assert_eq!(entries[0]["request"]["url"], "Observation");
+    assert!(
+        entries[0]["fullUrl"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/fhir/Observation/{obs}"))
+    );
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("a next link")["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(next.contains("/fhir/_history?"), "{next}");
+    let path = &next[next.find("/fhir/").unwrap()..];
+    let second = api.get(path).json();
+    // The version before the Observation: the conditional delete of the Patient.
+    let entry = &second["entry"][0];
+    assert_eq!(entry["request"]["method"], "DELETE", "{second}");
+    assert!(
+        entry["request"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("Patient/")
+    );
+    assert_eq!(
+        api.get("/fhir/_history?_elements=id").status,
+        400,
+        "history parameters are checked as at the type level"
+    );
 }
 
 /// fhir-kit-client posts Bundles to `[base]/`, fhirpy to `[base]/?`.
@@ -313,6 +365,12 @@ fn capability_statement_says_so(api: &Api) {
         .map(|o| o["name"].as_str().unwrap())
         .collect();
     assert!(ops.contains(&"validate"), "{ops:?}");
+    assert!(
+        cs["rest"][0]["interaction"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"code": "history-system"}))
+    );
 }
 
 #[test]

@@ -194,6 +194,7 @@ fn every_read_path_is_de_identified(w: &World) {
     let bodies = [
         ("history", format!("/fhir/Patient/{pid}/_history")),
         ("type history", "/fhir/Observation/_history".to_owned()),
+        ("system history", "/fhir/_history".to_owned()),
         (
             "search",
             "/fhir/Patient?gender=female&birthdate=1984".to_owned(),

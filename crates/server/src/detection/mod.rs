@@ -350,6 +350,7 @@ fn reads(action: AuditAction) -> bool {
             | AuditAction::SearchTypePost
             | AuditAction::SearchCompartment
             | AuditAction::Everything
+            | AuditAction::HistorySystem
             | AuditAction::HistoryType
             | AuditAction::HistoryInstance
             | AuditAction::Batch

@@ -63,25 +63,30 @@ impl Records {
         self.released(caller, v)
     }
 
-    /// Versions newest first: of one resource, or of one type. A type's history holds only
-    /// what the caller may read; an instance's history is refused (404/403) if they may not.
+    /// Versions newest first: of one resource, of one type, or of every type (`rtype` None). A
+    /// type's or the system's history holds only what the caller may read; an instance's
+    /// history is refused (404/403) if they may not.
     pub async fn history(
         &self,
         caller: Caller<'_>,
-        rtype: ResourceType,
+        rtype: Option<ResourceType>,
         id: Option<&ResourceId>,
         since_us: Option<i64>,
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Vec<HistoryItem>> {
-        caller
-            .audit
-            .set_resource(rtype.as_str(), id.map(ResourceId::as_str), None);
-        if !self
-            .authz
-            .fhir_type(caller.principal, FhirAction::History, rtype)
-        {
-            return Err(Error::Forbidden);
+        // The whole system's history (`rtype` None) holds the types the caller may read the
+        // history of; one type's is refused outright when the caller may not.
+        if let Some(rtype) = rtype {
+            caller
+                .audit
+                .set_resource(rtype.as_str(), id.map(ResourceId::as_str), None);
+            if !self
+                .authz
+                .fhir_type(caller.principal, FhirAction::History, rtype)
+            {
+                return Err(Error::Forbidden);
+            }
         }
         let mut out = Vec::new();
         let mut cursor = before_seq;
@@ -90,7 +95,7 @@ impl Records {
             let entries = self
                 .store
                 .history(HistoryQuery {
-                    rtype: Some(rtype.as_str().to_owned()),
+                    rtype: rtype.map(|t| t.as_str().to_owned()),
                     id: id.map(|i| i.as_str().to_owned()),
                     since_us,
                     before_seq: cursor,
@@ -102,7 +107,16 @@ impl Records {
                 cursor = Some(entry.seq);
                 let id = ResourceId::parse(&entry.row.id)
                     .map_err(|_| Error::Integrity("stored id is invalid".into()))?;
-                let version = self.open_row(rtype, &id, entry.row).await?;
+                let row_type = ResourceType::parse(&entry.row.rtype)
+                    .map_err(|_| Error::Integrity("stored resource type is invalid".into()))?;
+                if rtype.is_none()
+                    && !self
+                        .authz
+                        .fhir_type(caller.principal, FhirAction::History, row_type)
+                {
+                    continue;
+                }
+                let version = self.open_row(row_type, &id, entry.row).await?;
                 // Rows the caller may not read are left out, not an error.
                 match self
                     .authorize_existing(caller, FhirAction::History, &version)
