@@ -96,8 +96,8 @@ impl Identity {
 
     /// The principal of API key `id` (`apikey:<name>`), for work a key started that outlives
     /// its request (an export resumed after a restart): None once the key is revoked or
-    /// expired, or its owner disabled or locked. Its CIDRs are not checked: no client is
-    /// connected.
+    /// expired, or its owner disabled or locked. Its CIDRs and client certificate are not
+    /// checked: no client is connected (they were checked when the work was started).
     pub async fn api_key_principal(&self, id: &str) -> Result<Option<Principal>> {
         let Some(name) = id.strip_prefix("apikey:") else {
             return Ok(None);
