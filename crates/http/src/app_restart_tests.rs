@@ -69,6 +69,7 @@ fn an_export_a_crash_left_running_begins_again_for_its_api_key_and_completes() {
                     scopes: vec!["system/*.cruds".into()],
                     expires_in_days: Some(1),
                     allowed_cidrs: None,
+                    client_cert_sha256: None,
                 },
             )
             .await

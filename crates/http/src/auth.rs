@@ -12,7 +12,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::error::ApiError;
-use super::tls::ClientAddr;
+use super::tls::{ClientAddr, ClientCertificate};
 use super::{AppState, json_body, json_response};
 use carevault_server::Error;
 use carevault_server::audit::AuditScope;
@@ -38,10 +38,19 @@ impl FromRequestParts<AppState> for Authenticated {
             .extensions
             .get::<ConnectInfo<ClientAddr>>()
             .map(|ConnectInfo(ClientAddr(addr))| addr.ip());
+        let client_cert = parts
+            .extensions
+            .get::<ClientCertificate>()
+            .and_then(|ClientCertificate(fp)| fp.as_deref());
         let principal = state
             .inner
             .identity
-            .authenticate(token, client_ip, parts.extensions.get::<AuditScope>())
+            .authenticate(
+                token,
+                client_ip,
+                client_cert,
+                parts.extensions.get::<AuditScope>(),
+            )
             .await?;
         if state.inner.config.database.is_shared() {
             state.inner.authz.refresh().await?;

@@ -1,5 +1,5 @@
 //! The per-connection service hyper calls for each request: it gives the request its client
-//! address, puts its body under a deadline, and counts the request as in flight until its
+//! address and client certificate, puts its body under a deadline, and counts the request as in flight until its
 //! response body has been sent (the idle watchdog and shedding look at that count).
 
 use std::convert::Infallible;
@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use carevault_server::config::HttpLimits;
 
 use crate::serve::ConnState;
-use crate::tls::ClientAddr;
+use crate::tls::{ClientAddr, ClientCertificate};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -74,6 +74,7 @@ pub(crate) struct ConnService {
     router: Router,
     conn: Arc<ConnState>,
     client: ClientAddr,
+    cert: ClientCertificate,
     body: BodyRule,
 }
 
@@ -82,12 +83,14 @@ impl ConnService {
         router: Router,
         conn: Arc<ConnState>,
         client: ClientAddr,
+        cert: ClientCertificate,
         limits: HttpLimits,
     ) -> Self {
         Self {
             router,
             conn,
             client,
+            cert,
             body: BodyRule {
                 timeout: limits.body_timeout,
                 min_bytes_per_sec: limits.body_min_bytes_per_sec,
@@ -104,6 +107,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, mut req: Request<Incoming>) -> Respond {
         let in_flight = InFlight::start(self.conn.clone());
         req.extensions_mut().insert(ConnectInfo(self.client));
+        req.extensions_mut().insert(self.cert.clone());
         crate::trim_trailing_slash(&mut req);
         let rule = self.body;
         let req = req.map(|body| DeadlineBody::new(body, rule));

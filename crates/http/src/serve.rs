@@ -35,7 +35,7 @@ use carevault_server::identity::throttle::client_prefix;
 use carevault_server::metrics::{Cap, ConnectionMetrics, Timeout};
 
 use crate::body::ConnService;
-use crate::tls::ClientAddr;
+use crate::tls::{ClientAddr, ClientCertificate};
 
 /// How long a busy connection asked to close to make room may take to finish its requests.
 const SHED_GRACE: Duration = Duration::from_secs(5);
@@ -203,7 +203,7 @@ async fn connection(
     let shared = &slot.shared;
     let state = &slot.state;
     let Some(acceptor) = &shared.tls else {
-        return http(&slot, stream, peer, stop).await;
+        return http(&slot, stream, peer, ClientCertificate::default(), stop).await;
     };
     let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream));
     let tls = tokio::select! {
@@ -222,12 +222,18 @@ async fn connection(
         () = state.shed.notified() => return,
         () = stopped(&mut stop) => return,
     };
-    http(&slot, tls, peer, stop).await;
+    let cert = ClientCertificate::of_connection(tls.get_ref().1);
+    http(&slot, tls, peer, cert, stop).await;
 }
 
 /// Serve HTTP/1.1 or HTTP/2 on `io` until the client leaves, a timeout closes it, or shutdown.
-async fn http<I>(slot: &Slot, io: I, peer: SocketAddr, mut stop: watch::Receiver<bool>)
-where
+async fn http<I>(
+    slot: &Slot,
+    io: I,
+    peer: SocketAddr,
+    cert: ClientCertificate,
+    mut stop: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (shared, state) = (&slot.shared, &slot.state);
@@ -235,6 +241,7 @@ where
         shared.router.clone(),
         state.clone(),
         ClientAddr(peer),
+        cert,
         shared.limits,
     );
     let mut conn = pin!(

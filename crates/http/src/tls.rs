@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use carevault_server::audit::{Audit, AuditAction, AuditScope};
@@ -32,16 +33,38 @@ const RENEWAL_CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Arc<ServedCertificate>)> {
     let served = Arc::new(ServedCertificate::load(config)?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Internal(format!("tls versions: {e}")))?
-        .with_no_client_auth()
-        .with_cert_resolver(served.clone());
+        .map_err(|e| Error::Internal(format!("tls versions: {e}")))?;
+    let builder = match &config.tls_client_ca {
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_cert_resolver(served.clone());
     // The server's order of cipher suites wins over the client's: the strongest suite both
     // support (AEAD only, forward-secret only; the provider offers nothing else).
     server.ignore_client_order = true;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(server), served))
+}
+
+/// Client certificates verified against `tls.client_ca` (read once, at start). Presenting one
+/// is optional: browsers and people's CLIs have none, and an API key says whether it needs one.
+/// A certificate that is presented must chain to those CAs (and be valid now, for client
+/// authentication), or the handshake fails.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let roots = carevault_server::client_certificate::client_ca_roots(path)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "configuration error in `tls.client_ca`: no client verifier: {e}"
+            ))
+        })
 }
 
 /// The certificate and key being served, swapped in place when the files change.
@@ -332,6 +355,23 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded> {
 /// `ConnectInfo<ClientAddr>`).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The SHA-256 fingerprint of the client certificate the connection presented (verified against
+/// `tls.client_ca` in the handshake), or None; a request extension on every request of the
+/// connection, for API keys bound to a certificate.
+#[derive(Clone, Debug, Default)]
+pub struct ClientCertificate(pub Option<Arc<str>>);
+
+impl ClientCertificate {
+    /// The leaf (first) certificate of a completed handshake's peer chain.
+    pub(crate) fn of_connection(conn: &rustls::ServerConnection) -> Self {
+        Self(
+            conn.peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| Arc::from(fingerprint(leaf.as_ref()))),
+        )
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,13 +10,15 @@
 
 use std::path::Path;
 
-pub mod ocsp;
-
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use x509_cert::der::asn1::{ObjectIdentifier, UintRef};
 use x509_cert::der::{Decode, Reader, SliceReader};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+
+pub mod ocsp;
 
 /// How long a generated certificate is valid (CA/Browser Forum baseline requirements: 397 days).
 pub const VALIDITY_DAYS: i64 = 397;
@@ -133,6 +135,27 @@ pub fn fingerprint(der: &[u8]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The CA certificates of a PEM file the configuration names under `key` (one or more), as
+/// trust anchors. A file that cannot be read, is not PEM, or holds no usable certificate is an
+/// error naming the key and the path, never the file's content.
+pub fn ca_roots(key: &str, path: &Path) -> Result<rustls::RootCertStore> {
+    let refuse =
+        |what: String| Error::Unavailable(format!("configuration error in `{key}`: {what}"));
+    let pem = std::fs::read(path)
+        .map_err(|e| refuse(format!("cannot read {}: {}", path.display(), e.kind())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|_| refuse(format!("{} is not valid PEM", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|_| refuse(format!("{} holds an unusable certificate", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(refuse(format!("{} holds no certificate", path.display())));
+    }
+    Ok(roots)
 }
 
 fn sign(config: &Config, key: &rcgen::KeyPair, now_secs: i64) -> Result<rcgen::Certificate> {

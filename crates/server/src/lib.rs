@@ -9,6 +9,7 @@ pub mod audit;
 pub mod authz;
 pub mod bundle;
 pub mod certificate;
+pub mod client_certificate;
 pub mod clock;
 pub mod compartment;
 pub mod compartment_upgrade;

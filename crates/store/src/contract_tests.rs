@@ -8,8 +8,9 @@
 use carevault_audit::StoredEvent;
 
 use crate::{
-    AuditQuery, CredentialRow, DataRotationProgress, HistoryQuery, IndexClause, NewAuditEvent,
-    NewResourceVersion, PrincipalRow, ResourceRow, SessionRow, Store, StoreError, WriteOp,
+    ApiKeyRow, AuditQuery, CredentialRow, DataRotationProgress, HistoryQuery, IndexClause,
+    NewAuditEvent, NewResourceVersion, PrincipalRow, ResourceRow, SessionRow, Store, StoreError,
+    WriteOp,
 };
 
 /// Runs each contract test (an `async fn(store, other)`) once per backend.
@@ -42,6 +43,7 @@ contract_tests!(
     versions_append_with_optimistic_concurrency,
     totp_steps_and_recovery_codes_are_single_use,
     identity_rows_and_one_time_values,
+    api_keys_keep_their_network_and_certificate_bindings,
     policies_the_index_and_racing_data_key_inserts,
     a_rotated_data_key_takes_no_new_versions_and_goes_once_unused,
     shred_removes_every_generation_and_the_wrap_floor_refuses_old_kek_versions,
@@ -348,6 +350,43 @@ pub(crate) async fn identity_rows_and_one_time_values(store: &dyn Store, other: 
 /// The second half of PostgreSQL's former `identity_rows_one_time_values_policies_and_the_index`
 /// (`identity_rows_and_one_time_values` is the first): policies and their version, the index,
 /// and two nodes inserting one data key.
+pub(crate) async fn api_keys_keep_their_network_and_certificate_bindings(
+    store: &dyn Store,
+    other: &dyn Store,
+) {
+    let fp = ["AB"; 32].join(":");
+    let bound = ApiKeyRow {
+        name: "lab-feed".into(),
+        key_hash: "h1".into(),
+        owner_id: None,
+        scopes: vec!["Observation.c".into(), "Patient.r".into()],
+        allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+        expires_at: 100,
+        revoked: false,
+        created_at: 1,
+        client_cert_sha256: Some(fp),
+    };
+    let unbound = ApiKeyRow {
+        name: "script".into(),
+        key_hash: "h2".into(),
+        allowed_cidrs: Vec::new(),
+        client_cert_sha256: None,
+        ..bound.clone()
+    };
+    store
+        .write(vec![
+            WriteOp::InsertApiKey(bound.clone()),
+            WriteOp::InsertApiKey(unbound.clone()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        other.api_key_by_hash("h1").await.unwrap(),
+        Some(bound.clone())
+    );
+    assert_eq!(other.api_keys().await.unwrap(), [bound, unbound]);
+}
+
 pub(crate) async fn policies_the_index_and_racing_data_key_inserts(
     store: &dyn Store,
     other: &dyn Store,

@@ -405,6 +405,9 @@ pub struct ApiKeyRow {
     pub expires_at: i64,
     pub revoked: bool,
     pub created_at: i64,
+    /// The SHA-256 fingerprint (`AB:CD:...`) of the client certificate the key must arrive
+    /// with; None: any connection (or none) will do.
+    pub client_cert_sha256: Option<String>,
 }
 
 /// A break-glass grant: emergency read access beyond the principal's organizations.
@@ -657,15 +660,15 @@ mod tests {
     /// edited, renumbered or dropped (a new one is appended).
     #[test]
     fn shipped_migrations_are_unchanged() {
-        assert_eq!(crate::sqlite::MIGRATIONS.len(), 11);
+        assert_eq!(crate::sqlite::MIGRATIONS.len(), 12);
         assert_eq!(
             fingerprint(crate::sqlite::MIGRATIONS),
-            0x987a_7f0a_9fa6_91c7
+            0xd6dc_d653_0f61_d45d
         );
-        assert_eq!(crate::postgres::MIGRATIONS.len(), 6);
+        assert_eq!(crate::postgres::MIGRATIONS.len(), 7);
         assert_eq!(
             fingerprint(crate::postgres::MIGRATIONS),
-            0xee1b_1787_dc2b_a7de
+            0x1fda_5753_77ca_8cc6
         );
     }
 }

@@ -136,6 +136,7 @@ const TABLES: &[Table] = &[
             ("expires_at", Col::Int),
             ("revoked", Col::Bool),
             ("created_at", Col::Int),
+            ("client_cert_sha256", Col::Text),
         ],
         "name",
     ),

@@ -75,8 +75,8 @@ pub(crate) fn principal_row<R: Columns>(r: &R) -> Result<PrincipalRow, R::Error>
     })
 }
 
-pub(crate) const API_KEY_COLUMNS: &str =
-    "name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at";
+pub(crate) const API_KEY_COLUMNS: &str = "name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at, \
+     client_cert_sha256";
 
 pub(crate) fn api_key_row<R: Columns>(r: &R) -> Result<ApiKeyRow, R::Error> {
     let scopes = r.text(3)?;
@@ -90,6 +90,7 @@ pub(crate) fn api_key_row<R: Columns>(r: &R) -> Result<ApiKeyRow, R::Error> {
         expires_at: r.int(5)?,
         revoked: r.flag(6)?,
         created_at: r.int(7)?,
+        client_cert_sha256: r.opt_text(8)?,
     })
 }
 

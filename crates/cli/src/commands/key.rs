@@ -1,8 +1,10 @@
 //! `carevault key ...`: API keys, and the keyring's key-encryption keys and data-key rotation.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use carevault_server::client_certificate::CertFingerprint;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -15,6 +17,8 @@ pub(crate) enum KeyCommand {
     /// cvk_...`, or `--api-key-file` on CLI commands).
     ///
     /// Example: carevault key create first-steps --service --scope system/Patient.cru --expires-in-days 1 > first-steps.key
+    ///
+    /// Example: carevault key create lab-feed --service --scope system/Observation.c --client-cert lab-feed.crt
     Create {
         /// The key's name (unique among your keys, or among service keys).
         name: String,
@@ -28,11 +32,20 @@ pub(crate) enum KeyCommand {
         /// Accept the key only from these networks (repeatable), e.g. 10.0.0.0/8.
         #[arg(long = "allow-cidr")]
         allowed_cidrs: Vec<String>,
+        /// Accept the key only on connections that present this client certificate (PEM; its
+        /// SHA-256 fingerprint is computed here, the file is not sent). Needs `tls.client_ca`
+        /// on the server.
+        #[arg(long, value_name = "FILE", conflicts_with = "client_cert_sha256")]
+        client_cert: Option<PathBuf>,
+        /// As --client-cert, given the certificate's SHA-256 fingerprint (AB:CD:... or 64 hex
+        /// digits).
+        #[arg(long, value_name = "FINGERPRINT")]
+        client_cert_sha256: Option<String>,
         /// A service key (admin) instead of a key of your own.
         #[arg(long)]
         service: bool,
     },
-    /// List API keys: name, state, expiry, scopes.
+    /// List API keys: name, state, expiry, scopes, and the client certificate a key is bound to.
     ///
     /// Example: carevault key list --service --output json
     List {
@@ -107,13 +120,27 @@ pub(crate) fn run(command: KeyCommand) -> Result<()> {
             scopes,
             expires_in_days,
             allowed_cidrs,
+            client_cert,
+            client_cert_sha256,
             service,
         } => {
             let cidrs = (!allowed_cidrs.is_empty()).then_some(allowed_cidrs);
+            let bound = match (client_cert, client_cert_sha256) {
+                (Some(path), _) => Some(fingerprint_of_file(&path)?),
+                (None, Some(fp)) => Some(
+                    CertFingerprint::parse(&fp)
+                        .map_err(|e| anyhow::anyhow!("--client-cert-sha256: {e}"))?
+                        .to_string(),
+                ),
+                (None, None) => None,
+            };
             let created = client.expect(
                 "POST",
                 base(service),
-                Some(&json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days, "allowed_cidrs": cidrs})),
+                Some(
+                    &json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days,
+                    "allowed_cidrs": cidrs, "client_cert_sha256": bound}),
+                ),
             )?;
             println!("api key {}: {}", name, str_field(&created, "key"));
             println!(
@@ -128,8 +155,12 @@ pub(crate) fn run(command: KeyCommand) -> Result<()> {
             }
             for k in listed["api_keys"].as_array().into_iter().flatten() {
                 let scopes = str_items(k, "scopes");
+                let bound = k["client_cert_sha256"]
+                    .as_str()
+                    .map(|fp| format!(" client-cert {fp}"))
+                    .unwrap_or_default();
                 println!(
-                    "{:<24} {:<8} expires {} scopes {}",
+                    "{:<24} {:<8} expires {} scopes {}{bound}",
                     str_field(k, "name"),
                     str_field(k, "state"),
                     str_field(k, "expires_at"),
@@ -178,6 +209,16 @@ pub(crate) fn run(command: KeyCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The SHA-256 fingerprint of the first certificate in a PEM file (only a public certificate is
+/// read; a private key in the same file is not looked at).
+fn fingerprint_of_file(path: &Path) -> Result<String> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("--client-cert: cannot read {}", path.display()))?;
+    let fp = CertFingerprint::of_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("--client-cert {}: {e}", path.display()))?;
+    Ok(fp.to_string())
 }
 
 fn kek_version_arg(text: &str) -> Result<u32> {

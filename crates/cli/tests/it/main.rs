@@ -32,6 +32,7 @@ mod keys;
 mod limits;
 mod login;
 mod monitoring;
+mod mtls;
 mod multinode;
 mod outage;
 mod pg_tls;

@@ -20,7 +20,7 @@ pub(crate) struct Pki {
     pub(crate) server_key_pem: String,
 }
 
-fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+pub(crate) fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params
@@ -97,7 +97,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// Run `carevault serve` on a fresh data directory, expecting it to give up; its output.
-fn serve_fails(env: &[(&str, &str)]) -> String {
+pub(crate) fn serve_fails(env: &[(&str, &str)]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin())
         .arg("serve")

@@ -169,7 +169,7 @@ fn path_problems(config: &Config, table: &toml::Table) -> Vec<ConfigError> {
             }
         }
     }
-    for key in ["tls.cert_path", "tls.key_path"] {
+    for key in ["tls.cert_path", "tls.key_path", "tls.client_ca"] {
         if let Some(path) = configured(key)
             && !config.plain_http
             && let Some(problem) = missing(Path::new(path))

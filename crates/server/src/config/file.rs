@@ -189,6 +189,9 @@ pub struct AuditSection {
 pub struct TlsSection {
     pub cert_path: Option<PathBuf>,
     pub key_path: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against; unset: the server
+    /// asks for none.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +273,7 @@ pub(super) const KEYS: &[(&str, Kind)] = &[
     ("audit.max_unsigned_secs", Kind::Int),
     ("tls.cert_path", Kind::Str),
     ("tls.key_path", Kind::Str),
+    ("tls.client_ca", Kind::Str),
     ("session.idle_timeout_secs", Kind::Int),
     ("session.absolute_lifetime_secs", Kind::Int),
     ("auth.enrollment_ttl_secs", Kind::Int),

@@ -56,6 +56,9 @@ pub struct Config {
     pub plain_http: bool,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// `tls.client_ca`: the CAs a client certificate must chain to. When set, the handshake asks
+    /// for a client certificate (optional) and API keys may be bound to one.
+    pub tls_client_ca: Option<PathBuf>,
     pub body_limit_bytes: usize,
     pub max_json_depth: usize,
     pub max_bundle_entries: usize,
@@ -273,6 +276,7 @@ impl Config {
             .tls
             .key_path
             .unwrap_or_else(|| data_dir.join("tls").join("key.pem"));
+        let tls_client_ca = client_ca(file.tls.client_ca, plain_http)?;
 
         let body_limit = bounded(
             "body_limit_bytes",
@@ -334,6 +338,7 @@ impl Config {
             plain_http,
             tls_cert,
             tls_key,
+            tls_client_ca,
             body_limit_bytes: body_limit as usize,
             max_json_depth: depth as usize,
             max_bundle_entries: bundle_entries as usize,
@@ -448,6 +453,20 @@ fn listen_address(
         ));
     }
     Ok((listen, plain_http))
+}
+
+/// Client certificates are part of the TLS handshake: with plain HTTP there is none to ask in.
+fn client_ca(path: Option<PathBuf>, plain_http: bool) -> Result<Option<PathBuf>, ConfigError> {
+    match path {
+        Some(p) if p.as_os_str().is_empty() => {
+            Err(ConfigError::new("tls.client_ca", "must not be empty"))
+        }
+        Some(_) if plain_http => Err(ConfigError::new(
+            "tls.client_ca",
+            "client certificates need TLS; it cannot be set with allow_plain_http",
+        )),
+        other => Ok(other),
+    }
 }
 
 fn data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, ConfigError> {

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -94,24 +93,7 @@ impl Syslog {
     /// Read the CA now, so that a bad file stops the start naming its key. `hostname` is the
     /// message's HOSTNAME field (the node id).
     pub fn open(target: &SyslogTarget, hostname: &str) -> crate::Result<(Self, SyslogDeliverer)> {
-        let refuse = |what: String| {
-            crate::Error::Unavailable(format!(
-                "configuration error in `detection.syslog_ca_file`: {what}"
-            ))
-        };
-        let path = &target.ca_file;
-        let pem = std::fs::read(path)
-            .map_err(|e| refuse(format!("cannot read {}: {}", path.display(), e.kind())))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|_| refuse("not valid PEM".into()))?;
-            roots
-                .add(cert)
-                .map_err(|_| refuse("holds an unusable certificate".into()))?;
-        }
-        if roots.is_empty() {
-            return Err(refuse(format!("{} holds no certificate", path.display())));
-        }
+        let roots = crate::certificate::ca_roots("detection.syslog_ca_file", &target.ca_file)?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{API_KEY_PREFIX, Identity, MAX_KEY_DAYS, Principal, PrincipalKind, Role, keys};
 use crate::audit::AuditScope;
+use crate::client_certificate::CertFingerprint;
 use crate::error::{Error, Result};
 
 #[derive(Debug, serde::Deserialize)]
@@ -18,6 +19,10 @@ pub struct NewApiKey {
     pub expires_in_days: Option<i64>,
     #[serde(default)]
     pub allowed_cidrs: Option<Vec<String>>,
+    /// Accept the key only on a connection that presented this client certificate (its SHA-256
+    /// fingerprint); needs `tls.client_ca`.
+    #[serde(default)]
+    pub client_cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,6 +38,8 @@ pub struct ApiKeyView {
     pub owner: Option<String>,
     pub scopes: Vec<String>,
     pub allowed_cidrs: Vec<String>,
+    /// The client certificate the key is bound to (a fingerprint, not a secret).
+    pub client_cert_sha256: Option<String>,
     pub expires_at: String,
     pub state: &'static str,
 }
@@ -42,6 +49,7 @@ impl Identity {
         &self,
         key: &str,
         client_ip: Option<IpAddr>,
+        client_cert: Option<&str>,
         audit: Option<&AuditScope>,
     ) -> Result<Principal> {
         if key.len() != API_KEY_PREFIX.len() + 43 {
@@ -72,13 +80,24 @@ impl Identity {
                 return Err(Error::Unauthorized);
             }
         }
+        if let Some(bound) = &row.client_cert_sha256
+            && client_cert != Some(bound.as_str())
+        {
+            // As for CIDRs: a 401 like any wrong key; the auditor learns which key came without
+            // (or with another) certificate.
+            if let Some(audit) = audit {
+                audit.add_detail("target_principal", format!("apikey:{}", row.name));
+                audit.add_detail("refused", "client-certificate".to_owned());
+            }
+            return Err(Error::Unauthorized);
+        }
         self.key_principal(row).await
     }
 
     /// The principal of API key `id` (`apikey:<name>`), for work a key started that outlives
     /// its request (an export resumed after a restart): None once the key is revoked or
-    /// expired, or its owner disabled or locked. Its CIDRs are not checked: no client is
-    /// connected.
+    /// expired, or its owner disabled or locked. Its CIDRs and client certificate are not
+    /// checked: no client is connected (they were checked when the work was started).
     pub async fn api_key_principal(&self, id: &str) -> Result<Option<Principal>> {
         let Some(name) = id.strip_prefix("apikey:") else {
             return Ok(None);
@@ -172,6 +191,20 @@ impl Identity {
         for c in req.allowed_cidrs.iter().flatten() {
             cidrs.push(keys::Cidr::parse(c)?.to_string());
         }
+        let client_cert = match &req.client_cert_sha256 {
+            Some(fp) => {
+                let fp = CertFingerprint::parse(fp)?;
+                if !self.client_certificates {
+                    return Err(Error::BadRequest(
+                        "client_cert_sha256 needs tls.client_ca set on the server: without it no \
+                         client certificate is asked for, and the key could never be used"
+                            .into(),
+                    ));
+                }
+                Some(fp.as_str().to_owned())
+            }
+            None => None,
+        };
         let owner_id = match owner {
             Some(p) => match p.kind {
                 PrincipalKind::User => Some(p.id.clone()),
@@ -196,6 +229,7 @@ impl Identity {
                 expires_at,
                 revoked: false,
                 created_at: now,
+                client_cert_sha256: client_cert,
             })],
             201,
         )
@@ -233,6 +267,7 @@ impl Identity {
                 owner: k.owner_id,
                 scopes: k.scopes,
                 allowed_cidrs: k.allowed_cidrs,
+                client_cert_sha256: k.client_cert_sha256,
                 expires_at: crate::clock::fhir_instant(k.expires_at * 1_000_000),
             })
             .collect())

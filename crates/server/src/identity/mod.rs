@@ -64,6 +64,9 @@ pub struct Identity {
     /// hold here from the next request on.
     sessions: Option<SessionCache>,
     login_outcomes: metrics::LoginOutcomes,
+    /// `tls.client_ca` is set: connections may present client certificates, so a key may be
+    /// bound to one.
+    client_certificates: bool,
 }
 
 impl Identity {
@@ -96,6 +99,7 @@ impl Identity {
             lock_after: config.lock_after_failures,
             sessions: (!config.database.is_shared()).then(SessionCache::default),
             login_outcomes: metrics::LoginOutcomes::default(),
+            client_certificates: config.tls_client_ca.is_some(),
         })
     }
 

@@ -22,16 +22,20 @@ fn touch_every_secs(idle_secs: i64) -> i64 {
 }
 
 impl Identity {
-    /// Resolve a bearer token (a session token or an API key) to its principal. A refusal the
-    /// auditor should know more of (an API key from outside its CIDRs) is told to `audit`.
+    /// Resolve a bearer token (a session token or an API key) to its principal. `client_cert`
+    /// is the fingerprint of the client certificate the connection presented, if any. A refusal
+    /// the auditor should know more of (an API key from outside its CIDRs, or without its
+    /// client certificate) is told to `audit`.
     pub async fn authenticate(
         &self,
         token: &str,
         client_ip: Option<IpAddr>,
+        client_cert: Option<&str>,
         audit: Option<&AuditScope>,
     ) -> Result<Principal> {
         if token.starts_with(API_KEY_PREFIX) {
-            self.authenticate_key(token, client_ip, audit).await
+            self.authenticate_key(token, client_ip, client_cert, audit)
+                .await
         } else {
             self.authenticate_session(token).await
         }
@@ -248,7 +252,7 @@ mod tests {
 
     async fn refused(f: &Fixture, token: &str) -> bool {
         matches!(
-            f.identity.authenticate(token, None, None).await,
+            f.identity.authenticate(token, None, None, None).await,
             Err(Error::Unauthorized)
         )
     }
@@ -269,7 +273,12 @@ mod tests {
         // Activity keeps the session alive past the idle timeout...
         for _ in 0..4 {
             f.clock.advance_secs(800);
-            assert!(f.identity.authenticate(&token, None, None).await.is_ok());
+            assert!(
+                f.identity
+                    .authenticate(&token, None, None, None)
+                    .await
+                    .is_ok()
+            );
         }
         // ...but not past the absolute lifetime (3,200 s used, 3,600 s allowed).
         f.clock.advance_secs(400);
@@ -278,7 +287,12 @@ mod tests {
         // A fresh session left idle expires.
         let token = session(&f, &secret).await;
         f.clock.advance_secs(899);
-        assert!(f.identity.authenticate(&token, None, None).await.is_ok());
+        assert!(
+            f.identity
+                .authenticate(&token, None, None, None)
+                .await
+                .is_ok()
+        );
         f.clock.advance_secs(900);
         assert!(refused(&f, &token).await);
     }
@@ -292,7 +306,10 @@ mod tests {
         for i in 0..30 {
             f.clock.advance_secs(2);
             assert!(
-                f.identity.authenticate(&token, None, None).await.is_ok(),
+                f.identity
+                    .authenticate(&token, None, None, None)
+                    .await
+                    .is_ok(),
                 "refused after {} s in use",
                 2 * (i + 1)
             );

@@ -154,6 +154,7 @@ fn api_key(name: &str, service: bool, cidrs: &[&str], lifetime_days: i64) -> Api
         expires_at: NOW - DAY + lifetime_days * DAY,
         revoked: false,
         created_at: NOW - DAY,
+        client_cert_sha256: None,
     }
 }
 

@@ -211,8 +211,9 @@ pub(super) async fn apply_access_op(tx: &Transaction<'_>, op: &WriteOp) -> Resul
         WriteOp::InsertApiKey(k) => {
             exec(
                 tx,
-                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at,
+                                      client_cert_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &[
                     &k.name,
                     &k.key_hash,
@@ -222,6 +223,7 @@ pub(super) async fn apply_access_op(tx: &Transaction<'_>, op: &WriteOp) -> Resul
                     &k.expires_at,
                     &k.revoked,
                     &k.created_at,
+                    &k.client_cert_sha256,
                 ],
             )
             .await?;

@@ -81,6 +81,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         env!("CARGO_MANIFEST_DIR"),
         "/migrations/postgres/0006_export_job.sql"
     )),
+    // An API key may be bound to a client certificate's fingerprint (NULL: unbound).
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/postgres/0007_api_key_client_cert.sql"
+    )),
 ];
 
 /// The schema version this binary writes.

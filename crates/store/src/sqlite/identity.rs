@@ -184,8 +184,9 @@ pub(super) fn apply_access_op(conn: &Connection, op: &WriteOp) -> Result<(), Sto
         WriteOp::InsertApiKey(k) => {
             exec(
                 conn,
-                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at,
+                                      client_cert_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 &[
                     &k.name,
                     &k.key_hash,
@@ -195,6 +196,7 @@ pub(super) fn apply_access_op(conn: &Connection, op: &WriteOp) -> Result<(), Sto
                     &k.expires_at,
                     &k.revoked,
                     &k.created_at,
+                    &k.client_cert_sha256,
                 ],
             )?;
         }

@@ -102,6 +102,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         env!("CARGO_MANIFEST_DIR"),
         "/migrations/sqlite/0011_export_job.sql"
     )),
+    // An API key may be bound to a client certificate's fingerprint (NULL: unbound).
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite/0012_api_key_client_cert.sql"
+    )),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).

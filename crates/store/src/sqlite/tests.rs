@@ -602,6 +602,22 @@ async fn current_pointers_written_before_the_seq_migration_are_filled_in() {
 }
 
 #[tokio::test]
+async fn api_keys_made_before_certificate_binding_stay_usable_and_unbound() {
+    let (_dir, path) = database_before("client_cert_sha256");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at)
+             VALUES ('etl', 'h1', NULL, 'Patient.r', '10.0.0.0/8', 100, 0, 1);",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let key = store.api_key_by_hash("h1").await.unwrap().unwrap();
+    assert_eq!(key.allowed_cidrs, ["10.0.0.0/8"]);
+    assert_eq!(key.client_cert_sha256, None);
+}
+
+#[tokio::test]
 async fn refuses_a_database_from_a_newer_binary() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
