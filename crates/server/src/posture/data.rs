@@ -288,7 +288,7 @@ pub fn api_key_findings(keys: &[ApiKeyRow], now: i64) -> Vec<Finding> {
                 "API keys living longer than {API_KEY_MAX_DAYS} days: {}",
                 long.join(", ")
             ),
-            "carevault key revoke NAME and create a replacement with a shorter --expires-days",
+            "carevault key revoke NAME and create a replacement with a shorter --expires-in-days",
         )
     };
     let open: Vec<String> = live
@@ -304,7 +304,7 @@ pub fn api_key_findings(keys: &[ApiKeyRow], now: i64) -> Vec<Finding> {
     } else {
         API_KEYS_CIDRS.warn(
             format!("service keys usable from any address: {}", open.join(", ")),
-            "recreate them with --cidr for the networks the service runs in",
+            "recreate them with --allow-cidr for the networks the service runs in",
         )
     };
     vec![expiry, cidrs]
