@@ -110,7 +110,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         req.extensions_mut().insert(self.cert.clone());
         crate::trim_trailing_slash(&mut req);
         let rule = self.body;
-        let req = req.map(|body| DeadlineBody::new(body, rule));
+        // Not drained: a body the client waits for leave to send (`Expect: 100-continue`; reading
+        // it would tell hyper to send 100 Continue after all), and one declared larger than the
+        // drain would read.
+        let drain_unread = !req.headers().contains_key(axum::http::header::EXPECT)
+            && req.body().size_hint().lower() <= DRAIN_LIMIT_BYTES as u64;
+        let req = req.map(|body| DeadlineBody::new(body, rule, drain_unread));
         let mut router = self.router.clone();
         Respond {
             inner: tower::Service::call(&mut router, req),
@@ -193,7 +198,8 @@ pin_project! {
     /// [`BodyTimedOut`]. A body that is never read costs nothing; an empty one has no timer.
     ///
     /// A body dropped unread (an answer given before the body mattered: 401, 415, 421, 429) is
-    /// read to its end in the background, up to [`DRAIN_LIMIT_BYTES`] and within its deadline.
+    /// read to its end in the background, up to [`DRAIN_LIMIT_BYTES`] and within its deadline
+    /// (unless the client sent `Expect: 100-continue` or declared a larger body).
     /// Otherwise, once the answer is sent, HTTP/2 resets the stream and HTTP/1.1 closes the
     /// connection, and a client still uploading (curl) reports a stream error or a broken pipe
     /// instead of the answer.
@@ -205,7 +211,7 @@ pin_project! {
         rule: BodyRule,
         started: Instant,
         received: u64,
-        // Cleared once the body has been read to its end.
+        // Whether a drop before the end drains the rest; cleared once read to its end.
         drain_unread: bool,
     }
 
@@ -250,7 +256,7 @@ pin_project! {
 }
 
 impl DeadlineBody {
-    fn new(inner: Incoming, rule: BodyRule) -> Self {
+    fn new(inner: Incoming, rule: BodyRule, drain_unread: bool) -> Self {
         let started = Instant::now();
         let timer = if inner.is_end_stream() {
             Timer::Off
@@ -265,7 +271,7 @@ impl DeadlineBody {
             rule,
             started,
             received: 0,
-            drain_unread: true,
+            drain_unread,
         }
     }
 }
