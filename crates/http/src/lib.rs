@@ -843,6 +843,7 @@ fn detect(
                 target_principal: detail("target_principal"),
                 second_factor_failed: detail("second_factor") == Some("invalid"),
                 key_outside_cidrs: detail("refused") == Some("outside-cidrs"),
+                key_without_its_certificate: detail("refused") == Some("client-certificate"),
                 integrity_failure,
             },
             finding,

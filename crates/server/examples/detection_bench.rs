@@ -68,6 +68,7 @@ fn facts<'a>(
         target_principal: None,
         second_factor_failed: false,
         key_outside_cidrs: false,
+        key_without_its_certificate: false,
         integrity_failure: false,
     }
 }

@@ -38,7 +38,7 @@ pub(crate) fn alerts(auditor: &Api) -> Vec<(String, String, Value)> {
         .collect()
 }
 
-fn ext(r: &Value, name: &str) -> String {
+pub(crate) fn ext(r: &Value, name: &str) -> String {
     let url = format!("urn:carevault:alert:{name}");
     r["extension"]
         .as_array()
@@ -50,7 +50,7 @@ fn ext(r: &Value, name: &str) -> String {
         .to_owned()
 }
 
-fn wait_for_rule(auditor: &Api, rule: &str) -> Value {
+pub(crate) fn wait_for_rule(auditor: &Api, rule: &str) -> Value {
     let mut found = None;
     wait_for(&format!("an alert {rule}"), Duration::from_secs(20), || {
         found = alerts(auditor)

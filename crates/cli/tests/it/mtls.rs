@@ -244,6 +244,12 @@ fn a_key_bound_to_a_client_certificate_works_only_with_that_certificate() {
         refusals(&auditor.api, "nightly-report", "client-certificate"),
         0
     );
+    // And the security officer is alerted, under the key.
+    let alert = crate::detection::wait_for_rule(&auditor.api, "access.client-certificate");
+    assert_eq!(
+        crate::detection::ext(&alert, "principal"),
+        "apikey:lab-feed"
+    );
 }
 
 #[test]

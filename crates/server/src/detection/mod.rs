@@ -64,6 +64,8 @@ pub struct RequestFacts<'a> {
     pub second_factor_failed: bool,
     /// An API key was refused because the request came from outside its `allowed_cidrs`.
     pub key_outside_cidrs: bool,
+    /// An API key bound to a client certificate came without it (or with another).
+    pub key_without_its_certificate: bool,
     /// The answer was an integrity failure (a ciphertext that failed to open).
     pub integrity_failure: bool,
 }
@@ -315,6 +317,11 @@ impl Detection {
             && let Some(key) = facts.target_principal
         {
             raise_for(Rule::KeyOutsideCidrs, key, 1);
+        }
+        if facts.key_without_its_certificate
+            && let Some(key) = facts.target_principal
+        {
+            raise_for(Rule::KeyWithoutItsCertificate, key, 1);
         }
         if c.unusual_hours_min_requests > 0
             && !matches!(facts.principal, "anonymous" | "system" | "local")

@@ -83,6 +83,8 @@ rules! {
     BreakGlass => ("access.break-glass", High),
     /// An API key presented from an address outside its `allowed_cidrs`: a leaked key.
     KeyOutsideCidrs => ("access.outside-cidrs", High),
+    /// An API key bound to a client certificate presented without it: a copied key.
+    KeyWithoutItsCertificate => ("access.client-certificate", High),
     /// A principal active at an hour of the day it is not usually active at (learned baseline).
     UnusualHours => ("access.unusual-hours", Low),
     /// A KEK version was destroyed.

@@ -50,6 +50,7 @@ fn facts<'a>(principal: &'a str, action: AuditAction, status: u16) -> RequestFac
         target_principal: None,
         second_factor_failed: false,
         key_outside_cidrs: false,
+        key_without_its_certificate: false,
         integrity_failure: false,
     }
 }
@@ -300,6 +301,25 @@ async fn an_api_key_from_outside_its_cidrs_alerts_under_the_key() {
     let alerts = wait_for_alerts(&f, 1).await;
     assert_eq!(alerts[0].rule, "access.outside-cidrs");
     assert_eq!(alerts[0].principal, "apikey:etl");
+    writer.abort();
+}
+
+#[tokio::test]
+async fn an_api_key_without_its_client_certificate_alerts_under_the_key() {
+    let f = fixture(DetectionConfig::default()).await;
+    let mut fa = facts("anonymous", AuditAction::SearchType, 401);
+    fa.target_principal = Some("apikey:lab-feed");
+    fa.key_outside_cidrs = false;
+    d_observe_twice(&f.detection, &fa);
+    assert_eq!(raised(&f.detection, Rule::KeyWithoutItsCertificate), 0);
+    fa.key_without_its_certificate = true;
+    d_observe_twice(&f.detection, &fa);
+    assert_eq!(raised(&f.detection, Rule::KeyWithoutItsCertificate), 1);
+    assert_eq!(raised(&f.detection, Rule::KeyOutsideCidrs), 0);
+    let writer = f.detection.alerts.spawn_writer().unwrap();
+    let alerts = wait_for_alerts(&f, 1).await;
+    assert_eq!(alerts[0].rule, "access.client-certificate");
+    assert_eq!(alerts[0].principal, "apikey:lab-feed");
     writer.abort();
 }
 
