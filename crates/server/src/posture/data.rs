@@ -293,18 +293,23 @@ pub fn api_key_findings(keys: &[ApiKeyRow], now: i64) -> Vec<Finding> {
     };
     let open: Vec<String> = live
         .iter()
-        .filter(|k| k.owner_id.is_none() && k.allowed_cidrs.is_empty())
+        // A key bound to a client certificate is usable only by the holder of its private key,
+        // wherever they are: as fenced as one bound to networks.
+        .filter(|k| {
+            k.owner_id.is_none() && k.allowed_cidrs.is_empty() && k.client_cert_sha256.is_none()
+        })
         .map(|k| k.name.clone())
         .collect();
     let cidrs = if open.is_empty() {
         API_KEYS_CIDRS.pass(format!(
-            "{} live service key(s), each bound to networks",
+            "{} live service key(s), each bound to networks or a client certificate",
             live.iter().filter(|k| k.owner_id.is_none()).count()
         ))
     } else {
         API_KEYS_CIDRS.warn(
             format!("service keys usable from any address: {}", open.join(", ")),
-            "recreate them with --allow-cidr for the networks the service runs in",
+            "recreate them with --allow-cidr for the networks the service runs in, or with \
+             --client-cert for the service's certificate (tls.client_ca)",
         )
     };
     vec![expiry, cidrs]

@@ -157,7 +157,7 @@ checks! {
         "admin-only accounts", "164.308(a)(4)(ii)(B)";
     API_KEYS_EXPIRY = "api_keys.expiry", "API keys expire within a year",
         "secure accounts", "164.308(a)(4)(ii)(C)";
-    API_KEYS_CIDRS = "api_keys.cidrs", "service API keys bound to networks",
+    API_KEYS_CIDRS = "api_keys.cidrs", "service API keys bound to networks or a client certificate",
         "least privilege", "164.312(a)(1)";
     POLICIES_BREADTH = "policies.breadth", "custom policies validate and permit narrowly",
         "least privilege", "164.308(a)(4)(ii)(B)";

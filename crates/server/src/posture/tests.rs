@@ -158,6 +158,19 @@ fn api_key(name: &str, service: bool, cidrs: &[&str], lifetime_days: i64) -> Api
     }
 }
 
+#[test]
+fn a_service_key_bound_to_a_client_certificate_counts_as_fenced() {
+    let mut bound = api_key("lab-feed", true, &[], 30);
+    bound.client_cert_sha256 = Some("AB:CD".to_owned());
+    let findings = data::api_key_findings(&[bound.clone()], NOW);
+    let cidrs = findings.iter().find(|f| f.id == "api_keys.cidrs").unwrap();
+    assert_eq!(cidrs.status, Status::Pass, "{cidrs:?}");
+    bound.client_cert_sha256 = None;
+    let findings = data::api_key_findings(&[bound], NOW);
+    let cidrs = findings.iter().find(|f| f.id == "api_keys.cidrs").unwrap();
+    assert_eq!(cidrs.status, Status::Warn, "{cidrs:?}");
+}
+
 fn policy(name: &str, text: &str) -> PolicyRow {
     PolicyRow {
         name: name.to_owned(),
