@@ -296,7 +296,12 @@ impl Application {
             },
         );
         let tls_reloader = self.tls_reload.map(|(served, config)| {
-            served.spawn_reloader(config, self.audit.clone(), self.state.inner.clock.clone())
+            served.spawn_reloader(
+                config,
+                self.audit.clone(),
+                self.state.inner.detection.alerts.clone(),
+                self.state.inner.clock.clone(),
+            )
         });
         let (posture_config, store, clock) = self.posture;
         let posture_runs = carevault_server::posture::periodic::spawn(

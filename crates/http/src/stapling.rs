@@ -4,14 +4,16 @@
 //! the CA themselves (which tells the CA who talks to this server, and fails when it is down).
 //!
 //! A fetch that fails keeps the current staple while it is valid and retries with a growing
-//! pause; a stale one is withdrawn. A revocation is never stapled: it is logged as an error for
-//! the operator, who must replace the certificate.
+//! pause; a stale one is withdrawn. A revocation is never stapled: it is logged as an error and
+//! raised as a critical alert (`integrity.tls-certificate-revoked`) for the operator, who must
+//! replace the certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use carevault_server::certificate::ocsp::{self, Refusal};
 use carevault_server::clock::SharedClock;
+use carevault_server::detection::{AlertInput, Alerts, Rule};
 
 use crate::tls::ServedCertificate;
 
@@ -29,10 +31,14 @@ enum Fetched {
 }
 
 /// Keep the served certificate's OCSP status stapled, for as long as the future runs.
-pub(crate) async fn keep_stapled(served: Arc<ServedCertificate>, clock: SharedClock) {
+pub(crate) async fn keep_stapled(
+    served: Arc<ServedCertificate>,
+    alerts: Arc<Alerts>,
+    clock: SharedClock,
+) {
     let mut retry = FIRST_RETRY;
     loop {
-        let pause = match staple_once(&served, &clock).await {
+        let pause = match staple_once(&served, &alerts, &clock).await {
             Fetched::NothingToStaple => None,
             Fetched::Stapled { refresh_after } => {
                 retry = FIRST_RETRY;
@@ -54,7 +60,7 @@ pub(crate) async fn keep_stapled(served: Arc<ServedCertificate>, clock: SharedCl
     }
 }
 
-async fn staple_once(served: &ServedCertificate, clock: &SharedClock) -> Fetched {
+async fn staple_once(served: &ServedCertificate, alerts: &Alerts, clock: &SharedClock) -> Fetched {
     let (chain, fingerprint) = served.chain();
     let target = match ocsp::target(&chain) {
         Ok(Some(target)) => target,
@@ -84,6 +90,12 @@ async fn staple_once(served: &ServedCertificate, clock: &SharedClock) -> Fetched
             tracing::error!(event = "tls_certificate_revoked", responder = %responder,
                 fingerprint = %fingerprint,
                 "the OCSP responder says the served TLS certificate is revoked; replace it");
+            alerts.raise(AlertInput::new(
+                Rule::TlsCertificateRevoked,
+                "system",
+                "local",
+                1,
+            ));
             Fetched::Failed
         }
         Err(refusal) => {

@@ -21,6 +21,7 @@ use rustls::sign::CertifiedKey;
 use carevault_server::audit::{Audit, AuditAction, AuditScope};
 use carevault_server::certificate::{self, fingerprint};
 use carevault_server::clock::SharedClock;
+use carevault_server::detection::Alerts;
 use carevault_server::{Config, Error, Result};
 
 /// How often the certificate files are looked at for a change.
@@ -221,9 +222,10 @@ impl ServedCertificate {
         self: Arc<Self>,
         config: Config,
         audit: Arc<Audit>,
+        alerts: Arc<Alerts>,
         clock: SharedClock,
     ) -> tokio::task::JoinHandle<()> {
-        let stapler = crate::stapling::keep_stapled(self.clone(), clock.clone());
+        let stapler = crate::stapling::keep_stapled(self.clone(), alerts, clock.clone());
         tokio::spawn(async move {
             tokio::join!(self.watch(config, audit, clock), stapler);
         })

@@ -267,6 +267,8 @@ fn hangup(srv: &TestServer) {
 #[test]
 fn a_certificate_naming_an_ocsp_responder_is_served_with_its_status_stapled() {
     let srv = server();
+    let admin = srv.admin();
+    let auditor = srv.user(&admin, "auditor.ocsp", &["auditor"], None);
     let dir: PathBuf = srv.tmp_dir().join("ocsp");
     std::fs::create_dir_all(&dir).unwrap();
     let responder = Responder::start(&dir);
@@ -313,6 +315,7 @@ fn a_certificate_naming_an_ocsp_responder_is_served_with_its_status_stapled() {
         srv.logs().contains("tls_certificate_revoked")
     });
     assert_eq!(stapled_status(&srv, &ca), "none");
+    crate::detection::wait_for_rule(&auditor.api, "integrity.tls-certificate-revoked");
     // The server keeps serving (clients that check revocation themselves will refuse it).
     let api = carevault_testkit::Api::new(&srv.base, &ca);
     assert_eq!(api.get("/healthz").status, 200);

@@ -89,6 +89,9 @@ rules! {
     UnusualHours => ("access.unusual-hours", Low),
     /// A KEK version was destroyed.
     KeyDestroyed => ("integrity.key-destroyed", Critical),
+    /// The OCSP responder says the served TLS certificate is revoked (its key may be in other
+    /// hands).
+    TlsCertificateRevoked => ("integrity.tls-certificate-revoked", Critical),
     /// A stored ciphertext failed to open, or the audit trail failed verification.
     IntegrityFailure => ("integrity.failure", Critical),
     /// A scheduled backup (or its pruning) failed.
