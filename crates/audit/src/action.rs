@@ -93,6 +93,8 @@ audit_actions! {
     Batch => "batch",
     /// A Bundle POSTed before its type is known.
     Bundle => "bundle",
+    /// `GET [base]?_type=...`: one search across several types.
+    SearchSystem => "search-system",
     SearchType => "search-type",
     SearchTypePost => "search-type-post",
     SearchCompartment => "search-compartment",

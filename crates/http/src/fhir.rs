@@ -404,12 +404,7 @@ async fn search(
 ) -> Result<Response, ApiError> {
     negotiate_pairs(headers, &pairs)?;
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "_format").collect();
-    let lenient = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=lenient"));
-    let query = carevault_fhir::search::parse_query(rtype, &pairs, lenient)
+    let query = carevault_fhir::search::parse_query(rtype, &pairs, prefers_lenient(headers))
         .map_err(|e| Error::BadRequest(e.to_string()))?;
     let records = &state.inner.records;
     let page = match patient {
@@ -428,31 +423,7 @@ async fn search(
     let base = crate::paging::fhir_base(state);
     let mut entries = BundleWriter::default();
     if !query.summary_count {
-        for (mode, v) in page
-            .matches
-            .iter()
-            .map(|v| ("match", v))
-            .chain(page.included.iter().map(|v| ("include", v)))
-        {
-            let reduced;
-            let resource: &[u8] = match &query.elements {
-                Some(elements) if mode == "match" => {
-                    let mut json: Value = serde_json::from_slice(&v.json)
-                        .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
-                    carevault_fhir::search::apply_elements(&mut json, elements);
-                    reduced = json.to_string().into_bytes();
-                    &reduced
-                }
-                _ => &v.json,
-            };
-            entries.push(
-                &SearchEntry {
-                    full_url: format!("{base}/{}/{}", v.rtype, v.id),
-                    search: SearchMode { mode },
-                },
-                Some(resource),
-            )?;
-        }
+        push_page(&mut entries, base, &page, &query)?;
     }
     let with_total =
         query.summary_count || !matches!(query.total, carevault_fhir::search::Total::None);
@@ -466,9 +437,54 @@ async fn search(
     )
 }
 
+/// `Prefer: handling=lenient`: unknown search parameters are ignored rather than refused.
+pub(crate) fn prefers_lenient(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=lenient"))
+}
+
+/// A search page's matches (reduced to `_elements` when asked) and included resources, as
+/// searchset entries.
+pub(crate) fn push_page(
+    entries: &mut BundleWriter,
+    base: &str,
+    page: &carevault_server::records::SearchPage,
+    query: &carevault_fhir::search::Query,
+) -> Result<(), ApiError> {
+    for (mode, v) in page
+        .matches
+        .iter()
+        .map(|v| ("match", v))
+        .chain(page.included.iter().map(|v| ("include", v)))
+    {
+        let reduced;
+        let resource: &[u8] = match &query.elements {
+            Some(elements) if mode == "match" => {
+                let mut json: Value = serde_json::from_slice(&v.json)
+                    .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
+                carevault_fhir::search::apply_elements(&mut json, elements);
+                reduced = json.to_string().into_bytes();
+                &reduced
+            }
+            _ => &v.json,
+        };
+        entries.push(
+            &SearchEntry {
+                full_url: format!("{base}/{}/{}", v.rtype, v.id),
+                search: SearchMode { mode },
+            },
+            Some(resource),
+        )?;
+    }
+    Ok(())
+}
+
 /// A searchset Bundle of `entries`, with `self` and `next` links to `url` carrying the request's
 /// own parameters and the page cursors (`this`, `next`).
-fn searchset(
+pub(crate) fn searchset(
     state: &AppState,
     url: &str,
     pairs: &[(String, String)],
@@ -926,7 +942,8 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
                 "description": "Bearer session tokens from POST /auth/login (password and TOTP, both required)."
             },
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                {"code": "search-system"}],
             "operation": [{
                 "name": "everything",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"

@@ -42,6 +42,7 @@ mod pretty;
 pub mod public_base;
 mod serve;
 mod stapling;
+mod system_search;
 pub use fhir::capability_statement;
 pub mod tls;
 
@@ -390,6 +391,13 @@ pub const ROUTE_TABLE: &[Route] = &[
         AuditAction::Capabilities,
         None,
         || get(fhir::metadata),
+    ),
+    route(
+        "/fhir",
+        Method::GET,
+        AuditAction::SearchSystem,
+        None,
+        || get(system_search::search_system),
     ),
     route("/fhir", Method::POST, AuditAction::Bundle, None, || {
         post(fhir::bundle)

@@ -384,6 +384,9 @@ fn a_service_key_reads_its_scope_and_nothing_else(w: &World) {
         types.iter().all(|u| u.starts_with("Observation")),
         "{types:?}"
     );
+    // A search across types is authorized type by type: a type outside the scope refuses it.
+    assert_eq!(key.get("/fhir?_type=Observation").status, 200);
+    assert_eq!(key.get("/fhir?_type=Observation,Patient").status, 403);
     let searched = key.get("/fhir/Observation?code=8867-4");
     assert_eq!(searched.status, 200, "{}", searched.text());
     assert_eq!(

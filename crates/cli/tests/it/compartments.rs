@@ -47,14 +47,8 @@ fn everything(api: &Api, patient: &str, query: &str) -> Vec<(String, String)> {
     loop {
         let r = api.get(&path);
         out.extend(entries(&r));
-        let next = r.json()["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_owned());
-        match next {
-            Some(url) => path = url[url.find("/fhir/").unwrap()..].to_owned(),
+        match crate::next_path(&r.json()) {
+            Some(next) => path = next,
             None => return out,
         }
     }

@@ -73,6 +73,77 @@ fn standard_clients_interactions_work_and_refusals_change_nothing() {
     conditional_delete(api, &other.api, &id);
     capability_statement_says_so(api);
     system_history(api);
+    system_search(api, &other.api);
+}
+
+/// Every `(type, id)` of a search across types, following `next` links from `path`.
+fn all_pages(api: &Api, path: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut path = path.to_owned();
+    for _ in 0..50 {
+        let r = api.get(&path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let page = r.json();
+        for e in page["entry"].as_array().into_iter().flatten() {
+            let resource = &e["resource"];
+            found.push((
+                resource["resourceType"].as_str().unwrap().to_owned(),
+                resource["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match crate::next_path(&page) {
+            Some(next) => path = next,
+            None => return found,
+        }
+    }
+    panic!("more than 50 pages")
+}
+
+/// `GET [base]?_type=...`: several types in one search, paged across them, each authorized.
+fn system_search(api: &Api, outsider: &Api) {
+    let patients = all_pages(api, "/fhir/Patient?_count=100");
+    let observations = all_pages(api, "/fhir/Observation?_count=100");
+    assert!(!patients.is_empty() && !observations.is_empty());
+    let mut across = all_pages(api, "/fhir?_type=Patient,Observation&_count=2");
+    let mut expected: Vec<_> = patients.iter().chain(&observations).cloned().collect();
+    across.sort();
+    expected.sort();
+    assert_eq!(across, expected);
+    let counted = api
+        .get("/fhir?_type=Observation,Patient&_summary=count")
+        .json();
+    assert_eq!(counted["total"], expected.len(), "{counted}");
+    // A common parameter narrows every type.
+    let (t, id) = &observations[0];
+    assert_eq!(
+        all_pages(api, &format!("/fhir?_type=Patient,Observation&_id={id}")),
+        [(t.clone(), id.clone())]
+    );
+    // Another organization's clinician finds what their own type searches find (shared data
+    // outside every patient's compartment included), and none of these patients.
+    let mut theirs = all_pages(outsider, "/fhir?_type=Patient,Observation");
+    let mut their_own: Vec<_> = all_pages(outsider, "/fhir/Patient?_count=100")
+        .into_iter()
+        .chain(all_pages(outsider, "/fhir/Observation?_count=100"))
+        .collect();
+    theirs.sort();
+    their_own.sort();
+    assert_eq!(theirs, their_own);
+    assert!(patients.iter().all(|p| !theirs.contains(p)), "{theirs:?}");
+    for (path, why) in [
+        ("/fhir?_id=x", "no _type"),
+        ("/fhir?_type=Patient,Nonsense", "an unknown type"),
+        (
+            "/fhir?_type=Patient,Observation&family=x",
+            "a parameter Observation lacks",
+        ),
+        ("/fhir?_type=Patient&_page=9.", "a cursor past the types"),
+        ("/fhir?_type=Patient&_page=forged", "a forged cursor"),
+    ] {
+        let r = api.get(path);
+        assert_eq!(r.status, 400, "{why}: {}", r.text());
+        assert!(r.text().contains("OperationOutcome"), "{why}");
+    }
 }
 
 /// `GET [base]/_history`: every type, newest first, paged by its `next` link.
@@ -98,18 +169,9 @@ fn system_history(api: &Api) {
             .unwrap()
             .ends_with(&format!("/fhir/Observation/{obs}"))
     );
-    let next = first["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .expect("a next link")["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(next.contains("/fhir/_history?"), "{next}");
-    let path = &next[next.find("/fhir/").unwrap()..];
-    let second = api.get(path).json();
+    let next = crate::next_path(&first).expect("a next link");
+    assert!(next.starts_with("/fhir/_history?"), "{next}");
+    let second = api.get(&next).json();
     // The version before the Observation: the conditional delete of the Patient.
     let entry = &second["entry"][0];
     assert_eq!(entry["request"]["method"], "DELETE", "{second}");
@@ -370,6 +432,12 @@ fn capability_statement_says_so(api: &Api) {
             .as_array()
             .unwrap()
             .contains(&json!({"code": "history-system"}))
+    );
+    assert!(
+        cs["rest"][0]["interaction"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"code": "search-system"}))
     );
 }
 

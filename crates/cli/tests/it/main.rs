@@ -52,6 +52,16 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_carevault"))
 }
 
+/// The path (from `/fhir`) of a Bundle's `next` link, if it has one.
+pub fn next_path(bundle: &serde_json::Value) -> Option<String> {
+    let url = bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")?["url"]
+        .as_str()?;
+    Some(url[url.find("/fhir")?..].to_owned())
+}
+
 /// Percent-encode a query value (every byte but the unreserved ones).
 pub fn urlencode(s: &str) -> String {
     s.bytes()

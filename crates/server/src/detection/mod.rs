@@ -277,6 +277,7 @@ impl Detection {
             AuditAction::BreakGlass if facts.status < 300 => raise(Rule::BreakGlass, 1),
             AuditAction::KekDestroy if facts.status < 300 => raise(Rule::KeyDestroyed, 1),
             AuditAction::SearchType
+            | AuditAction::SearchSystem
             | AuditAction::SearchTypePost
             | AuditAction::SearchCompartment
             | AuditAction::Everything => {
@@ -354,6 +355,7 @@ fn reads(action: AuditAction) -> bool {
         AuditAction::Read
             | AuditAction::Vread
             | AuditAction::SearchType
+            | AuditAction::SearchSystem
             | AuditAction::SearchTypePost
             | AuditAction::SearchCompartment
             | AuditAction::Everything
