@@ -226,14 +226,22 @@ impl ServedCertificate {
         clock: SharedClock,
     ) -> tokio::task::JoinHandle<()> {
         let stapler = crate::stapling::keep_stapled(self.clone(), alerts, clock.clone());
+        // The handler is installed now, before the server says it is serving: installed in the
+        // task, a SIGHUP that came before the task first ran took the default action and ended
+        // the process (a test that reloads right after start saw it under load).
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::spawn(async move {
-            tokio::join!(self.watch(config, audit, clock), stapler);
+            tokio::join!(self.watch(config, audit, clock, hangup), stapler);
         })
     }
 
-    async fn watch(&self, config: Config, audit: Arc<Audit>, clock: SharedClock) {
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    async fn watch(
+        &self,
+        config: Config,
+        audit: Arc<Audit>,
+        clock: SharedClock,
+        mut hangup: Option<tokio::signal::unix::Signal>,
+    ) {
         let mut files = tokio::time::interval(FILE_CHECK_INTERVAL);
         let mut renewal = tokio::time::interval(RENEWAL_CHECK_INTERVAL);
         // Both intervals fire at once; start has just renewed and loaded.
