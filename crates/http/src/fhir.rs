@@ -896,14 +896,11 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
             let search_params: Vec<Value> = params
                 .iter()
                 .map(|p| {
-                    let kind = match p.ptype {
-                        carevault_fhir::search::ParamType::Token => "token",
-                        carevault_fhir::search::ParamType::Reference => "reference",
-                        carevault_fhir::search::ParamType::String => "string",
-                        carevault_fhir::search::ParamType::Date => "date",
-                        carevault_fhir::search::ParamType::Quantity => "quantity",
-                    };
-                    serde_json::json!({"name": p.name, "type": kind})
+                    serde_json::json!({
+                        "name": p.name,
+                        "type": p.ptype.as_str(),
+                        "definition": p.url,
+                    })
                 })
                 .collect();
             let references: Vec<String> = params

@@ -235,6 +235,9 @@ pub async fn open(config: &Config, clock: SharedClock) -> Result<Environment> {
     // Data written before compartments came from the CompartmentDefinition is filed by it
     // before anything can read it.
     crate::compartment_upgrade::run(&*store, &keyring).await?;
+    // Data indexed with other search parameter definitions is indexed again before a search can
+    // miss it.
+    crate::index_upgrade::run(&*store, &keyring).await?;
     Ok(Environment {
         id: file.environment_id,
         tier,

@@ -20,6 +20,7 @@ mod error;
 pub mod export;
 mod filing;
 pub mod identity;
+pub mod index_upgrade;
 pub mod keyring;
 pub mod memory;
 pub mod metrics;

@@ -3,7 +3,7 @@
 use super::params::{ParamType, is_id};
 use super::query::{Clause, SearchValue, Sv};
 use super::syntax::{Modifier, parse_modifier};
-use super::{date, quantity, reference, string, token};
+use super::{date, quantity, reference, string, token, uri};
 
 /// Keys of which every resource matching `value` (for `clause.param`, with `clause.modifier`)
 /// has at least one among its index keys for that parameter; `None` when no bounded key set
@@ -37,6 +37,8 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
         }
         (Sv::Date { prefix, range }, ParamType::Date) => date::candidate_keys(*prefix, *range),
         (Sv::Quantity { units, .. }, ParamType::Quantity) => Some(quantity::candidate_keys(units)),
+        (Sv::Number { .. }, ParamType::Number) => Some(vec!["n:*".to_owned()]),
+        (Sv::Uri(query), ParamType::Uri) => uri::uri_candidate_keys(modifier, query),
         _ => Some(Vec::new()),
     }
 }

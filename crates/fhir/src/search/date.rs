@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::extract::selected;
+use super::extract::{member, selected};
 use super::params::{Kind, ParamDef};
 use super::syntax::Prefix;
 
@@ -340,8 +340,8 @@ pub(super) fn format_instant(us: i64) -> String {
 /// The date ranges of a date parameter. Values that do not parse are left out.
 pub(super) fn ranges(def: &ParamDef, resource: &Value) -> Vec<Range> {
     let mut out = Vec::new();
-    for path in def.paths {
-        for value in selected(resource, path.segs) {
+    for path in &def.paths {
+        for value in selected(resource, &path.segs) {
             let range = match path.kind {
                 Kind::Date => value.as_str().and_then(parse_date),
                 Kind::Period => period_range(value),
@@ -384,7 +384,7 @@ fn period_range(value: &Value) -> Option<Range> {
 /// The outer limits of a Timing: its events and `repeat.boundsPeriod`.
 fn timing_range(value: &Value) -> Option<Range> {
     let mut parts = Vec::new();
-    for event in selected(value, &["event"]) {
+    for event in member(value, "event") {
         parts.push(event.as_str().and_then(parse_date)?);
     }
     if let Some(bounds) = value.get("repeat").and_then(|r| r.get("boundsPeriod")) {

@@ -2,36 +2,53 @@
 
 use serde_json::Value;
 
-/// The values at `segs` below `value`, arrays flattened at every level.
-/// FHIR JSON has no arrays of arrays: nested arrays are skipped, which also bounds the
-/// recursion depth by the path length.
-fn select<'a>(value: &'a Value, segs: &[&str], out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => {
-            for item in items.iter().filter(|item| !item.is_array()) {
-                select(item, segs, out);
-            }
-        }
-        Value::Object(map) => match segs.split_first() {
-            Some((first, rest)) => {
-                if let Some(child) = map.get(*first) {
-                    select(child, rest, out);
+use super::params::Seg;
+use super::reference::literal_reference;
+
+/// The values at `segs` from `value`, arrays flattened at every member (FHIR JSON has no arrays
+/// of arrays: nested arrays are skipped).
+pub(super) fn selected<'a>(value: &'a Value, segs: &[Seg]) -> Vec<&'a Value> {
+    let mut at = vec![value];
+    for seg in segs {
+        at = match seg {
+            Seg::Member(name) => {
+                let mut next = Vec::new();
+                for v in at {
+                    match v.get(name) {
+                        Some(Value::Array(items)) => {
+                            next.extend(items.iter().filter(|item| !item.is_array()));
+                        }
+                        Some(item) => next.push(item),
+                        None => {}
+                    }
                 }
+                next
             }
-            None => out.push(value),
-        },
-        _ => {
-            if segs.is_empty() {
-                out.push(value);
-            }
-        }
+            Seg::Index(n) => at.get(*n).copied().into_iter().collect(),
+            Seg::RefersTo(rtype) => at
+                .into_iter()
+                .filter(|v| {
+                    str_of(v, "reference")
+                        .and_then(literal_reference)
+                        .is_some_and(|(t, _)| t == *rtype)
+                })
+                .collect(),
+            Seg::Where(member, literal) => at
+                .into_iter()
+                .filter(|v| v.get(member).and_then(Value::as_str) == Some(literal.as_str()))
+                .collect(),
+        };
     }
+    at
 }
 
-pub(super) fn selected<'a>(value: &'a Value, segs: &[&str]) -> Vec<&'a Value> {
-    let mut out = Vec::new();
-    select(value, segs, &mut out);
-    out
+/// The values at one member of `value` (arrays flattened).
+pub(super) fn member<'a>(value: &'a Value, name: &str) -> Vec<&'a Value> {
+    match value.get(name) {
+        Some(Value::Array(items)) => items.iter().filter(|item| !item.is_array()).collect(),
+        Some(item) => vec![item],
+        None => Vec::new(),
+    }
 }
 
 /// A non-empty string member.

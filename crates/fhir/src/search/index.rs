@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::params::{ParamDef, ParamType, is_id, params};
-use super::{date, quantity, reference, string, token};
+use super::{date, quantity, reference, string, token, uri};
 use crate::ResourceType;
 
 /// Every `(parameter name, index key)` of a resource, for all parameters of `rtype` (including
@@ -33,6 +33,8 @@ fn param_index_keys(def: &ParamDef, resource: &Value) -> BTreeSet<String> {
         ParamType::String => string::index_keys(def, resource, &mut keys),
         ParamType::Date => date::index_keys(def, resource, &mut keys),
         ParamType::Quantity => quantity::index_keys(def, resource, &mut keys),
+        ParamType::Number => uri::number_index_keys(def, resource, &mut keys),
+        ParamType::Uri => uri::uri_index_keys(def, resource, &mut keys),
     }
     keys
 }

@@ -11,6 +11,7 @@ use super::reference::reference_values;
 use super::string::{normalize_string, strings};
 use super::syntax::{Modifier, parse_modifier};
 use super::token::{token_matches, token_texts, tokens};
+use super::uri::{numbers, uri_matches, uris};
 use crate::ResourceType;
 
 /// Whether `resource` (of type `rtype`) satisfies `clause`: any of its values (with `:not`,
@@ -94,6 +95,22 @@ pub fn matches(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool {
                 _ => false,
             })
         }
+        ParamType::Number => {
+            let found = numbers(def, resource);
+            values.iter().any(|v| match &v.0 {
+                Sv::Number { prefix, number } => {
+                    found.iter().any(|n| number_matches(*prefix, *number, *n))
+                }
+                _ => false,
+            })
+        }
+        ParamType::Uri => {
+            let found = uris(def, resource);
+            values.iter().any(|v| match &v.0 {
+                Sv::Uri(query) => found.iter().any(|u| uri_matches(modifier, query, u)),
+                _ => false,
+            })
+        }
     }
 }
 
@@ -106,5 +123,7 @@ fn has_value(def: &ParamDef, resource: &Value) -> bool {
         ParamType::String => !strings(def, resource).is_empty(),
         ParamType::Date => !ranges(def, resource).is_empty(),
         ParamType::Quantity => !quantities(def, resource).is_empty(),
+        ParamType::Number => !numbers(def, resource).is_empty(),
+        ParamType::Uri => !uris(def, resource).is_empty(),
     }
 }

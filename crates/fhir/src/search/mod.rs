@@ -83,7 +83,9 @@
 mod candidates;
 mod controls;
 pub(crate) mod date;
+mod definitions;
 mod extract;
+mod fhirpath;
 mod index;
 mod matching;
 mod number;
@@ -96,12 +98,14 @@ mod results;
 mod string;
 mod syntax;
 mod token;
+mod uri;
 
 #[cfg(test)]
 mod tests;
 
 pub use candidates::{candidate_keys, id_candidates};
 pub use date::{MAX_BUCKET_YEAR, MAX_DAY_BUCKETS, MAX_MONTH_BUCKETS, MIN_BUCKET_YEAR};
+pub use definitions::{Skipped, definitions_json, skipped};
 pub use index::index_keys;
 pub use matching::matches;
 pub use params::{ParamDef, ParamType, param, params};

@@ -1,6 +1,9 @@
 //! Parameter definitions: the search parameters of each resource type, where their values are
-//! and what FHIR datatype they have.
+//! and what FHIR datatype they have. The definitions are R4's own ([`super::definitions`]).
 
+use serde_json::Value;
+
+use super::definitions::registry;
 use crate::ResourceType;
 
 /// The type of a search parameter.
@@ -16,6 +19,26 @@ pub enum ParamType {
     Date,
     /// Quantities (number and unit).
     Quantity,
+    /// Numbers.
+    Number,
+    /// URIs (matched whole, or by `:above`/`:below`).
+    Uri,
+}
+
+impl ParamType {
+    /// The R4 name of the type (`token`, `reference`, ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Reference => "reference",
+            Self::String => "string",
+            Self::Date => "date",
+            Self::Quantity => "quantity",
+            Self::Number => "number",
+            Self::Uri => "uri",
+        }
+    }
 }
 
 /// A search parameter of a resource type.
@@ -25,20 +48,37 @@ pub struct ParamDef {
     pub name: &'static str,
     /// Its type.
     pub ptype: ParamType,
-    pub(super) paths: &'static [Path],
-    pub(super) targets: &'static [&'static str],
+    pub(super) paths: Vec<Path>,
+    pub(super) targets: Vec<ResourceType>,
+    /// The FHIRPath expression it was compiled from (R4's, as published).
+    pub expression: String,
+    /// The canonical URL of its R4 SearchParameter definition.
+    pub url: String,
 }
 
 /// Where a parameter's values are and what FHIR datatype they have.
 #[derive(Debug)]
 pub(super) struct Path {
-    pub(super) segs: &'static [&'static str],
+    pub(super) segs: Vec<Seg>,
     pub(super) kind: Kind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One step of a path from the resource root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Seg {
+    /// A JSON member (arrays are flattened).
+    Member(String),
+    /// The `n`th value so far (FHIRPath `[n]`).
+    Index(usize),
+    /// References whose literal target is of this type (`where(resolve() is T)`).
+    RefersTo(ResourceType),
+    /// Values whose string member equals the literal (`where(system = 'email')`).
+    Where(String, String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
-    /// A primitive `code`, `id`, `string` or `boolean` (token with an implicit system).
+    /// A primitive `code`, `id`, `string`, `uri` or `boolean` (token with an implicit system).
     Code,
     Coding,
     Concept,
@@ -47,230 +87,79 @@ pub(super) enum Kind {
     Email,
     /// `ContactPoint` with `system = phone`.
     Phone,
+    /// Any `ContactPoint` (its value, normalized by its own system).
+    Contact,
     Reference,
     HumanName,
+    Address,
     Str,
     /// `date`, `dateTime` or `instant`.
     Date,
     Period,
     Timing,
     Quantity,
+    Number,
+    Uri,
+    /// A boolean computed from the resource (a token `true` or `false`).
+    Boolean(Boolean),
 }
 
-macro_rules! path {
-    ($kind:ident $(, $seg:literal)+) => {
-        Path { segs: &[$($seg),+], kind: Kind::$kind }
-    };
+/// The boolean FHIRPath of a definition, compiled (`deceased.exists() and deceased != false`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Boolean {
+    And(Box<Boolean>, Box<Boolean>),
+    /// Some value at one of the paths.
+    Exists(Vec<Vec<Seg>>),
+    /// Some value at the paths, and none equal to the literal.
+    NotEqual(Vec<Vec<Seg>>, Value),
 }
 
-macro_rules! pdef {
-    ($name:literal, $ptype:ident, [$($path:expr),+ $(,)?]) => {
-        ParamDef { name: $name, ptype: ParamType::$ptype, paths: &[$($path),+], targets: &[] }
-    };
-    ($name:literal, $ptype:ident, [$($path:expr),+ $(,)?], $targets:expr) => {
-        ParamDef { name: $name, ptype: ParamType::$ptype, paths: &[$($path),+], targets: $targets }
-    };
-}
-
-/// The `patient` parameter: the reference at `$seg`, to a Patient.
-macro_rules! patient {
-    ($seg:literal) => {
-        pdef!("patient", Reference, [path!(Reference, $seg)], TO_PATIENT)
-    };
-}
-
-const TO_PATIENT: &[&str] = &["Patient"];
-const OBSERVATION_SUBJECT: &[&str] = &["Group", "Device", "Patient", "Location"];
-
-static COMMON: [ParamDef; 2] = [
-    pdef!("_id", Token, [path!(Code, "id")]),
-    pdef!("_lastUpdated", Date, [path!(Date, "meta", "lastUpdated")]),
-];
-
-static PATIENT_PARAMS: [ParamDef; 8] = [
-    pdef!("identifier", Token, [path!(Identifier, "identifier")]),
-    pdef!("name", String, [path!(HumanName, "name")]),
-    pdef!("family", String, [path!(Str, "name", "family")]),
-    pdef!("given", String, [path!(Str, "name", "given")]),
-    pdef!("birthdate", Date, [path!(Date, "birthDate")]),
-    pdef!("gender", Token, [path!(Code, "gender")]),
-    pdef!("email", Token, [path!(Email, "telecom")]),
-    pdef!("phone", Token, [path!(Phone, "telecom")]),
-];
-
-static OBSERVATION_PARAMS: [ParamDef; 7] = [
-    pdef!(
-        "subject",
-        Reference,
-        [path!(Reference, "subject")],
-        OBSERVATION_SUBJECT
-    ),
-    patient!("subject"),
-    pdef!("code", Token, [path!(Concept, "code")]),
-    pdef!("category", Token, [path!(Concept, "category")]),
-    pdef!(
-        "date",
-        Date,
-        [
-            path!(Date, "effectiveDateTime"),
-            path!(Period, "effectivePeriod"),
-            path!(Timing, "effectiveTiming"),
-            path!(Date, "effectiveInstant"),
-        ]
-    ),
-    pdef!("status", Token, [path!(Code, "status")]),
-    pdef!(
-        "value-quantity",
-        Quantity,
-        [path!(Quantity, "valueQuantity")]
-    ),
-];
-
-static CONDITION_PARAMS: [ParamDef; 4] = [
-    patient!("subject"),
-    pdef!("code", Token, [path!(Concept, "code")]),
-    pdef!("clinical-status", Token, [path!(Concept, "clinicalStatus")]),
-    pdef!(
-        "onset-date",
-        Date,
-        [path!(Date, "onsetDateTime"), path!(Period, "onsetPeriod")]
-    ),
-];
-
-static ENCOUNTER_PARAMS: [ParamDef; 4] = [
-    patient!("subject"),
-    pdef!("date", Date, [path!(Period, "period")]),
-    pdef!("status", Token, [path!(Code, "status")]),
-    pdef!("class", Token, [path!(Coding, "class")]),
-];
-
-static MEDICATION_REQUEST_PARAMS: [ParamDef; 4] = [
-    patient!("subject"),
-    pdef!("status", Token, [path!(Code, "status")]),
-    pdef!("code", Token, [path!(Concept, "medicationCodeableConcept")]),
-    pdef!("authoredon", Date, [path!(Date, "authoredOn")]),
-];
-
-static ALLERGY_INTOLERANCE_PARAMS: [ParamDef; 2] = [
-    patient!("patient"),
-    pdef!(
-        "code",
-        Token,
-        [
-            path!(Concept, "code"),
-            path!(Concept, "reaction", "substance")
-        ]
-    ),
-];
-
-static PROCEDURE_PARAMS: [ParamDef; 3] = [
-    patient!("subject"),
-    pdef!("code", Token, [path!(Concept, "code")]),
-    pdef!(
-        "date",
-        Date,
-        [
-            path!(Date, "performedDateTime"),
-            path!(Period, "performedPeriod")
-        ]
-    ),
-];
-
-static IMMUNIZATION_PARAMS: [ParamDef; 3] = [
-    patient!("patient"),
-    pdef!("vaccine-code", Token, [path!(Concept, "vaccineCode")]),
-    pdef!("date", Date, [path!(Date, "occurrenceDateTime")]),
-];
-
-static DIAGNOSTIC_REPORT_PARAMS: [ParamDef; 4] = [
-    patient!("subject"),
-    pdef!("code", Token, [path!(Concept, "code")]),
-    pdef!(
-        "date",
-        Date,
-        [
-            path!(Date, "effectiveDateTime"),
-            path!(Period, "effectivePeriod")
-        ]
-    ),
-    pdef!("category", Token, [path!(Concept, "category")]),
-];
-
-static DOCUMENT_REFERENCE_PARAMS: [ParamDef; 3] = [
-    patient!("subject"),
-    pdef!("type", Token, [path!(Concept, "type")]),
-    pdef!("date", Date, [path!(Date, "date")]),
-];
-
-static PRACTITIONER_PARAMS: [ParamDef; 2] = [
-    pdef!("identifier", Token, [path!(Identifier, "identifier")]),
-    pdef!("name", String, [path!(HumanName, "name")]),
-];
-
-static ORGANIZATION_PARAMS: [ParamDef; 2] = [
-    pdef!("identifier", Token, [path!(Identifier, "identifier")]),
-    pdef!("name", String, [path!(Str, "name"), path!(Str, "alias")]),
-];
-
-/// The type-specific parameters (without `_id` and `_lastUpdated`).
-fn type_params(rtype: ResourceType) -> &'static [ParamDef] {
-    match rtype.as_str() {
-        "Patient" => &PATIENT_PARAMS,
-        "Observation" => &OBSERVATION_PARAMS,
-        "Condition" => &CONDITION_PARAMS,
-        "Encounter" => &ENCOUNTER_PARAMS,
-        "MedicationRequest" => &MEDICATION_REQUEST_PARAMS,
-        "AllergyIntolerance" => &ALLERGY_INTOLERANCE_PARAMS,
-        "Procedure" => &PROCEDURE_PARAMS,
-        "Immunization" => &IMMUNIZATION_PARAMS,
-        "DiagnosticReport" => &DIAGNOSTIC_REPORT_PARAMS,
-        "DocumentReference" => &DOCUMENT_REFERENCE_PARAMS,
-        "Practitioner" => &PRACTITIONER_PARAMS,
-        "Organization" => &ORGANIZATION_PARAMS,
-        _ => &[],
-    }
-}
-
-/// The search parameter `name` of `rtype` (`_id` and `_lastUpdated` exist for every type).
+/// The search parameter `name` of `rtype`.
 #[must_use]
 pub fn param(rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
-    COMMON
+    registry()
+        .by_type
+        .get(&rtype)?
         .iter()
-        .chain(type_params(rtype))
         .find(|def| def.name == name)
 }
 
 /// All search parameters of `rtype`, `_id` and `_lastUpdated` first.
 #[must_use]
 pub fn params(rtype: ResourceType) -> Vec<&'static ParamDef> {
-    COMMON.iter().chain(type_params(rtype)).collect()
+    registry()
+        .by_type
+        .get(&rtype)
+        .map(|defs| defs.iter().collect())
+        .unwrap_or_default()
 }
 
-/// Whether `def` is one of `rtype`'s parameters (the same static definition).
+/// Whether `def` is one of `rtype`'s parameters (the same definition).
 pub(super) fn belongs(rtype: ResourceType, def: &ParamDef) -> bool {
-    COMMON
-        .iter()
-        .chain(type_params(rtype))
-        .any(|own| std::ptr::eq(own, def))
+    registry()
+        .by_type
+        .get(&rtype)
+        .is_some_and(|defs| defs.iter().any(|own| std::ptr::eq(own, def)))
 }
 
 impl ParamDef {
     /// The resource types a reference parameter may point to (empty for other types).
     pub fn targets(&self) -> impl Iterator<Item = ResourceType> + '_ {
-        self.targets
-            .iter()
-            .filter_map(|name| ResourceType::parse(name).ok())
+        self.targets.iter().copied()
     }
 
     pub(super) fn targets_type(&self, rtype: ResourceType) -> bool {
-        self.targets.contains(&rtype.as_str())
+        self.targets.contains(&rtype)
     }
 
     /// Whether some path holds tokens whose system is implicit (codes, contact points).
     pub(super) fn has_implicit_tokens(&self) -> bool {
-        self.paths
-            .iter()
-            .any(|p| matches!(p.kind, Kind::Code | Kind::Email | Kind::Phone))
+        self.paths.iter().any(|p| {
+            matches!(
+                p.kind,
+                Kind::Code | Kind::Email | Kind::Phone | Kind::Contact | Kind::Boolean(_)
+            )
+        })
     }
 
     /// Whether some path holds Codings, CodeableConcepts or Identifiers (which have text).
@@ -281,73 +170,39 @@ impl ParamDef {
     }
 
     /// The contact-point kind whose normalization applies to this parameter's codes.
-    pub(super) fn contact_kind(&self) -> Option<Kind> {
+    pub(super) fn contact_kind(&self) -> Option<&Kind> {
         self.paths
             .iter()
-            .map(|p| p.kind)
+            .map(|p| &p.kind)
             .find(|k| matches!(k, Kind::Email | Kind::Phone))
+    }
+
+    /// The top-level members of the resource its values come from.
+    pub(super) fn top_members(&self) -> impl Iterator<Item = &str> + '_ {
+        self.paths.iter().flat_map(|p| {
+            let booleans = match &p.kind {
+                Kind::Boolean(b) => b.paths(),
+                _ => Vec::new(),
+            };
+            std::iter::once(&p.segs)
+                .chain(booleans)
+                .filter_map(|segs| match segs.first() {
+                    Some(Seg::Member(m)) => Some(m.as_str()),
+                    _ => None,
+                })
+        })
+    }
+}
+
+impl Boolean {
+    fn paths(&self) -> Vec<&Vec<Seg>> {
+        match self {
+            Self::And(a, b) => a.paths().into_iter().chain(b.paths()).collect(),
+            Self::Exists(paths) | Self::NotEqual(paths, _) => paths.iter().collect(),
+        }
     }
 }
 
 pub(super) fn is_id(def: &ParamDef) -> bool {
-    std::ptr::eq(def, &COMMON[0])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_type_has_id_and_last_updated() {
-        for rtype in ResourceType::all() {
-            let names: Vec<_> = params(rtype).iter().map(|d| d.name).collect();
-            assert_eq!(&names[..2], &["_id", "_lastUpdated"]);
-            assert!(param(rtype, "_id").is_some());
-        }
-        let names: Vec<_> = params(ResourceType::PATIENT)
-            .iter()
-            .map(|d| d.name)
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "_id",
-                "_lastUpdated",
-                "identifier",
-                "name",
-                "family",
-                "given",
-                "birthdate",
-                "gender",
-                "email",
-                "phone"
-            ]
-        );
-        assert_eq!(
-            param(ResourceType::OBSERVATION, "value-quantity").map(|d| d.ptype),
-            Some(ParamType::Quantity)
-        );
-        assert!(param(ResourceType::OBSERVATION, "birthdate").is_none());
-        assert!(param(ResourceType::PATIENT, "Name").is_none());
-    }
-
-    #[test]
-    fn parameter_names_are_unique_and_reference_targets_are_types() {
-        for rtype in ResourceType::all() {
-            let defs = params(rtype);
-            for (i, def) in defs.iter().enumerate() {
-                assert!(defs[..i].iter().all(|d| d.name != def.name), "{}", def.name);
-                assert_eq!(def.targets().count(), def.targets.len());
-                assert_eq!(
-                    def.ptype == ParamType::Reference,
-                    !def.targets.is_empty(),
-                    "{}",
-                    def.name
-                );
-            }
-        }
-        let subject = param(ResourceType::OBSERVATION, "subject").expect("subject");
-        let targets: Vec<_> = subject.targets().map(ResourceType::as_str).collect();
-        assert_eq!(targets, ["Group", "Device", "Patient", "Location"]);
-    }
+    def.name == "_id"
 }

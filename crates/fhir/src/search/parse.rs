@@ -2,6 +2,7 @@
 
 use super::controls::{apply_control, control_name};
 use super::date::parse_date;
+use super::definitions::left_out;
 use super::params::{ParamDef, ParamType, param};
 use super::quantity::parse_quantity;
 use super::query::{
@@ -12,6 +13,7 @@ use super::reference::parse_reference;
 use super::string::normalize_string;
 use super::syntax::{Modifier, parse_modifier, split_prefix, split_unescaped, unescape};
 use super::token::parse_token;
+use super::uri::parse_number_value;
 use crate::ResourceType;
 
 /// Parses a search query (already URL-decoded `name=value` pairs, in order).
@@ -71,7 +73,13 @@ pub fn parse_query(
                 query.ignored.push(name.clone());
                 continue;
             }
-            return Err(SearchError::Unknown(name.clone()));
+            return Err(match left_out(rtype, base) {
+                Some(s) => SearchError::Unsupported {
+                    param: &s.code,
+                    reason: &s.reason,
+                },
+                None => SearchError::Unknown(name.clone()),
+            });
         };
         let Some(parsed_modifier) = parse_modifier(def, modifier) else {
             if lenient {
@@ -141,5 +149,7 @@ fn parse_value(def: &ParamDef, modifier: Modifier, raw: &str) -> Result<Sv, &'st
             Ok(Sv::Date { prefix, range })
         }
         ParamType::Quantity => parse_quantity(raw),
+        ParamType::Number => parse_number_value(raw),
+        ParamType::Uri => Ok(Sv::Uri(unescape(raw))),
     }
 }

@@ -48,11 +48,11 @@ pub(super) struct Qty<'a> {
 /// The quantities of a quantity parameter that have a numeric value.
 pub(super) fn quantities<'a>(def: &ParamDef, resource: &'a Value) -> Vec<Qty<'a>> {
     let mut out = Vec::new();
-    for path in def.paths {
+    for path in &def.paths {
         if path.kind != Kind::Quantity {
             continue;
         }
-        for value in selected(resource, path.segs) {
+        for value in selected(resource, &path.segs) {
             let number = match value.get("value") {
                 Some(Value::Number(n)) => parse_number(&n.to_string()).and_then(|n| n.exact_dec()),
                 _ => None,

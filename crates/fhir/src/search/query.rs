@@ -77,6 +77,8 @@ impl fmt::Debug for SearchValue {
             Sv::Ref { .. } => "reference",
             Sv::Date { .. } => "date",
             Sv::Quantity { .. } => "quantity",
+            Sv::Number { .. } => "number",
+            Sv::Uri(_) => "uri",
             Sv::Missing(_) => "missing",
         };
         write!(f, "SearchValue({kind}, ..)")
@@ -110,6 +112,12 @@ pub(super) enum Sv {
         number: Dec,
         units: Units,
     },
+    Number {
+        prefix: Prefix,
+        number: Dec,
+    },
+    /// A uri, as written.
+    Uri(String),
     /// `:missing=true` (`true`) or `:missing=false`.
     Missing(bool),
 }
@@ -163,6 +171,13 @@ pub enum SearchError {
     /// or echo it); it is not displayed.
     #[error("unknown search parameter")]
     Unknown(String),
+    /// A parameter R4 defines for the type that CareVault does not search, and why (both from
+    /// the embedded definitions, never from the request).
+    #[error("search parameter {param} is not supported ({reason})")]
+    Unsupported {
+        param: &'static str,
+        reason: &'static str,
+    },
     /// A known parameter with a modifier that is unknown or not supported for it.
     #[error("unsupported modifier on search parameter {param}")]
     UnknownModifier {
@@ -183,6 +198,9 @@ impl fmt::Debug for SearchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unknown(_) => f.write_str("Unknown(..)"),
+            Self::Unsupported { param, .. } => {
+                f.debug_struct("Unsupported").field("param", param).finish()
+            }
             Self::UnknownModifier { param } => f
                 .debug_struct("UnknownModifier")
                 .field("param", param)
@@ -217,6 +235,7 @@ impl Clause {
                             Kind::Identifier
                                 | Kind::Email
                                 | Kind::Phone
+                                | Kind::Contact
                                 | Kind::HumanName
                                 | Kind::Str
                         )
@@ -226,7 +245,9 @@ impl Clause {
                 Sv::Date { range, .. } => !range.is_whole_year(),
                 _ => false,
             }),
-            ParamType::Reference | ParamType::Quantity => false,
+            ParamType::Reference | ParamType::Quantity | ParamType::Number | ParamType::Uri => {
+                false
+            }
         }
     }
 }

@@ -40,11 +40,11 @@ pub(super) fn parse_reference(
 /// The literal references of a reference parameter to one of its target types, deduplicated.
 pub(super) fn reference_values(def: &ParamDef, resource: &Value) -> Vec<(ResourceType, String)> {
     let mut out: Vec<(ResourceType, String)> = Vec::new();
-    for path in def.paths {
+    for path in &def.paths {
         if path.kind != Kind::Reference {
             continue;
         }
-        for value in selected(resource, path.segs) {
+        for value in selected(resource, &path.segs) {
             let Some((rtype, id)) = str_of(value, "reference").and_then(literal_reference) else {
                 continue;
             };
@@ -57,7 +57,7 @@ pub(super) fn reference_values(def: &ParamDef, resource: &Value) -> Vec<(Resourc
 }
 
 /// `Type/id`, `Type/id/_history/v` or an absolute URL ending in one of them.
-fn literal_reference(reference: &str) -> Option<(ResourceType, &str)> {
+pub(super) fn literal_reference(reference: &str) -> Option<(ResourceType, &str)> {
     let reference = strip_history(reference)?;
     let (head, id) = reference.rsplit_once('/')?;
     let type_name = if is_absolute_url(reference) {

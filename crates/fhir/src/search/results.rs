@@ -83,7 +83,7 @@ pub fn elements_read(
     let sorted = sort.iter().filter_map(|k| param(rtype, k.param));
     let mut out = BTreeSet::from(["resourceType"]);
     for def in clauses.iter().map(|c| c.param).chain(sorted) {
-        out.extend(def.paths.iter().filter_map(|p| p.segs.first().copied()));
+        out.extend(def.top_members());
     }
     out
 }

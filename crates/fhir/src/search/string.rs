@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::extract::selected;
+use super::extract::{member, selected};
 use super::params::{Kind, ParamDef};
 
 /// Longest normalized string prefix, in characters, stored as an index key.
@@ -93,20 +93,27 @@ fn fold_latin(c: char) -> Option<&'static str> {
 /// The string values of a string parameter, as written.
 pub(super) fn strings<'a>(def: &ParamDef, resource: &'a Value) -> Vec<&'a str> {
     let mut out = Vec::new();
-    for path in def.paths {
-        for value in selected(resource, path.segs) {
-            match path.kind {
-                Kind::HumanName => {
-                    for part in ["family", "given", "prefix", "suffix", "text"] {
-                        out.extend(
-                            selected(value, &[part])
-                                .into_iter()
-                                .filter_map(Value::as_str),
-                        );
-                    }
+    for path in &def.paths {
+        for value in selected(resource, &path.segs) {
+            let parts: &[&str] = match path.kind {
+                Kind::HumanName => &["family", "given", "prefix", "suffix", "text"],
+                Kind::Address => &[
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                    "text",
+                ],
+                Kind::Str => {
+                    out.extend(value.as_str());
+                    continue;
                 }
-                Kind::Str => out.extend(value.as_str()),
-                _ => {}
+                _ => continue,
+            };
+            for part in parts {
+                out.extend(member(value, part).into_iter().filter_map(Value::as_str));
             }
         }
     }

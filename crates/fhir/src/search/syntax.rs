@@ -12,6 +12,8 @@ pub(super) enum Modifier {
     Text,
     Exact,
     Contains,
+    Above,
+    Below,
     Type(ResourceType),
 }
 
@@ -27,6 +29,8 @@ pub(super) fn parse_modifier(def: &ParamDef, modifier: Option<&str>) -> Option<M
         (ParamType::Token, "text") if def.has_coded_tokens() => Some(Modifier::Text),
         (ParamType::String, "exact") => Some(Modifier::Exact),
         (ParamType::String, "contains") => Some(Modifier::Contains),
+        (ParamType::Uri, "above") => Some(Modifier::Above),
+        (ParamType::Uri, "below") => Some(Modifier::Below),
         (ParamType::Reference, name) => ResourceType::parse(name)
             .ok()
             .filter(|rt| def.targets_type(*rt))

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::extract::{selected, str_of};
-use super::params::{Kind, ParamDef};
+use super::extract::{member, selected, str_of};
+use super::params::{Boolean, Kind, ParamDef, Seg};
 use super::query::{Sv, Sys};
 use super::string::normalize_string;
 use super::syntax::{split_unescaped, unescape};
@@ -61,8 +61,8 @@ fn push_coded(system: Option<&str>, code: Option<&str>, out: &mut Vec<Tok>) {
 
 pub(super) fn tokens(def: &ParamDef, resource: &Value) -> Vec<Tok> {
     let mut out = Vec::new();
-    for path in def.paths {
-        for value in selected(resource, path.segs) {
+    for path in &def.paths {
+        for value in selected(resource, &path.segs) {
             match path.kind {
                 Kind::Code => {
                     let code = match value {
@@ -82,41 +82,72 @@ pub(super) fn tokens(def: &ParamDef, resource: &Value) -> Vec<Tok> {
                     push_coded(str_of(value, "system"), str_of(value, "code"), &mut out)
                 }
                 Kind::Concept => {
-                    for coding in selected(value, &["coding"]) {
+                    for coding in member(value, "coding") {
                         push_coded(str_of(coding, "system"), str_of(coding, "code"), &mut out);
                     }
                 }
                 Kind::Identifier => {
                     push_coded(str_of(value, "system"), str_of(value, "value"), &mut out);
                 }
-                Kind::Email | Kind::Phone => {
-                    let wanted = if path.kind == Kind::Email {
-                        "email"
-                    } else {
-                        "phone"
+                Kind::Email | Kind::Phone | Kind::Contact => {
+                    let system = str_of(value, "system");
+                    let wanted = match path.kind {
+                        Kind::Email => system == Some("email"),
+                        Kind::Phone => system == Some("phone"),
+                        _ => true,
                     };
-                    if str_of(value, "system") == Some(wanted) {
-                        let code = str_of(value, "value")
-                            .map(|v| normalize_contact(path.kind, v))
-                            .filter(|v| !v.is_empty());
-                        if let Some(code) = code {
-                            out.push(Tok {
-                                system: None,
-                                code: Some(code),
-                                implicit: true,
-                            });
-                        }
+                    // A `telecom` parameter over every system compares values as written.
+                    let code = str_of(value, "value")
+                        .map(|v| normalize_contact(&path.kind, v))
+                        .filter(|v| !v.is_empty());
+                    if let (true, Some(code)) = (wanted, code) {
+                        out.push(Tok {
+                            system: None,
+                            code: Some(code),
+                            implicit: true,
+                        });
                     }
                 }
                 _ => {}
             }
         }
+        if let Kind::Boolean(boolean) = &path.kind
+            && let Some(b) = evaluate(boolean, resource)
+        {
+            out.push(Tok {
+                system: None,
+                code: Some(b.to_string()),
+                implicit: true,
+            });
+        }
     }
     out
 }
 
+/// A compiled boolean FHIRPath; `None` where FHIRPath's answer is empty.
+fn evaluate(boolean: &Boolean, resource: &Value) -> Option<bool> {
+    let values = |paths: &Vec<Vec<Seg>>| -> Vec<&Value> {
+        paths
+            .iter()
+            .flat_map(|segs| selected(resource, segs))
+            .collect()
+    };
+    match boolean {
+        Boolean::Exists(paths) => Some(!values(paths).is_empty()),
+        Boolean::NotEqual(paths, literal) => {
+            let found = values(paths);
+            (!found.is_empty()).then(|| found.iter().all(|v| *v != literal))
+        }
+        Boolean::And(a, b) => match (evaluate(a, resource), evaluate(b, resource)) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+    }
+}
+
 /// E-mail addresses compare ASCII-case-insensitively; phone numbers without spaces and `-.()`.
-fn normalize_contact(kind: Kind, value: &str) -> String {
+fn normalize_contact(kind: &Kind, value: &str) -> String {
     match kind {
         Kind::Email => value.trim().to_ascii_lowercase(),
         Kind::Phone => value
@@ -138,12 +169,12 @@ pub(super) fn token_texts(def: &ParamDef, resource: &Value) -> Vec<String> {
             }
         }
     };
-    for path in def.paths {
-        for value in selected(resource, path.segs) {
+    for path in &def.paths {
+        for value in selected(resource, &path.segs) {
             match path.kind {
                 Kind::Concept => {
                     push(str_of(value, "text"));
-                    for coding in selected(value, &["coding"]) {
+                    for coding in member(value, "coding") {
                         push(str_of(coding, "display"));
                     }
                 }
@@ -151,7 +182,7 @@ pub(super) fn token_texts(def: &ParamDef, resource: &Value) -> Vec<String> {
                 Kind::Identifier => {
                     if let Some(kind) = value.get("type") {
                         push(str_of(kind, "text"));
-                        for coding in selected(kind, &["coding"]) {
+                        for coding in member(kind, "coding") {
                             push(str_of(coding, "display"));
                         }
                     }
