@@ -81,6 +81,7 @@
 // escapes) and `extract` (the elements at a path). They import each other directly, never
 // through this module (no import cycle).
 mod candidates;
+mod chain;
 mod controls;
 pub(crate) mod date;
 mod extract;
@@ -101,6 +102,7 @@ mod token;
 mod tests;
 
 pub use candidates::{candidate_keys, id_candidates};
+pub use chain::{Chain, Has};
 pub use date::{MAX_BUCKET_YEAR, MAX_DAY_BUCKETS, MAX_MONTH_BUCKETS, MIN_BUCKET_YEAR};
 pub use index::index_keys;
 pub use matching::matches;

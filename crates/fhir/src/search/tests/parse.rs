@@ -17,10 +17,9 @@ fn unknown_parameters_and_lenient_mode() {
     let rt = ResourceType::PATIENT;
     for name in [
         "foo",
-        "_has:Observation:patient:code",
         "_tag",
         "address",
-        "name.family",
+        "nope.family",
         "",
         "Name",
         "_pretty",
