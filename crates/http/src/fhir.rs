@@ -877,6 +877,15 @@ struct EntryResponse {
     last_modified: String,
 }
 
+/// How search chaining works here (R4's `searchParam` has no chain flag, so the statement says
+/// it in `rest.documentation`).
+const CHAINING_DOCUMENTATION: &str = "Search supports chaining one level on reference \
+    parameters (`Observation?subject:Patient.name=x`; without `:Type` the chain targets the one \
+    target type that has the chained parameter, and is refused as ambiguous otherwise) and \
+    reverse chaining one level with `_has` (`Patient?_has:Observation:patient:code=x`). Each \
+    chain's inner search sees only what the caller may read and may match at most 1000 \
+    resources. Chaining is not supported in `_include`, `_sort` or a bulk `_typeFilter`.";
+
 /// The CapabilityStatement: exactly the interactions implemented here, for every R4 type.
 pub fn capability_statement(now_us: i64) -> Vec<u8> {
     let interactions = [
@@ -937,6 +946,7 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "documentation": CHAINING_DOCUMENTATION,
             "security": {
                 "cors": false,
                 "description": "Bearer session tokens from POST /auth/login (password and TOTP, both required)."
