@@ -879,12 +879,17 @@ struct EntryResponse {
 
 /// How search chaining works here (R4's `searchParam` has no chain flag, so the statement says
 /// it in `rest.documentation`).
-const CHAINING_DOCUMENTATION: &str = "Search supports chaining one level on reference \
-    parameters (`Observation?subject:Patient.name=x`; without `:Type` the chain targets the one \
-    target type that has the chained parameter, and is refused as ambiguous otherwise) and \
-    reverse chaining one level with `_has` (`Patient?_has:Observation:patient:code=x`). Each \
-    chain's inner search sees only what the caller may read and may match at most 1000 \
-    resources. Chaining is not supported in `_include`, `_sort` or a bulk `_typeFilter`.";
+fn chaining_documentation() -> String {
+    format!(
+        "Search supports chaining one level on reference parameters \
+         (`Observation?subject:Patient.name=x`; without `:Type` the chain targets the one target \
+         type that has the chained parameter, and is refused as ambiguous otherwise) and reverse \
+         chaining one level with `_has` (`Patient?_has:Observation:patient:code=x`). Each \
+         chain's inner search sees only what the caller may read and may match at most {} \
+         resources. Chaining is not supported in `_include`, `_sort` or a bulk `_typeFilter`.",
+        carevault_server::records::MAX_CHAIN_MATCHES
+    )
+}
 
 /// The CapabilityStatement: exactly the interactions implemented here, for every R4 type.
 pub fn capability_statement(now_us: i64) -> Vec<u8> {
@@ -946,7 +951,7 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": CHAINING_DOCUMENTATION,
+            "documentation": chaining_documentation(),
             "security": {
                 "cors": false,
                 "description": "Bearer session tokens from POST /auth/login (password and TOTP, both required)."

@@ -133,6 +133,7 @@ fn chaining_and_has_search_only_what_the_caller_may_read() {
     scopes_and_deidentification_hold_inside_a_chain(&w);
     chains_page_and_are_audited_once_per_request(&w);
     malformed_chains_answer_400_without_echoing_values(&w);
+    a_chain_matching_too_many_resources_answers_400(&w);
 }
 
 fn chains_and_has_find_the_right_resources(w: &World) {
@@ -390,5 +391,44 @@ fn malformed_chains_answer_400_without_echoing_values(w: &World) {
     assert_eq!(r.status, 400);
     let cs = a.get("/fhir/metadata").json();
     let doc = cs["rest"][0]["documentation"].as_str().unwrap_or_default();
-    assert!(doc.contains("_has") && doc.contains("one level"), "{doc}");
+    assert!(
+        doc.contains("_has") && doc.contains("one level") && doc.contains("at most 1000"),
+        "{doc}"
+    );
+}
+
+fn a_chain_matching_too_many_resources_answers_400(w: &World) {
+    let a = &w.clin_a.api;
+    // 1,001 patients named Crowd, in transactions of 143.
+    for batch in 0..7 {
+        let entries: Vec<Value> = (0..143)
+            .map(|i| {
+                json!({"request": {"method": "POST", "url": "Patient"},
+                    "resource": patient("org-a", "Crowd", &format!("c{batch}-{i}"))})
+            })
+            .collect();
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let r = a.request(
+            "POST",
+            "/fhir",
+            &[("Content-Type", "application/fhir+json")],
+            Some(&serde_json::to_vec(&bundle).unwrap()),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = a.get("/fhir/Observation?subject:Patient.family=crowd");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let body = r.text();
+    assert!(
+        body.contains("subject") && body.contains("more than 1000") && !body.contains("rowd"),
+        "{body}"
+    );
+    // Narrowed, it answers (no observation points to a Crowd patient).
+    assert!(
+        ids(
+            a,
+            "/fhir/Observation?subject:Patient.identifier=urn:test:mrn|c3-7"
+        )
+        .is_empty()
+    );
 }

@@ -58,8 +58,10 @@
 //! # Limits and choices
 //!
 //! * Supported modifiers: `:missing` (all types), `:not` and `:text` (token), `:exact` and
-//!   `:contains` (string), `:Type` (reference). No chaining, `_has`, `:of-type`, `:in`,
-//!   `:below`, `:above`, `:identifier`, no unit conversion, no composite parameters.
+//!   `:contains` (string), `:Type` (reference). No `:of-type`, `:in`, `:below`, `:above`,
+//!   `:identifier`, no unit conversion, no composite parameters.
+//! * Chaining and `_has`, one level each, are parsed into [`Query::chains`] and [`Query::has`]
+//!   (see [`Chain`]); resolving them takes a search of another type, which is the server's.
 //! * Token: for `code` elements (`gender`, `status`, `_id`) and ContactPoints (`email`, `phone`)
 //!   the system part of a query is ignored (their system is implicit). `:not` matches resources
 //!   having no token equal to any of the values (including resources without the element).
