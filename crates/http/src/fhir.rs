@@ -877,6 +877,20 @@ struct EntryResponse {
     last_modified: String,
 }
 
+/// How search chaining works here (R4's `searchParam` has no chain flag, so the statement says
+/// it in `rest.documentation`).
+fn chaining_documentation() -> String {
+    format!(
+        "Search supports chaining one level on reference parameters \
+         (`Observation?subject:Patient.name=x`; without `:Type` the chain targets the one target \
+         type that has the chained parameter, and is refused as ambiguous otherwise) and reverse \
+         chaining one level with `_has` (`Patient?_has:Observation:patient:code=x`). Each \
+         chain's inner search sees only what the caller may read and may match at most {} \
+         resources. Chaining is not supported in `_include`, `_sort` or a bulk `_typeFilter`.",
+        carevault_server::records::MAX_CHAIN_MATCHES
+    )
+}
+
 /// The CapabilityStatement: exactly the interactions implemented here, for every R4 type.
 pub fn capability_statement(now_us: i64) -> Vec<u8> {
     let interactions = [
@@ -934,6 +948,7 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "documentation": chaining_documentation(),
             "security": {
                 "cors": false,
                 "description": "Bearer session tokens from POST /auth/login (password and TOTP, both required)."

@@ -13,6 +13,7 @@ mod backup_schedule;
 mod bulk_client;
 mod bundle;
 mod canary;
+mod chaining;
 mod cli;
 mod compartments;
 mod conformance;

@@ -287,9 +287,10 @@ impl Deidentifier {
 /// names the rule, never the value.
 #[must_use]
 pub fn search_refusal(query: &crate::search::Query) -> Option<&'static str> {
+    // A chain's or `_has`'s condition is a search too: `subject.name=x` singles a person out
+    // as `name=x` does.
     if query
-        .clauses
-        .iter()
+        .all_clauses()
         .any(crate::search::Clause::could_identify)
     {
         return Some(

@@ -58,8 +58,10 @@
 //! # Limits and choices
 //!
 //! * Supported modifiers: `:missing` (all types), `:not` and `:text` (token), `:exact` and
-//!   `:contains` (string), `:Type` (reference). No chaining, `_has`, `:of-type`, `:in`,
-//!   `:below`, `:above`, `:identifier`, no unit conversion, no composite parameters.
+//!   `:contains` (string), `:Type` (reference). No `:of-type`, `:in`, `:below`, `:above`,
+//!   `:identifier`, no unit conversion, no composite parameters.
+//! * Chaining and `_has`, one level each, are parsed into [`Query::chains`] and [`Query::has`]
+//!   (see [`Chain`]); resolving them takes a search of another type, which is the server's.
 //! * Token: for `code` elements (`gender`, `status`, `_id`) and ContactPoints (`email`, `phone`)
 //!   the system part of a query is ignored (their system is implicit). `:not` matches resources
 //!   having no token equal to any of the values (including resources without the element).
@@ -81,6 +83,7 @@
 // escapes) and `extract` (the elements at a path). They import each other directly, never
 // through this module (no import cycle).
 mod candidates;
+mod chain;
 mod controls;
 pub(crate) mod date;
 mod definitions;
@@ -104,6 +107,7 @@ mod uri;
 mod tests;
 
 pub use candidates::{candidate_keys, id_candidates};
+pub use chain::{Chain, Has};
 pub use date::{MAX_BUCKET_YEAR, MAX_DAY_BUCKETS, MAX_MONTH_BUCKETS, MIN_BUCKET_YEAR};
 pub use definitions::{Skipped, definitions_json, skipped};
 pub use index::index_keys;

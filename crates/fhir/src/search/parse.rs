@@ -1,13 +1,13 @@
 //! Query parsing: `name[:modifier]=value[,value]` pairs into a [`Query`].
 
+use super::chain::{parse_chain, parse_has};
 use super::controls::{apply_control, control_name};
 use super::date::parse_date;
 use super::definitions::left_out;
 use super::params::{ParamDef, ParamType, param};
 use super::quantity::parse_quantity;
 use super::query::{
-    Clause, DEFAULT_COUNT, MAX_VALUES_PER_PARAMETER, Query, SearchError, SearchValue, Sv, Total,
-    invalid,
+    Clause, MAX_VALUES_PER_PARAMETER, Query, SearchError, SearchValue, Sv, Total, invalid,
 };
 use super::reference::parse_reference;
 use super::string::normalize_string;
@@ -30,18 +30,7 @@ pub fn parse_query(
     pairs: &[(String, String)],
     lenient: bool,
 ) -> Result<Query, SearchError> {
-    let mut query = Query {
-        clauses: Vec::new(),
-        count: DEFAULT_COUNT,
-        sort: Vec::new(),
-        summary_count: false,
-        total: Total::None,
-        include: Vec::new(),
-        revinclude: Vec::new(),
-        elements: None,
-        page: None,
-        ignored: Vec::new(),
-    };
+    let mut query = Query::with_clauses(Vec::new());
     let mut seen: Vec<&'static str> = Vec::new();
     for (name, value) in pairs {
         let (base, modifier) = match name.split_once(':') {
@@ -68,6 +57,22 @@ pub fn parse_query(
             apply_control(rtype, &mut query, control, value)?;
             continue;
         }
+        if name == "_has" || name.starts_with("_has:") {
+            if let Some(has) = parse_has(rtype, name, value, lenient)? {
+                query.has.push(has);
+            } else {
+                query.ignored.push(name.clone());
+            }
+            continue;
+        }
+        if name.contains('.') {
+            if let Some(chain) = parse_chain(rtype, name, value, lenient)? {
+                query.chains.push(chain);
+            } else {
+                query.ignored.push(name.clone());
+            }
+            continue;
+        }
         let Some(def) = param(rtype, base) else {
             if lenient {
                 query.ignored.push(name.clone());
@@ -81,30 +86,11 @@ pub fn parse_query(
                 None => SearchError::Unknown(name.clone()),
             });
         };
-        let Some(parsed_modifier) = parse_modifier(def, modifier) else {
-            if lenient {
-                query.ignored.push(name.clone());
-                continue;
-            }
-            return Err(SearchError::UnknownModifier { param: def.name });
-        };
-        let pieces = split_unescaped(value, ',');
-        if pieces.len() > MAX_VALUES_PER_PARAMETER {
-            return Err(invalid(def.name, "too many values"));
+        match parse_clause(def, modifier, value)? {
+            Some(clause) => query.clauses.push(clause),
+            None if lenient => query.ignored.push(name.clone()),
+            None => return Err(SearchError::UnknownModifier { param: def.name }),
         }
-        let values = pieces
-            .into_iter()
-            .map(|piece| {
-                parse_value(def, parsed_modifier, piece)
-                    .map(SearchValue)
-                    .map_err(|reason| invalid(def.name, reason))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        query.clauses.push(Clause {
-            param: def,
-            modifier: modifier.map(str::to_owned),
-            values,
-        });
     }
     // A count needs a total: `_summary=count` asks for an accurate one unless `_total` says
     // an estimate is enough.
@@ -112,6 +98,35 @@ pub fn parse_query(
         query.total = Total::Accurate;
     }
     Ok(query)
+}
+
+/// One parameter occurrence `def[:modifier]=value[,value]`; `None` when the modifier is unknown
+/// or not supported for `def`.
+pub(super) fn parse_clause(
+    def: &'static ParamDef,
+    modifier: Option<&str>,
+    value: &str,
+) -> Result<Option<Clause>, SearchError> {
+    let Some(parsed_modifier) = parse_modifier(def, modifier) else {
+        return Ok(None);
+    };
+    let pieces = split_unescaped(value, ',');
+    if pieces.len() > MAX_VALUES_PER_PARAMETER {
+        return Err(invalid(def.name, "too many values"));
+    }
+    let values = pieces
+        .into_iter()
+        .map(|piece| {
+            parse_value(def, parsed_modifier, piece)
+                .map(SearchValue)
+                .map_err(|reason| invalid(def.name, reason))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Clause {
+        param: def,
+        modifier: modifier.map(str::to_owned),
+        values,
+    }))
 }
 
 fn parse_value(def: &ParamDef, modifier: Modifier, raw: &str) -> Result<Sv, &'static str> {

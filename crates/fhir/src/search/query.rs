@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::chain::{Chain, Has};
 use super::date::Range;
 use super::number::Dec;
 use super::params::ParamDef;
@@ -51,6 +52,48 @@ pub struct Query {
     /// Names (as written, with modifier) of parameters ignored in lenient mode. They are client
     /// input: do not log them.
     pub ignored: Vec<String>,
+    /// Chained parameters (`subject:Patient.name=x`), one level: conditions on the resources
+    /// a reference points to. The server resolves each to an ordinary clause before searching.
+    pub chains: Vec<Chain>,
+    /// `_has` (reverse chaining), one level: conditions on resources that point to the match.
+    pub has: Vec<Has>,
+}
+
+impl Query {
+    /// A search of `clauses` with every result parameter at its default (`_count` is
+    /// [`DEFAULT_COUNT`]).
+    #[must_use]
+    pub fn with_clauses(clauses: Vec<Clause>) -> Self {
+        Self {
+            clauses,
+            count: DEFAULT_COUNT,
+            sort: Vec::new(),
+            summary_count: false,
+            total: Total::None,
+            include: Vec::new(),
+            revinclude: Vec::new(),
+            elements: None,
+            page: None,
+            ignored: Vec::new(),
+            chains: Vec::new(),
+            has: Vec::new(),
+        }
+    }
+
+    /// Every condition of the search: its own clauses, then the inner clauses of its chains and
+    /// `_has` parameters (what a check on the values searched for must see).
+    pub fn all_clauses(&self) -> impl Iterator<Item = &Clause> {
+        self.clauses
+            .iter()
+            .chain(self.chains.iter().map(|c| &c.inner))
+            .chain(self.has.iter().map(|h| &h.inner))
+    }
+
+    /// How many conditions the search combines (clauses, chains and `_has` parameters).
+    #[must_use]
+    pub fn condition_count(&self) -> usize {
+        self.clauses.len() + self.chains.len() + self.has.len()
+    }
 }
 
 /// One search parameter occurrence: the resource matches if any value matches.

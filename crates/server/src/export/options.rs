@@ -238,8 +238,13 @@ fn parse_type_filter(value: &str) -> Result<(ResourceType, String)> {
             "_typeFilter takes search parameters, not result parameters".into(),
         ));
     }
-    carevault_fhir::search::parse_query(rtype, &pairs, false)
+    let parsed = carevault_fhir::search::parse_query(rtype, &pairs, false)
         .map_err(|e| Error::BadRequest(format!("_typeFilter: {e}")))?;
+    if !parsed.chains.is_empty() || !parsed.has.is_empty() {
+        return Err(Error::BadRequest(
+            "_typeFilter does not support chained parameters or _has".into(),
+        ));
+    }
     Ok((rtype, query.to_owned()))
 }
 

@@ -39,7 +39,7 @@ impl Records {
             .collect();
         let mut query = search::parse_query(rtype, &criteria, false)
             .map_err(|e| Error::BadRequest(e.to_string()))?;
-        if query.clauses.is_empty() {
+        if query.condition_count() == 0 {
             return Err(Error::BadRequest(
                 "a conditional interaction needs search parameters that select the resource".into(),
             ));

@@ -4,6 +4,7 @@
 //! Knows nothing of HTTP.
 
 mod access;
+mod chain;
 mod compartments;
 mod conditional;
 mod deid;
@@ -27,6 +28,7 @@ use crate::identity::Principal;
 use crate::keyring::{Keyring, NewDataKeys};
 use crate::search::SearchIndex;
 
+pub use chain::MAX_CHAIN_MATCHES;
 pub use compartments::{EverythingPage, EverythingQuery};
 pub use conditional::Selected;
 pub(crate) use deid::mark_deidentified_as;

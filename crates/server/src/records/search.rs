@@ -24,6 +24,16 @@ pub struct SearchPage {
     pub next: Option<String>,
 }
 
+/// A page of a search as [`Records::search_open`] finds it, its matches as stored.
+pub(super) struct OpenPage {
+    /// The page's matches (at most `_count`).
+    pub(super) matches: Vec<Version>,
+    /// See [`SearchPage::total`].
+    pub(super) total: usize,
+    /// The cursor of the next page, unsealed.
+    pub(super) next: Option<String>,
+}
+
 /// What one search reads once and uses for every window of candidates it opens.
 struct SearchKnows {
     /// The caller's active break-glass grants.
@@ -80,6 +90,42 @@ impl Records {
         within: Option<Vec<String>>,
     ) -> Result<SearchPage> {
         caller.audit.set_resource(rtype.as_str(), None, None);
+        self.check_search(caller, rtype, query)?;
+        // Chains and `_has` become ordinary clauses over what their inner searches, run as
+        // the caller, found; one that found nothing leaves nothing to match.
+        let Some(query) = self.resolve_chains(caller, rtype, query).await? else {
+            return Ok(SearchPage {
+                matches: Vec::new(),
+                included: Vec::new(),
+                total: 0,
+                next: None,
+            });
+        };
+        let found = self.search_open(caller, rtype, &query, within).await?;
+        for v in &found.matches {
+            caller.audit.add_patient(&v.compartment);
+        }
+        let included = self.includes(caller, rtype, &query, &found.matches).await?;
+        for v in &included {
+            caller.audit.add_patient(&v.compartment);
+        }
+        Ok(SearchPage {
+            matches: self.released_all(caller, found.matches)?,
+            included: self.released_all(caller, included)?,
+            total: found.total,
+            next: self.sealed_cursor(caller, found.next)?,
+        })
+    }
+
+    /// What every search is checked for before it reads anything: the caller may search the
+    /// type, a de-identified caller's search cannot single a person out, and it stays within
+    /// the configured limits.
+    pub(super) fn check_search(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        query: &Query,
+    ) -> Result<()> {
         if !self
             .authz
             .fhir_type(caller.principal, FhirAction::Search, rtype)
@@ -87,7 +133,19 @@ impl Records {
             return Err(Error::Forbidden);
         }
         self.check_deidentified_search(caller, query)?;
-        self.check_search_limits(query)?;
+        self.check_search_limits(query)
+    }
+
+    /// A checked search without chains (see [`Self::check_search`] and
+    /// [`Self::resolve_chains`]): the page of matches the caller may read, as stored (not yet
+    /// released), without includes, audited or cursor sealing.
+    pub(super) async fn search_open(
+        &self,
+        caller: Caller<'_>,
+        rtype: ResourceType,
+        query: &Query,
+        within: Option<Vec<String>>,
+    ) -> Result<OpenPage> {
         let mut ids = self.candidate_ids(rtype, query, within).await?;
         let page = self.opened_cursor(caller, query.page.as_deref())?;
         let after = page.as_deref().map(decode_cursor).transpose()?;
@@ -168,18 +226,10 @@ impl Records {
             .take(query.count as usize)
             .map(|(_, v)| v)
             .collect();
-        for v in &matches {
-            caller.audit.add_patient(&v.compartment);
-        }
-        let included = self.includes(caller, rtype, query, &matches).await?;
-        for v in &included {
-            caller.audit.add_patient(&v.compartment);
-        }
-        Ok(SearchPage {
-            matches: self.released_all(caller, matches)?,
-            included: self.released_all(caller, included)?,
+        Ok(OpenPage {
+            matches,
             total,
-            next: self.sealed_cursor(caller, next)?,
+            next,
         })
     }
 
@@ -220,6 +270,12 @@ impl Records {
     ) -> Result<BulkRead> {
         if !self.may_search_type(caller.principal, rtype) {
             return Err(Error::Forbidden);
+        }
+        // Resolving a chain is a search of its own per window; `_typeFilter` refuses them.
+        if !query.chains.is_empty() || !query.has.is_empty() {
+            return Err(Error::BadRequest(
+                "chained parameters and _has are not supported in a bulk read".into(),
+            ));
         }
         // A developer's `_typeFilter` is a search like any other: one on identifying values
         // would make the export's counts an oracle.
@@ -269,7 +325,7 @@ impl Records {
     /// the limit): each clause is a compound term of one database statement.
     fn check_search_limits(&self, query: &Query) -> Result<()> {
         let limits = self.search_limits;
-        if query.clauses.len() > limits.max_clauses {
+        if query.condition_count() > limits.max_clauses {
             return Err(Error::BadRequest(format!(
                 "a search may combine at most {} parameters (search.max_clauses)",
                 limits.max_clauses

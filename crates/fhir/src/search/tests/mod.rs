@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::ResourceType;
 
+mod chains;
 mod dates;
 mod errors;
 mod index;
