@@ -31,7 +31,7 @@ const MAX_PART_DEPTH: usize = 16;
 pub enum FhirPatchError {
     /// The body is not a `Parameters` resource with a `parameter` list.
     #[error(
-        "the body is not a FHIRPath Patch (a Parameters resource whose parameters are operations)"
+        "the body is not a FHIRPath Patch (a Parameters resource whose parameters are operations); a JSON Patch array needs Content-Type application/json-patch+json"
     )]
     Malformed,
     /// The patch has no operations.
