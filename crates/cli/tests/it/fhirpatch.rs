@@ -77,7 +77,10 @@ fn fhirpath_patch_applies_in_order_and_a_failure_changes_nothing() {
     assert_eq!(patched["meta"]["versionId"], "2");
     assert_eq!(patched["telecom"][0]["system"], "email");
     assert_eq!(patched["telecom"][1]["value"], "555-0199");
-    assert_eq!(patched["identifier"], json!([{"system": "urn:mrn", "value": "A1"}]));
+    assert_eq!(
+        patched["identifier"],
+        json!([{"system": "urn:mrn", "value": "A1"}])
+    );
     assert_eq!(patched["name"][0]["given"], json!(["James", "Peter"]));
     assert!(patched.get("birthDate").is_none(), "{patched}");
 
@@ -136,7 +139,12 @@ fn fhirpath_patch_applies_in_order_and_a_failure_changes_nothing() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     let r = fhirpath_patch(&other.api, &path, gender("other"), &[]);
-    assert!(r.status == 403 || r.status == 404, "{}: {}", r.status, r.text());
+    assert!(
+        r.status == 403 || r.status == 404,
+        "{}: {}",
+        r.status,
+        r.text()
+    );
 
     // Neither format: a JSON Patch sent as FHIR JSON, a FHIR resource that is not Parameters,
     // another media type. Each message names both formats.
@@ -157,7 +165,10 @@ fn fhirpath_patch_applies_in_order_and_a_failure_changes_nothing() {
     }
 
     let now = api.get(&path).json();
-    assert_eq!(now["meta"]["versionId"], "2", "every refusal left version 2");
+    assert_eq!(
+        now["meta"]["versionId"], "2",
+        "every refusal left version 2"
+    );
     assert_eq!(now["gender"], "female");
     assert!(!srv.logs().contains(CANARY), "a log line holds the canary");
 }
