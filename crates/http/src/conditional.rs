@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use carevault_fhir::outcome::{self, Severity};
-use carevault_fhir::patch::PatchFormat;
+use carevault_fhir::patch::{Patch, PatchFormat};
 use carevault_server::Error;
 use carevault_server::audit::AuditScope;
 use carevault_server::records::Caller;
@@ -87,20 +87,13 @@ pub async fn patch(
     let format = patch_format(&headers).ok_or(ApiError::NotPatch)?;
     let if_match = headers.get(header::IF_MATCH).map(parse_etag).transpose()?;
     let bytes = read_body(&state, &headers, body).await?;
-    let patch = parse_json(&state, &bytes)?;
+    let patch = Patch::parse(format, parse_json(&state, &bytes)?)
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
     let limit = state.inner.config.body_limit_bytes;
     let v = state
         .inner
         .records
-        .patch(
-            Caller::new(&p, &audit),
-            rtype,
-            &id,
-            format,
-            patch,
-            if_match,
-            limit,
-        )
+        .patch(Caller::new(&p, &audit), rtype, &id, &patch, if_match, limit)
         .await?;
     Ok(saved_response(&state, &headers, &v, false))
 }

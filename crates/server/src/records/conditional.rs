@@ -4,7 +4,7 @@
 //! Each reads through the same authorization as a search or a read, so a resource the caller
 //! may not see is never selected, and nothing says that one exists.
 
-use carevault_fhir::patch::{Patch, PatchFormat};
+use carevault_fhir::patch::Patch;
 use carevault_fhir::search::{self, Total};
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
@@ -142,8 +142,8 @@ impl Records {
         }
     }
 
-    /// Apply a patch (JSON Patch or FHIRPath Patch, as `format` says) to the current version and
-    /// store the result as the next version.
+    /// Apply a patch (JSON Patch or FHIRPath Patch) to the current version and store the result
+    /// as the next version.
     /// `if_match` is the version the client patched; without it a patch that loses a race with
     /// another write is applied again to the newer version. `max_bytes` bounds the patched
     /// resource.
@@ -152,12 +152,10 @@ impl Records {
         caller: Caller<'_>,
         rtype: ResourceType,
         id: &ResourceId,
-        format: PatchFormat,
-        patch: Value,
+        patch: &Patch,
         if_match: Option<u32>,
         max_bytes: usize,
     ) -> Result<Version> {
-        let patch = Patch::parse(format, patch).map_err(|e| Error::BadRequest(e.to_string()))?;
         // Without `If-Match`, a patch that lost a race is read and applied again, as often as an
         // update retries.
         for _ in 0..UPDATE_RETRIES {
