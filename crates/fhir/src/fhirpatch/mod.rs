@@ -379,7 +379,8 @@ fn object_at<'a>(
         .ok_or("its path selects an element that cannot hold others")
 }
 
-/// Remove the element at `loc`; a list left empty is removed too (FHIR has no empty arrays).
+/// Remove the element at `loc`; a list or an element left empty is removed too (FHIR has
+/// neither empty arrays nor empty elements).
 fn remove(doc: &mut Value, loc: &[Seg]) -> Result<(), &'static str> {
     let Some((last, parent)) = loc.split_last() else {
         return Err("it would delete the resource itself");
@@ -387,6 +388,9 @@ fn remove(doc: &mut Value, loc: &[Seg]) -> Result<(), &'static str> {
     match (last, get_mut(doc, parent)) {
         (Seg::Key(k), Some(Value::Object(object))) => {
             object.remove(k);
+            if object.is_empty() && !parent.is_empty() {
+                return remove(doc, parent);
+            }
         }
         (Seg::Index(i), Some(Value::Array(items))) if *i < items.len() => {
             items.remove(*i);

@@ -150,6 +150,16 @@ fn delete_removes_one_element_and_a_list_it_empties() {
     assert_eq!(out["telecom"], json!([{"system": "email", "value": "p@x"}]));
     assert!(out.get("birthDate").is_none());
     assert_eq!(out["name"], json!([{"family": "Chalmers"}]));
+    // The name's last element goes: so does the name, and the list it was the only item of.
+    let out = patched(
+        patient(),
+        vec![
+            op("delete", "Patient.name.given", json!([])),
+            op("delete", "Patient.name.family", json!([])),
+        ],
+    )
+    .unwrap();
+    assert!(out.get("name").is_none(), "{out}");
     assert_eq!(
         patched(
             patient(),
