@@ -60,6 +60,7 @@ mod compartment;
 pub mod deid;
 mod depth;
 mod error;
+pub mod fhirpatch;
 pub mod outcome;
 pub mod patch;
 mod schema;

@@ -1,4 +1,6 @@
-//! JSON Patch (RFC 6902) for FHIR's `patch` interaction, applied with a size budget.
+//! FHIR's `patch` interaction: JSON Patch (RFC 6902), applied with a size budget, and
+//! FHIRPath Patch ([`crate::fhirpatch`]), behind one [`Patch`] that the server parses and
+//! applies without caring which format the client sent.
 //!
 //! The operations themselves are the `json-patch` crate's. What this module adds is what a
 //! server needs around them: a budget on growth (a `copy` can double a document, and a patch of
@@ -6,8 +8,54 @@
 //! of kilobytes), and errors that say which operation failed without echoing any value or path
 //! from the request.
 
-use json_patch::{Patch, PatchErrorKind, PatchOperation};
+use json_patch::{PatchErrorKind, PatchOperation};
 use serde_json::Value;
+
+use crate::fhirpatch::{FhirPatch, FhirPatchError};
+
+/// The format of a patch body, as its media type says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PatchFormat {
+    /// `application/json-patch+json`: an array of RFC 6902 operations.
+    JsonPatch,
+    /// `application/fhir+json` or `application/json`: a `Parameters` resource.
+    FhirPath,
+}
+
+/// A parsed patch in either format.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Patch {
+    Json(Vec<PatchOperation>),
+    FhirPath(FhirPatch),
+}
+
+impl Patch {
+    /// Parse `body` as a patch of `format`.
+    pub fn parse(format: PatchFormat, body: Value) -> Result<Self, PatchError> {
+        match format {
+            PatchFormat::JsonPatch => parse_patch(body).map(Patch::Json),
+            PatchFormat::FhirPath => match FhirPatch::parse(&body) {
+                Ok(p) => Ok(Patch::FhirPath(p)),
+                // A JSON Patch sent as FHIR JSON: say which media type it needs.
+                Err(FhirPatchError::Malformed) if body.is_array() => {
+                    Err(PatchError::JsonPatchAsFhir)
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Apply the patch to `doc`. On an error `doc` may be partly patched: callers patch a copy
+    /// and drop it. `max_bytes` bounds the patched resource.
+    pub fn apply(&self, doc: &mut Value, max_bytes: usize) -> Result<(), PatchError> {
+        match self {
+            Patch::Json(ops) => apply_patch(doc, ops, max_bytes),
+            Patch::FhirPath(p) => Ok(p.apply(doc, max_bytes)?),
+        }
+    }
+}
 
 /// Why a patch was refused. Messages name the operation's position only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,7 +63,7 @@ use serde_json::Value;
 pub enum PatchError {
     /// The body is not a JSON Patch document (an array of operations).
     #[error(
-        "the body is not a JSON Patch document (an array of add, remove, replace, move, copy and test operations)"
+        "the body is not a JSON Patch document (an array of add, remove, replace, move, copy and test operations); a FHIRPath Patch (a Parameters resource) needs Content-Type application/fhir+json"
     )]
     Malformed,
     /// The patch has no operations.
@@ -27,11 +75,19 @@ pub enum PatchError {
     /// Applying the patch would make the resource larger than the limit.
     #[error("the patched resource would be larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// A JSON Patch array sent as `application/fhir+json` or `application/json`.
+    #[error(
+        "a PATCH body sent as application/fhir+json or application/json must be a FHIRPath Patch (a Parameters resource); a JSON Patch array needs Content-Type application/json-patch+json"
+    )]
+    JsonPatchAsFhir,
+    /// A FHIRPath Patch that was refused.
+    #[error(transparent)]
+    FhirPath(#[from] FhirPatchError),
 }
 
 /// Parse a JSON Patch document.
 pub fn parse_patch(body: Value) -> Result<Vec<PatchOperation>, PatchError> {
-    let Patch(ops) = serde_json::from_value(body).map_err(|_| PatchError::Malformed)?;
+    let json_patch::Patch(ops) = serde_json::from_value(body).map_err(|_| PatchError::Malformed)?;
     if ops.is_empty() {
         return Err(PatchError::Empty);
     }
@@ -166,5 +222,37 @@ mod tests {
             apply_patch(&mut doc, &parse_patch(Value::Array(ops)).unwrap(), 1 << 20).unwrap_err();
         assert_eq!(err, PatchError::TooLarge { limit: 1 << 20 });
         assert!(serialized_len(&doc) <= 1 << 20);
+    }
+
+    #[test]
+    fn the_format_decides_how_a_body_is_read_and_a_mismatch_names_both_formats() {
+        let json_patch = json!([{"op": "replace", "path": "/gender", "value": "male"}]);
+        let fhirpath = json!({"resourceType": "Parameters", "parameter": [{"name": "operation",
+            "part": [{"name": "type", "valueCode": "replace"},
+                     {"name": "path", "valueString": "Patient.gender"},
+                     {"name": "value", "valueCode": "male"}]}]});
+        for (format, body) in [
+            (PatchFormat::JsonPatch, &json_patch),
+            (PatchFormat::FhirPath, &fhirpath),
+        ] {
+            let mut doc = json!({"resourceType": "Patient", "gender": "female"});
+            Patch::parse(format, body.clone())
+                .unwrap()
+                .apply(&mut doc, 1 << 20)
+                .unwrap();
+            assert_eq!(doc["gender"], "male");
+        }
+        let swapped = [
+            Patch::parse(PatchFormat::JsonPatch, fhirpath).unwrap_err(),
+            Patch::parse(PatchFormat::FhirPath, json_patch).unwrap_err(),
+            Patch::parse(PatchFormat::FhirPath, json!({"resourceType": "Patient"})).unwrap_err(),
+        ];
+        for err in swapped {
+            let message = err.to_string();
+            assert!(
+                message.contains("JSON Patch") && message.contains("Parameters"),
+                "{message}"
+            );
+        }
     }
 }

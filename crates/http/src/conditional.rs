@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use carevault_fhir::outcome::{self, Severity};
+use carevault_fhir::patch::{Patch, PatchFormat};
 use carevault_server::Error;
 use carevault_server::audit::AuditScope;
 use carevault_server::records::Caller;
@@ -69,7 +70,8 @@ pub async fn delete_conditional(
     Ok(deleted_response(deleted))
 }
 
-/// `PATCH /fhir/{type}/{id}` with a JSON Patch (`application/json-patch+json`).
+/// `PATCH /fhir/{type}/{id}` with a JSON Patch (`application/json-patch+json`) or a FHIRPath
+/// Patch (a `Parameters` resource, `application/fhir+json` or `application/json`).
 pub async fn patch(
     State(state): State<AppState>,
     Extension(audit): Extension<AuditScope>,
@@ -82,31 +84,38 @@ pub async fn patch(
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
     negotiate_pairs(&headers, &params)?;
-    if !is_json_patch(&headers) {
-        return Err(ApiError::NotJsonPatch);
-    }
+    let format = patch_format(&headers).ok_or(ApiError::NotPatch)?;
     let if_match = headers.get(header::IF_MATCH).map(parse_etag).transpose()?;
     let bytes = read_body(&state, &headers, body).await?;
-    let patch = parse_json(&state, &bytes)?;
+    let patch = Patch::parse(format, parse_json(&state, &bytes)?)
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
     let limit = state.inner.config.body_limit_bytes;
     let v = state
         .inner
         .records
-        .patch(Caller::new(&p, &audit), rtype, &id, patch, if_match, limit)
+        .patch(Caller::new(&p, &audit), rtype, &id, &patch, if_match, limit)
         .await?;
     Ok(saved_response(&state, &headers, &v, false))
 }
 
-fn is_json_patch(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| {
-            media
-                .trim()
-                .eq_ignore_ascii_case("application/json-patch+json")
-        })
+/// The patch format the `Content-Type` names, if it names one.
+fn patch_format(headers: &HeaderMap) -> Option<PatchFormat> {
+    let media = headers
+        .get(header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim();
+    if media.eq_ignore_ascii_case("application/json-patch+json") {
+        Some(PatchFormat::JsonPatch)
+    } else if media.eq_ignore_ascii_case("application/fhir+json")
+        || media.eq_ignore_ascii_case("application/json")
+    {
+        Some(PatchFormat::FhirPath)
+    } else {
+        None
+    }
 }
 
 /// `POST /fhir/{type}/$validate`: the resource (or a Parameters with a `resource` parameter) is

@@ -18,8 +18,8 @@ pub enum ApiError {
     MethodNotAllowed,
     NotAcceptable,
     UnsupportedMediaType,
-    /// A PATCH whose body is not a JSON Patch document.
-    NotJsonPatch,
+    /// A PATCH whose media type is neither JSON Patch nor FHIR JSON (FHIRPath Patch).
+    NotPatch,
     PayloadTooLarge,
     /// The request body arrived too slowly (`http.body_timeout_secs`).
     RequestTimeout,
@@ -105,10 +105,10 @@ impl IntoResponse for ApiError {
                 "not-supported",
                 "the request body must be application/fhir+json or application/json (UTF-8)",
             ),
-            ApiError::NotJsonPatch => (
+            ApiError::NotPatch => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "not-supported",
-                "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)",
+                "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json) or a FHIRPath Patch Parameters resource (Content-Type: application/fhir+json)",
             ),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

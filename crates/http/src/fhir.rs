@@ -946,6 +946,7 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         "implementation": {"description": "CareVault FHIR R4 server"},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "documentation": chaining_documentation(),

@@ -314,8 +314,8 @@ fn patch(api: &Api, outsider: &Api, id: &str) {
     assert_eq!(patched["birthDate"], "1970-01-01");
     assert_eq!(patched["meta"]["versionId"], "3");
 
-    // Refusals: a failed test, a stale If-Match, an invalid result, a wrong media type, a
-    // caller from another organization. Each leaves version 3.
+    // Refusals: a failed test, a stale If-Match, an invalid result, a media type that is no
+    // patch format, a caller from another organization. Each leaves version 3.
     let failed_test = json!([{"op": "test", "path": "/gender", "value": "CANARY-female"},
         {"op": "remove", "path": "/name"}]);
     let r = json_patch(api, &path, &failed_test, &[]);
@@ -347,7 +347,7 @@ fn patch(api: &Api, outsider: &Api, id: &str) {
     let r = api.request(
         "PATCH",
         &path,
-        &[("Content-Type", "application/fhir+json")],
+        &[("Content-Type", "text/plain")],
         Some(&bytes),
     );
     assert_eq!(r.status, 415, "{}", r.text());
@@ -414,6 +414,10 @@ fn capability_statement_says_so(api: &Api) {
     assert_eq!(patient["conditionalUpdate"], true);
     assert_eq!(patient["conditionalDelete"], "single");
     assert_eq!(patient["conditionalRead"], "full-support");
+    assert_eq!(
+        cs["patchFormat"],
+        json!(["application/json-patch+json", "application/fhir+json"])
+    );
     assert!(
         patient["interaction"]
             .as_array()

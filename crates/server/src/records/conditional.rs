@@ -4,7 +4,7 @@
 //! Each reads through the same authorization as a search or a read, so a resource the caller
 //! may not see is never selected, and nothing says that one exists.
 
-use carevault_fhir::patch::{apply_patch, parse_patch};
+use carevault_fhir::patch::Patch;
 use carevault_fhir::search::{self, Total};
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
@@ -142,7 +142,8 @@ impl Records {
         }
     }
 
-    /// Apply a JSON Patch to the current version and store the result as the next version.
+    /// Apply a patch (JSON Patch or FHIRPath Patch) to the current version and store the result
+    /// as the next version.
     /// `if_match` is the version the client patched; without it a patch that loses a race with
     /// another write is applied again to the newer version. `max_bytes` bounds the patched
     /// resource.
@@ -151,11 +152,10 @@ impl Records {
         caller: Caller<'_>,
         rtype: ResourceType,
         id: &ResourceId,
-        patch: Value,
+        patch: &Patch,
         if_match: Option<u32>,
         max_bytes: usize,
     ) -> Result<Version> {
-        let ops = parse_patch(patch).map_err(|e| Error::BadRequest(e.to_string()))?;
         // Without `If-Match`, a patch that lost a race is read and applied again, as often as an
         // update retries.
         for _ in 0..UPDATE_RETRIES {
@@ -172,7 +172,9 @@ impl Records {
             }
             let mut doc: Value = serde_json::from_slice(&current.json)
                 .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
-            apply_patch(&mut doc, &ops, max_bytes).map_err(|e| Error::BadRequest(e.to_string()))?;
+            patch
+                .apply(&mut doc, max_bytes)
+                .map_err(|e| Error::BadRequest(e.to_string()))?;
             match self
                 .update(caller, rtype, id, doc, Some(current.version))
                 .await
