@@ -61,6 +61,7 @@ pub mod deid;
 mod depth;
 mod error;
 pub mod fhirpatch;
+mod model;
 pub mod outcome;
 pub mod patch;
 mod schema;

@@ -10,15 +10,14 @@
 //! Operations are applied in order to the document given; on an error it may be partly patched,
 //! so callers patch a copy and drop it (the `patch` interaction is atomic).
 
-mod model;
 mod path;
 #[cfg(test)]
 mod tests;
 
 use serde_json::{Map, Value};
 
-use self::model::{Model, RESOURCE_LIST};
 use self::path::{Loc, Path, Seg, get, get_mut};
+use crate::model::{Model, RESOURCE_LIST};
 
 /// The most operations one FHIRPath Patch may hold.
 pub const MAX_OPERATIONS: usize = 1000;

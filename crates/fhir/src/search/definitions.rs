@@ -23,7 +23,7 @@ use super::fhirpath::{self, Chain, Expr, Head, Literal, Step};
 use super::params::{Kind, ParamDef, ParamType, Path, Seg};
 use crate::ResourceType;
 use crate::compartment::SEARCH_PARAMETERS_JSON;
-use crate::schema::FHIR_SCHEMA_JSON;
+use crate::model::Model;
 
 /// The parameters of every type, and those left out.
 #[derive(Debug, Default)]
@@ -89,109 +89,11 @@ struct Definition {
     target: Vec<String>,
 }
 
-/// Element types from the JSON schema: for each definition, its properties' types.
-struct Types {
-    props: HashMap<String, Vec<(String, Option<String>)>>,
-}
-
-impl Types {
-    fn load() -> Option<Self> {
-        let schema: Value = serde_json::from_str(FHIR_SCHEMA_JSON).ok()?;
-        let definitions = schema.get("definitions")?.as_object()?;
-        // A primitive written inline (no `$ref`) is known by its pattern: the pattern of the
-        // primitive's own definition (several share one; any of them reads the same here).
-        let mut patterns: HashMap<&str, &str> = HashMap::new();
-        for (name, def) in definitions {
-            if let Some(pattern) = def.get("pattern").and_then(Value::as_str) {
-                patterns.entry(pattern).or_insert(name);
-            }
-        }
-        let mut props = HashMap::new();
-        for (name, def) in definitions {
-            let Some(members) = def.get("properties").and_then(Value::as_object) else {
-                continue;
-            };
-            let typed = members
-                .iter()
-                .filter(|(member, _)| !member.starts_with('_'))
-                .map(|(member, s)| (member.clone(), element_type(s, &patterns)))
-                .collect();
-            props.insert(name.clone(), typed);
-        }
-        // Every definition is a type name a choice suffix may spell.
-        for name in definitions.keys() {
-            props.entry(name.clone()).or_default();
-        }
-        Some(Self { props })
-    }
-
-    /// The JSON members (with their types) that the FHIRPath member `name` of `ty` reaches:
-    /// the element itself, or every variant of a choice element (`value` -> `valueQuantity`,
-    /// `valueDateTime`: the suffix spells the variant's type).
-    fn members(&self, ty: &str, name: &str) -> Vec<(String, String)> {
-        let Some(props) = self.props.get(ty) else {
-            return Vec::new();
-        };
-        if let Some((member, t)) = props.iter().find(|(m, _)| m == name) {
-            return t.iter().map(|t| (member.clone(), t.clone())).collect();
-        }
-        props
-            .iter()
-            .filter_map(|(member, _)| {
-                let suffix = member.strip_prefix(name)?;
-                if !suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
-                    return None;
-                }
-                let primitive = decapitalized(suffix);
-                [primitive, suffix.to_owned()]
-                    .into_iter()
-                    .find(|t| self.props.contains_key(t))
-                    .map(|t| (member.clone(), t))
-            })
-            .collect()
-    }
-}
-
-/// The type a property schema names: `$ref` (or its array items' `$ref`); an `enum` is a
-/// code; an inline primitive is known by its pattern or JSON type.
-fn element_type(schema: &Value, patterns: &HashMap<&str, &str>) -> Option<String> {
-    let schema = schema.get("items").unwrap_or(schema);
-    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        return r.strip_prefix("#/definitions/").map(str::to_owned);
-    }
-    if schema.get("enum").is_some() {
-        return Some("code".to_owned());
-    }
-    if let Some(t) = schema
-        .get("pattern")
-        .and_then(Value::as_str)
-        .and_then(|p| patterns.get(p))
-    {
-        return Some((*t).to_owned());
-    }
-    match schema.get("type").and_then(Value::as_str)? {
-        "boolean" => Some("boolean".to_owned()),
-        "number" => Some("decimal".to_owned()),
-        "string" => Some("string".to_owned()),
-        _ => None,
-    }
-}
-
-fn decapitalized(t: &str) -> String {
-    let mut chars = t.chars();
-    match chars.next() {
-        Some(first) => first.to_ascii_lowercase().to_string() + chars.as_str(),
-        None => String::new(),
-    }
-}
-
 fn load() -> Registry {
     let mut registry = Registry::default();
-    let (Some(types), Ok(bundle)) = (
-        Types::load(),
-        serde_json::from_str::<Bundle>(SEARCH_PARAMETERS_JSON),
-    ) else {
-        // Both files are embedded and a test loads them: this cannot happen in a built binary.
+    let types = Model::r4();
+    let Ok(bundle) = serde_json::from_str::<Bundle>(SEARCH_PARAMETERS_JSON) else {
+        // The file is embedded and a test loads it: this cannot happen in a built binary.
         return registry;
     };
     let every_type: Vec<ResourceType> = ResourceType::all().collect();
@@ -211,7 +113,7 @@ fn load() -> Registry {
                 .collect()
         };
         for rtype in bases {
-            match compile(&types, &def, rtype) {
+            match compile(types, &def, rtype) {
                 Ok(param) => registry.by_type.entry(rtype).or_default().push(param),
                 Err(reason) => registry.skipped.push(Skipped {
                     rtype,
@@ -244,7 +146,7 @@ const NOT_SEARCHED: &[(&str, &str)] = &[(
 )];
 
 /// One parameter of one base type.
-fn compile(types: &Types, def: &Definition, rtype: ResourceType) -> Result<ParamDef, String> {
+fn compile(types: &Model, def: &Definition, rtype: ResourceType) -> Result<ParamDef, String> {
     if let Some((_, why)) = NOT_SEARCHED.iter().find(|(code, _)| *code == def.code) {
         return Err((*why).to_owned());
     }
@@ -305,7 +207,7 @@ fn never_matches(ptype: ParamType, ty: &str) -> bool {
 type Partial = (Vec<Seg>, String);
 
 fn compile_chains(
-    types: &Types,
+    types: &Model,
     chains: &[Chain],
     rtype: ResourceType,
 ) -> Result<Vec<Partial>, String> {
@@ -317,7 +219,7 @@ fn compile_chains(
 }
 
 fn compile_chain(
-    types: &Types,
+    types: &Model,
     chain: &Chain,
     rtype: ResourceType,
 ) -> Result<Vec<Partial>, String> {
@@ -386,7 +288,7 @@ fn compile_chain(
 
 /// `Patient.deceased.exists() and Patient.deceased != false`: the element paths it reads.
 fn compile_boolean(
-    types: &Types,
+    types: &Model,
     expr: &Expr,
     rtype: ResourceType,
 ) -> Result<super::params::Boolean, String> {
