@@ -514,6 +514,8 @@ fn r4_parameters_search_and_data_indexed_before_them_is_found_after_a_restart() 
     let alive = create(
         api,
         json!({"resourceType": "Patient", "name": [{"family": "Alive"}], "deceasedBoolean": false,
+               "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+                               "system": "urn:mrn", "value": "MR-77"}],
                "address": [{"city": "Springfield", "postalCode": "12345"}],
                "meta": {"tag": [{"system": "urn:t", "code": "vip"}], "profile": [profile]},
                "managingOrganization": org}),
@@ -568,6 +570,16 @@ fn r4_parameters_search_and_data_indexed_before_them_is_found_after_a_restart() 
             set(&[&obs])
         );
         assert_eq!(q("/fhir/Observation?value-string=pos"), set(&[&obs]));
+        assert_eq!(
+            q(
+                "/fhir/Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|MR-77"
+            ),
+            set(&[&alive])
+        );
+        assert!(
+            q("/fhir/Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|SS|MR-77")
+                .is_empty()
+        );
         assert_eq!(
             q("/fhir/MolecularSequence?window-start=gt99"),
             set(&[&sequence])

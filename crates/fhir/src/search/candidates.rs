@@ -21,9 +21,17 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
     };
     if matches!(
         modifier,
-        Modifier::Missing | Modifier::Not | Modifier::Text | Modifier::Contains
+        Modifier::Missing
+            | Modifier::Not
+            | Modifier::Text
+            | Modifier::Contains
+            | Modifier::Identifier
     ) {
         return None;
+    }
+    if let Sv::OfType { value, .. } = &value.0 {
+        // The identifier's value is indexed as a code.
+        return Some(vec![format!("c:{value}")]);
     }
     match (&value.0, def.ptype) {
         (Sv::Token { system, code }, ParamType::Token) => {

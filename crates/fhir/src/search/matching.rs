@@ -7,10 +7,10 @@ use super::number::number_matches;
 use super::params::{ParamDef, ParamType, belongs};
 use super::quantity::{quantities, units_match};
 use super::query::{Clause, Sv};
-use super::reference::reference_values;
+use super::reference::{identifier_matches, reference_values};
 use super::string::{normalize_string, strings};
 use super::syntax::{Modifier, parse_modifier};
-use super::token::{token_matches, token_texts, tokens};
+use super::token::{of_type_matches, token_matches, token_texts, tokens};
 use super::uri::{numbers, uri_matches, uris};
 use crate::ResourceType;
 
@@ -34,6 +34,22 @@ pub fn matches(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool {
             .any(|v| matches!(v.0, Sv::Missing(missing) if missing != present));
     }
     match def.ptype {
+        ParamType::Token if modifier == Modifier::OfType => values.iter().any(|v| match &v.0 {
+            Sv::OfType {
+                type_system,
+                type_code,
+                value,
+            } => of_type_matches(def, resource, (type_system, type_code, value)),
+            _ => false,
+        }),
+        ParamType::Reference if modifier == Modifier::Identifier => {
+            values.iter().any(|v| match &v.0 {
+                Sv::RefIdentifier { system, value } => {
+                    identifier_matches(def, resource, system, value)
+                }
+                _ => false,
+            })
+        }
         ParamType::Token if modifier == Modifier::Text => {
             let texts = token_texts(def, resource);
             values.iter().any(|v| match &v.0 {

@@ -169,6 +169,11 @@ impl ParamDef {
             .any(|p| matches!(p.kind, Kind::Coding | Kind::Concept | Kind::Identifier))
     }
 
+    /// Whether some path holds Identifiers (for `:of-type`).
+    pub(super) fn has_identifiers(&self) -> bool {
+        self.paths.iter().any(|p| p.kind == Kind::Identifier)
+    }
+
     /// The contact-point kind whose normalization applies to this parameter's codes.
     pub(super) fn contact_kind(&self) -> Option<&Kind> {
         self.paths

@@ -12,7 +12,7 @@ use super::query::{
 use super::reference::parse_reference;
 use super::string::normalize_string;
 use super::syntax::{Modifier, parse_modifier, split_prefix, split_unescaped, unescape};
-use super::token::parse_token;
+use super::token::{parse_of_type, parse_token};
 use super::uri::parse_number_value;
 use crate::ResourceType;
 
@@ -141,6 +141,14 @@ fn parse_value(def: &ParamDef, modifier: Modifier, raw: &str) -> Result<Sv, &'st
         };
     }
     match def.ptype {
+        ParamType::Token if modifier == Modifier::OfType => parse_of_type(raw),
+        ParamType::Reference if modifier == Modifier::Identifier => match parse_token(def, raw)? {
+            Sv::Token { system, code } if !code.is_empty() => Ok(Sv::RefIdentifier {
+                system,
+                value: code,
+            }),
+            _ => Err("expected system|value"),
+        },
         ParamType::Token if modifier == Modifier::Text => {
             let norm = normalize_string(&unescape(raw));
             if norm.is_empty() {

@@ -122,6 +122,8 @@ impl fmt::Debug for SearchValue {
             Sv::Quantity { .. } => "quantity",
             Sv::Number { .. } => "number",
             Sv::Uri(_) => "uri",
+            Sv::OfType { .. } => "of-type",
+            Sv::RefIdentifier { .. } => "reference identifier",
             Sv::Missing(_) => "missing",
         };
         write!(f, "SearchValue({kind}, ..)")
@@ -161,6 +163,17 @@ pub(super) enum Sv {
     },
     /// A uri, as written.
     Uri(String),
+    /// `:of-type`: an Identifier's type (system and code) and value.
+    OfType {
+        type_system: String,
+        type_code: String,
+        value: String,
+    },
+    /// `:identifier` on a reference: the referenced resource's identifier.
+    RefIdentifier {
+        system: Sys,
+        value: String,
+    },
     /// `:missing=true` (`true`) or `:missing=false`.
     Missing(bool),
 }
@@ -288,9 +301,9 @@ impl Clause {
                 Sv::Date { range, .. } => !range.is_whole_year(),
                 _ => false,
             }),
-            ParamType::Reference | ParamType::Quantity | ParamType::Number | ParamType::Uri => {
-                false
-            }
+            // A reference's identifier is a person's (an MRN in `subject:identifier`).
+            ParamType::Reference => self.modifier.as_deref() == Some("identifier"),
+            ParamType::Quantity | ParamType::Number | ParamType::Uri => false,
         }
     }
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::extract::{selected, str_of};
 use super::params::{Kind, ParamDef};
-use super::query::Sv;
+use super::query::{Sv, Sys};
 use super::syntax::Modifier;
 use crate::ResourceType;
 use crate::types::is_valid_id;
@@ -54,6 +54,29 @@ pub(super) fn reference_values(def: &ParamDef, resource: &Value) -> Vec<(Resourc
         }
     }
     out
+}
+
+/// Whether some reference of the parameter carries the identifier `system|value`
+/// (`:identifier`; the system as in a token query).
+pub(super) fn identifier_matches(
+    def: &ParamDef,
+    resource: &Value,
+    system: &Sys,
+    value: &str,
+) -> bool {
+    def.paths
+        .iter()
+        .filter(|p| p.kind == Kind::Reference)
+        .flat_map(|p| selected(resource, &p.segs))
+        .filter_map(|reference| reference.get("identifier"))
+        .any(|identifier| {
+            str_of(identifier, "value") == Some(value)
+                && match system {
+                    Sys::Any => true,
+                    Sys::Absent => str_of(identifier, "system").is_none(),
+                    Sys::Is(s) => str_of(identifier, "system") == Some(s.as_str()),
+                }
+        })
 }
 
 /// `Type/id`, `Type/id/_history/v` or an absolute URL ending in one of them.

@@ -14,6 +14,10 @@ pub(super) enum Modifier {
     Contains,
     Above,
     Below,
+    /// `identifier:of-type=type-system|type-code|value`
+    OfType,
+    /// `subject:identifier=system|value`: the reference's `identifier`.
+    Identifier,
     Type(ResourceType),
 }
 
@@ -29,6 +33,8 @@ pub(super) fn parse_modifier(def: &ParamDef, modifier: Option<&str>) -> Option<M
         (ParamType::Token, "text") if def.has_coded_tokens() => Some(Modifier::Text),
         (ParamType::String, "exact") => Some(Modifier::Exact),
         (ParamType::String, "contains") => Some(Modifier::Contains),
+        (ParamType::Token, "of-type") if def.has_identifiers() => Some(Modifier::OfType),
+        (ParamType::Reference, "identifier") => Some(Modifier::Identifier),
         (ParamType::Uri, "above") => Some(Modifier::Above),
         (ParamType::Uri, "below") => Some(Modifier::Below),
         (ParamType::Reference, name) => ResourceType::parse(name)

@@ -41,6 +41,47 @@ pub(super) fn parse_token(def: &ParamDef, raw: &str) -> Result<Sv, &'static str>
     Ok(Sv::Token { system, code })
 }
 
+/// `type-system|type-code|value` (R4 `:of-type`; all three required).
+pub(super) fn parse_of_type(raw: &str) -> Result<Sv, &'static str> {
+    match split_unescaped(raw, '|').as_slice() {
+        [type_system, type_code, value] => {
+            let (type_system, type_code, value) =
+                (unescape(type_system), unescape(type_code), unescape(value));
+            if type_system.is_empty() || type_code.is_empty() || value.is_empty() {
+                return Err("expected type-system|type-code|value");
+            }
+            Ok(Sv::OfType {
+                type_system,
+                type_code,
+                value,
+            })
+        }
+        _ => Err("expected type-system|type-code|value"),
+    }
+}
+
+/// Whether some Identifier of the parameter has a type coded `type_system|type_code` and the
+/// value `value`.
+pub(super) fn of_type_matches(
+    def: &ParamDef,
+    resource: &Value,
+    (type_system, type_code, value): (&str, &str, &str),
+) -> bool {
+    def.paths
+        .iter()
+        .filter(|p| p.kind == Kind::Identifier)
+        .flat_map(|p| selected(resource, &p.segs))
+        .any(|identifier| {
+            str_of(identifier, "value") == Some(value)
+                && identifier.get("type").is_some_and(|t| {
+                    member(t, "coding").into_iter().any(|c| {
+                        str_of(c, "system") == Some(type_system)
+                            && str_of(c, "code") == Some(type_code)
+                    })
+                })
+        })
+}
+
 #[derive(Debug)]
 pub(super) struct Tok {
     pub(super) system: Option<String>,

@@ -96,7 +96,7 @@ fn reference_candidates_and_errors() {
         Some("patient")
     );
     assert_eq!(
-        unknown_modifier(rt, &[("subject:identifier", "x|1")]),
+        unknown_modifier(rt, &[("subject:nonsense", "x|1")]),
         Some("subject")
     );
     // A chain (see tests::chains), not an unknown parameter.
@@ -142,4 +142,20 @@ fn references_for_includes() {
     assert!(references(rt, &heart_rate(), condition_patient).is_empty());
     let code = param(rt, "code").expect("code");
     assert!(references(rt, &heart_rate(), code).is_empty());
+}
+
+#[test]
+fn identifier_modifier_matches_the_references_identifier() {
+    let rt = ResourceType::OBSERVATION;
+    let doc = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"identifier": {"system": "urn:mrn", "value": "123"}}});
+    assert!(hit(rt, &doc, "subject:identifier", "urn:mrn|123"));
+    assert!(hit(rt, &doc, "subject:identifier", "123"));
+    assert!(!hit(rt, &doc, "subject:identifier", "urn:other|123"));
+    assert!(!hit(rt, &doc, "subject:identifier", "|123"));
+    assert!(!hit(rt, &doc, "subject:identifier", "urn:mrn|124"));
+    assert!(matches!(
+        error(rt, &[("subject:identifier", "urn:mrn|")]),
+        SearchError::Invalid { .. }
+    ));
 }

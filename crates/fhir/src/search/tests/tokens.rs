@@ -234,3 +234,35 @@ fn other_token_parameters() {
     assert!(hit(rt, &procedure, "date", "ge2030"));
     assert!(!hit(rt, &procedure, "date", "2019"));
 }
+
+#[test]
+fn of_type_matches_an_identifier_by_its_type_and_value() {
+    let rt = ResourceType::PATIENT;
+    let doc = json!({"resourceType": "Patient", "identifier": [
+        {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+         "system": "urn:mrn", "value": "123"},
+        {"system": "urn:ssn", "value": "456"}]});
+    let mr = "http://terminology.hl7.org/CodeSystem/v2-0203|MR";
+    assert!(hit(rt, &doc, "identifier:of-type", &format!("{mr}|123")));
+    assert!(!hit(rt, &doc, "identifier:of-type", &format!("{mr}|456")));
+    assert!(!hit(
+        rt,
+        &doc,
+        "identifier:of-type",
+        "http://terminology.hl7.org/CodeSystem/v2-0203|SS|123"
+    ));
+    for bad in ["123", "a|b", "|MR|123", "a|b|"] {
+        assert!(
+            matches!(
+                error(rt, &[("identifier:of-type", bad)]),
+                SearchError::Invalid { .. }
+            ),
+            "{bad}"
+        );
+    }
+    // Only on parameters over identifiers.
+    assert_eq!(
+        unknown_modifier(rt, &[("gender:of-type", "a|b|c")]),
+        Some("gender")
+    );
+}
