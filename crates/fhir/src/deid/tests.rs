@@ -418,6 +418,12 @@ fn searches_that_would_be_an_oracle_are_refused() {
         ("Patient", "birthdate=ge1984-07"),
         ("Observation", "date=2020-02-03"),
         ("Observation", "code:text=weight"),
+        ("Observation", "subject:identifier=urn:mrn|123"),
+        (
+            "Patient",
+            "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|123",
+        ),
+        ("Patient", "address-city=springfield"),
         ("Patient", "gender=female&_sort=birthdate"),
     ] {
         assert!(
