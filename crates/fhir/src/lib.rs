@@ -66,6 +66,7 @@ pub mod outcome;
 pub mod patch;
 mod schema;
 pub mod search;
+pub mod summary;
 mod types;
 mod validate;
 

@@ -1,5 +1,6 @@
 //! FHIR R4 REST handlers at `/fhir`: metadata, create, read, vread, update, delete, history.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use axum::Extension;
@@ -9,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use carevault_fhir::bundle::{BundleHead, BundleWriter};
 use carevault_fhir::outcome::{self, Severity};
+use carevault_fhir::summary::Narrowing;
 use carevault_fhir::{ResourceId, ResourceType};
 use serde_json::Value;
 
@@ -454,29 +456,27 @@ pub(crate) fn push_page(
     page: &carevault_server::records::SearchPage,
     query: &carevault_fhir::search::Query,
 ) -> Result<(), ApiError> {
+    let narrowing = Narrowing {
+        summary: query.summary,
+        elements: query.elements.clone(),
+    };
     for (mode, v) in page
         .matches
         .iter()
         .map(|v| ("match", v))
         .chain(page.included.iter().map(|v| ("include", v)))
     {
-        let reduced;
-        let resource: &[u8] = match &query.elements {
-            Some(elements) if mode == "match" => {
-                let mut json: Value = serde_json::from_slice(&v.json)
-                    .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
-                carevault_fhir::search::apply_elements(&mut json, elements);
-                reduced = json.to_string().into_bytes();
-                &reduced
-            }
-            _ => &v.json,
+        let resource = if mode == "match" {
+            narrowed(v, &narrowing)?
+        } else {
+            Cow::Borrowed(&v.json[..])
         };
         entries.push(
             &SearchEntry {
                 full_url: format!("{base}/{}/{}", v.rtype, v.id),
                 search: SearchMode { mode },
             },
-            Some(resource),
+            Some(&resource),
         )?;
     }
     Ok(())
@@ -594,6 +594,7 @@ pub async fn read(
     let rtype = resource_type(&rtype)?;
     let id = resource_id(&id)?;
     negotiate(&headers, &params)?;
+    let narrowing = read_narrowing(&params)?;
     match state
         .inner
         .records
@@ -604,7 +605,7 @@ pub async fn read(
             let mut resp = if not_modified(&headers, &v) {
                 StatusCode::NOT_MODIFIED.into_response()
             } else {
-                fhir_json(StatusCode::OK, v.json.clone())
+                fhir_json(StatusCode::OK, narrowed(&v, &narrowing)?.into_owned())
             };
             version_headers(&mut resp, &v);
             Ok(resp)
@@ -617,6 +618,29 @@ pub async fn read(
             Ok(resp)
         }
     }
+}
+
+/// A read's `_summary` and `_elements` (400 naming the parameter for a value R4 lacks).
+fn read_narrowing(params: &HashMap<String, String>) -> Result<Narrowing, ApiError> {
+    Narrowing::parse(
+        params.get("_summary").map(String::as_str),
+        params.get("_elements").map(String::as_str),
+    )
+    .map_err(|e| Error::BadRequest(e.to_string()).into())
+}
+
+/// A version's JSON as the client asked to see it: as stored, or parsed and narrowed.
+pub(crate) fn narrowed<'a>(
+    v: &'a Version,
+    narrowing: &Narrowing,
+) -> Result<Cow<'a, [u8]>, ApiError> {
+    if narrowing.is_whole() {
+        return Ok(Cow::Borrowed(&v.json[..]));
+    }
+    let mut json: Value = serde_json::from_slice(&v.json)
+        .map_err(|_| Error::Integrity("stored JSON does not parse".into()))?;
+    narrowing.apply(v.rtype, &mut json);
+    Ok(Cow::Owned(json.to_string().into_bytes()))
 }
 
 /// Conditional read (R4 3.1.0.2.1): `If-None-Match` naming the current version, or (without
@@ -654,12 +678,13 @@ pub async fn vread(
         .parse::<u32>()
         .map_err(|_| ApiError::Core(Error::NotFound))?;
     negotiate(&headers, &params)?;
+    let narrowing = read_narrowing(&params)?;
     let v = state
         .inner
         .records
         .vread(Caller::new(&p, &audit), rtype, &id, version)
         .await?;
-    let mut resp = fhir_json(StatusCode::OK, v.json.clone());
+    let mut resp = fhir_json(StatusCode::OK, narrowed(&v, &narrowing)?.into_owned());
     version_headers(&mut resp, &v);
     Ok(resp)
 }

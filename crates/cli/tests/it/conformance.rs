@@ -67,6 +67,7 @@ fn standard_clients_interactions_work_and_refusals_change_nothing() {
     bundles_posted_to_the_base_with_a_trailing_slash(api);
     let id = conditional_create(api);
     conditional_read(api, &id);
+    summary_and_elements(api, &id);
     conditional_update(api, &id);
     patch(api, &other.api, &id);
     validate(api, &srv);
@@ -265,6 +266,90 @@ fn conditional_read(api: &Api, id: &str) {
         None,
     );
     assert_eq!(r.status, 200);
+}
+
+/// The top-level keys of a resource, without `meta`.
+fn keys(resource: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = resource
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "meta")
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn subsetted(resource: &Value) -> bool {
+    resource["meta"]["tag"]
+        .as_array()
+        .is_some_and(|tags| tags.iter().any(|t| t["code"] == "SUBSETTED"))
+}
+
+/// `_summary` and `_elements` on read, vread and search; a value R4 lacks is a 400 naming the
+/// parameter only.
+fn summary_and_elements(api: &Api, id: &str) {
+    let path = format!("/fhir/Patient/{id}");
+    let whole = api.get(&path).json();
+    assert!(whole.get("gender").is_some() && !subsetted(&whole));
+    for (query, expected) in [
+        (
+            "_summary=true",
+            &[
+                "gender",
+                "id",
+                "identifier",
+                "managingOrganization",
+                "name",
+                "resourceType",
+            ][..],
+        ),
+        ("_summary=text", &["id", "resourceType"][..]),
+        ("_elements=gender", &["gender", "id", "resourceType"][..]),
+        (
+            "_summary=true&_elements=name",
+            &["id", "name", "resourceType"][..],
+        ),
+    ] {
+        let r = api.get(&format!("{path}?{query}"));
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        let narrowed = r.json();
+        assert_eq!(keys(&narrowed), expected, "{query}");
+        assert!(subsetted(&narrowed), "{query}");
+        let r = api.get(&format!("{path}/_history/1?{query}"));
+        assert_eq!(keys(&r.json()), expected, "vread {query}");
+    }
+    for query in ["_summary=false", "_summary=data"] {
+        let r = api.get(&format!("{path}?{query}"));
+        assert_eq!(
+            keys(&r.json()),
+            keys(&whole),
+            "{query} (no narrative stored)"
+        );
+    }
+    let r = api.get(&format!(
+        "/fhir/Patient?_id={id}&_summary=text&_elements=gender"
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let found = &r.json()["entry"][0]["resource"];
+    assert_eq!(
+        keys(found),
+        ["id", "resourceType"],
+        "summary, then elements"
+    );
+    let r = api.get(&format!("/fhir/Patient?_id={id}&_summary=true"));
+    assert_eq!(keys(&r.json()["entry"][0]["resource"]), keys(&whole));
+    for query in [
+        "_summary=count",
+        "_summary=CANARY-SUMMARY",
+        "_elements=CANARY-1%20x",
+    ] {
+        let r = api.get(&format!("{path}?{query}"));
+        assert_eq!(r.status, 400, "{query}: {}", r.text());
+        assert_eq!(r.json()["resourceType"], "OperationOutcome");
+        assert!(!r.text().contains("CANARY"), "{query}: {}", r.text());
+    }
 }
 
 fn conditional_update(api: &Api, id: &str) {

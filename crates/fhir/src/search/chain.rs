@@ -104,7 +104,7 @@ pub(super) fn parse_chain(
         None => (head, None),
     };
     let Some(def) = param(rtype, base) else {
-        return unknown(SearchError::Unknown(name.to_owned()));
+        return unknown(SearchError::unknown(rtype, name));
     };
     if def.ptype != ParamType::Reference {
         return Err(invalid(

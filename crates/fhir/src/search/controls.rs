@@ -1,9 +1,11 @@
 //! The result parameters of a search: `_count`, `_sort`, `_summary`, `_total`, `_include`,
-//! `_revinclude`, `_elements`, `_format` and `_page`.
+//! `_revinclude`, `_elements`, `_format` and `_page`; and `_totalMethod`, which fhirpy sends for a
+//! count (`count`, `estimate` or `none`, as `_total` says `accurate`, `estimate` or `none`).
 
 use super::params::{ParamDef, ParamType, param, params};
 use super::query::{Include, MAX_COUNT, Query, SearchError, SortKey, Total, invalid};
 use crate::ResourceType;
+use crate::summary::Summary;
 
 /// Parameters that `_sort` accepts (when the type has them).
 const SORTABLE: [&str; 4] = ["_lastUpdated", "date", "birthdate", "_id"];
@@ -15,6 +17,7 @@ pub(super) fn control_name(name: &str) -> Option<&'static str> {
         "_sort" => "_sort",
         "_summary" => "_summary",
         "_total" => "_total",
+        "_totalMethod" => "_totalMethod",
         "_include" => "_include",
         "_revinclude" => "_revinclude",
         "_elements" => "_elements",
@@ -35,11 +38,16 @@ pub(super) fn apply_control(
         "_sort" => query.sort = parse_sort(rtype, value)?,
         "_summary" => match value {
             "count" => query.summary_count = true,
-            "false" => {}
-            _ => return Err(invalid(control, "only count and false are supported")),
+            other => {
+                let summary = Summary::parse(other)
+                    .ok_or_else(|| invalid(control, "expected true, text, data, count or false"))?;
+                query.summary = Some(summary);
+            }
         },
-        "_total" => {
+        // fhirpy's `count()` asks `_totalMethod=count` (Aidbox's name for `_total`).
+        "_total" | "_totalMethod" => {
             query.total = match value {
+                "count" if control == "_totalMethod" => Total::Accurate,
                 "none" => Total::None,
                 "estimate" => Total::Estimate,
                 "accurate" => Total::Accurate,
@@ -157,7 +165,7 @@ fn parse_include(
         .collect())
 }
 
-fn parse_elements(value: &str) -> Result<Vec<String>, &'static str> {
+pub(crate) fn parse_elements(value: &str) -> Result<Vec<String>, &'static str> {
     let mut elements = Vec::new();
     for item in value.split(',') {
         let name = item.strip_suffix("[x]").unwrap_or(item);

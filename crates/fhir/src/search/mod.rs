@@ -108,6 +108,7 @@ mod tests;
 
 pub use candidates::{candidate_keys, id_candidates};
 pub use chain::{Chain, Has};
+pub(crate) use controls::parse_elements;
 pub use date::{MAX_BUCKET_YEAR, MAX_DAY_BUCKETS, MAX_MONTH_BUCKETS, MIN_BUCKET_YEAR};
 pub use definitions::{Skipped, definitions_json, skipped};
 pub use index::index_keys;
@@ -119,4 +120,5 @@ pub use query::{
     SearchValue, SortKey, Total,
 };
 pub use results::{apply_elements, elements_read, parse_members, references, sort_value};
+pub(crate) use results::{is_element, mark_subsetted};
 pub use string::{MAX_STRING_PREFIX, normalize_string};

@@ -83,7 +83,7 @@ pub fn parse_query(
                     param: &s.code,
                     reason: &s.reason,
                 },
-                None => SearchError::Unknown(name.clone()),
+                None => SearchError::unknown(rtype, name),
             });
         };
         match parse_clause(def, modifier, value)? {

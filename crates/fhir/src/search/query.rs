@@ -5,9 +5,10 @@ use std::fmt;
 use super::chain::{Chain, Has};
 use super::date::Range;
 use super::number::Dec;
-use super::params::ParamDef;
+use super::params::{ParamDef, params};
 use super::syntax::Prefix;
 use crate::ResourceType;
+use crate::summary::Summary;
 
 /// Page size when `_count` is absent.
 pub const DEFAULT_COUNT: u32 = 20;
@@ -39,6 +40,8 @@ pub struct Query {
     pub sort: Vec<SortKey>,
     /// `_summary=count`: only the total is wanted.
     pub summary_count: bool,
+    /// `_summary=true|text|data|false`: the part of each match wanted.
+    pub summary: Option<Summary>,
     /// `_total` (with `_summary=count`, at least [`Total::Accurate`] unless `estimate`).
     pub total: Total,
     /// `_include`s.
@@ -69,6 +72,7 @@ impl Query {
             count: DEFAULT_COUNT,
             sort: Vec::new(),
             summary_count: false,
+            summary: None,
             total: Total::None,
             include: Vec::new(),
             revinclude: Vec::new(),
@@ -223,10 +227,18 @@ pub struct Include {
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum SearchError {
-    /// An unknown parameter. The field holds the name as written (client input: do not log
-    /// or echo it); it is not displayed.
-    #[error("unknown search parameter")]
-    Unknown(String),
+    /// An unknown parameter. `name` holds the name as written (client input: do not log or
+    /// echo it) and is not displayed; `nearest` is the type's parameter closest to it by
+    /// spelling, if one is close (from the definitions, never the request), which is what the
+    /// message names.
+    #[error(
+        "unknown search parameter{}",
+        .nearest.map(|n| format!(" (did you mean {n}?)")).unwrap_or_default()
+    )]
+    Unknown {
+        name: String,
+        nearest: Option<&'static str>,
+    },
     /// A parameter R4 defines for the type that CareVault does not search, and why (both from
     /// the embedded definitions, never from the request).
     #[error("search parameter {param} is not supported ({reason})")]
@@ -253,7 +265,10 @@ pub enum SearchError {
 impl fmt::Debug for SearchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Unknown(_) => f.write_str("Unknown(..)"),
+            Self::Unknown { nearest, .. } => f
+                .debug_struct("Unknown")
+                .field("nearest", nearest)
+                .finish_non_exhaustive(),
             Self::Unsupported { param, .. } => {
                 f.debug_struct("Unsupported").field("param", param).finish()
             }
@@ -268,6 +283,54 @@ impl fmt::Debug for SearchError {
                 .finish(),
         }
     }
+}
+
+impl SearchError {
+    /// `name` (as written) is not a parameter of `rtype`; the error names the type's parameter
+    /// closest to it by spelling, when one is within two edits, as a hint that never repeats
+    /// what the client sent.
+    pub(super) fn unknown(rtype: ResourceType, name: &str) -> Self {
+        let written = name
+            .split([':', '.'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let nearest = (written.len() <= 64)
+            .then(|| {
+                params(rtype)
+                    .into_iter()
+                    .map(|def| {
+                        (
+                            edit_distance(&written, &def.name.to_ascii_lowercase()),
+                            def.name,
+                        )
+                    })
+                    .filter(|&(d, known)| d <= 2 && d * 2 <= known.len())
+                    .min()
+                    .map(|(_, known)| known)
+            })
+            .flatten();
+        SearchError::Unknown {
+            name: name.to_owned(),
+            nearest,
+        }
+    }
+}
+
+/// Levenshtein distance between two short strings (by character).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 pub(super) fn invalid(param: &'static str, reason: &'static str) -> SearchError {

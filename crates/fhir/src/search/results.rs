@@ -131,21 +131,27 @@ pub fn apply_elements(resource: &mut Value, elements: &[String]) {
     let Value::Object(map) = resource else {
         return;
     };
-    let wanted: Vec<&str> = elements
-        .iter()
-        .map(|e| e.strip_suffix("[x]").unwrap_or(e))
-        .filter(|e| !e.is_empty())
-        .collect();
     map.retain(|key, _| {
-        let base = key.strip_prefix('_').unwrap_or(key);
-        matches!(base, "resourceType" | "id" | "meta")
-            || wanted.iter().any(|w| {
-                base == *w
-                    || base
-                        .strip_prefix(w)
-                        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
-            })
+        matches!(key.as_str(), "resourceType" | "id" | "meta")
+            || elements.iter().any(|e| is_element(key, e))
     });
+    mark_subsetted(map);
+}
+
+/// Whether the JSON key `key` is the top-level element `element`: `_name` (a primitive's
+/// extensions) goes with `name`, and `value` or `value[x]` is `valueQuantity` etc.
+pub(crate) fn is_element(key: &str, element: &str) -> bool {
+    let key = key.strip_prefix('_').unwrap_or(key);
+    let stem = element.strip_suffix("[x]").unwrap_or(element);
+    !stem.is_empty()
+        && (key == stem
+            || key
+                .strip_prefix(stem)
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())))
+}
+
+/// Adds the `SUBSETTED` tag to `meta.tag` (once), making `meta` and `tag` if needed.
+pub(crate) fn mark_subsetted(map: &mut Map<String, Value>) {
     let meta = map
         .entry("meta")
         .or_insert_with(|| Value::Object(Map::new()));

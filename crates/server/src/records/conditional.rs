@@ -53,6 +53,7 @@ impl Records {
         query.summary_count = false;
         query.total = Total::None;
         query.elements = None;
+        query.summary = None;
         let mut page = self.search(caller, rtype, &query).await?;
         Ok(match page.matches.len() {
             0 => Selected::None,

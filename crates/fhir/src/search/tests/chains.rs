@@ -172,7 +172,7 @@ fn chain_and_has_errors_name_the_parameter_never_the_value() {
     );
     assert!(matches!(
         error(OBS, &[("nope.name", "x")]),
-        SearchError::Unknown(_)
+        SearchError::Unknown { .. }
     ));
     assert_eq!(
         unknown_modifier(OBS, &[("subject:Organization.name", "x")]),

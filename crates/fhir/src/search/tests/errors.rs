@@ -1,6 +1,34 @@
 use super::*;
 
 #[test]
+fn an_unknown_parameter_names_the_closest_known_one_and_never_what_was_written() {
+    let encounter = ResourceType::parse("Encounter").expect("type");
+    for (rt, written, nearest) in [
+        (encounter, "subjct", Some("subject")),
+        (encounter, "Subject", Some("subject")),
+        (encounter, "subjects:Patient", Some("subject")),
+        (ResourceType::PATIENT, "birth-date", Some("birthdate")),
+        (ResourceType::PATIENT, "familly", Some("family")),
+        (ResourceType::PATIENT, "_lastupdated", Some("_lastUpdated")),
+        (ResourceType::PATIENT, "xyzzy", None),
+        (ResourceType::PATIENT, "id", Some("_id")),
+        (ResourceType::PATIENT, CANARY, None),
+        (ResourceType::PATIENT, &"a".repeat(10_000), None),
+    ] {
+        let err = error(rt, &[(written, "x")]);
+        assert!(
+            matches!(&err, SearchError::Unknown { nearest: n, .. } if *n == nearest),
+            "{written}: {err:?}"
+        );
+        let expected = match nearest {
+            Some(n) => format!("unknown search parameter (did you mean {n}?)"),
+            None => "unknown search parameter".to_owned(),
+        };
+        assert_eq!(err.to_string(), expected);
+    }
+}
+
+#[test]
 fn errors_do_not_echo_values_or_unknown_names() {
     let cases: Vec<(ResourceType, Vec<(String, String)>)> = [
         (ResourceType::PATIENT, (CANARY, "x")),
@@ -38,7 +66,7 @@ fn errors_do_not_echo_values_or_unknown_names() {
         assert!(!format!("{err:?}").contains("CANARY"), "{list:?}: {err:?}");
     }
     assert_eq!(
-        SearchError::Unknown(CANARY.to_owned()).to_string(),
+        error(ResourceType::PATIENT, &[(CANARY, "x")]).to_string(),
         "unknown search parameter"
     );
     assert_eq!(

@@ -1,4 +1,5 @@
 use super::*;
+use crate::summary::Summary;
 
 #[test]
 fn defaults() {
@@ -17,7 +18,7 @@ fn unknown_parameters_and_lenient_mode() {
     let rt = ResourceType::PATIENT;
     for name in ["foo", "nope.family", "", "Name", "_pretty"] {
         assert!(
-            matches!(error(rt, &[(name, "x")]), SearchError::Unknown(n) if n == name),
+            matches!(error(rt, &[(name, "x")]), SearchError::Unknown { name: n, .. } if n == name),
             "{name}"
         );
     }
@@ -92,7 +93,28 @@ fn count_summary_total_page_format() {
     let q = query(rt, &[("_total", "none"), ("_summary", "count")]);
     assert_eq!(q.total, Total::Accurate);
     assert!(!query(rt, &[("_summary", "false")]).summary_count);
-    assert_eq!(invalid_param(rt, &[("_summary", "true")]), Some("_summary"));
+    for (value, summary) in [
+        ("true", Summary::True),
+        ("text", Summary::Text),
+        ("data", Summary::Data),
+        ("false", Summary::False),
+    ] {
+        let q = query(rt, &[("_summary", value)]);
+        assert_eq!(
+            (q.summary, q.summary_count),
+            (Some(summary), false),
+            "{value}"
+        );
+    }
+    assert_eq!(invalid_param(rt, &[("_summary", "TRUE")]), Some("_summary"));
+    // fhirpy's count(): `_count=0&_totalMethod=count`.
+    let q = query(rt, &[("_count", "0"), ("_totalMethod", "count")]);
+    assert_eq!((q.count, q.total), (0, Total::Accurate));
+    assert_eq!(
+        query(rt, &[("_totalMethod", "estimate")]).total,
+        Total::Estimate
+    );
+    assert_eq!(invalid_param(rt, &[("_total", "count")]), Some("_total"));
     assert_eq!(query(rt, &[("_total", "accurate")]).total, Total::Accurate);
     assert_eq!(query(rt, &[("_total", "estimate")]).total, Total::Estimate);
     assert_eq!(invalid_param(rt, &[("_total", "all")]), Some("_total"));
