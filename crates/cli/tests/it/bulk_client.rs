@@ -11,48 +11,12 @@
 //! value of the source reaches the files or the imported data.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use carevault_testkit::{Api, TestServer, output_text};
 use serde_json::{Value, json};
 
 use crate::{bin, observation, patient};
-
-/// The Node.js client's directory.
-fn client_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bulk-export")
-}
-
-/// `npm ci` once, if `node_modules` is missing, under a lock that other test processes
-/// (nextest runs each test in its own) wait on. Fails saying what to install when Node.js or
-/// npm is missing.
-fn ensure_client() -> PathBuf {
-    let dir = client_dir();
-    let have = |tool: &str| {
-        let found = Command::new(tool).arg("--version").output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "the bulk-data client test needs {tool}: apt-get install nodejs npm (.ci/run does)"
-        );
-    };
-    have("node");
-    let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bulk-export-npm-ci.lock");
-    let lock = std::fs::File::create(&lock_path).unwrap();
-    lock.lock().unwrap();
-    let installed = dir.join("node_modules/@medplum/core/package.json");
-    if !installed.exists() {
-        have("npm");
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "npm ci: {}", output_text(&out));
-    }
-    lock.unlock().unwrap();
-    dir
-}
 
 /// Every `Type/id` reference in `value`.
 fn references(value: &Value, out: &mut Vec<String>) {
@@ -78,7 +42,7 @@ fn total(api: &Api, rtype: &str) -> u64 {
 
 #[test]
 fn a_standard_bulk_data_client_exports_de_identified_and_the_result_imports_into_development() {
-    let client = ensure_client();
+    let client = crate::fhir_clients::npm_client("bulk-export", "@medplum/core");
     let tmp = tempfile::tempdir().unwrap();
     let pass = crate::tiers::passphrase_file(tmp.path());
     let prod = TestServer::start_with(

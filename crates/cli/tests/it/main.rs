@@ -25,6 +25,7 @@ mod differential;
 mod doctor;
 mod e2e;
 mod export;
+mod fhir_clients;
 mod fhirpatch;
 mod first_hour;
 mod health;
