@@ -1,7 +1,9 @@
 //! Differential search test: a generated population of 1,000 patients with 2,000 observations,
-//! loaded through transaction Bundles; hundreds of generated queries (every parameter type and
-//! date/quantity prefix) answered by the server and by the plain in-memory evaluator below, which
-//! shares no code with the server. Results must match exactly, including order and paging.
+//! 500 molecular sequences and 500 procedures, loaded through transaction Bundles; hundreds of
+//! generated queries (every parameter type: string, token, reference, date, quantity, number and
+//! uri, with their prefixes and modifiers, and chains and `_has` across types) answered by the
+//! server and by the plain in-memory evaluator below, which shares no code with the server.
+//! Results must match exactly, including order and paging.
 
 use std::collections::BTreeMap;
 
@@ -60,6 +62,15 @@ const CODES: &[(&str, &str, i64, i64)] = &[
     ("8310-5", "Cel", 35, 41),
 ];
 
+/// Protocol uris a procedure instantiates: a hierarchy for `:below` and `:above`, and a urn.
+const PROTOCOLS: &[&str] = &[
+    "http://example.org/protocols/cardio",
+    "http://example.org/protocols/cardio/echo",
+    "http://example.org/protocols/cardio/stress-test",
+    "http://example.org/protocols/ortho/knee",
+    "urn:oid:2.16.840.1.113883.3.1937.777",
+];
+
 /// Days since 1970-01-01 -> (y, m, d), proleptic Gregorian.
 fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
@@ -104,6 +115,29 @@ struct ObsRow {
     code: String,
     value: i64,
     day: i64,
+}
+
+/// A MolecularSequence: its patient and its one variant's start (a number parameter).
+#[derive(Clone, Debug)]
+struct SeqRow {
+    patient: String,
+    start: i64,
+}
+
+/// A Procedure: its patient and the protocol it instantiates (a uri parameter).
+#[derive(Clone, Debug)]
+struct ProcRow {
+    patient: String,
+    protocol: String,
+}
+
+/// Everything loaded, by the id the server assigned.
+#[derive(Default)]
+struct Loaded {
+    patients: BTreeMap<String, PatientRow>,
+    observations: BTreeMap<String, ObsRow>,
+    sequences: BTreeMap<String, SeqRow>,
+    procedures: BTreeMap<String, ProcRow>,
 }
 
 /// Accent-insensitive, case-insensitive normalization, written independently of the server.
@@ -180,44 +214,49 @@ fn generated_queries_match_an_independent_reference_evaluator() {
     let api = &clin.api;
     let mut rng = Rng(2026);
 
-    // Generate and load: 10 transaction Bundles of 100 patients with 2 observations each.
-    let mut patients: BTreeMap<String, PatientRow> = BTreeMap::new();
-    let mut observations: BTreeMap<String, ObsRow> = BTreeMap::new();
+    // Generate and load: 10 transaction Bundles of 100 patients with 2 observations each, and a
+    // molecular sequence and a procedure for every other patient.
+    let mut loaded = Loaded::default();
     let lo_day = days_from_civil(1930, 1, 1);
     let hi_day = days_from_civil(2020, 12, 31);
     for batch in 0..10 {
-        load_batch(
-            api,
-            &mut rng,
-            batch,
-            (lo_day, hi_day),
-            &mut patients,
-            &mut observations,
-        );
+        load_batch(api, &mut rng, batch, (lo_day, hi_day), &mut loaded);
     }
-    assert_eq!(patients.len(), 1000);
-    assert_eq!(observations.len(), 2000);
+    assert_eq!(loaded.patients.len(), 1000);
+    assert_eq!(loaded.observations.len(), 2000);
+    assert_eq!(loaded.sequences.len(), 500);
+    assert_eq!(loaded.procedures.len(), 500);
 
     // Generate queries with their expected answers.
     let mut queries: Vec<(String, Vec<String>)> = Vec::new();
-    let patient_ids: Vec<String> = patients.keys().cloned().collect();
-    patient_queries(&mut rng, &patients, (lo_day, hi_day), &mut queries);
-    observation_queries(&mut rng, &observations, &patient_ids, &mut queries);
-    gender_and_birthdate_queries(&mut rng, &patients, &mut queries);
-    assert!(queries.len() >= 300, "{} queries", queries.len());
+    let patient_ids: Vec<String> = loaded.patients.keys().cloned().collect();
+    patient_queries(&mut rng, &loaded.patients, (lo_day, hi_day), &mut queries);
+    observation_queries(&mut rng, &loaded.observations, &patient_ids, &mut queries);
+    gender_and_birthdate_queries(&mut rng, &loaded.patients, &mut queries);
+    number_and_uri_queries(&mut rng, &loaded, &mut queries);
+    chain_and_has_queries(&mut rng, &loaded, &mut queries);
+    assert!(queries.len() >= 400, "{} queries", queries.len());
 
     ask_the_server_and_compare(api, queries);
 }
 
-/// Generate one transaction Bundle of 100 patients with 2 observations each, load it, and record
-/// the rows under the ids the server assigned.
+/// One generated entry of a transaction Bundle, and the row it stands for once loaded.
+enum Pending {
+    Patient(String, PatientRow),
+    Observation(ObsRow),
+    Sequence(SeqRow),
+    Procedure(ProcRow),
+}
+
+/// Generate one transaction Bundle of 100 patients with 2 observations each (and a sequence
+/// and a procedure for every other patient), load it, and record the rows under the ids the
+/// server assigned.
 fn load_batch(
     api: &Api,
     rng: &mut Rng,
     batch: usize,
     (lo_day, hi_day): (i64, i64),
-    patients: &mut BTreeMap<String, PatientRow>,
-    observations: &mut BTreeMap<String, ObsRow>,
+    loaded: &mut Loaded,
 ) {
     let mut entries = Vec::new();
     let mut pending = Vec::new();
@@ -234,6 +273,7 @@ fn load_batch(
             "resourceType": "Patient", "name": [{"family": row.family}], "gender": row.gender,
             "birthDate": date_text(row.birth_day), "identifier": [{"system": "urn:mrn", "value": row.mrn}],
             "managingOrganization": {"reference": "Organization/org-a"}}}));
+        pending.push(Pending::Patient(urn.clone(), row));
         for _ in 0..2 {
             let (code, unit, min, max) = *rng.pick(CODES);
             let obs = ObsRow {
@@ -247,9 +287,28 @@ fn load_batch(
                 "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
                 "subject": {"reference": urn}, "effectiveDateTime": format!("{}T12:00:00Z", date_text(obs.day)),
                 "valueQuantity": {"value": obs.value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}}));
-            pending.push(obs);
+            pending.push(Pending::Observation(obs));
         }
-        patients.insert(urn, row);
+        if i % 2 == 0 {
+            let seq = SeqRow {
+                patient: urn.clone(),
+                start: rng.below(2000) as i64,
+            };
+            entries.push(json!({"request": {"method": "POST", "url": "MolecularSequence"}, "resource": {
+                "resourceType": "MolecularSequence", "coordinateSystem": 0,
+                "patient": {"reference": urn}, "variant": [{"start": seq.start, "end": seq.start + 1}]}}));
+            pending.push(Pending::Sequence(seq));
+            let proc = ProcRow {
+                patient: urn.clone(),
+                protocol: (*rng.pick(PROTOCOLS)).to_owned(),
+            };
+            entries.push(
+                json!({"request": {"method": "POST", "url": "Procedure"}, "resource": {
+                "resourceType": "Procedure", "status": "completed",
+                "subject": {"reference": urn}, "instantiatesUri": [proc.protocol]}}),
+            );
+            pending.push(Pending::Procedure(proc));
+        }
     }
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
     let r = api.request(
@@ -261,38 +320,35 @@ fn load_batch(
     assert_eq!(r.status, 200, "{}", r.text());
     // Map the generated urns and entries to the ids the server assigned.
     let response = r.json();
-    let mut urn_ids = BTreeMap::new();
-    for (entry, request) in response["entry"]
+    let ids: Vec<String> = response["entry"]
         .as_array()
         .unwrap()
         .iter()
-        .zip(bundle["entry"].as_array().unwrap())
-    {
-        if let Some(urn) = request["fullUrl"].as_str() {
-            urn_ids.insert(
-                urn.to_owned(),
-                entry["resource"]["id"].as_str().unwrap().to_owned(),
-            );
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), pending.len());
+    let mut urn_ids = BTreeMap::new();
+    for (id, p) in ids.iter().zip(&pending) {
+        if let Pending::Patient(urn, _) = p {
+            urn_ids.insert(urn.clone(), id.clone());
         }
     }
-    let mut obs_iter = pending.into_iter();
-    for (entry, request) in response["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(bundle["entry"].as_array().unwrap())
-    {
-        let id = entry["resource"]["id"].as_str().unwrap().to_owned();
-        match request["resource"]["resourceType"].as_str().unwrap() {
-            "Patient" => {
-                let urn = request["fullUrl"].as_str().unwrap();
-                let row = patients.remove(urn).unwrap();
-                patients.insert(id, row);
+    for (id, p) in ids.into_iter().zip(pending) {
+        match p {
+            Pending::Patient(_, row) => {
+                loaded.patients.insert(id, row);
             }
-            _ => {
-                let mut o = obs_iter.next().unwrap();
+            Pending::Observation(mut o) => {
                 o.patient = urn_ids[&o.patient].clone();
-                observations.insert(id, o);
+                loaded.observations.insert(id, o);
+            }
+            Pending::Sequence(mut q) => {
+                q.patient = urn_ids[&q.patient].clone();
+                loaded.sequences.insert(id, q);
+            }
+            Pending::Procedure(mut q) => {
+                q.patient = urn_ids[&q.patient].clone();
+                loaded.procedures.insert(id, q);
             }
         }
     }
@@ -422,6 +478,110 @@ fn observation_queries(
             all_obs(&|o| date_matches(prefix, range, o.day)),
         ));
     }
+}
+
+/// Number queries (a sequence's variant start, every prefix) and uri queries (a procedure's
+/// protocol: whole, `:below` a stem, `:above` a deeper uri).
+fn number_and_uri_queries(
+    rng: &mut Rng,
+    loaded: &Loaded,
+    queries: &mut Vec<(String, Vec<String>)>,
+) {
+    let seqs = |pred: &dyn Fn(&SeqRow) -> bool| matching(&loaded.sequences, pred);
+    for _ in 0..60 {
+        let prefix = *rng.pick(&["eq", "ne", "gt", "lt", "ge", "le"]);
+        let v = rng.below(2000) as i64;
+        queries.push((
+            format!("MolecularSequence?variant-start={prefix}{v}"),
+            seqs(&|q| quantity_matches(prefix, v, q.start)),
+        ));
+    }
+    let procs = |pred: &dyn Fn(&ProcRow) -> bool| matching(&loaded.procedures, pred);
+    for uri in PROTOCOLS {
+        queries.push((
+            format!("Procedure?instantiates-uri={}", crate::urlencode(uri)),
+            procs(&|q| q.protocol == *uri),
+        ));
+        queries.push((
+            format!("Procedure?instantiates-uri:below={}", crate::urlencode(uri)),
+            procs(&|q| q.protocol.starts_with(uri)),
+        ));
+        let deeper = format!("{uri}/v2");
+        queries.push((
+            format!(
+                "Procedure?instantiates-uri:above={}",
+                crate::urlencode(&deeper)
+            ),
+            procs(&|q| deeper.starts_with(&q.protocol)),
+        ));
+    }
+    queries.push((
+        "Procedure?instantiates-uri:below=http://example.org/protocols/".to_owned(),
+        procs(&|q| q.protocol.starts_with("http://example.org/protocols/")),
+    ));
+}
+
+/// Chains (a reference parameter followed into the Patient it names) and `_has` (patients
+/// named by an observation or a procedure that matches).
+fn chain_and_has_queries(rng: &mut Rng, loaded: &Loaded, queries: &mut Vec<(String, Vec<String>)>) {
+    let family_of = |pid: &str| fold(&loaded.patients[pid].family);
+    for _ in 0..20 {
+        let family = *rng.pick(FAMILIES);
+        let chars: Vec<char> = family.chars().collect();
+        let prefix: String = chars[..2.min(chars.len())].iter().collect();
+        let wanted = fold(&prefix);
+        queries.push((
+            format!(
+                "Observation?subject:Patient.family={}",
+                crate::urlencode(&prefix)
+            ),
+            matching(&loaded.observations, &|o| {
+                family_of(&o.patient).starts_with(&wanted)
+            }),
+        ));
+        queries.push((
+            format!(
+                "Procedure?patient.family:exact={}",
+                crate::urlencode(family)
+            ),
+            matching(&loaded.procedures, &|q| {
+                loaded.patients[&q.patient].family == family
+            }),
+        ));
+    }
+    for _ in 0..10 {
+        let mrn = format!("MRN{:05}", rng.below(1000));
+        queries.push((
+            format!("Observation?patient.identifier=urn:mrn%7C{mrn}"),
+            matching(&loaded.observations, &|o| {
+                loaded.patients[&o.patient].mrn == mrn
+            }),
+        ));
+    }
+    for (code, ..) in CODES {
+        let named = loaded.observations.values().filter(|o| o.code == *code);
+        queries.push((
+            format!("Patient?_has:Observation:subject:code={code}"),
+            distinct(named.map(|o| o.patient.clone())),
+        ));
+    }
+    for uri in PROTOCOLS {
+        let named = loaded.procedures.values().filter(|q| q.protocol == *uri);
+        queries.push((
+            format!(
+                "Patient?_has:Procedure:patient:instantiates-uri={}",
+                crate::urlencode(uri)
+            ),
+            distinct(named.map(|q| q.patient.clone())),
+        ));
+    }
+}
+
+/// The distinct ids, sorted.
+fn distinct(ids: impl Iterator<Item = String>) -> Vec<String> {
+    ids.collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect()
 }
 
 /// Patient queries combining gender and birthdate.
