@@ -83,7 +83,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,vread,search-patient,search-name,create,update,transaction,mixed,baseline-read"
+        default_value = "read,vread,search-patient,search-name,search-encounter,search-chain,create,update,transaction,mixed,baseline-read"
     )]
     workloads: Vec<String>,
     /// Keep the data directory, seed files and accounts here; a later run reuses them.

@@ -16,6 +16,8 @@ struct Patient {
     id: String,
     /// A name prefix to search by: the first three letters of the family name.
     name_prefix: String,
+    /// `system|value` of the patient's first identifier (the seed's MRN), for chained searches.
+    identifier: String,
 }
 
 /// One organization's share of the seeded data.
@@ -51,8 +53,17 @@ impl Population {
             let id = p["id"].as_str().unwrap_or_default().to_owned();
             let family = p["name"][0]["family"].as_str().unwrap_or("A");
             let name_prefix: String = family.chars().take(3).collect();
+            let identifier = format!(
+                "{}|{}",
+                p["identifier"][0]["system"].as_str().unwrap_or_default(),
+                p["identifier"][0]["value"].as_str().unwrap_or_default()
+            );
             where_is.insert(id.clone(), (org - 1, clinic.patients.len()));
-            clinic.patients.push(Patient { id, name_prefix });
+            clinic.patients.push(Patient {
+                id,
+                name_prefix,
+                identifier,
+            });
         }
         let observations = std::fs::read_to_string(seed_dir.join("Observation.ndjson"))?;
         for line in observations.lines() {
@@ -116,6 +127,10 @@ enum Kind {
     Vread,
     SearchPatient,
     SearchName,
+    /// `Encounter?subject=Patient/{id}`: a standard R4 parameter the first table lacked.
+    SearchEncounter,
+    /// `Observation?subject:Patient.identifier=system|value`: a one-level chain.
+    SearchChain,
     /// `Patient/{id}/$everything`, one page holding the whole compartment.
     Everything,
     Create,
@@ -158,6 +173,17 @@ impl Mix {
             Kind::SearchName => {
                 let p = pick(rng, &clinic.patients);
                 get(format!("/fhir/Patient?name={}", encode(&p.name_prefix)))
+            }
+            Kind::SearchEncounter => {
+                let p = pick(rng, &clinic.patients);
+                get(format!("/fhir/Encounter?subject=Patient/{}", p.id))
+            }
+            Kind::SearchChain => {
+                let p = pick(rng, &clinic.patients);
+                get(format!(
+                    "/fhir/Observation?subject:Patient.identifier={}&_count=100",
+                    encode(&p.identifier)
+                ))
             }
             Kind::Everything => {
                 let p = pick(rng, &clinic.patients);
@@ -252,13 +278,15 @@ fn kind_of(name: &str) -> Result<Kind> {
         "vread" => Kind::Vread,
         "search-patient" => Kind::SearchPatient,
         "search-name" => Kind::SearchName,
+        "search-encounter" => Kind::SearchEncounter,
+        "search-chain" => Kind::SearchChain,
         "everything" => Kind::Everything,
         "create" => Kind::Create,
         "update" => Kind::Update,
         "transaction" => Kind::Transaction,
         "mixed" => Kind::Mixed,
         other => bail!(
-            "unknown workload {other}; known: read, vread, search-patient, search-name, everything, create, update, transaction, mixed, baseline-read, baseline-vread"
+            "unknown workload {other}; known: read, vread, search-patient, search-name, search-encounter, search-chain, everything, create, update, transaction, mixed, baseline-read, baseline-vread"
         ),
     };
     if is_baseline(name) && !matches!(kind, Kind::Read | Kind::Vread) {

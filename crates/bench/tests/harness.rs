@@ -145,6 +145,8 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
             "vread",
             "search-patient",
             "search-name",
+            "search-encounter",
+            "search-chain",
             "create",
             "update",
             "transaction",
