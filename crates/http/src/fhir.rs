@@ -56,38 +56,46 @@ pub(crate) fn negotiate_pairs(
 
 fn negotiate_format(headers: &HeaderMap, format: Option<&str>) -> Result<(), ApiError> {
     if let Some(format) = format {
-        return match format {
-            "json" | "application/json" | "application/fhir+json" | "application/json+fhir" => {
-                Ok(())
-            }
-            _ => Err(ApiError::NotAcceptable),
+        return if answerable(format, false) {
+            Ok(())
+        } else {
+            Err(ApiError::NotAcceptable)
         };
     }
     let Some(accept) = headers.get(header::ACCEPT) else {
         return Ok(());
     };
     let accept = accept.to_str().map_err(|_| ApiError::NotAcceptable)?;
-    let ok = accept.split(',').any(|range| {
-        let media = range
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        matches!(
-            media.as_str(),
-            "" | "*/*"
-                | "application/*"
-                | "application/json"
-                | "application/fhir+json"
-                | "application/json+fhir"
-        )
-    });
-    if ok {
+    if accept.split(',').any(|range| answerable(range, true)) {
         Ok(())
     } else {
         Err(ApiError::NotAcceptable)
     }
+}
+
+/// Whether CareVault answers the media type `range` asks for (an `Accept` range, or a
+/// `_format` value, which may also say `json`): JSON, of FHIR R4 when a `fhirVersion`
+/// parameter names a version. Wildcards only in `Accept`.
+fn answerable(range: &str, accept: bool) -> bool {
+    let mut parts = range.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let r4 = parts.all(|param| match param.split_once('=') {
+        Some((name, version)) if name.trim().eq_ignore_ascii_case("fhirVersion") => {
+            let version = version.trim().trim_matches('"');
+            version == "4.0" || version.starts_with("4.0.")
+        }
+        _ => true,
+    });
+    let json = matches!(
+        media.as_str(),
+        "application/json" | "application/fhir+json" | "application/json+fhir"
+    );
+    let other = if accept {
+        matches!(media.as_str(), "" | "*/*" | "application/*")
+    } else {
+        media == "json"
+    };
+    r4 && (json || other)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -150,15 +150,47 @@ fn wrong_content_types_and_formats(api: &Api, id: &str) {
         406,
         "_format=xml",
     );
-    assert_eq!(
-        api.request(
+    // What clients send: media type parameters, FHIR R4 named by version, wildcards.
+    let read = format!("/fhir/Patient/{id}");
+    for accept in [
+        "application/fhir+json",
+        "application/fhir+json; fhirVersion=4.0",
+        "application/fhir+json;fhirVersion=4.0.1;charset=utf-8",
+        "application/json",
+        "*/*",
+        "application/fhir+xml;q=1.0, application/fhir+json;q=0.9",
+    ] {
+        let r = api.request("GET", &read, &[("Accept", accept)], None);
+        assert_eq!(r.status, 200, "{accept}");
+    }
+    for format in [
+        "json",
+        "application/fhir%2Bjson",
+        "application/fhir%2Bjson;%20fhirVersion=4.0",
+    ] {
+        assert_eq!(
+            api.get(&format!("{read}?_format={format}")).status,
+            200,
+            "{format}"
+        );
+    }
+    // Another FHIR version is not answered as if it were R4.
+    assert_outcome(
+        &api.request(
             "GET",
-            &format!("/fhir/Patient/{id}"),
-            &[("Accept", "application/fhir+json")],
-            None
-        )
-        .status,
-        200
+            &read,
+            &[("Accept", "application/fhir+json; fhirVersion=3.0")],
+            None,
+        ),
+        406,
+        "STU3 asked for",
+    );
+    assert_outcome(
+        &api.get(&format!(
+            "{read}?_format=application/fhir%2Bjson;fhirVersion=5.0"
+        )),
+        406,
+        "R5 asked for",
     );
 }
 
