@@ -545,11 +545,35 @@ fn r4_parameters_search_and_data_indexed_before_them_is_found_after_a_restart() 
                "patient": {"reference": format!("Patient/{dead}")},
                "referenceSeq": {"windowStart": 100, "windowEnd": 200}}),
     );
+    let response = create(
+        api,
+        json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+               "questionnaire": "http://example.org/Questionnaire/phq-9|2.0",
+               "subject": {"reference": format!("Patient/{alive}")}}),
+    );
     let check = |api: &Api| {
         let q = |query: &str| ids(api, query).0;
         assert_eq!(
             q(&format!("/fhir/Encounter?subject=Patient/{alive}")),
             set(&[&enc])
+        );
+        // A reference by canonical URL: any version, or the one named.
+        let phq9 = "http://example.org/Questionnaire/phq-9";
+        assert_eq!(
+            q(&format!("/fhir/QuestionnaireResponse?questionnaire={phq9}")),
+            set(&[&response])
+        );
+        assert_eq!(
+            q(&format!(
+                "/fhir/QuestionnaireResponse?questionnaire={phq9}%7C2.0"
+            )),
+            set(&[&response])
+        );
+        assert!(
+            q(&format!(
+                "/fhir/QuestionnaireResponse?questionnaire={phq9}%7C1.0"
+            ))
+            .is_empty()
         );
         assert_eq!(q("/fhir/Patient?deceased=true"), set(&[&dead]));
         assert_eq!(q("/fhir/Patient?deceased=false"), set(&[&alive]));

@@ -43,6 +43,9 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
         (Sv::Ref { rtype, id }, ParamType::Reference) => {
             Some(reference::candidate_keys(def, *rtype, id))
         }
+        (Sv::Canonical { url, version }, ParamType::Reference) => {
+            Some(reference::canonical_candidate_keys(url, version.as_deref()))
+        }
         (Sv::Date { prefix, range }, ParamType::Date) => date::candidate_keys(*prefix, *range),
         (Sv::Quantity { units, .. }, ParamType::Quantity) => Some(quantity::candidate_keys(units)),
         (Sv::Number { .. }, ParamType::Number) => Some(vec!["n:*".to_owned()]),

@@ -112,6 +112,12 @@ pub(super) fn parse_chain(
             "only a reference parameter can be chained",
         ));
     }
+    if !def.refers_by_id() {
+        return Err(invalid(
+            def.name,
+            "a reference by canonical URL cannot be chained",
+        ));
+    }
     if inner_name.contains('.') || inner_name.starts_with("_has") {
         return Err(invalid(def.name, ONE_LEVEL));
     }
@@ -198,7 +204,9 @@ pub(super) fn parse_has(
     let Ok(source) = ResourceType::parse(source) else {
         return unknown("unknown resource type");
     };
-    let Some(def) = param(source, reference).filter(|d| d.ptype == ParamType::Reference) else {
+    let Some(def) =
+        param(source, reference).filter(|d| d.ptype == ParamType::Reference && d.refers_by_id())
+    else {
         return unknown("not a reference parameter of the source type");
     };
     if !def.targets_type(rtype) {

@@ -141,6 +141,7 @@ fn parse_include(
     }
     let usable = |def: &ParamDef| {
         def.ptype == ParamType::Reference
+            && def.refers_by_id()
             && target.is_none_or(|t| def.targets_type(t))
             && (!reverse || def.targets_type(rtype))
     };

@@ -8,7 +8,7 @@
 //! FHIR datatype of its values, which decides how they are indexed and matched ([`Kind`]).
 //!
 //! A parameter is left out, whole, when one of its paths cannot be searched as its type says
-//! (a `Range` in a quantity parameter, a `canonical` in a reference parameter, ...): leaving
+//! (a `Range` in a quantity parameter, an `Attachment` in a reference parameter, ...): leaving
 //! out one path would silently miss the resources whose value sits there. Composite and special
 //! parameters and those without an expression (`_text`, `_content`, `_query`) are left out too.
 //! [`skipped`] lists every one with the reason; a test pins the list.
@@ -332,6 +332,7 @@ fn kind_of(ptype: ParamType, ty: &str, segs: &[Seg]) -> Result<Kind, String> {
             _ => Kind::Contact,
         },
         (ParamType::Reference, "Reference") => Kind::Reference,
+        (ParamType::Reference, "canonical" | "uri") => Kind::Canonical,
         (ParamType::String, "string" | "markdown" | "code" | "id" | "uri") => Kind::Str,
         (ParamType::String, "HumanName") => Kind::HumanName,
         (ParamType::String, "Address") => Kind::Address,
@@ -398,8 +399,6 @@ mod tests {
     /// references by canonical URL or uri, quantities that may be Ranges, references to
     /// resources inside the Bundle or to an Attachment.
     const LEFT_OUT_BECAUSE: &[&str] = &[
-        "a canonical element in a Reference parameter",
-        "a uri element in a Reference parameter",
         "a Range element in a Quantity parameter",
         "a Range element in a Number parameter",
         "a ResourceList element in a Reference parameter",

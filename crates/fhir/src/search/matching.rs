@@ -7,7 +7,7 @@ use super::number::number_matches;
 use super::params::{ParamDef, ParamType, belongs};
 use super::quantity::{quantities, units_match};
 use super::query::{Clause, Sv};
-use super::reference::{identifier_matches, reference_values};
+use super::reference::{canonical_matches, canonical_values, identifier_matches, reference_values};
 use super::string::{normalize_string, strings};
 use super::syntax::{Modifier, parse_modifier};
 use super::token::{of_type_matches, token_matches, token_texts, tokens};
@@ -82,10 +82,14 @@ pub fn matches(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool {
         }
         ParamType::Reference => {
             let refs = reference_values(def, resource);
+            let canonicals = canonical_values(def, resource);
             values.iter().any(|v| match &v.0 {
                 Sv::Ref { rtype, id } => refs
                     .iter()
                     .any(|(t, i)| i == id && rtype.is_none_or(|r| r == *t)),
+                Sv::Canonical { url, version } => canonicals
+                    .iter()
+                    .any(|c| canonical_matches(url, version.as_deref(), c)),
                 _ => false,
             })
         }
@@ -135,7 +139,10 @@ fn has_value(def: &ParamDef, resource: &Value) -> bool {
         ParamType::Token => {
             !tokens(def, resource).is_empty() || !token_texts(def, resource).is_empty()
         }
-        ParamType::Reference => !reference_values(def, resource).is_empty(),
+        ParamType::Reference => {
+            !reference_values(def, resource).is_empty()
+                || !canonical_values(def, resource).is_empty()
+        }
         ParamType::String => !strings(def, resource).is_empty(),
         ParamType::Date => !ranges(def, resource).is_empty(),
         ParamType::Quantity => !quantities(def, resource).is_empty(),

@@ -90,6 +90,8 @@ pub(super) enum Kind {
     /// Any `ContactPoint` (its value, normalized by its own system).
     Contact,
     Reference,
+    /// A `canonical` (or `uri`) element of a reference parameter: a URL, maybe `url|version`.
+    Canonical,
     HumanName,
     Address,
     Str,
@@ -175,6 +177,17 @@ impl ParamDef {
     }
 
     /// The contact-point kind whose normalization applies to this parameter's codes.
+    /// Whether a path of this (reference) parameter holds literal references (`Type/id`), which
+    /// chains, `_has` and `_include` follow; canonical URLs they do not.
+    pub(super) fn refers_by_id(&self) -> bool {
+        self.paths.iter().any(|p| p.kind == Kind::Reference)
+    }
+
+    /// Whether a path of this (reference) parameter holds canonical URLs.
+    pub(super) fn has_canonical(&self) -> bool {
+        self.paths.iter().any(|p| p.kind == Kind::Canonical)
+    }
+
     pub(super) fn contact_kind(&self) -> Option<&Kind> {
         self.paths
             .iter()

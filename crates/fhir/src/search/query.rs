@@ -122,6 +122,7 @@ impl fmt::Debug for SearchValue {
             Sv::Text(_) => "text",
             Sv::Str { .. } => "string",
             Sv::Ref { .. } => "reference",
+            Sv::Canonical { .. } => "canonical",
             Sv::Date { .. } => "date",
             Sv::Quantity { .. } => "quantity",
             Sv::Number { .. } => "number",
@@ -151,6 +152,12 @@ pub(super) enum Sv {
     Ref {
         rtype: Option<ResourceType>,
         id: String,
+    },
+    /// A canonical URL, and the version asked for (`url|version`), for a reference parameter
+    /// whose elements are canonical.
+    Canonical {
+        url: String,
+        version: Option<String>,
     },
     Date {
         prefix: Prefix,

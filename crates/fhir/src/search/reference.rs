@@ -1,4 +1,7 @@
-//! Reference parameters: literal references (`Type/id`, with a version or as an absolute URL).
+//! Reference parameters: literal references (`Type/id`, with a version or as an absolute URL),
+//! and canonical references (R4 3.1.1.4.7.1): a `canonical` or `uri` element holds a URL, maybe
+//! `url|version`; `?param=url` matches it with any version, `?param=url|version` that version
+//! only. No R4 parameter mixes the two kinds of element.
 
 use std::collections::BTreeSet;
 
@@ -16,6 +19,17 @@ pub(super) fn parse_reference(
     modifier: Modifier,
     value: &str,
 ) -> Result<Sv, &'static str> {
+    if def.has_canonical() && !matches!(modifier, Modifier::Type(_)) && is_canonical_url(value) {
+        let (url, version) = match value.split_once('|') {
+            Some((url, version)) if !version.is_empty() => (url, Some(version.to_owned())),
+            Some(_) => return Err("invalid canonical reference"),
+            None => (value, None),
+        };
+        return Ok(Sv::Canonical {
+            url: url.to_owned(),
+            version,
+        });
+    }
     let (rtype, id) = if value.contains('/') {
         let (rtype, id) = literal_reference(value).ok_or("invalid reference")?;
         (Some(rtype), id.to_owned())
@@ -54,6 +68,31 @@ pub(super) fn reference_values(def: &ParamDef, resource: &Value) -> Vec<(Resourc
         }
     }
     out
+}
+
+/// The canonical URLs (as stored, maybe `url|version`) of a reference parameter.
+pub(super) fn canonical_values<'a>(def: &ParamDef, resource: &'a Value) -> Vec<&'a str> {
+    def.paths
+        .iter()
+        .filter(|p| p.kind == Kind::Canonical)
+        .flat_map(|p| selected(resource, &p.segs))
+        .filter_map(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether the stored canonical `found` is `url` (any version, or exactly `version`).
+pub(super) fn canonical_matches(url: &str, version: Option<&str>, found: &str) -> bool {
+    let (found_url, found_version) = match found.split_once('|') {
+        Some((u, v)) => (u, Some(v)),
+        None => (found, None),
+    };
+    found_url == url && version.is_none_or(|v| found_version == Some(v))
+}
+
+/// A canonical reference is an absolute URL or a URN (`urn:uuid:...`, `urn:oid:...`).
+fn is_canonical_url(value: &str) -> bool {
+    is_absolute_url(value) || value.starts_with("urn:")
 }
 
 /// Whether some reference of the parameter carries the identifier `system|value`
@@ -118,11 +157,26 @@ fn is_absolute_url(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
 
-/// The index keys of a reference parameter: `r:Type/id`.
+/// The index keys of a reference parameter: `r:Type/id`; for a canonical, `i:url` and, when
+/// it names a version, `i:url|version`.
 pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
     for (rtype, id) in reference_values(def, resource) {
         keys.insert(format!("r:{rtype}/{id}"));
     }
+    for canonical in canonical_values(def, resource) {
+        if let Some((url, _)) = canonical.split_once('|') {
+            keys.insert(format!("i:{url}"));
+        }
+        keys.insert(format!("i:{canonical}"));
+    }
+}
+
+/// The candidate key of a canonical value: the URL, with its version when one is asked.
+pub(super) fn canonical_candidate_keys(url: &str, version: Option<&str>) -> Vec<String> {
+    vec![match version {
+        Some(v) => format!("i:{url}|{v}"),
+        None => format!("i:{url}"),
+    }]
 }
 
 /// The candidate keys of a reference value: one per target type for a bare id (see

@@ -159,3 +159,65 @@ fn identifier_modifier_matches_the_references_identifier() {
         SearchError::Invalid { .. }
     ));
 }
+
+#[test]
+fn canonical_references_match_by_url_with_any_version_or_the_one_asked() {
+    let rt = ResourceType::parse("QuestionnaireResponse").expect("type");
+    let url = "http://example.org/Questionnaire/phq-9";
+    let versioned = json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+        "questionnaire": format!("{url}|2.0")});
+    let plain = json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+        "questionnaire": url});
+    for (resource, value, expected) in [
+        (&versioned, url.to_owned(), true),
+        (&versioned, format!("{url}|2.0"), true),
+        (&versioned, format!("{url}|1.0"), false),
+        (&versioned, format!("{url}-short"), false),
+        (&plain, url.to_owned(), true),
+        (&plain, format!("{url}|2.0"), false),
+        (&plain, format!("urn:oid:1.2.3,{url}"), true),
+        (&plain, "phq-9".to_owned(), false),
+    ] {
+        assert_eq!(
+            hit(rt, resource, "questionnaire", &value),
+            expected,
+            "{value} on {resource}"
+        );
+    }
+    assert!(hit(rt, &versioned, "questionnaire:missing", "false"));
+    assert!(hit(
+        rt,
+        &json!({"resourceType": "QuestionnaireResponse", "status": "completed"}),
+        "questionnaire:missing",
+        "true"
+    ));
+    // A CarePlan's instantiatesCanonical, a list of canonicals.
+    let plan = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan",
+        "subject": {"reference": "Patient/p1"},
+        "instantiatesCanonical": ["http://example.org/PlanDefinition/a", "http://example.org/PlanDefinition/b|3"]});
+    let care_plan = ResourceType::parse("CarePlan").expect("type");
+    assert!(hit(
+        care_plan,
+        &plan,
+        "instantiates-canonical",
+        "http://example.org/PlanDefinition/b"
+    ));
+    assert!(!hit(
+        care_plan,
+        &plan,
+        "instantiates-canonical",
+        "http://example.org/PlanDefinition/c"
+    ));
+    // What cannot follow a canonical: chains, _has, _include; an empty version is invalid.
+    assert_eq!(
+        invalid(rt, &[("questionnaire.name", "x")]),
+        Some((
+            "questionnaire",
+            "a reference by canonical URL cannot be chained"
+        ))
+    );
+    assert_eq!(
+        invalid(rt, &[("questionnaire", &format!("{url}|"))]),
+        Some(("questionnaire", "invalid canonical reference"))
+    );
+}
