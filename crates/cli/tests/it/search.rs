@@ -551,8 +551,17 @@ fn r4_parameters_search_and_data_indexed_before_them_is_found_after_a_restart() 
                "questionnaire": "http://example.org/Questionnaire/phq-9|2.0",
                "subject": {"reference": format!("Patient/{alive}")}}),
     );
+    let years = |v: i64| json!({"value": v, "system": "http://unitsofmeasure.org", "code": "a"});
+    let condition = create(
+        api,
+        json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{alive}")},
+               "onsetRange": {"low": years(40), "high": years(50)}}),
+    );
     let check = |api: &Api| {
         let q = |query: &str| ids(api, query).0;
+        // An age that is a Range: some of it above 45, none of it above 50.
+        assert_eq!(q("/fhir/Condition?onset-age=gt45"), set(&[&condition]));
+        assert!(q("/fhir/Condition?onset-age=gt50").is_empty());
         assert_eq!(
             q(&format!("/fhir/Encounter?subject=Patient/{alive}")),
             set(&[&enc])
@@ -615,11 +624,14 @@ fn r4_parameters_search_and_data_indexed_before_them_is_found_after_a_restart() 
         assert!(q("/fhir/MolecularSequence?window-start=lt100").is_empty());
     };
     check(api);
-    // A parameter R4 defines that CareVault leaves out (an age may be a Range) is refused by
+    // A parameter R4 defines that CareVault leaves out (a composite, a special) is refused by
     // name, as an unknown one is.
     for (path, name) in [
-        ("/fhir/Condition?onset-age=5", "onset-age"),
-        ("/fhir/RiskAssessment?probability=gt0.5", "probability"),
+        (
+            "/fhir/Observation?code-value-quantity=8867-4$gt70",
+            "code-value-quantity",
+        ),
+        ("/fhir/Location?near=42.2|-71.1|10|km", "near"),
     ] {
         let r = api.get(path);
         assert_eq!(r.status, 400, "{}", r.text());

@@ -8,7 +8,7 @@
 //! FHIR datatype of its values, which decides how they are indexed and matched ([`Kind`]).
 //!
 //! A parameter is left out, whole, when one of its paths cannot be searched as its type says
-//! (a `Range` in a quantity parameter, an `Attachment` in a reference parameter, ...): leaving
+//! (an `Attachment` in a reference parameter, ...): leaving
 //! out one path would silently miss the resources whose value sits there. Composite and special
 //! parameters and those without an expression (`_text`, `_content`, `_query`) are left out too.
 //! [`skipped`] lists every one with the reason; a test pins the list.
@@ -346,6 +346,7 @@ fn kind_of(ptype: ParamType, ty: &str, segs: &[Seg]) -> Result<Kind, String> {
             "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity" | "Money",
         ) => Kind::Quantity,
         (ParamType::Number, "decimal" | "integer" | "positiveInt" | "unsignedInt") => Kind::Number,
+        (ParamType::Quantity | ParamType::Number, "Range") => Kind::Range,
         (ParamType::Uri, "uri" | "url" | "canonical" | "oid" | "uuid") => Kind::Uri,
         (ptype, ty) => return Err(format!("a {ty} element in a {ptype:?} parameter")),
     };
@@ -399,8 +400,6 @@ mod tests {
     /// references by canonical URL or uri, quantities that may be Ranges, references to
     /// resources inside the Bundle or to an Attachment.
     const LEFT_OUT_BECAUSE: &[&str] = &[
-        "a Range element in a Quantity parameter",
-        "a Range element in a Number parameter",
         "a ResourceList element in a Reference parameter",
         "a Attachment element in a Reference parameter",
         "a phonetic match needs an algorithm R4 leaves to each server; use name",

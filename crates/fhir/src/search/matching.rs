@@ -3,9 +3,9 @@
 use serde_json::Value;
 
 use super::date::{date_matches, ranges};
-use super::number::number_matches;
+use super::number::{number_matches, range_matches};
 use super::params::{ParamDef, ParamType, belongs};
-use super::quantity::{quantities, units_match};
+use super::quantity::{quantities, units_match, value_ranges};
 use super::query::{Clause, Sv};
 use super::reference::{canonical_matches, canonical_values, identifier_matches, reference_values};
 use super::string::{normalize_string, strings};
@@ -104,22 +104,34 @@ pub fn matches(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool {
         }
         ParamType::Quantity => {
             let found = quantities(def, resource);
+            let ranges = value_ranges(def, resource);
             values.iter().any(|v| match &v.0 {
                 Sv::Quantity {
                     prefix,
                     number,
                     units,
-                } => found
-                    .iter()
-                    .any(|q| units_match(units, q) && number_matches(*prefix, *number, q.value)),
+                } => {
+                    found
+                        .iter()
+                        .any(|q| units_match(units, q) && number_matches(*prefix, *number, q.value))
+                        || ranges.iter().any(|r| {
+                            let (low, high) = r.bounds();
+                            r.units_match(units) && range_matches(*prefix, *number, low, high)
+                        })
+                }
                 _ => false,
             })
         }
         ParamType::Number => {
             let found = numbers(def, resource);
+            let ranges = value_ranges(def, resource);
             values.iter().any(|v| match &v.0 {
                 Sv::Number { prefix, number } => {
                     found.iter().any(|n| number_matches(*prefix, *number, *n))
+                        || ranges.iter().any(|r| {
+                            let (low, high) = r.bounds();
+                            range_matches(*prefix, *number, low, high)
+                        })
                 }
                 _ => false,
             })
@@ -145,8 +157,12 @@ fn has_value(def: &ParamDef, resource: &Value) -> bool {
         }
         ParamType::String => !strings(def, resource).is_empty(),
         ParamType::Date => !ranges(def, resource).is_empty(),
-        ParamType::Quantity => !quantities(def, resource).is_empty(),
-        ParamType::Number => !numbers(def, resource).is_empty(),
+        ParamType::Quantity => {
+            !quantities(def, resource).is_empty() || !value_ranges(def, resource).is_empty()
+        }
+        ParamType::Number => {
+            !numbers(def, resource).is_empty() || !value_ranges(def, resource).is_empty()
+        }
         ParamType::Uri => !uris(def, resource).is_empty(),
     }
 }

@@ -152,14 +152,7 @@ fn dec_cmp(a: Dec, b: Dec) -> Ordering {
 
 /// The R4 number semantics; `n` is the query number (its digits give the precision).
 pub(super) fn number_matches(prefix: Prefix, n: Dec, v: Dec) -> bool {
-    let lo = Dec {
-        m: n.m.saturating_mul(10).saturating_sub(5),
-        e: n.e - 1,
-    };
-    let hi = Dec {
-        m: n.m.saturating_mul(10).saturating_add(5),
-        e: n.e - 1,
-    };
+    let (lo, hi) = implicit_range(n);
     let at_least = |a: Dec, b: Dec| dec_cmp(a, b) != Ordering::Less;
     let within = at_least(v, lo) && dec_cmp(v, hi) == Ordering::Less;
     match prefix {
@@ -172,18 +165,62 @@ pub(super) fn number_matches(prefix: Prefix, n: Dec, v: Dec) -> bool {
         Prefix::Sa => at_least(v, hi),
         Prefix::Eb => dec_cmp(v, lo) == Ordering::Less,
         Prefix::Ap => {
-            let tenth = n.m.saturating_abs();
-            let near_lo = Dec {
-                m: n.m.saturating_mul(10).saturating_sub(tenth),
-                e: n.e - 1,
-            };
-            let near_hi = Dec {
-                m: n.m.saturating_mul(10).saturating_add(tenth),
-                e: n.e - 1,
-            };
+            let (near_lo, near_hi) = approximate_range(n);
             within || (at_least(v, near_lo) && at_least(near_hi, v))
         }
     }
+}
+
+/// The R4 semantics of a prefix against a range of values (R4 3.1.1.4.6.1, as for a Period):
+/// `n`'s implicit range must contain the whole target range for `eq`; `gt`/`lt` (`ge`/`le`) ask
+/// for some of the target above (below) `n`; `sa`/`eb` for all of it after (before) the implicit
+/// range; `ap` for an overlap with `n` ± 10%. An absent bound is unbounded on that side.
+pub(super) fn range_matches(prefix: Prefix, n: Dec, low: Option<Dec>, high: Option<Dec>) -> bool {
+    let (lo, hi) = implicit_range(n);
+    let at_least = |a: Dec, b: Dec| dec_cmp(a, b) != Ordering::Less;
+    let contained = low.is_some_and(|l| at_least(l, lo))
+        && high.is_some_and(|h| dec_cmp(h, hi) == Ordering::Less);
+    match prefix {
+        Prefix::Eq => contained,
+        Prefix::Ne => !contained,
+        Prefix::Gt => high.is_none_or(|h| dec_cmp(h, n) == Ordering::Greater),
+        Prefix::Ge => high.is_none_or(|h| at_least(h, n)),
+        Prefix::Lt => low.is_none_or(|l| dec_cmp(l, n) == Ordering::Less),
+        Prefix::Le => low.is_none_or(|l| at_least(n, l)),
+        Prefix::Sa => low.is_some_and(|l| at_least(l, hi)),
+        Prefix::Eb => high.is_some_and(|h| dec_cmp(h, lo) == Ordering::Less),
+        Prefix::Ap => {
+            let (near_lo, near_hi) = approximate_range(n);
+            low.is_none_or(|l| at_least(near_hi, l)) && high.is_none_or(|h| at_least(h, near_lo))
+        }
+    }
+}
+
+/// `[n - half a unit of its last digit, n + half)`: the implicit range of a query number.
+fn implicit_range(n: Dec) -> (Dec, Dec) {
+    let lo = Dec {
+        m: n.m.saturating_mul(10).saturating_sub(5),
+        e: n.e - 1,
+    };
+    let hi = Dec {
+        m: n.m.saturating_mul(10).saturating_add(5),
+        e: n.e - 1,
+    };
+    (lo, hi)
+}
+
+/// `[n - 10%, n + 10%]`, for `ap`.
+fn approximate_range(n: Dec) -> (Dec, Dec) {
+    let tenth = n.m.saturating_abs();
+    let near_lo = Dec {
+        m: n.m.saturating_mul(10).saturating_sub(tenth),
+        e: n.e - 1,
+    };
+    let near_hi = Dec {
+        m: n.m.saturating_mul(10).saturating_add(tenth),
+        e: n.e - 1,
+    };
+    (near_lo, near_hi)
 }
 
 #[cfg(test)]

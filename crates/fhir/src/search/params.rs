@@ -100,6 +100,8 @@ pub(super) enum Kind {
     Period,
     Timing,
     Quantity,
+    /// A `Range` (low and high, either may be absent) in a quantity or number parameter.
+    Range,
     Number,
     Uri,
     /// A boolean computed from the resource (a token `true` or `false`).

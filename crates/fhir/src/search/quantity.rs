@@ -1,4 +1,5 @@
-//! Quantity parameters: a number with optional units (no unit conversion).
+//! Quantity parameters: a number with optional units (no unit conversion), or a `Range` of them
+//! (also in number parameters: `RiskAssessment?probability`).
 
 use std::collections::BTreeSet;
 
@@ -45,29 +46,65 @@ pub(super) struct Qty<'a> {
     pub(super) unit: Option<&'a str>,
 }
 
+/// A `Range`: its bounds that have a numeric value (an absent one is unbounded).
+pub(super) struct QtyRange<'a> {
+    pub(super) low: Option<Qty<'a>>,
+    pub(super) high: Option<Qty<'a>>,
+}
+
+impl QtyRange<'_> {
+    pub(super) fn bounds(&self) -> (Option<Dec>, Option<Dec>) {
+        (
+            self.low.as_ref().map(|q| q.value),
+            self.high.as_ref().map(|q| q.value),
+        )
+    }
+
+    /// Whether the units asked for are those of either bound.
+    pub(super) fn units_match(&self, units: &Units) -> bool {
+        self.low
+            .iter()
+            .chain(&self.high)
+            .any(|q| units_match(units, q))
+    }
+}
+
+/// A quantity with a numeric value.
+fn quantity(value: &Value) -> Option<Qty<'_>> {
+    let number = match value.get("value") {
+        Some(Value::Number(n)) => parse_number(&n.to_string()).and_then(|n| n.exact_dec()),
+        _ => None,
+    }?;
+    Some(Qty {
+        value: number,
+        system: str_of(value, "system"),
+        code: str_of(value, "code"),
+        unit: str_of(value, "unit"),
+    })
+}
+
 /// The quantities of a quantity parameter that have a numeric value.
 pub(super) fn quantities<'a>(def: &ParamDef, resource: &'a Value) -> Vec<Qty<'a>> {
-    let mut out = Vec::new();
-    for path in &def.paths {
-        if path.kind != Kind::Quantity {
-            continue;
-        }
-        for value in selected(resource, &path.segs) {
-            let number = match value.get("value") {
-                Some(Value::Number(n)) => parse_number(&n.to_string()).and_then(|n| n.exact_dec()),
-                _ => None,
-            };
-            if let Some(number) = number {
-                out.push(Qty {
-                    value: number,
-                    system: str_of(value, "system"),
-                    code: str_of(value, "code"),
-                    unit: str_of(value, "unit"),
-                });
-            }
-        }
-    }
-    out
+    def.paths
+        .iter()
+        .filter(|p| p.kind == Kind::Quantity)
+        .flat_map(|p| selected(resource, &p.segs))
+        .filter_map(quantity)
+        .collect()
+}
+
+/// The ranges of a quantity or number parameter with at least one bound.
+pub(super) fn value_ranges<'a>(def: &ParamDef, resource: &'a Value) -> Vec<QtyRange<'a>> {
+    def.paths
+        .iter()
+        .filter(|p| p.kind == Kind::Range)
+        .flat_map(|p| selected(resource, &p.segs))
+        .map(|range| QtyRange {
+            low: range.get("low").and_then(quantity),
+            high: range.get("high").and_then(quantity),
+        })
+        .filter(|r| r.low.is_some() || r.high.is_some())
+        .collect()
 }
 
 pub(super) fn units_match(units: &Units, q: &Qty<'_>) -> bool {
@@ -83,7 +120,9 @@ pub(super) fn units_match(units: &Units, q: &Qty<'_>) -> bool {
 /// The index keys of a quantity parameter: `u:*` (has a value), `u:SYSTEM|CODE`, `u:|CODE` and
 /// `u:|UNIT`; never the magnitude.
 pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
-    for q in quantities(def, resource) {
+    let ranges = value_ranges(def, resource);
+    let bounds = ranges.iter().flat_map(|r| r.low.iter().chain(&r.high));
+    for q in quantities(def, resource).iter().chain(bounds) {
         keys.insert("u:*".to_owned());
         if let Some(code) = q.code {
             keys.insert(format!("u:|{code}"));

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::extract::selected;
 use super::number::{Dec, parse_number};
 use super::params::{Kind, ParamDef};
+use super::quantity::value_ranges;
 use super::query::Sv;
 use super::syntax::{Modifier, split_prefix};
 
@@ -70,7 +71,7 @@ pub(super) fn parse_number_value(raw: &str) -> Result<Sv, &'static str> {
 }
 
 pub(super) fn number_index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
-    if !numbers(def, resource).is_empty() {
+    if !numbers(def, resource).is_empty() || !value_ranges(def, resource).is_empty() {
         keys.insert("n:*".to_owned());
     }
 }

@@ -23,19 +23,21 @@ fn unknown_parameters_and_lenient_mode() {
         );
     }
     // A parameter R4 defines that is left out is named, with why (it is not client input).
-    let condition = ResourceType::parse("Condition").expect("type");
-    let left_out = error(condition, &[("onset-age", "5")]);
+    let left_out = error(
+        ResourceType::OBSERVATION,
+        &[("code-value-quantity", "8867-4$gt70")],
+    );
     assert!(
         matches!(
             left_out,
             SearchError::Unsupported {
-                param: "onset-age",
+                param: "code-value-quantity",
                 ..
             }
         ),
         "{left_out:?}"
     );
-    assert!(left_out.to_string().contains("onset-age"));
+    assert!(left_out.to_string().contains("code-value-quantity"));
     for name in ["_content", "_text", "phonetic"] {
         assert!(
             matches!(error(rt, &[(name, "x")]), SearchError::Unsupported { param, .. } if param == name),

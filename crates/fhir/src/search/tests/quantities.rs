@@ -153,3 +153,83 @@ fn quantity_index_has_no_false_negatives() {
     }
     assert!(matched > 300, "{matched}");
 }
+
+#[test]
+fn a_range_matches_as_r4_says_for_ranges() {
+    // Condition.onset[x] may be an Age or a Range: onset between 40 and 50 years.
+    let condition = ResourceType::parse("Condition").expect("type");
+    let years = |v: i64| json!({"value": v, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"});
+    let onset = |range: Value| {
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"},
+               "onsetRange": range})
+    };
+    let forties = onset(json!({"low": years(40), "high": years(50)}));
+    let from_sixty = onset(json!({"low": years(60)}));
+    let age = json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"},
+                     "onsetAge": years(45)});
+    for (resource, value, expected) in [
+        (&forties, "45", false),
+        (
+            &onset(json!({"low": years(41), "high": years(44)})),
+            "4e1",
+            true,
+        ),
+        (
+            &onset(json!({"low": years(41), "high": years(44)})),
+            "42",
+            false,
+        ),
+        (&forties, "gt45", true),
+        (&forties, "gt50", false),
+        (&forties, "ge50", true),
+        (&forties, "lt40", false),
+        (&forties, "le40", true),
+        (&forties, "sa39", true),
+        (&forties, "sa40", false),
+        (&forties, "eb51", true),
+        (&forties, "eb50", false),
+        (&forties, "ne45", true),
+        (&forties, "ap55", true),
+        (&forties, "ap70", false),
+        (&forties, "gt45|http://unitsofmeasure.org|a", true),
+        (&forties, "gt45|http://unitsofmeasure.org|mo", false),
+        (&from_sixty, "gt1000", true),
+        (&from_sixty, "lt60", false),
+        (&from_sixty, "eb1000", false),
+        (&from_sixty, "sa59", true),
+        (&age, "45", true),
+        (&age, "gt45", false),
+    ] {
+        assert_eq!(
+            hit(condition, resource, "onset-age", value),
+            expected,
+            "{value} on {resource}"
+        );
+    }
+    assert!(hit(condition, &from_sixty, "onset-age:missing", "false"));
+    assert!(hit(
+        condition,
+        &onset(json!({})),
+        "onset-age:missing",
+        "true"
+    ));
+
+    // A number parameter whose values may be decimals or Ranges.
+    let risk = ResourceType::parse("RiskAssessment").expect("type");
+    let assessment = json!({"resourceType": "RiskAssessment", "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "prediction": [{"probabilityDecimal": 0.7}, {"probabilityRange": {"low": {"value": 0.1}, "high": {"value": 0.2}}}]});
+    for (value, expected) in [
+        ("0.7", true),
+        ("gt0.5", true),
+        ("lt0.15", true),
+        ("0.4", false),
+        ("gt0.9", false),
+    ] {
+        assert_eq!(
+            hit(risk, &assessment, "probability", value),
+            expected,
+            "{value}"
+        );
+    }
+}
