@@ -179,7 +179,8 @@ fn every_workload_runs_without_an_error_and_the_report_is_whole() {
         "benign workloads raised {alerts:?}"
     );
     let read = number(&rows[0], "/requests_per_s");
-    let baseline = number(&rows[8], "/requests_per_s");
+    let baseline_row = rows.iter().find(|r| r["name"] == "baseline-read").unwrap();
+    let baseline = number(baseline_row, "/requests_per_s");
     let ratio = number(&report, "/read_vs_baseline");
     assert!((ratio - read / baseline).abs() < 1e-9, "{report}");
 
