@@ -83,13 +83,14 @@ impl SearchIndex {
         let mut tokens = Vec::new();
         for value in &clause.values {
             for key in candidate_keys(clause, value)? {
-                tokens.push(self.token(rtype, clause.param.name, &key));
+                tokens.push(self.token(rtype, clause.param.stored_as, &key));
             }
         }
         tokens.sort();
         tokens.dedup();
+        // A parameter answered from another's rows (`patient` from `subject`'s) looks there.
         Some(IndexClause {
-            param: clause.param.name.to_owned(),
+            param: clause.param.stored_as.to_owned(),
             tokens,
         })
     }

@@ -123,7 +123,60 @@ fn load() -> Registry {
             }
         }
     }
+    for defs in registry.by_type.values_mut() {
+        assign_hosts(defs);
+    }
     registry
+}
+
+/// A parameter every path of which is also a path of another of the type (`code` of
+/// `combo-code`, `value-quantity` of `combo-value-quantity`, `patient` of `subject`) is answered
+/// from the other's index rows, and writes none of its own: its keys are among the other's, so
+/// its candidates are found there (a few more of them; the exact check after decryption drops
+/// those), and a resource writes far fewer rows. Common parameters (`_id`, `_tag`, ...) keep
+/// their own. A host is a parameter no other covers (of two that cover each other, the first
+/// by name), so a host is never itself a guest.
+fn assign_hosts(defs: &mut [ParamDef]) {
+    let above = |a: &ParamDef, b: &ParamDef| covers(a, b) && (!covers(b, a) || a.name < b.name);
+    let hosts: Vec<usize> = (0..defs.len())
+        .filter(|&i| !(0..defs.len()).any(|j| j != i && above(&defs[j], &defs[i])))
+        .collect();
+    for guest in 0..defs.len() {
+        if hosts.contains(&guest) {
+            continue;
+        }
+        let host = hosts
+            .iter()
+            .copied()
+            .filter(|&h| covers(&defs[h], &defs[guest]))
+            .min_by_key(|&h| defs[h].name);
+        if let Some(host) = host {
+            defs[guest].stored_as = defs[host].name;
+        }
+    }
+}
+
+/// Whether every index key of `guest` is, for any resource, an index key of `host`.
+fn covers(host: &ParamDef, guest: &ParamDef) -> bool {
+    host.ptype == guest.ptype
+        && !host.name.starts_with('_')
+        && !guest.name.starts_with('_')
+        && guest.targets.iter().all(|t| host.targets.contains(t))
+        && guest
+            .paths
+            .iter()
+            .all(|g| host.paths.iter().any(|h| path_covers(h, g)))
+}
+
+/// The same path, or (for references) the host's path without the guest's last
+/// `where(resolve() is T)`.
+fn path_covers(host: &Path, guest: &Path) -> bool {
+    host.kind == guest.kind
+        && (host.segs == guest.segs
+            || (guest.kind == Kind::Reference
+                && guest.segs.split_last().is_some_and(|(last, rest)| {
+                    matches!(last, Seg::RefersTo(_)) && rest == host.segs.as_slice()
+                })))
 }
 
 fn param_type(name: &str) -> Result<ParamType, String> {
@@ -183,8 +236,10 @@ fn compile(types: &Model, def: &Definition, rtype: ResourceType) -> Result<Param
         .iter()
         .filter_map(|t| ResourceType::parse(t).ok())
         .collect();
+    let name: &'static str = Box::leak(def.code.clone().into_boxed_str());
     Ok(ParamDef {
-        name: Box::leak(def.code.clone().into_boxed_str()),
+        name,
+        stored_as: name,
         ptype,
         paths,
         targets,

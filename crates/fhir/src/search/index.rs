@@ -8,13 +8,14 @@ use super::params::{ParamDef, ParamType, is_id, params};
 use super::{date, quantity, reference, string, token, uri};
 use crate::ResourceType;
 
-/// Every `(parameter name, index key)` of a resource, for all parameters of `rtype` (including
-/// `_id` and `_lastUpdated`), deduplicated, in a deterministic order (parameters in definition
-/// order, keys sorted). See the module documentation for the key scheme.
+/// Every `(parameter name, index key)` of a resource, for the parameters of `rtype` that keep
+/// their own rows (including `_id` and `_lastUpdated`; not those answered from another's rows,
+/// see [`ParamDef::stored_as`]), deduplicated, in a deterministic order (parameters in
+/// definition order, keys sorted). See the module documentation for the key scheme.
 #[must_use]
 pub fn index_keys(rtype: ResourceType, resource: &Value) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    for def in params(rtype) {
+    for def in params(rtype).into_iter().filter(|d| d.stored_as == d.name) {
         for key in param_index_keys(def, resource) {
             out.push((def.name, key));
         }
@@ -22,7 +23,7 @@ pub fn index_keys(rtype: ResourceType, resource: &Value) -> Vec<(&'static str, S
     out
 }
 
-fn param_index_keys(def: &ParamDef, resource: &Value) -> BTreeSet<String> {
+pub(super) fn param_index_keys(def: &ParamDef, resource: &Value) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     if is_id(def) {
         return keys;

@@ -54,6 +54,10 @@ pub struct ParamDef {
     pub expression: String,
     /// The canonical URL of its R4 SearchParameter definition.
     pub url: String,
+    /// The parameter whose index rows answer this one: itself, or one whose paths hold all of
+    /// this one's (`patient` is answered from `subject`'s rows, `code` from `combo-code`'s), so
+    /// that every key of this one is a key of that one (see `definitions::assign_hosts`).
+    pub stored_as: &'static str,
 }
 
 /// Where a parameter's values are and what FHIR datatype they have.

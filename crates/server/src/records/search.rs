@@ -446,16 +446,17 @@ impl Records {
         for inc in &query.revinclude {
             for (v, _) in &parsed {
                 let reference = format!("{}/{}", v.rtype, v.id);
-                // The index key of a reference (see carevault_fhir::search's key scheme).
-                let token = self
-                    .index
-                    .token(inc.source, inc.param.name, &format!("r:{reference}"));
+                // The index key of a reference (see carevault_fhir::search's key scheme), in
+                // the rows the parameter is answered from (`patient` from `subject`'s).
+                let token =
+                    self.index
+                        .token(inc.source, inc.param.stored_as, &format!("r:{reference}"));
                 let ids = self
                     .store
                     .search_index(
                         inc.source.as_str(),
                         vec![carevault_store::IndexClause {
-                            param: inc.param.name.to_owned(),
+                            param: inc.param.stored_as.to_owned(),
                             tokens: vec![token],
                         }],
                     )

@@ -132,3 +132,66 @@ fn index_keys_are_deterministic_and_deduplicated() {
         assert!(index_keys(rt, &garbage).is_empty(), "{garbage}");
     }
 }
+
+/// A parameter answered from another's rows (`ParamDef::stored_as`) has, on real data, no key
+/// its host lacks: on every resource of the vendored carebundle sample (and of all of
+/// `../shared/data/carebundle` when present), the guest's keys are among the host's.
+#[test]
+fn a_parameter_answered_from_another_s_rows_has_no_key_the_other_lacks() {
+    use crate::search::index::param_index_keys;
+    use crate::search::params::{param, params};
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/carebundle");
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/carebundle/bundles-40");
+    let mut resources: Vec<Value> = Vec::new();
+    for dir in [fixtures, shared] {
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for file in files
+            .flatten()
+            .filter(|f| f.path().extension().is_some_and(|e| e == "json"))
+        {
+            let bundle: Value =
+                serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+            for entry in bundle["entry"].as_array().into_iter().flatten() {
+                resources.push(entry["resource"].clone());
+            }
+        }
+    }
+    assert!(resources.len() > 100, "{} resources", resources.len());
+    let mut checked = 0;
+    for resource in &resources {
+        let rtype = ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap();
+        for guest in params(rtype).into_iter().filter(|d| d.stored_as != d.name) {
+            let host = param(rtype, guest.stored_as).expect("the host is a parameter of the type");
+            assert_eq!(
+                host.stored_as, host.name,
+                "{} is hosted by a guest",
+                guest.name
+            );
+            let host_keys = param_index_keys(host, resource);
+            for key in param_index_keys(guest, resource) {
+                assert!(
+                    host_keys.contains(&key),
+                    "{rtype:?}.{} key {key} not in {}",
+                    guest.name,
+                    host.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} keys checked");
+    // The hosts R4's definitions give.
+    let host_of = |rt: ResourceType, name: &str| param(rt, name).unwrap().stored_as;
+    assert_eq!(host_of(ResourceType::OBSERVATION, "patient"), "subject");
+    assert_eq!(host_of(ResourceType::OBSERVATION, "code"), "combo-code");
+    assert_eq!(
+        host_of(ResourceType::OBSERVATION, "value-quantity"),
+        "combo-value-quantity"
+    );
+    assert_eq!(host_of(ResourceType::OBSERVATION, "subject"), "subject");
+    assert_eq!(host_of(ResourceType::PATIENT, "_id"), "_id");
+}

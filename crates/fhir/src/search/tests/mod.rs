@@ -106,7 +106,7 @@ fn hit(rtype: ResourceType, resource: &Value, name: &str, value: &str) -> bool {
 fn assert_sound(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool {
     let keys: BTreeSet<String> = index_keys(rtype, resource)
         .into_iter()
-        .filter(|(name, _)| *name == clause.param.name)
+        .filter(|(name, _)| *name == clause.param.stored_as)
         .map(|(_, key)| key)
         .collect();
     let mut any = false;
@@ -142,10 +142,12 @@ fn assert_sound(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool 
     any
 }
 
+/// The index keys a parameter is answered from: its own, or its host's (`ParamDef::stored_as`).
 fn keys_of(rtype: ResourceType, resource: &Value, name: &str) -> Vec<String> {
+    let stored_as = param(rtype, name).map_or(name, |def| def.stored_as);
     index_keys(rtype, resource)
         .into_iter()
-        .filter(|(n, _)| *n == name)
+        .filter(|(n, _)| *n == stored_as)
         .map(|(_, k)| k)
         .collect()
 }
