@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use carevault_fhir::ResourceType;
-use carevault_fhir::search::{Clause, candidate_keys, index_keys};
+use carevault_fhir::search::{Clause, ParamDef, candidate_keys, index_keys};
 use carevault_store::IndexClause;
 use zeroize::Zeroizing;
 
@@ -60,7 +60,7 @@ impl SearchIndex {
         derived
     }
 
-    pub fn token(&self, rtype: ResourceType, param: &str, key: &str) -> Vec<u8> {
+    fn token(&self, rtype: ResourceType, param: &str, key: &str) -> Vec<u8> {
         let k = self.key(rtype, param);
         carevault_crypto::hmac_sha256(k.as_ref(), key.as_bytes())[..TOKEN_LEN].to_vec()
     }
@@ -80,18 +80,33 @@ impl SearchIndex {
     /// The index lookup for one clause (any of its values), or None if some value cannot be
     /// answered from the index (then the clause is checked on decrypted candidates only).
     pub fn lookup(&self, rtype: ResourceType, clause: &Clause) -> Option<IndexClause> {
-        let mut tokens = Vec::new();
+        let mut keys = Vec::new();
         for value in &clause.values {
-            for key in candidate_keys(clause, value)? {
-                tokens.push(self.token(rtype, clause.param.stored_as, &key));
-            }
+            keys.extend(candidate_keys(clause, value)?);
         }
+        Some(self.rows_of(rtype, clause.param, &keys))
+    }
+
+    /// The lookup of the resources of `rtype` whose reference parameter `param` names
+    /// `reference` (`Type/id`), as `_revinclude` asks.
+    pub fn referring(&self, rtype: ResourceType, param: &ParamDef, reference: &str) -> IndexClause {
+        // The index key of a reference (see carevault_fhir::search's key scheme).
+        self.rows_of(rtype, param, &[format!("r:{reference}")])
+    }
+
+    /// The rows holding `keys` of `param`: those of the parameter they are stored under (its
+    /// own, or its host's: `patient` is answered from `subject`'s rows, see
+    /// `ParamDef::stored_as`). Every lookup goes through here, so none can miss the mapping.
+    fn rows_of(&self, rtype: ResourceType, param: &ParamDef, keys: &[String]) -> IndexClause {
+        let mut tokens: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|key| self.token(rtype, param.stored_as, key))
+            .collect();
         tokens.sort();
         tokens.dedup();
-        // A parameter answered from another's rows (`patient` from `subject`'s) looks there.
-        Some(IndexClause {
-            param: clause.param.stored_as.to_owned(),
+        IndexClause {
+            param: param.stored_as.to_owned(),
             tokens,
-        })
+        }
     }
 }

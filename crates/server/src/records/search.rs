@@ -446,20 +446,10 @@ impl Records {
         for inc in &query.revinclude {
             for (v, _) in &parsed {
                 let reference = format!("{}/{}", v.rtype, v.id);
-                // The index key of a reference (see carevault_fhir::search's key scheme), in
-                // the rows the parameter is answered from (`patient` from `subject`'s).
-                let token =
-                    self.index
-                        .token(inc.source, inc.param.stored_as, &format!("r:{reference}"));
+                let lookup = self.index.referring(inc.source, inc.param, &reference);
                 let ids = self
                     .store
-                    .search_index(
-                        inc.source.as_str(),
-                        vec![carevault_store::IndexClause {
-                            param: inc.param.stored_as.to_owned(),
-                            tokens: vec![token],
-                        }],
-                    )
+                    .search_index(inc.source.as_str(), vec![lookup])
                     .await?;
                 for id in ids {
                     let Ok(id) = ResourceId::parse(&id) else {
