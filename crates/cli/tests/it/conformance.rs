@@ -68,6 +68,7 @@ fn standard_clients_interactions_work_and_refusals_change_nothing() {
     let id = conditional_create(api);
     conditional_read(api, &id);
     summary_and_elements(api, &id);
+    unknown_parameters_are_named_by_the_closest_known_one(api);
     conditional_update(api, &id);
     patch(api, &other.api, &id);
     validate(api, &srv);
@@ -266,6 +267,32 @@ fn conditional_read(api: &Api, id: &str) {
         None,
     );
     assert_eq!(r.status, 200);
+}
+
+/// A misspelt parameter answers 400 naming the type's closest parameter, never what was sent.
+fn unknown_parameters_are_named_by_the_closest_known_one(api: &Api) {
+    for (query, hint) in [
+        (
+            "/fhir/Encounter?subjct=Patient/x",
+            Some("did you mean subject?"),
+        ),
+        ("/fhir/Patient?familly=x", Some("did you mean family?")),
+        ("/fhir/Patient?CANARY-NAME-7=x", None),
+    ] {
+        let r = api.get(query);
+        assert_eq!(r.status, 400, "{query}: {}", r.text());
+        let diagnostics = r.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        match hint {
+            Some(hint) => assert!(diagnostics.ends_with(&format!("({hint})")), "{diagnostics}"),
+            None => assert_eq!(diagnostics, "unknown search parameter"),
+        }
+        for sent in ["subjct", "familly", "CANARY"] {
+            assert!(!r.text().contains(sent), "{query} echoed: {}", r.text());
+        }
+    }
 }
 
 /// The top-level keys of a resource, without `meta`.
