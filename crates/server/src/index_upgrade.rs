@@ -30,7 +30,7 @@ const CURSOR_FOR: &str = "search_reindex_for";
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 const BATCH: u32 = 500;
 /// Bumped when index keys are extracted differently for the same definitions.
-const EXTRACTION: &str = "3";
+const EXTRACTION: &str = "4";
 
 /// This binary's definitions version: its extraction scheme and a digest of the embedded R4
 /// SearchParameter definitions.

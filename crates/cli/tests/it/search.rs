@@ -624,19 +624,15 @@ fn r4_parameters_search_and_data_indexed_before_them_is_found_after_a_restart() 
         assert!(q("/fhir/MolecularSequence?window-start=lt100").is_empty());
     };
     check(api);
-    // A parameter R4 defines that CareVault leaves out (a composite, a special) is refused by
-    // name, as an unknown one is.
-    for (path, name) in [
-        (
-            "/fhir/Observation?code-value-quantity=8867-4$gt70",
-            "code-value-quantity",
-        ),
-        ("/fhir/Location?near=42.2|-71.1|10|km", "near"),
-    ] {
-        let r = api.get(path);
-        assert_eq!(r.status, 400, "{}", r.text());
-        assert!(r.text().contains(name), "{}", r.text());
-    }
+    // A parameter R4 defines that CareVault leaves out (a composite R4 defines outside its base
+    // element) is refused by name, as an unknown one is.
+    let r = api.get("/fhir/MolecularSequence?chromosome-variant-coordinate=1$gt70$lt80");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("chromosome-variant-coordinate"),
+        "{}",
+        r.text()
+    );
 
     // As if written by a release that knew none of these parameters: the index is empty and
     // marked as built from other definitions. The restart rebuilds it.
@@ -649,6 +645,95 @@ fn r4_parameters_search_and_data_indexed_before_them_is_found_after_a_restart() 
     srv.execute(&format!(
         "{forget} UPDATE meta SET value = 'r4-0-older' WHERE key = 'search_index_definitions';"
     ));
+    srv.restart(&[]);
+    srv.wait_for_log("search_reindex_finished");
+    check(api);
+}
+
+/// Composite parameters through the API: code and value must hold within one component, and the
+/// candidates come from the host's rows (`combo-code`), before and after an index rebuild. And
+/// `Location?near`, R4's special parameter.
+#[test]
+fn composite_and_near_parameters() {
+    let mut srv = server();
+    let admin = srv.admin();
+    let clin = srv.user(&admin, "dr.composite", &["clinician"], Some("org-a"));
+    let api = &clin.api;
+    let patient = create(
+        api,
+        json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/org-a"}}),
+    );
+    let mm_hg =
+        |v: i64| json!({"value": v, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"});
+    let loinc = |code: &str| json!({"coding": [{"system": "http://loinc.org", "code": code}]});
+    let pressure = create(
+        api,
+        json!({"resourceType": "Observation", "status": "final", "code": loinc("85354-9"),
+               "subject": {"reference": format!("Patient/{patient}")},
+               "component": [{"code": loinc("8480-6"), "valueQuantity": mm_hg(150)},
+                             {"code": loinc("8462-4"), "valueQuantity": mm_hg(95)}]}),
+    );
+    let pulse = create(
+        api,
+        json!({"resourceType": "Observation", "status": "final", "code": loinc("8867-4"),
+               "subject": {"reference": format!("Patient/{patient}")},
+               "valueQuantity": {"value": 72, "system": "http://unitsofmeasure.org", "code": "/min"}}),
+    );
+    let clinic = create(
+        api,
+        json!({"resourceType": "Location", "name": "Cambridge clinic",
+               "position": {"latitude": 42.3736, "longitude": -71.1097}}),
+    );
+    create(
+        api,
+        json!({"resourceType": "Location", "name": "New York clinic",
+               "position": {"latitude": 40.7128, "longitude": -74.0060}}),
+    );
+    let check = |api: &Api| {
+        let q = |query: &str| ids(api, query).0;
+        assert_eq!(
+            q("/fhir/Location?near=42.3601%7C-71.0589%7C5%7Ckm"),
+            set(&[&clinic])
+        );
+        assert!(q("/fhir/Location?near=42.3601|-71.0589|4|km").is_empty());
+        // `|` and `$` percent-encoded, as clients send them.
+        assert_eq!(
+            q("/fhir/Observation?component-code-value-quantity=http://loinc.org%7C8480-6%24gt140"),
+            set(&[&pressure])
+        );
+        assert!(
+            q("/fhir/Observation?component-code-value-quantity=http://loinc.org%7C8462-4%24gt140")
+                .is_empty()
+        );
+        assert_eq!(
+            q("/fhir/Observation?combo-code-value-quantity=8462-4$95,8867-4$72"),
+            set(&[&pressure, &pulse])
+        );
+        assert_eq!(
+            q("/fhir/Observation?code-value-quantity=8867-4$lt100"),
+            set(&[&pulse])
+        );
+        assert!(q("/fhir/Observation?code-value-quantity=8480-6$150").is_empty());
+    };
+    check(api);
+    for bad in [
+        "/fhir/Observation?code-value-quantity=8480-6",
+        "/fhir/Observation?code-value-quantity=8480-6$x$y",
+        "/fhir/Observation?code-value-quantity:exact=8480-6$1",
+        "/fhir/Location?near=91|0|1|km",
+    ] {
+        let r = api.get(bad);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        let name = if bad.contains("near") {
+            "near"
+        } else {
+            "code-value-quantity"
+        };
+        assert!(r.text().contains(name), "{}", r.text());
+        assert!(!r.text().contains("8480-6"), "{}", r.text());
+    }
+    srv.stop();
+    srv.execute("UPDATE meta SET value = 'r4-0-older' WHERE key = 'search_index_definitions';");
     srv.restart(&[]);
     srv.wait_for_log("search_reindex_finished");
     check(api);

@@ -3,7 +3,7 @@
 use super::params::{ParamType, is_id};
 use super::query::{Clause, SearchValue, Sv};
 use super::syntax::{Modifier, parse_modifier};
-use super::{date, quantity, reference, string, token, uri};
+use super::{composite, date, near, quantity, reference, string, token, uri};
 
 /// Keys of which every resource matching `value` (for `clause.param`, with `clause.modifier`)
 /// has at least one among its index keys for that parameter; `None` when no bounded key set
@@ -34,9 +34,7 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
         return Some(vec![format!("c:{value}")]);
     }
     match (&value.0, def.ptype) {
-        (Sv::Token { system, code }, ParamType::Token) => {
-            Some(token::candidate_keys(def, system, code))
-        }
+        (Sv::Token { system, code }, ParamType::Token) => Some(token::candidate_keys(system, code)),
         (Sv::Str { norm, .. }, ParamType::String) => {
             Some(string::candidate_keys(norm, modifier == Modifier::Exact))
         }
@@ -50,6 +48,10 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
         (Sv::Quantity { units, .. }, ParamType::Quantity) => Some(quantity::candidate_keys(units)),
         (Sv::Number { .. }, ParamType::Number) => Some(vec!["n:*".to_owned()]),
         (Sv::Uri(query), ParamType::Uri) => uri::uri_candidate_keys(modifier, query),
+        (part @ Sv::Composite(_), ParamType::Composite) => composite::candidate_keys(def, part),
+        (Sv::Near { lat, lon, metres }, ParamType::Special) => {
+            near::candidate_keys(*lat, *lon, *metres)
+        }
         _ => Some(Vec::new()),
     }
 }

@@ -9,8 +9,9 @@
 //!
 //! A parameter is left out, whole, when one of its paths cannot be searched as its type says
 //! (an `Attachment` in a reference parameter, ...): leaving
-//! out one path would silently miss the resources whose value sits there. Composite and special
-//! parameters and those without an expression (`_text`, `_content`, `_query`) are left out too.
+//! out one path would silently miss the resources whose value sits there. Those without an
+//! expression (`_text`, `_content`, `_query`) are left out too.
+//! A composite's components are compiled from its base elements (see `compile_composite`).
 //! [`skipped`] lists every one with the reason; a test pins the list.
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 use super::fhirpath::{self, Chain, Expr, Head, Literal, Step};
 use super::params::{Kind, ParamDef, ParamType, Path, Seg};
+use super::string;
 use crate::ResourceType;
 use crate::compartment::SEARCH_PARAMETERS_JSON;
 use crate::model::Model;
@@ -87,6 +89,15 @@ struct Definition {
     expression: Option<String>,
     #[serde(default)]
     target: Vec<String>,
+    #[serde(default)]
+    component: Vec<ComponentDefinition>,
+}
+
+/// One component of a composite: the definition of its type, and where it is in the base.
+#[derive(Deserialize)]
+struct ComponentDefinition {
+    definition: String,
+    expression: String,
 }
 
 fn load() -> Registry {
@@ -97,7 +108,12 @@ fn load() -> Registry {
         return registry;
     };
     let every_type: Vec<ResourceType> = ResourceType::all().collect();
-    for Entry { resource: def } in bundle.entry {
+    let by_url: HashMap<&str, &Definition> = bundle
+        .entry
+        .iter()
+        .map(|e| (e.resource.url.as_str(), &e.resource))
+        .collect();
+    for Entry { resource: def } in &bundle.entry {
         let bases: Vec<ResourceType> = if def.base.iter().any(|b| b == "Resource") {
             every_type.clone()
         } else if def.base.iter().any(|b| b == "DomainResource") {
@@ -113,7 +129,12 @@ fn load() -> Registry {
                 .collect()
         };
         for rtype in bases {
-            match compile(types, &def, rtype) {
+            let compiled = if def.ptype == "composite" {
+                compile_composite(types, def, rtype, &by_url)
+            } else {
+                compile(types, def, rtype)
+            };
+            match compiled {
                 Ok(param) => registry.by_type.entry(rtype).or_default().push(param),
                 Err(reason) => registry.skipped.push(Skipped {
                     rtype,
@@ -158,6 +179,12 @@ fn assign_hosts(defs: &mut [ParamDef]) {
 
 /// Whether every index key of `guest` is, for any resource, an index key of `host`.
 fn covers(host: &ParamDef, guest: &ParamDef) -> bool {
+    if host.ptype == ParamType::Composite {
+        return false;
+    }
+    if guest.ptype == ParamType::Composite {
+        return first_component_from_root(guest).is_some_and(|keyed| covers(host, &keyed));
+    }
     host.ptype == guest.ptype
         && !host.name.starts_with('_')
         && !guest.name.starts_with('_')
@@ -168,15 +195,51 @@ fn covers(host: &ParamDef, guest: &ParamDef) -> bool {
             .all(|g| host.paths.iter().any(|h| path_covers(h, g)))
 }
 
-/// The same path, or (for references) the host's path without the guest's last
-/// `where(resolve() is T)`.
+/// A composite's first component with its paths from the resource root: what its index keys
+/// are drawn from (see `composite::index_keys`).
+fn first_component_from_root(def: &ParamDef) -> Option<ParamDef> {
+    let first = def.components.first()?;
+    let paths = def
+        .paths
+        .iter()
+        .flat_map(|base| {
+            first.paths.iter().map(|path| Path {
+                segs: base.segs.iter().chain(&path.segs).cloned().collect(),
+                kind: path.kind.clone(),
+            })
+        })
+        .collect();
+    Some(ParamDef {
+        name: def.name,
+        stored_as: def.name,
+        ptype: first.ptype,
+        paths,
+        targets: first.targets.clone(),
+        expression: String::new(),
+        url: String::new(),
+        components: Vec::new(),
+    })
+}
+
+/// The same path; or (for references) the host's path without the guest's last
+/// `where(resolve() is T)`; or (for strings) one searched member of the host's HumanName or
+/// Address (`Patient.name.family` of `Patient.name`).
 fn path_covers(host: &Path, guest: &Path) -> bool {
-    host.kind == guest.kind
-        && (host.segs == guest.segs
-            || (guest.kind == Kind::Reference
-                && guest.segs.split_last().is_some_and(|(last, rest)| {
-                    matches!(last, Seg::RefersTo(_)) && rest == host.segs.as_slice()
-                })))
+    let last_step_of_host = |last_step: &dyn Fn(&Seg) -> bool| {
+        guest
+            .segs
+            .split_last()
+            .is_some_and(|(last, rest)| last_step(last) && rest == host.segs.as_slice())
+    };
+    if host.kind != guest.kind {
+        return guest.kind == Kind::Str
+            && last_step_of_host(
+                &|last| matches!(last, Seg::Member(part) if string::parts_of(&host.kind).contains(&part.as_str())),
+            );
+    }
+    host.segs == guest.segs
+        || (guest.kind == Kind::Reference
+            && last_step_of_host(&|last| matches!(last, Seg::RefersTo(_))))
 }
 
 fn param_type(name: &str) -> Result<ParamType, String> {
@@ -188,6 +251,7 @@ fn param_type(name: &str) -> Result<ParamType, String> {
         "quantity" => ParamType::Quantity,
         "number" => ParamType::Number,
         "uri" => ParamType::Uri,
+        "special" => ParamType::Special,
         other => return Err(format!("{other} parameters are not supported")),
     })
 }
@@ -245,6 +309,128 @@ fn compile(types: &Model, def: &Definition, rtype: ResourceType) -> Result<Param
         targets,
         expression: expression.to_owned(),
         url: def.url.clone(),
+        components: Vec::new(),
+    })
+}
+
+/// A composite parameter of one base type: its base elements (the definition's expression),
+/// and each component compiled from there: the component's expression is appended to each
+/// base chain and compiled from the resource root, and the base's own steps cut off again, so
+/// that a component's paths start at the base element.
+fn compile_composite(
+    types: &Model,
+    def: &Definition,
+    rtype: ResourceType,
+    by_url: &HashMap<&str, &Definition>,
+) -> Result<ParamDef, String> {
+    let expression = def
+        .expression
+        .as_deref()
+        .ok_or_else(|| "no expression".to_owned())?;
+    let Expr::Union(bases) = fhirpath::parse(expression)? else {
+        return Err("a boolean composite".into());
+    };
+    let mut base_paths: Vec<(Chain, Vec<Seg>)> = Vec::new();
+    for base in bases {
+        let compiled = compile_chain(types, &base, rtype)?;
+        match compiled.as_slice() {
+            [] => {}
+            [(segs, _)] => base_paths.push((base, segs.clone())),
+            _ => return Err("a composite over a choice of elements".into()),
+        }
+    }
+    if base_paths.is_empty() || def.component.len() < 2 {
+        return Err("no element of this type".into());
+    }
+    let name: &'static str = Box::leak(def.code.clone().into_boxed_str());
+    let mut components = Vec::new();
+    for component in &def.component {
+        let of = by_url
+            .get(component.definition.as_str())
+            .ok_or_else(|| "a component without a definition".to_owned())?;
+        let ptype = param_type(&of.ptype)?;
+        if component.expression.starts_with("%resource") {
+            return Err(
+                "a component read from the whole resource, outside the base element".into(),
+            );
+        }
+        let Expr::Union(chains) = fhirpath::parse(&component.expression)? else {
+            return Err("a boolean component".into());
+        };
+        let mut paths: Vec<Path> = Vec::new();
+        for (base, base_segs) in &base_paths {
+            for chain in &chains {
+                let Head::Type(first) = &chain.head else {
+                    return Err("a component in parentheses".into());
+                };
+                let mut steps = base.steps.clone();
+                steps.push(Step::Member(first.clone()));
+                steps.extend(chain.steps.iter().cloned());
+                let whole = Chain {
+                    head: base.head.clone(),
+                    steps,
+                };
+                let variants = compile_chain(types, &whole, rtype)?;
+                let choice = variants.len() > 1;
+                for (segs, ty) in variants {
+                    if never_matches(ptype, &ty) {
+                        continue;
+                    }
+                    let relative = segs
+                        .strip_prefix(base_segs.as_slice())
+                        .ok_or_else(|| "a component outside its base element".to_owned())?
+                        .to_vec();
+                    let kind = match kind_of(ptype, &ty, &relative) {
+                        Ok(kind) => kind,
+                        // R4 writes a component over a whole choice (`Group.characteristic`'s
+                        // `value`) where the component's own definition takes only the variants
+                        // of its type (`Group-value`: CodeableConcept or boolean).
+                        Err(_) if choice => continue,
+                        Err(e) => return Err(e),
+                    };
+                    let path = Path {
+                        kind,
+                        segs: without_contact_filter(relative, &ty),
+                    };
+                    if !paths.contains(&path) {
+                        paths.push(path);
+                    }
+                }
+            }
+        }
+        if paths.is_empty() {
+            return Err("a component with no element of its type".into());
+        }
+        components.push(ParamDef {
+            name,
+            stored_as: name,
+            ptype,
+            paths,
+            targets: of
+                .target
+                .iter()
+                .filter_map(|t| ResourceType::parse(t).ok())
+                .collect(),
+            expression: component.expression.clone(),
+            url: component.definition.clone(),
+            components: Vec::new(),
+        });
+    }
+    Ok(ParamDef {
+        name,
+        stored_as: name,
+        ptype: ParamType::Composite,
+        paths: base_paths
+            .into_iter()
+            .map(|(_, segs)| Path {
+                segs,
+                kind: Kind::Element,
+            })
+            .collect(),
+        targets: Vec::new(),
+        expression: expression.to_owned(),
+        url: def.url.clone(),
+        components,
     })
 }
 
@@ -310,7 +496,7 @@ fn compile_chain(
                     }
                 }
                 Step::OfType(t) => {
-                    if &ty == t {
+                    if &ty == t || names_system_type_of(t, &ty) {
                         next.push((segs, ty));
                     }
                 }
@@ -339,6 +525,18 @@ fn compile_chain(
         partials = next;
     }
     Ok(partials)
+}
+
+/// Whether `name` is the FHIRPath system type (`DateTime`, `String`) of the FHIR primitive
+/// `ty` (`dateTime`, `string`): R4 writes `value.ofType(DateTime)` in `code-value-date`.
+fn names_system_type_of(name: &str, ty: &str) -> bool {
+    let mut chars = ty.chars();
+    chars.next().is_some_and(|first| {
+        first.is_ascii_lowercase()
+            && name.len() == ty.len()
+            && name.starts_with(first.to_ascii_uppercase())
+            && name.get(1..) == Some(chars.as_str())
+    })
 }
 
 /// `Patient.deceased.exists() and Patient.deceased != false`: the element paths it reads.
@@ -403,6 +601,10 @@ fn kind_of(ptype: ParamType, ty: &str, segs: &[Seg]) -> Result<Kind, String> {
         (ParamType::Number, "decimal" | "integer" | "positiveInt" | "unsignedInt") => Kind::Number,
         (ParamType::Quantity | ParamType::Number, "Range") => Kind::Range,
         (ParamType::Uri, "uri" | "url" | "canonical" | "oid" | "uuid") => Kind::Uri,
+        // R4's one special parameter with an expression: `Location.position`.
+        (ParamType::Special, _) if matches!(segs.last(), Some(Seg::Member(m)) if m == "position") => {
+            Kind::Position
+        }
         (ptype, ty) => return Err(format!("a {ty} element in a {ptype:?} parameter")),
     };
     Ok(kind)
@@ -458,6 +660,10 @@ mod tests {
         "a ResourceList element in a Reference parameter",
         "a Attachment element in a Reference parameter",
         "a phonetic match needs an algorithm R4 leaves to each server; use name",
+        // R4's `relationship` swaps its components' definitions (a reference at
+        // `relatesTo.code`, a token at `relatesTo.target`).
+        "DocumentReference.relationship: a code element in a Reference parameter",
+        "a component read from the whole resource, outside the base element",
     ];
 
     #[test]
@@ -586,7 +792,7 @@ mod tests {
         );
         let deceased = param(ResourceType::PATIENT, "deceased").unwrap();
         assert!(matches!(deceased.paths[0].kind, Kind::Boolean(_)));
-        let members: Vec<_> = deceased.top_members().collect();
+        let members: Vec<_> = deceased.top_members();
         assert!(members.contains(&"deceasedBoolean") && members.contains(&"deceasedDateTime"));
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::params::{ParamDef, ParamType, is_id, params};
-use super::{date, quantity, reference, string, token, uri};
+use super::{composite, date, near, quantity, reference, string, token, uri};
 use crate::ResourceType;
 
 /// Every `(parameter name, index key)` of a resource, for the parameters of `rtype` that keep
@@ -36,6 +36,8 @@ pub(super) fn param_index_keys(def: &ParamDef, resource: &Value) -> BTreeSet<Str
         ParamType::Quantity => quantity::index_keys(def, resource, &mut keys),
         ParamType::Number => uri::number_index_keys(def, resource, &mut keys),
         ParamType::Uri => uri::uri_index_keys(def, resource, &mut keys),
+        ParamType::Composite => composite::index_keys(def, resource, &mut keys),
+        ParamType::Special => near::index_keys(def, resource, &mut keys),
     }
     keys
 }

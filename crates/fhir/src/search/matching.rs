@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 
+use super::composite::{composite_matches, composite_present};
 use super::date::{date_matches, ranges};
+use super::near::{near_matches, positions};
 use super::number::{number_matches, range_matches};
 use super::params::{ParamDef, ParamType, belongs};
 use super::quantity::{quantities, units_match, value_ranges};
@@ -23,6 +25,13 @@ pub fn matches(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool {
     if !belongs(rtype, def) {
         return false;
     }
+    clause_matches(resource, clause)
+}
+
+/// Whether `resource` (or, for a composite's component, one base element) satisfies `clause`,
+/// whatever type it is of.
+pub(super) fn clause_matches(resource: &Value, clause: &Clause) -> bool {
+    let def = clause.param;
     let Some(modifier) = parse_modifier(def, clause.modifier.as_deref()) else {
         return false;
     };
@@ -143,10 +152,22 @@ pub fn matches(rtype: ResourceType, resource: &Value, clause: &Clause) -> bool {
                 _ => false,
             })
         }
+        ParamType::Composite => values
+            .iter()
+            .any(|v| composite_matches(def, resource, &v.0)),
+        ParamType::Special => {
+            let found = positions(def, resource);
+            values.iter().any(|v| match &v.0 {
+                Sv::Near { lat, lon, metres } => {
+                    found.iter().any(|p| near_matches(*lat, *lon, *metres, *p))
+                }
+                _ => false,
+            })
+        }
     }
 }
 
-fn has_value(def: &ParamDef, resource: &Value) -> bool {
+pub(super) fn has_value(def: &ParamDef, resource: &Value) -> bool {
     match def.ptype {
         ParamType::Token => {
             !tokens(def, resource).is_empty() || !token_texts(def, resource).is_empty()
@@ -164,5 +185,7 @@ fn has_value(def: &ParamDef, resource: &Value) -> bool {
             !numbers(def, resource).is_empty() || !value_ranges(def, resource).is_empty()
         }
         ParamType::Uri => !uris(def, resource).is_empty(),
+        ParamType::Composite => composite_present(def, resource),
+        ParamType::Special => !positions(def, resource).is_empty(),
     }
 }

@@ -20,9 +20,9 @@
 //! Keys are plain strings before the server's HMAC; the index reveals equality and frequency of
 //! these keys within a parameter, never their content.
 //!
-//! * token: `c:CODE` (any system), `s:SYSTEM` and `sc:SYSTEM|CODE` for a Coding or Identifier
-//!   with a system. Codes, identifier values, e-mail addresses (ASCII-lowercased) and phone
-//!   numbers (without spaces, `-`, `.`, `(`, `)`) are revealed as equality classes.
+//! * token: `c:CODE` (any system) and `s:SYSTEM` for a Coding or Identifier with a system.
+//!   Codes, identifier values, e-mail addresses (ASCII-lowercased) and phone numbers (without
+//!   spaces, `-`, `.`, `(`, `)`) are revealed as equality classes.
 //! * reference: `r:Type/id`.
 //! * string: each value is normalized ([`normalize_string`]); `p:` + every prefix of 1 to
 //!   [`MAX_STRING_PREFIX`] characters, and `f:` + the whole normalized value when it is longer.
@@ -35,8 +35,9 @@
 //!   `y:-`, years after [`MAX_BUCKET_YEAR`] to `y:+` (so a value has at most 403 year keys).
 //!   A Period open at the end gets only the year key of its start and `y:+`; open at the start,
 //!   `y:-` and the year key of its end. Reveals equality of years, months and days.
-//! * quantity: `u:*` (has a value), `u:SYSTEM|CODE`, `u:|CODE` and `u:|UNIT`. Reveals units,
-//!   never magnitudes.
+//! * quantity: `u:*` (has a value), `u:|CODE` and `u:|UNIT`. Reveals units, never magnitudes.
+//! * composite: its first component's keys, in each base element (see `composite`).
+//! * `near`: `g:LAT:LONG`, the one-degree cell of each position (see `near`).
 //!
 //! The same key string can appear under several parameters (`subject` and `patient` of an
 //! Observation both give `r:Patient/p1`): the server must namespace keys by type and parameter
@@ -44,22 +45,23 @@
 //! is the resource's key in the store, so [`id_candidates`] gives an `_id` clause's candidates
 //! directly (an index row per resource with a random token was a random page per write).
 //!
-//! Candidate keys: token `code` and `|code` give `c:code`; `system|code` gives `sc:system|code`
-//! (plus `c:code` for parameters over primitive codes); `system|` gives `s:system`. A bare
+//! Candidate keys: token `code`, `|code` and `system|code` give `c:code` (no key joins a system
+//! to its code: the system is checked after decryption); `system|` gives `s:system`. A bare
 //! reference id gives one `r:Type/id` per target type. A string gives `p:` + its first
 //! [`MAX_STRING_PREFIX`] normalized characters (`:exact` of a longer value: `f:` + all of it).
-//! A quantity gives its unit key, or `u:*`. Dates: `eq` gives the day keys of the query range if
-//! it touches at most 7 days, else its month keys if it touches at most 24 months, else its year
-//! keys; `ap` gives the range's year keys plus `y:-` and `y:+`; `gt`, `sa` and `ge` give every
+//! A quantity gives its unit code's key `u:|code` (with or without a system), or `u:*`. Dates:
+//! `eq` gives the day keys of the query range if it touches at most 7 days, else its month keys
+//! if it touches at most 24 months, else its year keys; `ap` gives the range's year keys plus `y:-` and `y:+`; `gt`, `sa` and `ge` give every
 //! year key from the query's year up to `y:+`, `lt`, `eb` and `le` every one from `y:-` (so up
 //! to 403 keys per value; with [`MAX_VALUES_PER_PARAMETER`] values, 40 300 for a clause).
 //! `None` (no prefilter): `:missing`, `:not`, `:text`, `:contains` and date `ne`.
 //!
 //! # Limits and choices
 //!
-//! * Supported modifiers: `:missing` (all types), `:not` and `:text` (token), `:exact` and
-//!   `:contains` (string), `:Type` (reference). No `:of-type`, `:in`, `:below`, `:above`,
-//!   `:identifier`, no unit conversion, no composite parameters.
+//! * Supported modifiers: `:missing` (all types), `:not`, `:text` and `:of-type` (token),
+//!   `:exact` and `:contains` (string), `:Type` and `:identifier` (reference), `:above` and
+//!   `:below` (uri). No `:in`, no unit conversion. Composite parameters (`code-value-quantity`)
+//!   take no modifier but `:missing`; every component must hold within one base element.
 //! * Chaining and `_has`, one level each, are parsed into [`Query::chains`] and [`Query::has`]
 //!   (see [`Chain`]); resolving them takes a search of another type, which is the server's.
 //! * Token: for `code` elements (`gender`, `status`, `_id`) and ContactPoints (`email`, `phone`)
@@ -84,6 +86,7 @@
 // through this module (no import cycle).
 mod candidates;
 mod chain;
+mod composite;
 mod controls;
 pub(crate) mod date;
 mod definitions;
@@ -91,6 +94,7 @@ mod extract;
 mod fhirpath;
 mod index;
 mod matching;
+mod near;
 mod number;
 mod params;
 mod parse;

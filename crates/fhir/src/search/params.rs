@@ -23,6 +23,10 @@ pub enum ParamType {
     Number,
     /// URIs (matched whole, or by `:above`/`:below`).
     Uri,
+    /// Several values that one element must hold together (`code-value-quantity`).
+    Composite,
+    /// R4's `special` type: `Location?near` (a distance from a point).
+    Special,
 }
 
 impl ParamType {
@@ -37,6 +41,8 @@ impl ParamType {
             Self::Quantity => "quantity",
             Self::Number => "number",
             Self::Uri => "uri",
+            Self::Composite => "composite",
+            Self::Special => "special",
         }
     }
 }
@@ -58,10 +64,13 @@ pub struct ParamDef {
     /// this one's (`patient` is answered from `subject`'s rows, `code` from `combo-code`'s), so
     /// that every key of this one is a key of that one (see `definitions::assign_hosts`).
     pub stored_as: &'static str,
+    /// A composite's components, in order: definitions whose paths start at each of the
+    /// composite's base elements (its `paths`). Empty for other types.
+    pub(super) components: Vec<ParamDef>,
 }
 
 /// Where a parameter's values are and what FHIR datatype they have.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct Path {
     pub(super) segs: Vec<Seg>,
     pub(super) kind: Kind,
@@ -110,6 +119,10 @@ pub(super) enum Kind {
     Uri,
     /// A boolean computed from the resource (a token `true` or `false`).
     Boolean(Boolean),
+    /// A base element of a composite parameter (the resource, or `Observation.component`).
+    Element,
+    /// A `Location.position` (latitude and longitude, WGS84).
+    Position,
 }
 
 /// The boolean FHIRPath of a definition, compiled (`deceased.exists() and deceased != false`).
@@ -160,16 +173,6 @@ impl ParamDef {
         self.targets.contains(&rtype)
     }
 
-    /// Whether some path holds tokens whose system is implicit (codes, contact points).
-    pub(super) fn has_implicit_tokens(&self) -> bool {
-        self.paths.iter().any(|p| {
-            matches!(
-                p.kind,
-                Kind::Code | Kind::Email | Kind::Phone | Kind::Contact | Kind::Boolean(_)
-            )
-        })
-    }
-
     /// Whether some path holds Codings, CodeableConcepts or Identifiers (which have text).
     pub(super) fn has_coded_tokens(&self) -> bool {
         self.paths
@@ -202,19 +205,26 @@ impl ParamDef {
     }
 
     /// The top-level members of the resource its values come from.
-    pub(super) fn top_members(&self) -> impl Iterator<Item = &str> + '_ {
-        self.paths.iter().flat_map(|p| {
+    pub(super) fn top_members(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for p in &self.paths {
+            if p.kind == Kind::Element && p.segs.is_empty() {
+                // A composite over the whole resource: its components' members.
+                out.extend(self.components.iter().flat_map(ParamDef::top_members));
+                continue;
+            }
             let booleans = match &p.kind {
                 Kind::Boolean(b) => b.paths(),
                 _ => Vec::new(),
             };
-            std::iter::once(&p.segs)
-                .chain(booleans)
-                .filter_map(|segs| match segs.first() {
+            out.extend(std::iter::once(&p.segs).chain(booleans).filter_map(
+                |segs| match segs.first() {
                     Some(Seg::Member(m)) => Some(m.as_str()),
                     _ => None,
-                })
-        })
+                },
+            ));
+        }
+        out
     }
 }
 

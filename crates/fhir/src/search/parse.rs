@@ -1,9 +1,11 @@
 //! Query parsing: `name[:modifier]=value[,value]` pairs into a [`Query`].
 
 use super::chain::{parse_chain, parse_has};
+use super::composite::parse_composite;
 use super::controls::{apply_control, control_name};
 use super::date::parse_date;
 use super::definitions::left_out;
+use super::near::parse_near;
 use super::params::{ParamDef, ParamType, param};
 use super::quantity::parse_quantity;
 use super::query::{
@@ -129,7 +131,11 @@ pub(super) fn parse_clause(
     }))
 }
 
-fn parse_value(def: &ParamDef, modifier: Modifier, raw: &str) -> Result<Sv, &'static str> {
+pub(super) fn parse_value(
+    def: &ParamDef,
+    modifier: Modifier,
+    raw: &str,
+) -> Result<Sv, &'static str> {
     if raw.is_empty() {
         return Err("empty value");
     }
@@ -174,5 +180,7 @@ fn parse_value(def: &ParamDef, modifier: Modifier, raw: &str) -> Result<Sv, &'st
         ParamType::Quantity => parse_quantity(raw),
         ParamType::Number => parse_number_value(raw),
         ParamType::Uri => Ok(Sv::Uri(unescape(raw))),
+        ParamType::Composite => parse_composite(def, raw),
+        ParamType::Special => parse_near(raw),
     }
 }

@@ -117,8 +117,10 @@ pub(super) fn units_match(units: &Units, q: &Qty<'_>) -> bool {
     }
 }
 
-/// The index keys of a quantity parameter: `u:*` (has a value), `u:SYSTEM|CODE`, `u:|CODE` and
-/// `u:|UNIT`; never the magnitude.
+/// The index keys of a quantity parameter: `u:*` (has a value), `u:|CODE` and `u:|UNIT`; never
+/// the magnitude. `value|system|code` is looked up under `u:|CODE` and the system checked after
+/// decryption (a unit code is rarely shared by two systems; a third row per quantity cost every
+/// write).
 pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
     let ranges = value_ranges(def, resource);
     let bounds = ranges.iter().flat_map(|r| r.low.iter().chain(&r.high));
@@ -126,9 +128,6 @@ pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<S
         keys.insert("u:*".to_owned());
         if let Some(code) = q.code {
             keys.insert(format!("u:|{code}"));
-            if let Some(system) = q.system {
-                keys.insert(format!("u:{system}|{code}"));
-            }
         }
         if let Some(unit) = q.unit {
             keys.insert(format!("u:|{unit}"));
@@ -141,7 +140,6 @@ pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<S
 pub(super) fn candidate_keys(units: &Units) -> Vec<String> {
     vec![match units {
         Units::Any => "u:*".to_owned(),
-        Units::Code(code) => format!("u:|{code}"),
-        Units::SystemCode(system, code) => format!("u:{system}|{code}"),
+        Units::Code(code) | Units::SystemCode(_, code) => format!("u:|{code}"),
     }]
 }

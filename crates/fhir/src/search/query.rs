@@ -130,6 +130,8 @@ impl fmt::Debug for SearchValue {
             Sv::OfType { .. } => "of-type",
             Sv::RefIdentifier { .. } => "reference identifier",
             Sv::Missing(_) => "missing",
+            Sv::Composite(_) => "composite",
+            Sv::Near { .. } => "near",
         };
         write!(f, "SearchValue({kind}, ..)")
     }
@@ -187,6 +189,14 @@ pub(super) enum Sv {
     },
     /// `:missing=true` (`true`) or `:missing=false`.
     Missing(bool),
+    /// A composite value: one part per component, in order.
+    Composite(Vec<Sv>),
+    /// `near`: a point and a distance in metres.
+    Near {
+        lat: f64,
+        lon: f64,
+        metres: f64,
+    },
 }
 
 /// The system part of a token query.
@@ -374,6 +384,13 @@ impl Clause {
             // A reference's identifier is a person's (an MRN in `subject:identifier`).
             ParamType::Reference => self.modifier.as_deref() == Some("identifier"),
             ParamType::Quantity | ParamType::Number | ParamType::Uri => false,
+            // A position may be a person's home.
+            ParamType::Special => true,
+            ParamType::Composite => self.values.iter().any(|v| {
+                super::composite::component_clauses(self.param, &v.0)
+                    .iter()
+                    .any(Clause::could_identify)
+            }),
         }
     }
 }

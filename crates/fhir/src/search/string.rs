@@ -90,22 +90,31 @@ fn fold_latin(c: char) -> Option<&'static str> {
     })
 }
 
+/// The string members of a HumanName or an Address that a parameter over the whole datatype
+/// searches (none for other kinds).
+pub(super) fn parts_of(kind: &Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::HumanName => &["family", "given", "prefix", "suffix", "text"],
+        Kind::Address => &[
+            "line",
+            "city",
+            "district",
+            "state",
+            "postalCode",
+            "country",
+            "text",
+        ],
+        _ => &[],
+    }
+}
+
 /// The string values of a string parameter, as written.
 pub(super) fn strings<'a>(def: &ParamDef, resource: &'a Value) -> Vec<&'a str> {
     let mut out = Vec::new();
     for path in &def.paths {
         for value in selected(resource, &path.segs) {
-            let parts: &[&str] = match path.kind {
-                Kind::HumanName => &["family", "given", "prefix", "suffix", "text"],
-                Kind::Address => &[
-                    "line",
-                    "city",
-                    "district",
-                    "state",
-                    "postalCode",
-                    "country",
-                    "text",
-                ],
+            let parts = match path.kind {
+                Kind::HumanName | Kind::Address => parts_of(&path.kind),
                 Kind::Str => {
                     out.extend(value.as_str());
                     continue;

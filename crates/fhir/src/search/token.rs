@@ -249,8 +249,10 @@ pub(super) fn token_matches(tok: &Tok, system: &Sys, code: &str) -> bool {
     }
 }
 
-/// The index keys of a token parameter: `c:CODE`, plus `s:SYSTEM` and `sc:SYSTEM|CODE` for a
-/// Coding or Identifier with a system.
+/// The index keys of a token parameter: `c:CODE`, plus `s:SYSTEM` for a Coding or Identifier
+/// with a system. No key joins the two: `system|code` is looked up under `c:CODE` and the
+/// system checked after decryption, as every candidate is (a code shared by two systems costs a
+/// few extra candidates; a third row per Coding cost every write).
 pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<String>) {
     for tok in tokens(def, resource) {
         if let Some(code) = &tok.code {
@@ -261,24 +263,14 @@ pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<S
         }
         if let Some(system) = &tok.system {
             keys.insert(format!("s:{system}"));
-            if let Some(code) = &tok.code {
-                keys.insert(format!("sc:{system}|{code}"));
-            }
         }
     }
 }
 
 /// The candidate keys of a token value (see [`candidate_keys`](super::candidate_keys)).
-pub(super) fn candidate_keys(def: &ParamDef, system: &Sys, code: &str) -> Vec<String> {
+pub(super) fn candidate_keys(system: &Sys, code: &str) -> Vec<String> {
     match system {
-        Sys::Any | Sys::Absent => vec![format!("c:{code}")],
         Sys::Is(system) if code.is_empty() => vec![format!("s:{system}")],
-        Sys::Is(system) => {
-            let mut keys = vec![format!("sc:{system}|{code}")];
-            if def.has_implicit_tokens() {
-                keys.push(format!("c:{code}"));
-            }
-            keys
-        }
+        Sys::Any | Sys::Absent | Sys::Is(_) => vec![format!("c:{code}")],
     }
 }

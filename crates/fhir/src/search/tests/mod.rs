@@ -9,9 +9,11 @@ use super::*;
 use crate::ResourceType;
 
 mod chains;
+mod composites;
 mod dates;
 mod errors;
 mod index;
+mod near;
 mod parse;
 mod quantities;
 mod random;

@@ -24,20 +24,24 @@ fn unknown_parameters_and_lenient_mode() {
     }
     // A parameter R4 defines that is left out is named, with why (it is not client input).
     let left_out = error(
-        ResourceType::OBSERVATION,
-        &[("code-value-quantity", "8867-4$gt70")],
+        ResourceType::parse("MolecularSequence").unwrap(),
+        &[("chromosome-variant-coordinate", "1$gt70$lt80")],
     );
     assert!(
         matches!(
             left_out,
             SearchError::Unsupported {
-                param: "code-value-quantity",
+                param: "chromosome-variant-coordinate",
                 ..
             }
         ),
         "{left_out:?}"
     );
-    assert!(left_out.to_string().contains("code-value-quantity"));
+    assert!(
+        left_out
+            .to_string()
+            .contains("chromosome-variant-coordinate")
+    );
     for name in ["_content", "_text", "phonetic"] {
         assert!(
             matches!(error(rt, &[(name, "x")]), SearchError::Unsupported { param, .. } if param == name),

@@ -75,17 +75,18 @@ fn quantity_units() {
     }
     assert_eq!(
         keys_of(rt, &obs, "value-quantity"),
-        [
-            "u:*",
-            "u:http://unitsofmeasure.org|mg",
-            "u:|mg",
-            "u:|milligram"
-        ]
+        ["u:*", "u:|mg", "u:|milligram"]
     );
     assert_eq!(
         candidates(rt, "value-quantity", "5.4||mg"),
         Some(vec!["u:|mg".to_owned()])
     );
+    // With a system, the code's rows are the candidates; the system is checked on each.
+    assert_eq!(
+        candidates(rt, "value-quantity", "5.4|http://unitsofmeasure.org|mg"),
+        Some(vec!["u:|mg".to_owned()])
+    );
+    assert!(!hit(rt, &obs, "value-quantity", "5.4|urn:other|mg"));
     assert_eq!(
         candidates(rt, "value-quantity", "ne5.4"),
         Some(vec!["u:*".to_owned()])

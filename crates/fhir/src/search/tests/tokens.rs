@@ -120,14 +120,24 @@ fn identifiers_and_primitive_codes() {
             "gender",
             "http://hl7.org/fhir/administrative-gender|female"
         ),
-        Some(vec![
-            "sc:http://hl7.org/fhir/administrative-gender|female".to_owned(),
-            "c:female".to_owned()
-        ])
+        Some(vec!["c:female".to_owned()])
     );
+    // No key joins a system to its code: the code's rows are the candidates, and the system is
+    // checked on each.
     assert_eq!(
         candidates(rt, "identifier", "urn:x|1"),
-        Some(vec!["sc:urn:x|1".to_owned()])
+        Some(vec!["c:1".to_owned()])
+    );
+    let in_two_systems = json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "urn:a", "value": "1" }, { "system": "urn:b", "value": "2" }]
+    });
+    assert!(hit(rt, &in_two_systems, "identifier", "urn:a|1"));
+    assert!(!hit(rt, &in_two_systems, "identifier", "urn:b|1"));
+    assert!(!hit(rt, &in_two_systems, "identifier", "urn:x|1"));
+    assert_eq!(
+        keys_of(rt, &in_two_systems, "identifier"),
+        ["c:1", "c:2", "s:urn:a", "s:urn:b"]
     );
     assert_eq!(candidates(rt, "gender:missing", "true"), None);
 }
