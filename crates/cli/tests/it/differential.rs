@@ -1,7 +1,8 @@
 //! Differential search test: a generated population of 1,000 patients with 2,000 observations,
 //! 500 molecular sequences and 500 procedures, loaded through transaction Bundles; hundreds of
-//! generated queries (every parameter type: string, token, reference, date, quantity, number and
-//! uri, with their prefixes and modifiers, and chains and `_has` across types) answered by the
+//! generated queries (every parameter type: string, token, reference, date, quantity, number,
+//! uri, composite and special (`near`), with their prefixes and modifiers, and chains and `_has`
+//! across types) answered by the
 //! server and by the plain in-memory evaluator below, which shares no code with the server.
 //! Results must match exactly, including order and paging.
 
@@ -131,6 +132,13 @@ struct ProcRow {
     protocol: String,
 }
 
+/// A Location: its position (the `near` parameter).
+#[derive(Clone, Debug)]
+struct LocRow {
+    lat: f64,
+    lon: f64,
+}
+
 /// Everything loaded, by the id the server assigned.
 #[derive(Default)]
 struct Loaded {
@@ -138,6 +146,7 @@ struct Loaded {
     observations: BTreeMap<String, ObsRow>,
     sequences: BTreeMap<String, SeqRow>,
     procedures: BTreeMap<String, ProcRow>,
+    locations: BTreeMap<String, LocRow>,
 }
 
 /// Accent-insensitive, case-insensitive normalization, written independently of the server.
@@ -226,6 +235,7 @@ fn generated_queries_match_an_independent_reference_evaluator() {
     assert_eq!(loaded.observations.len(), 2000);
     assert_eq!(loaded.sequences.len(), 500);
     assert_eq!(loaded.procedures.len(), 500);
+    assert_eq!(loaded.locations.len(), 250);
 
     // Generate queries with their expected answers.
     let mut queries: Vec<(String, Vec<String>)> = Vec::new();
@@ -235,6 +245,7 @@ fn generated_queries_match_an_independent_reference_evaluator() {
     gender_and_birthdate_queries(&mut rng, &loaded.patients, &mut queries);
     number_and_uri_queries(&mut rng, &loaded, &mut queries);
     chain_and_has_queries(&mut rng, &loaded, &mut queries);
+    near_queries(&mut rng, &loaded.locations, &mut queries);
     assert!(queries.len() >= 400, "{} queries", queries.len());
 
     ask_the_server_and_compare(api, queries);
@@ -246,6 +257,7 @@ enum Pending {
     Observation(ObsRow),
     Sequence(SeqRow),
     Procedure(ProcRow),
+    Location(LocRow),
 }
 
 /// Generate one transaction Bundle of 100 patients with 2 observations each (and a sequence
@@ -309,6 +321,15 @@ fn load_batch(
             );
             pending.push(Pending::Procedure(proc));
         }
+        if i % 4 == 0 {
+            let loc = LocRow {
+                lat: 40.0 + rng.below(400_000) as f64 / 100_000.0,
+                lon: -75.0 + rng.below(500_000) as f64 / 100_000.0,
+            };
+            entries.push(json!({"request": {"method": "POST", "url": "Location"}, "resource": {
+                "resourceType": "Location", "position": {"latitude": loc.lat, "longitude": loc.lon}}}));
+            pending.push(Pending::Location(loc));
+        }
     }
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
     let r = api.request(
@@ -349,6 +370,9 @@ fn load_batch(
             Pending::Procedure(mut q) => {
                 q.patient = urn_ids[&q.patient].clone();
                 loaded.procedures.insert(id, q);
+            }
+            Pending::Location(l) => {
+                loaded.locations.insert(id, l);
             }
         }
     }
@@ -447,6 +471,12 @@ fn observation_queries(
             let v = min + rng.below((max - min) as u64) as i64;
             queries.push((
                 format!("Observation?code={code}&value-quantity={prefix}{v}"),
+                all_obs(&|o| o.code == *code && quantity_matches(prefix, v, o.value)),
+            ));
+            // The same as one composite, whose code and value hold on one element.
+            let composite = *rng.pick(&["code-value-quantity", "combo-code-value-quantity"]);
+            queries.push((
+                format!("Observation?{composite}=http://loinc.org|{code}${prefix}{v}"),
                 all_obs(&|o| o.code == *code && quantity_matches(prefix, v, o.value)),
             ));
         }
@@ -658,4 +688,39 @@ fn reference_evaluator_calendar_is_sound() {
     assert!(date_matches("eb", march, days_from_civil(2024, 2, 29)));
     assert!(quantity_matches("eq", 72, 72) && !quantity_matches("eq", 72, 73));
     assert_eq!(fold("MÜLLER"), "muller");
+}
+
+/// `Location?near=lat|lon|distance|unit`: the great-circle distance on a sphere of the WGS84
+/// mean radius, computed here by the haversine formula.
+fn near_queries(
+    rng: &mut Rng,
+    locations: &BTreeMap<String, LocRow>,
+    queries: &mut Vec<(String, Vec<String>)>,
+) {
+    const RADIUS_M: f64 = 6_371_008.8;
+    let metres = |(a, b): (f64, f64), (c, d): (f64, f64)| {
+        let (p1, p2) = (a.to_radians(), c.to_radians());
+        let h = ((p2 - p1) / 2.0).sin().powi(2)
+            + p1.cos() * p2.cos() * ((d - b).to_radians() / 2.0).sin().powi(2);
+        2.0 * RADIUS_M * h.sqrt().asin()
+    };
+    let mut found = 0;
+    for _ in 0..40 {
+        let lat = 39.5 + rng.below(50_000) as f64 / 10_000.0;
+        let lon = -75.5 + rng.below(60_000) as f64 / 10_000.0;
+        let (unit, per_unit) = *rng.pick(&[("km", 1000.0), ("m", 1.0), ("[mi_i]", 1609.344)]);
+        let distance = (1 + rng.below(150)) as f64 * 1000.0 / per_unit;
+        let expected = matching(locations, &|l| {
+            metres((lat, lon), (l.lat, l.lon)) <= distance * per_unit
+        });
+        found += expected.len();
+        queries.push((
+            format!("Location?near={lat}|{lon}|{distance}|{unit}"),
+            expected,
+        ));
+    }
+    assert!(
+        found > 100,
+        "the near queries find {found} locations in all"
+    );
 }
