@@ -937,6 +937,26 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
         "history-type",
         "create",
     ];
+    // What `_include` and `_revinclude` follow: reference parameters holding `Type/id`
+    // references (not canonical URLs), by source type and by each type they may point to.
+    let followed = |t: ResourceType| {
+        carevault_fhir::search::params(t)
+            .into_iter()
+            .filter(|p| p.ptype == carevault_fhir::search::ParamType::Reference && p.refers_by_id())
+    };
+    let mut rev_includes: std::collections::HashMap<ResourceType, Vec<String>> =
+        std::collections::HashMap::new();
+    for source in ResourceType::all() {
+        for p in followed(source) {
+            for target in p.targets() {
+                rev_includes.entry(target).or_default().push(format!(
+                    "{}:{}",
+                    source.as_str(),
+                    p.name
+                ));
+            }
+        }
+    }
     let resources: Vec<Value> = ResourceType::all()
         .map(|t| {
             let params = carevault_fhir::search::params(t);
@@ -950,15 +970,14 @@ pub fn capability_statement(now_us: i64) -> Vec<u8> {
                     })
                 })
                 .collect();
-            let references: Vec<String> = params
-                .iter()
-                .filter(|p| p.ptype == carevault_fhir::search::ParamType::Reference)
+            let includes: Vec<String> = followed(t)
                 .map(|p| format!("{}:{}", t.as_str(), p.name))
                 .collect();
             serde_json::json!({
                 "type": t.as_str(),
                 "searchParam": search_params,
-                "searchInclude": references,
+                "searchInclude": includes,
+                "searchRevInclude": rev_includes.get(&t).cloned().unwrap_or_default(),
                 "interaction": interactions.iter().map(|i| serde_json::json!({"code": i})).collect::<Vec<_>>(),
                 "versioning": "versioned",
                 "readHistory": true,

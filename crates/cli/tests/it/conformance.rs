@@ -523,6 +523,40 @@ fn capability_statement_says_so(api: &Api) {
         .unwrap()
         .clone();
     assert_eq!(patient["conditionalCreate"], true);
+    // `_include` and `_revinclude` values: every reference parameter that names `Type/id`,
+    // not those by canonical URL.
+    let listed = |resource: &Value, key: &str, value: &str| {
+        resource[key].as_array().unwrap().iter().any(|v| v == value)
+    };
+    assert!(listed(
+        &patient,
+        "searchInclude",
+        "Patient:general-practitioner"
+    ));
+    assert!(listed(&patient, "searchRevInclude", "Observation:subject"));
+    assert!(listed(&patient, "searchRevInclude", "Encounter:patient"));
+    // Observation?encounter points at Encounters only.
+    assert!(!listed(
+        &patient,
+        "searchRevInclude",
+        "Observation:encounter"
+    ));
+    let response = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "QuestionnaireResponse")
+        .unwrap();
+    assert!(listed(
+        response,
+        "searchInclude",
+        "QuestionnaireResponse:subject"
+    ));
+    assert!(!listed(
+        response,
+        "searchInclude",
+        "QuestionnaireResponse:questionnaire"
+    ));
     assert_eq!(patient["conditionalUpdate"], true);
     assert_eq!(patient["conditionalDelete"], "single");
     assert_eq!(patient["conditionalRead"], "full-support");

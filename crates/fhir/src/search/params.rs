@@ -188,7 +188,8 @@ impl ParamDef {
     /// The contact-point kind whose normalization applies to this parameter's codes.
     /// Whether a path of this (reference) parameter holds literal references (`Type/id`), which
     /// chains, `_has` and `_include` follow; canonical URLs they do not.
-    pub(super) fn refers_by_id(&self) -> bool {
+    #[must_use]
+    pub fn refers_by_id(&self) -> bool {
         self.paths.iter().any(|p| p.kind == Kind::Reference)
     }
 
