@@ -114,6 +114,9 @@ pub async fn run(store: &dyn Store, keyring: &Keyring) -> Result<Report> {
                 rtype: row.rtype.clone(),
                 id: row.id.clone(),
                 tokens: index.entries(rtype, &json),
+                // Another node (still on the older release) may write a newer version between
+                // this read and this write: its entries must not be overwritten with these.
+                only_if_current: Some(row.version),
             });
         }
         report.reindexed += ops.len() as u64;

@@ -52,6 +52,7 @@ contract_tests!(
     reserved_data_key_ids_are_never_handed_out_twice,
     export_jobs_are_kept_replaced_and_deleted,
     the_audit_trail_verifies_a_page_at_a_time_whole_or_recent,
+    an_index_replacement_for_a_stale_version_changes_nothing,
 );
 
 pub(crate) fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
@@ -432,6 +433,7 @@ pub(crate) async fn policies_the_index_and_racing_data_key_inserts(
             .iter()
             .map(|(p, t)| (p.to_string(), t.to_vec()))
             .collect(),
+        only_if_current: None,
     };
     store
         .write(vec![
@@ -721,6 +723,7 @@ pub(crate) async fn rewrap_is_conditional_and_shred_removes_only_its_compartment
                     rtype: "Patient".into(),
                     id,
                     tokens: vec![("name".into(), b"t".to_vec())],
+                    only_if_current: None,
                 },
             ])
             .await
@@ -1024,4 +1027,57 @@ pub(crate) async fn the_audit_trail_verifies_a_page_at_a_time_whole_or_recent(
         verify(TrailScope::Since(201)).await,
         [("n1".into(), 21, 30, 20), ("n2".into(), 13, 12, 12)]
     );
+}
+
+/// The index rebuild's guard: entries computed from a version another node has since replaced
+/// (or deleted) do not overwrite the newer version's entries.
+pub(crate) async fn an_index_replacement_for_a_stale_version_changes_nothing(
+    store: &dyn Store,
+    other: &dyn Store,
+) {
+    let replace = |tokens: &[u8], only_if_current: Option<u32>| WriteOp::ReplaceSearchIndex {
+        rtype: "Patient".into(),
+        id: "a".into(),
+        tokens: vec![("name".into(), tokens.to_vec())],
+        only_if_current,
+    };
+    let found = |tokens: &[u8]| {
+        let clause = IndexClause {
+            param: "name".into(),
+            tokens: vec![tokens.to_vec()],
+        };
+        async move { store.search_index("Patient", vec![clause]).await.unwrap() }
+    };
+    store.write(vec![data_key("Patient/test")]).await.unwrap();
+    store
+        .write(vec![put("a", 1, None), replace(b"v1", None)])
+        .await
+        .unwrap();
+    // The rebuild read version 1; meanwhile another node wrote version 2 and its entries.
+    other
+        .write(vec![put("a", 2, Some(1)), replace(b"v2", None)])
+        .await
+        .unwrap();
+    store
+        .write(vec![replace(b"v1-rebuilt", Some(1))])
+        .await
+        .unwrap();
+    assert_eq!(found(b"v2").await, vec!["a"]);
+    assert!(found(b"v1-rebuilt").await.is_empty());
+    // For the current version, it replaces.
+    store
+        .write(vec![replace(b"v2-rebuilt", Some(2))])
+        .await
+        .unwrap();
+    assert_eq!(found(b"v2-rebuilt").await, vec!["a"]);
+    assert!(found(b"v2").await.is_empty());
+    // Nothing for a resource that is not there.
+    let absent = WriteOp::ReplaceSearchIndex {
+        rtype: "Patient".into(),
+        id: "zz".into(),
+        tokens: vec![("name".into(), b"ghost".to_vec())],
+        only_if_current: Some(1),
+    };
+    store.write(vec![absent]).await.unwrap();
+    assert!(found(b"ghost").await.is_empty());
 }

@@ -381,6 +381,10 @@ pub enum WriteOp {
         id: String,
         /// (parameter, truncated keyed HMAC of an index key)
         tokens: Vec<(String, Vec<u8>)>,
+        /// Only while this is still the resource's current (not deleted) version; otherwise the
+        /// op changes nothing. The index rebuild's guard: another node may write a newer version
+        /// (and its entries) between the rebuild's read and its write.
+        only_if_current: Option<u32>,
     },
 }
 

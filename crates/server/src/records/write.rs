@@ -197,6 +197,7 @@ impl Records {
                 rtype: rtype.as_str().to_owned(),
                 id: id.as_str().to_owned(),
                 tokens: Vec::new(),
+                only_if_current: None,
             };
             match self.commit(caller, keys, vec![op, unindex], 204).await {
                 Ok(()) => return Ok(Some(next)),
@@ -372,6 +373,7 @@ impl Records {
                 rtype: rtype.as_str().to_owned(),
                 id: id.as_str().to_owned(),
                 tokens: tokens.clone(),
+                only_if_current: None,
             });
             if let (Some(org), Some(c)) = (&organization, &patient) {
                 ops.push(WriteOp::SetCompartmentOrganization {

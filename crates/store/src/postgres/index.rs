@@ -8,9 +8,30 @@ use crate::{IndexClause, StoreError, WriteOp};
 
 /// Replace a resource's blind-index rows (none for a deleted resource).
 pub(super) async fn apply_index_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
-    let WriteOp::ReplaceSearchIndex { rtype, id, tokens } = op else {
+    let WriteOp::ReplaceSearchIndex {
+        rtype,
+        id,
+        tokens,
+        only_if_current,
+    } = op
+    else {
         return Err(crate::dispatch::misrouted(op).into());
     };
+    if let Some(version) = only_if_current {
+        // Share-locked: a writer of a newer version either committed before (and is seen here)
+        // or waits for this transaction, and then replaces these entries with its own.
+        let current = tx
+            .query_opt(
+                "SELECT version FROM resource_current
+                 WHERE rtype = $1 AND id = $2 AND NOT deleted FOR SHARE",
+                &[rtype, id],
+            )
+            .await?
+            .map(|row| row.get::<_, i64>(0));
+        if current != Some(i64::from(*version)) {
+            return Ok(());
+        }
+    }
     exec(
         tx,
         "DELETE FROM search_index WHERE rtype = $1 AND id = $2",

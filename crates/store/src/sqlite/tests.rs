@@ -241,6 +241,7 @@ fn index(id: &str, tokens: &[(&str, &[u8])]) -> WriteOp {
             .iter()
             .map(|(p, t)| ((*p).to_owned(), t.to_vec()))
             .collect(),
+        only_if_current: None,
     }
 }
 
