@@ -48,7 +48,7 @@ pub fn candidate_keys(clause: &Clause, value: &SearchValue) -> Option<Vec<String
         (Sv::Quantity { units, .. }, ParamType::Quantity) => Some(quantity::candidate_keys(units)),
         (Sv::Number { .. }, ParamType::Number) => Some(vec!["n:*".to_owned()]),
         (Sv::Uri(query), ParamType::Uri) => uri::uri_candidate_keys(modifier, query),
-        (part @ Sv::Composite(_), ParamType::Composite) => composite::candidate_keys(def, part),
+        (Sv::Composite(clauses), ParamType::Composite) => composite::candidate_keys(clauses),
         (Sv::Near { lat, lon, metres }, ParamType::Special) => {
             near::candidate_keys(*lat, *lon, *metres)
         }

@@ -15,47 +15,32 @@ use serde_json::Value;
 use super::candidates::candidate_keys as component_candidate_keys;
 use super::extract::selected;
 use super::index::param_index_keys;
-use super::matching::clause_matches;
+use super::matching::{clause_matches, has_value};
 use super::params::ParamDef;
 use super::parse::parse_value;
 use super::query::{Clause, SearchValue, Sv};
 use super::syntax::{Modifier, split_unescaped};
 
-/// `value$value[$value]`: one value per component, each parsed as its component's type.
-pub(super) fn parse_composite(def: &ParamDef, raw: &str) -> Result<Sv, &'static str> {
+/// `value$value[$value]`: one value per component, each parsed as its component's type, kept
+/// as that component's clause (so that matching a candidate builds nothing).
+pub(super) fn parse_composite(def: &'static ParamDef, raw: &str) -> Result<Sv, &'static str> {
     let pieces = split_unescaped(raw, '$');
     if pieces.len() != def.components.len() {
         return Err("expected one value per component, separated by $");
     }
-    let parts = def
+    let clauses = def
         .components
         .iter()
         .zip(pieces)
-        .map(|(component, piece)| parse_value(component, Modifier::None, piece))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Sv::Composite(parts))
-}
-
-/// The clause of one component for one part of a composite value.
-pub(super) fn component_clause(component: &'static ParamDef, part: &Sv) -> Clause {
-    Clause {
-        param: component,
-        modifier: None,
-        values: vec![SearchValue(part.clone())],
-    }
-}
-
-/// The clauses of each component for a composite value (empty for another value).
-pub(super) fn component_clauses(def: &'static ParamDef, value: &Sv) -> Vec<Clause> {
-    match value {
-        Sv::Composite(parts) => def
-            .components
-            .iter()
-            .zip(parts)
-            .map(|(component, part)| component_clause(component, part))
-            .collect(),
-        _ => Vec::new(),
-    }
+        .map(|(component, piece)| {
+            Ok(Clause {
+                param: component,
+                modifier: None,
+                values: vec![SearchValue(parse_value(component, Modifier::None, piece)?)],
+            })
+        })
+        .collect::<Result<Vec<_>, &'static str>>()?;
+    Ok(Sv::Composite(clauses))
 }
 
 /// The base elements of a composite parameter in `resource` (the resource itself for a
@@ -67,13 +52,11 @@ fn base_elements<'a>(def: &ParamDef, resource: &'a Value) -> Vec<&'a Value> {
         .collect()
 }
 
-/// Whether one base element of `resource` satisfies every component of `value`.
-pub(super) fn composite_matches(def: &'static ParamDef, resource: &Value, value: &Sv) -> bool {
-    let clauses = component_clauses(def, value);
-    !clauses.is_empty()
-        && base_elements(def, resource)
-            .into_iter()
-            .any(|element| clauses.iter().all(|c| clause_matches(element, c)))
+/// Whether one base element of `resource` satisfies every component clause.
+pub(super) fn composite_matches(def: &ParamDef, resource: &Value, clauses: &[Clause]) -> bool {
+    base_elements(def, resource)
+        .into_iter()
+        .any(|element| clauses.iter().all(|c| clause_matches(element, c)))
 }
 
 /// Whether some base element has a value for every component.
@@ -81,7 +64,7 @@ pub(super) fn composite_present(def: &ParamDef, resource: &Value) -> bool {
     base_elements(def, resource).into_iter().any(|element| {
         def.components
             .iter()
-            .all(|component| super::matching::has_value(component, element))
+            .all(|component| has_value(component, element))
     })
 }
 
@@ -95,13 +78,8 @@ pub(super) fn index_keys(def: &ParamDef, resource: &Value, keys: &mut BTreeSet<S
     }
 }
 
-/// The candidate keys of a composite value: its first part's, for the first component.
-pub(super) fn candidate_keys(def: &'static ParamDef, value: &Sv) -> Option<Vec<String>> {
-    match (value, def.components.first()) {
-        (Sv::Composite(parts), Some(first)) => {
-            let part = parts.first()?;
-            component_candidate_keys(&component_clause(first, part), &SearchValue(part.clone()))
-        }
-        _ => Some(Vec::new()),
-    }
+/// The candidate keys of a composite value: its first component clause's.
+pub(super) fn candidate_keys(clauses: &[Clause]) -> Option<Vec<String>> {
+    let first = clauses.first()?;
+    component_candidate_keys(first, first.values.first()?)
 }

@@ -314,9 +314,7 @@ fn compile(types: &Model, def: &Definition, rtype: ResourceType) -> Result<Param
 }
 
 /// A composite parameter of one base type: its base elements (the definition's expression),
-/// and each component compiled from there: the component's expression is appended to each
-/// base chain and compiled from the resource root, and the base's own steps cut off again, so
-/// that a component's paths start at the base element.
+/// and each component, whose paths start at the base element ([`component_paths`]).
 fn compile_composite(
     types: &Model,
     def: &Definition,
@@ -354,50 +352,7 @@ fn compile_composite(
                 "a component read from the whole resource, outside the base element".into(),
             );
         }
-        let Expr::Union(chains) = fhirpath::parse(&component.expression)? else {
-            return Err("a boolean component".into());
-        };
-        let mut paths: Vec<Path> = Vec::new();
-        for (base, base_segs) in &base_paths {
-            for chain in &chains {
-                let Head::Type(first) = &chain.head else {
-                    return Err("a component in parentheses".into());
-                };
-                let mut steps = base.steps.clone();
-                steps.push(Step::Member(first.clone()));
-                steps.extend(chain.steps.iter().cloned());
-                let whole = Chain {
-                    head: base.head.clone(),
-                    steps,
-                };
-                let variants = compile_chain(types, &whole, rtype)?;
-                let choice = variants.len() > 1;
-                for (segs, ty) in variants {
-                    if never_matches(ptype, &ty) {
-                        continue;
-                    }
-                    let relative = segs
-                        .strip_prefix(base_segs.as_slice())
-                        .ok_or_else(|| "a component outside its base element".to_owned())?
-                        .to_vec();
-                    let kind = match kind_of(ptype, &ty, &relative) {
-                        Ok(kind) => kind,
-                        // R4 writes a component over a whole choice (`Group.characteristic`'s
-                        // `value`) where the component's own definition takes only the variants
-                        // of its type (`Group-value`: CodeableConcept or boolean).
-                        Err(_) if choice => continue,
-                        Err(e) => return Err(e),
-                    };
-                    let path = Path {
-                        kind,
-                        segs: without_contact_filter(relative, &ty),
-                    };
-                    if !paths.contains(&path) {
-                        paths.push(path);
-                    }
-                }
-            }
-        }
+        let paths = component_paths(types, rtype, ptype, &base_paths, &component.expression)?;
         if paths.is_empty() {
             return Err("a component with no element of its type".into());
         }
@@ -432,6 +387,62 @@ fn compile_composite(
         url: def.url.clone(),
         components,
     })
+}
+
+/// A component's paths from its base elements: its expression appended to each base chain,
+/// compiled from the resource root, and the base's own segments cut off again.
+fn component_paths(
+    types: &Model,
+    rtype: ResourceType,
+    ptype: ParamType,
+    base_paths: &[(Chain, Vec<Seg>)],
+    expression: &str,
+) -> Result<Vec<Path>, String> {
+    let Expr::Union(chains) = fhirpath::parse(expression)? else {
+        return Err("a boolean component".into());
+    };
+    let mut paths: Vec<Path> = Vec::new();
+    for (base, base_segs) in base_paths {
+        for chain in &chains {
+            let Head::Type(first) = &chain.head else {
+                return Err("a component in parentheses".into());
+            };
+            let mut steps = base.steps.clone();
+            steps.push(Step::Member(first.clone()));
+            steps.extend(chain.steps.iter().cloned());
+            let whole = Chain {
+                head: base.head.clone(),
+                steps,
+            };
+            let variants = compile_chain(types, &whole, rtype)?;
+            let choice = variants.len() > 1;
+            for (segs, ty) in variants {
+                if never_matches(ptype, &ty) {
+                    continue;
+                }
+                let relative = segs
+                    .strip_prefix(base_segs.as_slice())
+                    .ok_or_else(|| "a component outside its base element".to_owned())?
+                    .to_vec();
+                let kind = match kind_of(ptype, &ty, &relative) {
+                    Ok(kind) => kind,
+                    // R4 writes a component over a whole choice (`Group.characteristic`'s
+                    // `value`) where the component's own definition takes only the variants
+                    // of its type (`Group-value`: CodeableConcept or boolean).
+                    Err(_) if choice => continue,
+                    Err(e) => return Err(e),
+                };
+                let path = Path {
+                    kind,
+                    segs: without_contact_filter(relative, &ty),
+                };
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+    }
+    Ok(paths)
 }
 
 /// Variants R4 lists in a parameter that no value of the parameter's type can match: a series

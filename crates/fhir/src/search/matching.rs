@@ -152,9 +152,10 @@ pub(super) fn clause_matches(resource: &Value, clause: &Clause) -> bool {
                 _ => false,
             })
         }
-        ParamType::Composite => values
-            .iter()
-            .any(|v| composite_matches(def, resource, &v.0)),
+        ParamType::Composite => values.iter().any(|v| match &v.0 {
+            Sv::Composite(clauses) => composite_matches(def, resource, clauses),
+            _ => false,
+        }),
         ParamType::Special => {
             let found = positions(def, resource);
             values.iter().any(|v| match &v.0 {

@@ -20,7 +20,7 @@ const EARTH_RADIUS_M: f64 = 6_371_008.8;
 /// Metres per degree of latitude (and of longitude at the equator).
 const METRES_PER_DEGREE: f64 = EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
 /// What "near" means when the query gives no distance (R4 leaves it to the server).
-pub const DEFAULT_NEAR_METRES: f64 = 10_000.0;
+const DEFAULT_NEAR_METRES: f64 = 10_000.0;
 /// The largest distance a query may ask for: half the Earth's circumference.
 const MAX_NEAR_METRES: f64 = EARTH_RADIUS_M * std::f64::consts::PI;
 /// Above this many one-degree cells, a query considers every location (no key set).
@@ -74,7 +74,7 @@ pub(super) fn positions(def: &ParamDef, resource: &Value) -> Vec<(f64, f64)> {
 }
 
 /// The great-circle distance in metres (haversine).
-pub(super) fn distance_metres((lat1, lon1): (f64, f64), (lat2, lon2): (f64, f64)) -> f64 {
+fn distance_metres((lat1, lon1): (f64, f64), (lat2, lon2): (f64, f64)) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dp = p2 - p1;
     let dl = (lon2 - lon1).to_radians();

@@ -132,7 +132,7 @@ pub(super) fn parse_clause(
 }
 
 pub(super) fn parse_value(
-    def: &ParamDef,
+    def: &'static ParamDef,
     modifier: Modifier,
     raw: &str,
 ) -> Result<Sv, &'static str> {

@@ -189,8 +189,8 @@ pub(super) enum Sv {
     },
     /// `:missing=true` (`true`) or `:missing=false`.
     Missing(bool),
-    /// A composite value: one part per component, in order.
-    Composite(Vec<Sv>),
+    /// A composite value: one clause per component, in order (each with one value).
+    Composite(Vec<Clause>),
     /// `near`: a point and a distance in metres.
     Near {
         lat: f64,
@@ -386,10 +386,9 @@ impl Clause {
             ParamType::Quantity | ParamType::Number | ParamType::Uri => false,
             // A position may be a person's home.
             ParamType::Special => true,
-            ParamType::Composite => self.values.iter().any(|v| {
-                super::composite::component_clauses(self.param, &v.0)
-                    .iter()
-                    .any(Clause::could_identify)
+            ParamType::Composite => self.values.iter().any(|v| match &v.0 {
+                Sv::Composite(clauses) => clauses.iter().any(Clause::could_identify),
+                _ => false,
             }),
         }
     }

@@ -184,11 +184,10 @@ fn the_index_holds_the_first_component_s_keys_in_its_host_s_rows() {
         ),
         Some(vec!["c:8480-6".to_owned()])
     );
-    // A first component without a bounded key set (date `ne`) gives none for the composite.
-    let card = ResourceType::parse("Group").unwrap();
-    assert_eq!(host_of("combo-code"), "combo-code");
+    // Group's characteristic-value: the characteristic's code is the key.
+    let group_type = ResourceType::parse("Group").unwrap();
     assert_eq!(
-        candidates(card, "characteristic-value", "gender$female"),
+        candidates(group_type, "characteristic-value", "gender$female"),
         Some(vec!["c:gender".to_owned()])
     );
     let group = json!({
@@ -198,9 +197,24 @@ fn the_index_holds_the_first_component_s_keys_in_its_host_s_rows() {
             { "code": { "coding": [{ "code": "smoker" }] }, "valueBoolean": true }
         ]
     });
-    assert!(hit(card, &group, "characteristic-value", "gender$female"));
-    assert!(hit(card, &group, "characteristic-value", "smoker$true"));
-    assert!(!hit(card, &group, "characteristic-value", "smoker$female"));
+    assert!(hit(
+        group_type,
+        &group,
+        "characteristic-value",
+        "gender$female"
+    ));
+    assert!(hit(
+        group_type,
+        &group,
+        "characteristic-value",
+        "smoker$true"
+    ));
+    assert!(!hit(
+        group_type,
+        &group,
+        "characteristic-value",
+        "smoker$female"
+    ));
 }
 
 #[test]
