@@ -535,6 +535,26 @@ fn capability_statement_says_so(api: &Api) {
     ));
     assert!(listed(&patient, "searchRevInclude", "Observation:subject"));
     assert!(listed(&patient, "searchRevInclude", "Encounter:patient"));
+    // Composite and special parameters carry their R4 type.
+    let param_type = |rtype: &str, name: &str| {
+        cs["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == rtype)
+            .unwrap()["searchParam"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["type"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        param_type("Observation", "component-code-value-quantity").as_deref(),
+        Some("composite")
+    );
+    assert_eq!(param_type("Location", "near").as_deref(), Some("special"));
+    assert_eq!(param_type("DocumentReference", "relationship"), None);
     // Observation?encounter points at Encounters only.
     assert!(!listed(
         &patient,

@@ -278,6 +278,9 @@ fn identifying_searches_are_refused(w: &World) {
         "/fhir/Patient?birthdate=1984-07-12",
         "/fhir/Observation?date=2024-07-12",
         "/fhir/Patient?gender=female&_sort=birthdate",
+        // A composite with a string part, and a position.
+        "/fhir/Observation?code-value-string=x$Zqcanary",
+        "/fhir/Location?near=42.36|-71.06|5|km",
     ] {
         let r = dev.get(path);
         assert_eq!(r.status, 403, "{path}: {}", r.text());
