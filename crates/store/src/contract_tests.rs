@@ -8,9 +8,9 @@
 use carevault_audit::StoredEvent;
 
 use crate::{
-    ApiKeyRow, AuditQuery, CredentialRow, DataRotationProgress, HistoryQuery, IndexClause,
-    NewAuditEvent, NewResourceVersion, PrincipalRow, ResourceRow, SessionRow, Store, StoreError,
-    WriteOp,
+    ApiKeyRow, AuditQuery, BreakGlassRow, CredentialRow, DataRotationProgress, EnrollmentRow,
+    HistoryQuery, IndexClause, NewAuditEvent, NewResourceVersion, PrincipalRow, ResourceRow,
+    SessionRow, Store, StoreError, WriteOp,
 };
 
 /// Runs each contract test (an `async fn(store, other)`) once per backend.
@@ -53,6 +53,7 @@ contract_tests!(
     export_jobs_are_kept_replaced_and_deleted,
     the_audit_trail_verifies_a_page_at_a_time_whole_or_recent,
     an_index_replacement_for_a_stale_version_changes_nothing,
+    account_session_key_and_grant_rows_follow_their_operations,
 );
 
 pub(crate) fn row(id: &str, version: u32, body: &[u8]) -> ResourceRow {
@@ -1080,4 +1081,177 @@ pub(crate) async fn an_index_replacement_for_a_stale_version_changes_nothing(
     };
     store.write(vec![absent]).await.unwrap();
     assert!(found(b"ghost").await.is_empty());
+}
+
+/// The operations `statements.rs` writes once for both backends, each read back through the
+/// other handle: principals updated, credentials deleted, enrollments, sessions and API keys
+/// revoked, compartment organizations replaced, break-glass grants.
+pub(crate) async fn account_session_key_and_grant_rows_follow_their_operations(
+    store: &dyn Store,
+    other: &dyn Store,
+) {
+    let principal = PrincipalRow {
+        id: "u1".into(),
+        username: "bob".into(),
+        roles: vec!["clinician".into()],
+        organization: None,
+        disabled: false,
+        locked: true,
+        failed_logins: 4,
+        created_at: 1,
+    };
+    let session = |token: &str| SessionRow {
+        token_hash: token.into(),
+        principal_id: "u1".into(),
+        created_at: 5,
+        last_seen: 5,
+        revoked: false,
+    };
+    let enrollment = EnrollmentRow {
+        token_hash: "e1".into(),
+        principal_id: "u1".into(),
+        expires_at: 99,
+        pending_totp_sealed: None,
+    };
+    store
+        .write(vec![
+            WriteOp::InsertPrincipal(principal.clone()),
+            WriteOp::SetCredential(CredentialRow {
+                principal_id: "u1".into(),
+                password_hash: "$argon2id$...".into(),
+                totp_secret_sealed: vec![7],
+                totp_last_step: 0,
+                recovery_code_hashes: Vec::new(),
+            }),
+            WriteOp::InsertEnrollment(enrollment.clone()),
+            WriteOp::InsertSession(session("s1")),
+            WriteOp::InsertSession(session("s2")),
+            WriteOp::InsertSession(session("s3")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(other.enrollment("e1").await.unwrap(), Some(enrollment));
+
+    // Only the fields given change.
+    store
+        .write(vec![WriteOp::UpdatePrincipal {
+            principal_id: "u1".into(),
+            disabled: Some(true),
+            locked: None,
+            failed_logins: Some(0),
+        }])
+        .await
+        .unwrap();
+    let updated = other.principal_by_id("u1").await.unwrap().unwrap();
+    assert_eq!(
+        (updated.disabled, updated.locked, updated.failed_logins),
+        (true, true, 0)
+    );
+
+    store
+        .write(vec![WriteOp::SetEnrollmentPendingTotp {
+            token_hash: "e1".into(),
+            sealed: vec![1, 2],
+        }])
+        .await
+        .unwrap();
+    let pending = other.enrollment("e1").await.unwrap().unwrap();
+    assert_eq!(pending.pending_totp_sealed, Some(vec![1, 2]));
+    let unknown_enrollment = WriteOp::SetEnrollmentPendingTotp {
+        token_hash: "e2".into(),
+        sealed: vec![3],
+    };
+    assert!(matches!(
+        store.write(vec![unknown_enrollment]).await,
+        Err(StoreError::Conflict)
+    ));
+
+    store
+        .write(vec![
+            WriteOp::DeleteEnrollments {
+                principal_id: "u1".into(),
+            },
+            WriteOp::DeleteCredential {
+                principal_id: "u1".into(),
+            },
+            WriteOp::RevokeSession {
+                token_hash: "s1".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(other.enrollment("e1").await.unwrap(), None);
+    assert!(other.credential("u1").await.unwrap().is_none());
+    let revoked =
+        |token: &'static str| async move { other.session(token).await.unwrap().unwrap().revoked };
+    assert!(revoked("s1").await && !revoked("s2").await && !revoked("s3").await);
+    store
+        .write(vec![WriteOp::RevokeSessions {
+            principal_id: "u1".into(),
+        }])
+        .await
+        .unwrap();
+    assert!(revoked("s2").await && revoked("s3").await);
+
+    api_keys_revoke_once(store, other).await;
+    organizations_and_grants(store, other).await;
+}
+
+async fn api_keys_revoke_once(store: &dyn Store, other: &dyn Store) {
+    let key = ApiKeyRow {
+        name: "feed".into(),
+        key_hash: "kh".into(),
+        owner_id: Some("u1".into()),
+        scopes: vec!["Patient.r".into()],
+        allowed_cidrs: Vec::new(),
+        expires_at: 100,
+        revoked: false,
+        created_at: 1,
+        client_cert_sha256: None,
+    };
+    store.write(vec![WriteOp::InsertApiKey(key)]).await.unwrap();
+    let revoke = || WriteOp::RevokeApiKey {
+        name: "feed".into(),
+    };
+    store.write(vec![revoke()]).await.unwrap();
+    assert!(other.api_key_by_hash("kh").await.unwrap().unwrap().revoked);
+    let unknown = WriteOp::RevokeApiKey {
+        name: "nobody".into(),
+    };
+    assert!(matches!(
+        store.write(vec![unknown]).await,
+        Err(StoreError::Conflict)
+    ));
+}
+
+async fn organizations_and_grants(store: &dyn Store, other: &dyn Store) {
+    let set = |organization: Option<&str>| WriteOp::SetCompartmentOrganization {
+        compartment: "Patient/p1".into(),
+        organization: organization.map(Into::into),
+    };
+    store.write(vec![set(Some("org-a"))]).await.unwrap();
+    store.write(vec![set(Some("org-b"))]).await.unwrap();
+    assert_eq!(
+        other.compartment_organization("Patient/p1").await.unwrap(),
+        Some(Some("org-b".into()))
+    );
+    store.write(vec![set(None)]).await.unwrap();
+    assert_eq!(
+        other.compartment_organization("Patient/p1").await.unwrap(),
+        Some(None)
+    );
+
+    let grant = BreakGlassRow {
+        principal_id: "u1".into(),
+        until: 50,
+        patient: Some("Patient/p1".into()),
+        reason: "sealed-reason".into(),
+        created_at: 10,
+    };
+    store
+        .write(vec![WriteOp::InsertBreakGlass(grant.clone())])
+        .await
+        .unwrap();
+    assert_eq!(other.break_glass_grants("u1", 20).await.unwrap(), [grant]);
+    assert!(other.break_glass_grants("u1", 60).await.unwrap().is_empty());
 }

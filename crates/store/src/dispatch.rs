@@ -5,8 +5,10 @@ use crate::WriteOp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Domain {
-    /// `SetMeta`.
-    Meta,
+    /// One statement, the same on both backends (`statements.rs`): meta values, principals and
+    /// credentials, enrollments, sessions (but touching one), API keys, compartment
+    /// organizations, break-glass grants.
+    Shared,
     /// Resource versions (`resources.rs`).
     Resources,
     /// The blind search index (`index.rs`).
@@ -15,13 +17,12 @@ pub(crate) enum Domain {
     Keys,
     /// Crypto-shredding and its approvals (`keys.rs`).
     Shred,
-    /// Principals and credentials (`identity.rs`).
-    Accounts,
-    /// Enrollments, sessions and API keys (`identity.rs`).
-    Access,
+    /// Consuming a recovery code and touching a session (`identity.rs`): each reads or
+    /// compares in a way of its backend's own.
+    Identity,
     /// Audit events and checkpoints (`audit.rs`).
     Audit,
-    /// Compartment organizations, policies, break-glass grants (`policy.rs`).
+    /// Custom policies and their history (`policy.rs`).
     Policy,
     /// Bulk export jobs (`export.rs`).
     Export,
@@ -30,7 +31,23 @@ pub(crate) enum Domain {
 impl WriteOp {
     pub(crate) fn domain(&self) -> Domain {
         match self {
-            WriteOp::SetMeta { .. } => Domain::Meta,
+            WriteOp::SetMeta { .. }
+            | WriteOp::InsertPrincipal(_)
+            | WriteOp::UpdatePrincipal { .. }
+            | WriteOp::RecordLoginFailure { .. }
+            | WriteOp::SetCredential(_)
+            | WriteOp::DeleteCredential { .. }
+            | WriteOp::AdvanceTotpStep { .. }
+            | WriteOp::InsertEnrollment(_)
+            | WriteOp::SetEnrollmentPendingTotp { .. }
+            | WriteOp::DeleteEnrollments { .. }
+            | WriteOp::InsertSession(_)
+            | WriteOp::RevokeSession { .. }
+            | WriteOp::RevokeSessions { .. }
+            | WriteOp::InsertApiKey(_)
+            | WriteOp::RevokeApiKey { .. }
+            | WriteOp::SetCompartmentOrganization { .. }
+            | WriteOp::InsertBreakGlass(_) => Domain::Shared,
             WriteOp::PutResource(_) => Domain::Resources,
             WriteOp::ReplaceSearchIndex { .. } => Domain::Index,
             WriteOp::InsertDataKeyIfAbsent { .. }
@@ -43,27 +60,9 @@ impl WriteOp {
             WriteOp::ShredCompartment { .. }
             | WriteOp::InsertShredApproval(_)
             | WriteOp::ConsumeShredApproval { .. } => Domain::Shred,
-            WriteOp::InsertPrincipal(_)
-            | WriteOp::UpdatePrincipal { .. }
-            | WriteOp::RecordLoginFailure { .. }
-            | WriteOp::SetCredential(_)
-            | WriteOp::DeleteCredential { .. }
-            | WriteOp::AdvanceTotpStep { .. }
-            | WriteOp::ConsumeRecoveryCode { .. } => Domain::Accounts,
-            WriteOp::InsertEnrollment(_)
-            | WriteOp::SetEnrollmentPendingTotp { .. }
-            | WriteOp::DeleteEnrollments { .. }
-            | WriteOp::InsertSession(_)
-            | WriteOp::TouchSession { .. }
-            | WriteOp::RevokeSession { .. }
-            | WriteOp::RevokeSessions { .. }
-            | WriteOp::InsertApiKey(_)
-            | WriteOp::RevokeApiKey { .. } => Domain::Access,
+            WriteOp::ConsumeRecoveryCode { .. } | WriteOp::TouchSession { .. } => Domain::Identity,
             WriteOp::AppendAudit(_) | WriteOp::InsertCheckpoint(_) => Domain::Audit,
-            WriteOp::SetCompartmentOrganization { .. }
-            | WriteOp::PutPolicy { .. }
-            | WriteOp::DeletePolicy { .. }
-            | WriteOp::InsertBreakGlass(_) => Domain::Policy,
+            WriteOp::PutPolicy { .. } | WriteOp::DeletePolicy { .. } => Domain::Policy,
             WriteOp::PutExportJob(_) | WriteOp::DeleteExportJob { .. } => Domain::Export,
         }
     }

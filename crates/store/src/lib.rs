@@ -29,6 +29,7 @@ mod postgres;
 mod rows;
 mod snapshot;
 mod sqlite;
+mod statements;
 pub mod stats;
 mod trail;
 

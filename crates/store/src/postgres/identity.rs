@@ -8,95 +8,9 @@ use crate::{
     ApiKeyRow, CredentialRow, EnrollmentRow, PrincipalRow, SessionRow, StoreError, WriteOp,
 };
 
-/// The principal and credential operations of [`super::write::apply`].
-pub(super) async fn apply_account_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
+/// The identity operations of [`super::write::apply`] that are not one shared statement.
+pub(super) async fn apply_identity_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
     match op {
-        WriteOp::InsertPrincipal(p) => {
-            exec(
-                tx,
-                "INSERT INTO principal (id, username, roles, organization, disabled, locked, failed_logins, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &p.id,
-                    &p.username,
-                    &p.roles.join(","),
-                    &p.organization,
-                    &p.disabled,
-                    &p.locked,
-                    &i64::from(p.failed_logins),
-                    &p.created_at,
-                ],
-            )
-            .await?;
-        }
-        WriteOp::UpdatePrincipal {
-            principal_id,
-            disabled,
-            locked,
-            failed_logins,
-        } => {
-            exec(
-                tx,
-                "UPDATE principal SET disabled = COALESCE($2, disabled), locked = COALESCE($3, locked),
-                 failed_logins = COALESCE($4, failed_logins) WHERE id = $1",
-                &[
-                    principal_id,
-                    disabled,
-                    locked,
-                    &failed_logins.map(i64::from),
-                ],
-            )
-            .await?;
-        }
-        WriteOp::RecordLoginFailure {
-            principal_id,
-            lock_after,
-        } => {
-            exec(
-                tx,
-                "UPDATE principal SET failed_logins = failed_logins + 1,
-                 locked = CASE WHEN failed_logins + 1 >= $2 THEN TRUE ELSE locked END WHERE id = $1",
-                &[principal_id, &i64::from(*lock_after)],
-            )
-            .await?;
-        }
-        WriteOp::SetCredential(c) => {
-            exec(
-                tx,
-                "INSERT INTO credential (principal_id, password_hash, totp_secret, totp_last_step, recovery_codes)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (principal_id) DO UPDATE SET password_hash = excluded.password_hash,
-                   totp_secret = excluded.totp_secret, totp_last_step = excluded.totp_last_step,
-                   recovery_codes = excluded.recovery_codes",
-                &[
-                    &c.principal_id,
-                    &c.password_hash,
-                    &c.totp_secret_sealed,
-                    &c.totp_last_step,
-                    &c.recovery_code_hashes.join(","),
-                ],
-            )
-            .await?;
-        }
-        WriteOp::DeleteCredential { principal_id } => {
-            exec(
-                tx,
-                "DELETE FROM credential WHERE principal_id = $1",
-                &[principal_id],
-            )
-            .await?;
-        }
-        WriteOp::AdvanceTotpStep { principal_id, step } => {
-            let n = exec(
-                tx,
-                "UPDATE credential SET totp_last_step = $2 WHERE principal_id = $1 AND totp_last_step < $2",
-                &[principal_id, step],
-            )
-            .await?;
-            if n != 1 {
-                return Err(StoreError::Conflict.into());
-            }
-        }
         WriteOp::ConsumeRecoveryCode {
             principal_id,
             code_hash,
@@ -127,60 +41,6 @@ pub(super) async fn apply_account_op(tx: &Transaction<'_>, op: &WriteOp) -> Resu
                 return Err(StoreError::Conflict.into());
             }
         }
-        other => return Err(crate::dispatch::misrouted(other).into()),
-    }
-    Ok(())
-}
-
-/// The enrollment, session and API-key operations of [`super::write::apply`].
-pub(super) async fn apply_access_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
-    match op {
-        WriteOp::InsertEnrollment(e) => {
-            exec(
-                tx,
-                "INSERT INTO enrollment (token_hash, principal_id, expires_at, pending_totp) VALUES ($1, $2, $3, $4)",
-                &[
-                    &e.token_hash,
-                    &e.principal_id,
-                    &e.expires_at,
-                    &e.pending_totp_sealed,
-                ],
-            )
-            .await?;
-        }
-        WriteOp::SetEnrollmentPendingTotp { token_hash, sealed } => {
-            let n = exec(
-                tx,
-                "UPDATE enrollment SET pending_totp = $2 WHERE token_hash = $1",
-                &[token_hash, sealed],
-            )
-            .await?;
-            if n != 1 {
-                return Err(StoreError::Conflict.into());
-            }
-        }
-        WriteOp::DeleteEnrollments { principal_id } => {
-            exec(
-                tx,
-                "DELETE FROM enrollment WHERE principal_id = $1",
-                &[principal_id],
-            )
-            .await?;
-        }
-        WriteOp::InsertSession(s) => {
-            exec(
-                tx,
-                "INSERT INTO session (token_hash, principal_id, created_at, last_seen, revoked) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &s.token_hash,
-                    &s.principal_id,
-                    &s.created_at,
-                    &s.last_seen,
-                    &s.revoked,
-                ],
-            )
-            .await?;
-        }
         WriteOp::TouchSession {
             token_hash,
             last_seen,
@@ -191,54 +51,6 @@ pub(super) async fn apply_access_op(tx: &Transaction<'_>, op: &WriteOp) -> Resul
                 &[token_hash, last_seen],
             )
             .await?;
-        }
-        WriteOp::RevokeSession { token_hash } => {
-            exec(
-                tx,
-                "UPDATE session SET revoked = TRUE WHERE token_hash = $1",
-                &[token_hash],
-            )
-            .await?;
-        }
-        WriteOp::RevokeSessions { principal_id } => {
-            exec(
-                tx,
-                "UPDATE session SET revoked = TRUE WHERE principal_id = $1",
-                &[principal_id],
-            )
-            .await?;
-        }
-        WriteOp::InsertApiKey(k) => {
-            exec(
-                tx,
-                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at,
-                                      client_cert_sha256)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &k.name,
-                    &k.key_hash,
-                    &k.owner_id,
-                    &k.scopes.join(" "),
-                    &k.allowed_cidrs.join(" "),
-                    &k.expires_at,
-                    &k.revoked,
-                    &k.created_at,
-                    &k.client_cert_sha256,
-                ],
-            )
-            .await?;
-        }
-        WriteOp::RevokeApiKey { name } => {
-            if exec(
-                tx,
-                "UPDATE api_key SET revoked = TRUE WHERE name = $1",
-                &[name],
-            )
-            .await?
-                != 1
-            {
-                return Err(StoreError::Conflict.into());
-            }
         }
         other => return Err(crate::dispatch::misrouted(other).into()),
     }

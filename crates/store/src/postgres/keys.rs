@@ -2,9 +2,10 @@
 
 use deadpool_postgres::Transaction;
 
-use super::{PostgresStore, TxError, data_key_row, exec, resource_row, u32_of, u64_of};
+use super::{PostgresStore, TxError, data_key_row, exec, resource_row, run, u32_of, u64_of};
 use crate::dispatch::LiveKeyInsert;
 use crate::rows::RESOURCE_COLUMNS;
+use crate::statements;
 use crate::{DataKeyRow, DataRotationProgress, ResourceRow, ShredApprovalRow, StoreError, WriteOp};
 
 /// Every data key (all generations) whose compartment names the patient compartment `$1`: its
@@ -45,37 +46,14 @@ pub(super) async fn apply_key_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(
             )
             .await?;
             if retired == 1 {
-                exec(
-                    tx,
-                    "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES ($1, $2, $3, $4)",
-                    &[compartment, wrapped, &i64::from(*kek_version), created_at],
-                )
-                .await?;
+                let key =
+                    statements::insert_rotated_key(compartment, wrapped, *kek_version, *created_at);
+                run(tx, &key).await?;
             }
         }
-        WriteOp::ResealResourceVersion {
-            rtype,
-            id,
-            version,
-            from_dek_id,
-            dek_id,
-            body,
-        } => {
+        WriteOp::ResealResourceVersion { dek_id, .. } => {
             check_dek_usable(tx, *dek_id).await?;
-            exec(
-                tx,
-                "UPDATE resource_version SET dek_id = $1, body = $2
-                 WHERE rtype = $3 AND id = $4 AND version = $5 AND dek_id = $6",
-                &[
-                    &i64::try_from(*dek_id).unwrap_or(i64::MAX),
-                    body,
-                    rtype,
-                    id,
-                    &i64::from(*version),
-                    &i64::try_from(*from_dek_id).unwrap_or(i64::MAX),
-                ],
-            )
-            .await?;
+            run(tx, &statements::reseal_resource_version(op)?).await?;
         }
         WriteOp::DropRetiredDataKey { id } => {
             let id = i64::try_from(*id).unwrap_or(i64::MAX);
@@ -97,26 +75,9 @@ pub(super) async fn apply_key_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(
                 .await?;
             }
         }
-        WriteOp::RewrapDataKey {
-            id,
-            from_kek_version,
-            wrapped,
-            kek_version,
-        } => {
+        WriteOp::RewrapDataKey { kek_version, .. } => {
             check_wrap_floor(tx, *kek_version).await?;
-            // Conditional on the version read: a key re-wrapped (or shredded) meanwhile by
-            // another node is left alone.
-            exec(
-                tx,
-                "UPDATE data_key SET wrapped = $1, kek_version = $2 WHERE id = $3 AND kek_version = $4",
-                &[
-                    wrapped,
-                    &i64::from(*kek_version),
-                    &i64::try_from(*id).unwrap_or(i64::MAX),
-                    &i64::from(*from_kek_version),
-                ],
-            )
-            .await?;
+            run(tx, &statements::rewrap_data_key(op)?).await?;
         }
         other => return Err(crate::dispatch::misrouted(other).into()),
     }

@@ -42,6 +42,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::rows::{self, Columns};
+use crate::statements::{Statement, bind};
 use crate::{ApiKeyRow, DataKeyRow, HistoryEntry, PrincipalRow, ResourceRow, StoreError};
 use connect::{split_tls, tls_connector};
 
@@ -387,6 +388,17 @@ pub(super) async fn exec(
 ) -> Result<u64, TxError> {
     let stmt = tx.prepare_cached(sql).await?;
     Ok(tx.execute(&stmt, params).await?)
+}
+
+/// Run one of the statements written once for both backends ([`crate::statements`]).
+pub(super) async fn run(tx: &Transaction<'_>, statement: &Statement<'_>) -> Result<(), TxError> {
+    let params: Vec<&(dyn ToSql + Sync)> = statement
+        .params
+        .iter()
+        .map(|p| bind!(p, &(dyn ToSql + Sync)))
+        .collect();
+    let changed = exec(tx, statement.sql.postgres, &params).await?;
+    Ok(statement.check(changed)?)
 }
 
 /// A row of [`crate::rows`] from a PostgreSQL row, whose reads cannot fail (a column of another

@@ -5,21 +5,9 @@ use deadpool_postgres::Transaction;
 use super::{PostgresStore, TxError, exec};
 use crate::{BreakGlassRow, PolicyRow, StoreError, WriteOp};
 
-/// The authorization operations of [`super::write::apply`].
+/// The policy operations of [`super::write::apply`].
 pub(super) async fn apply_policy_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
     match op {
-        WriteOp::SetCompartmentOrganization {
-            compartment,
-            organization,
-        } => {
-            exec(
-                tx,
-                "INSERT INTO compartment_org (compartment, organization) VALUES ($1, $2)
-                 ON CONFLICT (compartment) DO UPDATE SET organization = excluded.organization",
-                &[compartment, organization],
-            )
-            .await?;
-        }
         WriteOp::PutPolicy { name, text, at } => {
             exec(
                 tx,
@@ -45,20 +33,6 @@ pub(super) async fn apply_policy_op(tx: &Transaction<'_>, op: &WriteOp) -> Resul
                 tx,
                 "INSERT INTO policy_history (version, name, text, at) VALUES ($1, $2, NULL, $3)",
                 &[&version, name, at],
-            )
-            .await?;
-        }
-        WriteOp::InsertBreakGlass(b) => {
-            exec(
-                tx,
-                "INSERT INTO break_glass (principal_id, until, patient, reason, created_at) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &b.principal_id,
-                    &b.until,
-                    &b.patient,
-                    &b.reason,
-                    &b.created_at,
-                ],
             )
             .await?;
         }

@@ -7,14 +7,14 @@ use deadpool_postgres::Transaction;
 
 use super::audit::{append_audit, apply_audit_op};
 use super::export::apply_export_op;
-use super::identity::{apply_access_op, apply_account_op};
+use super::identity::apply_identity_op;
 use super::index::apply_index_op;
 use super::keys::{apply_key_op, apply_shred_op};
 use super::policy::apply_policy_op;
 use super::resources::apply_resource_op;
-use super::{MAX_ATTEMPTS, PostgresStore, TxError, exec, is_retryable, map_err};
+use super::{MAX_ATTEMPTS, PostgresStore, TxError, is_retryable, map_err, run};
 use crate::dispatch::{Domain, misrouted};
-use crate::{StoreError, WriteOp, audit_unavailable};
+use crate::{StoreError, WriteOp, audit_unavailable, statements};
 
 impl PostgresStore {
     pub(super) async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
@@ -66,28 +66,19 @@ impl PostgresStore {
 /// Apply one operation inside the transaction, in its domain's file.
 async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
     match op.domain() {
-        Domain::Meta => apply_meta_op(tx, op).await,
+        Domain::Shared => run_shared(tx, op).await,
         Domain::Resources => apply_resource_op(tx, op).await,
         Domain::Index => apply_index_op(tx, op).await,
         Domain::Keys => apply_key_op(tx, op).await,
         Domain::Shred => apply_shred_op(tx, op).await,
-        Domain::Accounts => apply_account_op(tx, op).await,
-        Domain::Access => apply_access_op(tx, op).await,
+        Domain::Identity => apply_identity_op(tx, op).await,
         Domain::Audit => apply_audit_op(tx, op).await,
         Domain::Policy => apply_policy_op(tx, op).await,
         Domain::Export => apply_export_op(tx, op).await,
     }
 }
 
-async fn apply_meta_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
-    let WriteOp::SetMeta { key, value } = op else {
-        return Err(misrouted(op).into());
-    };
-    exec(
-        tx,
-        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        &[key, value],
-    )
-    .await?;
-    Ok(())
+async fn run_shared(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
+    let statement = statements::shared(op).ok_or_else(|| misrouted(op))?;
+    run(tx, &statement).await
 }

@@ -8,84 +8,9 @@ use crate::{
     ApiKeyRow, CredentialRow, EnrollmentRow, PrincipalRow, SessionRow, StoreError, WriteOp,
 };
 
-/// The principal and credential operations of [`super::write::apply`].
-pub(super) fn apply_account_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+/// The identity operations of [`super::write::apply`] that are not one shared statement.
+pub(super) fn apply_identity_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     match op {
-        WriteOp::InsertPrincipal(p) => {
-            exec(
-                conn,
-                "INSERT INTO principal (id, username, roles, organization, disabled, locked, failed_logins, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                &[
-                    &p.id,
-                    &p.username,
-                    &p.roles.join(","),
-                    &p.organization,
-                    &p.disabled,
-                    &p.locked,
-                    &p.failed_logins,
-                    &p.created_at,
-                ],
-            )?;
-        }
-        WriteOp::UpdatePrincipal {
-            principal_id,
-            disabled,
-            locked,
-            failed_logins,
-        } => {
-            exec(
-                conn,
-                "UPDATE principal SET disabled = COALESCE(?2, disabled), locked = COALESCE(?3, locked),
-                 failed_logins = COALESCE(?4, failed_logins) WHERE id = ?1",
-                &[principal_id, disabled, locked, failed_logins],
-            )?;
-        }
-        WriteOp::RecordLoginFailure {
-            principal_id,
-            lock_after,
-        } => {
-            exec(
-                conn,
-                "UPDATE principal SET failed_logins = failed_logins + 1,
-                 locked = CASE WHEN failed_logins + 1 >= ?2 THEN 1 ELSE locked END WHERE id = ?1",
-                &[principal_id, lock_after],
-            )?;
-        }
-        WriteOp::SetCredential(c) => {
-            exec(
-                conn,
-                "INSERT INTO credential (principal_id, password_hash, totp_secret, totp_last_step, recovery_codes)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (principal_id) DO UPDATE SET password_hash = excluded.password_hash,
-                   totp_secret = excluded.totp_secret, totp_last_step = excluded.totp_last_step,
-                   recovery_codes = excluded.recovery_codes",
-                &[
-                    &c.principal_id,
-                    &c.password_hash,
-                    &c.totp_secret_sealed,
-                    &c.totp_last_step,
-                    &c.recovery_code_hashes.join(","),
-                ],
-            )?;
-        }
-        WriteOp::DeleteCredential { principal_id } => {
-            exec(
-                conn,
-                "DELETE FROM credential WHERE principal_id = ?1",
-                &[principal_id],
-            )?;
-        }
-        WriteOp::AdvanceTotpStep { principal_id, step } => {
-            let n = exec(
-                conn,
-                "UPDATE credential SET totp_last_step = ?2 WHERE principal_id = ?1 AND totp_last_step < ?2",
-                &[principal_id, step],
-            )?;
-            if n != 1 {
-                return Err(StoreError::Conflict);
-            }
-        }
         WriteOp::ConsumeRecoveryCode {
             principal_id,
             code_hash,
@@ -107,56 +32,6 @@ pub(super) fn apply_account_op(conn: &Connection, op: &WriteOp) -> Result<(), St
                 &[principal_id, &list.join(",")],
             )?;
         }
-        other => return Err(crate::dispatch::misrouted(other)),
-    }
-    Ok(())
-}
-
-/// The enrollment, session and API-key operations of [`super::write::apply`].
-pub(super) fn apply_access_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
-    match op {
-        WriteOp::InsertEnrollment(e) => {
-            exec(
-                conn,
-                "INSERT INTO enrollment (token_hash, principal_id, expires_at, pending_totp) VALUES (?1, ?2, ?3, ?4)",
-                &[
-                    &e.token_hash,
-                    &e.principal_id,
-                    &e.expires_at,
-                    &e.pending_totp_sealed,
-                ],
-            )?;
-        }
-        WriteOp::SetEnrollmentPendingTotp { token_hash, sealed } => {
-            let n = exec(
-                conn,
-                "UPDATE enrollment SET pending_totp = ?2 WHERE token_hash = ?1",
-                &[token_hash, sealed],
-            )?;
-            if n != 1 {
-                return Err(StoreError::Conflict);
-            }
-        }
-        WriteOp::DeleteEnrollments { principal_id } => {
-            exec(
-                conn,
-                "DELETE FROM enrollment WHERE principal_id = ?1",
-                &[principal_id],
-            )?;
-        }
-        WriteOp::InsertSession(s) => {
-            exec(
-                conn,
-                "INSERT INTO session (token_hash, principal_id, created_at, last_seen, revoked) VALUES (?1, ?2, ?3, ?4, ?5)",
-                &[
-                    &s.token_hash,
-                    &s.principal_id,
-                    &s.created_at,
-                    &s.last_seen,
-                    &s.revoked,
-                ],
-            )?;
-        }
         WriteOp::TouchSession {
             token_hash,
             last_seen,
@@ -166,49 +41,6 @@ pub(super) fn apply_access_op(conn: &Connection, op: &WriteOp) -> Result<(), Sto
                 "UPDATE session SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1",
                 &[token_hash, last_seen],
             )?;
-        }
-        WriteOp::RevokeSession { token_hash } => {
-            exec(
-                conn,
-                "UPDATE session SET revoked = 1 WHERE token_hash = ?1",
-                &[token_hash],
-            )?;
-        }
-        WriteOp::RevokeSessions { principal_id } => {
-            exec(
-                conn,
-                "UPDATE session SET revoked = 1 WHERE principal_id = ?1",
-                &[principal_id],
-            )?;
-        }
-        WriteOp::InsertApiKey(k) => {
-            exec(
-                conn,
-                "INSERT INTO api_key (name, key_hash, owner_id, scopes, allowed_cidrs, expires_at, revoked, created_at,
-                                      client_cert_sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                &[
-                    &k.name,
-                    &k.key_hash,
-                    &k.owner_id,
-                    &k.scopes.join(" "),
-                    &k.allowed_cidrs.join(" "),
-                    &k.expires_at,
-                    &k.revoked,
-                    &k.created_at,
-                    &k.client_cert_sha256,
-                ],
-            )?;
-        }
-        WriteOp::RevokeApiKey { name } => {
-            if exec(
-                conn,
-                "UPDATE api_key SET revoked = 1 WHERE name = ?1",
-                &[name],
-            )? != 1
-            {
-                return Err(StoreError::Conflict);
-            }
         }
         other => return Err(crate::dispatch::misrouted(other)),
     }

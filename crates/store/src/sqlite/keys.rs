@@ -3,9 +3,10 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::index::replace_search_index;
-use super::{SqliteStore, exec, map_err};
+use super::{SqliteStore, exec, map_err, run};
 use crate::dispatch::LiveKeyInsert;
 use crate::rows::{self, RESOURCE_COLUMNS};
+use crate::statements;
 use crate::{DataKeyRow, DataRotationProgress, ResourceRow, ShredApprovalRow, StoreError, WriteOp};
 
 /// The data-key operations of [`super::write::apply`].
@@ -38,35 +39,14 @@ pub(super) fn apply_key_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreE
                 .and_then(|mut s| s.execute(params![*old_id as i64, compartment]))
                 .map_err(map_err)?;
             if retired == 1 {
-                exec(
-                    conn,
-                    "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    &[compartment, wrapped, kek_version, created_at],
-                )?;
+                let key =
+                    statements::insert_rotated_key(compartment, wrapped, *kek_version, *created_at);
+                run(conn, &key)?;
             }
         }
-        WriteOp::ResealResourceVersion {
-            rtype,
-            id,
-            version,
-            from_dek_id,
-            dek_id,
-            body,
-        } => {
+        WriteOp::ResealResourceVersion { dek_id, .. } => {
             check_dek_usable(conn, *dek_id)?;
-            exec(
-                conn,
-                "UPDATE resource_version SET dek_id = ?1, body = ?2
-                 WHERE rtype = ?3 AND id = ?4 AND version = ?5 AND dek_id = ?6",
-                &[
-                    &(*dek_id as i64),
-                    body,
-                    rtype,
-                    id,
-                    version,
-                    &(*from_dek_id as i64),
-                ],
-            )?;
+            run(conn, &statements::reseal_resource_version(op)?)?;
         }
         WriteOp::DropRetiredDataKey { id } => {
             exec(
@@ -76,18 +56,9 @@ pub(super) fn apply_key_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreE
                 &[&(*id as i64)],
             )?;
         }
-        WriteOp::RewrapDataKey {
-            id,
-            from_kek_version,
-            wrapped,
-            kek_version,
-        } => {
+        WriteOp::RewrapDataKey { kek_version, .. } => {
             check_wrap_floor(conn, *kek_version)?;
-            exec(
-                conn,
-                "UPDATE data_key SET wrapped = ?1, kek_version = ?2 WHERE id = ?3 AND kek_version = ?4",
-                &[wrapped, kek_version, &(*id as i64), from_kek_version],
-            )?;
+            run(conn, &statements::rewrap_data_key(op)?)?;
         }
         other => return Err(crate::dispatch::misrouted(other)),
     }

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::mpsc;
 
 use crate::rows::Columns;
+use crate::statements::{Statement, bind};
 use crate::{PrincipalRow, SessionRow, StoreError};
 pub use snapshot::{sqlite_facts, sqlite_snapshot};
 use write::{WAL_RESET_BYTES, WriteJob, WriterStats, checkpoint_loop, writer_loop};
@@ -510,6 +511,17 @@ pub(super) fn exec(
     conn.prepare_cached(sql)
         .and_then(|mut s| s.execute(params))
         .map_err(map_err)
+}
+
+/// Run one of the statements written once for both backends ([`crate::statements`]).
+pub(super) fn run(conn: &Connection, statement: &Statement<'_>) -> Result<(), StoreError> {
+    let params: Vec<&dyn rusqlite::ToSql> = statement
+        .params
+        .iter()
+        .map(|p| bind!(p, &dyn rusqlite::ToSql))
+        .collect();
+    let changed = exec(conn, statement.sql.sqlite, &params)?;
+    statement.check(u64::try_from(changed).unwrap_or(u64::MAX))
 }
 
 impl SqliteStore {

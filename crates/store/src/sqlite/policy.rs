@@ -5,20 +5,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{SqliteStore, exec};
 use crate::{BreakGlassRow, PolicyRow, StoreError, WriteOp};
 
-/// The authorization operations of [`super::write::apply`].
+/// The policy operations of [`super::write::apply`].
 pub(super) fn apply_policy_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     match op {
-        WriteOp::SetCompartmentOrganization {
-            compartment,
-            organization,
-        } => {
-            exec(
-                conn,
-                "INSERT INTO compartment_org (compartment, organization) VALUES (?1, ?2)
-                 ON CONFLICT (compartment) DO UPDATE SET organization = excluded.organization",
-                &[compartment, organization],
-            )?;
-        }
         WriteOp::PutPolicy { name, text, at } => {
             exec(
                 conn,
@@ -42,19 +31,6 @@ pub(super) fn apply_policy_op(conn: &Connection, op: &WriteOp) -> Result<(), Sto
                 "INSERT INTO policy_history (version, name, text, at)
                  VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_history), ?1, NULL, ?2)",
                 &[name, at],
-            )?;
-        }
-        WriteOp::InsertBreakGlass(b) => {
-            exec(
-                conn,
-                "INSERT INTO break_glass (principal_id, until, patient, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                &[
-                    &b.principal_id,
-                    &b.until,
-                    &b.patient,
-                    &b.reason,
-                    &b.created_at,
-                ],
             )?;
         }
         other => return Err(crate::dispatch::misrouted(other)),

@@ -9,13 +9,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::apply_audit_op;
 use super::export::apply_export_op;
-use super::identity::{apply_access_op, apply_account_op};
+use super::identity::apply_identity_op;
 use super::index::apply_index_op;
 use super::keys::{apply_key_op, apply_shred_op};
 use super::policy::apply_policy_op;
 use super::resources::apply_resource_op;
-use super::{SqliteStore, exec, map_err};
+use super::{SqliteStore, map_err, run};
 use crate::dispatch::{Domain, misrouted};
+use crate::statements;
 use crate::stats::{BATCH_BUCKETS, Histogram, LATENCY_BUCKETS};
 use crate::{StoreError, WriteOp};
 
@@ -251,29 +252,21 @@ pub(super) fn clone_err(e: &StoreError) -> StoreError {
 /// Apply one operation inside the writer's transaction, in its domain's file.
 fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     match op.domain() {
-        Domain::Meta => apply_meta_op(conn, op),
+        Domain::Shared => run_shared(conn, op),
         Domain::Resources => apply_resource_op(conn, op),
         Domain::Index => apply_index_op(conn, op),
         Domain::Keys => apply_key_op(conn, op),
         Domain::Shred => apply_shred_op(conn, op),
-        Domain::Accounts => apply_account_op(conn, op),
-        Domain::Access => apply_access_op(conn, op),
+        Domain::Identity => apply_identity_op(conn, op),
         Domain::Audit => apply_audit_op(conn, op),
         Domain::Policy => apply_policy_op(conn, op),
         Domain::Export => apply_export_op(conn, op),
     }
 }
 
-fn apply_meta_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
-    let WriteOp::SetMeta { key, value } = op else {
-        return Err(misrouted(op));
-    };
-    exec(
-        conn,
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        &[key, value],
-    )?;
-    Ok(())
+fn run_shared(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+    let statement = statements::shared(op).ok_or_else(|| misrouted(op))?;
+    run(conn, &statement)
 }
 
 impl SqliteStore {
