@@ -107,6 +107,64 @@ impl WriteOp {
     }
 }
 
+/// [`WriteOp::ReplaceSearchIndex`]'s fields, as both backends' `index.rs` read them.
+pub(crate) struct IndexReplacement<'a> {
+    pub(crate) rtype: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) tokens: &'a [(String, Vec<u8>)],
+    /// Replace only while this version is current (an index rebuild's condition).
+    pub(crate) only_if_current: Option<u32>,
+}
+
+/// [`WriteOp::RotateDataKey`]'s fields, as both backends' `keys.rs` read them.
+pub(crate) struct KeyRotation<'a> {
+    pub(crate) old_id: u64,
+    pub(crate) compartment: &'a str,
+    pub(crate) wrapped: &'a [u8],
+    pub(crate) kek_version: u32,
+    pub(crate) created_at: i64,
+}
+
+impl WriteOp {
+    /// The fields of an index replacement; a misrouted error for any other operation.
+    pub(crate) fn index_replacement(&self) -> Result<IndexReplacement<'_>, crate::StoreError> {
+        match self {
+            WriteOp::ReplaceSearchIndex {
+                rtype,
+                id,
+                tokens,
+                only_if_current,
+            } => Ok(IndexReplacement {
+                rtype,
+                id,
+                tokens,
+                only_if_current: *only_if_current,
+            }),
+            other => Err(misrouted(other)),
+        }
+    }
+
+    /// The fields of a data-key rotation; `None` for any other operation.
+    pub(crate) fn key_rotation(&self) -> Option<KeyRotation<'_>> {
+        match self {
+            WriteOp::RotateDataKey {
+                old_id,
+                compartment,
+                wrapped,
+                kek_version,
+                created_at,
+            } => Some(KeyRotation {
+                old_id: *old_id,
+                compartment,
+                wrapped,
+                kek_version: *kek_version,
+                created_at: *created_at,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A write operation handed to a domain that does not apply it: a bug in a backend's dispatch.
 /// Names the operation by its variant's position only (its fields may hold sealed data).
 pub(crate) fn misrouted(op: &WriteOp) -> crate::StoreError {

@@ -19,6 +19,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// `migration!("sqlite/0001_initial.sql")`: a migration file's text, embedded in the binary.
+macro_rules! migration {
+    ($path:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $path))
+    };
+}
+
 #[cfg(test)]
 mod contract_tests;
 mod dispatch;

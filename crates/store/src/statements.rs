@@ -5,6 +5,7 @@
 //! derives the SQLite text from the PostgreSQL one at compile time. What differs between the
 //! backends (row locks, `GREATEST` against `MAX`, sequences, retries) stays in their domain files.
 
+use crate::dispatch::KeyRotation;
 use crate::{
     ApiKeyRow, BreakGlassRow, CredentialRow, EnrollmentRow, PrincipalRow, StoreError, WriteOp,
 };
@@ -325,22 +326,28 @@ fn insert_break_glass(b: &BreakGlassRow) -> Statement<'_> {
     )
 }
 
+/// A rotation's first step: the old key retires, if it is still the one marked for rotation.
+pub(crate) fn retire_rotated_key<'a>(rotation: &KeyRotation<'a>) -> Statement<'a> {
+    Statement::any(
+        sql!(
+            "UPDATE data_key SET state = 'retiring'
+             WHERE id = $1 AND compartment = $2 AND state = 'rotate'"
+        ),
+        vec![int(rotation.old_id), Param::Text(rotation.compartment)],
+    )
+}
+
 /// A rotation's new live key (the database picks its id), inserted once the old key retired.
-pub(crate) fn insert_rotated_key<'a>(
-    compartment: &'a str,
-    wrapped: &'a [u8],
-    kek_version: u32,
-    created_at: i64,
-) -> Statement<'a> {
+pub(crate) fn insert_rotated_key<'a>(rotation: &KeyRotation<'a>) -> Statement<'a> {
     Statement::any(
         sql!(
             "INSERT INTO data_key (compartment, wrapped, kek_version, created_at) VALUES ($1, $2, $3, $4)"
         ),
         vec![
-            Param::Text(compartment),
-            Param::Bytes(wrapped),
-            Param::Int(i64::from(kek_version)),
-            Param::Int(created_at),
+            Param::Text(rotation.compartment),
+            Param::Bytes(rotation.wrapped),
+            Param::Int(i64::from(rotation.kek_version)),
+            Param::Int(rotation.created_at),
         ],
     )
 }

@@ -4,19 +4,17 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::{PostgresStore, TxError, exec, map_err};
+use crate::dispatch::IndexReplacement;
 use crate::{IndexClause, StoreError, WriteOp};
 
 /// Replace a resource's blind-index rows (none for a deleted resource).
 pub(super) async fn apply_index_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
-    let WriteOp::ReplaceSearchIndex {
+    let IndexReplacement {
         rtype,
         id,
         tokens,
         only_if_current,
-    } = op
-    else {
-        return Err(crate::dispatch::misrouted(op).into());
-    };
+    } = op.index_replacement()?;
     if let Some(version) = only_if_current {
         // Share-locked: a writer of a newer version either committed before (and is seen here)
         // or waits for this transaction, and then replaces these entries with its own.
@@ -24,18 +22,18 @@ pub(super) async fn apply_index_op(tx: &Transaction<'_>, op: &WriteOp) -> Result
             .query_opt(
                 "SELECT version FROM resource_current
                  WHERE rtype = $1 AND id = $2 AND NOT deleted FOR SHARE",
-                &[rtype, id],
+                &[&rtype, &id],
             )
             .await?
             .map(|row| row.get::<_, i64>(0));
-        if current != Some(i64::from(*version)) {
+        if current != Some(i64::from(version)) {
             return Ok(());
         }
     }
     exec(
         tx,
         "DELETE FROM search_index WHERE rtype = $1 AND id = $2",
-        &[rtype, id],
+        &[&rtype, &id],
     )
     .await?;
     if !tokens.is_empty() {
@@ -46,7 +44,7 @@ pub(super) async fn apply_index_op(tx: &Transaction<'_>, op: &WriteOp) -> Result
             "INSERT INTO search_index (rtype, param, token, id)
              SELECT $1, p, t, $2 FROM UNNEST($3::TEXT[], $4::BYTEA[]) AS u (p, t)
              ON CONFLICT DO NOTHING",
-            &[rtype, id, &params, &values],
+            &[&rtype, &id, &params, &values],
         )
         .await?;
     }

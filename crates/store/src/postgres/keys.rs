@@ -18,6 +18,15 @@ pub(super) async fn apply_key_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(
     if let Some(key) = op.live_key_insert() {
         return insert_live_key(tx, &key).await;
     }
+    if let Some(rotation) = op.key_rotation() {
+        check_wrap_floor(tx, rotation.kek_version).await?;
+        // The update waits for writers holding the old key row (`FOR SHARE` in
+        // `put_resource`): once it commits, no new version can reference the old key.
+        if run(tx, &statements::retire_rotated_key(&rotation)).await? == 1 {
+            run(tx, &statements::insert_rotated_key(&rotation)).await?;
+        }
+        return Ok(());
+    }
     match op {
         WriteOp::MarkDataKeysForRotation { compartment_prefix } => {
             exec(
@@ -27,29 +36,6 @@ pub(super) async fn apply_key_op(tx: &Transaction<'_>, op: &WriteOp) -> Result<(
                 &[compartment_prefix],
             )
             .await?;
-        }
-        WriteOp::RotateDataKey {
-            old_id,
-            compartment,
-            wrapped,
-            kek_version,
-            created_at,
-        } => {
-            check_wrap_floor(tx, *kek_version).await?;
-            // The update waits for writers holding the old key row (`FOR SHARE` in
-            // `put_resource`): once it commits, no new version can reference the old key.
-            let retired = exec(
-                tx,
-                "UPDATE data_key SET state = 'retiring'
-                 WHERE id = $1 AND compartment = $2 AND state = 'rotate'",
-                &[&i64::try_from(*old_id).unwrap_or(i64::MAX), compartment],
-            )
-            .await?;
-            if retired == 1 {
-                let key =
-                    statements::insert_rotated_key(compartment, wrapped, *kek_version, *created_at);
-                run(tx, &key).await?;
-            }
         }
         WriteOp::ResealResourceVersion { dek_id, .. } => {
             check_dek_usable(tx, *dek_id).await?;

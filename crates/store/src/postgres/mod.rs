@@ -49,44 +49,23 @@ use connect::{split_tls, tls_connector};
 /// Migrations, in order (`migrations/postgres/NNNN_*.sql`); `carevault_schema` records each one
 /// applied (its version = index + 1).
 pub(crate) const MIGRATIONS: &[&str] = &[
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres/0001_initial.sql"
-    )),
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres/0002_shred.sql"
-    )),
+    migration!("postgres/0001_initial.sql"),
+    migration!("postgres/0002_shred.sql"),
     // Data-key rotation: a compartment may have an old (retiring) key beside its live one, so
     // the compartment is unique among live keys only. The KEK wrap floor starts at v1.
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres/0003_data_key_rotation.sql"
-    )),
+    migration!("postgres/0003_data_key_rotation.sql"),
     // An audit event's patients are keyed by the event first, as in SQLite's schema 10: rows
     // arrive in sequence order and append, and the audit search only asks whether an event it
     // walks names a patient.
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres/0004_audit_patient_by_event.sql"
-    )),
+    migration!("postgres/0004_audit_patient_by_event.sql"),
     // A resource naming several patients is sealed under the key of that set of patients, whose
     // compartment name lists them all and can outgrow a B-tree entry (about 2,700 bytes): the
     // live keys are unique by a digest of the name (lookups compare the name itself too).
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres/0005_data_key_live_digest.sql"
-    )),
+    migration!("postgres/0005_data_key_live_digest.sql"),
     // Bulk export jobs, so that an export outlives a restart.
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres/0006_export_job.sql"
-    )),
+    migration!("postgres/0006_export_job.sql"),
     // An API key may be bound to a client certificate's fingerprint (NULL: unbound).
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres/0007_api_key_client_cert.sql"
-    )),
+    migration!("postgres/0007_api_key_client_cert.sql"),
 ];
 
 /// The schema version this binary writes.
@@ -391,14 +370,16 @@ pub(super) async fn exec(
 }
 
 /// Run one of the statements written once for both backends ([`crate::statements`]).
-pub(super) async fn run(tx: &Transaction<'_>, statement: &Statement<'_>) -> Result<(), TxError> {
+/// The number of rows it changed.
+pub(super) async fn run(tx: &Transaction<'_>, statement: &Statement<'_>) -> Result<u64, TxError> {
     let params: Vec<&(dyn ToSql + Sync)> = statement
         .params
         .iter()
         .map(|p| bind!(p, &(dyn ToSql + Sync)))
         .collect();
     let changed = exec(tx, statement.sql.postgres, &params).await?;
-    Ok(statement.check(changed)?)
+    statement.check(changed)?;
+    Ok(changed)
 }
 
 /// A row of [`crate::rows`] from a PostgreSQL row, whose reads cannot fail (a column of another

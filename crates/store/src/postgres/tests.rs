@@ -3,7 +3,7 @@
 //! database and drops it at the end, so tests run in parallel.
 
 use super::*;
-use crate::contract_tests::{audit, first_audit_page_of_patient_1, put};
+use crate::contract_tests::{audit, data_key, first_audit_page_of_patient_1, put};
 use crate::*;
 
 pub(crate) struct TestDb {
@@ -66,15 +66,7 @@ impl TestDb {
     /// under it).
     async fn store(&self) -> PostgresStore {
         let store = PostgresStore::connect(&self.options()).await.unwrap();
-        store
-            .write(vec![WriteOp::InsertDataKeyIfAbsent {
-                compartment: "Patient/test".into(),
-                wrapped: vec![0],
-                kek_version: 1,
-                created_at: 0,
-            }])
-            .await
-            .unwrap();
+        store.write(vec![data_key("Patient/test")]).await.unwrap();
         store
     }
 }

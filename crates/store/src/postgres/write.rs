@@ -80,5 +80,5 @@ async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
 
 async fn run_shared(tx: &Transaction<'_>, op: &WriteOp) -> Result<(), TxError> {
     let statement = statements::shared(op).ok_or_else(|| misrouted(op))?;
-    run(tx, &statement).await
+    run(tx, &statement).await.map(drop)
 }

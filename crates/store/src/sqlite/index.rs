@@ -8,27 +8,20 @@ use super::{SqliteStore, map_err};
 use crate::{IndexClause, StoreError, WriteOp};
 
 pub(super) fn apply_index_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
-    let WriteOp::ReplaceSearchIndex {
-        rtype,
-        id,
-        tokens,
-        only_if_current,
-    } = op
-    else {
-        return Err(crate::dispatch::misrouted(op));
-    };
-    if let Some(version) = only_if_current {
+    let replacement = op.index_replacement()?;
+    let (rtype, id) = (replacement.rtype, replacement.id);
+    if let Some(version) = replacement.only_if_current {
         let current: Option<i64> = conn
             .prepare_cached(
                 "SELECT version FROM resource_current WHERE rtype = ?1 AND id = ?2 AND deleted = 0",
             )
             .and_then(|mut s| s.query_row(params![rtype, id], |r| r.get(0)).optional())
             .map_err(map_err)?;
-        if current != Some(i64::from(*version)) {
+        if current != Some(i64::from(version)) {
             return Ok(());
         }
     }
-    replace_search_index(conn, rtype, id, tokens)
+    replace_search_index(conn, rtype, id, replacement.tokens)
 }
 
 /// Replace a resource's blind-index rows, touching only the ones that change: an update keeps

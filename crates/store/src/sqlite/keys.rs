@@ -14,6 +14,13 @@ pub(super) fn apply_key_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreE
     if let Some(key) = op.live_key_insert() {
         return insert_live_key(conn, &key);
     }
+    if let Some(rotation) = op.key_rotation() {
+        check_wrap_floor(conn, rotation.kek_version)?;
+        if run(conn, &statements::retire_rotated_key(&rotation))? == 1 {
+            run(conn, &statements::insert_rotated_key(&rotation))?;
+        }
+        return Ok(());
+    }
     match op {
         WriteOp::MarkDataKeysForRotation { compartment_prefix } => {
             exec(
@@ -22,27 +29,6 @@ pub(super) fn apply_key_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreE
                  WHERE state = 'active' AND substr(compartment, 1, length(?1)) = ?1",
                 &[compartment_prefix],
             )?;
-        }
-        WriteOp::RotateDataKey {
-            old_id,
-            compartment,
-            wrapped,
-            kek_version,
-            created_at,
-        } => {
-            check_wrap_floor(conn, *kek_version)?;
-            let retired = conn
-                .prepare_cached(
-                    "UPDATE data_key SET state = 'retiring'
-                     WHERE id = ?1 AND compartment = ?2 AND state = 'rotate'",
-                )
-                .and_then(|mut s| s.execute(params![*old_id as i64, compartment]))
-                .map_err(map_err)?;
-            if retired == 1 {
-                let key =
-                    statements::insert_rotated_key(compartment, wrapped, *kek_version, *created_at);
-                run(conn, &key)?;
-            }
         }
         WriteOp::ResealResourceVersion { dek_id, .. } => {
             check_dek_usable(conn, *dek_id)?;

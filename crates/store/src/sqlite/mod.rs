@@ -30,34 +30,16 @@ use write::{WAL_RESET_BYTES, WriteJob, WriterStats, checkpoint_loop, writer_loop
 /// Migrations, in order (`migrations/sqlite/NNNN_*.sql`); `PRAGMA user_version` records how many
 /// ran.
 pub(crate) const MIGRATIONS: &[&str] = &[
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0001_initial.sql"
-    )),
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0002_audit.sql"
-    )),
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0003_access.sql"
-    )),
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0004_search_index.sql"
-    )),
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0005_shred.sql"
-    )),
+    migration!("sqlite/0001_initial.sql"),
+    migration!("sqlite/0002_audit.sql"),
+    migration!("sqlite/0003_access.sql"),
+    migration!("sqlite/0004_search_index.sql"),
+    migration!("sqlite/0005_shred.sql"),
     // Data-key rotation: a compartment may have an old (retiring) key beside its live one, so
     // the compartment is unique among live keys only. The table is rebuilt (SQLite cannot drop
     // a UNIQUE constraint) keeping its AUTOINCREMENT counter: ids of shredded keys are never
     // reused. The KEK wrap floor starts at v1.
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0006_data_key_rotation.sql"
-    )),
+    migration!("sqlite/0006_data_key_rotation.sql"),
     // Blind-index rows ordered by write order within a token (`ord`: the newest resource-version
     // sequence number when the row was written) instead of by resource id. Ids are random UUIDs,
     // so keyed by id every insert landed on a random leaf of a many-leaf token range (a LOINC
@@ -66,48 +48,30 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // leaf. Rows written before this migration keep `ord` 0: order never decides a result.
     // No ORDER BY: a scan of the old table already yields its key order. About 70 s for 9.4
     // million rows on a 2-core VM (measured on the 10,000-patient benchmark data).
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0007_search_index_ord.sql"
-    )),
+    migration!("sqlite/0007_search_index_ord.sql"),
     // The current pointer names its version's row (`seq`, the rowid): a read follows it
     // directly instead of a second descent through the `(rtype, id, version)` index, one random
     // page fewer per read and per search candidate. Reads still require the row's type, id and
     // version to agree with the pointer (a pointer edited in the file cannot substitute another
     // resource's row).
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0008_current_seq.sql"
-    )),
+    migration!("sqlite/0008_current_seq.sql"),
     // A resource's blind-index rows are listed in one `search_keys` row (see [`IndexKeys`])
     // instead of found through a second index on `search_index (rtype, id)`: that index held a
     // copy of every row (about 20 per Observation), so each write inserted twice the entries.
     // An update or delete reads the list and deletes by primary key. `_id` rows go: the
     // server answers `_id` by id (their random tokens put every write on a random leaf).
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0009_search_keys.sql"
-    )),
+    migration!("sqlite/0009_search_keys.sql"),
     // An audit event's patients are keyed by the event first (`node, seq, patient`), not by
     // the patient: events arrive in sequence order, so their rows now append to the last leaf
     // instead of landing on a random one (a page to dirty, log and checkpoint per audited read;
     // reads use about a quarter less server CPU without it). The audit search asks "does this
     // event name patient X" for each event it walks in time order, a point lookup either key
     // order answers.
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0010_audit_patient_by_event.sql"
-    )),
+    migration!("sqlite/0010_audit_patient_by_event.sql"),
     // Bulk export jobs, so that an export outlives a restart.
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0011_export_job.sql"
-    )),
+    migration!("sqlite/0011_export_job.sql"),
     // An API key may be bound to a client certificate's fingerprint (NULL: unbound).
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/sqlite/0012_api_key_client_cert.sql"
-    )),
+    migration!("sqlite/0012_api_key_client_cert.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -514,14 +478,17 @@ pub(super) fn exec(
 }
 
 /// Run one of the statements written once for both backends ([`crate::statements`]).
-pub(super) fn run(conn: &Connection, statement: &Statement<'_>) -> Result<(), StoreError> {
+/// The number of rows it changed.
+pub(super) fn run(conn: &Connection, statement: &Statement<'_>) -> Result<u64, StoreError> {
     let params: Vec<&dyn rusqlite::ToSql> = statement
         .params
         .iter()
         .map(|p| bind!(p, &dyn rusqlite::ToSql))
         .collect();
     let changed = exec(conn, statement.sql.sqlite, &params)?;
-    statement.check(u64::try_from(changed).unwrap_or(u64::MAX))
+    let changed = u64::try_from(changed).unwrap_or(u64::MAX);
+    statement.check(changed)?;
+    Ok(changed)
 }
 
 impl SqliteStore {

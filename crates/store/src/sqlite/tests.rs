@@ -560,13 +560,8 @@ async fn the_current_pointer_names_its_row_and_an_edited_pointer_substitutes_not
         [],
     )
     .unwrap();
-    assert!(
-        store
-            .resource_current("Patient", "a")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let substituted = store.resource_current("Patient", "a").await.unwrap();
+    assert!(substituted.is_none(), "the edited pointer names no row");
     let found = store
         .resources_current("Patient", vec!["a".into()])
         .await

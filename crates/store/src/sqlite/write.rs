@@ -266,7 +266,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
 
 fn run_shared(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     let statement = statements::shared(op).ok_or_else(|| misrouted(op))?;
-    run(conn, &statement)
+    run(conn, &statement).map(drop)
 }
 
 impl SqliteStore {
