@@ -11,10 +11,9 @@ use serde_json::json;
 use super::auth::Authenticated;
 use super::error::ApiError;
 use super::{AppState, json_body, json_response};
-use carevault_server::Error;
 use carevault_server::audit::AuditScope;
-use carevault_server::authz::validate_policy_name;
 use carevault_server::identity::{NewApiKey, PrincipalKind};
+use carevault_server::{ApiKeyName, Error, PolicyName};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,11 +29,11 @@ pub async fn put_policy(
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: PolicyRequest = json_body(&state, &headers, body).await?;
-    validate_policy_name(&req.name)?;
+    let name = PolicyName::parse(&req.name).map_err(Error::from)?;
     match state
         .inner
         .authz
-        .put_policy(&audit, &req.name, &req.policy)
+        .put_policy(&audit, &name, &req.policy)
         .await?
     {
         Ok(version) => Ok(json_response(
@@ -94,6 +93,8 @@ pub async fn delete_policy(
     Extension(audit): Extension<AuditScope>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    // A name no policy can have names none.
+    let name = PolicyName::parse(&name).map_err(|_| Error::NotFound)?;
     state.inner.authz.delete_policy(&audit, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -124,6 +125,8 @@ pub async fn revoke_key(
     Extension(audit): Extension<AuditScope>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    // A name no key can have names none.
+    let name = ApiKeyName::parse(&name).map_err(|_| Error::NotFound)?;
     state
         .inner
         .identity
@@ -166,6 +169,7 @@ pub async fn revoke_own_key(
     Authenticated(p): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    let name = ApiKeyName::parse(&name).map_err(|_| Error::NotFound)?;
     state
         .inner
         .identity

@@ -24,6 +24,7 @@ pub mod index_upgrade;
 pub mod keyring;
 pub mod memory;
 pub mod metrics;
+pub mod names;
 pub mod paging;
 pub mod posture;
 
@@ -36,3 +37,4 @@ mod test_postgres;
 pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::{Config, ConfigError, FileConfig};
 pub use error::{Described, Error, ErrorDetail, Result};
+pub use names::{ApiKeyName, NameError, NodeId, OrganizationId, PolicyName};

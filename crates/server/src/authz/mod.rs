@@ -23,7 +23,7 @@ use crate::clock::SharedClock;
 use policy_index::Loaded;
 
 pub use actions::{Decision, FhirAction, ResourceAttrs, SystemAction};
-pub use policies::{PolicyRejected, check_policy_text, validate_policy_name};
+pub use policies::{PolicyRejected, check_policy_text};
 
 pub const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
 pub const BUILTIN_POLICIES: &str = include_str!("../../policies/builtin.cedar");

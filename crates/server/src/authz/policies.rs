@@ -14,6 +14,7 @@ use super::{Authz, BUILTIN_POLICIES};
 use crate::audit::AuditScope;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
+use crate::names::PolicyName;
 
 /// Why a custom policy was refused: Cedar's own diagnostics.
 #[derive(Debug)]
@@ -120,17 +121,20 @@ impl Authz {
     }
 
     /// Validate `text` as policy `name` with everything else in force; changes nothing.
-    pub fn check_custom(&self, name: &str, text: &str) -> std::result::Result<(), PolicyRejected> {
-        validate_policy_name(name).map_err(|e| PolicyRejected(vec![e.to_string()]))?;
+    pub fn check_custom(
+        &self,
+        name: &PolicyName,
+        text: &str,
+    ) -> std::result::Result<(), PolicyRejected> {
         let mut rows: Vec<PolicyRow> = self
             .loaded()
             .custom
             .iter()
-            .filter(|r| r.name != name)
+            .filter(|r| r.name != name.as_str())
             .cloned()
             .collect();
         rows.push(PolicyRow {
-            name: name.to_owned(),
+            name: name.to_string(),
             text: text.to_owned(),
             updated_at: 0,
         });
@@ -141,18 +145,18 @@ impl Authz {
     pub async fn put_policy(
         &self,
         audit: &AuditScope,
-        name: &str,
+        name: &PolicyName,
         text: &str,
     ) -> Result<std::result::Result<i64, PolicyRejected>> {
         if let Err(rejected) = self.check_custom(name, text) {
             return Ok(Err(rejected));
         }
-        audit.set_resource("Policy", Some(name), None);
+        audit.set_resource("Policy", Some(name.as_str()), None);
         audit
             .commit_with(
                 &*self.store,
                 vec![WriteOp::PutPolicy {
-                    name: name.to_owned(),
+                    name: name.to_string(),
                     text: text.to_owned(),
                     at: self.clock.now_secs(),
                 }],
@@ -162,13 +166,13 @@ impl Authz {
         Ok(Ok(self.reload().await?))
     }
 
-    pub async fn delete_policy(&self, audit: &AuditScope, name: &str) -> Result<i64> {
-        audit.set_resource("Policy", Some(name), None);
+    pub async fn delete_policy(&self, audit: &AuditScope, name: &PolicyName) -> Result<i64> {
+        audit.set_resource("Policy", Some(name.as_str()), None);
         audit
             .commit_with(
                 &*self.store,
                 vec![WriteOp::DeletePolicy {
-                    name: name.to_owned(),
+                    name: name.to_string(),
                     at: self.clock.now_secs(),
                 }],
                 204,
@@ -229,21 +233,6 @@ pub(super) fn diagnostics(e: &cedar_policy::ParseErrors) -> Vec<String> {
         out.push(e.to_string());
     }
     out
-}
-
-/// Policy names: 1-64 characters of `a-z 0-9 - _ .`.
-pub fn validate_policy_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(
-            "policy name must be 1-64 characters of a-z, 0-9, '-', '_' or '.'".into(),
-        ))
-    }
 }
 
 /// Validate a policy file against the shipped schema and built-in policies, offline

@@ -6,6 +6,11 @@ use super::entities::{action_entities, shipped_schema};
 use super::policies::builtin_policies;
 use super::*;
 use crate::identity::{Principal, Role};
+use crate::names::PolicyName;
+
+fn name(text: &str) -> PolicyName {
+    PolicyName::parse(text).unwrap()
+}
 
 fn authz_with(custom: &[(&str, &str)]) -> Authz {
     let schema = shipped_schema().unwrap();
@@ -437,12 +442,12 @@ fn forbid_wins_and_invalid_policies_are_refused() {
     );
 
     let syntax = a
-        .check_custom("bad", "permit (principal, action, resource) when {")
+        .check_custom(&name("bad"), "permit (principal, action, resource) when {")
         .unwrap_err();
     assert!(!syntax.0.is_empty());
     let unknown_attr = a
         .check_custom(
-            "bad",
+            &name("bad"),
             "permit (principal, action, resource) when { resource.colour == \"red\" };",
         )
         .unwrap_err();
@@ -452,14 +457,17 @@ fn forbid_wins_and_invalid_policies_are_refused() {
         unknown_attr.0
     );
     assert!(
-        a.check_custom("Bad Name", "permit (principal, action, resource);")
-            .is_err()
+        PolicyName::parse("Bad Name").is_err(),
+        "a policy's name is checked before its text"
     );
     assert!(
-        a.check_custom("tpl", "permit (principal == ?principal, action, resource);")
-            .is_err()
+        a.check_custom(
+            &name("tpl"),
+            "permit (principal == ?principal, action, resource);"
+        )
+        .is_err()
     );
-    assert!(a.check_custom("ok", "permit (principal in CareVault::Role::\"auditor\", action == CareVault::Action::\"read\", resource);").is_ok());
+    assert!(a.check_custom(&name("ok"), "permit (principal in CareVault::Role::\"auditor\", action == CareVault::Action::\"read\", resource);").is_ok());
     assert_eq!(
         check_policy_text("forbid (principal, action, resource);").unwrap(),
         1

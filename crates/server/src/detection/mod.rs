@@ -343,7 +343,7 @@ impl Detection {
 
     /// The API keys bulk access should revoke, once: the server's responder task takes them
     /// (see [`response::revoke_api_key`]).
-    pub fn take_revocations(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+    pub fn take_revocations(&self) -> Option<tokio::sync::mpsc::Receiver<crate::ApiKeyName>> {
         self.revocations.take()
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::Rule;
 use crate::audit::{Audit, AuditScope};
 use crate::identity::Identity;
+use crate::names::ApiKeyName;
 
 /// Revocations waiting for the responder; more are dropped (the alert stands either way).
 const REVOCATION_QUEUE: usize = 64;
@@ -76,8 +77,8 @@ impl Blocklist {
 
 /// API keys (`apikey:NAME` principals) waiting to be revoked.
 pub struct Revocations {
-    queue: mpsc::Sender<String>,
-    receiver: Mutex<Option<mpsc::Receiver<String>>>,
+    queue: mpsc::Sender<ApiKeyName>,
+    receiver: Mutex<Option<mpsc::Receiver<ApiKeyName>>>,
 }
 
 impl Default for Revocations {
@@ -94,12 +95,12 @@ impl Revocations {
     /// Ask for `principal` to be revoked if it is an API key (users are not: an account is
     /// disabled by a person, after a look at the alert). Never waits.
     pub fn request(&self, principal: &str) {
-        if let Some(name) = principal.strip_prefix("apikey:") {
-            let _ = self.queue.try_send(name.to_owned());
+        if let Some(Ok(name)) = principal.strip_prefix("apikey:").map(ApiKeyName::parse) {
+            let _ = self.queue.try_send(name);
         }
     }
 
-    pub fn take(&self) -> Option<mpsc::Receiver<String>> {
+    pub fn take(&self) -> Option<mpsc::Receiver<ApiKeyName>> {
         self.receiver
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -109,7 +110,7 @@ impl Revocations {
 
 /// Revoke API key `name` as the automatic response to bulk access, audited as
 /// `security.response` by `system`.
-pub async fn revoke_api_key(identity: &Identity, audit: Arc<Audit>, name: &str) {
+pub async fn revoke_api_key(identity: &Identity, audit: Arc<Audit>, name: &ApiKeyName) {
     let scope = AuditScope::local(audit, AuditAction::SecurityResponse);
     scope.set_principal("system", &[], "none");
     scope.add_detail("rule", Rule::BulkPatients.id().to_owned());
@@ -119,11 +120,11 @@ pub async fn revoke_api_key(identity: &Identity, audit: Arc<Audit>, name: &str) 
             event = "security_response",
             rule = Rule::BulkPatients.id(),
             response = "revoke-api-key",
-            key = name,
+            key = name.as_str(),
             "API key revoked after bulk access"
         ),
         Err(e) => {
-            tracing::error!(event = "security_response_failed", response = "revoke-api-key", key = name, error = %e);
+            tracing::error!(event = "security_response_failed", response = "revoke-api-key", key = name.as_str(), error = %e);
             if let Err(e) = scope.finish(e.status()).await {
                 tracing::error!(event = "audit_write_failed", error = %e);
             }
