@@ -17,7 +17,7 @@ use std::time::Instant;
 use carevault_fhir::ResourceType;
 use carevault_server::authz::{Authz, FhirAction, ResourceAttrs};
 use carevault_server::identity::{Principal, Role};
-use carevault_server::{SharedClock, SystemClock};
+use carevault_server::{OrganizationId, SharedClock, SystemClock};
 use carevault_store::{SqliteStore, Store, WriteOp};
 
 fn scoped(i: usize) -> String {
@@ -66,12 +66,13 @@ async fn run(
     store.write(ops).await?;
     let authz = Authz::load(store, clock).await?;
     assert_eq!(authz.custom_policies().len(), 100);
-    let clinician = Principal::user_for_bench("dr.bench", Role::Clinician, "org-a");
+    let org_a = OrganizationId::parse("org-a")?;
+    let clinician = Principal::user_for_bench("dr.bench", Role::Clinician, org_a.clone());
     let attrs = ResourceAttrs {
         rtype: ResourceType::PATIENT,
         id: "3f2c8e1a-1111-2222-3333-444455556666".into(),
         compartment: Some("Patient/3f2c8e1a-1111-2222-3333-444455556666".into()),
-        organization: Some("org-a".into()),
+        organization: Some(org_a),
         security: vec!["HTEST".into()],
     };
     let mut samples = Vec::with_capacity(iterations);

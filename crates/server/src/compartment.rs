@@ -20,6 +20,8 @@
 
 use carevault_fhir::ResourceId;
 
+use crate::names::OrganizationId;
+
 /// Resources outside every patient compartment (Organization, Practitioner, ...).
 pub const ENVIRONMENT: &str = "environment";
 /// How a patient's compartment, and a reference to a patient, begins.
@@ -61,7 +63,7 @@ pub fn of_patients(patients: &[ResourceId]) -> Option<String> {
 
 /// The compartment of an organization's own resources (a Binary without `securityContext`).
 #[must_use]
-pub fn of_organization(organization: &str) -> String {
+pub fn of_organization(organization: &OrganizationId) -> String {
     format!("{ORGANIZATION_PREFIX}{organization}")
 }
 
@@ -124,7 +126,7 @@ mod tests {
         assert!(names_patient(&two, "Patient/b.c"));
         assert!(!names_patient(&two, "Patient/b"));
         assert_eq!(
-            members(&of_organization("org-a")).collect::<Vec<_>>(),
+            members(&of_organization(&OrganizationId::parse("org-a").unwrap())).collect::<Vec<_>>(),
             [Member::Organization("org-a")]
         );
         assert_eq!(members(ENVIRONMENT).count(), 0);
@@ -136,6 +138,9 @@ mod tests {
         assert_eq!(parse_patient("Patient/a b"), None);
         assert_eq!(members("secrets").count(), 0);
         assert_eq!(members("secret:audit-signing").count(), 0);
-        assert_eq!(patients(&of_organization("o")).count(), 0);
+        assert_eq!(
+            patients(&of_organization(&OrganizationId::parse("o").unwrap())).count(),
+            0
+        );
     }
 }

@@ -52,7 +52,8 @@ macro_rules! name_type {
         $name:ident: $what:literal, $min:literal..=$max:literal of $chars:path, $rule:literal
     ) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
         pub struct $name(String);
 
         impl $name {
@@ -129,6 +130,24 @@ name_type!(
     NodeId: "node id", 1..=64 of word,
     "must be 1-64 characters of letters, digits, '-', '_' or '.'"
 );
+
+impl OrganizationId {
+    /// An organization read back from the database. Only a valid id is ever written, so one
+    /// that does not parse was edited in: it counts as none (fewer rights, never another
+    /// organization's), and a warning says so without the value.
+    #[must_use]
+    pub fn stored(text: Option<&str>) -> Option<Self> {
+        let text = text?;
+        let parsed = Self::parse(text).ok();
+        if parsed.is_none() {
+            tracing::warn!(
+                event = "stored_organization_invalid",
+                "a stored organization is not a valid id; it counts as none"
+            );
+        }
+        parsed
+    }
+}
 
 #[cfg(test)]
 mod tests {

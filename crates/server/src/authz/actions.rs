@@ -3,6 +3,8 @@
 
 use carevault_fhir::ResourceType;
 
+use crate::names::OrganizationId;
+
 /// A FHIR interaction, as authorization names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FhirAction {
@@ -78,7 +80,7 @@ pub struct ResourceAttrs {
     pub id: String,
     /// `Patient/<id>`, or None outside patient compartments.
     pub compartment: Option<String>,
-    pub organization: Option<String>,
+    pub organization: Option<OrganizationId>,
     pub security: Vec<String>,
 }
 

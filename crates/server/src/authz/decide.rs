@@ -8,6 +8,7 @@ use super::entities::{principal_cache_key, resource_entity, uid};
 use super::{Authz, Decision, FhirAction, ResourceAttrs, SystemAction};
 use crate::error::Result;
 use crate::identity::{Principal, PrincipalKind};
+use crate::names::OrganizationId;
 
 /// Decisions kept per policy set (the cache is cleared when full).
 const DECISION_CACHE: usize = 20_000;
@@ -22,20 +23,19 @@ pub(super) struct DecisionKey {
     action: String,
     rtype: ResourceType,
     in_compartment: bool,
-    organization: Option<String>,
+    organization: Option<OrganizationId>,
     security: Vec<String>,
     break_glass: bool,
 }
 
 impl Authz {
     /// The organization managing a patient compartment (None when unknown).
-    pub async fn compartment_organization(&self, compartment: &str) -> Result<Option<String>> {
+    pub async fn compartment_organization(
+        &self,
+        compartment: &str,
+    ) -> Result<Option<OrganizationId>> {
         if self.shared_database {
-            return Ok(self
-                .store
-                .compartment_organization(compartment)
-                .await?
-                .flatten());
+            return self.stored_organization(compartment).await;
         }
         if let Some(org) = self
             .organizations
@@ -45,16 +45,17 @@ impl Authz {
         {
             return Ok(org.clone());
         }
-        let org = self
-            .store
-            .compartment_organization(compartment)
-            .await?
-            .flatten();
+        let org = self.stored_organization(compartment).await?;
         self.remember_organization(compartment, org.clone());
         Ok(org)
     }
 
-    pub fn remember_organization(&self, compartment: &str, organization: Option<String>) {
+    async fn stored_organization(&self, compartment: &str) -> Result<Option<OrganizationId>> {
+        let stored = self.store.compartment_organization(compartment).await?;
+        Ok(OrganizationId::stored(stored.flatten().as_deref()))
+    }
+
+    pub fn remember_organization(&self, compartment: &str, organization: Option<OrganizationId>) {
         if self.shared_database {
             return;
         }

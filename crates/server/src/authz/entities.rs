@@ -11,6 +11,7 @@ use cedar_policy::{
 use super::{Authz, NO_ORGANIZATION, ResourceAttrs, SCHEMA};
 use crate::error::{Error, Result};
 use crate::identity::{Principal, PrincipalKind};
+use crate::names::OrganizationId;
 
 /// Principals whose entities stay built (the cache is cleared when full).
 const PRINCIPAL_CACHE: usize = 10_000;
@@ -25,7 +26,7 @@ pub(super) fn principal_cache_key(p: &Principal) -> String {
         "{}\0{}\0{}\0{}",
         p.id,
         roles.join(","),
-        p.organization.as_deref().unwrap_or(""),
+        p.organization.as_ref().map_or("", OrganizationId::as_str),
         scopes
     )
 }
@@ -93,13 +94,13 @@ pub(super) fn uid(kind: &str, id: &str) -> std::result::Result<EntityUid, String
 }
 
 pub(super) fn organizations(
-    orgs: impl IntoIterator<Item = String>,
+    orgs: impl IntoIterator<Item = OrganizationId>,
 ) -> std::result::Result<RestrictedExpression, String> {
     let mut set = Vec::new();
     for org in orgs {
         set.push(RestrictedExpression::new_entity_uid(uid(
             "Organization",
-            &org,
+            org.as_str(),
         )?));
     }
     Ok(RestrictedExpression::new_set(set))
@@ -149,8 +150,8 @@ pub(super) fn resource_entity(
     let resource_uid = uid("Resource", &format!("{}/{}", a.rtype.as_str(), a.id))?;
     let org = a
         .organization
-        .clone()
-        .unwrap_or_else(|| NO_ORGANIZATION.to_owned());
+        .as_ref()
+        .map_or(NO_ORGANIZATION, OrganizationId::as_str);
     let attrs = HashMap::from([
         (
             "type".to_owned(),
@@ -166,7 +167,7 @@ pub(super) fn resource_entity(
         ),
         (
             "organization".to_owned(),
-            RestrictedExpression::new_entity_uid(uid("Organization", &org)?),
+            RestrictedExpression::new_entity_uid(uid("Organization", org)?),
         ),
         (
             "security".to_owned(),

@@ -65,7 +65,7 @@ fn patient_in(org: &str) -> ResourceAttrs {
         rtype: ResourceType::PATIENT,
         id: "p1".into(),
         compartment: Some("Patient/p1".into()),
-        organization: Some(org.into()),
+        organization: Some(crate::OrganizationId::parse(org).unwrap()),
         security: vec![],
     }
 }

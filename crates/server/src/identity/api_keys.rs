@@ -139,21 +139,10 @@ impl Identity {
                 if owner.disabled || owner.locked {
                     return Err(Error::Unauthorized);
                 }
-                let owner_principal = Principal {
-                    id: owner.id,
-                    username: owner.username,
-                    roles: owner
-                        .roles
-                        .iter()
-                        .filter_map(|r| Role::parse(r).ok())
-                        .collect(),
-                    organization: owner.organization.clone(),
-                    kind: PrincipalKind::User,
-                    session_hash: None,
-                };
+                let owner_principal = Principal::user_from_row(owner, None);
                 (
                     Vec::new(),
-                    owner.organization,
+                    owner_principal.organization.clone(),
                     Some(Box::new(owner_principal)),
                 )
             }

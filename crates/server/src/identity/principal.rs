@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
+use carevault_store::PrincipalRow;
+
 use crate::error::{Error, Result};
+use crate::names::OrganizationId;
 
 /// A built-in role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -76,7 +79,7 @@ pub struct Principal {
     pub id: String,
     pub username: String,
     pub roles: Vec<Role>,
-    pub organization: Option<String>,
+    pub organization: Option<OrganizationId>,
     pub kind: PrincipalKind,
     pub(super) session_hash: Option<String>,
 }
@@ -115,13 +118,31 @@ impl Principal {
         self.roles.iter().map(|r| r.as_str()).collect()
     }
 
+    /// A user as their stored row makes them: roles the binary does not know are dropped, and so
+    /// is an organization that is not a valid id (see [`OrganizationId::stored`]).
+    #[must_use]
+    pub fn user_from_row(row: PrincipalRow, session_hash: Option<String>) -> Self {
+        Self {
+            organization: OrganizationId::stored(row.organization.as_deref()),
+            id: row.id,
+            username: row.username,
+            roles: row
+                .roles
+                .iter()
+                .filter_map(|r| Role::parse(r).ok())
+                .collect(),
+            kind: PrincipalKind::User,
+            session_hash,
+        }
+    }
+
     /// A user principal as a session would produce it, for benchmarks.
-    pub fn user_for_bench(username: &str, role: Role, organization: &str) -> Self {
+    pub fn user_for_bench(username: &str, role: Role, organization: OrganizationId) -> Self {
         Self {
             id: format!("bench-{username}"),
             username: username.into(),
             roles: vec![role],
-            organization: Some(organization.into()),
+            organization: Some(organization),
             kind: PrincipalKind::User,
             session_hash: None,
         }
@@ -133,7 +154,8 @@ impl Principal {
             id: id.into(),
             username: id.into(),
             roles: vec![role],
-            organization: organization.map(str::to_owned),
+            organization: organization
+                .map(|o| OrganizationId::parse(o).expect("a test organization")),
             kind: PrincipalKind::User,
             session_hash: None,
         }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use carevault_store::WriteOp;
 
 use super::session_cache::SessionCache;
-use super::{API_KEY_PREFIX, Identity, Principal, PrincipalKind, Role, SESSION_PREFIX};
+use super::{API_KEY_PREFIX, Identity, Principal, SESSION_PREFIX};
 use crate::audit::AuditScope;
 use crate::error::{Error, Result};
 
@@ -86,15 +86,7 @@ impl Identity {
                 cache.invalidate_one(&hash);
             }
         }
-        let roles = p.roles.iter().filter_map(|r| Role::parse(r).ok()).collect();
-        Ok(Principal {
-            id: p.id,
-            username: p.username,
-            roles,
-            organization: p.organization,
-            kind: PrincipalKind::User,
-            session_hash: Some(hash),
-        })
+        Ok(Principal::user_from_row(p, Some(hash)))
     }
 
     /// A user as they are now, by id, for work that outlives the request that started it (a
@@ -107,15 +99,7 @@ impl Identity {
         if p.disabled {
             return Ok(None);
         }
-        let roles = p.roles.iter().filter_map(|r| Role::parse(r).ok()).collect();
-        Ok(Some(Principal {
-            id: p.id,
-            username: p.username,
-            roles,
-            organization: p.organization,
-            kind: PrincipalKind::User,
-            session_hash: None,
-        }))
+        Ok(Some(Principal::user_from_row(p, None)))
     }
 
     pub async fn logout(&self, audit: &AuditScope, principal: &Principal) -> Result<()> {

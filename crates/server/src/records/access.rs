@@ -9,6 +9,7 @@ use super::{Caller, Records, Version};
 use crate::authz::{FhirAction, ResourceAttrs};
 use crate::error::{Error, Result};
 use crate::identity::{Principal, PrincipalKind, Role};
+use crate::names::OrganizationId;
 
 impl Records {
     /// Whether the caller may read `v` (a denial is not an error here: the row is left out).
@@ -31,7 +32,7 @@ impl Records {
         &self,
         caller: Caller<'_>,
         compartment: Option<&str>,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<OrganizationId>> {
         let Some(c) = compartment else {
             return Ok(None);
         };
@@ -196,7 +197,7 @@ impl Records {
 /// Why a Patient the caller writes is refused, when its `managingOrganization` is the reason:
 /// a member of an organization writes the Patients their organization manages. It tells only
 /// what the body says and the caller's own organization, nothing of any stored record.
-fn patient_refusal(principal: &Principal, written: Option<Option<String>>) -> Error {
+fn patient_refusal(principal: &Principal, written: Option<Option<OrganizationId>>) -> Error {
     let Some(own) = &principal.organization else {
         return Error::Forbidden;
     };
@@ -213,12 +214,14 @@ fn patient_refusal(principal: &Principal, written: Option<Option<String>>) -> Er
 }
 
 /// `Organization/<id>` from a Patient's `managingOrganization`, as the bare id.
-pub(super) fn managing_organization(patient: &Value) -> Option<String> {
+pub(super) fn managing_organization(patient: &Value) -> Option<OrganizationId> {
     let reference = patient
         .pointer("/managingOrganization/reference")?
         .as_str()?;
     let id = reference.rsplit_once("Organization/").map(|(_, id)| id)?;
-    ResourceId::parse(id).ok().map(|id| id.as_str().to_owned())
+    // A FHIR id (the reference's own rule), which is also an organization id.
+    let id = ResourceId::parse(id).ok()?;
+    OrganizationId::parse(id.as_str()).ok()
 }
 
 /// Break-glass opens reads to clinicians signed in as themselves (not to API keys).
@@ -269,9 +272,19 @@ mod tests {
     #[test]
     fn managing_organization_and_labels() {
         let p = serde_json::json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/org-a"}});
-        assert_eq!(managing_organization(&p).as_deref(), Some("org-a"));
+        assert_eq!(
+            managing_organization(&p)
+                .as_ref()
+                .map(OrganizationId::as_str),
+            Some("org-a")
+        );
         let abs = serde_json::json!({"managingOrganization": {"reference": "https://x.example/fhir/Organization/org-b"}});
-        assert_eq!(managing_organization(&abs).as_deref(), Some("org-b"));
+        assert_eq!(
+            managing_organization(&abs)
+                .as_ref()
+                .map(OrganizationId::as_str),
+            Some("org-b")
+        );
         assert_eq!(managing_organization(&serde_json::json!({})), None);
         let json = br#"{"resourceType":"Patient","meta":{"security":[{"system":"s","code":"R"},{"code":"HTEST"}]},"name":[]}"#;
         assert_eq!(security_labels(json), ["R", "HTEST"]);

@@ -11,6 +11,7 @@ use super::{Caller, Records, SearchPage, Version};
 use crate::authz::ResourceAttrs;
 use crate::compartment::{self, Member};
 use crate::error::{Error, Result};
+use crate::names::OrganizationId;
 
 /// What `$everything` asks for.
 #[derive(Clone, Debug)]
@@ -185,15 +186,16 @@ impl Records {
         id: &ResourceId,
         compartment: &str,
         security: Vec<String>,
-        patient_organization: Option<Option<String>>,
+        patient_organization: Option<Option<OrganizationId>>,
     ) -> Result<Vec<ResourceAttrs>> {
-        let one = |compartment: Option<String>, organization: Option<String>| ResourceAttrs {
-            rtype,
-            id: id.as_str().to_owned(),
-            compartment,
-            organization,
-            security: security.clone(),
-        };
+        let one =
+            |compartment: Option<String>, organization: Option<OrganizationId>| ResourceAttrs {
+                rtype,
+                id: id.as_str().to_owned(),
+                compartment,
+                organization,
+                security: security.clone(),
+            };
         let mut out = Vec::with_capacity(1);
         for member in compartment::members(compartment) {
             out.push(match member {
@@ -204,9 +206,10 @@ impl Records {
                     };
                     one(Some(p.to_owned()), organization)
                 }
-                Member::Organization(org) => {
-                    one(Some(compartment.to_owned()), Some(org.to_owned()))
-                }
+                Member::Organization(org) => one(
+                    Some(compartment.to_owned()),
+                    OrganizationId::stored(Some(org)),
+                ),
             });
         }
         if out.is_empty() {

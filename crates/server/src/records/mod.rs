@@ -26,6 +26,7 @@ use crate::compartment;
 use crate::config::SearchLimits;
 use crate::identity::Principal;
 use crate::keyring::{Keyring, NewDataKeys};
+use crate::names::OrganizationId;
 use crate::search::SearchIndex;
 
 pub use chain::MAX_CHAIN_MATCHES;
@@ -42,7 +43,7 @@ pub struct Caller<'a> {
     pub audit: &'a AuditScope,
     pub tx: Option<&'a Tx>,
     /// Organizations of compartments read in bulk for this request (a search's candidates).
-    pub organizations: Option<&'a HashMap<String, Option<String>>>,
+    pub organizations: Option<&'a HashMap<String, Option<OrganizationId>>>,
     /// The principal's break-glass grants, read once for a search's candidates.
     pub break_glass_grants: Option<&'a [BreakGlassRow]>,
 }
@@ -67,7 +68,7 @@ pub struct Tx {
     scopes: std::sync::Mutex<Vec<AuditScope>>,
     /// Patients created in this transaction: their organizations, for authorizing the
     /// entries that refer to them before anything is committed.
-    organizations: std::sync::Mutex<HashMap<String, Option<String>>>,
+    organizations: std::sync::Mutex<HashMap<String, Option<OrganizationId>>>,
     /// Data keys of compartments that get their first data in this transaction: committed
     /// with it, shared by its entries.
     keys: NewDataKeys,

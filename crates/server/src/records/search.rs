@@ -12,6 +12,7 @@ use super::access::{grant_covering, may_break_glass};
 use super::{Caller, Records, Version};
 use crate::authz::{FhirAction, ResourceAttrs};
 use crate::error::{Error, Result};
+use crate::names::OrganizationId;
 
 /// One page of search results.
 pub struct SearchPage {
@@ -40,7 +41,7 @@ struct SearchKnows {
     grants: Vec<BreakGlassRow>,
     /// The organizations of the candidates' compartments read so far (shared database only:
     /// see [`Records::bulk_organizations`]).
-    organizations: HashMap<String, Option<String>>,
+    organizations: HashMap<String, Option<OrganizationId>>,
 }
 
 /// A bulk read of one type in progress (see [`Records::bulk_read`]).
@@ -574,7 +575,7 @@ impl Records {
     /// On a single node the cache answers and `known` stays empty.
     async fn bulk_organizations(
         &self,
-        known: &mut HashMap<String, Option<String>>,
+        known: &mut HashMap<String, Option<OrganizationId>>,
         compartments: impl Iterator<Item = String>,
     ) -> Result<()> {
         if !self.authz.shared_database() {
@@ -590,7 +591,11 @@ impl Records {
             .await?;
         // A compartment without a row has no organization, as `compartment_organization` says.
         known.extend(missing.into_iter().map(|c| (c, None)));
-        known.extend(found);
+        known.extend(
+            found
+                .into_iter()
+                .map(|(c, org)| (c, OrganizationId::stored(org.as_deref()))),
+        );
         Ok(())
     }
 

@@ -378,7 +378,7 @@ impl Records {
             if let (Some(org), Some(c)) = (&organization, &patient) {
                 ops.push(WriteOp::SetCompartmentOrganization {
                     compartment: c.clone(),
-                    organization: org.clone(),
+                    organization: org.as_ref().map(ToString::to_string),
                 });
             }
             match self.commit(caller, keys, ops, status).await {
