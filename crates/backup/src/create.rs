@@ -94,7 +94,7 @@ pub async fn create(
         format: FORMAT,
         environment_id,
         backend: backend.to_owned(),
-        node: config.node_id.clone(),
+        node: config.node_id.to_string(),
         created_at,
         carevault_version: env!("CARGO_PKG_VERSION").to_owned(),
         key_provider: if hsm { "pkcs11" } else { "file" }.to_owned(),

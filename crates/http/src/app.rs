@@ -144,8 +144,10 @@ impl Application {
         };
         let syslog_deliverer = match &config.detection.syslog {
             Some(target) => {
-                let (syslog, deliverer) =
-                    carevault_server::detection::syslog::Syslog::open(target, &config.node_id)?;
+                let (syslog, deliverer) = carevault_server::detection::syslog::Syslog::open(
+                    target,
+                    config.node_id.as_str(),
+                )?;
                 detection.alerts.set_syslog(syslog);
                 Some(deliverer)
             }

@@ -14,8 +14,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use carevault_fhir::ResourceType;
+use carevault_fhir::{ResourceId, ResourceType};
 use carevault_server::authz::{Authz, FhirAction, ResourceAttrs};
+use carevault_server::compartment::Compartment;
 use carevault_server::identity::{Principal, Role};
 use carevault_server::{OrganizationId, SharedClock, SystemClock};
 use carevault_store::{SqliteStore, Store, WriteOp};
@@ -68,10 +69,11 @@ async fn run(
     assert_eq!(authz.custom_policies().len(), 100);
     let org_a = OrganizationId::parse("org-a")?;
     let clinician = Principal::user_for_bench("dr.bench", Role::Clinician, org_a.clone());
+    let patient = ResourceId::parse("3f2c8e1a-1111-2222-3333-444455556666")?;
     let attrs = ResourceAttrs {
         rtype: ResourceType::PATIENT,
-        id: "3f2c8e1a-1111-2222-3333-444455556666".into(),
-        compartment: Some("Patient/3f2c8e1a-1111-2222-3333-444455556666".into()),
+        id: patient.as_str().to_owned(),
+        compartment: Some(Compartment::patient(&patient)),
         organization: Some(org_a),
         security: vec!["HTEST".into()],
     };

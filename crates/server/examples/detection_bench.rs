@@ -24,7 +24,7 @@ use carevault_server::audit::Audit;
 use carevault_server::config::DetectionConfig;
 use carevault_server::detection::{Detection, Finding, RequestFacts};
 use carevault_server::keyring::Keyring;
-use carevault_server::{SharedClock, SystemClock};
+use carevault_server::{NodeId, SharedClock, SystemClock};
 use carevault_store::{SqliteStore, Store};
 
 const PRINCIPALS: [&str; 4] = [
@@ -170,7 +170,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.clone(),
         clock.clone(),
     ));
-    let audit = Arc::new(Audit::open(store, &keyring, "node-bench", clock.clone()).await?);
+    let audit = Arc::new(
+        Audit::open(
+            store,
+            &keyring,
+            &NodeId::parse("node-bench")?,
+            clock.clone(),
+        )
+        .await?,
+    );
     let requests: [(&str, Request); 4] = [
         ("read (1 patient)", read),
         ("search (40 patients)", search),

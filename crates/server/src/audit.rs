@@ -13,8 +13,10 @@ use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
 use crate::clock::SharedClock;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
+use crate::names::NodeId;
 
 /// A checkpoint is written after this many unsigned events...
 pub const CHECKPOINT_EVERY_EVENTS: u64 = 1_000;
@@ -23,7 +25,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Audit {
     store: Arc<dyn Store>,
-    node: String,
+    node: NodeId,
     signing: SigningKey,
     hmac_key: Zeroizing<[u8; 32]>,
     clock: SharedClock,
@@ -63,7 +65,7 @@ impl Audit {
     pub async fn open(
         store: Arc<dyn Store>,
         keyring: &Keyring,
-        node: &str,
+        node: &NodeId,
         clock: SharedClock,
     ) -> Result<Self> {
         let seed = keyring.secret("audit-signing").await?;
@@ -71,7 +73,7 @@ impl Audit {
         let tier = crate::environment::stored_tier(&*store).await?;
         Ok(Self {
             store,
-            node: node.to_owned(),
+            node: node.clone(),
             signing: SigningKey::from_bytes(&seed),
             hmac_key,
             clock,
@@ -97,7 +99,7 @@ impl Audit {
     }
 
     pub fn node(&self) -> &str {
-        &self.node
+        self.node.as_str()
     }
 
     /// The key that verifies this environment's checkpoints, as hex.
@@ -119,7 +121,7 @@ impl Audit {
         let mut record = record.clone();
         record.environment_tier = Some(self.tier.as_str().to_owned());
         WriteOp::AppendAudit(NewAuditEvent {
-            node: self.node.clone(),
+            node: self.node.to_string(),
             time_us: self.clock.now_us(),
             principal: record.principal.clone(),
             action: record.action.clone(),
@@ -136,7 +138,7 @@ impl Audit {
         last_at: Option<Instant>,
     ) -> Result<Option<Checkpoint>> {
         let _one = self.checkpointing.lock().await;
-        let (head, last) = self.store.audit_head(&self.node).await?;
+        let (head, last) = self.store.audit_head(self.node.as_str()).await?;
         let Some((head_seq, head_hash)) = head else {
             return Ok(None);
         };
@@ -156,7 +158,7 @@ impl Audit {
         }
         let cp = Checkpoint::sign(
             &self.signing,
-            &self.node,
+            self.node.as_str(),
             signed + 1,
             head_seq,
             head_hash,
@@ -377,12 +379,12 @@ impl AuditScope {
     /// Record a compartment touched; only patient compartments count.
     /// Record the patients of a compartment (every patient of a resource naming several;
     /// nothing for shared data).
-    pub fn add_patient(&self, compartment: &str) {
-        if crate::compartment::patients(compartment).next().is_none() {
+    pub fn add_patient(&self, compartment: &Compartment) {
+        if compartment.patient_members().next().is_none() {
             return;
         }
         self.with(|r| {
-            for patient in crate::compartment::patients(compartment) {
+            for patient in compartment.patient_members() {
                 if !r.patients.iter().any(|p| p == patient) {
                     r.patients.push(patient.to_owned());
                 }
@@ -392,11 +394,11 @@ impl AuditScope {
     }
 
     /// Record the patients of many compartments at once (a bulk export's), each once.
-    pub fn add_patients<'c>(&self, compartments: impl IntoIterator<Item = &'c str>) {
+    pub fn add_patients<'c>(&self, compartments: impl IntoIterator<Item = &'c Compartment>) {
         self.with(|r| {
             let mut known: std::collections::HashSet<String> = r.patients.iter().cloned().collect();
             for compartment in compartments {
-                for patient in crate::compartment::patients(compartment) {
+                for patient in compartment.patient_members() {
                     if known.insert(patient.to_owned()) {
                         r.patients.push(patient.to_owned());
                     }

@@ -11,6 +11,7 @@
 //! | `Patient/<a> Patient/<b> ...` | a resource naming several patients (sorted, one space between) | whoever may see every one of them |
 //! | `Organization/<id>` | a Binary without a `securityContext` | its creator's organization |
 //! | [`ENVIRONMENT`] | a resource outside every patient compartment | every clinician, as shared data |
+//! | `secrets`, `secret:<name>` | credential secrets, and the keyring's named secrets | the server alone |
 //!
 //! A resource naming several patients has its own data key for that set of patients (one key per
 //! distinct set, created on first use). Shredding any one of them deletes every key whose set
@@ -18,12 +19,18 @@
 //! unreadable for good as soon as any one of its patients is shredded, backups included (the
 //! key is gone from the database, and restoring an older database re-applies the shred).
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
 use carevault_fhir::ResourceId;
 
 use crate::names::OrganizationId;
 
 /// Resources outside every patient compartment (Organization, Practitioner, ...).
 pub const ENVIRONMENT: &str = "environment";
+/// Credential secrets (TOTP seeds).
+const SECRETS: &str = "secrets";
 /// How a patient's compartment, and a reference to a patient, begins.
 pub const PATIENT_PREFIX: &str = "Patient/";
 const ORGANIZATION_PREFIX: &str = "Organization/";
@@ -64,7 +71,132 @@ pub fn of_patients(patients: &[ResourceId]) -> Option<String> {
 /// The compartment of an organization's own resources (a Binary without `securityContext`).
 #[must_use]
 pub fn of_organization(organization: &OrganizationId) -> String {
-    format!("{ORGANIZATION_PREFIX}{organization}")
+    Compartment::organization(organization).as_str().to_owned()
+}
+
+/// A compartment's name (the table above), as the keyring, the records, authorization and the
+/// audit trail pass it: built by the constructors below or read back from the data key that
+/// names it, never assembled by hand. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Compartment(Arc<str>);
+
+impl Compartment {
+    /// `Patient/<id>`.
+    #[must_use]
+    pub fn patient(id: &ResourceId) -> Self {
+        Self(Arc::from(of_patient(id)))
+    }
+
+    /// The compartment of a set of patients (sorted, without repeats), or None for no patient.
+    #[must_use]
+    pub fn patients(ids: &[ResourceId]) -> Option<Self> {
+        of_patients(ids).map(|name| Self(Arc::from(name)))
+    }
+
+    /// `Organization/<id>`: an organization's own Binaries.
+    #[must_use]
+    pub fn organization(organization: &OrganizationId) -> Self {
+        Self(Arc::from(format!("{ORGANIZATION_PREFIX}{organization}")))
+    }
+
+    /// Some patient's compartment, named by none: what a question about a whole type ("may
+    /// this principal read Observations at all?") puts where a resource's compartment goes.
+    #[must_use]
+    pub fn some_patient() -> Self {
+        Self(Arc::from(""))
+    }
+
+    /// Resources outside every patient compartment.
+    #[must_use]
+    pub fn environment() -> Self {
+        Self(Arc::from(ENVIRONMENT))
+    }
+
+    /// Credential secrets (TOTP seeds): never a patient's.
+    #[must_use]
+    pub fn secrets() -> Self {
+        Self(Arc::from(SECRETS))
+    }
+
+    /// The key of one named secret (audit signing, audit HMAC, search-index keys).
+    #[must_use]
+    pub fn secret(name: &str) -> Self {
+        Self(Arc::from(format!("secret:{name}")))
+    }
+
+    /// A name as a data key row holds it: the keyring wrote it from one of the constructors.
+    #[must_use]
+    pub fn stored(name: impl Into<Arc<str>>) -> Self {
+        Self(name.into())
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Its members: its patients, or its organization; none for the environment and the
+    /// keyring's own secrets.
+    pub fn members(&self) -> impl Iterator<Item = Member<'_>> {
+        members(&self.0)
+    }
+
+    /// Its `Patient/<id>` members.
+    pub fn patient_members(&self) -> impl Iterator<Item = &str> {
+        patients(&self.0)
+    }
+
+    /// Its patients, each as their own compartment (`Patient/<id>`): what authorization decides
+    /// and break-glass grants cover, one patient at a time.
+    pub fn patient_compartments(&self) -> impl Iterator<Item = Compartment> + '_ {
+        self.patient_members().map(|member| self.part(member))
+    }
+
+    /// One member of this name as a compartment of its own (itself when it is the only one).
+    #[must_use]
+    pub fn part(&self, member: &str) -> Compartment {
+        if *self.0 == *member {
+            self.clone()
+        } else {
+            Self(Arc::from(member))
+        }
+    }
+
+    /// Whether it names the patient compartment `patient`.
+    #[must_use]
+    pub fn names_patient(&self, patient: &Compartment) -> bool {
+        names_patient(&self.0, &patient.0)
+    }
+
+    #[must_use]
+    pub fn is_environment(&self) -> bool {
+        &*self.0 == ENVIRONMENT
+    }
+}
+
+impl fmt::Display for Compartment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Compartment {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl serde::Serialize for Compartment {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// Maps keyed by compartment can be asked with a name read elsewhere (a grant's patient).
+impl Borrow<str> for Compartment {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
 }
 
 /// One member of a compartment name.

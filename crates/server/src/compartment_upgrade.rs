@@ -18,7 +18,7 @@ use carevault_fhir::{ResourceId, ResourceType};
 use carevault_store::{ResourceRow, Store, StoreError, WriteOp};
 use zeroize::Zeroizing;
 
-use crate::compartment;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
 
@@ -176,18 +176,17 @@ async fn refile(
     let target = match crate::filing::compartment_named(store, keyring, rtype, &id, &json).await {
         Ok(Some(name)) => name,
         Ok(None) if rtype == ResourceType::BINARY => {
-            if *current == *compartment::ENVIRONMENT {
+            if current.is_environment() {
                 report.binaries_left_shared += 1;
             }
             return Ok(None);
         }
-        Ok(None) => compartment::ENVIRONMENT.to_owned(),
+        Ok(None) => Compartment::environment(),
         // Stored before the limit: it stays where it is, readable as before.
         Err(Error::Unprocessable(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if *current == *target
-        || (target == compartment::ENVIRONMENT && compartment::patients(&current).next().is_some())
+    if current == target || (target.is_environment() && current.patient_members().next().is_some())
     {
         return Ok(None);
     }
@@ -236,7 +235,7 @@ mod tests {
         let plain = content.as_ref().map(|c| c.to_string()).unwrap_or_default();
         let aad = keyring.resource_aad(rtype, id, version);
         let (dek_id, body) = keyring
-            .seal(compartment, &aad, plain.as_bytes())
+            .seal(&Compartment::stored(compartment), &aad, plain.as_bytes())
             .await
             .unwrap();
         store
@@ -282,7 +281,7 @@ mod tests {
 
     async fn refiles_legacy_versions(store: Arc<dyn Store>, keys: &std::path::Path) {
         let keyring = keyring(&store, keys);
-        let env = compartment::ENVIRONMENT;
+        let env = crate::compartment::ENVIRONMENT;
         let s = &*store;
         put(
             s,
@@ -383,7 +382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         let keyring = keyring(&store, &dir.path().join("keys"));
-        let (s, env) = (&*store, compartment::ENVIRONMENT);
+        let (s, env) = (&*store, crate::compartment::ENVIRONMENT);
         put(
             s,
             &keyring,

@@ -5,7 +5,7 @@ use carevault_fhir::{ResourceId, ResourceType};
 use carevault_store::Store;
 use serde_json::Value;
 
-use crate::compartment;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
 
@@ -19,7 +19,7 @@ pub(crate) async fn compartment_named(
     rtype: ResourceType,
     id: &ResourceId,
     body: &Value,
-) -> Result<Option<String>> {
+) -> Result<Option<Compartment>> {
     let patients = carevault_fhir::patient_compartments(rtype, id, body).map_err(|e| match e {
         carevault_fhir::CompartmentError::TooManyPatients { element } => {
             Error::Unprocessable(vec![carevault_fhir::Issue {
@@ -32,7 +32,7 @@ pub(crate) async fn compartment_named(
         }
         other => Error::Internal(other.to_string()),
     })?;
-    if let Some(name) = compartment::of_patients(&patients) {
+    if let Some(name) = Compartment::patients(&patients) {
         return Ok(Some(name));
     }
     if rtype != ResourceType::BINARY {
@@ -54,9 +54,9 @@ async fn security_context_compartment(
     store: &dyn Store,
     keyring: &Keyring,
     reference: &str,
-) -> Result<Option<String>> {
+) -> Result<Option<Compartment>> {
     if let Some(patient) = carevault_fhir::patient_id_of(reference) {
-        return Ok(compartment::of_patients(&[patient]));
+        return Ok(Some(Compartment::patient(&patient)));
     }
     let Some((rtype, target)) = type_and_id(reference) else {
         return Ok(None);
@@ -71,7 +71,7 @@ async fn security_context_compartment(
         return Ok(None);
     }
     match keyring.compartment_of_sealed(&row.body).await {
-        Ok(name) => Ok(Some(name.to_string())),
+        Ok(name) => Ok(Some(name)),
         Err(Error::NotFound) => Ok(None),
         Err(e) => Err(e),
     }

@@ -33,6 +33,8 @@ pub mod search;
 pub mod shred;
 #[cfg(test)]
 mod test_postgres;
+#[cfg(test)]
+mod test_support;
 
 pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::{Config, ConfigError, FileConfig};

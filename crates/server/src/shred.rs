@@ -12,9 +12,10 @@ use carevault_store::{ShredApprovalRow, Store, WriteOp};
 
 use crate::audit::AuditScope;
 use crate::clock::SharedClock;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring, NewDataKeys};
+use crate::keyring::{Keyring, NewDataKeys};
 use data_encoding::BASE64;
 
 /// How long an approval token stays valid.
@@ -30,10 +31,10 @@ pub struct Approval {
 }
 
 /// `Patient/<id>` from a path id, parsed (the id is never echoed in errors).
-pub fn patient_compartment(id: &str) -> Result<String> {
+pub fn patient_compartment(id: &str) -> Result<Compartment> {
     let id = crate::compartment::parse_patient(id)
         .ok_or_else(|| Error::BadRequest("not a valid Patient id".into()))?;
-    Ok(crate::compartment::of_patient(id))
+    Ok(Compartment::patient(&id))
 }
 
 /// What a shred works with.
@@ -51,7 +52,7 @@ pub async fn approve(
     }: Services<'_>,
     audit: &AuditScope,
     approver: &Principal,
-    compartment: &str,
+    compartment: &Compartment,
 ) -> Result<Approval> {
     audit.add_patient(compartment);
     if !keyring.compartment_has_key(compartment).await? {
@@ -64,7 +65,7 @@ pub async fn approve(
             store,
             vec![WriteOp::InsertShredApproval(ShredApprovalRow {
                 token_hash: carevault_crypto::sha256_hex(token.as_bytes()),
-                compartment: compartment.to_owned(),
+                compartment: compartment.to_string(),
                 approver_id: approver.id.clone(),
                 expires_at,
                 used: false,
@@ -83,7 +84,7 @@ pub async fn shred(
     }: Services<'_>,
     audit: &AuditScope,
     requester: &Principal,
-    compartment: &str,
+    compartment: &Compartment,
     reason: &str,
     approval_token: &str,
 ) -> Result<()> {
@@ -110,7 +111,7 @@ pub async fn shred(
         return Err(invalid());
     };
     if approval.used
-        || approval.compartment != compartment
+        || approval.compartment != compartment.as_str()
         || approval.expires_at <= clock.now_secs()
     {
         return Err(invalid());
@@ -135,7 +136,7 @@ pub async fn shred(
     let (_, sealed) = keyring
         .seal_in(
             &new_keys,
-            ENVIRONMENT_COMPARTMENT,
+            &Compartment::environment(),
             &reason_aad(keyring, compartment),
             reason.as_bytes(),
         )
@@ -151,7 +152,7 @@ pub async fn shred(
     Ok(written?)
 }
 
-fn reason_aad(keyring: &Keyring, compartment: &str) -> Vec<u8> {
+fn reason_aad(keyring: &Keyring, compartment: &Compartment) -> Vec<u8> {
     format!(
         "carevault-shred-reason\0{}\0{compartment}",
         keyring.env_id()
@@ -160,7 +161,11 @@ fn reason_aad(keyring: &Keyring, compartment: &str) -> Vec<u8> {
 }
 
 /// Open a shred reason sealed in an audit event (`reason_sealed`, base64).
-pub async fn open_reason(keyring: &Keyring, compartment: &str, sealed_b64: &str) -> Result<String> {
+pub async fn open_reason(
+    keyring: &Keyring,
+    compartment: &Compartment,
+    sealed_b64: &str,
+) -> Result<String> {
     let sealed = BASE64
         .decode(sealed_b64.trim().as_bytes())
         .map_err(|_| Error::BadRequest("not a sealed reason".into()))?;

@@ -3,6 +3,7 @@
 
 use carevault_fhir::ResourceType;
 
+use crate::compartment::Compartment;
 use crate::names::OrganizationId;
 
 /// A FHIR interaction, as authorization names it.
@@ -79,7 +80,7 @@ pub struct ResourceAttrs {
     pub rtype: ResourceType,
     pub id: String,
     /// `Patient/<id>`, or None outside patient compartments.
-    pub compartment: Option<String>,
+    pub compartment: Option<Compartment>,
     pub organization: Option<OrganizationId>,
     pub security: Vec<String>,
 }

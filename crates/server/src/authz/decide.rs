@@ -6,6 +6,7 @@ use cedar_policy::{Context, Decision as CedarDecision, Entities, Request, Restri
 
 use super::entities::{principal_cache_key, resource_entity, uid};
 use super::{Authz, Decision, FhirAction, ResourceAttrs, SystemAction};
+use crate::compartment::Compartment;
 use crate::error::Result;
 use crate::identity::{Principal, PrincipalKind};
 use crate::names::OrganizationId;
@@ -32,7 +33,7 @@ impl Authz {
     /// The organization managing a patient compartment (None when unknown).
     pub async fn compartment_organization(
         &self,
-        compartment: &str,
+        compartment: &Compartment,
     ) -> Result<Option<OrganizationId>> {
         if self.shared_database {
             return self.stored_organization(compartment).await;
@@ -50,19 +51,29 @@ impl Authz {
         Ok(org)
     }
 
-    async fn stored_organization(&self, compartment: &str) -> Result<Option<OrganizationId>> {
-        let stored = self.store.compartment_organization(compartment).await?;
+    async fn stored_organization(
+        &self,
+        compartment: &Compartment,
+    ) -> Result<Option<OrganizationId>> {
+        let stored = self
+            .store
+            .compartment_organization(compartment.as_str())
+            .await?;
         Ok(OrganizationId::stored(stored.flatten().as_deref()))
     }
 
-    pub fn remember_organization(&self, compartment: &str, organization: Option<OrganizationId>) {
+    pub fn remember_organization(
+        &self,
+        compartment: &Compartment,
+        organization: Option<OrganizationId>,
+    ) {
         if self.shared_database {
             return;
         }
         self.organizations
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(compartment.to_owned(), organization);
+            .insert(compartment.clone(), organization);
     }
 
     /// True when no policy in force reads a resource's security labels: a decision made
@@ -105,7 +116,7 @@ impl Authz {
         let attrs = ResourceAttrs {
             rtype,
             id: String::new(),
-            compartment: Some(String::new()),
+            compartment: Some(Compartment::some_patient()),
             organization: principal.organization.clone(),
             security: Vec::new(),
         };

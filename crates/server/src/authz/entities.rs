@@ -159,7 +159,12 @@ pub(super) fn resource_entity(
         ),
         (
             "compartment".to_owned(),
-            RestrictedExpression::new_string(a.compartment.clone().unwrap_or_default()),
+            RestrictedExpression::new_string(
+                a.compartment
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
         ),
         (
             "in_compartment".to_owned(),

@@ -40,7 +40,8 @@ pub struct Authz {
     store: Arc<dyn Store>,
     clock: SharedClock,
     /// compartment -> managing organization.
-    organizations: RwLock<HashMap<String, Option<crate::names::OrganizationId>>>,
+    organizations:
+        RwLock<HashMap<crate::compartment::Compartment, Option<crate::names::OrganizationId>>>,
     /// Other nodes write the same database: a patient's organization may change elsewhere, so
     /// it is read from the database on every decision instead of cached.
     shared_database: bool,

@@ -64,7 +64,7 @@ fn patient_in(org: &str) -> ResourceAttrs {
     ResourceAttrs {
         rtype: ResourceType::PATIENT,
         id: "p1".into(),
-        compartment: Some("Patient/p1".into()),
+        compartment: Some(crate::compartment::Compartment::stored("Patient/p1")),
         organization: Some(crate::OrganizationId::parse(org).unwrap()),
         security: vec![],
     }
@@ -114,7 +114,7 @@ fn decisions_are_cached_only_when_no_policy_can_tell_resources_apart() {
     assert!(a.loaded().decisions.is_none());
     let other = ResourceAttrs {
         id: "p2".into(),
-        compartment: Some("Patient/p2".into()),
+        compartment: Some(crate::compartment::Compartment::stored("Patient/p2")),
         ..patient_in("org-a")
     };
     for _ in 0..2 {

@@ -30,6 +30,8 @@ use public_url::{allowed_hosts, cors_origins, public_url};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::names::NodeId;
+
 /// A configuration problem, naming the key (`section.key` or the environment variable).
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error in `{key}`: {problem}")]
@@ -52,7 +54,7 @@ impl ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub node_id: String,
+    pub node_id: NodeId,
     pub plain_http: bool,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -477,19 +479,9 @@ fn data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
     Ok(data_dir)
 }
 
-fn node_id(node_id: Option<String>) -> Result<String, ConfigError> {
-    let node_id = node_id.unwrap_or_else(|| "node-1".to_owned());
-    if !(1..=64).contains(&node_id.len())
-        || !node_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(ConfigError::new(
-            "node_id",
-            "must be 1-64 characters of letters, digits, '-', '_' or '.'",
-        ));
-    }
-    Ok(node_id)
+fn node_id(node_id: Option<String>) -> Result<NodeId, ConfigError> {
+    NodeId::parse(node_id.as_deref().unwrap_or("node-1"))
+        .map_err(|e| ConfigError::new("node_id", e.rule()))
 }
 
 fn log_level(level: Option<String>) -> Result<String, ConfigError> {

@@ -1,11 +1,9 @@
 use std::sync::Arc;
 
-use carevault_crypto::FileKeyProvider;
-use carevault_store::{SqliteStore, Store};
+use carevault_store::Store;
 
 use super::*;
 use crate::clock::{Clock, ManualClock};
-use crate::keyring::Keyring;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -16,20 +14,12 @@ struct Fixture {
 
 async fn fixture(config: DetectionConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::at_secs(1_800_000_000));
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-    let provider = FileKeyProvider::create(&dir.path().join("keys")).unwrap();
-    let keyring = Arc::new(Keyring::new(
-        "env-test".into(),
-        Box::new(provider),
-        store.clone(),
-        clock.clone(),
-    ));
-    let audit = Arc::new(
-        Audit::open(store.clone(), &keyring, "node-test", clock.clone())
-            .await
-            .unwrap(),
-    );
+    let crate::test_support::Services {
+        clock,
+        store,
+        audit,
+        ..
+    } = crate::test_support::services(dir.path()).await;
     let detection = Detection::new(config, audit, clock.clone());
     Fixture {
         _dir: dir,

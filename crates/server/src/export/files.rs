@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
-use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
+use crate::keyring::Keyring;
 
 /// The largest frame a reader accepts (a window's NDJSON is far smaller).
 const MAX_FRAME: u32 = 256 * 1024 * 1024;
@@ -75,7 +76,7 @@ impl SealedWriter {
         let aad = frame_aad(&self.keyring, &self.job, &self.name, self.frames);
         let (_, sealed) = self
             .keyring
-            .seal(ENVIRONMENT_COMPARTMENT, &aad, ndjson)
+            .seal(&Compartment::environment(), &aad, ndjson)
             .await?;
         let len = u32::try_from(sealed.len())
             .ok()

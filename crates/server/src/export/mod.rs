@@ -25,10 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::Audit;
 use crate::clock::SharedClock;
+use crate::compartment::Compartment;
 use crate::config::ExportLimits;
 use crate::error::{Error, Result};
 use crate::identity::{Identity, Principal};
-use crate::keyring::{ENVIRONMENT_COMPARTMENT, Keyring};
+use crate::keyring::Keyring;
+use crate::names::NodeId;
 use crate::records::{Caller, Current, Records};
 
 pub use files::OutputReader;
@@ -51,7 +53,7 @@ pub struct Exports {
     limits: ExportLimits,
     /// `<data_dir>/exports`: one directory per job.
     dir: PathBuf,
-    node: String,
+    node: NodeId,
     running: Mutex<HashMap<String, Arc<Running>>>,
     slots: Arc<tokio::sync::Semaphore>,
 }
@@ -206,7 +208,7 @@ impl Exports {
         clock: SharedClock,
         limits: ExportLimits,
         data_dir: &std::path::Path,
-        node: &str,
+        node: &NodeId,
     ) -> Self {
         Self {
             records,
@@ -216,7 +218,7 @@ impl Exports {
             clock,
             limits,
             dir: data_dir.join("exports"),
-            node: node.to_owned(),
+            node: node.clone(),
             running: Mutex::new(HashMap::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_JOBS)),
         }
@@ -291,7 +293,7 @@ impl Exports {
         let id = uuid::Uuid::new_v4().simple().to_string();
         caller.audit.add_detail("export_job", id.clone());
         let body = JobBody {
-            node: self.node.clone(),
+            node: self.node.to_string(),
             request: options.request.clone(),
             level: options.level.clone(),
             types: types.iter().map(|t| t.as_str().to_owned()).collect(),
@@ -530,7 +532,7 @@ impl Exports {
                 self.forget(&row.id).await?;
                 continue;
             };
-            if body.state != JobState::Running || body.node != self.node {
+            if body.state != JobState::Running || self.node != *body.node {
                 continue;
             }
             let principal = match identity.user_by_id(&row.principal_id).await? {
@@ -609,7 +611,7 @@ impl Exports {
             serde_json::to_vec(body).map_err(|e| Error::Internal(format!("export job: {e}")))?;
         let (_, sealed) = self
             .keyring
-            .seal(ENVIRONMENT_COMPARTMENT, &self.body_aad(id), &json)
+            .seal(&Compartment::environment(), &self.body_aad(id), &json)
             .await?;
         Ok(ExportJobRow {
             id: id.to_owned(),

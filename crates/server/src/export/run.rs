@@ -16,6 +16,7 @@ use carevault_store::WriteOp;
 use super::files::SealedWriter;
 use super::{Exports, JobBody, JobState, Level, Output, Running, WINDOW, remove_dir};
 use crate::audit::{AuditAction, AuditScope};
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::records::{Caller, Version};
@@ -28,7 +29,7 @@ const SHIFT_MAX_DAYS: u16 = 364;
 struct Written {
     outputs: Vec<Output>,
     /// The compartments of what it wrote (their patients go in the audit event).
-    compartments: HashSet<Arc<str>>,
+    compartments: HashSet<Compartment>,
 }
 
 impl Exports {
@@ -86,7 +87,7 @@ impl Exports {
         }
         let finished = match written {
             Ok(written) => {
-                scope.add_patients(written.compartments.iter().map(|c| &**c));
+                scope.add_patients(written.compartments.iter());
                 match scope.finish(200).await {
                     Ok(()) => {
                         body.outputs = written.outputs;
@@ -248,8 +249,10 @@ fn keep(
     if since_us.is_some_and(|since| v.last_updated_us < since) {
         return false;
     }
-    let mut patients =
-        crate::compartment::patients(&v.compartment).map(crate::compartment::patient_id);
+    let mut patients = v
+        .compartment
+        .patient_members()
+        .map(crate::compartment::patient_id);
     match (level, members) {
         (Level::System, _) => true,
         (Level::Group { .. }, Some(members)) => patients.any(|p| members.contains(p)),

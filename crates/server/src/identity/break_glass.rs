@@ -4,6 +4,7 @@ use carevault_store::WriteOp;
 
 use super::{Identity, Principal};
 use crate::audit::AuditScope;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 
 impl Identity {
@@ -31,7 +32,7 @@ impl Identity {
             Some(p) => {
                 let id = crate::compartment::parse_patient(p)
                     .ok_or_else(|| Error::BadRequest("patient must be a Patient id".into()))?;
-                Some(crate::compartment::of_patient(id))
+                Some(Compartment::patient(&id))
             }
             None => None,
         };
@@ -46,7 +47,7 @@ impl Identity {
             vec![WriteOp::InsertBreakGlass(carevault_store::BreakGlassRow {
                 principal_id: principal.id.clone(),
                 until,
-                patient,
+                patient: patient.map(|p| p.to_string()),
                 reason: reason.to_owned(),
                 created_at: now,
             })],

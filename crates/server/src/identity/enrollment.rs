@@ -8,8 +8,9 @@ use zeroize::Zeroizing;
 use super::recovery::new_recovery_code;
 use super::{ENROLLMENT_PREFIX, Identity, password, role_names, totp, totp_aad};
 use crate::audit::AuditScope;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
-use crate::keyring::{NewDataKeys, SECRETS_COMPARTMENT};
+use crate::keyring::NewDataKeys;
 
 const RECOVERY_CODES: usize = 10;
 
@@ -77,7 +78,7 @@ impl Identity {
                 .keyring
                 .seal_in(
                     &new_keys,
-                    SECRETS_COMPARTMENT,
+                    &Compartment::secrets(),
                     &totp_aad(&principal.id),
                     secret.as_ref(),
                 )

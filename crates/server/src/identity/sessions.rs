@@ -128,13 +128,9 @@ mod tests {
     //! Expiry rules, driven by a manual clock (the end-to-end tests cover the HTTP paths).
     use std::sync::Arc;
 
-    use carevault_crypto::FileKeyProvider;
-    use carevault_store::{SqliteStore, Store};
-
     use super::*;
     use crate::clock::{Clock, ManualClock};
     use crate::config::Config;
-    use crate::keyring::Keyring;
 
     const PASSWORD: &str = "lantern-quarry-velvet-omnibus-42";
 
@@ -165,20 +161,12 @@ mod tests {
         };
         config.session_idle_secs = idle_secs;
         config.session_lifetime_secs = 3600;
-        let clock = Arc::new(ManualClock::at_secs(1_800_000_000));
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-        let provider = FileKeyProvider::create(&dir.path().join("keys")).unwrap();
-        let keyring = Arc::new(Keyring::new(
-            "env-test".into(),
-            Box::new(provider),
-            store.clone(),
-            clock.clone(),
-        ));
-        let audit = Arc::new(
-            crate::audit::Audit::open(store.clone(), &keyring, "node-test", clock.clone())
-                .await
-                .unwrap(),
-        );
+        let crate::test_support::Services {
+            clock,
+            store,
+            keyring,
+            audit,
+        } = crate::test_support::services(dir.path()).await;
         let identity = Identity::new(&config, store, keyring, clock.clone()).unwrap();
         Fixture {
             _dir: dir,

@@ -10,6 +10,7 @@ use carevault_crypto::DataKey;
 use carevault_store::{DataKeyRow, StoreError, WriteOp};
 
 use super::Keyring;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 
 /// Data keys made while one write was prepared, for compartments that had none. Their rows go
@@ -24,7 +25,7 @@ pub struct NewDataKeys {
 
 struct NewKey {
     id: u64,
-    compartment: String,
+    compartment: Compartment,
     dek: DataKey,
     cipher: Arc<Cipher>,
     wrapped: Vec<u8>,
@@ -43,7 +44,7 @@ impl NewDataKeys {
             .iter()
             .map(|k| WriteOp::InsertDataKey {
                 id: k.id,
-                compartment: k.compartment.clone(),
+                compartment: k.compartment.to_string(),
                 wrapped: k.wrapped.clone(),
                 kek_version: k.kek_version,
                 created_at: k.created_at,
@@ -64,10 +65,10 @@ impl NewDataKeys {
         self.lock().clear();
     }
 
-    fn get(&self, compartment: &str) -> Option<(u64, Arc<Cipher>)> {
+    fn get(&self, compartment: &Compartment) -> Option<(u64, Arc<Cipher>)> {
         self.lock()
             .iter()
-            .find(|k| k.compartment == compartment)
+            .find(|k| k.compartment == *compartment)
             .map(|k| (k.id, k.cipher.clone()))
     }
 
@@ -110,7 +111,7 @@ impl Keyring {
     /// stored, or else made now and added to `new_keys` (nothing is written here).
     pub(super) async fn key_for_compartment(
         &self,
-        compartment: &str,
+        compartment: &Compartment,
         new_keys: &NewDataKeys,
     ) -> Result<(u64, Arc<Cipher>)> {
         let known = self
@@ -125,24 +126,30 @@ impl Keyring {
         if let Some(new) = new_keys.get(compartment) {
             return Ok(new);
         }
-        if let Some(row) = self.store.data_key_by_compartment(compartment).await? {
+        if let Some(row) = self
+            .store
+            .data_key_by_compartment(compartment.as_str())
+            .await?
+        {
             let (cipher, _) = self.unwrap_row(&row)?;
             self.compartments
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(compartment.to_owned(), row.id);
+                .insert(compartment.clone(), row.id);
             return Ok((row.id, cipher));
         }
-        if self.is_shredded(compartment) {
+        if self.is_shredded(compartment.as_str()) {
             // A shredded patient's compartment never gets a new key: writes into it answer 410.
             return Err(Error::Gone);
         }
         let id = self.store.reserve_data_key_id().await?;
         let dek = DataKey::generate()?;
-        let (kek_version, wrapped) = self.provider.wrap(&dek, &self.wrap_aad(compartment))?;
+        let (kek_version, wrapped) = self
+            .provider
+            .wrap(&dek, &self.wrap_aad(compartment.as_str()))?;
         Ok(new_keys.add(NewKey {
             id,
-            compartment: compartment.to_owned(),
+            compartment: compartment.clone(),
             cipher: Arc::new(dek.cipher()),
             dek,
             wrapped,
@@ -167,7 +174,7 @@ impl Keyring {
             self.names
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(key.id, Arc::from(key.compartment.as_str()));
+                .insert(key.id, key.compartment.clone());
             self.compartments
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -178,7 +185,8 @@ impl Keyring {
     /// The wrapped key of a named secret, created on first use (when the server opens, never
     /// by a request). If a concurrent opening created it first, the insert is ignored and both
     /// use the winner's key.
-    pub(super) async fn data_key_row(&self, compartment: &str) -> Result<DataKeyRow> {
+    pub(super) async fn data_key_row(&self, compartment: &Compartment) -> Result<DataKeyRow> {
+        let compartment = compartment.as_str();
         if let Some(row) = self.store.data_key_by_compartment(compartment).await? {
             return Ok(row);
         }
@@ -213,7 +221,7 @@ impl Keyring {
             .ok_or_else(|| Error::Internal("data key vanished after insert".into()))
     }
 
-    pub(super) async fn key_by_id(&self, id: u64) -> Result<(Arc<Cipher>, Arc<str>)> {
+    pub(super) async fn key_by_id(&self, id: u64) -> Result<(Arc<Cipher>, Compartment)> {
         if let Some(cipher) = self.keys.get(id) {
             let name = self
                 .names
@@ -243,8 +251,8 @@ impl Keyring {
         self.unwrap_row(&row)
     }
 
-    pub(super) fn unwrap_row(&self, row: &DataKeyRow) -> Result<(Arc<Cipher>, Arc<str>)> {
-        let name: Arc<str> = Arc::from(row.compartment.as_str());
+    pub(super) fn unwrap_row(&self, row: &DataKeyRow) -> Result<(Arc<Cipher>, Compartment)> {
+        let name = Compartment::stored(row.compartment.as_str());
         self.names
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -272,7 +280,7 @@ impl Keyring {
 
     /// Forget which data key a compartment uses (it was rotated, perhaps by another node): the
     /// next seal reads the live key from the database.
-    pub fn forget_compartment(&self, compartment: &str) {
+    pub fn forget_compartment(&self, compartment: &Compartment) {
         self.compartments
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -328,9 +336,10 @@ mod tests {
             clock,
         );
         let aad = |id: &str| a.resource_aad("Patient", id, 1);
+        let patient_p = Compartment::stored("Patient/p");
         let (ka, kb) = (NewDataKeys::default(), NewDataKeys::default());
-        let (ida, sa) = a.seal_in(&ka, "Patient/p", &aad("x"), b"a").await.unwrap();
-        let (idb, sb) = b.seal_in(&kb, "Patient/p", &aad("y"), b"b").await.unwrap();
+        let (ida, sa) = a.seal_in(&ka, &patient_p, &aad("x"), b"a").await.unwrap();
+        let (idb, sb) = b.seal_in(&kb, &patient_p, &aad("y"), b"b").await.unwrap();
         assert_ne!(ida, idb);
         // Sealing wrote nothing, and the keyring knows no key before its write commits.
         assert_eq!(
@@ -355,7 +364,7 @@ mod tests {
             b.key_by_id(idb).await.is_err(),
             "the loser's key is not kept"
         );
-        let (again, sb) = b.seal_in(&kb, "Patient/p", &aad("y"), b"b").await.unwrap();
+        let (again, sb) = b.seal_in(&kb, &patient_p, &aad("y"), b"b").await.unwrap();
         assert_eq!(again, ida, "sealed again under the winner's key");
         assert!(kb.is_empty());
         b_store.write(vec![put("y", again, sb)]).await.unwrap();

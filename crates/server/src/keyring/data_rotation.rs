@@ -12,6 +12,7 @@ use carevault_store::WriteOp;
 use zeroize::Zeroizing;
 
 use super::Keyring;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 
 /// Which compartments `rotate-data` gives new data keys: patients' (their data lives only in
@@ -74,13 +75,13 @@ impl Keyring {
                 kek_version,
                 created_at: self.clock.now_secs(),
             });
-            compartments.push(row.compartment.as_str());
+            compartments.push(Compartment::stored(row.compartment.as_str()));
         }
         if ops.is_empty() {
             return Ok(0);
         }
         self.store.write(ops).await?;
-        for c in compartments {
+        for c in &compartments {
             self.forget_compartment(c);
         }
         Ok(rows.len())
@@ -93,7 +94,7 @@ impl Keyring {
         }
         // The live key of each compartment, read from the database (not the compartment
         // cache, which a request may have refilled with the old key just before the rotation).
-        let mut live: HashMap<Arc<str>, Option<(u64, Arc<Cipher>)>> = HashMap::new();
+        let mut live: HashMap<Compartment, Option<(u64, Arc<Cipher>)>> = HashMap::new();
         let mut ops = Vec::with_capacity(rows.len());
         for row in rows {
             let (old, compartment) = match self.key_by_id(row.dek_id).await {
@@ -103,8 +104,12 @@ impl Keyring {
                 Err(e) => return Err(e),
             };
             if !live.contains_key(&compartment) {
-                let key = match self.store.data_key_by_compartment(&compartment).await? {
-                    Some(r) if !self.is_shredded(&compartment) => {
+                let key = match self
+                    .store
+                    .data_key_by_compartment(compartment.as_str())
+                    .await?
+                {
+                    Some(r) if !self.is_shredded(compartment.as_str()) => {
                         Some((r.id, self.unwrap_row(&r)?.0))
                     }
                     _ => None,

@@ -2,9 +2,8 @@
 //! data keys in a bounded cache, and seals/opens values with associated data that binds them to
 //! the environment and their owner.
 //!
-//! Compartments: `Patient/<id>` for a patient's data, [`ENVIRONMENT_COMPARTMENT`] for resources
-//! outside any patient compartment, [`SECRETS_COMPARTMENT`] for credential secrets (TOTP).
-//! Named secrets (audit signing, audit HMAC, search-index keys) are data keys too, so they are
+//! Every data key belongs to one [`Compartment`] (a patient's, the environment's, the
+//! credential secrets'; see [`crate::compartment`]). Named secrets (audit signing, audit HMAC, search-index keys) are data keys too, so they are
 //! re-wrapped with every KEK rotation like a compartment's key.
 //!
 //! KEK versions, the minimum decryption version and the crypto-shred list are kept in
@@ -28,15 +27,13 @@ use carevault_crypto::{DataKeyCache, KeyProvider};
 use carevault_store::Store;
 
 use crate::clock::SharedClock;
+use crate::compartment::Compartment;
 
 pub use data_keys::NewDataKeys;
 pub use data_rotation::ROTATED_COMPARTMENT_PREFIX;
 pub use shred::ShredRecord;
 pub use state::{KekVersionMeta, KeyringFile};
 pub use status::{DataRotationStatus, KekVersionStatus, KeyStatus};
-
-pub const ENVIRONMENT_COMPARTMENT: &str = crate::compartment::ENVIRONMENT;
-pub const SECRETS_COMPARTMENT: &str = "secrets";
 
 /// How many unwrapped data keys stay in memory.
 const CACHE_CAPACITY: usize = 100_000;
@@ -48,9 +45,9 @@ pub struct Keyring {
     clock: SharedClock,
     keys: DataKeyCache,
     /// compartment -> data key id, so a hot compartment needs no database read.
-    compartments: RwLock<HashMap<String, u64>>,
+    compartments: RwLock<HashMap<Compartment, u64>>,
     /// data key id -> compartment, to tell whose data a ciphertext is.
-    names: RwLock<HashMap<u64, Arc<str>>>,
+    names: RwLock<HashMap<u64, Compartment>>,
     /// KEK versions, minimum decryption version, shred list (persisted when `state_path` is set).
     state: RwLock<KeyringFile>,
     state_path: Option<PathBuf>,

@@ -1,13 +1,12 @@
 //! Sealing and opening values under a compartment's data key, with associated data that binds
 //! them to the environment and their owner.
 
-use std::sync::Arc;
-
 use carevault_crypto::envelope;
 use carevault_store::StoreError;
 use zeroize::Zeroizing;
 
 use super::{Keyring, NewDataKeys};
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 
 /// How often [`Keyring::seal`] makes a new key again after losing a race for it.
@@ -21,7 +20,7 @@ impl Keyring {
     pub async fn seal_in(
         &self,
         new_keys: &NewDataKeys,
-        compartment: &str,
+        compartment: &Compartment,
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<(u64, Vec<u8>)> {
@@ -35,7 +34,7 @@ impl Keyring {
     /// alone.
     pub async fn seal(
         &self,
-        compartment: &str,
+        compartment: &Compartment,
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<(u64, Vec<u8>)> {
@@ -70,14 +69,14 @@ impl Keyring {
         &self,
         aad: &[u8],
         sealed: &[u8],
-    ) -> Result<(Vec<u8>, Arc<str>)> {
+    ) -> Result<(Vec<u8>, Compartment)> {
         let header = envelope::Header::parse(sealed)?;
         let (cipher, compartment) = self.key_by_id(header.dek_id).await?;
         Ok((envelope::open(&cipher, aad, sealed)?, compartment))
     }
 
     /// The compartment whose data key sealed `sealed`, without opening it.
-    pub async fn compartment_of_sealed(&self, sealed: &[u8]) -> Result<Arc<str>> {
+    pub async fn compartment_of_sealed(&self, sealed: &[u8]) -> Result<Compartment> {
         let header = envelope::Header::parse(sealed)?;
         Ok(self.key_by_id(header.dek_id).await?.1)
     }
@@ -85,7 +84,7 @@ impl Keyring {
     /// A named 256-bit secret held in the keyring (wrapped by the KEK like a data key), for
     /// keys that are not AES data keys: the audit signing seed, HMAC keys.
     pub async fn secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>> {
-        let row = self.data_key_row(&format!("secret:{name}")).await?;
+        let row = self.data_key_row(&Compartment::secret(name)).await?;
         self.check_decryptable(&row)?;
         let dek = self.provider.unwrap(
             row.kek_version,

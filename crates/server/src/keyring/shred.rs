@@ -6,6 +6,7 @@ use carevault_store::WriteOp;
 use serde::{Deserialize, Serialize};
 
 use super::Keyring;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 
 /// One crypto-shred, as kept in the keyring directory.
@@ -34,13 +35,13 @@ impl Keyring {
     }
 
     /// The data key of a patient compartment exists (it can be shredded).
-    pub async fn compartment_has_key(&self, compartment: &str) -> Result<bool> {
-        if self.is_shredded(compartment) {
+    pub async fn compartment_has_key(&self, compartment: &Compartment) -> Result<bool> {
+        if self.is_shredded(compartment.as_str()) {
             return Ok(false);
         }
         Ok(self
             .store
-            .data_key_by_compartment(compartment)
+            .data_key_by_compartment(compartment.as_str())
             .await?
             .is_some())
     }
@@ -50,11 +51,13 @@ impl Keyring {
     /// version sealed under it (commit it with the audit event).
     pub async fn shred(
         &self,
-        compartment: &str,
+        compartment: &Compartment,
         requested_by: &str,
         approved_by: &str,
     ) -> Result<WriteOp> {
         let _one = self.admin.lock().await;
+        // The store and the shred list keep the name as text.
+        let compartment = compartment.as_str();
         if self.is_shredded(compartment) {
             return Err(Error::NotFound);
         }
@@ -104,7 +107,7 @@ impl Keyring {
         self.compartments
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|name, _| !crate::compartment::names_patient(name, compartment));
+            .retain(|name, _| !crate::compartment::names_patient(name.as_str(), compartment));
         Ok(WriteOp::ShredCompartment {
             compartment: compartment.to_owned(),
             data_key_id: row.id,

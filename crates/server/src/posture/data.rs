@@ -435,18 +435,18 @@ async fn audit_trail(
     let unsigned = report
         .nodes
         .iter()
-        .find(|n| n.node == config.node_id)
+        .find(|n| config.node_id == *n.node)
         .map(|n| n.unsigned_tail);
     let last_checkpoint_us = checkpoints
         .iter()
-        .filter(|c| c.node == config.node_id)
+        .filter(|c| config.node_id == *c.node)
         .map(|c| c.time_us)
         .max();
     let limit_secs = config
         .audit_max_unsigned
         .map_or(3600, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let checkpoint = checkpoint_finding(
-        &config.node_id,
+        config.node_id.as_str(),
         unsigned,
         last_checkpoint_us,
         limit_secs,

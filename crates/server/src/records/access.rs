@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{Caller, Records, Version};
 use crate::authz::{FhirAction, ResourceAttrs};
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::identity::{Principal, PrincipalKind, Role};
 use crate::names::OrganizationId;
@@ -31,7 +32,7 @@ impl Records {
     pub(super) async fn organization_of(
         &self,
         caller: Caller<'_>,
-        compartment: Option<&str>,
+        compartment: Option<&Compartment>,
     ) -> Result<Option<OrganizationId>> {
         let Some(c) = compartment else {
             return Ok(None);
@@ -89,7 +90,7 @@ impl Records {
         rtype: ResourceType,
         id: &ResourceId,
         body: &Value,
-    ) -> Result<String> {
+    ) -> Result<Compartment> {
         let compartment = self.compartment_of_new(caller, rtype, id, body).await?;
         let security: Vec<String> = body
             .pointer("/meta/security")
@@ -181,7 +182,7 @@ impl Records {
     async fn break_glass_covering(
         &self,
         caller: Caller<'_>,
-        compartment: &str,
+        compartment: &Compartment,
     ) -> Result<Option<String>> {
         if let Some(grants) = caller.break_glass_grants {
             return Ok(grant_covering(grants, Some(compartment)).map(|g| g.reason.clone()));
@@ -232,12 +233,14 @@ pub(super) fn may_break_glass(principal: &Principal) -> bool {
 /// The first grant covering a patient compartment (a grant without a patient covers all).
 pub(super) fn grant_covering<'g>(
     grants: &'g [BreakGlassRow],
-    compartment: Option<&str>,
+    compartment: Option<&Compartment>,
 ) -> Option<&'g BreakGlassRow> {
     let compartment = compartment?;
-    grants
-        .iter()
-        .find(|g| g.patient.as_deref().is_none_or(|p| p == compartment))
+    grants.iter().find(|g| {
+        g.patient
+            .as_deref()
+            .is_none_or(|p| p == compartment.as_str())
+    })
 }
 
 /// The `meta.security` codes of a stored resource (only `meta` is decoded).

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::search::{decode_cursor, encode_cursor};
 use super::{Caller, Records, SearchPage, Version};
 use crate::authz::ResourceAttrs;
-use crate::compartment::{self, Member};
+use crate::compartment::{Compartment, Member};
 use crate::error::{Error, Result};
 use crate::names::OrganizationId;
 
@@ -41,7 +41,7 @@ impl Records {
         rtype: ResourceType,
         query: &Query,
     ) -> Result<SearchPage> {
-        let compartment = crate::compartment::of_patient(patient);
+        let compartment = Compartment::patient(patient);
         caller.audit.add_patient(&compartment);
         let within: Vec<String> = if rtype == ResourceType::PATIENT {
             vec![patient.as_str().to_owned()]
@@ -60,9 +60,9 @@ impl Records {
     /// those whose current version is sealed under a key naming the patient, sorted.
     async fn compartment_members(
         &self,
-        compartment: &str,
+        compartment: &Compartment,
     ) -> Result<Vec<(ResourceType, ResourceId)>> {
-        let keys = self.store.data_keys_naming(compartment).await?;
+        let keys = self.store.data_keys_naming(compartment.as_str()).await?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -91,7 +91,7 @@ impl Records {
         patient: &ResourceId,
         query: &EverythingQuery,
     ) -> Result<EverythingPage> {
-        let compartment = crate::compartment::of_patient(patient);
+        let compartment = Compartment::patient(patient);
         caller
             .audit
             .set_resource("Patient", Some(patient.as_str()), None);
@@ -158,18 +158,18 @@ impl Records {
         rtype: ResourceType,
         id: &ResourceId,
         body: &Value,
-    ) -> Result<String> {
+    ) -> Result<Compartment> {
         if let Some(name) =
             crate::filing::compartment_named(&*self.store, &self.keyring, rtype, id, body).await?
         {
             return Ok(name);
         }
         if rtype != ResourceType::BINARY {
-            return Ok(compartment::ENVIRONMENT.to_owned());
+            return Ok(Compartment::environment());
         }
         // No (resolvable) securityContext: the creator's organization only.
         match &caller.principal.organization {
-            Some(org) => Ok(compartment::of_organization(org)),
+            Some(org) => Ok(Compartment::organization(org)),
             None => Err(Error::Unprocessable(vec![carevault_fhir::Issue {
                 location: "Binary.securityContext".into(),
                 message: "is required from a creator without an organization".into(),
@@ -184,32 +184,33 @@ impl Records {
         caller: Caller<'_>,
         rtype: ResourceType,
         id: &ResourceId,
-        compartment: &str,
+        compartment: &Compartment,
         security: Vec<String>,
         patient_organization: Option<Option<OrganizationId>>,
     ) -> Result<Vec<ResourceAttrs>> {
-        let one =
-            |compartment: Option<String>, organization: Option<OrganizationId>| ResourceAttrs {
+        let one = |compartment: Option<Compartment>, organization: Option<OrganizationId>| {
+            ResourceAttrs {
                 rtype,
                 id: id.as_str().to_owned(),
                 compartment,
                 organization,
                 security: security.clone(),
-            };
+            }
+        };
         let mut out = Vec::with_capacity(1);
-        for member in compartment::members(compartment) {
+        for member in compartment.members() {
             out.push(match member {
                 Member::Patient(p) => {
+                    let patient = compartment.part(p);
                     let organization = match &patient_organization {
                         Some(org) => org.clone(),
-                        None => self.organization_of(caller, Some(p)).await?,
+                        None => self.organization_of(caller, Some(&patient)).await?,
                     };
-                    one(Some(p.to_owned()), organization)
+                    one(Some(patient), organization)
                 }
-                Member::Organization(org) => one(
-                    Some(compartment.to_owned()),
-                    OrganizationId::stored(Some(org)),
-                ),
+                Member::Organization(org) => {
+                    one(Some(compartment.clone()), OrganizationId::stored(Some(org)))
+                }
             });
         }
         if out.is_empty() {

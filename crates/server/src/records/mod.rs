@@ -22,7 +22,7 @@ use carevault_store::{BreakGlassRow, Store, WriteOp};
 use crate::audit::AuditScope;
 use crate::authz::Authz;
 use crate::clock::SharedClock;
-use crate::compartment;
+use crate::compartment::Compartment;
 use crate::config::SearchLimits;
 use crate::identity::Principal;
 use crate::keyring::{Keyring, NewDataKeys};
@@ -43,7 +43,7 @@ pub struct Caller<'a> {
     pub audit: &'a AuditScope,
     pub tx: Option<&'a Tx>,
     /// Organizations of compartments read in bulk for this request (a search's candidates).
-    pub organizations: Option<&'a HashMap<String, Option<OrganizationId>>>,
+    pub organizations: Option<&'a HashMap<Compartment, Option<OrganizationId>>>,
     /// The principal's break-glass grants, read once for a search's candidates.
     pub break_glass_grants: Option<&'a [BreakGlassRow]>,
 }
@@ -68,7 +68,7 @@ pub struct Tx {
     scopes: std::sync::Mutex<Vec<AuditScope>>,
     /// Patients created in this transaction: their organizations, for authorizing the
     /// entries that refer to them before anything is committed.
-    organizations: std::sync::Mutex<HashMap<String, Option<OrganizationId>>>,
+    organizations: std::sync::Mutex<HashMap<Compartment, Option<OrganizationId>>>,
     /// Data keys of compartments that get their first data in this transaction: committed
     /// with it, shared by its entries.
     keys: NewDataKeys,
@@ -107,13 +107,13 @@ pub struct Version {
     pub json: Vec<u8>,
     /// The compartment whose key sealed it (see [`crate::compartment`]): its patients, its
     /// organization, or the environment's.
-    pub compartment: Arc<str>,
+    pub compartment: Compartment,
 }
 
 impl Version {
     /// The `Patient/<id>` compartments this version belongs to.
-    fn patients(&self) -> impl Iterator<Item = String> + '_ {
-        compartment::patients(&self.compartment).map(str::to_owned)
+    fn patients(&self) -> impl Iterator<Item = Compartment> + '_ {
+        self.compartment.patient_compartments()
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::access::{grant_covering, may_break_glass};
 use super::{Caller, Records, Version};
 use crate::authz::{FhirAction, ResourceAttrs};
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::names::OrganizationId;
 
@@ -41,7 +42,7 @@ struct SearchKnows {
     grants: Vec<BreakGlassRow>,
     /// The organizations of the candidates' compartments read so far (shared database only:
     /// see [`Records::bulk_organizations`]).
-    organizations: HashMap<String, Option<OrganizationId>>,
+    organizations: HashMap<Compartment, Option<OrganizationId>>,
 }
 
 /// A bulk read of one type in progress (see [`Records::bulk_read`]).
@@ -575,27 +576,29 @@ impl Records {
     /// On a single node the cache answers and `known` stays empty.
     async fn bulk_organizations(
         &self,
-        known: &mut HashMap<String, Option<OrganizationId>>,
-        compartments: impl Iterator<Item = String>,
+        known: &mut HashMap<Compartment, Option<OrganizationId>>,
+        compartments: impl Iterator<Item = Compartment>,
     ) -> Result<()> {
         if !self.authz.shared_database() {
             return Ok(());
         }
-        let missing: BTreeSet<String> = compartments.filter(|c| !known.contains_key(c)).collect();
+        let missing: BTreeSet<Compartment> =
+            compartments.filter(|c| !known.contains_key(c)).collect();
         if missing.is_empty() {
             return Ok(());
         }
         let found = self
             .store
-            .compartment_organizations(missing.iter().cloned().collect())
+            .compartment_organizations(missing.iter().map(ToString::to_string).collect())
             .await?;
         // A compartment without a row has no organization, as `compartment_organization` says.
         known.extend(missing.into_iter().map(|c| (c, None)));
-        known.extend(
-            found
-                .into_iter()
-                .map(|(c, org)| (c, OrganizationId::stored(org.as_deref()))),
-        );
+        known.extend(found.into_iter().map(|(c, org)| {
+            (
+                Compartment::stored(c),
+                OrganizationId::stored(org.as_deref()),
+            )
+        }));
         Ok(())
     }
 
@@ -611,7 +614,9 @@ impl Records {
     ) -> Result<Vec<String>> {
         self.bulk_organizations(
             &mut known.organizations,
-            ids.iter().map(crate::compartment::of_patient),
+            ids.iter()
+                .filter_map(|id| ResourceId::parse(id).ok())
+                .map(|id| Compartment::patient(&id)),
         )
         .await?;
         let (grants, organizations) = (known.grants.as_slice(), &known.organizations);
@@ -621,7 +626,11 @@ impl Records {
         };
         let mut kept = Vec::with_capacity(ids.len());
         for id in ids {
-            let compartment = crate::compartment::of_patient(id);
+            // Ids from the index, which only ever holds valid ones.
+            let Ok(patient) = ResourceId::parse(id) else {
+                continue;
+            };
+            let compartment = Compartment::patient(&patient);
             let attrs = ResourceAttrs {
                 rtype: ResourceType::PATIENT,
                 id: id.clone(),
@@ -650,7 +659,7 @@ impl Records {
             .fhir(caller.principal, FhirAction::Search, attrs, false);
         let left_out = !decision.allowed
             && decision.policies.is_empty()
-            && grant_covering(grants, attrs.compartment.as_deref()).is_none();
+            && grant_covering(grants, attrs.compartment.as_ref()).is_none();
         (!left_out).then_some(decision)
     }
 }

@@ -1,8 +1,6 @@
 //! Writes: create, update and delete, each validated, authorized, stamped, sealed and appended
 //! with its audit event, and transaction Bundles committed all at once.
 
-use std::sync::Arc;
-
 use carevault_fhir::{ResourceId, ResourceType};
 use carevault_store::{NewResourceVersion, ResourceRow, StoreError, WriteOp};
 use serde_json::Value;
@@ -11,6 +9,7 @@ use super::access::managing_organization;
 use super::{Caller, Records, Tx, TxCommit, Version};
 use crate::authz::FhirAction;
 use crate::clock::fhir_instant;
+use crate::compartment::Compartment;
 use crate::error::{Error, Result};
 use crate::keyring::NewDataKeys;
 
@@ -325,7 +324,7 @@ impl Records {
         rtype: ResourceType,
         id: &ResourceId,
         mut body: Value,
-        compartment: String,
+        compartment: Compartment,
         expected_current: Option<u32>,
         version: u32,
     ) -> Result<Version> {
@@ -333,11 +332,10 @@ impl Records {
         stamp_meta(&mut body, version, now);
         let json =
             serde_json::to_vec(&body).map_err(|e| Error::Internal(format!("serialize: {e}")))?;
-        let compartment: Arc<str> = Arc::from(compartment);
         // A Patient's managing organization decides who may see its compartment.
         let (patient, organization) = if rtype == ResourceType::PATIENT {
             (
-                Some(compartment.to_string()),
+                Some(compartment.clone()),
                 Some(managing_organization(&body)),
             )
         } else {
@@ -377,7 +375,7 @@ impl Records {
             });
             if let (Some(org), Some(c)) = (&organization, &patient) {
                 ops.push(WriteOp::SetCompartmentOrganization {
-                    compartment: c.clone(),
+                    compartment: c.to_string(),
                     organization: org.as_ref().map(ToString::to_string),
                 });
             }
