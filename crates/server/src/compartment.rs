@@ -56,9 +56,8 @@ pub fn parse_patient(reference_or_id: &str) -> Option<ResourceId> {
     ResourceId::parse(patient_id(reference_or_id)).ok()
 }
 
-/// The compartment of a set of patients (sorted, without repeats), or None for no patient.
-#[must_use]
-pub fn of_patients(patients: &[ResourceId]) -> Option<String> {
+/// The name of a set of patients (sorted, without repeats), or None for no patient.
+fn of_patients(patients: &[ResourceId]) -> Option<String> {
     let mut names = patients.iter().map(of_patient);
     let first = names.next()?;
     Some(names.fold(first, |mut all, next| {
@@ -66,12 +65,6 @@ pub fn of_patients(patients: &[ResourceId]) -> Option<String> {
         all.push_str(&next);
         all
     }))
-}
-
-/// The compartment of an organization's own resources (a Binary without `securityContext`).
-#[must_use]
-pub fn of_organization(organization: &OrganizationId) -> String {
-    Compartment::organization(organization).as_str().to_owned()
 }
 
 /// A compartment's name (the table above), as the keyring, the records, authorization and the
@@ -246,6 +239,34 @@ mod tests {
     }
 
     #[test]
+    fn a_compartment_is_built_by_its_constructors_and_parts_keep_the_whole_when_alone() {
+        let two = Compartment::patients(&ids(&["a", "b"])).expect("two patients");
+        assert_eq!(two.as_str(), "Patient/a Patient/b");
+        let parts: Vec<Compartment> = two.patient_compartments().collect();
+        assert_eq!(
+            parts,
+            [
+                Compartment::patient(&ids(&["a"])[0]),
+                Compartment::patient(&ids(&["b"])[0])
+            ]
+        );
+        assert!(two.names_patient(&parts[1]));
+        let one = Compartment::patient(&ids(&["a"])[0]);
+        let alone: Vec<Compartment> = one.patient_compartments().collect();
+        assert!(
+            Arc::ptr_eq(&alone[0].0, &one.0),
+            "a single patient is its own part, not a copy"
+        );
+        assert!(Compartment::environment().is_environment());
+        assert_eq!(Compartment::environment().patient_compartments().count(), 0);
+        assert_eq!(
+            Compartment::secret("audit-hmac").as_str(),
+            "secret:audit-hmac"
+        );
+        assert_eq!(Compartment::secrets().members().count(), 0);
+    }
+
+    #[test]
     fn names_and_members() {
         assert_eq!(of_patients(&[]), None);
         assert_eq!(of_patients(&ids(&["a"])).as_deref(), Some("Patient/a"));
@@ -258,7 +279,8 @@ mod tests {
         assert!(names_patient(&two, "Patient/b.c"));
         assert!(!names_patient(&two, "Patient/b"));
         assert_eq!(
-            members(&of_organization(&OrganizationId::parse("org-a").unwrap())).collect::<Vec<_>>(),
+            members(Compartment::organization(&OrganizationId::parse("org-a").unwrap()).as_str())
+                .collect::<Vec<_>>(),
             [Member::Organization("org-a")]
         );
         assert_eq!(members(ENVIRONMENT).count(), 0);
@@ -271,7 +293,8 @@ mod tests {
         assert_eq!(members("secrets").count(), 0);
         assert_eq!(members("secret:audit-signing").count(), 0);
         assert_eq!(
-            patients(&of_organization(&OrganizationId::parse("o").unwrap())).count(),
+            patients(Compartment::organization(&OrganizationId::parse("o").unwrap()).as_str())
+                .count(),
             0
         );
     }

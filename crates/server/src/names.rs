@@ -176,6 +176,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_organization_that_does_not_parse_counts_as_none() {
+        assert_eq!(OrganizationId::stored(None), None);
+        assert_eq!(
+            OrganizationId::stored(Some("org-a"))
+                .as_ref()
+                .map(OrganizationId::as_str),
+            Some("org-a")
+        );
+        assert_eq!(OrganizationId::stored(Some("org a/edited")), None);
+    }
+
+    #[test]
     fn a_refusal_states_the_rule_and_never_the_value() {
         let canary = "CANARY Secret/Name";
         let e = PolicyName::parse(canary).unwrap_err();
